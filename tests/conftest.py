@@ -1,0 +1,52 @@
+"""Shared test setup: CPU backend, low XLA optimisation, persistent compile cache.
+
+Compile time dominates these tests, so the environment is fixed *before* JAX is
+imported anywhere, and expensive compiled functions live in session fixtures.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_backend_optimization_level" not in _flags:
+    os.environ["XLA_FLAGS"] = (_flags + " --xla_backend_optimization_level=0").strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_compilation_cache_dir", str(ROOT / ".cache" / "jax"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def _real_data_dir() -> pathlib.Path:
+    env = os.environ.get("CACO_HAM10000_DIR")
+    if env:
+        return pathlib.Path(env)
+    return ROOT.parent / "shared" / "data" / "ham10000_real"
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> pathlib.Path:
+    """The shared real HAM10000 copy (images_200x150/, metadata, pretrained/)."""
+    path = _real_data_dir()
+    if not (path / "HAM10000_metadata.csv").is_file():
+        pytest.skip(
+            f"real HAM10000 data not found at {path}: set CACO_HAM10000_DIR to a folder "
+            "with HAM10000_metadata.csv and images_200x150/ (CI always has ../shared)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def imagenet_backbone_pth(real_data_dir: pathlib.Path) -> pathlib.Path:
+    """torchvision's real ImageNet mobilenet_v3_small weights, backbone only."""
+    path = real_data_dir / "pretrained" / "mobilenet_v3_small-047dcff4-features.pth"
+    if not path.is_file():
+        pytest.skip(f"pretrained backbone not found at {path}")
+    return path
