@@ -1,0 +1,1 @@
+"""HAM10000 data: TFDS builder, splits, grain pipeline, augmentation, synthetic data."""

@@ -1,0 +1,1 @@
+"""Flax NNX MobileNetV3 family with a pluggable attention slot."""
