@@ -1,0 +1,211 @@
+"""MobileNetV3 (Howard et al., ICCV 2019) as torchvision builds it, with a pluggable
+attention slot: the paper's MobileNetV3-CaCo is ``MobileNetV3(attention='caco')``.
+
+The architecture is the explicit block table below, read row by row like the
+paper's table and torchvision's ``_mobilenet_v3_conf``. ``attention`` in a row
+marks the blocks where torchvision places squeeze-excitation; the model's
+``attention`` argument decides what goes there (see ``attention.py``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from caco_jax.models.attention import ATTENTIONS, make_attention
+from caco_jax.models.layers import Array, ConvBNAct, Dtype, activation, hard_swish, make_divisible
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+    """One inverted-residual block (torchvision's InvertedResidualConfig)."""
+
+    kernel: int
+    expanded: int
+    out: int
+    attention: bool
+    activation: Literal["relu", "hardswish"]
+    stride: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchSpec:
+    stem: int
+    blocks: tuple[BlockSpec, ...]
+    last_conv: int  # the 1x1 conv after the blocks (6 x the last block's width)
+    last_channel: int  # hidden width of the classifier
+
+
+def _b(k: int, e: int, o: int, att: bool, act: str, s: int) -> BlockSpec:
+    return BlockSpec(k, e, o, att, "relu" if act == "RE" else "hardswish", s)
+
+
+#                 kernel exp  out  attention act  stride
+_SMALL = (
+    _b(3, 16, 16, True, "RE", 2),
+    _b(3, 72, 24, False, "RE", 2),
+    _b(3, 88, 24, False, "RE", 1),
+    _b(5, 96, 40, True, "HS", 2),
+    _b(5, 240, 40, True, "HS", 1),
+    _b(5, 240, 40, True, "HS", 1),
+    _b(5, 120, 48, True, "HS", 1),
+    _b(5, 144, 48, True, "HS", 1),
+    _b(5, 288, 96, True, "HS", 2),
+    _b(5, 576, 96, True, "HS", 1),
+    _b(5, 576, 96, True, "HS", 1),
+)
+_LARGE = (
+    _b(3, 16, 16, False, "RE", 1),
+    _b(3, 64, 24, False, "RE", 2),
+    _b(3, 72, 24, False, "RE", 1),
+    _b(5, 72, 40, True, "RE", 2),
+    _b(5, 120, 40, True, "RE", 1),
+    _b(5, 120, 40, True, "RE", 1),
+    _b(3, 240, 80, False, "HS", 2),
+    _b(3, 200, 80, False, "HS", 1),
+    _b(3, 184, 80, False, "HS", 1),
+    _b(3, 184, 80, False, "HS", 1),
+    _b(3, 480, 112, True, "HS", 1),
+    _b(3, 672, 112, True, "HS", 1),
+    _b(5, 672, 160, True, "HS", 2),
+    _b(5, 960, 160, True, "HS", 1),
+    _b(5, 960, 160, True, "HS", 1),
+)
+# A few-block model with every kind of block, for fast tests only.
+_TINY = (
+    _b(3, 8, 8, True, "RE", 2),
+    _b(3, 24, 16, False, "RE", 2),
+    _b(5, 48, 16, True, "HS", 1),
+)
+
+ARCHS: dict[str, ArchSpec] = {
+    "small": ArchSpec(stem=16, blocks=_SMALL, last_conv=576, last_channel=1024),
+    "large": ArchSpec(stem=16, blocks=_LARGE, last_conv=960, last_channel=1280),
+    "tiny": ArchSpec(stem=8, blocks=_TINY, last_conv=32, last_channel=32),
+}
+
+
+class InvertedResidual(nnx.Module):
+    """expand 1x1 -> depthwise kxk -> attention slot -> project 1x1 (+ residual)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        spec: BlockSpec,
+        *,
+        attention: str,
+        ca_activation: str,
+        dtype: Dtype | None,
+        rngs: nnx.Rngs,
+    ):
+        e = spec.expanded
+        self.expand = (
+            ConvBNAct(in_features, e, 1, act=spec.activation, dtype=dtype, rngs=rngs)
+            if e != in_features
+            else None
+        )
+        self.depthwise = ConvBNAct(
+            e, e, spec.kernel, stride=spec.stride, groups=e, act=spec.activation, dtype=dtype, rngs=rngs
+        )
+        self.attention = (
+            make_attention(
+                attention, e, make_divisible(e // 4, 8), ca_activation=ca_activation, dtype=dtype, rngs=rngs
+            )
+            if spec.attention
+            else None
+        )
+        self.project = ConvBNAct(e, spec.out, 1, dtype=dtype, rngs=rngs)
+        self.use_residual = spec.stride == 1 and in_features == spec.out
+
+    def __call__(self, x: Array) -> Array:
+        y = x if self.expand is None else self.expand(x)
+        y = self.depthwise(y)
+        if self.attention is not None:
+            y = self.attention(y)
+        y = self.project(y)
+        return x + y if self.use_residual else y
+
+
+class MobileNetV3(nnx.Module):
+    """torchvision's MobileNetV3 in Flax NNX (NHWC), with a chosen attention block.
+
+    Args:
+      arch: 'small' (the paper's backbone), 'large', or 'tiny' (tests only).
+      num_classes: width of the last layer (7 for HAM10000).
+      attention: one of ``ATTENTIONS``; replaces torchvision's SE where it has one.
+      ca_activation: activation inside coordinate attention ('swish' as the paper,
+        'hardswish' as the official CA code).
+      dropout: classifier dropout rate (torchvision: 0.2).
+      dtype: compute dtype (e.g. jnp.bfloat16); parameters and BatchNorm statistics
+        stay float32 and logits are returned in float32.
+    """
+
+    def __init__(
+        self,
+        *,
+        arch: str = "small",
+        num_classes: int = 7,
+        attention: str = "caco",
+        ca_activation: str = "swish",
+        dropout: float = 0.2,
+        dtype: Dtype | None = None,
+        rngs: nnx.Rngs,
+    ):
+        if arch not in ARCHS:
+            raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(ARCHS)}")
+        if attention not in ATTENTIONS:
+            raise ValueError(f"unknown attention {attention!r}; expected one of {ATTENTIONS}")
+        activation(ca_activation)  # validates the name early
+        spec = ARCHS[arch]
+        self.arch, self.attention_name, self.num_classes = arch, attention, num_classes
+        self.dtype = dtype
+        self.stem = ConvBNAct(3, spec.stem, 3, stride=2, act="hardswish", dtype=dtype, rngs=rngs)
+        blocks, width = [], spec.stem
+        for b in spec.blocks:
+            blocks.append(
+                InvertedResidual(
+                    width, b, attention=attention, ca_activation=ca_activation, dtype=dtype, rngs=rngs
+                )
+            )
+            width = b.out
+        self.blocks = nnx.List(blocks)
+        self.last_conv = ConvBNAct(width, spec.last_conv, 1, act="hardswish", dtype=dtype, rngs=rngs)
+        linear_init = nnx.initializers.normal(0.01)
+        self.head = nnx.Linear(spec.last_conv, spec.last_channel, kernel_init=linear_init, dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout)
+        self.classifier = nnx.Linear(
+            spec.last_channel, num_classes, kernel_init=linear_init, dtype=dtype, rngs=rngs
+        )
+
+    @property
+    def num_features(self) -> int:
+        return self.last_conv.bn.num_features
+
+    def features(self, x: Array) -> Array:
+        """Globally average-pooled backbone features, (B, last_conv) in float32."""
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        x = self.last_conv(x)
+        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+
+    def __call__(self, x: Array, *, rngs: nnx.Rngs | None = None) -> Array:
+        """Logits (B, num_classes) in float32 for images (B, H, W, 3).
+
+        ``rngs`` supplies the dropout key in training mode (``model.train()``).
+        """
+        f = self.features(x)
+        if self.dtype is not None:
+            f = f.astype(self.dtype)
+        h = self.dropout(hard_swish(self.head(f)), rngs=rngs)
+        return self.classifier(h).astype(jnp.float32)
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of trainable parameters (nnx.Param leaves), BatchNorm statistics excluded."""
+    return sum(int(p.size) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
