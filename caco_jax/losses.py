@@ -1,0 +1,416 @@
+"""Classification losses: cross-entropy, softmax focal, LDAM, DRW and the joint loss.
+
+Everything here is pure JAX and jit-able. Every loss takes integer ``labels`` [B],
+``logits`` [B, C], optional per-class ``class_weights`` [C] and an optional
+per-example ``mask`` [B] (bool or 0/1 float; padded evaluation rows are 0).
+
+Reduction (the same for every loss, and PyTorch's weighted mean)::
+
+    loss = sum_i m_i w_{y_i} l_i / sum_i m_i w_{y_i}
+
+with ``w = 1`` when ``class_weights`` is None. Masked rows contribute nothing to
+either sum, even if their logits are NaN or their labels out of range (they are
+replaced by 0 before use, so their gradient is exactly 0); an all-masked batch gives
+0, never NaN.
+
+Formulas
+--------
+* **Cross-entropy** with label smoothing ``eps`` follows ``torch.nn.functional.
+  cross_entropy`` exactly, weights included:
+  ``l_i = (1-eps) w_{y_i} (-log p_{i,y_i}) + eps/C sum_c w_c (-log p_{i,c})``,
+  divided by ``sum_i w_{y_i}``.
+* **Focal** (Lin et al. 2017), softmax version: ``l_i = -alpha_t (1-p_t)^gamma log p_t``
+  with ``p_t`` the *plain* softmax probability of the true class. (The LDAM-DRW
+  reference code derives ``p_t = exp(-CE_weighted)`` from the class-weighted
+  cross-entropy, which mixes the weights into the modulating factor; we do not.)
+  ``alpha`` is None (1), a scalar (multiplies every example) or a per-class vector
+  (``alpha_t = alpha[y]``). ``alpha`` scales the numerator only; ``class_weights``
+  enter the weighted mean. ``gamma = 0`` and ``alpha = None`` give cross-entropy.
+* **LDAM** (Cao et al. 2019): margins ``Delta_j ∝ n_j^(-1/4)`` from the training
+  class counts, scaled so the largest is ``max_m``; the true-class logit is lowered
+  by its margin and the logits are multiplied by ``s`` before (weighted)
+  cross-entropy: ``l_i = CE(s * (z_i - Delta_{y_i} e_{y_i}), y_i)``.
+* **DRW** (deferred re-weighting): from epoch ``drw_epoch`` on, class weights
+  ``w_j = (1-beta)/(1-beta^{n_j})``, normalised to sum to C (as in Cao et al.).
+* **Joint**: ``a * focal + (1-a) * LDAM`` (``a = 0.5``); both terms use the same
+  class weights and mask.
+
+The LDAM scale ``s``
+--------------------
+The official LDAM code uses ``s = 30`` because its last layer is cosine-normalised
+(logits in [-1, 1]). Our head is a plain linear layer whose logits are free to grow,
+so ``s`` is a design choice. ``scripts/measure_ldam_scale.py`` (about 30 s on a
+2-core CPU) trains an MLP with a plain linear head (AdamW, lr 1e-3, weight decay
+5e-2 as in the paper) on imbalanced synthetic Gaussian features with HAM10000's class
+proportions (58:1), and reports balanced accuracy (BACC) on a balanced test set;
+5 seeds (each its own data and initialisation), mean ± std, and the paired difference
+to cross-entropy. LDAM max_m = 0.5; DRW (beta 0.9999) for the last third of training.
+Regime "full": 80% of the HAM10000 counts, 30 epochs, training set not memorised;
+"memorise": 25% of the counts, a wider MLP, 60 epochs, training BACC 93-100% (as a
+fine-tuned CNN reaches on HAM10000)::
+
+                 test BACC % (paired difference to CE, percentage points)
+    loss   s   | full, no DRW   full, DRW      memorise, no DRW  memorise, DRW
+    CE     -   | 51.51          63.79          48.69             55.04
+    LDAM   1   | 52.01 (+0.49)  64.07 (+0.28)  49.13 (+0.44)     55.29 (+0.25)
+    LDAM   2   | 52.12 (+0.61)  63.13 (-0.67)  48.38 (-0.31)     53.22 (-1.82)
+    LDAM   5   | 52.37 (+0.86)  61.76 (-2.03)  47.90 (-0.79)     50.92 (-4.12)
+    LDAM  10   | 52.34 (+0.83)  61.04 (-2.75)  47.54 (-1.15)     49.35 (-5.69)
+    LDAM  30   | 52.02 (+0.51)  60.34 (-3.45)  47.16 (-1.53)     48.33 (-6.71)
+    (std over seeds of the paired differences: 0.07-1.09; of the BACCs: 3.4-4.6)
+
+With an unnormalised head, ``s`` mostly multiplies the logits' effective learning
+rate (Adam steps are scale-free, so ``s * z`` moves ``s`` times faster): larger
+``s`` memorises the training set sooner (train BACC 93% at s = 1, 99.8% at s = 30)
+and generalises worse, most of all with DRW. Only ``s = 1`` beats cross-entropy in
+all four settings (by +0.25 to +0.49 points, with seed std <= 0.17). Hence
+``DEFAULT_LDAM_S = 1.0``: the margins are in raw logit units. It is configurable
+(``cfg.ldam_s``); use ~30 only with a cosine-normalised head. This is a proxy
+measurement, not HAM10000 evidence: an ``ldam_s`` ablation on the real data is the
+proper confirmation.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from caco_jax.classes import NUM_CLASSES
+
+Array = jax.Array
+ArrayLike = Any
+
+DEFAULT_LDAM_S: float = 1.0
+LOSS_NAMES: tuple[str, ...] = ("ce", "focal", "ldam", "joint")
+
+
+# --------------------------------------------------------------------------- helpers
+def _prepare(
+    logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None
+) -> tuple[Array, Array, Array]:
+    """Float32 logits, int labels and a float mask with masked rows sanitised."""
+    logits = jnp.asarray(logits, jnp.float32)
+    labels = jnp.asarray(labels).astype(jnp.int32)
+    if mask is None:
+        valid = jnp.ones(labels.shape, jnp.float32)
+    else:
+        valid = (jnp.asarray(mask) > 0).astype(jnp.float32)
+        keep = valid > 0
+        logits = jnp.where(keep[:, None], logits, 0.0)
+        labels = jnp.where(keep, labels, 0)
+    return logits, labels, valid
+
+
+def _weights(class_weights: ArrayLike | None, num_classes: int) -> Array:
+    if class_weights is None:
+        return jnp.ones((num_classes,), jnp.float32)
+    return jnp.asarray(class_weights, jnp.float32)
+
+
+def _weighted_mean(per_example: Array, example_weights: Array) -> Array:
+    """sum(w l) / sum(w); 0 (with zero gradient) when sum(w) == 0."""
+    num = jnp.sum(jnp.where(example_weights > 0, per_example * example_weights, 0.0))
+    den = jnp.sum(example_weights)
+    safe = jnp.where(den > 0, den, 1.0)
+    return jnp.where(den > 0, num / safe, 0.0)
+
+
+def _true_class(values: Array, labels: Array) -> Array:
+    return jnp.take_along_axis(values, labels[:, None], axis=-1)[:, 0]
+
+
+def _check_counts(class_counts: ArrayLike | None, what: str) -> np.ndarray:
+    if class_counts is None:
+        raise ValueError(f"{what} needs the training-split class counts, got None")
+    counts = np.asarray(class_counts, dtype=np.float64)
+    if counts.ndim != 1 or counts.size == 0:
+        raise ValueError(f"{what}: class_counts must be a non-empty 1-D sequence, got shape {counts.shape}")
+    if np.any(~np.isfinite(counts)) or np.any(counts <= 0):
+        bad = [int(i) for i in np.flatnonzero(~(counts > 0) | ~np.isfinite(counts))]
+        raise ValueError(
+            f"{what} needs a positive count for every class; class indices {bad} have "
+            f"counts {[class_counts[i] for i in bad]} (a class absent from the training split "
+            "has no defined margin / effective number)"
+        )
+    return counts
+
+
+# --------------------------------------------------------------------------- losses
+def cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    label_smoothing: float = 0.0,
+    class_weights: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
+) -> Array:
+    """Softmax cross-entropy, identical to ``torch.nn.functional.cross_entropy``
+    (``weight=class_weights``, ``label_smoothing``, mean reduction), plus a mask."""
+    logits, labels, valid = _prepare(logits, labels, mask)
+    num_classes = logits.shape[-1]
+    w = _weights(class_weights, num_classes)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -_true_class(logp, labels)
+    w_t = w[labels]
+    per_example = (1.0 - label_smoothing) * w_t * nll
+    if label_smoothing:
+        per_example = per_example + (label_smoothing / num_classes) * jnp.sum(-logp * w, axis=-1)
+    # Numerator already carries w_t; the denominator is sum(m w_t).
+    num = jnp.sum(jnp.where(valid > 0, per_example, 0.0))
+    den = jnp.sum(valid * w_t)
+    safe = jnp.where(den > 0, den, 1.0)
+    return jnp.where(den > 0, num / safe, 0.0)
+
+
+def focal_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    gamma: float = 2.0,
+    alpha: float | ArrayLike | None = None,
+    class_weights: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
+) -> Array:
+    """Softmax focal loss ``-alpha_t (1 - p_t)^gamma log p_t`` (p_t: plain softmax),
+    weighted mean ``sum m w_y l / sum m w_y``."""
+    logits, labels, valid = _prepare(logits, labels, mask)
+    num_classes = logits.shape[-1]
+    w = _weights(class_weights, num_classes)
+    logp_t = _true_class(jax.nn.log_softmax(logits, axis=-1), labels)
+    per_example = -logp_t
+    if gamma != 0:
+        # 1 - p_t computed without cancellation; floored so d/dx x^gamma stays finite.
+        one_minus_p = jnp.maximum(-jnp.expm1(logp_t), 1e-30)
+        per_example = per_example * one_minus_p**gamma
+    if alpha is not None:
+        alpha = jnp.asarray(alpha, jnp.float32)
+        per_example = per_example * (alpha[labels] if alpha.ndim == 1 else alpha)
+    return _weighted_mean(per_example, valid * w[labels])
+
+
+def ldam_margins(class_counts: ArrayLike, max_m: float = 0.5) -> Array:
+    """LDAM margins ``Delta_j ∝ n_j^(-1/4)``, scaled so ``max(Delta) == max_m``.
+
+    ``class_counts`` are the TRAINING-split counts; a zero/negative count raises
+    ValueError."""
+    counts = _check_counts(class_counts, "LDAM")
+    m = 1.0 / np.sqrt(np.sqrt(counts))
+    m = m * (max_m / np.max(m))
+    return jnp.asarray(m, jnp.float32)
+
+
+def ldam_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    margins: ArrayLike,
+    *,
+    s: float = DEFAULT_LDAM_S,
+    class_weights: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
+) -> Array:
+    """LDAM loss: weighted CE of ``s * (logits - margin_y * onehot(y))``."""
+    logits, labels, valid = _prepare(logits, labels, mask)
+    num_classes = logits.shape[-1]
+    margins = jnp.asarray(margins, jnp.float32)
+    shifted = logits - jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * margins[labels][:, None]
+    w = _weights(class_weights, num_classes)
+    logp_t = _true_class(jax.nn.log_softmax(s * shifted, axis=-1), labels)
+    return _weighted_mean(-logp_t, valid * w[labels])
+
+
+def drw_weights(class_counts: ArrayLike, beta: float = 0.9999) -> np.ndarray:
+    """Effective-number class weights ``(1-beta)/(1-beta^n_j)``, normalised to sum to C."""
+    counts = _check_counts(class_counts, "DRW")
+    if not 0.0 <= beta < 1.0:
+        raise ValueError(f"drw_beta must be in [0, 1), got {beta}")
+    if beta > 0:
+        w = (1.0 - beta) / -np.expm1(counts * np.log(beta))  # 1 - beta^n, accurately
+    else:
+        w = np.ones_like(counts)
+    w = w / w.sum() * len(counts)
+    return w.astype(np.float32)
+
+
+def joint_loss(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    margins: ArrayLike,
+    *,
+    a: float = 0.5,
+    gamma: float = 2.0,
+    alpha: float | ArrayLike | None = None,
+    s: float = DEFAULT_LDAM_S,
+    class_weights: ArrayLike | None = None,
+    mask: ArrayLike | None = None,
+) -> Array:
+    """The paper's joint loss ``a * focal + (1 - a) * LDAM`` (same weights and mask)."""
+    focal = focal_loss(logits, labels, gamma=gamma, alpha=alpha, class_weights=class_weights, mask=mask)
+    ldam = ldam_loss(logits, labels, margins, s=s, class_weights=class_weights, mask=mask)
+    return a * focal + (1.0 - a) * ldam
+
+
+# --------------------------------------------------------------------------- factory
+def default_loss_config() -> ml_collections.ConfigDict:
+    """The loss section of a training config, with the defaults of the paper."""
+    return ml_collections.ConfigDict(
+        {
+            "name": "joint",  # one of LOSS_NAMES
+            "label_smoothing": 0.0,  # 'ce' only
+            "focal_gamma": 2.0,
+            "focal_alpha": None,  # None | float | list of C floats
+            "ldam_max_m": 0.5,
+            "ldam_s": DEFAULT_LDAM_S,
+            "joint_a": 0.5,
+            "drw_epoch": -1,  # -1: off; else the 0-based epoch from which DRW applies
+            "drw_beta": 0.9999,
+        }
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+    """A configured loss. Hashable (tuples only), so it may be closed over or
+    passed as a static argument to ``jax.jit``.
+
+    ``loss(logits, labels, class_weights, mask=None)`` is pure and jit-able;
+    ``loss.class_weights(epoch)`` gives the float32 [C] weights to feed it (ones
+    unless DRW is on and ``epoch >= drw_epoch``), so the jitted step sees the same
+    shapes and dtypes every epoch.
+    """
+
+    name: str
+    num_classes: int
+    label_smoothing: float = 0.0
+    focal_gamma: float = 2.0
+    focal_alpha: float | tuple[float, ...] | None = None
+    ldam_margins: tuple[float, ...] | None = None
+    ldam_s: float = DEFAULT_LDAM_S
+    joint_a: float = 0.5
+    drw_epoch: int = -1
+    drw_class_weights: tuple[float, ...] | None = None
+
+    def __call__(
+        self,
+        logits: ArrayLike,
+        labels: ArrayLike,
+        class_weights: ArrayLike | None = None,
+        mask: ArrayLike | None = None,
+    ) -> Array:
+        alpha = self.focal_alpha
+        if isinstance(alpha, tuple):
+            alpha = jnp.asarray(alpha, jnp.float32)
+        if self.name == "ce":
+            return cross_entropy(
+                logits, labels, label_smoothing=self.label_smoothing, class_weights=class_weights, mask=mask
+            )
+        if self.name == "focal":
+            return focal_loss(
+                logits, labels, gamma=self.focal_gamma, alpha=alpha, class_weights=class_weights, mask=mask
+            )
+        margins = jnp.asarray(self.ldam_margins, jnp.float32)
+        if self.name == "ldam":
+            return ldam_loss(logits, labels, margins, s=self.ldam_s, class_weights=class_weights, mask=mask)
+        return joint_loss(
+            logits,
+            labels,
+            margins,
+            a=self.joint_a,
+            gamma=self.focal_gamma,
+            alpha=alpha,
+            s=self.ldam_s,
+            class_weights=class_weights,
+            mask=mask,
+        )
+
+    @property
+    def drw_enabled(self) -> bool:
+        """Whether deferred re-weighting is configured."""
+        return self.drw_epoch >= 0
+
+    def class_weights(self, epoch: int) -> np.ndarray:
+        """Float32 [C] class weights for ``epoch`` (0-based)."""
+        if self.drw_enabled and epoch >= self.drw_epoch:
+            return np.asarray(self.drw_class_weights, np.float32)
+        return np.ones((self.num_classes,), np.float32)
+
+
+def make_loss(cfg: Any, class_counts: ArrayLike | None) -> Loss:
+    """Builds a :class:`Loss` from a config (ConfigDict or any attribute object;
+    missing fields take :func:`default_loss_config` values).
+
+    ``class_counts`` are the training-split counts; required (all > 0) for 'ldam',
+    'joint' and DRW, optional otherwise (then C = ``NUM_CLASSES``)."""
+    defaults = default_loss_config()
+
+    def get(field: str) -> Any:
+        return getattr(cfg, field, defaults[field])
+
+    name = str(get("name")).lower()
+    if name not in LOSS_NAMES:
+        raise ValueError(f"unknown loss name {get('name')!r}; allowed: {', '.join(LOSS_NAMES)}")
+    num_classes = NUM_CLASSES if class_counts is None else len(np.asarray(class_counts).reshape(-1))
+
+    label_smoothing = float(get("label_smoothing"))
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+    gamma = float(get("focal_gamma"))
+    if gamma < 0:
+        raise ValueError(f"focal_gamma must be >= 0, got {gamma}")
+    alpha = get("focal_alpha")
+    if alpha is not None:
+        if isinstance(alpha, (int, float, np.floating, np.integer)):
+            alpha = float(alpha)
+        else:
+            alpha = tuple(float(x) for x in alpha)
+            if len(alpha) != num_classes:
+                raise ValueError(f"focal_alpha has {len(alpha)} entries, expected {num_classes} (one per class)")
+    s = float(get("ldam_s"))
+    if s <= 0:
+        raise ValueError(f"ldam_s must be > 0, got {s}")
+    a = float(get("joint_a"))
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"joint_a must be in [0, 1], got {a}")
+    drw_epoch = int(get("drw_epoch"))
+    drw_beta = float(get("drw_beta"))
+
+    margins = None
+    if name in ("ldam", "joint"):
+        max_m = float(get("ldam_max_m"))
+        if max_m < 0:
+            raise ValueError(f"ldam_max_m must be >= 0, got {max_m}")
+        margins = tuple(float(x) for x in np.asarray(ldam_margins(class_counts, max_m)))
+    drw = None
+    if drw_epoch >= 0:
+        drw = tuple(float(x) for x in drw_weights(class_counts, drw_beta))
+    return Loss(
+        name=name,
+        num_classes=num_classes,
+        label_smoothing=label_smoothing,
+        focal_gamma=gamma,
+        focal_alpha=alpha,
+        ldam_margins=margins,
+        ldam_s=s,
+        joint_a=a,
+        drw_epoch=drw_epoch,
+        drw_class_weights=drw,
+    )
+
+
+__all__ = [
+    "DEFAULT_LDAM_S",
+    "LOSS_NAMES",
+    "Loss",
+    "cross_entropy",
+    "default_loss_config",
+    "drw_weights",
+    "focal_loss",
+    "joint_loss",
+    "ldam_loss",
+    "ldam_margins",
+    "make_loss",
+]
+

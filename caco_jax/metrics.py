@@ -1,0 +1,368 @@
+"""Classification metrics: on-device accumulation (clu) and host-side reports.
+
+On device (inside a jitted step, no host round-trip):
+
+* :func:`confusion_matrix` — int32 [C, C], rows = true class, columns = predicted
+  (argmax of logits or probabilities); masked rows and labels outside [0, C) count
+  nothing. Summing matrices over batches or devices gives the total.
+* clu metrics: :class:`LossAverage` (example-weighted mean of the batch loss),
+  ``clu.metrics.Accuracy`` (masked), :class:`ConfusionMatrix` (merge = add) and the
+  collections :class:`TrainMetrics` (loss, accuracy) and :class:`EvalMetrics`
+  (loss, accuracy, confusion). Use ``Metrics.single_from_model_output(loss=...,
+  logits=..., labels=..., mask=...)`` in the step and ``.merge`` across steps; under
+  ``pmap`` use ``gather_from_model_output`` (``reduce`` sums over devices). With
+  ``jit`` over a sharded batch the sums are already global.
+
+On the host:
+
+* :func:`classification_report` — accuracy; ``bacc`` = mean per-class recall (the
+  ISIC / ``sklearn.metrics.balanced_accuracy_score`` definition); ``paper_bacc`` =
+  mean over classes of (sensitivity + specificity) / 2 (the paper's formula, a
+  different and larger number); per-class sensitivity, specificity, precision, F1,
+  support and one-vs-rest ROC AUC; ``macro_auc``; ``macro_f1``; the confusion matrix.
+* :class:`EvalAccumulator` — collects logits (kept on device until ``report()``,
+  so updating it does not block), labels and masks over evaluation batches, and
+  builds the report including AUC.
+
+Undefined values and absent classes
+-----------------------------------
+A per-class value whose denominator is 0 is reported as ``None`` (JSON null), never
+NaN or a silent 0: sensitivity (recall) and AUC when the class has no examples
+(``support == 0``), specificity when every example is of that class, precision when
+the class is never predicted, AUC also when the class has no negatives. F1 is
+``2 TP / (2 TP + FP + FN)`` (sklearn's formula): None only for a class neither
+present nor predicted, 0 for an absent class that is predicted.
+
+A class with ``support == 0`` is *absent*: it is listed in ``absent_classes`` and
+excluded from every macro mean (``bacc``, ``paper_bacc``, ``macro_specificity``,
+``macro_f1``, ``macro_auc``), which are therefore means over the present classes
+only — the same rule as sklearn's ``balanced_accuracy_score``. A macro mean with no
+defined term (e.g. an empty matrix) is ``None``; so is ``accuracy`` with no example.
+(On device, ``compute()`` of the clu loss / accuracy metrics is NaN before any
+unmasked example has been seen.) ``macro_auc`` is the unweighted mean of the
+per-class one-vs-rest AUCs (equal to ``roc_auc_score(..., multi_class="ovr",
+average="macro")`` when every class is present). AUCs use the Mann-Whitney
+statistic with average ranks for ties (exactly sklearn's ROC AUC).
+"""
+# No ``from __future__ import annotations`` here: clu's Collection reads the metric
+# classes from ``__annotations__``, which must hold classes, not strings.
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import clu.metrics as clu_metrics
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from caco_jax.classes import CLASS_NAMES, NUM_CLASSES
+
+Array = jax.Array
+ArrayLike = Any
+
+
+# --------------------------------------------------------------------------- device
+def confusion_matrix(
+    logits: ArrayLike, labels: ArrayLike, num_classes: int, mask: ArrayLike | None = None
+) -> Array:
+    """Int32 [C, C] confusion matrix (rows true, columns argmax-predicted); jit-able.
+
+    ``logits`` may also be probabilities (same argmax). Masked rows and labels outside
+    [0, C) contribute nothing."""
+    logits = jnp.asarray(logits)
+    labels = jnp.asarray(labels).astype(jnp.int32)
+    preds = jnp.argmax(logits, axis=-1)
+    true_1h = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)  # out of range -> 0 row
+    if mask is not None:
+        true_1h = true_1h * (jnp.asarray(mask) > 0).astype(jnp.int32)[:, None]
+    pred_1h = jax.nn.one_hot(preds, num_classes, dtype=jnp.int32)
+    return jnp.einsum("bi,bj->ij", true_1h, pred_1h, preferred_element_type=jnp.int32)
+
+
+def _valid_count(labels: Array, mask: Array | None) -> Array:
+    if mask is None:
+        return jnp.asarray(labels.shape[0], jnp.float32)
+    return jnp.sum((jnp.asarray(mask) > 0).astype(jnp.float32))
+
+
+@flax.struct.dataclass
+class LossAverage(clu_metrics.Metric):
+    """Mean of a scalar batch loss, weighted by the batch's unmasked example count.
+
+    ``from_model_output(loss=scalar, labels=[B], mask=None)``; a padded final
+    batch therefore counts only its real examples. (With class weights the batch
+    loss is itself a weighted mean; the epoch value weights batches by examples.)"""
+
+    total: Array
+    count: Array
+
+    @classmethod
+    def empty(cls) -> "LossAverage":
+        return cls(total=jnp.array(0.0, jnp.float32), count=jnp.array(0.0, jnp.float32))
+
+    @classmethod
+    def from_model_output(
+        cls, *, loss: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None, **_: Any
+    ) -> "LossAverage":
+        n = _valid_count(jnp.asarray(labels), mask)
+        loss = jnp.asarray(loss, jnp.float32)
+        return cls(total=jnp.where(n > 0, loss * n, 0.0), count=n)
+
+    def merge(self, other: "LossAverage") -> "LossAverage":
+        return type(self)(total=self.total + other.total, count=self.count + other.count)
+
+    def compute(self) -> Array:
+        """The mean (NaN if no example was seen)."""
+        return self.total / self.count
+
+
+@flax.struct.dataclass
+class ConfusionMatrix(clu_metrics.Metric):
+    """On-device confusion matrix (int32 [C, C]); merge adds. ``compute()`` returns it.
+
+    ``num_classes`` is a class attribute (default 7); build other sizes with
+    :func:`confusion_matrix_metric`."""
+
+    matrix: Array
+    num_classes: ClassVar[int] = NUM_CLASSES
+
+    @classmethod
+    def empty(cls) -> "ConfusionMatrix":
+        return cls(matrix=jnp.zeros((cls.num_classes, cls.num_classes), jnp.int32))
+
+    @classmethod
+    def from_model_output(
+        cls, *, logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None, **_: Any
+    ) -> "ConfusionMatrix":
+        return cls(matrix=confusion_matrix(logits, labels, cls.num_classes, mask))
+
+    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
+        return type(self)(matrix=self.matrix + other.matrix)
+
+    def compute(self) -> Array:
+        return self.matrix
+
+
+def confusion_matrix_metric(num_classes: int) -> type[ConfusionMatrix]:
+    """A :class:`ConfusionMatrix` subclass (a registered pytree) for ``num_classes``."""
+    if num_classes == NUM_CLASSES:
+        return ConfusionMatrix
+    cls = type(f"ConfusionMatrix{num_classes}", (ConfusionMatrix,), {"num_classes": num_classes})
+    return flax.struct.dataclass(cls)
+
+
+@flax.struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+    """Per-step training metrics: ``loss`` (example-weighted mean), ``accuracy``.
+
+    ``TrainMetrics.single_from_model_output(loss=l, logits=z, labels=y, mask=m)``;
+    labels must be int32."""
+
+    loss: LossAverage
+    accuracy: clu_metrics.Accuracy
+
+
+@flax.struct.dataclass
+class EvalMetrics(clu_metrics.Collection):
+    """Evaluation metrics: ``loss``, ``accuracy`` and ``confusion`` (7 classes);
+    :func:`eval_metrics_class` builds the same for another class count."""
+
+    loss: LossAverage
+    accuracy: clu_metrics.Accuracy
+    confusion: ConfusionMatrix
+
+
+def eval_metrics_class(num_classes: int) -> type[clu_metrics.Collection]:
+    """An :class:`EvalMetrics`-like collection for ``num_classes`` classes."""
+    if num_classes == NUM_CLASSES:
+        return EvalMetrics
+    return clu_metrics.Collection.create(
+        loss=LossAverage, accuracy=clu_metrics.Accuracy, confusion=confusion_matrix_metric(num_classes)
+    )
+
+
+# --------------------------------------------------------------------------- host
+def _ratio(num: float, den: float) -> float | None:
+    return float(num) / float(den) if den > 0 else None
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties get the average rank."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return (ends - (counts - 1) / 2.0)[inverse.reshape(-1)]
+
+
+def binary_auc(scores: ArrayLike, positive: ArrayLike) -> float | None:
+    """ROC AUC of ``scores`` for boolean ``positive`` (Mann-Whitney, ties averaged);
+    None without both positives and negatives."""
+    scores = np.asarray(scores, np.float64).reshape(-1)
+    positive = np.asarray(positive, bool).reshape(-1)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = _average_ranks(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def one_vs_rest_auc(probs: ArrayLike, labels: ArrayLike, num_classes: int) -> list[float | None]:
+    """Per-class one-vs-rest ROC AUC (None where undefined)."""
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    if probs.ndim != 2 or probs.shape != (labels.size, num_classes):
+        raise ValueError(f"probs must be [N, {num_classes}] with N = {labels.size}, got {probs.shape}")
+    return [binary_auc(probs[:, k], labels == k) for k in range(num_classes)]
+
+
+def classification_report(
+    confusion: ArrayLike,
+    *,
+    probs: ArrayLike | None = None,
+    labels: ArrayLike | None = None,
+    class_names: Sequence[str] = CLASS_NAMES,
+) -> dict[str, Any]:
+    """JSON-serialisable report from a confusion matrix (rows true, columns predicted)
+    and, optionally, probabilities [N, C] and labels [N] for ROC AUC.
+
+    Keys: num_examples, accuracy, bacc (mean recall), paper_bacc (mean of
+    (sens + spec) / 2), macro_specificity, macro_f1, macro_auc, absent_classes,
+    class_names, per_class {name: {sensitivity, specificity, precision, f1, support,
+    auc}}, confusion. See the module docstring for None / absent-class rules."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    num_classes = len(class_names)
+    if cm.shape != (num_classes, num_classes):
+        raise ValueError(
+            f"confusion must be [{num_classes}, {num_classes}] for {num_classes} class names, got {cm.shape}"
+        )
+    if (probs is None) != (labels is None):
+        raise ValueError("pass both probs and labels (for AUC) or neither")
+    aucs: list[float | None] = [None] * num_classes
+    if probs is not None:
+        aucs = one_vs_rest_auc(probs, labels, num_classes)
+
+    total = int(cm.sum())
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    per_class: dict[str, dict[str, Any]] = {}
+    present: list[bool] = []
+    for k, name in enumerate(class_names):
+        fn = int(support[k] - tp[k])
+        fp = int(predicted[k] - tp[k])
+        tn = total - int(tp[k]) - fn - fp
+        sens = _ratio(tp[k], support[k])
+        per_class[name] = {
+            "sensitivity": sens,
+            "specificity": _ratio(tn, tn + fp),
+            "precision": _ratio(tp[k], predicted[k]),
+            "f1": _ratio(2 * tp[k], 2 * tp[k] + fp + fn),
+            "support": int(support[k]),
+            "auc": aucs[k] if support[k] > 0 else None,
+        }
+        present.append(bool(support[k] > 0))
+
+    kept = [per_class[n] for n, p in zip(class_names, present) if p]
+    paper_terms = [
+        (c["sensitivity"] + c["specificity"]) / 2.0 if c["specificity"] is not None else None for c in kept
+    ]
+    report: dict[str, Any] = {
+        "num_examples": total,
+        "accuracy": _ratio(tp.sum(), total),
+        "bacc": _mean([c["sensitivity"] for c in kept]),
+        "paper_bacc": _mean(paper_terms),
+        "macro_specificity": _mean([c["specificity"] for c in kept]),
+        "macro_f1": _mean([c["f1"] for c in kept]),
+        "macro_auc": _mean([c["auc"] for c in kept]) if probs is not None else None,
+        "absent_classes": [n for n, p in zip(class_names, present) if not p],
+        "class_names": list(class_names),
+        "per_class": per_class,
+        "confusion": cm.tolist(),
+    }
+    return report
+
+
+def flatten_report(report: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """Scalar view of a report for loggers: ``{prefix}accuracy``, ``{prefix}bacc``,
+    ..., ``{prefix}{metric}/{class}``; None values are dropped."""
+    out: dict[str, float] = {}
+    for key in ("accuracy", "bacc", "paper_bacc", "macro_specificity", "macro_f1", "macro_auc"):
+        if report.get(key) is not None:
+            out[prefix + key] = float(report[key])
+    for name, values in report.get("per_class", {}).items():
+        for metric, value in values.items():
+            if metric != "support" and value is not None:
+                out[f"{prefix}{metric}/{name}"] = float(value)
+    return out
+
+
+class EvalAccumulator:
+    """Host-side evaluation accumulator (confusion matrix + what AUC needs).
+
+    ``update(logits, labels, mask=None)`` keeps references to the (device) arrays
+    without synchronising; ``report()`` transfers them once, drops masked rows,
+    applies softmax and returns :func:`classification_report` with AUC."""
+
+    def __init__(self, class_names: Sequence[str] = CLASS_NAMES) -> None:
+        self.class_names = tuple(class_names)
+        self.num_classes = len(self.class_names)
+        self._batches: list[tuple[Any, Any, Any]] = []
+
+    def reset(self) -> None:
+        """Forget every batch."""
+        self._batches.clear()
+
+    def update(self, logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None) -> None:
+        """Adds one batch: logits [B, C], labels [B], mask [B] (0 = padding)."""
+        if np.shape(logits)[-1] != self.num_classes:
+            raise ValueError(f"logits have {np.shape(logits)[-1]} classes, expected {self.num_classes}")
+        self._batches.append((logits, labels, mask))
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(probabilities [N, C] float64, labels [N] int64, predictions [N] int64)
+        of the unmasked rows; predictions are the argmax of the logits."""
+        probs, labels, preds = [], [], []
+        for logits, y, m in self._batches:
+            z = np.asarray(logits, np.float64).reshape(-1, self.num_classes)
+            y = np.asarray(y).reshape(-1).astype(np.int64)
+            if m is not None:
+                keep = np.asarray(m).reshape(-1) > 0
+                z, y = z[keep], y[keep]
+            preds.append(z.argmax(axis=1))
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            probs.append(e / e.sum(axis=1, keepdims=True))
+            labels.append(y)
+        if not probs:
+            empty = np.zeros((0,), np.int64)
+            return np.zeros((0, self.num_classes)), empty, empty
+        return np.concatenate(probs), np.concatenate(labels), np.concatenate(preds)
+
+    def report(self) -> dict[str, Any]:
+        """The full classification report, AUC included (labels outside [0, C) are
+        dropped, as in :func:`confusion_matrix`)."""
+        probs, labels, preds = self.arrays()
+        ok = (labels >= 0) & (labels < self.num_classes)
+        cm = np.zeros((self.num_classes, self.num_classes), np.int64)
+        np.add.at(cm, (labels[ok], preds[ok]), 1)
+        return classification_report(cm, probs=probs[ok], labels=labels[ok], class_names=self.class_names)
+
+
+__all__ = [
+    "ConfusionMatrix",
+    "EvalAccumulator",
+    "EvalMetrics",
+    "LossAverage",
+    "TrainMetrics",
+    "binary_auc",
+    "classification_report",
+    "confusion_matrix",
+    "confusion_matrix_metric",
+    "eval_metrics_class",
+    "flatten_report",
+    "one_vs_rest_auc",
+]

@@ -1,0 +1,152 @@
+"""Headless matplotlib figures for training reports (PNG).
+
+Figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas directly, so
+nothing touches pyplot's global state or needs a display. The pixel size of every
+file is ``figsize * dpi`` exactly (no tight bounding box), e.g. 1200 x 520 for the
+confusion matrix and 1200 x 450 for the curves with the defaults.
+"""
+from __future__ import annotations
+
+import math
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+CONFUSION_FIGSIZE: tuple[float, float] = (12.0, 5.2)
+CURVES_FIGSIZE: tuple[float, float] = (12.0, 4.5)
+DPI: int = 100
+
+
+def _save(fig: Figure, path: str | pathlib.Path, dpi: int) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png", dpi=dpi)
+    return path
+
+
+def _matrix_panel(ax: Any, values: np.ndarray, class_names: Sequence[str], title: str, fmt: str, vmax: float) -> None:
+    shown = np.where(np.isnan(values), 0.0, values)
+    im = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=vmax if vmax > 0 else 1.0)
+    n = len(class_names)
+    ax.set_xticks(range(n), labels=list(class_names), rotation=45, ha="right")
+    ax.set_yticks(range(n), labels=list(class_names))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    threshold = (vmax if vmax > 0 else 1.0) / 2.0
+    for i in range(n):
+        for j in range(n):
+            text = "-" if np.isnan(values[i, j]) else format(values[i, j], fmt)
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                    color="white" if shown[i, j] > threshold else "black")
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+
+
+def plot_confusion_matrix(
+    confusion: Any,
+    class_names: Sequence[str],
+    path: str | pathlib.Path,
+    title: str = "Confusion matrix",
+    *,
+    figsize: tuple[float, float] = CONFUSION_FIGSIZE,
+    dpi: int = DPI,
+) -> pathlib.Path:
+    """Two panels: counts and row-normalised (recall on the diagonal; rows of absent
+    classes shown as "-"). Writes a PNG and returns its path."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    n = len(class_names)
+    if cm.shape != (n, n):
+        raise ValueError(f"confusion must be [{n}, {n}] for {n} class names, got {cm.shape}")
+    rows = cm.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        normalised = np.where(rows > 0, cm / np.maximum(rows, 1), np.nan)
+
+    fig = Figure(figsize=figsize, dpi=dpi)
+    ax_counts, ax_norm = fig.subplots(1, 2)
+    _matrix_panel(ax_counts, cm.astype(np.float64), class_names, "counts", ".0f", float(cm.max(initial=0)))
+    _matrix_panel(ax_norm, normalised, class_names, "row-normalised (recall)", ".2f", 1.0)
+    fig.suptitle(title)
+    fig.subplots_adjust(left=0.07, right=0.95, bottom=0.2, top=0.86, wspace=0.3)
+    return _save(fig, path, dpi)
+
+
+def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for i, row in enumerate(history):
+        value = row.get(key)
+        if value is None:
+            continue
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(value):
+            xs.append(float(row.get("epoch", i)))
+            ys.append(value)
+    return xs, ys
+
+
+def _keys(history: Sequence[Mapping[str, Any]], suffixes: tuple[str, ...]) -> list[str]:
+    seen: dict[str, None] = {}
+    for row in history:
+        for key in row:
+            if key != "epoch" and key.endswith(suffixes):
+                seen[key] = None
+    order = {"train": 0, "val": 1, "test": 2}
+    return sorted(seen, key=lambda k: (k.split("_", 1)[-1], order.get(k.split("_", 1)[0], 3), k))
+
+
+_SPLIT_STYLES = {"train": "-", "val": "--", "test": ":"}
+
+
+def _line_style(key: str) -> str:
+    """Solid for train, dashed for validation, dotted for test (or anything else)."""
+    return _SPLIT_STYLES.get(key.split("_", 1)[0], ":")
+
+
+def plot_curves(
+    history: Sequence[Mapping[str, Any]],
+    path: str | pathlib.Path,
+    title: str = "Training curves",
+    *,
+    figsize: tuple[float, float] = CURVES_FIGSIZE,
+    dpi: int = DPI,
+) -> pathlib.Path:
+    """Loss (left) and accuracy / BACC (right) per epoch, train solid, validation
+    dashed, test dotted, one colour per metric. ``history`` rows are per-epoch dicts (``epoch``, ``train_loss``,
+    ``val_loss``, ``train_accuracy``, ``val_accuracy``, ``val_bacc``,
+    ``val_paper_bacc``, ...): every key ending in ``loss`` goes left, every key
+    ending in ``accuracy`` or ``bacc`` right; missing, None or non-finite values are
+    skipped (the row index stands in for a missing ``epoch``)."""
+    fig = Figure(figsize=figsize, dpi=dpi)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    panels = ((ax_loss, ("loss",), "loss"), (ax_acc, ("accuracy", "bacc"), "accuracy / BACC"))
+    for ax, suffixes, ylabel in panels:
+        drawn = 0
+        colours: dict[str, str] = {}  # one colour per metric, shared by its splits
+        for key in _keys(history, suffixes):
+            xs, ys = _series(history, key)
+            if xs:
+                metric = key.split("_", 1)[-1] if key.split("_", 1)[0] in _SPLIT_STYLES else key
+                colour = colours.setdefault(metric, f"C{len(colours)}")
+                ax.plot(xs, ys, _line_style(key), color=colour,
+                        marker="o" if len(xs) < 2 else None, label=key)
+                drawn += 1
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    fig.suptitle(title)
+    fig.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.88, wspace=0.25)
+    return _save(fig, path, dpi)
+
+
+__all__ = ["plot_confusion_matrix", "plot_curves"]
