@@ -21,6 +21,7 @@ def create_model(
     attention: str = "caco",
     ca_activation: str = "swish",
     dropout: float = 0.2,
+    bn_momentum: float = 0.01,
     dtype: str = "float32",
     seed: int = 0,
 ) -> MobileNetV3:
@@ -36,6 +37,7 @@ def create_model(
             attention=attention,
             ca_activation=ca_activation,
             dropout=dropout,
+            bn_momentum=bn_momentum,
             dtype=DTYPES[dtype],
             rngs=nnx.Rngs(seed),
         )
@@ -51,6 +53,7 @@ def model_from_config(cfg: Any, *, num_classes: int, seed: int = 0) -> MobileNet
         attention=cfg.attention,
         ca_activation=cfg.ca_activation,
         dropout=cfg.dropout,
+        bn_momentum=cfg.bn_momentum,
         dtype=cfg.dtype,
         seed=seed,
     )

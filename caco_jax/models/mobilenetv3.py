@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from caco_jax.models.attention import ATTENTIONS, make_attention
-from caco_jax.models.layers import Array, ConvBNAct, Dtype, activation, hard_swish, make_divisible
+from caco_jax.models.layers import BN_MOMENTUM, Array, BatchNorm, ConvBNAct, Dtype, activation, hard_swish, make_divisible
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +139,9 @@ class MobileNetV3(nnx.Module):
       ca_activation: activation inside coordinate attention ('swish' as the paper,
         'hardswish' as the official CA code).
       dropout: classifier dropout rate (torchvision: 0.2).
+      bn_momentum: BatchNorm running-average momentum in torch's convention
+        (torchvision's MobileNetV3: 0.01; short runs such as the CPU demo need a
+        larger value or the running statistics stay near their initialisation).
       dtype: compute dtype (e.g. jnp.bfloat16); parameters and BatchNorm statistics
         stay float32 and logits are returned in float32.
     """
@@ -151,6 +154,7 @@ class MobileNetV3(nnx.Module):
         attention: str = "caco",
         ca_activation: str = "swish",
         dropout: float = 0.2,
+        bn_momentum: float = BN_MOMENTUM,
         dtype: Dtype | None = None,
         rngs: nnx.Rngs,
     ):
@@ -179,6 +183,11 @@ class MobileNetV3(nnx.Module):
         self.classifier = nnx.Linear(
             spec.last_channel, num_classes, kernel_init=linear_init, dtype=dtype, rngs=rngs
         )
+        if not 0.0 < bn_momentum <= 1.0:
+            raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
+        for _, module in self.iter_modules():
+            if isinstance(module, BatchNorm):
+                module.momentum = bn_momentum
 
     @property
     def num_features(self) -> int:

@@ -1,0 +1,44 @@
+"""Run logging: console + ``train.log``, ``metrics.jsonl`` and TensorBoard event files."""
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from collections.abc import Mapping
+
+from tensorboardX import SummaryWriter
+
+log = logging.getLogger("caco_jax")
+
+
+class RunLog:
+    """Appends to ``workdir/metrics.jsonl`` and ``workdir/train.log``; writes TensorBoard events to ``workdir/tb``."""
+
+    def __init__(self, workdir: str | pathlib.Path):
+        self.workdir = pathlib.Path(workdir)
+        self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._tb = SummaryWriter(str(self.workdir / "tb"))
+        self._file = logging.FileHandler(self.workdir / "train.log")
+        self._file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(self._file)
+        if log.level == logging.NOTSET:
+            log.setLevel(logging.INFO)
+
+    def info(self, message: str) -> None:
+        log.info(message)
+
+    def scalars(self, step: int, values: Mapping[str, float | None], kind: str = "train") -> None:
+        """One JSON line per call (flushed, so a crash loses nothing logged) + TensorBoard scalars."""
+        clean = {k: v for k, v in values.items() if v is not None}
+        self._jsonl.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **clean}) + "\n")
+        self._jsonl.flush()
+        for k, v in clean.items():
+            self._tb.add_scalar(k if "/" in k else f"{kind}/{k}", v, step)
+        self._tb.flush()
+
+    def close(self) -> None:
+        self._jsonl.close()
+        self._tb.close()
+        log.removeHandler(self._file)
+        self._file.close()

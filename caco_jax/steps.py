@@ -1,0 +1,141 @@
+"""Train state, optimiser and the jit-compiled train / eval steps.
+
+The NNX model is split once (``nnx.split``) into a static graph and plain pytrees of
+parameters and BatchNorm statistics; the steps are pure functions of those pytrees,
+so ``jax.jit`` never walks the module graph at call time and the state can be donated.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from caco_jax.data.augment import AugmentConfig, augment_batch, normalize
+from caco_jax.losses import Loss
+from caco_jax.metrics import TrainMetrics
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything training needs to continue: saved and restored as one unit."""
+
+    step: jax.Array  # int32 scalar: optimiser steps taken
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: PyTree
+    rng: jax.Array  # uint32[2] base key; per-step keys are fold_in(rng, step)
+
+
+class ModelDef:
+    """The static half of an NNX model: train/eval graphs and ``apply``."""
+
+    def __init__(self, model: nnx.Module):
+        model.train()
+        self.train_graph, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+        model.eval()
+        self.eval_graph = nnx.graphdef(model)
+        self.init_params = params.to_pure_dict()
+        self.init_batch_stats = batch_stats.to_pure_dict()
+
+    def apply(
+        self, params: PyTree, batch_stats: PyTree, images: jax.Array, *, train: bool, rng: jax.Array | None = None
+    ) -> tuple[jax.Array, PyTree]:
+        """Logits and (in training) the updated BatchNorm statistics."""
+        graph = self.train_graph if train else self.eval_graph
+        model = nnx.merge(graph, params, batch_stats)
+        logits = model(images, rngs=nnx.Rngs(dropout=rng) if train else None)
+        new_stats = nnx.state(model, nnx.BatchStat).to_pure_dict() if train else batch_stats
+        return logits, new_stats
+
+
+def decay_mask(params: PyTree, mode: str) -> PyTree | None:
+    """Which parameters get weight decay: 'all' (torch AdamW) or 'exclude_norm_bias'."""
+    if mode == "all":
+        return None
+    if mode != "exclude_norm_bias":
+        raise ValueError(f"unknown optimizer.weight_decay_mask {mode!r}; expected 'all' or 'exclude_norm_bias'")
+
+    def keep(path: tuple, _: Any) -> bool:
+        names = [getattr(p, "key", getattr(p, "name", None)) for p in path]
+        return not (names[-1] == "bias" or "bn" in names or "bn1" in names)
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def learning_rate_schedule(cfg: Any, steps_per_epoch: int, num_epochs: int) -> optax.Schedule:
+    """'constant' (the paper) or 'cosine' (linear warmup, then cosine decay to 0)."""
+    lr = cfg.learning_rate
+    if cfg.schedule == "constant":
+        return optax.constant_schedule(lr)
+    if cfg.schedule == "cosine":
+        total = max(1, steps_per_epoch * num_epochs)
+        warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total, end_value=0.0)
+    raise ValueError(f"unknown optimizer.schedule {cfg.schedule!r}; expected 'constant' or 'cosine'")
+
+
+def make_optimizer(cfg: Any, params: PyTree, steps_per_epoch: int, num_epochs: int) -> optax.GradientTransformation:
+    """AdamW with decoupled weight decay, as torch.optim.AdamW (lr scales the decay too)."""
+    return optax.adamw(
+        learning_rate_schedule(cfg, steps_per_epoch, num_epochs),
+        b1=cfg.b1,
+        b2=cfg.b2,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
+        mask=decay_mask(params, cfg.weight_decay_mask),
+    )
+
+
+def init_state(model_def: ModelDef, tx: optax.GradientTransformation, seed: int) -> TrainState:
+    params = model_def.init_params
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=model_def.init_batch_stats,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(seed)),
+    )
+
+
+def make_train_step(
+    model_def: ModelDef, tx: optax.GradientTransformation, loss: Loss, aug: AugmentConfig, image_size: int
+) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, TrainMetrics]]:
+    """One optimiser step on a uint8 batch: augment on device, forward, backward, AdamW."""
+
+    def train_step(state: TrainState, batch: dict[str, jax.Array], class_weights: jax.Array):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        aug_key, dropout_key = jax.random.split(key)
+        images = augment_batch(aug_key, batch["image"], out_size=image_size, cfg=aug)
+        labels = batch["label"]
+
+        def loss_fn(params):
+            logits, stats = model_def.apply(params, state.batch_stats, images, train=True, rng=dropout_key)
+            return loss(logits, labels, class_weights), (logits, stats)
+
+        (value, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = TrainMetrics.single_from_model_output(loss=value, logits=logits, labels=labels)
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_eval_step(
+    model_def: ModelDef, loss: Loss
+) -> Callable[[PyTree, PyTree, dict[str, jax.Array], jax.Array], tuple[jax.Array, jax.Array]]:
+    """(params, batch_stats, batch, class_weights) -> (logits, masked mean loss)."""
+
+    def eval_step(params, batch_stats, batch, class_weights):
+        logits, _ = model_def.apply(params, batch_stats, normalize(batch["image"]), train=False)
+        return logits, loss(logits, batch["label"], class_weights, mask=batch["mask"])
+
+    return eval_step

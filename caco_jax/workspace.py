@@ -1,0 +1,58 @@
+"""A run's workdir: its saved config, and the data the config points at (built on first use)."""
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+from typing import Any
+
+import ml_collections
+
+from caco_jax.data import ham10000, pipeline, synthetic
+
+log = logging.getLogger("caco_jax")
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
+    """Writes ``workdir/config.json`` (what evaluate.py / predict.py rebuild the model from)."""
+    path = workdir / "config.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(config.to_json_best_effort(indent=2))
+    tmp.replace(path)
+    return path
+
+
+def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The config a training run saved in its workdir."""
+    path = pathlib.Path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} not found: is {workdir} the --workdir of a training run (scripts/train.py)?"
+        )
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def data_location(config: Any, workdir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path | None]:
+    """(TFDS data_dir, manual_dir to build from or None) for a config.
+
+    With ``data.synthetic_images > 0`` both live in the workdir: synthetic
+    HAM10000-like JPEGs are written to ``workdir/synthetic`` and built into
+    ``workdir/tfds`` (no download anywhere).
+    """
+    if config.data.synthetic_images > 0:
+        return workdir / "tfds", workdir / "synthetic"
+    manual = pathlib.Path(config.data.manual_dir).expanduser().resolve() if config.data.manual_dir else None
+    return pathlib.Path(config.data.data_dir).expanduser().resolve(), manual
+
+
+def open_data(config: Any, workdir: pathlib.Path) -> dict[str, pipeline.Source]:
+    """Builds the dataset if needed (synthetic or from ``data.manual_dir``) and opens the three splits."""
+    data_dir, manual_dir = data_location(config, workdir)
+    if config.data.synthetic_images > 0 and not (manual_dir / "HAM10000_metadata.csv").is_file():
+        log.info("writing %d synthetic HAM10000-like images to %s", config.data.synthetic_images, manual_dir)
+        synthetic.write_manual_dir(manual_dir, num_images=config.data.synthetic_images, seed=config.seed)
+    if manual_dir is not None:
+        ham10000.prepare(manual_dir, data_dir, image_size=config.data.build_size, progress=config.progress_bar)
+    return pipeline.open_splits(
+        data_dir, split_by=config.data.split_by, seed=config.data.split_seed, image_size=config.data.build_size
+    )

@@ -1,0 +1,6 @@
+"""MobileNetV3-CaCo with the joint focal+LDAM loss: the paper's best model (Table 4)."""
+from configs import default
+
+
+def get_config():
+    return default.get_config()

@@ -1,0 +1,66 @@
+"""The paper's recipe: MobileNetV3-CaCo, joint focal+LDAM loss, AdamW, 100 epochs.
+
+Every other config is a small override of this one. Override any field on the
+command line: ``--config.optimizer.learning_rate=1e-3``.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from caco_jax.losses import default_loss_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.model = ml_collections.ConfigDict()
+    c.model.arch = "small"  # small | large | tiny (tests)
+    c.model.attention = "caco"  # se | caco | cbam | seco | eca | none
+    c.model.ca_activation = "swish"  # swish (the paper) | hardswish (official CA code)
+    c.model.dropout = 0.2
+    c.model.bn_momentum = 0.01  # torch convention, as torchvision's MobileNetV3
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
+    # torchvision mobilenet_v3_small .pth (full or backbone-only) or a directory from
+    # scripts/convert_torchvision.py; '' trains from scratch.
+    c.model.pretrained = "weights/mobilenet_v3_small-047dcff4.pth"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.data_dir = "data/tfds"  # where the TFDS ham10000 build lives (built on first use)
+    c.data.manual_dir = ""  # raw HAM10000 (Kaggle/Dataverse/ISIC layout) to build from
+    c.data.build_size = 225  # images stored with this short side (aspect kept, never enlarged)
+    c.data.synthetic_images = 0  # >0: generate this many synthetic images instead (demo/tests)
+    c.data.split_by = "lesion"  # lesion (no lesion in two splits) | image (the paper's likely split)
+    c.data.split_seed = 0
+    c.data.image_size = 224  # network input
+    c.data.load_size = 256  # decoded training images (random resized crop -> image_size)
+    c.data.num_workers = 0  # grain worker processes (0: in the main process)
+    c.data.augment = ml_collections.ConfigDict()  # fields of caco_jax.data.augment.AugmentConfig
+
+    c.loss = default_loss_config()
+    c.loss.name = "joint"
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.learning_rate = 5e-4
+    c.optimizer.weight_decay = 5e-2
+    c.optimizer.weight_decay_mask = "all"  # all (torch AdamW) | exclude_norm_bias
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.eps = 1e-8
+    c.optimizer.schedule = "constant"  # constant (the paper) | cosine
+    c.optimizer.warmup_epochs = 0.0
+
+    c.batch_size = 128  # global, split over all devices
+    c.eval_batch_size = 128
+    c.num_epochs = 100
+    c.num_devices = 0  # 0: all local devices
+    c.distributed = False  # multi-host: jax.distributed.initialize()
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every_epochs = 1
+    c.checkpoint.every_steps = 0  # >0: also save every N steps (long epochs, preemptible machines)
+    c.checkpoint.keep = 3
+
+    c.log_every_steps = 20
+    c.progress_bar = True
+    return c
