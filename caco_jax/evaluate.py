@@ -13,6 +13,9 @@ from jax.sharding import Mesh
 from caco_jax import parallel, plots
 from caco_jax.classes import CLASS_NAMES
 from caco_jax.metrics import EvalAccumulator
+from caco_jax.models import MobileNetV3, model_from_config
+from caco_jax.weights import assign_weights, read_weights
+from caco_jax.workspace import load_config
 
 # The paper's HAM10000 test results: (attention, loss, pretrained) -> (accuracy %, BACC %, params M).
 PAPER_RESULTS: dict[tuple[str, str, bool], tuple[float, float, float]] = {
@@ -31,6 +34,25 @@ PAPER_RESULTS: dict[tuple[str, str, bool], tuple[float, float, float]] = {
 def paper_row(attention: str, loss: str, pretrained: bool) -> tuple[float, float, float] | None:
     """The paper's figures for this configuration (Table 5 ablations are taken as CE-trained)."""
     return PAPER_RESULTS.get((attention, loss, pretrained))
+
+
+def load_trained(
+    workdir: str | pathlib.Path, weights: str | pathlib.Path | None = None
+) -> tuple[Any, MobileNetV3, dict[str, Any], pathlib.Path]:
+    """(config, model in eval mode, weights metadata, weights dir) of a training run.
+
+    ``weights`` defaults to ``workdir/best`` (the best validation BACC), written by
+    scripts/train.py; any directory in that format works (e.g. a conversion output of
+    the same architecture and class count).
+    """
+    workdir = pathlib.Path(workdir)
+    config = load_config(workdir)
+    weights_dir = pathlib.Path(weights) if weights else workdir / "best"
+    flat, meta = read_weights(weights_dir)
+    model = model_from_config(config.model, num_classes=len(CLASS_NAMES), seed=config.seed)
+    assign_weights(model, flat, source=str(weights_dir))
+    model.eval()
+    return config, model, meta, weights_dir
 
 
 def run_eval(

@@ -232,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                 if row["val_bacc"] > best:
                     best = row["val_bacc"]
                     save_weights(_as_model(model, state), workdir / "best", metadata={
-                        "epoch": epoch + 1, "step": step, "val_bacc": best, "val_accuracy": row["val_accuracy"],
+                        "epoch": epoch + 1, "step": step, "val_bacc": best, "train_class_counts": counts.tolist(), "val_accuracy": row["val_accuracy"],
                         "source": f"best validation BACC of {workdir}"})
                 if (epoch + 1) % config.checkpoint.every_epochs == 0 or step == total_steps:
                     save(epoch)

@@ -1,0 +1,79 @@
+"""Evaluate a trained run's best checkpoint on any split or dataset and write a report.
+
+    python scripts/evaluate.py --workdir runs/caco [--split test]
+    python scripts/evaluate.py --workdir runs/caco --data_dir data/tfds          # another build location
+    python scripts/evaluate.py --workdir runs/caco --dataset isic2018_test \\
+        --manual_dir /path/to/ISIC2018 --data_dir data/tfds                    # external ISIC 2018 test set
+
+Writes report_<dataset>_<split>.{md,json} and a confusion-matrix PNG (to --out, default the workdir).
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+import jax
+import numpy as np
+from ml_collections import ConfigDict
+
+from caco_jax import parallel
+from caco_jax.classes import CLASS_NAMES
+from caco_jax.data import ham10000, pipeline
+from caco_jax.evaluate import load_trained, run_eval, write_report
+from caco_jax.losses import make_loss
+from caco_jax.models import count_params
+from caco_jax.steps import ModelDef, make_eval_step
+from caco_jax.workspace import data_location
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workdir", type=pathlib.Path, required=True, help="a scripts/train.py run directory")
+    p.add_argument("--weights", type=pathlib.Path, help="weights directory (default: WORKDIR/best)")
+    p.add_argument("--dataset", default="ham10000", choices=sorted(ham10000.TFDS_SPLIT))
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"),
+                   help="HAM10000 split (the run's own split settings); ignored for ISIC 2018 sets")
+    p.add_argument("--data_dir", type=pathlib.Path, help="TFDS data_dir (default: the run's)")
+    p.add_argument("--manual_dir", type=pathlib.Path, help="raw files to build --dataset from first")
+    p.add_argument("--batch_size", type=int, default=0, help="default: the run's eval_batch_size")
+    p.add_argument("--out", type=pathlib.Path, help="report directory (default: WORKDIR)")
+    args = p.parse_args(argv)
+
+    config, model, meta, weights_dir = load_trained(args.workdir, args.weights)
+    default_dir, _ = data_location(config, args.workdir.resolve())
+    data_dir = args.data_dir or default_dir
+    build_size = config.data.build_size
+    if args.manual_dir:
+        ham10000.prepare(args.manual_dir, data_dir, config=args.dataset, image_size=build_size)
+    if args.dataset == "ham10000":
+        source = pipeline.open_splits(data_dir, split_by=config.data.split_by, seed=config.data.split_seed,
+                                      image_size=build_size)[args.split]
+        split = args.split
+    else:
+        source = pipeline.open_source(data_dir, config=args.dataset, image_size=build_size)
+        split = ham10000.TFDS_SPLIT[args.dataset]
+
+    mesh = parallel.make_mesh(config.num_devices or None)
+    batch_size = args.batch_size or config.eval_batch_size
+    parallel.check_batch_size(batch_size, mesh, "batch_size")
+    counts = meta.get("train_class_counts")  # LDAM margins need them; older weights lack them
+    loss = make_loss(config.loss if counts else ConfigDict({"name": "ce"}), counts)
+    model_def = ModelDef(model)
+    repl = parallel.replicated(mesh)
+    eval_step = jax.jit(make_eval_step(model_def, loss),
+                        in_shardings=(repl, repl, parallel.data_sharding(mesh), repl), out_shardings=repl)
+    params, stats = jax.device_put((model_def.init_params, model_def.init_batch_stats), repl)
+    batches = pipeline.eval_iterator(source, batch_size=batch_size, image_size=config.data.image_size)
+    report = run_eval(eval_step, params, stats, batches, np.ones(len(CLASS_NAMES), np.float32), mesh)
+    out = args.out or args.workdir
+    paths = write_report(out, report, history=[], config=config, num_params=count_params(model), split=split,
+                         checkpoint=str(weights_dir), prefix=f"report_{args.dataset}_{split}")
+    print(f"{args.dataset}/{split}: {report['num_examples']} images, accuracy {report['accuracy']:.4f}, "
+          f"BACC {report['bacc']:.4f}, paper BACC {report['paper_bacc']:.4f}")
+    print(f"report: {paths['md']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
