@@ -1,0 +1,208 @@
+"""Training augmentation and normalisation in JAX, for the jitted step on the accelerator.
+
+The paper names the operations (random horizontal and vertical flips, rotation by
+90/180 degrees, colour jitter, random scaling); the parameters are ours:
+
+1. random resized crop (as torchvision's RandomResizedCrop): a crop covering
+   `scale` of the image's area, with an aspect ratio `ratio` (log-uniform) times
+   the image's own, at a uniform position, resized to out_size x out_size with
+   `jax.image.scale_and_translate` (bilinear, antialiased when shrinking).
+   Relative aspect makes scale = ratio = 1 the whole image, squashed to a square,
+   exactly what evaluation sees (for square inputs it is torchvision's rule).
+   A crop larger than the image is clipped to it (torchvision retries instead);
+2. rotation by k * 90 degrees, k uniform in {0, 1, 2, 3}, then horizontal and
+   vertical flips, each with its probability (on the square crop);
+3. colour jitter in torchvision's ColorJitter ranges, fixed order: brightness,
+   contrast, saturation (factors uniform in [1 - x, 1 + x]), hue (a rotation of
+   the chroma plane in YIQ space by uniform [-hue, hue] turns, a cheap linear
+   stand-in for the HSV hue shift), clipped to [0, 1] after each;
+4. ImageNet mean/std normalisation (`normalize`).
+
+Everything is vmapped over the batch with one key per example (no Python loop
+over examples), jit-able, shapes static.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from caco_jax.classes import IMAGENET_MEAN, IMAGENET_STD
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Training augmentation; probabilities in [0, 1], jitter strengths >= 0."""
+
+    hflip: float = 0.5  # probability of a horizontal flip
+    vflip: float = 0.5  # probability of a vertical flip
+    rot90: bool = True  # rotate by k * 90 degrees, k uniform in {0, 1, 2, 3}
+    brightness: float = 0.2
+    contrast: float = 0.2
+    saturation: float = 0.2
+    hue: float = 0.05  # fraction of a full turn, at most 0.5
+    scale: tuple[float, float] = (0.35, 1.0)  # crop area / image area
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect / image aspect (w/h)
+
+    def __post_init__(self):
+        for name in ("hflip", "vflip"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} is a probability, got {getattr(self, name)}")
+        for name in ("brightness", "contrast", "saturation"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+        object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
+        object.__setattr__(self, "ratio", tuple(float(v) for v in self.ratio))
+        lo, hi = self.scale
+        if len(self.scale) != 2 or not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {self.scale}")
+        lo, hi = self.ratio
+        if len(self.ratio) != 2 or not 0.0 < lo <= hi:
+            raise ValueError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {self.ratio}")
+
+    @classmethod
+    def from_config(cls, cfg) -> "AugmentConfig":
+        """From an ml_collections.ConfigDict (or a mapping); unknown keys raise, naming them."""
+        values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+        if not isinstance(values, Mapping):
+            raise TypeError(f"expected a ConfigDict or mapping, got {type(cfg).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown augmentation key(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def none(cls) -> "AugmentConfig":
+        """No randomness: the whole image, resized (what evaluation sees)."""
+        return cls(hflip=0.0, vflip=0.0, rot90=False, brightness=0.0, contrast=0.0,
+                   saturation=0.0, hue=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+
+
+# numpy constants: importing this module does not start a JAX backend.
+_MEAN = np.asarray(IMAGENET_MEAN, np.float32)
+_STD = np.asarray(IMAGENET_STD, np.float32)
+_LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as torchvision's grayscale
+_RGB_TO_YIQ = np.asarray([[0.299, 0.587, 0.114],
+                          [0.596, -0.274, -0.322],
+                          [0.211, -0.523, 0.312]], np.float32)
+_YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
+
+
+def normalize(images: jax.Array) -> jax.Array:
+    """uint8 (or [0, 255] float) images -> float32 normalised with ImageNet mean/std."""
+    return (jnp.asarray(images, jnp.float32) / 255.0 - _MEAN) / _STD
+
+
+def resize_normalize(images: jax.Array, *, out_size: int) -> jax.Array:
+    """uint8 [B, H, W, 3] -> float32 [B, out, out, 3]: whole image resized, then normalised.
+
+    The evaluation transform on the accelerator (same as `augment_batch` with
+    `AugmentConfig.none()`), for batches loaded at their stored size.
+    """
+    images = jnp.asarray(images, jnp.float32)
+    resized = jax.image.resize(images, (images.shape[0], out_size, out_size, images.shape[-1]),
+                               method="linear", antialias=True)
+    return normalize(jnp.clip(resized, 0.0, 255.0))
+
+
+def _crop_box(key: jax.Array, height: int, width: int, cfg: AugmentConfig) -> jax.Array:
+    """(y0, x0, h, w) of a random resized crop, float32."""
+    k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)
+    area = height * width * jax.random.uniform(k_area, (), minval=cfg.scale[0], maxval=cfg.scale[1])
+    log_ratio = jax.random.uniform(k_ratio, (), minval=math.log(cfg.ratio[0]), maxval=math.log(cfg.ratio[1]))
+    ratio = jnp.exp(log_ratio) * (width / height)  # relative to the image's own aspect
+    w = jnp.clip(jnp.sqrt(area * ratio), 1.0, width)
+    h = jnp.clip(jnp.sqrt(area / ratio), 1.0, height)
+    y0 = jax.random.uniform(k_y, ()) * (height - h)
+    x0 = jax.random.uniform(k_x, ()) * (width - w)
+    return jnp.stack([y0, x0, h, w])
+
+
+def _resized_crop(image: jax.Array, box: jax.Array, out_size: int, precision) -> jax.Array:
+    """Resample the box of image [H, W, C] to [out, out, C] (bilinear, antialiased).
+
+    scale_and_translate contracts dense [out, in] weight matrices (matmuls: about
+    2 * 3 * out * (H * W + out * W) flops per image), hence `precision`.
+    """
+    y0, x0, h, w = box[0], box[1], box[2], box[3]
+    scale = jnp.stack([out_size / h, out_size / w])
+    translation = -jnp.stack([y0, x0]) * scale
+    return jax.image.scale_and_translate(
+        image, (out_size, out_size, image.shape[-1]), (0, 1), scale, translation,
+        method="linear", antialias=True, precision=precision)
+
+
+def _rotate_flip(image: jax.Array, k: jax.Array, hflip: jax.Array, vflip: jax.Array) -> jax.Array:
+    """rot90(image, k) (counter-clockwise, as numpy), then the flips; image square.
+
+    rot90 by k = transpose if k is odd, then flip rows if k in {1, 2} and columns
+    if k in {2, 3}; the random flips toggle the same two flips.
+    """
+    image = jnp.where(k % 2 == 1, jnp.swapaxes(image, 0, 1), image)
+    flip_rows = jnp.logical_xor((k == 1) | (k == 2), vflip)
+    flip_cols = jnp.logical_xor((k == 2) | (k == 3), hflip)
+    image = jnp.where(flip_rows, image[::-1, :], image)
+    return jnp.where(flip_cols, image[:, ::-1], image)
+
+
+def _jitter(image: jax.Array, key: jax.Array, cfg: AugmentConfig) -> jax.Array:
+    """Colour jitter of one [H, W, 3] image in [0, 1]."""
+    k_b, k_c, k_s, k_h = jax.random.split(key, 4)
+
+    def factor(k, strength):
+        return jax.random.uniform(k, (), minval=1.0 - strength, maxval=1.0 + strength)
+
+    if cfg.brightness > 0:
+        image = jnp.clip(image * factor(k_b, cfg.brightness), 0.0, 1.0)
+    if cfg.contrast > 0:
+        mean = jnp.mean(image @ _LUMA)
+        image = jnp.clip((image - mean) * factor(k_c, cfg.contrast) + mean, 0.0, 1.0)
+    if cfg.saturation > 0:
+        gray = (image @ _LUMA)[..., None]
+        image = jnp.clip((image - gray) * factor(k_s, cfg.saturation) + gray, 0.0, 1.0)
+    if cfg.hue > 0:
+        angle = 2 * jnp.pi * jax.random.uniform(k_h, (), minval=-cfg.hue, maxval=cfg.hue)
+        cos, sin = jnp.cos(angle), jnp.sin(angle)
+        one, zero = jnp.ones(()), jnp.zeros(())
+        rotate = jnp.stack([jnp.stack([one, zero, zero]),
+                            jnp.stack([zero, cos, -sin]),
+                            jnp.stack([zero, sin, cos])])  # rotates the (I, Q) chroma plane
+        matrix = _YIQ_TO_RGB @ rotate @ _RGB_TO_YIQ
+        image = jnp.clip(image @ matrix.T, 0.0, 1.0)
+    return image
+
+
+def augment_image(key: jax.Array, image: jax.Array, *, out_size: int, cfg: AugmentConfig,
+                  precision=jax.lax.Precision.DEFAULT) -> jax.Array:
+    """One uint8 [H, W, 3] image -> augmented float32 [out, out, 3] in [0, 1] (not normalised)."""
+    k_crop, k_rot, k_h, k_v, k_jit = jax.random.split(key, 5)
+    height, width = image.shape[0], image.shape[1]
+    box = _crop_box(k_crop, height, width, cfg)
+    image = _resized_crop(image.astype(jnp.float32) / 255.0, box, out_size, precision)
+    k = jax.random.randint(k_rot, (), 0, 4) if cfg.rot90 else jnp.zeros((), jnp.int32)
+    image = _rotate_flip(image, k, jax.random.bernoulli(k_h, cfg.hflip),
+                         jax.random.bernoulli(k_v, cfg.vflip))
+    return _jitter(jnp.clip(image, 0.0, 1.0), k_jit, cfg)
+
+
+def augment_batch(rng: jax.Array, images: jax.Array, *, out_size: int, cfg: AugmentConfig,
+                  precision=jax.lax.Precision.DEFAULT) -> jax.Array:
+    """uint8 [B, H, W, 3] -> float32 [B, out_size, out_size, 3], augmented and normalised.
+
+    One independent draw per example (keys split from rng). Labels are not
+    touched, so they stay aligned with the batch order. Jit with out_size and
+    cfg static, e.g. `jax.jit(augment_batch, static_argnames=("out_size", "cfg"))`.
+    precision: of the resampling matmuls; DEFAULT lets a GPU use TF32 (an error
+    far below one grey level), HIGHEST forces full float32.
+    """
+    keys = jax.random.split(rng, images.shape[0])
+    augmented = jax.vmap(
+        lambda k, x: augment_image(k, x, out_size=out_size, cfg=cfg, precision=precision))(keys, images)
+    return (augmented - _MEAN) / _STD

@@ -1,0 +1,336 @@
+"""grain input pipelines over a TFDS HAM10000 build: splits, training and evaluation.
+
+The CPU side only reads, decodes and resizes to a fixed uint8 size, and batches;
+augmentation and normalisation run on the accelerator inside the jitted step
+(`caco_jax.data.augment`), where they are far cheaper than on CPU workers
+(measured in scripts/bench_input.py).
+
+    sources = open_splits(data_dir)                 # {'train', 'validation', 'test'}
+    it = train_iterator(sources["train"], batch_size=128, load_size=256, seed=0)
+    batch = next(it)                                # image uint8 [128,256,256,3], label int32
+    state = it.get_state(); ...; it.set_state(state)  # exact resume
+    for batch in eval_iterator(sources["test"], batch_size=128, image_size=224): ...
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Sequence
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+from tensorflow_datasets.proto import tf_example_pb2
+
+from caco_jax.classes import NUM_CLASSES
+from caco_jax.data import ham10000, images, splits
+from caco_jax.data.errors import DataNotBuiltError
+
+DEFAULT_IMAGE_SIZE = ham10000.DEFAULT_IMAGE_SIZE
+
+Size = int | tuple[int, int]
+
+
+_TEXT_FEATURES = ("image_id", "lesion_id", "dx_type", "sex", "localization")
+
+
+FIELDS = ("image", "label", "age", *_TEXT_FEATURES)
+
+
+def parse_record(raw: bytes, fields: Sequence[str] = FIELDS) -> dict:
+    """A serialized TFDS example -> {'image': JPEG bytes, 'label': int, 'age': float, text: str}.
+
+    Reads the tf.train.Example directly (upb protobuf, a few us a field); TFDS's
+    own NumPy decoding costs ~250 us a record in Python, as much as decoding the
+    JPEG. `open_source` checks the two agree once. `fields` picks what to read.
+    """
+    feature = tf_example_pb2.Example.FromString(raw).features.feature
+    out = {}
+    for name in fields:
+        if name == "label":
+            out[name] = int(feature[name].int64_list.value[0])
+        elif name == "age":
+            out[name] = float(feature[name].float_list.value[0])
+        else:
+            values = feature[name].bytes_list.value
+            value = values[0] if values else b""
+            out[name] = value if name == "image" else value.decode()
+    return out
+
+
+class Source:
+    """Random access to the records of one split (a grain RandomAccessDataSource).
+
+    A record is {'image': JPEG bytes, 'label': int, 'image_id': str, 'lesion_id':
+    str, 'dx_type': str, 'age': float (NaN if unknown), 'sex': str,
+    'localization': str}. `labels`, `image_ids` and `lesion_ids` hold this
+    split's columns, in order, without reading records.
+    """
+
+    def __init__(self, base, indices: np.ndarray, *, labels: np.ndarray, image_ids: np.ndarray,
+                 lesion_ids: np.ndarray, name: str, image_shapes: dict[str, int] | None = None):
+        self._base = base  # TFDS array_record source returning raw serialized examples
+        self.indices = np.asarray(indices, np.int64)
+        self.labels = np.asarray(labels, np.int64)
+        self.image_ids = np.asarray(image_ids)
+        self.lesion_ids = np.asarray(lesion_ids)
+        self.name = name
+        self.image_shapes = dict(image_shapes or {})  # stored "HxW" -> count, whole build
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict:
+        return parse_record(self._base[int(self.indices[index])])
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict]:
+        return self.read(indices)
+
+    def read(self, indices: Sequence[int], fields: Sequence[str] = FIELDS) -> list[dict]:
+        """Records at `indices`, with only `fields` parsed."""
+        raw = self._base.__getitems__([int(self.indices[i]) for i in indices])
+        return [parse_record(r, fields) for r in raw]
+
+    def subset(self, positions: np.ndarray, name: str) -> "Source":
+        """The examples at `positions` (of this source), as a new Source."""
+        positions = np.asarray(positions, np.int64)
+        return Source(self._base, self.indices[positions], labels=self.labels[positions],
+                      image_ids=self.image_ids[positions], lesion_ids=self.lesion_ids[positions],
+                      name=name, image_shapes=self.image_shapes)
+
+    def __repr__(self) -> str:
+        return f"Source({self.name!r}, {len(self)} examples)"
+
+
+def _not_built(data_dir: pathlib.Path, builder) -> DataNotBuiltError:
+    root = data_dir / "ham10000"
+    found = sorted(p.parent.parent.name for p in root.glob("*/*/dataset_info.json")) if root.is_dir() else []
+    found_text = f"\nComplete builds in {data_dir}: {', '.join(found)}." if found else ""
+    name = builder.builder_config.name
+    size = builder.builder_config.image_size
+    dataset = builder.builder_config.dataset
+    extra = "" if dataset == "ham10000" else f" --config {dataset}"
+    return DataNotBuiltError(
+        f"No complete HAM10000 build '{name}' in {data_dir} (expected {builder.data_path})."
+        f"{found_text}\n"
+        "Build it once from your downloaded copy (Kaggle, Harvard Dataverse or ISIC 2018 files, "
+        "extracted or zipped; see caco_jax.data.layouts.INSTRUCTIONS):\n"
+        f"  python scripts/prepare_data.py --manual_dir /path/to/HAM10000 --data_dir {data_dir}"
+        f" --image_size {size or 0}{extra}\n"
+        "then point training at that data_dir (config field data_dir, e.g. "
+        f"--config.data_dir={data_dir}).\n"
+        "To try everything without any download: python scripts/train.py --config configs/demo.py "
+        "(it builds synthetic HAM10000-like data)."
+    )
+
+
+def open_source(
+    data_dir: os.PathLike | str,
+    *,
+    config: str = "ham10000",
+    image_size: int | None = DEFAULT_IMAGE_SIZE,
+) -> Source:
+    """Every example of a build (release `config`, stored `image_size`) as one Source."""
+    data_dir = pathlib.Path(data_dir).expanduser()
+    builder = ham10000.builder(data_dir, config=config, image_size=image_size)
+    if not builder.is_prepared():
+        raise _not_built(data_dir, builder)
+    split = ham10000.TFDS_SPLIT[config]
+    base = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    full = Source(base, np.arange(len(base)), labels=np.zeros(len(base)), image_ids=np.zeros(len(base)),
+                  lesion_ids=np.zeros(len(base)), name=f"{builder.builder_config.name}/{split}")
+    columns = ("label", "image_id", "lesion_id")
+    records = [r for start in range(0, len(full), 1024)
+               for r in full.read(range(start, min(start + 1024, len(full))), columns)]
+    reference = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})[0]
+    first = full[0]
+    if (first["image"] != reference["image"] or first["label"] != reference["label"]
+            or first["image_id"] != reference["image_id"].decode()):
+        raise RuntimeError("parse_record disagrees with TFDS's decoding: has the feature layout changed?")
+    return Source(base, np.arange(len(base)), labels=np.asarray([r["label"] for r in records]),
+                  image_ids=np.asarray([r["image_id"] for r in records]),
+                  lesion_ids=np.asarray([r["lesion_id"] for r in records]), name=full.name,
+                  image_shapes=dict(builder.info.metadata.get("image_shapes", {})))
+
+
+def open_splits(
+    data_dir: os.PathLike | str,
+    *,
+    split_by: str = "lesion",
+    seed: int = 0,
+    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    config: str = "ham10000",
+    image_size: int | None = DEFAULT_IMAGE_SIZE,
+) -> dict[str, Source]:
+    """{'train', 'validation', 'test'} Sources of a HAM10000 build, split at load time.
+
+    split_by: 'lesion' (default; no lesion in two splits) or 'image' (the paper's
+    likely image-level split, which leaks lesions); both stratified by class and
+    determined by `seed` (see caco_jax.data.splits).
+    """
+    source = open_source(data_dir, config=config, image_size=image_size)
+    parts = splits.split(source.labels, source.lesion_ids, source.image_ids,
+                         by=split_by, fractions=fractions, seed=seed)
+    return {name: source.subset(idx, f"{source.name}:{name}") for name, idx in parts.items()}
+
+
+def class_counts(source: Source) -> np.ndarray:
+    """Examples per class, int64 [NUM_CLASSES] (CLASS_NAMES order)."""
+    return np.bincount(np.asarray(source.labels, np.int64), minlength=NUM_CLASSES).astype(np.int64)
+
+
+def stored_size(source: Source) -> tuple[int, int]:
+    """(h, w) most images of the build are stored at: the cheapest `load_size`.
+
+    Loading at the stored size skips the CPU resize (decode only, several times
+    faster: scripts/bench_input.py); the random resized crop on the accelerator
+    then does the only resampling.
+    """
+    if not source.image_shapes:
+        raise ValueError(f"{source!r} does not record its stored image sizes")
+    shape = max(source.image_shapes, key=source.image_shapes.get)
+    height, width = shape.split("x")
+    return int(height), int(width)
+
+
+def steps_per_epoch(source: Source, batch_size: int) -> int:
+    """Full training batches per epoch (the remainder is dropped)."""
+    steps = len(source) // batch_size
+    if steps < 1:
+        raise ValueError(f"{source!r} has fewer examples than one batch of {batch_size}")
+    return steps
+
+
+def _hw(size: Size) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    height, width = size
+    return int(height), int(width)
+
+
+def _load(source: Source, positions: Sequence[int], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    records = source.read(positions, ("image", "label"))
+    image = np.stack([images.decode(r["image"], size) for r in records]) if records else None
+    label = np.asarray([r["label"] for r in records], np.int32)
+    return image, label
+
+
+class _TrainBatch:
+    """Batch `index` of an endless epoch-by-epoch stream: epoch = index // steps.
+
+    Every epoch is a fresh permutation of the split drawn from (seed, epoch); its
+    last len % batch_size examples are dropped, so batches never span epochs.
+    """
+
+    def __init__(self, source: Source, batch_size: int, size: tuple[int, int], seed: int):
+        self.source, self.batch_size, self.size, self.seed = source, batch_size, size, seed
+        self.steps = steps_per_epoch(source, batch_size)
+        self._permutations: dict[int, np.ndarray] = {}
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        perm = self._permutations.get(epoch)
+        if perm is None:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
+            self._permutations = {epoch: perm, **{k: v for k, v in self._permutations.items() if k > epoch - 2}}
+        return perm
+
+    def __call__(self, index: int, _) -> dict[str, np.ndarray]:
+        epoch, step = divmod(index, self.steps)
+        positions = self.permutation(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
+        image, label = _load(self.source, positions, self.size)
+        return {"image": image, "label": label}
+
+
+def train_dataset(
+    source: Source,
+    *,
+    batch_size: int,
+    load_size: Size,
+    seed: int,
+    num_workers: int = 0,
+    num_threads: int = 2,
+    prefetch: int = 4,
+) -> grain.IterDataset:
+    """The endless training stream as a grain IterDataset (see `train_iterator`)."""
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    batches = _TrainBatch(source, batch_size, _hw(load_size), seed)
+    ds = grain.MapDataset.range(batches.steps).repeat().map_with_index(batches)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+    if num_workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                         per_worker_buffer_size=prefetch))
+    return ds
+
+
+def train_iterator(
+    source: Source,
+    *,
+    batch_size: int,
+    load_size: Size,
+    seed: int,
+    num_workers: int = 0,
+    num_threads: int = 2,
+    prefetch: int = 4,
+) -> grain.DatasetIterator:
+    """Endless training batches {'image': uint8 [B, h, w, 3], 'label': int32 [B]}.
+
+    load_size: h = w = load_size, or (h, w); images are decoded and resized to it
+    (no augmentation here: `augment.augment_batch` runs in the jitted step).
+    Epoch after epoch, each a permutation of the split seeded by (seed, epoch),
+    len(source) // batch_size batches per epoch (`steps_per_epoch`).
+    num_workers: grain worker processes (0: none); num_threads: decoding threads
+    per process; prefetch: batches buffered per process.
+    `get_state()` / `set_state()` resume exactly (with the same num_workers).
+    Scripts that use num_workers > 0 need a `__main__` guard and parsed absl flags.
+    """
+    return iter(train_dataset(source, batch_size=batch_size, load_size=load_size, seed=seed,
+                              num_workers=num_workers, num_threads=num_threads, prefetch=prefetch))
+
+
+class _EvalBatch:
+    """Batch `index` of one pass over the split, zero-padded to batch_size, with a mask."""
+
+    def __init__(self, source: Source, batch_size: int, size: tuple[int, int]):
+        self.source, self.batch_size, self.size = source, batch_size, size
+
+    def __call__(self, index: int) -> dict[str, np.ndarray]:
+        lo = index * self.batch_size
+        hi = min(lo + self.batch_size, len(self.source))
+        image = np.zeros((self.batch_size, *self.size, 3), np.uint8)
+        label = np.zeros((self.batch_size,), np.int32)
+        mask = np.zeros((self.batch_size,), bool)
+        loaded, loaded_label = _load(self.source, list(range(lo, hi)), self.size)
+        image[: hi - lo], label[: hi - lo], mask[: hi - lo] = loaded, loaded_label, True
+        return {"image": image, "label": label, "mask": mask}
+
+
+def eval_batches(source: Source, batch_size: int) -> int:
+    """Number of batches `eval_iterator` yields (the last one padded)."""
+    return -(-len(source) // batch_size)
+
+
+def eval_iterator(
+    source: Source,
+    *,
+    batch_size: int,
+    image_size: Size,
+    num_workers: int = 0,
+    num_threads: int = 2,
+    prefetch: int = 4,
+) -> grain.DatasetIterator:
+    """One pass, in order: {'image': uint8 [B, S, S, 3], 'label': int32 [B], 'mask': bool [B]}.
+
+    Every example exactly once; the whole stored image is resized to S x S (the
+    same squashed framing a full-image training crop has); the last batch is
+    zero-padded and `mask` marks the real examples. Normalise with `augment.normalize`.
+    """
+    if len(source) == 0:
+        raise ValueError(f"{source!r} is empty")
+    ds = grain.MapDataset.range(eval_batches(source, batch_size)).map(
+        _EvalBatch(source, batch_size, _hw(image_size)))
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+    if num_workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
+                                                         per_worker_buffer_size=prefetch))
+    return iter(ds)

@@ -1,0 +1,186 @@
+"""The TFDS builder: synthetic and real builds, features, sizes, bad input, idempotence."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import shutil
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from caco_jax.classes import CLASS_NAMES
+from caco_jax.data import ham10000, pipeline, synthetic
+from caco_jax.data.errors import CorruptImageError, DataNotBuiltError, ManualDirError, MetadataError
+
+
+def _rows(manual_dir):
+    with open(manual_dir / "HAM10000_metadata.csv", newline="") as f:
+        return {r["image_id"]: r for r in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def manual_dir(tmp_path_factory):
+    return synthetic.write_manual_dir(tmp_path_factory.mktemp("manual"), num_images=120,
+                                      image_size=(64, 48), seed=2)
+
+
+@pytest.fixture(scope="module")
+def built(manual_dir, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("tfds")
+    return ham10000.prepare(manual_dir, data_dir, image_size=32, progress=False)
+
+
+def test_build_needs_no_tensorflow(built):
+    assert "tensorflow" not in sys.modules
+    assert built.info.file_format.value == "array_record"
+
+
+def test_features_and_label_order(built):
+    features = built.info.features
+    assert set(features) == {"image", "label", "image_id", "lesion_id", "dx_type", "age", "sex", "localization"}
+    assert tuple(features["label"].names) == CLASS_NAMES
+    assert built.builder_config.name == "ham10000_32px"
+    assert list(built.info.splits) == ["train"]
+
+
+def test_every_row_built_once_with_its_metadata(built, manual_dir):
+    rows = _rows(manual_dir)
+    source = built.as_data_source("train")  # TFDS's own decoding
+    assert len(source) == len(rows) == 120
+    seen = set()
+    for example in source:
+        image_id = example["image_id"].decode()
+        row = rows[image_id]
+        seen.add(image_id)
+        assert example["label"] == CLASS_NAMES.index(row["dx"])
+        assert example["lesion_id"].decode() == row["lesion_id"]
+        assert example["sex"].decode() == row["sex"]
+        assert example["localization"].decode() == row["localization"]
+        assert (math.isnan(example["age"]) if row["age"] == "" else example["age"] == float(row["age"]))
+        image = example["image"]
+        assert image.dtype == np.uint8 and image.shape == (32, 43, 3)  # 64x48 shrunk, aspect kept
+    assert seen == set(rows)
+    assert built.info.metadata["image_shapes"] == {"32x43": 120}
+    assert built.info.metadata["skipped_corrupt"] == []
+
+
+def test_prepare_is_idempotent(built, manual_dir):
+    info_file = os.path.join(os.fspath(built.data_path), "dataset_info.json")
+    before = os.stat(info_file).st_mtime_ns
+    again = ham10000.prepare(manual_dir, built.data_dir_root, image_size=32, progress=False)
+    assert again.data_path == built.data_path
+    assert os.stat(info_file).st_mtime_ns == before
+
+
+def test_images_are_never_enlarged_and_kept_byte_for_byte(manual_dir, tmp_path):
+    builder = ham10000.prepare(manual_dir, tmp_path, image_size=200, progress=False)
+    source = pipeline.open_source(tmp_path, image_size=200)
+    record = source[0]
+    original = next(manual_dir.glob(f"*/{record['image_id']}.jpg")).read_bytes()
+    assert record["image"] == original
+    assert builder.info.metadata["image_shapes"] == {"48x64": 120}
+
+
+def _copy_manual(manual_dir, tmp_path):
+    dst = tmp_path / "manual"
+    shutil.copytree(manual_dir, dst)
+    return dst
+
+
+def test_corrupt_jpeg_is_skipped_with_a_count(manual_dir, tmp_path):
+    manual = _copy_manual(manual_dir, tmp_path)
+    victims = sorted(manual.glob("HAM10000_images_part_1/*.jpg"))[:2]
+    victims[0].write_bytes(victims[0].read_bytes()[:300])  # truncated
+    victims[1].write_bytes(b"not a jpeg at all")
+    builder = ham10000.prepare(manual, tmp_path / "tfds", image_size=32, progress=False)
+    assert builder.info.splits["train"].num_examples == 118
+    assert builder.info.metadata["skipped_corrupt"] == sorted(v.stem for v in victims)
+
+
+def test_corrupt_jpeg_error_flag_leaves_no_complete_build(manual_dir, tmp_path):
+    manual = _copy_manual(manual_dir, tmp_path)
+    victim = sorted(manual.glob("HAM10000_images_part_2/*.jpg"))[3]
+    victim.write_bytes(victim.read_bytes()[:200])
+    data_dir = tmp_path / "tfds"
+    with pytest.raises(CorruptImageError, match=victim.stem):
+        ham10000.prepare(manual, data_dir, image_size=32, on_corrupt="error", progress=False)
+    assert not ham10000.builder(data_dir, image_size=32).is_prepared()
+    assert not list(data_dir.rglob("dataset_info.json"))
+    with pytest.raises(DataNotBuiltError, match="prepare_data.py"):
+        pipeline.open_splits(data_dir, image_size=32)
+
+
+def test_metadata_errors_stop_the_build_before_writing(manual_dir, tmp_path):
+    manual = _copy_manual(manual_dir, tmp_path)
+    text = (manual / "HAM10000_metadata.csv").read_text().replace(",nv,", ",naevus,", 1)
+    (manual / "HAM10000_metadata.csv").write_text(text)
+    with pytest.raises(MetadataError, match="unknown dx 'naevus'"):
+        ham10000.prepare(manual, tmp_path / "tfds", image_size=32, progress=False)
+    assert not list((tmp_path / "tfds").rglob("*.array_record*"))
+
+
+def test_missing_manual_dir_gives_instructions(tmp_path):
+    with pytest.raises(ManualDirError, match="Kaggle"):
+        ham10000.prepare(tmp_path / "nowhere", tmp_path / "tfds", progress=False)
+
+
+def test_build_from_zips(manual_dir, tmp_path):
+    manual = tmp_path / "dataverse"
+    manual.mkdir()
+    for part in ("HAM10000_images_part_1", "HAM10000_images_part_2"):
+        with zipfile.ZipFile(manual / f"{part}.zip", "w") as archive:
+            for path in sorted((manual_dir / part).glob("*.jpg")):
+                archive.write(path, path.name)
+    shutil.copy(manual_dir / "HAM10000_metadata.csv", manual)
+    builder = ham10000.prepare(manual, tmp_path / "tfds", image_size=32, progress=False)
+    assert builder.info.splits["train"].num_examples == 120
+
+
+def test_isic2018_test_config(tmp_path):
+    manual = tmp_path / "isic"
+    (manual / "ISIC2018_Task3_Test_Input").mkdir(parents=True)
+    columns = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    lines = ["image," + ",".join(columns)]
+    for i, column in enumerate(columns):
+        image = Image.fromarray(np.full((30, 40, 3), 30 * i, np.uint8))
+        image.save(manual / "ISIC2018_Task3_Test_Input" / f"ISIC_00345{i:02d}.jpg")
+        lines.append(f"ISIC_00345{i:02d}," + ",".join("1.0" if c == column else "0.0" for c in columns))
+    (manual / "ISIC2018_Task3_Test_GroundTruth.csv").write_text("\n".join(lines) + "\n")
+    builder = ham10000.prepare(manual, tmp_path / "tfds", config="isic2018_test", progress=False)
+    assert builder.builder_config.name == "isic2018_test" and list(builder.info.splits) == ["test"]
+    source = pipeline.open_source(tmp_path / "tfds", config="isic2018_test")
+    assert sorted(source.labels.tolist()) == list(range(7))
+    assert source[0]["lesion_id"] == "" and math.isnan(source[0]["age"])
+    by_id = dict(zip(source.image_ids, source.labels))
+    assert CLASS_NAMES[by_id["ISIC_0034500"]] == "mel" and CLASS_NAMES[by_id["ISIC_0034506"]] == "vasc"
+
+
+@pytest.mark.real_data
+def test_real_data_slice_builds(real_data_dir, tmp_path):
+    with open(real_data_dir / "HAM10000_metadata.csv", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        rows = [next(reader) for _ in range(100)]
+    manual = tmp_path / "manual"
+    (manual / "images").mkdir(parents=True)
+    with open(manual / "HAM10000_metadata.csv", "w", newline="") as f:
+        csv.writer(f).writerows([header, *rows])
+    for row in rows:
+        shutil.copy(real_data_dir / "images_200x150" / f"{row[1]}.jpg", manual / "images")
+    builder = ham10000.prepare(manual, tmp_path / "tfds", progress=False)
+    assert builder.info.metadata["image_shapes"] == {"150x200": 100}
+    source = pipeline.open_source(tmp_path / "tfds")
+    assert len(source) == 100
+    dx = {r[1]: r[2] for r in rows}
+    for i in range(0, 100, 9):
+        record = source[i]
+        assert CLASS_NAMES[record["label"]] == dx[record["image_id"]]
+        original = (real_data_dir / "images_200x150" / f"{record['image_id']}.jpg").read_bytes()
+        assert record["image"] == original
+        with Image.open(io.BytesIO(record["image"])) as image:
+            assert image.size == (200, 150)
