@@ -43,7 +43,8 @@ def _machine() -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}, load average {load}"
 
 
 def _size(text: str, stored: tuple[int, int]) -> tuple[int, int]:
@@ -130,6 +131,7 @@ def main(argv):
                 rate = _pipeline_rate(train, size, workers, threads)
                 print(f"| {size[0]}x{size[1]} | {workers} | {threads} | {rate:,.0f} |", flush=True)
 
+    print(f"\nload average after the pipeline runs: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     if FLAGS.augment:
         rate, flops, device = _augment_rate(stored)
         print(f"\n| augment_batch {stored[0]}x{stored[1]} -> {FLAGS.out_size}x{FLAGS.out_size} | images/s | "

@@ -13,11 +13,10 @@ from __future__ import annotations
 import logging
 import sys
 
-import tensorflow_datasets as tfds
 from absl import app, flags
 
 from caco_jax.classes import CLASS_NAMES
-from caco_jax.data import ham10000
+from caco_jax.data import ham10000, pipeline
 from caco_jax.data.errors import DataError
 
 FLAGS = flags.FLAGS
@@ -49,24 +48,16 @@ def main(argv):
         print(f"error: {err}", file=sys.stderr)
         return 1
     split = ham10000.TFDS_SPLIT[FLAGS.config]
-    info = builder.info
-    meta = info.metadata
-    print(f"{builder.builder_config.name}: {info.splits[split].num_examples} images in {builder.data_path}")
-    counts = [0] * len(CLASS_NAMES)
-    for label in _labels(builder, split):
-        counts[label] += 1
+    meta = builder.info.metadata
+    source = pipeline.open_source(FLAGS.data_dir, config=FLAGS.config, image_size=FLAGS.image_size or None)
+    counts = pipeline.class_counts(source)
+    print(f"{builder.builder_config.name}: {builder.info.splits[split].num_examples} images, "
+          f"{len(set(source.lesion_ids))} lesion ids, in {builder.data_path}")
     print("per class: " + ", ".join(f"{n} {c}" for c, n in zip(CLASS_NAMES, counts)))
     print(f"stored sizes (h x w): {meta['image_shapes']}")
     print(f"skipped: {len(meta['skipped_corrupt'])} corrupt, {len(meta['skipped_missing'])} rows "
           f"without image, {len(meta['skipped_unlisted'])} images without row")
     return 0
-
-
-def _labels(builder, split):
-    source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
-    for start in range(0, len(source), 1024):
-        for record in source.__getitems__(list(range(start, min(start + 1024, len(source))))):
-            yield record["label"]
 
 
 if __name__ == "__main__":

@@ -184,3 +184,22 @@ def test_real_data_slice_builds(real_data_dir, tmp_path):
         assert record["image"] == original
         with Image.open(io.BytesIO(record["image"])) as image:
             assert image.size == (200, 150)
+
+
+@pytest.mark.slow
+def test_command_line_scripts(tmp_path):
+    import subprocess  # pylint: disable=import-outside-toplevel
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def run(script, *args):
+        return subprocess.run([sys.executable, os.path.join(root, "scripts", script), *args],
+                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+    made = run("make_synthetic.py", "--out_dir", "manual", "--num_images", "70", "--width", "40", "--height", "30")
+    assert made.returncode == 0, made.stderr
+    assert "wrote 70 images" in made.stdout
+    built = run("prepare_data.py", "--manual_dir", "manual", "--data_dir", "tfds", "--image_size", "24")
+    assert built.returncode == 0, built.stderr
+    assert "ham10000_24px: 70 images" in built.stdout and "stored sizes (h x w): {'24x32': 70}" in built.stdout
+    failed = run("prepare_data.py", "--manual_dir", "nowhere", "--data_dir", "tfds2")
+    assert failed.returncode == 1 and "does not exist" in failed.stderr and "Traceback" not in failed.stderr

@@ -63,6 +63,10 @@ def _lesion_params(dx: str, rng: np.random.Generator) -> dict:
     }
 
 
+def _noise(rng: np.random.Generator, shape) -> np.ndarray:
+    return rng.standard_normal(shape, dtype=np.float32)
+
+
 def _render(dx: str, lesion: dict, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """One uint8 [height, width, 3] image of a lesion, with per-image pose and noise."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -71,17 +75,20 @@ def _render(dx: str, lesion: dict, height: int, width: int, rng: np.random.Gener
     cx = width / 2 + rng.normal(0, 0.06) * scale
     dy, dx_ = (yy - cy) / scale, (xx - cx) / scale
     dist = np.hypot(dy, dx_)
+    # Outline r(theta) = R (1 + sum_k a_k cos k theta + b_k sin k theta), tabulated on 512 angles.
+    angles = np.linspace(0, 2 * np.pi, 512, endpoint=False, dtype=np.float32)
+    k = np.arange(2, 7, dtype=np.float32)[:, None]
+    a, b = lesion["harmonics"][:, :1], lesion["harmonics"][:, 1:]
+    outline = 1 + (a * np.cos(k * angles) + b * np.sin(k * angles)).sum(0)
     theta = np.arctan2(dy, dx_) + rng.uniform(0, 2 * np.pi)
-    k = np.arange(2, 7, dtype=np.float32)[:, None, None]
-    a, b = lesion["harmonics"][:, 0, None, None], lesion["harmonics"][:, 1, None, None]
-    r = lesion["radius"] * rng.uniform(0.9, 1.1) * (1 + (a * np.cos(k * theta) + b * np.sin(k * theta)).sum(0))
+    r = lesion["radius"] * rng.uniform(0.9, 1.1) * outline[(theta * (512 / (2 * np.pi))).astype(np.int64) % 512]
     inside = np.clip((r - dist) / 0.02, 0, 1)[..., None]  # soft edge
     rel = (dist / np.maximum(r, 1e-3))[..., None]  # 0 at the centre, 1 on the edge
     tex = np.random.default_rng(lesion["seed"])  # lesion texture, same for all its images
 
     # Skin with vignette (dermoscope) and mottling.
     vignette = 1 - 0.35 * np.clip(np.hypot(yy / height - 0.5, xx / width - 0.5) * 2 - 0.6, 0, 1)
-    skin = lesion["skin"] * vignette[..., None] + rng.normal(0, 4, (height, width, 1))
+    skin = lesion["skin"].astype(np.float32) * vignette[..., None] + 4 * _noise(rng, (height, width, 1))
 
     colour = {
         "akiec": [200, 95, 95], "bcc": [235, 170, 185], "bkl": [185, 140, 95], "df": [120, 75, 50],
@@ -125,7 +132,7 @@ def _render(dx: str, lesion: dict, height: int, width: int, rng: np.random.Gener
         lesion_rgb[(rel[..., 0] < 0.5)] = np.asarray([100, 20, 70], np.float32)
 
     image = skin * (1 - inside) + lesion_rgb * inside
-    image = image * rng.uniform(0.9, 1.1) + rng.normal(0, 6, image.shape)
+    image = image * np.float32(rng.uniform(0.9, 1.1)) + 6 * _noise(rng, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
