@@ -5,7 +5,8 @@ real copy), then prints markdown tables:
 
 1. single-thread decode rate (PIL, no grain): the per-core ceiling;
 2. the training pipeline (read + decode + resize to a fixed uint8 size + batch)
-   in images/s for each worker-process count and decoding threads per process;
+   in images/s for each worker-process count and decoding threads per process,
+   and served from the in-memory decoded cache (cache=True);
 3. `augment_batch` (crop + resize to --out_size, flips, rot90, jitter,
    normalise) jitted on the default JAX backend, images/s, and its XLA flop count.
 
@@ -32,6 +33,7 @@ flags.DEFINE_list("load_sizes", ["stored", "224"],
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("batches", 30, "Timed batches per configuration.")
 flags.DEFINE_integer("warmup", 3, "Untimed batches first (worker start-up, buffers).")
+flags.DEFINE_bool("cache", True, "Also time the in-memory decoded cache (train_iterator(cache=True)).")
 flags.DEFINE_bool("augment", True, "Also time augment_batch on the default JAX backend.")
 flags.DEFINE_integer("out_size", 224, "augment_batch output size.")
 
@@ -65,10 +67,10 @@ def _decode_rate(source, size, n=300) -> float:
     return n / (time.perf_counter() - start)
 
 
-def _pipeline_rate(source, size, workers, threads) -> float:
+def _pipeline_rate(source, size, workers, threads, cache=False) -> float:
     from caco_jax.data import pipeline  # pylint: disable=import-outside-toplevel
     it = pipeline.train_iterator(source, batch_size=FLAGS.batch_size, load_size=size, seed=0,
-                                 num_workers=workers, num_threads=threads)
+                                 num_workers=workers, num_threads=threads, cache=cache)
     try:
         for _ in range(FLAGS.warmup):
             next(it)
@@ -130,6 +132,12 @@ def main(argv):
             for threads in map(int, FLAGS.threads):
                 rate = _pipeline_rate(train, size, workers, threads)
                 print(f"| {size[0]}x{size[1]} | {workers} | {threads} | {rate:,.0f} |", flush=True)
+        if FLAGS.cache:
+            threads = max(map(int, FLAGS.threads))
+            start = time.perf_counter()
+            rate = _pipeline_rate(train, size, 0, threads, cache=True)
+            print(f"| {size[0]}x{size[1]} | 0, cache=True (decode once: {time.perf_counter() - start:.1f} s "
+                  f"incl. timing) | {threads} | {rate:,.0f} |", flush=True)
 
     print(f"\nload average after the pipeline runs: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     if FLAGS.augment:

@@ -130,6 +130,23 @@ def test_same_seed_same_stream_other_seed_differs(sources):
     assert not np.array_equal(stream(3), stream(4))
 
 
+def test_cached_stream_is_identical_and_resumes(sources):
+    plain = pipeline.train_iterator(sources["train"], batch_size=8, load_size=(12, 10), seed=5)
+    cached = pipeline.train_iterator(sources["train"], batch_size=8, load_size=(12, 10), seed=5, cache=True)
+    for _ in range(20):  # past an epoch boundary
+        want, got = next(plain), next(cached)
+        np.testing.assert_array_equal(got["image"], want["image"])
+        np.testing.assert_array_equal(got["label"], want["label"])
+        assert got["label"].dtype == np.int32
+    state = cached.get_state()
+    want = next(cached)
+    again = pipeline.train_iterator(sources["train"], batch_size=8, load_size=(12, 10), seed=5, cache=True)
+    again.set_state(state)
+    np.testing.assert_array_equal(next(again)["image"], want["image"])
+    with pytest.raises(ValueError, match="num_workers=0"):
+        pipeline.train_iterator(sources["train"], batch_size=8, load_size=8, seed=0, cache=True, num_workers=1)
+
+
 @pytest.mark.parametrize("skip", [3, 17])  # mid-epoch, and past an epoch boundary
 def test_exact_resume_from_saved_state(sources, skip):
     it = pipeline.train_iterator(sources["train"], batch_size=8, load_size=SIZE, seed=1)
