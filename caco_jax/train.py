@@ -170,10 +170,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         pending.clear()
         values = {k: float(v) for k, v in merged.compute().items()}
         if not math.isfinite(values["loss"]):
+            where = (f"the last good checkpoint ({ckpt.directory}/{last_good}) is intact" if last_good is not None
+                     else "no checkpoint had been written yet")
             raise NonFiniteLossError(
-                f"training loss is {values['loss']} at step {step} (epoch {epoch}); stopped. The last good "
-                f"checkpoint ({ckpt.directory}/{last_good}) is intact: lower --config.optimizer.learning_rate, "
-                "use --config.model.dtype=float32, or check the data, then rerun to resume from it"
+                f"training loss is {values['loss']} at step {step} (epoch {epoch}); stopped. {where}: lower "
+                "--config.optimizer.learning_rate, use --config.model.dtype=float32, or check the data, then "
+                "rerun the same command"
             )
         return values
 

@@ -44,8 +44,17 @@ def _avg_pool(x: Array) -> Array:
     return jnp.mean(x, axis=(1, 2))
 
 
+def _max(x: Array, axis: int) -> Array:
+    """Max along ``axis`` whose gradient goes to one element (the first maximum), as torch's
+    max pooling does. ``jnp.max`` splits the gradient among ties, which after a ReLU (many
+    zeros) both differs from torch and, at XLA's CPU optimisation level 0, produced NaNs."""
+    idx = jnp.expand_dims(jnp.argmax(x, axis=axis), axis)
+    return jnp.squeeze(jnp.take_along_axis(x, idx, axis=axis), axis)
+
+
 def _max_pool(x: Array) -> Array:
-    return jnp.max(x, axis=(1, 2))
+    b, h, w, c = x.shape
+    return _max(x.reshape(b, h * w, c), axis=1)
 
 
 class SqueezeExcitation(nnx.Module):
@@ -82,7 +91,7 @@ class SpatialAttention(nnx.Module):
 
     def __call__(self, x: Array) -> Array:
         pooled = jnp.concatenate(
-            [jnp.max(x, axis=-1, keepdims=True), jnp.mean(x, axis=-1, keepdims=True)], axis=-1
+            [_max(x, axis=-1)[..., None], jnp.mean(x, axis=-1, keepdims=True)], axis=-1
         )
         return x * jax.nn.sigmoid(self.bn(self.conv(pooled)))
 
