@@ -129,6 +129,12 @@ def make_train_step(
     return train_step
 
 
+@jax.jit
+def all_finite(tree: PyTree) -> jax.Array:
+    """True when no leaf holds a NaN or an infinity."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
 def make_eval_step(
     model_def: ModelDef, loss: Loss
 ) -> Callable[[PyTree, PyTree, dict[str, jax.Array], jax.Array], tuple[jax.Array, jax.Array]]:

@@ -31,7 +31,7 @@ from caco_jax.losses import make_loss
 from caco_jax.metrics import TrainMetrics
 from caco_jax.models import count_params, model_from_config
 from caco_jax.run_log import RunLog
-from caco_jax.steps import ModelDef, TrainState, init_state, make_eval_step, make_optimizer, make_train_step
+from caco_jax.steps import ModelDef, TrainState, all_finite, init_state, make_eval_step, make_optimizer, make_train_step
 from caco_jax.weights import assign_weights, load_pretrained, read_weights, save_weights
 from caco_jax.workspace import open_data, save_config
 
@@ -181,6 +181,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     def save(epoch: int) -> None:
         nonlocal last_good
+        if not bool(all_finite(state.params)):
+            raise NonFiniteLossError(
+                f"parameters became non-finite by step {step} (epoch {epoch}); not saved, so the last good "
+                f"checkpoint ({ckpt.directory}/{last_good}) stays the newest: lower "
+                "--config.optimizer.learning_rate and rerun the same command")
         ckpt.save(step, state, train_iter.get_state(), {"history": history, "best_bacc": best, "epoch": epoch})
         last_good = step
 

@@ -185,7 +185,7 @@ class MobileNetV3(nnx.Module):
         )
         if not 0.0 < bn_momentum <= 1.0:
             raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
-        for _, module in self.iter_modules():
+        for _, module in nnx.iter_modules(self):
             if isinstance(module, BatchNorm):
                 module.momentum = bn_momentum
 

@@ -1,0 +1,59 @@
+"""Run by tests/test_train.py in a subprocess with 8 emulated CPU devices.
+
+Trains a few steps of the tiny model on the same batches over a mesh of 8 devices
+and over a mesh of 1, and prints JSON with the largest parameter / BatchNorm-statistic
+differences, plus the error message for a batch that does not split over 8 devices.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import jax
+import numpy as np
+import ml_collections
+
+from caco_jax import parallel
+from caco_jax.data.augment import AugmentConfig
+from caco_jax.losses import make_loss
+from caco_jax.models import create_model
+from caco_jax.steps import ModelDef, init_state, make_optimizer, make_train_step
+
+
+def train(num_devices: int, batches: list[dict[str, np.ndarray]]) -> tuple[dict, dict]:
+    mesh = parallel.make_mesh(num_devices)
+    model_def = ModelDef(create_model(arch="tiny", attention="caco", bn_momentum=0.1, seed=0))
+    opt = ml_collections.ConfigDict(dict(learning_rate=1e-3, weight_decay=5e-2, weight_decay_mask="all", b1=0.9,
+                                         b2=0.999, eps=1e-8, schedule="constant", warmup_epochs=0.0))
+    tx = make_optimizer(opt, model_def.init_params, 10, 1)
+    loss = make_loss(ml_collections.ConfigDict({"name": "joint"}), np.array([5, 8, 10, 3, 10, 60, 4]))
+    repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    state = jax.device_put(init_state(model_def, tx, 0), repl)
+    step = jax.jit(make_train_step(model_def, tx, loss, AugmentConfig(), 32),
+                   in_shardings=(repl, data, repl), out_shardings=(repl, repl), donate_argnums=(0,))
+    weights = jax.device_put(loss.class_weights(0), repl)
+    for b in batches:
+        state, _ = step(state, parallel.to_global(b, mesh), weights)
+    return jax.device_get(state.params), jax.device_get(state.batch_stats)
+
+
+def main() -> None:
+    assert jax.device_count() == 8, jax.devices()
+    rng = np.random.default_rng(0)
+    batches = [{"image": rng.integers(0, 256, (16, 40, 40, 3), dtype=np.uint8),
+                "label": rng.integers(0, 7, (16,)).astype(np.int32)} for _ in range(3)]
+    p8, s8 = train(8, batches)
+    p1, s1 = train(1, batches)
+    diff = lambda a, b: max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    moved = max(float(np.max(np.abs(x - y))) for x, y in zip(
+        jax.tree.leaves(p1), jax.tree.leaves(ModelDef(create_model(arch="tiny", attention="caco", seed=0)).init_params)))
+    try:
+        parallel.check_batch_size(12, parallel.make_mesh(8))
+        error = None
+    except ValueError as e:
+        error = str(e)
+    json.dump({"params": diff(p8, p1), "batch_stats": diff(s8, s1), "moved": moved, "error": error}, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
