@@ -266,7 +266,7 @@ def train_dataset(
     source: Source,
     *,
     batch_size: int,
-    load_size: Size,
+    load_size: Size | None,
     seed: int,
     num_workers: int = 0,
     num_threads: int = 2,
@@ -278,7 +278,7 @@ def train_dataset(
         raise ValueError(f"seed must be non-negative, got {seed}")
     if cache and num_workers > 0:
         raise ValueError("cache=True serves batches from memory in this process: use num_workers=0")
-    size = _hw(load_size)
+    size = stored_size(source) if load_size is None else _hw(load_size)
     decoded = decode_all(source, size, num_threads=num_threads) if cache else None
     batches = _TrainBatch(source, batch_size, size, seed, decoded)
     ds = grain.MapDataset.range(batches.steps).repeat().map_with_index(batches)
@@ -293,7 +293,7 @@ def train_iterator(
     source: Source,
     *,
     batch_size: int,
-    load_size: Size,
+    load_size: Size | None,
     seed: int,
     num_workers: int = 0,
     num_threads: int = 2,
@@ -304,7 +304,8 @@ def train_iterator(
 
     load_size: h = w = load_size, or (h, w); images are decoded and resized to it
     (no augmentation here: `augment.augment_batch` runs in the jitted step).
-    `stored_size(source)` is the cheapest choice (decode only, no CPU resize).
+    None: `stored_size(source)`, the cheapest choice (decode only, no CPU resize:
+    ~150-300 us of CPU an image, against ~700-1000 us when resizing to 256x256).
     Epoch after epoch, each a permutation of the split seeded by (seed, epoch),
     len(source) // batch_size batches per epoch (`steps_per_epoch`).
     num_workers: grain worker processes (0: none); num_threads: decoding threads
