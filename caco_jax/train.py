@@ -181,6 +181,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
 
     def save(epoch: int) -> None:
         nonlocal last_good
+        if last_good == step:  # e.g. an every_steps save that fell on an epoch end
+            return
         if not bool(all_finite(state.params)):
             raise NonFiniteLossError(
                 f"parameters became non-finite by step {step} (epoch {epoch}); not saved, so the last good "

@@ -231,6 +231,7 @@ def test_eight_devices_train_like_one():
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
-    assert result["moved"] > 1e-3  # training changed the parameters: the comparison means something
-    assert result["params"] < 1e-5 and result["batch_stats"] < 1e-5, result
+    assert result["moved"] > 1e-2  # training changed the parameters: the comparison means something
+    # Measured: params 3e-8, BatchNorm statistics 2.4e-7, loss 1.2e-7 (float summation order only).
+    assert result["params"] < 1e-6 and result["batch_stats"] < 1e-5 and result["loss"] < 1e-5, result
     assert "not divisible by the 8 devices" in result["error"]
