@@ -142,8 +142,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     eval_step = jax.jit(make_eval_step(model_def, loss), in_shardings=(repl, repl, data_sh, repl), out_shardings=repl)
 
     train_iter = pipeline.train_iterator(
-        splits["train"], batch_size=config.batch_size, load_size=config.data.load_size,
-        seed=config.seed, num_workers=config.data.num_workers,
+        splits["train"], batch_size=config.batch_size, load_size=config.data.load_size or None,
+        seed=config.seed, num_workers=config.data.num_workers, cache=config.data.cache,
     )
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
     history: list[dict[str, Any]] = []

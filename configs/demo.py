@@ -15,7 +15,6 @@ def get_config():
     c.optimizer.learning_rate = 2e-3
     c.data.synthetic_images = 700
     c.data.build_size = 96
-    c.data.load_size = 80
     c.data.image_size = 64
     c.batch_size = 32
     c.eval_batch_size = 64

@@ -29,7 +29,6 @@ TINY = {
     "data.synthetic_images": 0,
     "data.build_size": BUILD_SIZE,
     "data.image_size": 32,
-    "data.load_size": 40,
     "batch_size": 16,
     "eval_batch_size": 32,
     "num_epochs": 2,
@@ -135,7 +134,7 @@ def test_predict_script_reports_unreadable_files_and_keeps_going(trained, synthe
 def test_training_learns_the_synthetic_classes(tmp_path):
     """The demo's recipe, shrunk to the tiny model: well above the majority-class rate."""
     c = tiny_config(tmp_path / "unused", **{"data.synthetic_images": 700, "data.build_size": 64,
-                                              "data.image_size": 48, "data.load_size": 56, "batch_size": 32,
+                                              "data.image_size": 48, "batch_size": 32,
                                               "num_epochs": 12, "optimizer.learning_rate": 5e-3})
     result = train_and_evaluate(c, tmp_path / "run")
     labels = pipeline.open_splits(tmp_path / "run" / "tfds", image_size=64)["validation"].labels
