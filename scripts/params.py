@@ -33,7 +33,7 @@ def main() -> None:
     args = p.parse_args()
     rows = param_table(args.arch, args.num_classes)
     se = dict((a, n) for a, n, _ in rows)["se"]
-    print(f"| attention | params (ours) | vs se | paper (M) |\n|---|---:|---:|---:|")
+    print("| attention | params (ours) | vs se | paper (M) |\n|---|---:|---:|---:|")
     for att, n, paper in rows:
         print(f"| {att} | {n:,} | {n - se:+,} | {paper if paper is not None else '-'} |")
 
