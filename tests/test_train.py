@@ -234,3 +234,36 @@ def test_eight_devices_train_like_one():
     # Measured: params 3e-8, BatchNorm statistics 2.4e-7, loss 1.2e-7 (float summation order only).
     assert result["params"] < 1e-6 and result["batch_stats"] < 1e-5 and result["loss"] < 1e-5, result
     assert "not divisible by the 8 devices" in result["error"]
+
+
+def test_evaluate_on_an_isic2018_test_build_agrees_with_predict(trained, synthetic_tfds, tmp_path):
+    """External evaluation: synthetic lesions laid out as ISIC 2018 Task 3 test files."""
+    from scripts.evaluate import main as evaluate_main
+    from scripts.predict import predict
+
+    from caco_jax.classes import CLASS_NAMES
+
+    workdir, _ = trained
+    manual = tmp_path / "isic"
+    (manual / "ISIC2018_Task3_Test_Input").mkdir(parents=True)
+    columns = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    rows = ["image," + ",".join(columns)]
+    metadata = (synthetic_tfds.parent / "manual" / "HAM10000_metadata.csv").read_text().splitlines()[1:21]
+    truth = {}
+    for line in metadata:
+        _, image_id, dx = line.split(",")[:3]
+        src = next((synthetic_tfds.parent / "manual").rglob(f"{image_id}.jpg"))
+        (manual / "ISIC2018_Task3_Test_Input" / src.name).write_bytes(src.read_bytes())
+        rows.append(image_id + "," + ",".join("1.0" if c.lower() == dx else "0.0" for c in columns))
+        truth[image_id] = dx
+    (manual / "ISIC2018_Task3_Test_GroundTruth.csv").write_text("\n".join(rows) + "\n")
+
+    assert evaluate_main(["--workdir", str(workdir), "--dataset", "isic2018_test", "--manual_dir", str(manual),
+                          "--data_dir", str(tmp_path / "tfds"), "--out", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "report_isic2018_test_test.json").read_text())["metrics"]
+    assert metrics["num_examples"] == 20
+    predictions, problems = predict(workdir, [manual / "ISIC2018_Task3_Test_Input"], top_k=1)
+    assert not problems
+    hits = [truth[pathlib.Path(p["file"]).stem] == p["top"][0]["class"] for p in predictions]
+    assert metrics["accuracy"] == pytest.approx(np.mean(hits), abs=1e-9)
+    assert set(truth.values()) <= set(CLASS_NAMES)
