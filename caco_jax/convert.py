@@ -189,7 +189,7 @@ def load_torchvision(
     sd = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state_dict.items()}
     mapping, skipped_by_variant = key_map(model)
     state = nnx.state(model, (nnx.Param, nnx.BatchStat))
-    pure = state.to_pure_dict()
+    pure = nnx.to_pure_dict(state)
     report = ConversionReport()
 
     unknown = [k for k in sd if k not in mapping and k not in skipped_by_variant and not k.endswith("num_batches_tracked")]
@@ -236,7 +236,7 @@ def load_torchvision(
             report.loaded_params += int(new.size)
 
     loaded_paths = {mapping[k][0] for k in report.loaded}
-    params = nnx.state(model, nnx.Param).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     report.total_params = int(sum(np.size(_get(params, p)) for p in _leaf_paths(params)))
     for path in _leaf_paths(pure):
         if path not in loaded_paths:
@@ -259,7 +259,7 @@ def export_torchvision(model: MobileNetV3) -> dict[str, np.ndarray]:
     if model.arch not in ("small", "large"):
         raise ValueError(f"torchvision has no mobilenet_v3_{model.arch}")
     mapping, _ = key_map(model)
-    pure = nnx.state(model, (nnx.Param, nnx.BatchStat)).to_pure_dict()
+    pure = nnx.to_pure_dict(nnx.state(model, (nnx.Param, nnx.BatchStat)))
     out: dict[str, np.ndarray] = {}
     for key, (path, fn) in mapping.items():
         out[key] = np.asarray(_INVERSE[fn](np.asarray(_get(pure, path))), dtype=np.float32)

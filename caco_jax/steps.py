@@ -41,8 +41,8 @@ class ModelDef:
         self.train_graph, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
         model.eval()
         self.eval_graph = nnx.graphdef(model)
-        self.init_params = params.to_pure_dict()
-        self.init_batch_stats = batch_stats.to_pure_dict()
+        self.init_params = nnx.to_pure_dict(params)
+        self.init_batch_stats = nnx.to_pure_dict(batch_stats)
 
     def apply(
         self, params: PyTree, batch_stats: PyTree, images: jax.Array, *, train: bool, rng: jax.Array | None = None
@@ -51,7 +51,7 @@ class ModelDef:
         graph = self.train_graph if train else self.eval_graph
         model = nnx.merge(graph, params, batch_stats)
         logits = model(images, rngs=nnx.Rngs(dropout=rng) if train else None)
-        new_stats = nnx.state(model, nnx.BatchStat).to_pure_dict() if train else batch_stats
+        new_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)) if train else batch_stats
         return logits, new_stats
 
 

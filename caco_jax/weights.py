@@ -46,13 +46,13 @@ def unflatten_into(template: Mapping[Any, Any], flat: Mapping[str, Any], prefix:
 
 def model_weights(model: nnx.Module) -> dict[str, np.ndarray]:
     """Flat dict of the model's parameters and BatchNorm statistics (host numpy)."""
-    return {k: np.asarray(v) for k, v in flatten(nnx.state(model, WEIGHTS_FILTER).to_pure_dict()).items()}
+    return {k: np.asarray(v) for k, v in flatten(nnx.to_pure_dict(nnx.state(model, WEIGHTS_FILTER))).items()}
 
 
 def assign_weights(model: nnx.Module, flat: Mapping[str, Any], *, source: str) -> None:
     """Writes a flat weights dict into ``model``; every key and shape must match."""
     state = nnx.state(model, WEIGHTS_FILTER)
-    template = state.to_pure_dict()
+    template = nnx.to_pure_dict(state)
     expected = {k: np.shape(v) for k, v in flatten(template).items()}
     missing = sorted(set(expected) - set(flat))
     unexpected = sorted(set(flat) - set(expected))
