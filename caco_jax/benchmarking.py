@@ -65,7 +65,10 @@ class Options:
 
     batch_size: int = 128
     image_size: int = 224
-    load_size: int = 0  # uint8 size fed to the train step; 0: image_size * 256 / 224 (the trainer's 256 at 224)
+    # uint8 size fed to the train step on synthetic input; 0: image_size * 256 / 224 (256 at 224, about the
+    # pixel count of the trainer's default: HAM10000 loaded as stored, 225x300). The grain rows load as the
+    # trainer does: at the stored size when 0, else resized to load_size.
+    load_size: int = 0
     arch: str = "small"
     variants: tuple[str, ...] = ("se", "caco")
     dtypes: tuple[str, ...] = DTYPES
@@ -202,7 +205,7 @@ def build_jax(config: ml_collections.ConfigDict, variant: str, dtype: str, *, ba
                     load_size, aug, loss, num_params)
 
 
-def synthetic_batch(batch_size: int, size: int, mesh: Any, *, seed: int = 0, mask: bool = False,
+def synthetic_batch(batch_size: int, size: int | tuple[int, int], mesh: Any, *, seed: int = 0, mask: bool = False,
                     leading: tuple[int, ...] = ()) -> dict[str, jax.Array]:
     """Random uint8 images and labels, already on the device(s) (sharded as the trainer's batches).
 
@@ -213,8 +216,9 @@ def synthetic_batch(batch_size: int, size: int, mesh: Any, *, seed: int = 0, mas
 
     rng = np.random.default_rng(seed)
     shape = (*leading, batch_size)
+    h, w = (size, size) if isinstance(size, int) else size
     batch = {
-        "image": rng.integers(0, 256, (*shape, size, size, 3), dtype=np.uint8),
+        "image": rng.integers(0, 256, (*shape, h, w, 3), dtype=np.uint8),
         "label": rng.integers(0, NUM_CLASSES, shape, dtype=np.int32),
     }
     if mask:
@@ -369,7 +373,10 @@ def measure_pipeline(setup: JaxSetup, data_dir: str, opts: Options) -> dict[str,
     splits = pipeline.open_splits(data_dir, image_size=opts.build_size)
     workers = opts.resolved_workers()
     prefetch = 4
-    it = pipeline.train_iterator(splits["train"], batch_size=setup.batch_size, load_size=setup.load_size,
+    # As the trainer: --load_size 0 loads at the stored size (decode only, no CPU resize).
+    load = pipeline.stored_size(splits["train"]) if not opts.load_size else setup.load_size
+    it = pipeline.train_iterator(splits["train"], batch_size=setup.batch_size,
+                                 load_size=None if not opts.load_size else load,
                                  seed=opts.seed, num_workers=workers, prefetch=prefetch)
     # Batches grain can hold ready: the main process's read-ahead buffer, plus each
     # worker's read-ahead and output buffers.
@@ -395,7 +402,7 @@ def measure_pipeline(setup: JaxSetup, data_dir: str, opts: Options) -> dict[str,
     def fed_window() -> None:
         fed(opts.steps)
 
-    synthetic = synthetic_batch(setup.batch_size, setup.load_size, setup.mesh, seed=opts.seed)
+    synthetic = synthetic_batch(setup.batch_size, load, setup.mesh, seed=opts.seed)
     seconds: dict[str, list[float]] = {"fed": [], "synthetic": []}
     for _ in range(opts.windows):
         fed(drain)
@@ -404,7 +411,7 @@ def measure_pipeline(setup: JaxSetup, data_dir: str, opts: Options) -> dict[str,
     e2e, syn = rate_stats(seconds["fed"], items), rate_stats(seconds["synthetic"], items)
     return {
         "variant": setup.variant, "dtype": setup.dtype, "num_workers": workers, "data_dir": data_dir,
-        "build_size": opts.build_size, "train_examples": len(splits["train"]), "first_batch_s": first_s,
+        "build_size": opts.build_size, "load_size": list(load) if isinstance(load, tuple) else load, "train_examples": len(splits["train"]), "first_batch_s": first_s,
         "drain_steps": drain, "pipeline_only_images_per_s": host, "e2e_images_per_s": e2e,
         "synthetic_images_per_s": syn, "e2e_over_synthetic": e2e["median"] / syn["median"],
     }

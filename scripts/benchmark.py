@@ -36,7 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--image_size", type=int, default=224, help="network input size")
     p.add_argument("--load_size", type=int, default=0,
-                   help="uint8 size the train step crops from (0: image_size*256/224, the trainer's 256 at 224)")
+                   help="uint8 size the train step crops from (0: image_size*256/224 on synthetic input; "
+                        "the grain rows then load at the stored size, as the trainer)")
     p.add_argument("--arch", default="small", help="small | large | tiny (tests)")
     p.add_argument("--variants", type=_csv, default=("se", "caco"), help="attention variants, comma-separated")
     p.add_argument("--dtypes", type=_csv, default=("float32", "bfloat16"), help="compute dtypes, comma-separated")
