@@ -135,7 +135,9 @@ def write_report(
         f"| caco-jax (this run) | {_pct(report['accuracy'])} | {_pct(report['bacc'])} | "
         f"{_pct(report['paper_bacc'])} | {report.get('macro_auc') or 0:.4f} | {num_params / 1e6:.3f} M |",
     ]
-    if paper is not None:
+    if config.data.get("synthetic_images", 0) > 0:
+        lines.append("| paper | not comparable: this run used synthetic data | | | | |")
+    elif paper is not None:
         lines.append(f"| paper (its Tables 2-5) | {paper[0]:.2f} | {paper[1]:.2f} (definition unclear) | - | - | {paper[2]:.2f} M |")
     else:
         lines.append("| paper | no matching row for this configuration | | | | |")
