@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+import jitted
 
 from caco_jax.convert import (
     ConversionError,
@@ -251,14 +252,6 @@ def test_1000_class_checkpoint_into_7_class_model():
 # --------------------------------------------------------------------------- export
 
 
-@nnx.jit
-def _forward(model, x):
-    return model(x)
-
-
-@nnx.jit
-def _logits_and_features(model, x):
-    return model(x), model.features(x)
 
 
 def test_export_round_trip_through_torchvision():
@@ -268,9 +261,9 @@ def test_export_round_trip_through_torchvision():
     x = np.random.default_rng(0).normal(size=(4, 64, 64, 3)).astype(np.float32)
     model.train()
     for shift in (0.0, 0.2):  # BN statistics away from (0, 1)
-        _forward(model, x + shift)
+        jitted.logits(model, x + shift)
     model.eval()
-    ours, feats = map(np.asarray, _logits_and_features(model, x))
+    ours, feats = map(np.asarray, jitted.logits_and_features(model, x))
 
     sd = export_torchvision(model)
     tm = torchvision.models.mobilenet_v3_small(num_classes=7)

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+import jitted
 
 from caco_jax.models import ARCHS, ATTENTIONS, MobileNetV3, count_params, create_model
 from caco_jax.models.layers import (
@@ -28,11 +29,6 @@ from caco_jax.models.layers import (
 SMALL_SE_WIDTHS = (16, 96, 240, 240, 120, 144, 288, 576, 576)
 TORCHVISION_SQUEEZE = {16: 8, 96: 24, 240: 64, 120: 32, 144: 40, 288: 72, 576: 144}
 
-
-@nnx.jit
-def _forward(model, x):
-    """(logits, pooled features) in one compiled call."""
-    return model(x), model.features(x)
 
 
 def _abstract(arch: str = "small", **kw) -> MobileNetV3:
@@ -56,7 +52,7 @@ def tiny_models() -> dict[str, MobileNetV3]:
 def test_tiny_forward_shapes_and_dtypes(tiny_models, images, attention):
     model = tiny_models[attention]
     model.eval()
-    logits, feats = _forward(model, images)
+    logits, feats = jitted.logits_and_features(model, images)
     assert logits.shape == (2, 5) and logits.dtype == jnp.float32
     assert feats.shape == (2, ARCHS["tiny"].last_conv) and feats.dtype == jnp.float32
     assert np.all(np.isfinite(np.asarray(logits)))
@@ -194,7 +190,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(images):
     for a, b in zip(p32, p16, strict=True):  # same seed: the same float32 initial values
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
-    (l32, f32), (l16, f16) = _forward(fp32, images), _forward(bf16, images)
+    (l32, f32), (l16, f16) = jitted.logits_and_features(fp32, images), jitted.logits_and_features(bf16, images)
     l32, f32, l16, f16 = map(np.asarray, (l32, f32, l16, f16))
     assert l16.dtype == np.float32 and f16.dtype == np.float32
     feat_err = np.abs(f16 - f32).max() / np.abs(f32).max()
@@ -205,7 +201,7 @@ def test_bfloat16_compute_keeps_float32_params_and_logits(images):
 
     # Training-mode BatchNorm statistics stay float32 under bf16 compute.
     bf16.train()
-    _forward(bf16, images)
+    jitted.logits_and_features(bf16, images)
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nnx.state(bf16, nnx.BatchStat)))
     bf16.eval()
 

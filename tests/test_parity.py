@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+import jitted
 
 from caco_jax.classes import IMAGENET_MEAN, IMAGENET_STD
 from caco_jax.convert import key_map, load_torchvision
@@ -127,14 +128,6 @@ def _get(tree, path):
     return np.asarray(tree)
 
 
-@nnx.jit
-def _logits(model, x):
-    return model(x)
-
-
-@nnx.jit
-def _logits_and_features(model, x):
-    return model(x), model.features(x)
 
 
 @nnx.jit
@@ -200,7 +193,7 @@ def test_eval_logits_and_features_match(pair, images):
     with torch.no_grad():
         logits_t = tm(nchw(images)).numpy()
         feats_t = torch.nn.functional.adaptive_avg_pool2d(tm.features(nchw(images)), 1).flatten(1).numpy()
-    logits, feats = map(np.asarray, _logits_and_features(model, images))
+    logits, feats = map(np.asarray, jitted.logits_and_features(model, images))
     assert logits.shape == logits_t.shape and np.all(np.isfinite(logits))
     assert np.abs(logits_t).max() > 1e-2  # not vacuous
     np.testing.assert_allclose(logits, logits_t, rtol=0, atol=TOL)
@@ -214,7 +207,7 @@ def test_train_mode_outputs_and_running_stats_match(pair7, images):
     tm, model = fresh(pair7)
     tm.train()
     model.train()
-    logits = np.asarray(_logits(model, images))
+    logits = np.asarray(jitted.logits(model, images))
     logits_t = tm(nchw(images)).detach().numpy()
     np.testing.assert_allclose(logits, logits_t, rtol=0, atol=TOL)
 
