@@ -25,20 +25,12 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
+from caco_jax.models.attention import attention_block, why_new
 from caco_jax.models.mobilenetv3 import ARCHS, MobileNetV3
 from caco_jax.torch_io import load_state_dict
 
 Path = tuple[Any, ...]
 
-# Where the SE MLP of torchvision lives in each attention variant (None: nowhere).
-_SE_MLP_PATH: dict[str, Path | None] = {
-    "se": ("attention", "mlp"),
-    "caco": ("attention", "channel", "mlp"),
-    "cbam": ("attention", "channel", "mlp"),
-    "seco": ("attention", "se", "mlp"),
-    "eca": None,
-    "none": None,
-}
 _HEAD_KEYS = ("classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias")
 
 
@@ -110,7 +102,8 @@ def key_map(model: MobileNetV3) -> tuple[dict[str, tuple[Path, Any]], dict[str, 
     spec = ARCHS[model.arch]
     mapping = _conv_bn("features.0", ("stem",))
     skipped: dict[str, str] = {}
-    se_path = _SE_MLP_PATH[model.attention_name]
+    block = attention_block(model.attention_name)
+    se_path = None if block is None or block.se_mlp_path is None else ("attention", *block.se_mlp_path)
     width = spec.stem
     for i, block in enumerate(spec.blocks, start=1):
         j = 0
@@ -161,16 +154,12 @@ def _leaf_paths(tree: Mapping, prefix: Path = ()) -> list[Path]:
     return out
 
 
-def _why_initialised(path: Path, head_reason: str | None) -> str:
-    names = set(map(str, path))
-    if names & {"head", "classifier"}:
+def _why_initialised(path: Path, head_reason: str | None, attention: str) -> str:
+    if path[0] in ("head", "classifier"):
         return head_reason or "not in the checkpoint"
-    if "coord" in names:
-        return "coordinate attention is new in this variant (no ImageNet counterpart)"
-    if "spatial" in names:
-        return "CBAM spatial attention is new in this variant (no ImageNet counterpart)"
-    if "attention" in names:
-        return "this attention block has no ImageNet counterpart"
+    if "attention" in path:
+        inside = tuple(map(str, path[path.index("attention") + 1:]))
+        return why_new(attention, inside) or "this attention block has no ImageNet counterpart"
     return "not in the checkpoint"
 
 
@@ -240,7 +229,7 @@ def load_torchvision(
     report.total_params = int(sum(np.size(_get(params, p)) for p in _leaf_paths(params)))
     for path in _leaf_paths(pure):
         if path not in loaded_paths:
-            report.initialised["/".join(map(str, path))] = _why_initialised(path, head_reason)
+            report.initialised["/".join(map(str, path))] = _why_initialised(path, head_reason, model.attention_name)
     nnx.replace_by_pure_dict(state, pure)
     nnx.update(model, state)
     return report

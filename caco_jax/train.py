@@ -38,7 +38,7 @@ from caco_jax.workspace import open_data, save_config
 log = logging.getLogger("caco_jax.train")
 
 # Config fields a resumed run must share with the run that wrote the checkpoint.
-_RESUME_KEYS = ("model.arch", "model.attention", "model.ca_activation", "data.split_by", "data.split_seed",
+_RESUME_KEYS = ("model.arch", "model.attention", "model.ca_activation", "model.attention_init", "data.split_by", "data.split_seed",
                 "data.image_size", "batch_size", "seed")
 
 

@@ -18,8 +18,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.arch = "small"  # small | large | tiny (tests)
     c.model.attention = "caco"  # se | caco | cbam | seco | eca | none
     c.model.ca_activation = "swish"  # swish (the paper) | hardswish (official CA code)
+    # How attention parts SE lacks start: preserve (zero gains: the block starts as the SE it
+    # replaces) | plain (random, as the paper most likely) | preserve_channel | preserve_coord
+    c.model.attention_init = "preserve"
     c.model.dropout = 0.2
     c.model.bn_momentum = 0.01  # torch convention, as torchvision's MobileNetV3
+    # Depthwise convolutions: auto (shifts_vjp on CPU, conv elsewhere) | conv | shifts |
+    # shifts_vjp; same parameters, only speed differs (README, Performance).
+    c.model.depthwise = "auto"
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     # torchvision mobilenet_v3_small .pth (full or backbone-only) or a directory from
     # scripts/convert_torchvision.py; '' trains from scratch.

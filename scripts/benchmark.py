@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "the grain rows then load at the stored size, as the trainer)")
     p.add_argument("--arch", default="small", help="small | large | tiny (tests)")
     p.add_argument("--variants", type=_csv, default=("se", "caco"), help="attention variants, comma-separated")
+    p.add_argument("--depthwise", type=_csv, default=("auto",),
+                   help="depthwise-conv implementations, comma-separated: auto, conv, shifts, shifts_vjp")
     p.add_argument("--dtypes", type=_csv, default=("float32", "bfloat16"), help="compute dtypes, comma-separated")
     p.add_argument("--windows", type=int, default=5, help="timed windows; the median window is reported")
     p.add_argument("--steps", type=int, default=20, help="steps (calls) per window")

@@ -25,6 +25,7 @@ from flax import nnx
 from caco_jax.models.attention import (
     ATTENTIONS,
     CBAM,
+    AttentionOptions,
     ECA,
     CaCo,
     CoordinateAttention,
@@ -307,7 +308,7 @@ def _grads(block, x, r):
 
 def _make(attention: str, act: str, c: int, seed: int):
     s = make_divisible(c // 4, 8)
-    block = make_attention(attention, c, s, ca_activation=act, rngs=nnx.Rngs(seed))
+    block = make_attention(attention, c, s, AttentionOptions(ca_activation=act, init="plain"), rngs=nnx.Rngs(seed))
     randomise(block, seed)
     return block, s
 
@@ -411,12 +412,13 @@ def test_unknown_attention_raises_naming_it():
 
 def test_coordinate_attention_widths_and_eca_kernel():
     def coord(c):
-        return nnx.eval_shape(lambda: CoordinateAttention(c, rngs=nnx.Rngs(0)))
+        return nnx.eval_shape(lambda: CoordinateAttention(c, AttentionOptions(), rngs=nnx.Rngs(0)))
 
     assert coord(64).mip == 8 and coord(64).conv1.kernel.shape == (64, 8)  # max(8, 2)
     assert coord(576).mip == 18 and coord(576).conv_h.kernel.shape == (18, 576)
     # k = |(log2 C + 1) / 2| made odd (ECA-Net, gamma 2, b 1)
-    ks = [nnx.eval_shape(lambda c=c: ECA(c, rngs=nnx.Rngs(0))).kernel_size for c in (16, 64, 256, 576, 1024)]
+    ks = [nnx.eval_shape(lambda c=c: ECA(c, 8, AttentionOptions(), rngs=nnx.Rngs(0))).kernel_size
+          for c in (16, 64, 256, 576, 1024)]
     assert ks == [3, 3, 5, 5, 5]
 
 
@@ -431,3 +433,75 @@ def test_caco_channel_half_is_se_when_max_equals_mean():
     mlp = np.asarray(block.channel.mlp(jnp.asarray(v[:, 0, 0])))
     expected = x * np.clip(2 * mlp + 3, 0, 6)[:, None, None, :] / 6
     np.testing.assert_allclose(half, expected, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- function-preserving init
+
+
+def _set(block, path: str, value) -> None:
+    node = block
+    for part in path.split("/"):
+        node = getattr(node, part)
+    node[...] = jnp.full(node.shape, value, jnp.float32)
+
+
+def _copy_se_weights(dst_mlp, src_mlp) -> None:
+    for fc in ("fc1", "fc2"):
+        for name in ("kernel", "bias"):
+            getattr(getattr(dst_mlp, fc), name)[...] = getattr(getattr(src_mlp, fc), name)[...]
+
+
+@pytest.mark.parametrize("attention", ["caco", "seco"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_preserve_init_starts_as_the_se_block_it_replaces(attention, mode):
+    """Gains at their initial 0: CaCo / SeCo compute exactly SE with the same MLP weights."""
+    c, s = 24, 8
+    se = make_attention("se", c, s, rngs=nnx.Rngs(0))
+    randomise(se, 5)
+    block = make_attention(attention, c, s, AttentionOptions(init="preserve"), rngs=nnx.Rngs(1))
+    randomise(block, 6)  # coordinate attention and BN statistics random, so they would matter
+    for path in ("channel/max_gain", "coord/gain"):
+        if attention == "caco" or path.startswith("coord"):
+            _set(block, path, 0.0)
+    _copy_se_weights(block.channel.mlp if attention == "caco" else block.se.mlp, se.mlp)
+    getattr(block, mode)()
+    se.eval()
+    x = _input(c, 2)
+    np.testing.assert_array_equal(np.asarray(_apply(block, x)), np.asarray(_apply(se, x)))
+
+
+@pytest.mark.parametrize("attention", ["caco", "cbam", "seco"])
+def test_preserve_init_with_unit_gains_is_the_plain_block(attention):
+    """The gains only rescale the new parts: at g = 1 the formulas are the paper's."""
+    c, s = 24, 8
+    plain = make_attention(attention, c, s, AttentionOptions(init="plain"), rngs=nnx.Rngs(0))
+    randomise(plain, 7)
+    gained = make_attention(attention, c, s, AttentionOptions(init="preserve"), rngs=nnx.Rngs(0))
+    nnx.update(gained, nnx.state(plain))  # same weights; the gains are extra state
+    gains = [p for p, v in nnx.iter_graph(gained) if isinstance(v, nnx.Param) and "gain" in str(p[-1])]
+    assert len(gains) == {"caco": 2, "cbam": 2, "seco": 1}[attention]
+    for path in gains:
+        _set(gained, "/".join(map(str, path)), 1.0)
+    plain.eval()
+    gained.eval()
+    x = _input(c, 3)
+    np.testing.assert_allclose(np.asarray(_apply(gained, x)), np.asarray(_apply(plain, x)), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("init", "expected"), [("plain", set()), ("preserve", {"channel/max_gain", "coord/gain"}),
+                                                ("preserve_channel", {"channel/max_gain"}),
+                                                ("preserve_coord", {"coord/gain"})])
+def test_init_modes_choose_which_gains_exist(init, expected):
+    block = make_attention("caco", 16, 8, AttentionOptions(init=init), rngs=nnx.Rngs(0))
+    found = {"/".join(map(str, p)) for p, v in nnx.iter_graph(block) if isinstance(v, nnx.Param) and "gain" in str(p[-1])}
+    assert found == expected
+    for path in found:
+        node = block
+        for part in path.split("/"):
+            node = getattr(node, part)
+        assert np.all(np.asarray(node[...]) == 0.0)
+
+
+def test_unknown_attention_init_raises_naming_it():
+    with pytest.raises(ValueError, match="sideways"):
+        AttentionOptions(init="sideways")

@@ -223,9 +223,11 @@ def _eca(c: int) -> int:
     return k if k % 2 else k + 1
 
 
-def _hand_count(attention: str, c: int) -> int:
+def _hand_count(attention: str, c: int, init: str = "plain") -> int:
     s = make_divisible(c // 4, 8)
-    return {
+    # With a preserving init, every new part enters through a per-channel gain (C each).
+    gains = {"caco": 2, "cbam": 2, "seco": 1}.get(attention, 0) if init == "preserve" else 0
+    return gains * c + {
         "se": _se(c, s),
         "caco": _se(c, s) + _coord(c),
         "cbam": _se(c, s) + 7 * 7 * 2 + 2,  # + spatial 7x7 conv (2 -> 1, no bias) and its BN
@@ -242,18 +244,19 @@ def test_hand_counts_spot_values():
     assert [_eca(c) for c in (16, 96, 240, 120, 144, 288, 576)] == [3, 3, 5, 3, 5, 5, 5]
 
 
+@pytest.mark.parametrize("init", ["plain", "preserve"])
 @pytest.mark.parametrize("attention", ATTENTIONS)
 @pytest.mark.parametrize("arch", ["tiny", "small", "large"])
-def test_count_params_matches_hand_count(attention, arch):
-    model = _abstract(arch, attention=attention, num_classes=7)
+def test_count_params_matches_hand_count(attention, arch, init):
+    model = _abstract(arch, attention=attention, num_classes=7, attention_init=init)
     base = count_params(_abstract(arch, attention="none", num_classes=7))
     widths = [spec.expanded for spec in ARCHS[arch].blocks if spec.attention]
     for block, spec in zip(model.blocks, ARCHS[arch].blocks, strict=True):
         if spec.attention and attention != "none":
-            assert count_params(block.attention) == _hand_count(attention, spec.expanded)
+            assert count_params(block.attention) == _hand_count(attention, spec.expanded, init)
         else:
             assert block.attention is None
-    assert count_params(model) == base + sum(_hand_count(attention, c) for c in widths)
+    assert count_params(model) == base + sum(_hand_count(attention, c, init) for c in widths)
 
 
 def test_small_se_count_is_torchvision_count():
@@ -276,3 +279,42 @@ def test_bn_momentum_reaches_every_batchnorm_and_is_validated():
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="bn_momentum"):
             _abstract("tiny", bn_momentum=bad)
+
+
+# --------------------------------------------------------------------------- fine-tuning from an SE checkpoint
+
+
+@pytest.fixture(scope="module")
+def se_checkpoint():
+    """A randomly initialised SE model (BatchNorm statistics randomised) exported as a torchvision state_dict."""
+    from caco_jax.convert import export_torchvision
+
+    se = create_model(arch="small", attention="se", num_classes=7, dropout=0.0, seed=3)
+    stats = nnx.state(se, nnx.BatchStat)
+    rng = np.random.default_rng(0)
+    pure = jax.tree.map(lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), jnp.float32), nnx.to_pure_dict(stats))
+    nnx.replace_by_pure_dict(stats, pure)
+    nnx.update(se, stats)
+    return se, export_torchvision(se)
+
+
+@pytest.mark.parametrize("attention", ["caco", "seco"])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_preserve_init_from_an_se_checkpoint_is_the_se_model_at_step_0(se_checkpoint, images, attention, mode):
+    """What the paper's model lacked (issue: fine-tuning from ImageNet collapsed): converted from
+    an SE checkpoint, the preserving init computes the SE model's logits; the plain one does not."""
+    from caco_jax.convert import load_torchvision
+
+    se, sd = se_checkpoint
+    x = images[:, :32, :32]
+    outputs = {}
+    for init in ("preserve", "plain"):
+        model = create_model(arch="small", attention=attention, attention_init=init, num_classes=7, dropout=0.0)
+        load_torchvision(model, sd)
+        getattr(model, mode)()
+        outputs[init] = np.asarray(jitted.logits(model, x))
+    reference = nnx.clone(se)
+    getattr(reference, mode)()
+    expected = np.asarray(jitted.logits(reference, x))
+    np.testing.assert_allclose(outputs["preserve"], expected, rtol=0, atol=1e-5)
+    assert np.abs(outputs["plain"] - expected).max() > 1e-2  # the check can fail

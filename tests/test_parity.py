@@ -68,43 +68,49 @@ def random_torchvision(num_classes: int, seed: int):
     return model
 
 
-def nan_model(num_classes: int, attention: str = "se") -> MobileNetV3:
+# Every way of computing the convolutions (caco_jax.models.depthwise) must give torch's numbers.
+IMPLS = ("conv", "shifts", "shifts_vjp")
+
+
+def nan_model(num_classes: int, attention: str = "se", depthwise: str = "auto") -> MobileNetV3:
     """A full-size model whose every parameter and statistic is NaN (no compile needed)."""
     abstract = nnx.eval_shape(
         lambda: MobileNetV3(arch="small", attention=attention, num_classes=num_classes, dropout=0.0,
-                            rngs=nnx.Rngs(0))
+                            depthwise=depthwise, rngs=nnx.Rngs(0))
     )
     graphdef, state = nnx.split(abstract)
     return nnx.merge(graphdef, jax.tree.map(lambda s: np.full(s.shape, np.nan, s.dtype), state))
 
 
-def convert(tm) -> MobileNetV3:
-    model = nan_model(tm.classifier[-1].out_features)
+def convert(tm, depthwise: str = "auto") -> MobileNetV3:
+    model = nan_model(tm.classifier[-1].out_features, depthwise=depthwise)
     report = load_torchvision(model, tm.state_dict())
     assert report.initialised == {}, report.initialised  # an `se` model takes everything
     assert report.loaded_params == report.total_params == sum(p.numel() for p in tm.parameters())
     return model
 
 
-_PAIRS: dict[int, tuple] = {}
+_PAIRS: dict[tuple[int, str], tuple] = {}
 
 
-def converted_pair(num_classes: int):
+def converted_pair(num_classes: int, depthwise: str = "auto"):
     """(torchvision model, (graphdef, state) of the converted NNX model), built once."""
-    if num_classes not in _PAIRS:
+    key = (num_classes, depthwise)
+    if key not in _PAIRS:
         tm = random_torchvision(num_classes, seed=num_classes)
-        _PAIRS[num_classes] = (tm, nnx.split(convert(tm)))
-    return _PAIRS[num_classes]
+        _PAIRS[key] = (tm, nnx.split(convert(tm, depthwise)))
+    return _PAIRS[key]
 
 
-@pytest.fixture(scope="module", params=[7, 1000], ids=["7cls", "1000cls"])
+@pytest.fixture(scope="module", params=[(7, impl) for impl in IMPLS] + [(1000, "auto")],
+                ids=[f"7cls-{impl}" for impl in IMPLS] + ["1000cls"])
 def pair(request):
-    return converted_pair(request.param)
+    return converted_pair(*request.param)
 
 
-@pytest.fixture(scope="module")
-def pair7():
-    return converted_pair(7)
+@pytest.fixture(scope="module", params=IMPLS)
+def pair7(request):
+    return converted_pair(7, request.param)
 
 
 def fresh(pair):

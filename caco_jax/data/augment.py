@@ -152,6 +152,15 @@ def _rotate_flip(image: jax.Array, k: jax.Array, hflip: jax.Array, vflip: jax.Ar
     return jnp.where(flip_cols, image[:, ::-1], image)
 
 
+def _mix(image: jax.Array, weights) -> jax.Array:
+    """``image @ weights`` over the channel axis as explicit multiply-adds (weights [3] or [3, k]).
+
+    XLA's CPU backend runs a contraction over 3 channels as a matrix product per image,
+    tens of times slower than the elementwise form, which also fuses with its neighbours.
+    """
+    return image[..., 0:1] * weights[0] + image[..., 1:2] * weights[1] + image[..., 2:3] * weights[2]
+
+
 def _jitter(image: jax.Array, key: jax.Array, cfg: AugmentConfig) -> jax.Array:
     """Colour jitter of one [H, W, 3] image in [0, 1]."""
     k_b, k_c, k_s, k_h = jax.random.split(key, 4)
@@ -162,10 +171,10 @@ def _jitter(image: jax.Array, key: jax.Array, cfg: AugmentConfig) -> jax.Array:
     if cfg.brightness > 0:
         image = jnp.clip(image * factor(k_b, cfg.brightness), 0.0, 1.0)
     if cfg.contrast > 0:
-        mean = jnp.mean(image @ _LUMA)
+        mean = jnp.mean(_mix(image, _LUMA))
         image = jnp.clip((image - mean) * factor(k_c, cfg.contrast) + mean, 0.0, 1.0)
     if cfg.saturation > 0:
-        gray = (image @ _LUMA)[..., None]
+        gray = _mix(image, _LUMA)
         image = jnp.clip((image - gray) * factor(k_s, cfg.saturation) + gray, 0.0, 1.0)
     if cfg.hue > 0:
         angle = 2 * jnp.pi * jax.random.uniform(k_h, (), minval=-cfg.hue, maxval=cfg.hue)
@@ -175,7 +184,7 @@ def _jitter(image: jax.Array, key: jax.Array, cfg: AugmentConfig) -> jax.Array:
                             jnp.stack([zero, cos, -sin]),
                             jnp.stack([zero, sin, cos])])  # rotates the (I, Q) chroma plane
         matrix = _YIQ_TO_RGB @ rotate @ _RGB_TO_YIQ
-        image = jnp.clip(image @ matrix.T, 0.0, 1.0)
+        image = jnp.clip(_mix(image, matrix.T), 0.0, 1.0)
     return image
 
 

@@ -1,16 +1,20 @@
 """Attention blocks for the MobileNetV3 attention slot (where torchvision puts SE).
 
-All blocks map an NHWC tensor ``x`` of shape (B, H, W, C) to the same shape.
+All blocks map an NHWC tensor ``x`` of shape (B, H, W, C) to the same shape, share one
+constructor signature ``Block(channels, squeeze, options, *, rngs)`` and are registered
+by name in :data:`ATTENTION_BLOCKS`. Each declares what checkpoint conversion needs:
+``se_mlp_path`` (where torchvision's SE ``fc1``/``fc2`` weights go, or None) and
+``new_parts`` (its sub-modules with no ImageNet counterpart, and why). Adding a block is
+one class and one line in the table, in this file.
 
 * ``se``   torchvision's SqueezeExcitation: avg-pool, 1x1 conv C->S, ReLU, 1x1 conv
            S->C, hard-sigmoid gate. S = make_divisible(C // 4, 8).
 * ``caco`` the paper's CaCo: channel attention, then coordinate attention.
            The paper does not print the channel half (its figure 3 is an image).
-           Our choice, following the issue and CBAM (Woo et al. 2018): the *same*
-           squeeze MLP as that block's SE (so ImageNet SE weights initialise it),
-           applied to the average- and the max-pooled descriptor, the two outputs
-           summed, then SE's hard-sigmoid gate (kept so converted SE weights stay
-           calibrated: with the max branch zeroed this *is* SE).
+           Our choice, following CBAM (Woo et al. 2018): the *same* squeeze MLP as that
+           block's SE (so ImageNet SE weights initialise it), applied to the average-
+           and the max-pooled descriptor, the two outputs summed, then SE's hard-sigmoid
+           gate.
 * ``cbam`` CBAM: the same channel attention but with a sigmoid gate (as Woo et al.),
            then spatial attention: [max_c, mean_c] -> 7x7 conv (no bias) -> BN ->
            sigmoid. The MLP width is SE's S (CBAM used C/16; S lets SE weights
@@ -26,30 +30,86 @@ the spatial axis; 1x1 conv C -> mip (bias), BatchNorm, activation; split into f^
 a^h = sigmoid(conv_h(f^h)), a^w = sigmoid(conv_w(f^w)) (1x1 convs with bias back to C);
 y = x * a^h * a^w. mip = max(8, C // 32) as in the official code. The activation is
 Swish as the paper writes (the official code uses h-swish; ``ca_activation`` picks).
+
+Initialisation of the parts SE does not have (``AttentionOptions.init``):
+
+* ``plain``: every new parameter at its usual random initialisation (the paper, most
+  likely). Fine-tuning from ImageNet then starts from a different function than the
+  pretrained SE model: the summed max branch changes every SE gate, and random
+  coordinate gates (with BatchNorm running statistics still at (0, 1)) rescale
+  every feature map.
+* ``preserve`` (default): each new part enters through a per-channel gain that starts
+  at zero (as ReZero / LayerScale): the channel gate is ``gate(mlp(avg) + g_max *
+  mlp(max))`` and a gated output ``x * a`` becomes ``x * (1 + g * (a - 1))``. With
+  converted SE weights the block then computes exactly the SE block it replaces at
+  step 0 (CBAM: SE with its sigmoid gate), and the new parts grow in as training finds
+  them useful. At g = 1 the formulas are the plain ones.
+* ``preserve_channel`` / ``preserve_coord``: only the max-branch gain, or only the
+  gains of the gated outputs (coordinate / spatial attention): the ablation that
+  measures each cause on its own.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from caco_jax.models.layers import Array, BatchNorm, Dtype, PointwiseMLP, activation, conv, hard_sigmoid
+from caco_jax.models.layers import Array, BatchNorm, Conv2d, Dtype, PointwiseMLP, activation, hard_sigmoid
 
-ATTENTIONS: tuple[str, ...] = ("se", "caco", "cbam", "seco", "eca", "none")
+ATTENTION_INITS: tuple[str, ...] = ("preserve", "plain", "preserve_channel", "preserve_coord")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionOptions:
+    """Everything an attention block's constructor receives besides its sizes."""
+
+    ca_activation: str = "swish"  # coordinate attention's activation: swish (paper) | hardswish (official)
+    init: str = "preserve"  # one of ATTENTION_INITS
+    conv_impl: str = "auto"  # how dense convs are computed (caco_jax.models.layers.Conv2d)
+    dtype: Dtype | None = None
+
+    def __post_init__(self) -> None:
+        if self.init not in ATTENTION_INITS:
+            raise ValueError(f"unknown attention init {self.init!r}; expected one of {ATTENTION_INITS}")
+        activation(self.ca_activation)  # validates the name
+
+    @property
+    def gain_max_branch(self) -> bool:
+        return self.init in ("preserve", "preserve_channel")
+
+    @property
+    def gain_gated_output(self) -> bool:
+        return self.init in ("preserve", "preserve_coord")
 
 
 def _avg_pool(x: Array) -> Array:
     return jnp.mean(x, axis=(1, 2))
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max(x: Array, axis: int) -> Array:
     """Max along ``axis`` whose gradient goes to one element (the first maximum), as torch's
-    max pooling does. ``jnp.max`` splits the gradient among ties, which after a ReLU (many
-    zeros) both differs from torch and, at XLA's CPU optimisation level 0, produced NaNs."""
-    idx = jnp.expand_dims(jnp.argmax(x, axis=axis), axis)
-    return jnp.squeeze(jnp.take_along_axis(x, idx, axis=axis), axis)
+    max pooling does. ``jnp.max``'s own gradient splits among ties, which after a ReLU (many
+    zeros) both differs from torch and, at XLA's CPU optimisation level 0, produced NaNs;
+    the argmax is only computed in the backward pass (a plain max reduction forward)."""
+    return jnp.max(x, axis=axis)
+
+
+def _max_fwd(x: Array, axis: int) -> tuple[Array, Array]:
+    return jnp.max(x, axis=axis), x
+
+
+def _max_bwd(axis: int, x: Array, g: Array) -> tuple[Array]:
+    first = jax.nn.one_hot(jnp.argmax(x, axis=axis), x.shape[axis], axis=axis, dtype=g.dtype)
+    return (first * jnp.expand_dims(g, axis),)
+
+
+_max.defvjp(_max_fwd, _max_bwd)
 
 
 def _max_pool(x: Array) -> Array:
@@ -57,11 +117,25 @@ def _max_pool(x: Array) -> Array:
     return _max(x.reshape(b, h * w, c), axis=1)
 
 
+def _zero_gain(channels: int) -> nnx.Param:
+    return nnx.Param(jnp.zeros((channels,), jnp.float32))
+
+
+def _gated(x: Array, gate: Array, gain: nnx.Param | None) -> Array:
+    """``x * gate``, or ``x * (1 + gain * (gate - 1))`` when the block has a gain."""
+    if gain is None:
+        return x * gate
+    return x * (1.0 + gain[...].astype(x.dtype) * (gate - 1.0))
+
+
 class SqueezeExcitation(nnx.Module):
     """torchvision.ops.SqueezeExcitation with a hard-sigmoid gate (MobileNetV3's SE)."""
 
-    def __init__(self, channels: int, squeeze: int, *, dtype: Dtype | None = None, rngs: nnx.Rngs):
-        self.mlp = PointwiseMLP(channels, squeeze, dtype=dtype, rngs=rngs)
+    se_mlp_path: ClassVar[tuple[str, ...] | None] = ("mlp",)
+    new_parts: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, channels: int, squeeze: int, options: AttentionOptions, *, rngs: nnx.Rngs):
+        self.mlp = PointwiseMLP(channels, squeeze, dtype=options.dtype, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
         s = hard_sigmoid(self.mlp(_avg_pool(x)))
@@ -69,68 +143,78 @@ class SqueezeExcitation(nnx.Module):
 
 
 class ChannelAttention(nnx.Module):
-    """CBAM-style channel attention: gate(MLP(avg(x)) + MLP(max(x))), shared MLP."""
+    """CBAM-style channel attention: gate(MLP(avg(x)) + g * MLP(max(x))), shared MLP.
 
-    def __init__(
-        self, channels: int, squeeze: int, *, gate: str, dtype: Dtype | None = None, rngs: nnx.Rngs
-    ):
-        self.mlp = PointwiseMLP(channels, squeeze, dtype=dtype, rngs=rngs)
+    ``g`` (``max_gain``, per channel) exists only with a preserving init, starting at 0.
+    """
+
+    def __init__(self, channels: int, squeeze: int, options: AttentionOptions, *, gate: str, rngs: nnx.Rngs):
+        self.mlp = PointwiseMLP(channels, squeeze, dtype=options.dtype, rngs=rngs)
         self.gate = gate
+        self.max_gain = _zero_gain(channels) if options.gain_max_branch else None
 
     def __call__(self, x: Array) -> Array:
-        s = activation(self.gate)(self.mlp(_avg_pool(x)) + self.mlp(_max_pool(x)))
+        from_max = self.mlp(_max_pool(x))
+        if self.max_gain is not None:
+            from_max = from_max * self.max_gain[...].astype(from_max.dtype)
+        s = activation(self.gate)(self.mlp(_avg_pool(x)) + from_max)
         return x * s[:, None, None, :]
 
 
 class SpatialAttention(nnx.Module):
-    """CBAM's spatial half: sigmoid(BN(conv7x7([max_c x, mean_c x]))) * x."""
+    """CBAM's spatial half: sigmoid(BN(conv7x7([max_c x, mean_c x]))) * x (gain: see module doc)."""
 
-    def __init__(self, kernel_size: int = 7, *, dtype: Dtype | None = None, rngs: nnx.Rngs):
-        self.conv = conv(2, 1, kernel_size, dtype=dtype, rngs=rngs)
-        self.bn = BatchNorm(1, dtype=dtype)
+    def __init__(self, channels: int, options: AttentionOptions, *, kernel_size: int = 7, rngs: nnx.Rngs):
+        self.conv = Conv2d(2, 1, kernel_size, impl=options.conv_impl, dtype=options.dtype, rngs=rngs)
+        self.bn = BatchNorm(1, dtype=options.dtype)
+        self.gain = _zero_gain(channels) if options.gain_gated_output else None
 
     def __call__(self, x: Array) -> Array:
         pooled = jnp.concatenate(
             [_max(x, axis=-1)[..., None], jnp.mean(x, axis=-1, keepdims=True)], axis=-1
         )
-        return x * jax.nn.sigmoid(self.bn(self.conv(pooled)))
+        return _gated(x, jax.nn.sigmoid(self.bn(self.conv(pooled))), self.gain)
 
 
 class CoordinateAttention(nnx.Module):
     """Coordinate attention (Hou et al., CVPR 2021); see the module docstring."""
 
-    def __init__(
-        self,
-        channels: int,
-        *,
-        mip: int | None = None,
-        act: str = "swish",
-        dtype: Dtype | None = None,
-        rngs: nnx.Rngs,
-    ):
+    def __init__(self, channels: int, options: AttentionOptions, *, mip: int | None = None, rngs: nnx.Rngs):
         self.mip = max(8, channels // 32) if mip is None else mip
         init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+        dtype = options.dtype
         self.conv1 = nnx.Linear(channels, self.mip, kernel_init=init, dtype=dtype, rngs=rngs)
         self.bn1 = BatchNorm(self.mip, dtype=dtype)
         self.conv_h = nnx.Linear(self.mip, channels, kernel_init=init, dtype=dtype, rngs=rngs)
         self.conv_w = nnx.Linear(self.mip, channels, kernel_init=init, dtype=dtype, rngs=rngs)
-        self.act = act
+        self.act = options.ca_activation
+        self.gain = _zero_gain(channels) if options.gain_gated_output else None
 
-    def __call__(self, x: Array) -> Array:
+    def gates(self, x: Array) -> tuple[Array, Array]:
+        """(a^h (B, H, C), a^w (B, W, C))."""
         h = x.shape[1]
         z_h = jnp.mean(x, axis=2)  # (B, H, C): pooled along the width
         z_w = jnp.mean(x, axis=1)  # (B, W, C): pooled along the height
         f = activation(self.act)(self.bn1(self.conv1(jnp.concatenate([z_h, z_w], axis=1))))
         f_h, f_w = f[:, :h], f[:, h:]
-        a_h = jax.nn.sigmoid(self.conv_h(f_h))
-        a_w = jax.nn.sigmoid(self.conv_w(f_w))
-        return x * a_h[:, :, None, :] * a_w[:, None, :, :]
+        return jax.nn.sigmoid(self.conv_h(f_h)), jax.nn.sigmoid(self.conv_w(f_w))
+
+    def __call__(self, x: Array) -> Array:
+        a_h, a_w = self.gates(x)
+        return _gated(x, a_h[:, :, None, :] * a_w[:, None, :, :], self.gain)
 
 
 class ECA(nnx.Module):
-    """Efficient channel attention: 1-D conv over the pooled channel vector, sigmoid gate."""
+    """Efficient channel attention: 1-D conv over the pooled channel vector, sigmoid gate.
 
-    def __init__(self, channels: int, *, gamma: int = 2, b: int = 1, rngs: nnx.Rngs):
+    ECA replaces SE entirely (no SE weights to keep), so every init is plain.
+    """
+
+    se_mlp_path: ClassVar[tuple[str, ...] | None] = None
+    new_parts: ClassVar[dict[str, str]] = {"kernel": "ECA's 1-D conv has no ImageNet counterpart"}
+
+    def __init__(self, channels: int, squeeze: int, options: AttentionOptions, *, gamma: int = 2, b: int = 1,
+                 rngs: nnx.Rngs):
         k = int(abs((math.log2(channels) + b) / gamma))
         self.kernel_size = k if k % 2 else k + 1
         bound = 1.0 / math.sqrt(self.kernel_size)  # torch Conv1d default (kaiming_uniform a=sqrt(5))
@@ -148,14 +232,19 @@ class ECA(nnx.Module):
         return x * jax.nn.sigmoid(s)[:, None, None, :]
 
 
+_MAX_GAIN = "gain of the max-pooled branch (new in this variant; 0 = SE's gate)"
+_COORD = "coordinate attention is new in this variant (no ImageNet counterpart)"
+
+
 class CaCo(nnx.Module):
     """The paper's CaCo: channel attention, then coordinate attention."""
 
-    def __init__(
-        self, channels: int, squeeze: int, *, ca_activation: str, dtype: Dtype | None, rngs: nnx.Rngs
-    ):
-        self.channel = ChannelAttention(channels, squeeze, gate="hardsigmoid", dtype=dtype, rngs=rngs)
-        self.coord = CoordinateAttention(channels, act=ca_activation, dtype=dtype, rngs=rngs)
+    se_mlp_path: ClassVar[tuple[str, ...] | None] = ("channel", "mlp")
+    new_parts: ClassVar[dict[str, str]] = {"channel/max_gain": _MAX_GAIN, "coord": _COORD}
+
+    def __init__(self, channels: int, squeeze: int, options: AttentionOptions, *, rngs: nnx.Rngs):
+        self.channel = ChannelAttention(channels, squeeze, options, gate="hardsigmoid", rngs=rngs)
+        self.coord = CoordinateAttention(channels, options, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
         return self.coord(self.channel(x))
@@ -164,9 +253,15 @@ class CaCo(nnx.Module):
 class CBAM(nnx.Module):
     """CBAM: channel attention (sigmoid gate), then spatial attention."""
 
-    def __init__(self, channels: int, squeeze: int, *, dtype: Dtype | None, rngs: nnx.Rngs):
-        self.channel = ChannelAttention(channels, squeeze, gate="sigmoid", dtype=dtype, rngs=rngs)
-        self.spatial = SpatialAttention(dtype=dtype, rngs=rngs)
+    se_mlp_path: ClassVar[tuple[str, ...] | None] = ("channel", "mlp")
+    new_parts: ClassVar[dict[str, str]] = {
+        "channel/max_gain": _MAX_GAIN,
+        "spatial": "CBAM spatial attention is new in this variant (no ImageNet counterpart)",
+    }
+
+    def __init__(self, channels: int, squeeze: int, options: AttentionOptions, *, rngs: nnx.Rngs):
+        self.channel = ChannelAttention(channels, squeeze, options, gate="sigmoid", rngs=rngs)
+        self.spatial = SpatialAttention(channels, options, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
         return self.spatial(self.channel(x))
@@ -175,36 +270,51 @@ class CBAM(nnx.Module):
 class SeCo(nnx.Module):
     """torchvision's SE followed by coordinate attention (the paper's SeCo ablation)."""
 
-    def __init__(
-        self, channels: int, squeeze: int, *, ca_activation: str, dtype: Dtype | None, rngs: nnx.Rngs
-    ):
-        self.se = SqueezeExcitation(channels, squeeze, dtype=dtype, rngs=rngs)
-        self.coord = CoordinateAttention(channels, act=ca_activation, dtype=dtype, rngs=rngs)
+    se_mlp_path: ClassVar[tuple[str, ...] | None] = ("se", "mlp")
+    new_parts: ClassVar[dict[str, str]] = {"coord": _COORD}
+
+    def __init__(self, channels: int, squeeze: int, options: AttentionOptions, *, rngs: nnx.Rngs):
+        self.se = SqueezeExcitation(channels, squeeze, options, rngs=rngs)
+        self.coord = CoordinateAttention(channels, options, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
         return self.coord(self.se(x))
 
 
-def make_attention(
-    name: str,
-    channels: int,
-    squeeze: int,
-    *,
-    ca_activation: str = "swish",
-    dtype: Dtype | None = None,
-    rngs: nnx.Rngs,
-) -> nnx.Module | None:
+# The attention slot's choices: name -> block class (None: no attention).
+ATTENTION_BLOCKS: dict[str, type[nnx.Module] | None] = {
+    "se": SqueezeExcitation,
+    "caco": CaCo,
+    "cbam": CBAM,
+    "seco": SeCo,
+    "eca": ECA,
+    "none": None,
+}
+ATTENTIONS: tuple[str, ...] = tuple(ATTENTION_BLOCKS)
+
+
+def attention_block(name: str) -> type[nnx.Module] | None:
+    """The block class registered as ``name`` (None for 'none'); the error lists the names."""
+    try:
+        return ATTENTION_BLOCKS[name]
+    except KeyError:
+        raise ValueError(f"unknown attention {name!r}; expected one of {ATTENTIONS}") from None
+
+
+def make_attention(name: str, channels: int, squeeze: int, options: AttentionOptions | None = None, *,
+                   rngs: nnx.Rngs) -> nnx.Module | None:
     """Builds the attention block named ``name`` for ``channels`` (None for 'none')."""
-    if name == "se":
-        return SqueezeExcitation(channels, squeeze, dtype=dtype, rngs=rngs)
-    if name == "caco":
-        return CaCo(channels, squeeze, ca_activation=ca_activation, dtype=dtype, rngs=rngs)
-    if name == "cbam":
-        return CBAM(channels, squeeze, dtype=dtype, rngs=rngs)
-    if name == "seco":
-        return SeCo(channels, squeeze, ca_activation=ca_activation, dtype=dtype, rngs=rngs)
-    if name == "eca":
-        return ECA(channels, rngs=rngs)
-    if name == "none":
+    block = attention_block(name)
+    return None if block is None else block(channels, squeeze, options or AttentionOptions(), rngs=rngs)
+
+
+def why_new(name: str, path: tuple[str, ...]) -> str | None:
+    """Why the parameter at ``path`` (inside block ``name``) has no ImageNet counterpart, or None."""
+    block = attention_block(name)
+    if block is None:
         return None
-    raise ValueError(f"unknown attention {name!r}; expected one of {ATTENTIONS}")
+    joined = "/".join(path)
+    for prefix, reason in block.new_parts.items():
+        if joined == prefix or joined.startswith(prefix + "/"):
+            return reason
+    return None

@@ -13,12 +13,15 @@ the same outputs:
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from caco_jax.models.depthwise import batch_chunk, depthwise_conv, resolve
 
 Array = jax.Array
 Dtype = Any
@@ -79,6 +82,52 @@ def torch_conv_init(key: Array, shape: tuple[int, ...], dtype: Dtype = jnp.float
     return std * jax.random.normal(key, shape, dtype)
 
 
+def _moments(x: Array) -> tuple[Array, Array]:
+    """Per-channel mean and biased variance of float32 ``x`` in one pass over it.
+
+    Sums of (x - K) and (x - K)^2 with K the first pixel of each channel, a shift that
+    keeps E[d^2] - E[d]^2 free of cancellation when the mean is large against the spread.
+    """
+    axes = tuple(range(x.ndim - 1))
+    shift = jax.lax.stop_gradient(x.reshape(-1, x.shape[-1])[0])
+    d = x - shift
+    m1, m2 = jnp.mean(d, axis=axes), jnp.mean(jnp.square(d), axis=axes)
+    return shift + m1, jnp.maximum(m2 - jnp.square(m1), 0.0)
+
+
+@jax.custom_vjp
+def batch_norm_train(x: Array, scale: Array, bias: Array, eps: float) -> tuple[Array, Array, Array]:
+    """Training-mode BatchNorm of float32 ``x`` over all but the last axis: (y, mean, biased var).
+
+    A hand-written backward pass: two per-channel sums and one elementwise pass, where
+    autodiff of the forward formula makes several more passes over the activations.
+    """
+    mean, var = _moments(x)
+    return (x - mean) * (jax.lax.rsqrt(var + eps) * scale) + bias, mean, var
+
+
+def _batch_norm_fwd(x: Array, scale: Array, bias: Array, eps: float):
+    mean, var = _moments(x)
+    inv = jax.lax.rsqrt(var + eps)
+    return ((x - mean) * (inv * scale) + bias, mean, var), (x, mean, inv, scale)
+
+
+def _batch_norm_bwd(res, cts):
+    x, mean, inv, scale = res
+    g, g_mean, g_var = cts
+    axes = tuple(range(x.ndim - 1))
+    n = x.size // x.shape[-1]
+    xhat = (x - mean) * inv
+    g_bias = jnp.sum(g, axis=axes)
+    g_scale = jnp.sum(g * xhat, axis=axes)
+    # Through the normalisation, plus the (usually zero) cotangents of the returned statistics.
+    g_x = (scale * inv / n) * (n * g - g_bias - xhat * g_scale) + (g_mean + 2.0 * g_var * (x - mean)) / n
+    return g_x, g_scale, g_bias, None
+
+
+batch_norm_train.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
 class BatchNorm(nnx.Module):
     """BatchNorm over the last axis with torch.nn.BatchNorm2d semantics.
 
@@ -111,50 +160,114 @@ class BatchNorm(nnx.Module):
         out_dtype = self.dtype or x.dtype
         x32 = x.astype(jnp.float32)
         if self.use_running_average:
-            mean, var = self.mean[...], self.var[...]
-        else:
-            axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(x32, axis=axes)
-            var = jnp.mean(jnp.square(x32 - mean), axis=axes)  # biased, used to normalise
-            n = x32.size // x32.shape[-1]
-            unbiased = var * (n / max(n - 1, 1))
-            m = self.momentum
-            self.mean[...] = (1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
-            self.var[...] = (1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
-        inv = jax.lax.rsqrt(var + self.eps) * self.scale[...]
-        y = (x32 - mean) * inv + self.bias[...]
+            inv = jax.lax.rsqrt(self.var[...] + self.eps) * self.scale[...]
+            return ((x32 - self.mean[...]) * inv + self.bias[...]).astype(out_dtype)
+        y, mean, var = batch_norm_train(x32, self.scale[...], self.bias[...], self.eps)  # var: biased
+        n = x32.size // x32.shape[-1]
+        unbiased = var * (n / max(n - 1, 1))
+        m = self.momentum
+        self.mean[...] = (1.0 - m) * self.mean[...] + m * jax.lax.stop_gradient(mean)
+        self.var[...] = (1.0 - m) * self.var[...] + m * jax.lax.stop_gradient(unbiased)
         return y.astype(out_dtype)
 
 
-def conv(
-    in_features: int,
-    out_features: int,
-    kernel_size: int,
-    *,
-    stride: int = 1,
-    groups: int = 1,
-    use_bias: bool = False,
-    dtype: Dtype | None = None,
-    rngs: nnx.Rngs,
-) -> nnx.Conv:
-    """A 2-D conv with torch's symmetric padding and torchvision's initialisation."""
-    pad = (kernel_size - 1) // 2
-    return nnx.Conv(
-        in_features,
-        out_features,
-        (kernel_size, kernel_size),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        feature_group_count=groups,
-        use_bias=use_bias,
-        kernel_init=torch_conv_init,
-        dtype=dtype,
-        rngs=rngs,
-    )
+class Conv2d(nnx.Module):
+    """A bias-free 2-D conv with torch's symmetric padding (k-1)//2 and torchvision's init.
+
+    The parameter is ``kernel``, HWIO ``(k, k, in / groups, out)``, exactly as ``nnx.Conv``
+    stores it; ``groups`` is 1 (dense) or the channel count (depthwise). How it is computed:
+
+    * 1x1: a matrix product over the pixels (XLA's CPU backend runs the kernel gradient of
+      a 1x1 *convolution* as a convolution with a whole-image window, ~20x slower);
+    * depthwise: ``caco_jax.models.depthwise`` with ``impl``;
+    * dense k x k (the stem, CBAM's spatial conv): ``lax.conv_general_dilated``; unless
+      ``impl`` resolves to ``conv``, its kernel gradient is a matrix product of the input's
+      patches with the output gradient (:func:`dense_conv`).
+    """
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
+                 groups: int = 1, impl: str = "auto", dtype: Dtype | None = None, rngs: nnx.Rngs):
+        if groups not in (1, in_features) or (groups > 1 and out_features != in_features):
+            raise ValueError(f"groups must be 1 or in_features == out_features (depthwise), got groups={groups} "
+                             f"for {in_features} -> {out_features}")
+        shape = (kernel_size, kernel_size, in_features // groups, out_features)
+        self.kernel = nnx.Param(torch_conv_init(rngs.params(), shape))
+        self.stride = stride
+        self.depthwise = groups > 1
+        self.impl = resolve(impl)
+        self.dtype = dtype
+
+    def __call__(self, x: Array) -> Array:
+        dtype = self.dtype or x.dtype
+        x, kernel = x.astype(dtype), self.kernel[...].astype(dtype)
+        k, s = kernel.shape[0], self.stride
+        if self.depthwise:
+            return depthwise_conv(x, kernel, stride=s, impl=self.impl)
+        if k == 1:
+            return jnp.dot(x[:, ::s, ::s, :], kernel[0, 0])
+        if self.impl == "conv":
+            return _xla_conv(x, kernel, s)
+        return dense_conv(x, kernel, s)
+
+
+def _xla_conv(x: Array, kernel: Array, stride: int) -> Array:
+    p = (kernel.shape[0] - 1) // 2
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((p, p), (p, p)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense_conv(x: Array, kernel: Array, stride: int) -> Array:
+    """A dense k x k conv (padding (k-1)//2): XLA's convolution forward, kernel gradient as one
+    matrix product of the input's patches with the output gradient (XLA's CPU backend runs
+    the convolution-shaped kernel gradient tens of times slower)."""
+    return _xla_conv(x, kernel, stride)
+
+
+def _dense_conv_fwd(x: Array, kernel: Array, stride: int) -> tuple[Array, tuple[Array, Array]]:
+    return _xla_conv(x, kernel, stride), (x, kernel)
+
+
+def _dense_conv_bwd(stride: int, res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    x, kernel = res
+    _, input_vjp = jax.vjp(lambda inp: _xla_conv(inp, kernel, stride), x)  # dropped by XLA when unused
+    (g_x,) = input_vjp(g)
+    k = kernel.shape[0]
+    chunk = batch_chunk(x)
+    # A scan over slices of the batch: x enters as a loop input, so XLA materialises it
+    # once instead of fusing its producer (e.g. the augmentation) into all k*k slices.
+    xs = x.reshape(x.shape[0] // chunk, chunk, *x.shape[1:])
+    gs = g.reshape(g.shape[0] // chunk, chunk, *g.shape[1:])
+
+    def body(acc: Array, xg: tuple[Array, Array]) -> tuple[Array, None]:
+        cols = patches(xg[0], k, stride)
+        return acc + jnp.dot(cols.reshape(-1, cols.shape[-1]).T, xg[1].reshape(-1, g.shape[-1]),
+                             preferred_element_type=jnp.float32), None
+
+    g_kernel, _ = jax.lax.scan(body, jnp.zeros((k * k * x.shape[-1], g.shape[-1]), jnp.float32), (xs, gs))
+    return g_x, g_kernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+dense_conv.defvjp(_dense_conv_fwd, _dense_conv_bwd)
+
+
+def patches(x: Array, kernel_size: int, stride: int) -> Array:
+    """(B, Ho, Wo, k*k*C) windows of NHWC ``x`` (padding (k-1)//2), ordered as an HWIO kernel's rows."""
+    k, p = kernel_size, (kernel_size - 1) // 2
+    b, h, w, c = x.shape
+    out_h, out_w = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    taps = [jax.lax.slice(xp, (0, i, j, 0), (b, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c),
+                          (1, stride, stride, 1)) for i in range(k) for j in range(k)]
+    return jnp.concatenate(taps, axis=-1)
 
 
 class ConvBNAct(nnx.Module):
-    """torchvision's Conv2dNormActivation: conv (no bias) -> BatchNorm -> activation."""
+    """torchvision's Conv2dNormActivation: conv (no bias) -> BatchNorm -> activation.
+
+    ``groups == in_features == out_features`` makes the conv depthwise; ``depthwise``
+    picks how convolutions are computed (see :class:`Conv2d`).
+    """
 
     def __init__(
         self,
@@ -165,12 +278,12 @@ class ConvBNAct(nnx.Module):
         stride: int = 1,
         groups: int = 1,
         act: str = "identity",
+        depthwise: str = "auto",
         dtype: Dtype | None = None,
         rngs: nnx.Rngs,
     ):
-        self.conv = conv(
-            in_features, out_features, kernel_size, stride=stride, groups=groups, dtype=dtype, rngs=rngs
-        )
+        self.conv = Conv2d(in_features, out_features, kernel_size, stride=stride, groups=groups, impl=depthwise,
+                           dtype=dtype, rngs=rngs)
         self.bn = BatchNorm(out_features, dtype=dtype)
         self.act_name = act
 

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from caco_jax.models.attention import ATTENTIONS, make_attention
+from caco_jax.models.attention import AttentionOptions, attention_block, make_attention
 from caco_jax.models.layers import BN_MOMENTUM, Array, BatchNorm, ConvBNAct, Dtype, activation, hard_swish, make_divisible
 
 
@@ -97,23 +97,23 @@ class InvertedResidual(nnx.Module):
         spec: BlockSpec,
         *,
         attention: str,
-        ca_activation: str,
-        dtype: Dtype | None,
+        options: AttentionOptions,
+        depthwise: str = "auto",
         rngs: nnx.Rngs,
     ):
         e = spec.expanded
+        dtype = options.dtype
         self.expand = (
             ConvBNAct(in_features, e, 1, act=spec.activation, dtype=dtype, rngs=rngs)
             if e != in_features
             else None
         )
         self.depthwise = ConvBNAct(
-            e, e, spec.kernel, stride=spec.stride, groups=e, act=spec.activation, dtype=dtype, rngs=rngs
+            e, e, spec.kernel, stride=spec.stride, groups=e, act=spec.activation, depthwise=depthwise, dtype=dtype,
+            rngs=rngs,
         )
         self.attention = (
-            make_attention(
-                attention, e, make_divisible(e // 4, 8), ca_activation=ca_activation, dtype=dtype, rngs=rngs
-            )
+            make_attention(attention, e, make_divisible(e // 4, 8), options, rngs=rngs)
             if spec.attention
             else None
         )
@@ -138,10 +138,14 @@ class MobileNetV3(nnx.Module):
       attention: one of ``ATTENTIONS``; replaces torchvision's SE where it has one.
       ca_activation: activation inside coordinate attention ('swish' as the paper,
         'hardswish' as the official CA code).
+      attention_init: how the attention parts SE lacks start ('preserve': as the SE
+        they replace, 'plain': random; see ``caco_jax.models.attention``).
       dropout: classifier dropout rate (torchvision: 0.2).
       bn_momentum: BatchNorm running-average momentum in torch's convention
         (torchvision's MobileNetV3: 0.01; short runs such as the CPU demo need a
         larger value or the running statistics stay near their initialisation).
+      depthwise: how depthwise convolutions are computed ('auto', 'conv', 'shifts',
+        'shifts_vjp'; see ``caco_jax.models.depthwise``); the parameters are the same.
       dtype: compute dtype (e.g. jnp.bfloat16); parameters and BatchNorm statistics
         stay float32 and logits are returned in float32.
     """
@@ -153,25 +157,26 @@ class MobileNetV3(nnx.Module):
         num_classes: int = 7,
         attention: str = "caco",
         ca_activation: str = "swish",
+        attention_init: str = "preserve",
         dropout: float = 0.2,
         bn_momentum: float = BN_MOMENTUM,
+        depthwise: str = "auto",
         dtype: Dtype | None = None,
         rngs: nnx.Rngs,
     ):
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(ARCHS)}")
-        if attention not in ATTENTIONS:
-            raise ValueError(f"unknown attention {attention!r}; expected one of {ATTENTIONS}")
-        activation(ca_activation)  # validates the name early
+        attention_block(attention)  # validates the names early
+        options = AttentionOptions(ca_activation=ca_activation, init=attention_init, conv_impl=depthwise, dtype=dtype)
         spec = ARCHS[arch]
         self.arch, self.attention_name, self.num_classes = arch, attention, num_classes
         self.dtype = dtype
-        self.stem = ConvBNAct(3, spec.stem, 3, stride=2, act="hardswish", dtype=dtype, rngs=rngs)
+        self.stem = ConvBNAct(3, spec.stem, 3, stride=2, act="hardswish", depthwise=depthwise, dtype=dtype, rngs=rngs)
         blocks, width = [], spec.stem
         for b in spec.blocks:
             blocks.append(
                 InvertedResidual(
-                    width, b, attention=attention, ca_activation=ca_activation, dtype=dtype, rngs=rngs
+                    width, b, attention=attention, options=options, depthwise=depthwise, rngs=rngs,
                 )
             )
             width = b.out
