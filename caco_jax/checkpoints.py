@@ -16,35 +16,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from caco_jax.trees import flatten, unflatten
+
 PyTree = Any
-
-
-def _path_str(path: tuple) -> str:
-    parts = []
-    for p in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(p, attr):
-                parts.append(str(getattr(p, attr)))
-                break
-        else:
-            parts.append(str(p))
-    return "/".join(parts)
-
-
-def flatten_tree(tree: PyTree) -> dict[str, Any]:
-    """Any pytree -> {'params/blocks/0/...': leaf} with readable string keys."""
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {_path_str(path): leaf for path, leaf in leaves}
-
-
-def unflatten_tree(flat: dict[str, Any], like: PyTree) -> PyTree:
-    """Inverse of :func:`flatten_tree`, using ``like`` for the structure."""
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
-    keys = [_path_str(path) for path, _ in leaves]
-    missing = [k for k in keys if k not in flat]
-    if missing:
-        raise KeyError(f"checkpoint lacks {len(missing)} entries, e.g. {missing[:3]}; was it written by another model?")
-    return jax.tree_util.tree_unflatten(treedef, [flat[k] for k in keys])
 
 
 class Checkpointer:
@@ -66,7 +40,7 @@ class Checkpointer:
         self._manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(flatten_tree(state)),
+                state=ocp.args.StandardSave(flatten(state)),
                 data=ocp.args.JsonSave(_jsonable(data_state)),
                 meta=ocp.args.JsonSave(meta),
             ),
@@ -77,7 +51,7 @@ class Checkpointer:
         """Restores checkpoint ``step`` into the structure (and shardings) of ``like``."""
         abstract = {
             k: jax.ShapeDtypeStruct(np.shape(v), v.dtype, sharding=getattr(v, "sharding", None))
-            for k, v in flatten_tree(like).items()
+            for k, v in flatten(like).items()
         }
         out = self._manager.restore(
             step,
@@ -85,7 +59,7 @@ class Checkpointer:
                 state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()
             ),
         )
-        return unflatten_tree(dict(out["state"]), like), _from_jsonable(out["data"]), dict(out["meta"])
+        return unflatten(dict(out["state"]), like, source=f"checkpoint {step}"), _from_jsonable(out["data"]), dict(out["meta"])
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -5,17 +5,6 @@ from __future__ import annotations
 CLASS_NAMES: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 NUM_CLASSES: int = len(CLASS_NAMES)
 
-# Long names, for reports.
-CLASS_DESCRIPTIONS: dict[str, str] = {
-    "akiec": "actinic keratosis / intraepithelial carcinoma",
-    "bcc": "basal cell carcinoma",
-    "bkl": "benign keratosis-like lesion",
-    "df": "dermatofibroma",
-    "mel": "melanoma",
-    "nv": "melanocytic nevus",
-    "vasc": "vascular lesion",
-}
-
 # Image counts of the full HAM10000 release, in CLASS_NAMES order.
 HAM10000_COUNTS: tuple[int, ...] = (327, 514, 1099, 115, 1113, 6705, 142)
 

@@ -43,39 +43,47 @@ def load_trained(
 
     ``weights`` defaults to ``workdir/best`` (the best validation BACC), written by
     scripts/train.py; any directory in that format works (e.g. a conversion output of
-    the same architecture and class count).
+    the same architecture and class count). ``metadata['class_names']`` names the classes.
     """
     workdir = pathlib.Path(workdir)
     config = load_config(workdir)
     weights_dir = pathlib.Path(weights) if weights else workdir / "best"
     flat, meta = read_weights(weights_dir)
-    model = model_from_config(config.model, num_classes=len(CLASS_NAMES), seed=config.seed)
+    meta.setdefault("class_names", list(CLASS_NAMES) if config.data.name == "ham10000" else None)
+    if not meta["class_names"]:
+        raise ValueError(f"{weights_dir} does not record its class names (caco_jax_weights.json: class_names)")
+    model = model_from_config(config.model, num_classes=len(meta["class_names"]), seed=config.seed)
     assign_weights(model, flat, source=str(weights_dir))
     model.eval()
     return config, model, meta, weights_dir
 
 
+def host_array(x: Any) -> np.ndarray:
+    """A replicated (or single-process) jax.Array as numpy on this host."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(x.addressable_data(0))
+    return np.asarray(x)
+
+
 def run_eval(
-    eval_step: Callable[..., tuple[jax.Array, jax.Array]],
+    eval_step: Callable[..., dict[str, jax.Array]],
     params: Any,
     batch_stats: Any,
     batches: Iterable[Mapping[str, np.ndarray]],
     class_weights: np.ndarray,
     mesh: Mesh,
-    class_names: Sequence[str] = CLASS_NAMES,
+    class_names: Sequence[str],
 ) -> dict[str, Any]:
-    """Runs ``eval_step`` over every batch (padded rows masked) and returns the full report + loss."""
+    """Runs ``eval_step`` over every (process-local) batch, padded rows masked; the full report + loss."""
     acc = EvalAccumulator(class_names)
+    outputs = [eval_step(params, batch_stats, parallel.to_global(batch, mesh), class_weights) for batch in batches]
     loss_sum, n = 0.0, 0
-    losses = []
-    for batch in batches:
-        gb = parallel.to_global(batch, mesh)
-        logits, loss = eval_step(params, batch_stats, gb, class_weights)
-        acc.update(logits, gb["label"], gb["mask"])
-        losses.append((loss, int(np.sum(batch["mask"]))))
-    for loss, count in losses:  # one host sync at the end, not one per batch
+    for out in outputs:  # one host sync at the end, not one per batch
+        mask = host_array(out["mask"])
+        acc.update(host_array(out["logits"]), host_array(out["label"]), mask)
+        count = int(mask.sum())
         if count:
-            loss_sum += float(loss) * count
+            loss_sum += float(host_array(out["loss"])) * count
             n += count
     report = acc.report()
     report["loss"] = loss_sum / n if n else None
@@ -96,7 +104,7 @@ def write_report(
     num_params: int,
     split: str,
     checkpoint: str,
-    class_names: Sequence[str] = CLASS_NAMES,
+    class_names: Sequence[str],
     prefix: str = "report",
 ) -> dict[str, pathlib.Path]:
     """Writes ``{prefix}.json``, ``{prefix}.md``, a confusion-matrix PNG and (with history) curves."""
@@ -114,7 +122,7 @@ def write_report(
         paths["curves"] = plots.plot_curves(list(history), workdir / "curves.png")
     attention, loss = config.model.attention, config.loss.name
     pretrained = bool(config.model.pretrained)
-    paper = paper_row(attention, loss, pretrained)
+    paper = paper_row(attention, loss, pretrained) if config.data.name == "ham10000" else None
     payload = {
         "split": split,
         "checkpoint": checkpoint,
@@ -135,8 +143,10 @@ def write_report(
         f"| caco-jax (this run) | {_pct(report['accuracy'])} | {_pct(report['bacc'])} | "
         f"{_pct(report['paper_bacc'])} | {report.get('macro_auc') or 0:.4f} | {num_params / 1e6:.3f} M |",
     ]
-    if config.data.get("synthetic_images", 0) > 0:
+    if config.data.synthetic_images > 0:
         lines.append("| paper | not comparable: this run used synthetic data | | | | |")
+    elif config.data.name != "ham10000":
+        lines.append(f"| paper | not comparable: dataset {config.data.name!r}, not HAM10000 | | | | |")
     elif paper is not None:
         lines.append(f"| paper (its Tables 2-5) | {paper[0]:.2f} | {paper[1]:.2f} (definition unclear) | - | - | {paper[2]:.2f} M |")
     else:

@@ -35,39 +35,11 @@ Formulas
 * **Joint**: ``a * focal + (1-a) * LDAM`` (``a = 0.5``); both terms use the same
   class weights and mask.
 
-The LDAM scale ``s``
---------------------
-The official LDAM code uses ``s = 30`` because its last layer is cosine-normalised
-(logits in [-1, 1]). Our head is a plain linear layer whose logits are free to grow,
-so ``s`` is a design choice. ``scripts/measure_ldam_scale.py`` (about 30 s on a
-2-core CPU) trains an MLP with a plain linear head (AdamW, lr 1e-3, weight decay
-5e-2 as in the paper) on imbalanced synthetic Gaussian features with HAM10000's class
-proportions (58:1), and reports balanced accuracy (BACC) on a balanced test set;
-5 seeds (each its own data and initialisation), mean ± std, and the paired difference
-to cross-entropy. LDAM max_m = 0.5; DRW (beta 0.9999) for the last third of training.
-Regime "full": 80% of the HAM10000 counts, 30 epochs, training set not memorised;
-"memorise": 25% of the counts, a wider MLP, 60 epochs, training BACC 93-100% (as a
-fine-tuned CNN reaches on HAM10000)::
-
-                 test BACC % (paired difference to CE, percentage points)
-    loss   s   | full, no DRW   full, DRW      memorise, no DRW  memorise, DRW
-    CE     -   | 51.51          63.79          48.69             55.04
-    LDAM   1   | 52.01 (+0.49)  64.07 (+0.28)  49.13 (+0.44)     55.29 (+0.25)
-    LDAM   2   | 52.12 (+0.61)  63.13 (-0.67)  48.38 (-0.31)     53.22 (-1.82)
-    LDAM   5   | 52.37 (+0.86)  61.76 (-2.03)  47.90 (-0.79)     50.92 (-4.12)
-    LDAM  10   | 52.34 (+0.83)  61.04 (-2.75)  47.54 (-1.15)     49.35 (-5.69)
-    LDAM  30   | 52.02 (+0.51)  60.34 (-3.45)  47.16 (-1.53)     48.33 (-6.71)
-    (std over seeds of the paired differences: 0.07-1.09; of the BACCs: 3.4-4.6)
-
-With an unnormalised head, ``s`` mostly multiplies the logits' effective learning
-rate (Adam steps are scale-free, so ``s * z`` moves ``s`` times faster): larger
-``s`` memorises the training set sooner (train BACC 93% at s = 1, 99.8% at s = 30)
-and generalises worse, most of all with DRW. Only ``s = 1`` beats cross-entropy in
-all four settings (by +0.25 to +0.49 points, with seed std <= 0.17). Hence
-``DEFAULT_LDAM_S = 1.0``: the margins are in raw logit units. It is configurable
-(``cfg.ldam_s``); use ~30 only with a cosine-normalised head. This is a proxy
-measurement, not HAM10000 evidence: an ``ldam_s`` ablation on the real data is the
-proper confirmation.
+Adding a loss: one class in this file, registered with ``@register("name")``, with a
+``from_config(cfg, class_counts)`` classmethod and ``__call__(logits, labels,
+class_weights=None, mask=None)``; its config fields go in ``configs/default.py``.
+The choice of the LDAM scale ``s`` (default 1, not the official 30) is measured in
+``scripts/measure_ldam_scale.py`` and discussed in the README.
 """
 from __future__ import annotations
 
@@ -76,10 +48,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from caco_jax.classes import NUM_CLASSES
 
 Array = jax.Array
 ArrayLike = Any
@@ -253,28 +223,128 @@ def joint_loss(
     return a * focal + (1.0 - a) * ldam
 
 
-# --------------------------------------------------------------------------- factory
-def default_loss_config() -> ml_collections.ConfigDict:
-    """The loss section of a training config, with the defaults of the paper."""
-    return ml_collections.ConfigDict(
-        {
-            "name": "joint",  # one of LOSS_NAMES
-            "label_smoothing": 0.0,  # 'ce' only
-            "focal_gamma": 2.0,
-            "focal_alpha": None,  # None | float | list of C floats
-            "ldam_max_m": 0.5,
-            "ldam_s": DEFAULT_LDAM_S,
-            "joint_a": 0.5,
-            "drw_epoch": -1,  # -1: off; else the 0-based epoch from which DRW applies
-            "drw_beta": 0.9999,
-        }
-    )
+# --------------------------------------------------------------------------- registry
+LOSSES: dict[str, type] = {}
+
+
+def register(name: str):
+    """Class decorator: makes a loss selectable as ``loss.name = name``."""
+
+    def deco(cls: type) -> type:
+        cls.name = name
+        LOSSES[name] = cls
+        return cls
+
+    return deco
+
+
+def _alpha(value: Any, num_classes: int) -> float | tuple[float, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float, np.floating, np.integer)):
+        return float(value)
+    alpha = tuple(float(x) for x in value)
+    if len(alpha) != num_classes:
+        raise ValueError(f"focal_alpha has {len(alpha)} entries, expected {num_classes} (one per class)")
+    return alpha
+
+
+@register("ce")
+@dataclasses.dataclass(frozen=True)
+class CrossEntropy:
+    """Cross-entropy with optional label smoothing (``loss.label_smoothing``)."""
+
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    @classmethod
+    def from_config(cls, cfg: Any, class_counts: np.ndarray | None, num_classes: int) -> "CrossEntropy":
+        return cls(label_smoothing=float(cfg.label_smoothing))
+
+    def __call__(self, logits, labels, class_weights=None, mask=None) -> Array:
+        return cross_entropy(logits, labels, label_smoothing=self.label_smoothing, class_weights=class_weights,
+                             mask=mask)
+
+
+@register("focal")
+@dataclasses.dataclass(frozen=True)
+class Focal:
+    """Softmax focal loss (``loss.focal_gamma``, ``loss.focal_alpha``)."""
+
+    gamma: float = 2.0
+    alpha: float | tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.gamma < 0:
+            raise ValueError(f"focal_gamma must be >= 0, got {self.gamma}")
+
+    @classmethod
+    def from_config(cls, cfg: Any, class_counts: np.ndarray | None, num_classes: int) -> "Focal":
+        return cls(gamma=float(cfg.focal_gamma), alpha=_alpha(cfg.focal_alpha, num_classes))
+
+    def __call__(self, logits, labels, class_weights=None, mask=None) -> Array:
+        alpha = jnp.asarray(self.alpha, jnp.float32) if isinstance(self.alpha, tuple) else self.alpha
+        return focal_loss(logits, labels, gamma=self.gamma, alpha=alpha, class_weights=class_weights, mask=mask)
+
+
+@register("ldam")
+@dataclasses.dataclass(frozen=True)
+class LDAM:
+    """LDAM with margins from the training counts (``loss.ldam_max_m``) and scale ``loss.ldam_s``."""
+
+    margins: tuple[float, ...]
+    s: float = DEFAULT_LDAM_S
+
+    def __post_init__(self) -> None:
+        if self.s <= 0:
+            raise ValueError(f"ldam_s must be > 0, got {self.s}")
+
+    @classmethod
+    def from_config(cls, cfg: Any, class_counts: np.ndarray | None, num_classes: int) -> "LDAM":
+        max_m = float(cfg.ldam_max_m)
+        if max_m < 0:
+            raise ValueError(f"ldam_max_m must be >= 0, got {max_m}")
+        margins = tuple(float(x) for x in np.asarray(ldam_margins(class_counts, max_m)))
+        return cls(margins=margins, s=float(cfg.ldam_s))
+
+    def __call__(self, logits, labels, class_weights=None, mask=None) -> Array:
+        return ldam_loss(logits, labels, jnp.asarray(self.margins, jnp.float32), s=self.s,
+                         class_weights=class_weights, mask=mask)
+
+
+@register("joint")
+@dataclasses.dataclass(frozen=True)
+class Joint:
+    """The paper's ``a * focal + (1 - a) * LDAM`` (``loss.joint_a``; the focal and LDAM fields)."""
+
+    focal: Focal
+    ldam: LDAM
+    a: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.a <= 1.0:
+            raise ValueError(f"joint_a must be in [0, 1], got {self.a}")
+
+    @classmethod
+    def from_config(cls, cfg: Any, class_counts: np.ndarray | None, num_classes: int) -> "Joint":
+        return cls(focal=Focal.from_config(cfg, class_counts, num_classes),
+                   ldam=LDAM.from_config(cfg, class_counts, num_classes), a=float(cfg.joint_a))
+
+    def __call__(self, logits, labels, class_weights=None, mask=None) -> Array:
+        return self.a * self.focal(logits, labels, class_weights, mask) + (1.0 - self.a) * self.ldam(
+            logits, labels, class_weights, mask)
+
+
+LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
 
 
 @dataclasses.dataclass(frozen=True)
 class Loss:
-    """A configured loss. Hashable (tuples only), so it may be closed over or
-    passed as a static argument to ``jax.jit``.
+    """A configured loss plus its deferred re-weighting schedule. Hashable (tuples only), so
+    it may be closed over or passed as a static argument to ``jax.jit``.
 
     ``loss(logits, labels, class_weights, mask=None)`` is pure and jit-able;
     ``loss.class_weights(epoch)`` gives the float32 [C] weights to feed it (ones
@@ -282,49 +352,18 @@ class Loss:
     shapes and dtypes every epoch.
     """
 
-    name: str
+    fn: Any  # one of the registered loss classes
     num_classes: int
-    label_smoothing: float = 0.0
-    focal_gamma: float = 2.0
-    focal_alpha: float | tuple[float, ...] | None = None
-    ldam_margins: tuple[float, ...] | None = None
-    ldam_s: float = DEFAULT_LDAM_S
-    joint_a: float = 0.5
     drw_epoch: int = -1
     drw_class_weights: tuple[float, ...] | None = None
 
-    def __call__(
-        self,
-        logits: ArrayLike,
-        labels: ArrayLike,
-        class_weights: ArrayLike | None = None,
-        mask: ArrayLike | None = None,
-    ) -> Array:
-        alpha = self.focal_alpha
-        if isinstance(alpha, tuple):
-            alpha = jnp.asarray(alpha, jnp.float32)
-        if self.name == "ce":
-            return cross_entropy(
-                logits, labels, label_smoothing=self.label_smoothing, class_weights=class_weights, mask=mask
-            )
-        if self.name == "focal":
-            return focal_loss(
-                logits, labels, gamma=self.focal_gamma, alpha=alpha, class_weights=class_weights, mask=mask
-            )
-        margins = jnp.asarray(self.ldam_margins, jnp.float32)
-        if self.name == "ldam":
-            return ldam_loss(logits, labels, margins, s=self.ldam_s, class_weights=class_weights, mask=mask)
-        return joint_loss(
-            logits,
-            labels,
-            margins,
-            a=self.joint_a,
-            gamma=self.focal_gamma,
-            alpha=alpha,
-            s=self.ldam_s,
-            class_weights=class_weights,
-            mask=mask,
-        )
+    @property
+    def name(self) -> str:
+        return self.fn.name
+
+    def __call__(self, logits: ArrayLike, labels: ArrayLike, class_weights: ArrayLike | None = None,
+                 mask: ArrayLike | None = None) -> Array:
+        return self.fn(logits, labels, class_weights, mask)
 
     @property
     def drw_enabled(self) -> bool:
@@ -338,79 +377,40 @@ class Loss:
         return np.ones((self.num_classes,), np.float32)
 
 
-def make_loss(cfg: Any, class_counts: ArrayLike | None) -> Loss:
-    """Builds a :class:`Loss` from a config (ConfigDict or any attribute object;
-    missing fields take :func:`default_loss_config` values).
+def make_loss(cfg: Any, class_counts: ArrayLike | None, num_classes: int | None = None) -> Loss:
+    """Builds the loss named ``cfg.name`` from a config's ``loss`` section (every field of
+    ``configs/default.py``'s, no defaults filled in here).
 
     ``class_counts`` are the training-split counts; required (all > 0) for 'ldam',
-    'joint' and DRW, optional otherwise (then C = ``NUM_CLASSES``)."""
-    defaults = default_loss_config()
-
-    def get(field: str) -> Any:
-        return getattr(cfg, field, defaults[field])
-
-    name = str(get("name")).lower()
-    if name not in LOSS_NAMES:
-        raise ValueError(f"unknown loss name {get('name')!r}; allowed: {', '.join(LOSS_NAMES)}")
-    num_classes = NUM_CLASSES if class_counts is None else len(np.asarray(class_counts).reshape(-1))
-
-    label_smoothing = float(get("label_smoothing"))
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-    gamma = float(get("focal_gamma"))
-    if gamma < 0:
-        raise ValueError(f"focal_gamma must be >= 0, got {gamma}")
-    alpha = get("focal_alpha")
-    if alpha is not None:
-        if isinstance(alpha, (int, float, np.floating, np.integer)):
-            alpha = float(alpha)
-        else:
-            alpha = tuple(float(x) for x in alpha)
-            if len(alpha) != num_classes:
-                raise ValueError(f"focal_alpha has {len(alpha)} entries, expected {num_classes} (one per class)")
-    s = float(get("ldam_s"))
-    if s <= 0:
-        raise ValueError(f"ldam_s must be > 0, got {s}")
-    a = float(get("joint_a"))
-    if not 0.0 <= a <= 1.0:
-        raise ValueError(f"joint_a must be in [0, 1], got {a}")
-    drw_epoch = int(get("drw_epoch"))
-    drw_beta = float(get("drw_beta"))
-
-    margins = None
-    if name in ("ldam", "joint"):
-        max_m = float(get("ldam_max_m"))
-        if max_m < 0:
-            raise ValueError(f"ldam_max_m must be >= 0, got {max_m}")
-        margins = tuple(float(x) for x in np.asarray(ldam_margins(class_counts, max_m)))
-    drw = None
-    if drw_epoch >= 0:
-        drw = tuple(float(x) for x in drw_weights(class_counts, drw_beta))
-    return Loss(
-        name=name,
-        num_classes=num_classes,
-        label_smoothing=label_smoothing,
-        focal_gamma=gamma,
-        focal_alpha=alpha,
-        ldam_margins=margins,
-        ldam_s=s,
-        joint_a=a,
-        drw_epoch=drw_epoch,
-        drw_class_weights=drw,
-    )
+    'joint' and DRW. Without them, ``num_classes`` gives the class count."""
+    name = str(cfg.name).lower()
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss name {cfg.name!r}; allowed: {', '.join(LOSS_NAMES)}")
+    counts = None if class_counts is None else np.asarray(class_counts).reshape(-1)
+    if counts is None and num_classes is None:
+        raise ValueError("make_loss needs the training class counts or num_classes")
+    n = len(counts) if counts is not None else int(num_classes)
+    fn = LOSSES[name].from_config(cfg, counts, n)
+    drw_epoch = int(cfg.drw_epoch)
+    drw = tuple(float(x) for x in drw_weights(counts, float(cfg.drw_beta))) if drw_epoch >= 0 else None
+    return Loss(fn=fn, num_classes=n, drw_epoch=drw_epoch, drw_class_weights=drw)
 
 
 __all__ = [
     "DEFAULT_LDAM_S",
+    "LOSSES",
     "LOSS_NAMES",
+    "LDAM",
+    "CrossEntropy",
+    "Focal",
+    "Joint",
     "Loss",
     "cross_entropy",
-    "default_loss_config",
     "drw_weights",
     "focal_loss",
     "joint_loss",
     "ldam_loss",
     "ldam_margins",
     "make_loss",
+    "register",
 ]
-

@@ -1,53 +1,18 @@
-"""Classification metrics: on-device accumulation (clu) and host-side reports.
+"""Classification metrics: training metrics accumulated on the device (clu) and evaluation reports.
 
-On device (inside a jitted step, no host round-trip):
-
-* :func:`confusion_matrix` — int32 [C, C], rows = true class, columns = predicted
-  (argmax of logits or probabilities); masked rows and labels outside [0, C) count
-  nothing. Summing matrices over batches or devices gives the total.
-* clu metrics: :class:`LossAverage` (example-weighted mean of the batch loss),
-  ``clu.metrics.Accuracy`` (masked), :class:`ConfusionMatrix` (merge = add) and the
-  collections :class:`TrainMetrics` (loss, accuracy) and :class:`EvalMetrics`
-  (loss, accuracy, confusion). Use ``Metrics.single_from_model_output(loss=...,
-  logits=..., labels=..., mask=...)`` in the step and ``.merge`` across steps; under
-  ``pmap`` use ``gather_from_model_output`` (``reduce`` sums over devices). With
-  ``jit`` over a sharded batch the sums are already global.
-
-On the host:
-
-* :func:`classification_report` — accuracy; ``bacc`` = mean per-class recall (the
-  ISIC / ``sklearn.metrics.balanced_accuracy_score`` definition); ``paper_bacc`` =
-  mean over classes of (sensitivity + specificity) / 2 (the paper's formula, a
-  different and larger number); per-class sensitivity, specificity, precision, F1,
-  support and one-vs-rest ROC AUC; ``macro_auc``; ``macro_f1``; the confusion matrix.
-* :class:`EvalAccumulator` — collects logits (kept on device until ``report()``,
-  so updating it does not block), labels and masks over evaluation batches, and
-  builds the report including AUC.
-
-Undefined values and absent classes
------------------------------------
-A per-class value whose denominator is 0 is reported as ``None`` (JSON null), never
-NaN or a silent 0: sensitivity (recall) and AUC when the class has no examples
-(``support == 0``), specificity when every example is of that class, precision when
-the class is never predicted, AUC also when the class has no negatives. F1 is
-``2 TP / (2 TP + FP + FN)`` (sklearn's formula): None only for a class neither
-present nor predicted, 0 for an absent class that is predicted.
-
-A class with ``support == 0`` is *absent*: it is listed in ``absent_classes`` and
-excluded from every macro mean (``bacc``, ``paper_bacc``, ``macro_specificity``,
-``macro_f1``, ``macro_auc``), which are therefore means over the present classes
-only — the same rule as sklearn's ``balanced_accuracy_score``. A macro mean with no
-defined term (e.g. an empty matrix) is ``None``; so is ``accuracy`` with no example.
-(On device, ``compute()`` of the clu loss / accuracy metrics is NaN before any
-unmasked example has been seen.) ``macro_auc`` is the unweighted mean of the
-per-class one-vs-rest AUCs (equal to ``roc_auc_score(..., multi_class="ovr",
-average="macro")`` when every class is present). AUCs use the Mann-Whitney
-statistic with average ranks for ties (exactly sklearn's ROC AUC).
+* :class:`TrainMetrics` (clu): example-weighted loss and accuracy, merged across steps on
+  the device; the host reads them only at log time.
+* :func:`classification_report`: accuracy; ``bacc`` = mean per-class recall (ISIC /
+  scikit-learn); ``paper_bacc`` = mean over classes of (sensitivity + specificity) / 2 (the
+  paper's formula); per-class sensitivity, specificity, precision, F1, support and
+  one-vs-rest ROC AUC; macro means; the confusion matrix. Undefined values are None, and
+  classes absent from the data are excluded from every macro mean (README, Metrics).
+* :class:`EvalAccumulator`: collects evaluation logits and builds the report.
 """
 # No ``from __future__ import annotations`` here: clu's Collection reads the metric
 # classes from ``__annotations__``, which must hold classes, not strings.
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import clu.metrics as clu_metrics
 import flax
@@ -55,30 +20,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from caco_jax.classes import CLASS_NAMES, NUM_CLASSES
 
 Array = jax.Array
 ArrayLike = Any
 
 
 # --------------------------------------------------------------------------- device
-def confusion_matrix(
-    logits: ArrayLike, labels: ArrayLike, num_classes: int, mask: ArrayLike | None = None
-) -> Array:
-    """Int32 [C, C] confusion matrix (rows true, columns argmax-predicted); jit-able.
-
-    ``logits`` may also be probabilities (same argmax). Masked rows and labels outside
-    [0, C) contribute nothing."""
-    logits = jnp.asarray(logits)
-    labels = jnp.asarray(labels).astype(jnp.int32)
-    preds = jnp.argmax(logits, axis=-1)
-    true_1h = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)  # out of range -> 0 row
-    if mask is not None:
-        true_1h = true_1h * (jnp.asarray(mask) > 0).astype(jnp.int32)[:, None]
-    pred_1h = jax.nn.one_hot(preds, num_classes, dtype=jnp.int32)
-    return jnp.einsum("bi,bj->ij", true_1h, pred_1h, preferred_element_type=jnp.int32)
-
-
 def _valid_count(labels: Array, mask: Array | None) -> Array:
     if mask is None:
         return jnp.asarray(labels.shape[0], jnp.float32)
@@ -117,41 +64,6 @@ class LossAverage(clu_metrics.Metric):
 
 
 @flax.struct.dataclass
-class ConfusionMatrix(clu_metrics.Metric):
-    """On-device confusion matrix (int32 [C, C]); merge adds. ``compute()`` returns it.
-
-    ``num_classes`` is a class attribute (default 7); build other sizes with
-    :func:`confusion_matrix_metric`."""
-
-    matrix: Array
-    num_classes: ClassVar[int] = NUM_CLASSES
-
-    @classmethod
-    def empty(cls) -> "ConfusionMatrix":
-        return cls(matrix=jnp.zeros((cls.num_classes, cls.num_classes), jnp.int32))
-
-    @classmethod
-    def from_model_output(
-        cls, *, logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None, **_: Any
-    ) -> "ConfusionMatrix":
-        return cls(matrix=confusion_matrix(logits, labels, cls.num_classes, mask))
-
-    def merge(self, other: "ConfusionMatrix") -> "ConfusionMatrix":
-        return type(self)(matrix=self.matrix + other.matrix)
-
-    def compute(self) -> Array:
-        return self.matrix
-
-
-def confusion_matrix_metric(num_classes: int) -> type[ConfusionMatrix]:
-    """A :class:`ConfusionMatrix` subclass (a registered pytree) for ``num_classes``."""
-    if num_classes == NUM_CLASSES:
-        return ConfusionMatrix
-    cls = type(f"ConfusionMatrix{num_classes}", (ConfusionMatrix,), {"num_classes": num_classes})
-    return flax.struct.dataclass(cls)
-
-
-@flax.struct.dataclass
 class TrainMetrics(clu_metrics.Collection):
     """Per-step training metrics: ``loss`` (example-weighted mean), ``accuracy``.
 
@@ -160,25 +72,6 @@ class TrainMetrics(clu_metrics.Collection):
 
     loss: LossAverage
     accuracy: clu_metrics.Accuracy
-
-
-@flax.struct.dataclass
-class EvalMetrics(clu_metrics.Collection):
-    """Evaluation metrics: ``loss``, ``accuracy`` and ``confusion`` (7 classes);
-    :func:`eval_metrics_class` builds the same for another class count."""
-
-    loss: LossAverage
-    accuracy: clu_metrics.Accuracy
-    confusion: ConfusionMatrix
-
-
-def eval_metrics_class(num_classes: int) -> type[clu_metrics.Collection]:
-    """An :class:`EvalMetrics`-like collection for ``num_classes`` classes."""
-    if num_classes == NUM_CLASSES:
-        return EvalMetrics
-    return clu_metrics.Collection.create(
-        loss=LossAverage, accuracy=clu_metrics.Accuracy, confusion=confusion_matrix_metric(num_classes)
-    )
 
 
 # --------------------------------------------------------------------------- host
@@ -225,7 +118,7 @@ def classification_report(
     *,
     probs: ArrayLike | None = None,
     labels: ArrayLike | None = None,
-    class_names: Sequence[str] = CLASS_NAMES,
+    class_names: Sequence[str],
 ) -> dict[str, Any]:
     """JSON-serialisable report from a confusion matrix (rows true, columns predicted)
     and, optionally, probabilities [N, C] and labels [N] for ROC AUC.
@@ -287,20 +180,6 @@ def classification_report(
     return report
 
 
-def flatten_report(report: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-    """Scalar view of a report for loggers: ``{prefix}accuracy``, ``{prefix}bacc``,
-    ..., ``{prefix}{metric}/{class}``; None values are dropped."""
-    out: dict[str, float] = {}
-    for key in ("accuracy", "bacc", "paper_bacc", "macro_specificity", "macro_f1", "macro_auc"):
-        if report.get(key) is not None:
-            out[prefix + key] = float(report[key])
-    for name, values in report.get("per_class", {}).items():
-        for metric, value in values.items():
-            if metric != "support" and value is not None:
-                out[f"{prefix}{metric}/{name}"] = float(value)
-    return out
-
-
 class EvalAccumulator:
     """Host-side evaluation accumulator (confusion matrix + what AUC needs).
 
@@ -308,7 +187,7 @@ class EvalAccumulator:
     without synchronising; ``report()`` transfers them once, drops masked rows,
     applies softmax and returns :func:`classification_report` with AUC."""
 
-    def __init__(self, class_names: Sequence[str] = CLASS_NAMES) -> None:
+    def __init__(self, class_names: Sequence[str]) -> None:
         self.class_names = tuple(class_names)
         self.num_classes = len(self.class_names)
         self._batches: list[tuple[Any, Any, Any]] = []
@@ -353,16 +232,10 @@ class EvalAccumulator:
 
 
 __all__ = [
-    "ConfusionMatrix",
     "EvalAccumulator",
-    "EvalMetrics",
     "LossAverage",
     "TrainMetrics",
     "binary_auc",
     "classification_report",
-    "confusion_matrix",
-    "confusion_matrix_metric",
-    "eval_metrics_class",
-    "flatten_report",
     "one_vs_rest_auc",
 ]

@@ -5,7 +5,7 @@ step is one ``jax.jit`` program whose batch argument is sharded along 'data' and
 whose state is replicated; XLA partitions it, so BatchNorm means over the batch are
 global (all-reduced) and the gradient is the global-batch gradient, exactly as on
 one device. Multi-host: call :func:`initialize_distributed` first; each process
-then feeds its own slice of every global batch.
+then reads and feeds only its own rows of every global batch.
 """
 from __future__ import annotations
 
@@ -19,10 +19,19 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 AXIS = "data"
 
 
-def initialize_distributed(enabled: bool) -> None:
-    """Multi-host setup (jax.distributed.initialize reads the cluster from the environment)."""
-    if enabled:
-        jax.distributed.initialize()
+def initialize_distributed(enabled: bool, *, coordinator_address: str = "", num_processes: int = 0,
+                           process_id: int = -1) -> None:
+    """Multi-host setup: ``jax.distributed.initialize``, before anything else touches JAX.
+
+    With empty / 0 / -1 arguments the cluster is read from the environment (SLURM, Open
+    MPI, Kubernetes, ...). On CPUs the collectives go through gloo.
+    """
+    if not enabled:
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices only; GPUs use NCCL
+    jax.distributed.initialize(coordinator_address=coordinator_address or None,
+                               num_processes=num_processes or None,
+                               process_id=None if process_id < 0 else process_id)
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
@@ -56,19 +65,15 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch_size") -> N
         raise ValueError(f"{what}={batch_size} is not divisible by the {jax.process_count()} processes")
 
 
-def process_slice(global_batch: int) -> slice:
-    """This process's rows of a global batch that every process reads in full."""
-    per = global_batch // jax.process_count()
-    i = jax.process_index()
-    return slice(i * per, (i + 1) * per)
+def to_global(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's rows of a global batch (host numpy) -> sharded global jax.Arrays.
 
-
-def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Host numpy global batch -> sharded global jax.Arrays (each process gives its slice)."""
+    Every process passes its own ``B / process_count`` rows (the pipeline reads only
+    those); with one process the local batch is the global batch.
+    """
     sharding = data_sharding(mesh)
     out: dict[str, Any] = {}
-    for k, v in batch.items():
+    for k, v in local.items():
         v = np.asarray(v)
-        rows = process_slice(v.shape[0])
-        out[k] = jax.make_array_from_process_local_data(sharding, v[rows], v.shape)
+        out[k] = jax.make_array_from_process_local_data(sharding, v, (v.shape[0] * jax.process_count(), *v.shape[1:]))
     return out

@@ -6,6 +6,7 @@ so ``jax.jit`` never walks the module graph at call time and the state can be do
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -137,11 +138,60 @@ def all_finite(tree: PyTree) -> jax.Array:
 
 def make_eval_step(
     model_def: ModelDef, loss: Loss
-) -> Callable[[PyTree, PyTree, dict[str, jax.Array], jax.Array], tuple[jax.Array, jax.Array]]:
-    """(params, batch_stats, batch, class_weights) -> (logits, masked mean loss)."""
+) -> Callable[[PyTree, PyTree, dict[str, jax.Array], jax.Array], dict[str, jax.Array]]:
+    """(params, batch_stats, batch, class_weights) -> {'logits', 'loss' (masked mean), 'label', 'mask'}.
+
+    Labels and mask come back with the logits so that, replicated, every process holds
+    the whole batch's rows (multi-host evaluation)."""
 
     def eval_step(params, batch_stats, batch, class_weights):
         logits, _ = model_def.apply(params, batch_stats, normalize(batch["image"]), train=False)
-        return logits, loss(logits, batch["label"], class_weights, mask=batch["mask"])
+        return {"logits": logits, "loss": loss(logits, batch["label"], class_weights, mask=batch["mask"]),
+                "label": batch["label"], "mask": batch["mask"]}
 
     return eval_step
+
+
+def make_predict_step(model_def: ModelDef) -> Callable[[PyTree, PyTree, jax.Array], jax.Array]:
+    """(params, batch_stats, uint8 images) -> class probabilities (evaluation mode)."""
+
+    def predict_step(params, batch_stats, images):
+        logits, _ = model_def.apply(params, batch_stats, normalize(images), train=False)
+        return jax.nn.softmax(logits, axis=-1)
+
+    return predict_step
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """The jitted steps of one model on one mesh: batches sharded along 'data', state replicated.
+
+    ``train(state, batch, class_weights) -> (state, metrics)`` donates ``state``;
+    ``eval(params, batch_stats, batch, class_weights) -> {logits, loss, label, mask}`` (replicated);
+    ``predict(params, batch_stats, images) -> probabilities``. ``train``/``eval`` are None
+    when built without an optimiser / loss.
+    """
+
+    train: Callable[..., Any] | None
+    eval: Callable[..., Any] | None
+    predict: Callable[..., Any]
+
+
+def build_steps(model_def: ModelDef, mesh: Any, *, tx: optax.GradientTransformation | None = None,
+                loss: Loss | None = None, aug: AugmentConfig | None = None, image_size: int | None = None) -> Steps:
+    """The one place the steps are jitted, with their shardings and donation (train, evaluate,
+    predict and the benchmark all use it)."""
+    from caco_jax import parallel
+
+    repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    train = None
+    if tx is not None:
+        if loss is None or aug is None or image_size is None:
+            raise ValueError("a train step needs loss, aug and image_size")
+        train = jax.jit(make_train_step(model_def, tx, loss, aug, image_size), in_shardings=(repl, data, repl),
+                        out_shardings=(repl, repl), donate_argnums=(0,))
+    evaluate = None
+    if loss is not None:
+        evaluate = jax.jit(make_eval_step(model_def, loss), in_shardings=(repl, repl, data, repl), out_shardings=repl)
+    predict = jax.jit(make_predict_step(model_def), in_shardings=(repl, repl, data), out_shardings=repl)
+    return Steps(train=train, eval=evaluate, predict=predict)

@@ -1,13 +1,16 @@
 """``train_and_evaluate(config, workdir)``: the whole training run.
 
-Data-parallel over every device of a ('data',) mesh (see ``parallel.py``), one
-jit-compiled step with the state donated, orbax checkpoints holding model,
-optimiser, step, RNG and data-iterator position, automatic resume from the same
-workdir, SIGTERM -> checkpoint and clean exit, and a report on the test split at the end.
+One flat loop over optimiser steps; periodic work (log, end-of-epoch validation,
+checkpoint) happens when its step comes. Data-parallel over every device of a
+('data',) mesh (``parallel.py``), one jit-compiled step with the state donated,
+orbax checkpoints holding model, optimiser, step, RNG and data-iterator position,
+automatic resume from the same workdir, SIGTERM -> checkpoint and clean exit, and a
+report on the test split at the end.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -18,28 +21,29 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from clu import parameter_overview
 from tqdm import tqdm
 
 from caco_jax import parallel
 from caco_jax.checkpoints import Checkpointer
-from caco_jax.classes import CLASS_NAMES
 from caco_jax.data import pipeline
 from caco_jax.data.augment import AugmentConfig
 from caco_jax.evaluate import run_eval, write_report
-from caco_jax.losses import make_loss
+from caco_jax.losses import Loss, make_loss
 from caco_jax.metrics import TrainMetrics
 from caco_jax.models import count_params, model_from_config
 from caco_jax.run_log import RunLog
-from caco_jax.steps import ModelDef, TrainState, all_finite, init_state, make_eval_step, make_optimizer, make_train_step
-from caco_jax.weights import assign_weights, load_pretrained, read_weights, save_weights
+from caco_jax.steps import ModelDef, Steps, TrainState, all_finite, build_steps, init_state, make_optimizer
+from caco_jax.trees import unflatten
+from caco_jax.weights import WeightsWriter, load_pretrained, read_weights, state_weights
 from caco_jax.workspace import open_data, save_config
 
 log = logging.getLogger("caco_jax.train")
 
 # Config fields a resumed run must share with the run that wrote the checkpoint.
-_RESUME_KEYS = ("model.arch", "model.attention", "model.ca_activation", "model.attention_init", "data.split_by", "data.split_seed",
-                "data.image_size", "batch_size", "seed")
+_RESUME_KEYS = ("model.arch", "model.attention", "model.ca_activation", "model.attention_init", "data.name",
+                "data.split_by", "data.split_seed", "data.image_size", "batch_size", "seed")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -92,6 +96,195 @@ class _Stop:
             signal.signal(sig, old)
 
 
+@dataclasses.dataclass
+class Progress:
+    """What the loop carries besides the train state (saved in every checkpoint's metadata)."""
+
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best_bacc: float = -math.inf
+    last_saved: int | None = None  # step of the newest complete checkpoint
+    pending: list[TrainMetrics] = dataclasses.field(default_factory=list)  # since the last log
+    epoch_metrics: TrainMetrics | None = None
+    epoch_start: tuple[float, int] = (0.0, 0)  # (time, step) the epoch began
+
+    def meta(self, epoch: int) -> dict[str, Any]:
+        return {"history": self.history, "best_bacc": self.best_bacc, "epoch": epoch}
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a training run is built from (``setup``), read by the named phases below."""
+
+    config: ml_collections.ConfigDict
+    workdir: pathlib.Path
+    mesh: Any
+    splits: dict[str, pipeline.Source]
+    class_names: tuple[str, ...]
+    counts: np.ndarray
+    loss: Loss
+    model: Any
+    model_def: ModelDef
+    tx: Any
+    steps: Steps
+    steps_per_epoch: int
+    total_steps: int
+    num_params: int
+    runlog: RunLog
+
+    def local_batches(self, source: pipeline.Source | pipeline.EvalSet) -> Any:
+        """One pass over ``source`` in eval batches (this process's rows)."""
+        where = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+        if isinstance(source, pipeline.EvalSet):
+            return source.batches(self.config.eval_batch_size, **where)
+        return pipeline.eval_iterator(source, batch_size=self.config.eval_batch_size,
+                                      image_size=self.config.data.image_size, **where)
+
+    def evaluate(self, params: Any, batch_stats: Any, source: Any, epoch: int) -> dict[str, Any]:
+        weights = jax.device_put(self.loss.class_weights(epoch), parallel.replicated(self.mesh))
+        return run_eval(self.steps.eval, params, batch_stats, self.local_batches(source), weights, self.mesh,
+                        self.class_names)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
+    """Data, model (pretrained if configured), loss, optimiser and jitted steps."""
+    mesh = parallel.make_mesh(config.num_devices or None)
+    parallel.check_batch_size(config.batch_size, mesh)
+    parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+    splits = open_data(config, workdir)
+    class_names = splits["train"].class_names
+    counts = pipeline.class_counts(splits["train"])
+    if len(splits["train"]) < config.batch_size:
+        raise ValueError(f"the training split has {len(splits['train'])} images, fewer than one batch of "
+                         f"{config.batch_size}; lower --config.batch_size")
+    steps_per_epoch = pipeline.steps_per_epoch(splits["train"], config.batch_size)
+    loss = make_loss(config.loss, counts)
+    model = model_from_config(config.model, num_classes=len(class_names), seed=config.seed)
+    runlog = RunLog(workdir)
+    if config.model.pretrained:
+        runlog.info(load_pretrained(model, config.model.pretrained))
+    num_params = count_params(model)
+    runlog.info(f"model: MobileNetV3-{config.model.attention} ({config.model.arch}), {num_params:,} parameters, "
+                f"{len(class_names)} classes")
+    model_def = ModelDef(model)
+    (workdir / "parameters.txt").write_text(
+        parameter_overview.get_parameter_overview(model_def.init_params, include_stats=False) + "\n")
+    tx = make_optimizer(config.optimizer, model_def.init_params, steps_per_epoch, config.num_epochs)
+    steps = build_steps(model_def, mesh, tx=tx, loss=loss, aug=AugmentConfig.from_config(config.data.augment),
+                        image_size=config.data.image_size)
+    return Run(config, workdir, mesh, splits, class_names, counts, loss, model, model_def, tx, steps,
+               steps_per_epoch, steps_per_epoch * config.num_epochs, num_params, runlog)
+
+
+def restore_or_init(run: Run, ckpt: Checkpointer, train_iter: Any) -> tuple[TrainState, Progress]:
+    """The newest checkpoint of the workdir (state, data position, history), or a fresh start."""
+    progress = Progress()
+    fresh = jax.device_put(init_state(run.model_def, run.tx, run.config.seed), parallel.replicated(run.mesh))
+    start = ckpt.latest_step()
+    if start is None:
+        return fresh, progress
+    state, data_state, meta = ckpt.restore(start, fresh)
+    train_iter.set_state(data_state)
+    progress.history, progress.best_bacc, progress.last_saved = meta["history"], meta["best_bacc"], start
+    run.runlog.info(f"resumed from {ckpt.directory}/{start} (epoch {start // run.steps_per_epoch})")
+    return state, progress
+
+
+def _flush(run: Run, progress: Progress, step: int) -> dict[str, float]:
+    """Host sync: averages the pending step metrics; stops on a non-finite loss."""
+    if not progress.pending:
+        return {}
+    merged = progress.pending[0]
+    for m in progress.pending[1:]:
+        merged = merged.merge(m)
+    progress.pending.clear()
+    values = {k: float(v) for k, v in merged.compute().items()}
+    if not math.isfinite(values["loss"]):
+        where = (f"the last good checkpoint ({run.workdir / 'checkpoints'}/{progress.last_saved}) is intact"
+                 if progress.last_saved is not None else "no checkpoint had been written yet")
+        raise NonFiniteLossError(
+            f"training loss is {values['loss']} at step {step} (epoch {step // run.steps_per_epoch}); stopped. "
+            f"{where}: lower --config.optimizer.learning_rate, use --config.model.dtype=float32, or check the data, "
+            "then rerun the same command")
+    return values
+
+
+def log_progress(run: Run, progress: Progress, step: int, bar: tqdm) -> None:
+    values = _flush(run, progress, step)
+    t0, n0 = progress.epoch_start
+    rate = (step - n0) * run.config.batch_size / max(time.perf_counter() - t0, 1e-9)
+    run.runlog.scalars(step, {f"train/{k}": v for k, v in values.items()} | {"train/images_per_sec": rate})
+    bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}")
+
+
+def end_of_epoch(run: Run, state: TrainState, progress: Progress, step: int, validation: pipeline.EvalSet,
+                 best: WeightsWriter) -> None:
+    """Validation, the epoch's history row and logs, and (in the background) the best weights."""
+    epoch = step // run.steps_per_epoch - 1
+    _flush(run, progress, step)
+    train = {k: float(v) for k, v in progress.epoch_metrics.compute().items()}
+    t0, n0 = progress.epoch_start
+    train_seconds = time.perf_counter() - t0
+    tv = time.perf_counter()
+    val = run.evaluate(state.params, state.batch_stats, validation, epoch)
+    val_seconds = time.perf_counter() - tv
+    row = {
+        "epoch": epoch + 1, "step": step, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
+        "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_bacc": val["bacc"],
+        "val_paper_bacc": val["paper_bacc"], "val_macro_auc": val.get("macro_auc"),
+        "epoch_seconds": train_seconds, "val_seconds": val_seconds,
+        "images_per_sec": (step - n0) * run.config.batch_size / train_seconds if train_seconds > 0 else 0.0,
+    }
+    ts = time.perf_counter()
+    if row["val_bacc"] > progress.best_bacc:
+        progress.best_bacc = row["val_bacc"]
+        best.save(state_weights(state.params, state.batch_stats), {
+            "epoch": epoch + 1, "step": step, "val_bacc": row["val_bacc"], "val_accuracy": row["val_accuracy"],
+            "train_class_counts": run.counts.tolist(), "class_names": list(run.class_names),
+            "source": f"best validation BACC of {run.workdir}"})
+    row["save_seconds"] = time.perf_counter() - ts
+    progress.history.append(row)
+    run.runlog.scalars(step, {k: v for k, v in row.items() if k not in ("epoch", "step")}, kind="epoch")
+    run.runlog.info(
+        f"epoch {epoch + 1}/{run.config.num_epochs}: train loss {row['train_loss']:.4f} acc "
+        f"{row['train_accuracy']:.4f} | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} "
+        f"BACC {row['val_bacc']:.4f} | {row['images_per_sec']:.0f} img/s | host: validation "
+        f"{row['val_seconds']:.1f} s, best save {row['save_seconds']:.2f} s")
+    progress.epoch_metrics = None
+    progress.epoch_start = (time.perf_counter(), step)
+
+
+def save_checkpoint(run: Run, ckpt: Checkpointer, state: TrainState, train_iter: Any, progress: Progress,
+                    step: int) -> None:
+    """A checkpoint of everything (asynchronous); never of non-finite parameters."""
+    if progress.last_saved == step:
+        return
+    epoch = step // run.steps_per_epoch
+    if not bool(all_finite(state.params)):
+        raise NonFiniteLossError(
+            f"parameters became non-finite by step {step} (epoch {epoch}); not saved, so the last good "
+            f"checkpoint ({ckpt.directory}/{progress.last_saved}) stays the newest: lower "
+            "--config.optimizer.learning_rate and rerun the same command")
+    ckpt.save(step, state, train_iter.get_state(), progress.meta(epoch))
+    progress.last_saved = step
+
+
+def final_test(run: Run, state: TrainState, best: WeightsWriter, history: list[dict[str, Any]]) -> tuple[dict, dict]:
+    """The best-validation weights (else the final state) on the test split; writes the report."""
+    best.wait()
+    weights_dir = run.workdir / "best" if (run.workdir / "best" / "weights").is_dir() else None
+    if weights_dir is not None:
+        flat, _ = read_weights(weights_dir)
+        params = unflatten(flat, run.model_def.init_params, source=str(weights_dir))
+        stats = unflatten(flat, run.model_def.init_batch_stats, source=str(weights_dir))
+        params, stats = jax.device_put((params, stats), parallel.replicated(run.mesh))
+    else:
+        params, stats = state.params, state.batch_stats
+    report = run.evaluate(params, stats, run.splits["test"], run.config.num_epochs - 1)
+    paths = write_report(run.workdir, report, history=history, config=run.config, num_params=run.num_params,
+                         split="test", checkpoint=str(weights_dir or "final state"), class_names=run.class_names)
+    return report, paths
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Trains (resuming from ``workdir`` if it holds checkpoints), then reports on the test split.
 
@@ -100,201 +293,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     """
     workdir = pathlib.Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    parallel.initialize_distributed(config.distributed)
+    parallel.initialize_distributed(config.distributed, **config.cluster)
     _check_resume_config(workdir, config)
     save_config(config, workdir)
-
-    mesh = parallel.make_mesh(config.num_devices or None)
-    parallel.check_batch_size(config.batch_size, mesh)
-    parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-
-    splits = open_data(config, workdir)
-    counts = pipeline.class_counts(splits["train"])
-    steps_per_epoch = pipeline.steps_per_epoch(splits["train"], config.batch_size)
-    if steps_per_epoch < 1:
-        raise ValueError(
-            f"the training split has {len(splits['train'])} images, fewer than one batch of "
-            f"{config.batch_size}; lower --config.batch_size"
-        )
-    total_steps = steps_per_epoch * config.num_epochs
-    loss = make_loss(config.loss, counts)
-    aug = AugmentConfig.from_config(config.data.augment)
-
-    model = model_from_config(config.model, num_classes=len(CLASS_NAMES), seed=config.seed)
-    num_params = count_params(model)
-    runlog = RunLog(workdir)
-    if config.model.pretrained:
-        runlog.info(load_pretrained(model, config.model.pretrained))
-    runlog.info(f"model: MobileNetV3-{config.model.attention} ({config.model.arch}), {num_params:,} parameters")
-    model_def = ModelDef(model)
-    (workdir / "parameters.txt").write_text(
-        parameter_overview.get_parameter_overview(model_def.init_params, include_stats=False) + "\n")
-    tx = make_optimizer(config.optimizer, model_def.init_params, steps_per_epoch, config.num_epochs)
-
-    repl, data_sh = parallel.replicated(mesh), parallel.data_sharding(mesh)
-    state = jax.device_put(init_state(model_def, tx, config.seed), repl)
-    train_step = jax.jit(
-        make_train_step(model_def, tx, loss, aug, config.data.image_size),
-        in_shardings=(repl, data_sh, repl),
-        out_shardings=(repl, repl),
-        donate_argnums=(0,),
-    )
-    eval_step = jax.jit(make_eval_step(model_def, loss), in_shardings=(repl, repl, data_sh, repl), out_shardings=repl)
-
+    run = setup(config, workdir)
+    where = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     train_iter = pipeline.train_iterator(
-        splits["train"], batch_size=config.batch_size, load_size=config.data.load_size or None,
-        seed=config.seed, num_workers=config.data.num_workers, cache=config.data.cache,
-    )
+        run.splits["train"], batch_size=config.batch_size, load_size=config.data.load_size or None,
+        seed=config.seed, num_workers=config.data.num_workers, cache=config.data.cache, **where)
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
-    history: list[dict[str, Any]] = []
-    best = -math.inf
-    start = ckpt.latest_step()
-    if start is not None:
-        state, data_state, meta = ckpt.restore(start, state)
-        train_iter.set_state(data_state)
-        history, best = meta["history"], meta["best_bacc"]
-        runlog.info(f"resumed from {ckpt.directory}/{start} (epoch {start // steps_per_epoch})")
-    step = int(start or 0)
-
-    pending: list[TrainMetrics] = []
-    last_good = start
-    status = "finished"
-
-    def flush(epoch: int) -> dict[str, float]:
-        """Host sync: averages the pending step metrics; stops on a non-finite loss."""
-        if not pending:
-            return {}
-        merged = pending[0]
-        for m in pending[1:]:
-            merged = merged.merge(m)
-        pending.clear()
-        values = {k: float(v) for k, v in merged.compute().items()}
-        if not math.isfinite(values["loss"]):
-            where = (f"the last good checkpoint ({ckpt.directory}/{last_good}) is intact" if last_good is not None
-                     else "no checkpoint had been written yet")
-            raise NonFiniteLossError(
-                f"training loss is {values['loss']} at step {step} (epoch {epoch}); stopped. {where}: lower "
-                "--config.optimizer.learning_rate, use --config.model.dtype=float32, or check the data, then "
-                "rerun the same command"
-            )
-        return values
-
-    def save(epoch: int) -> None:
-        nonlocal last_good
-        if last_good == step:  # e.g. an every_steps save that fell on an epoch end
-            return
-        if not bool(all_finite(state.params)):
-            raise NonFiniteLossError(
-                f"parameters became non-finite by step {step} (epoch {epoch}); not saved, so the last good "
-                f"checkpoint ({ckpt.directory}/{last_good}) stays the newest: lower "
-                "--config.optimizer.learning_rate and rerun the same command")
-        ckpt.save(step, state, train_iter.get_state(), {"history": history, "best_bacc": best, "epoch": epoch})
-        last_good = step
-
-    bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, disable=not config.progress_bar,
+    best = WeightsWriter(workdir / "best")
+    state, progress = restore_or_init(run, ckpt, train_iter)
+    step = int(progress.last_saved or 0)
+    t_val = time.perf_counter()
+    validation = pipeline.EvalSet(run.splits["validation"], config.data.image_size)  # decoded once per run
+    run.runlog.info(f"validation split decoded once: {len(validation)} images in {time.perf_counter() - t_val:.1f} s")
+    progress.epoch_start = (time.perf_counter(), step)
+    replicated = parallel.replicated(run.mesh)
+    class_weights = None
+    bar = tqdm(total=run.total_steps, initial=step, unit="step", dynamic_ncols=True, disable=not config.progress_bar,
                desc="train")
+    status = "finished"
     try:
         with _Stop() as stop:
-            while step < total_steps:
-                epoch = step // steps_per_epoch
-                weights = jax.device_put(loss.class_weights(epoch), repl)
-                epoch_total: TrainMetrics | None = None
-                t0, n0 = time.perf_counter(), step
-                while step < (epoch + 1) * steps_per_epoch:
-                    batch = parallel.to_global(next(train_iter), mesh)
-                    state, metrics = train_step(state, batch, weights)
-                    pending.append(metrics)
-                    epoch_total = metrics if epoch_total is None else epoch_total.merge(metrics)
-                    step += 1
-                    bar.update(1)
-                    if step % config.log_every_steps == 0:
-                        values = flush(epoch)
-                        rate = (step - n0) * config.batch_size / (time.perf_counter() - t0)
-                        runlog.scalars(step, {f"train/{k}": v for k, v in values.items()} | {"train/images_per_sec": rate})
-                        bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}")
-                    if config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0:
-                        flush(epoch)
-                        save(epoch)
-                    if stop.signal is not None:
-                        flush(epoch)
-                        save(epoch)
-                        ckpt.wait()
-                        runlog.info(f"stopped by signal {stop.signal} at step {step}; checkpoint saved in "
+            while step < run.total_steps:
+                if class_weights is None or step % run.steps_per_epoch == 0:
+                    class_weights = jax.device_put(run.loss.class_weights(step // run.steps_per_epoch), replicated)
+                batch = parallel.to_global(next(train_iter), run.mesh)
+                state, metrics = run.steps.train(state, batch, class_weights)
+                step += 1
+                bar.update(1)
+                progress.pending.append(metrics)
+                progress.epoch_metrics = metrics if progress.epoch_metrics is None else progress.epoch_metrics.merge(
+                    metrics)
+                epoch_done = step % run.steps_per_epoch == 0
+                if step % config.log_every_steps == 0:
+                    log_progress(run, progress, step, bar)
+                if epoch_done:  # before any checkpoint of this step, so a resumed run never skips it
+                    end_of_epoch(run, state, progress, step, validation, best)
+                due = ((epoch_done and (step // run.steps_per_epoch) % config.checkpoint.every_epochs == 0)
+                       or (config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0)
+                       or step == run.total_steps or stop.signal is not None)
+                if due:
+                    _flush(run, progress, step)
+                    save_checkpoint(run, ckpt, state, train_iter, progress, step)
+                if stop.signal is not None:
+                    ckpt.wait()
+                    best.wait()
+                    run.runlog.info(f"stopped by signal {stop.signal} at step {step}; checkpoint saved in "
                                     f"{ckpt.directory}; rerun the same command to resume")
-                        status = "interrupted"
-                        return {"status": status, "step": step, "history": history}
-                flush(epoch)
-                train_values = {k: float(v) for k, v in epoch_total.compute().items()}
-                seconds = time.perf_counter() - t0
-                val = run_eval(eval_step, state.params, state.batch_stats,
-                               pipeline.eval_iterator(splits["validation"], batch_size=config.eval_batch_size,
-                                                      image_size=config.data.image_size),
-                               loss.class_weights(epoch), mesh)
-                row = _epoch_row(epoch, step, train_values, val, seconds, (step - n0) * config.batch_size)
-                history.append(row)
-                runlog.scalars(step, {k: v for k, v in row.items() if k not in ("epoch", "step")}, kind="epoch")
-                runlog.info(
-                    f"epoch {epoch + 1}/{config.num_epochs}: train loss {row['train_loss']:.4f} acc "
-                    f"{row['train_accuracy']:.4f} | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} "
-                    f"BACC {row['val_bacc']:.4f} | {row['images_per_sec']:.0f} img/s"
-                )
-                if row["val_bacc"] > best:
-                    best = row["val_bacc"]
-                    save_weights(_as_model(model, state), workdir / "best", metadata={
-                        "epoch": epoch + 1, "step": step, "val_bacc": best, "train_class_counts": counts.tolist(), "val_accuracy": row["val_accuracy"],
-                        "source": f"best validation BACC of {workdir}"})
-                if (epoch + 1) % config.checkpoint.every_epochs == 0 or step == total_steps:
-                    save(epoch)
+                    status = "interrupted"
+                    break
     finally:
         bar.close()
         ckpt.close()
-
-    runlog.info("training finished; evaluating the best checkpoint on the test split")
-    weights_dir = workdir / "best" if (workdir / "best" / "weights").is_dir() else None
-    if weights_dir is not None:
-        flat, _ = read_weights(weights_dir)
-        assign_weights(model, flat, source=str(weights_dir))
-        best_def = ModelDef(model)
-        params, stats = jax.device_put((best_def.init_params, best_def.init_batch_stats), repl)
-    else:
-        params, stats = state.params, state.batch_stats
-    report = run_eval(eval_step, params, stats,
-                      pipeline.eval_iterator(splits["test"], batch_size=config.eval_batch_size,
-                                             image_size=config.data.image_size),
-                      loss.class_weights(config.num_epochs - 1), mesh)
-    paths = write_report(workdir, report, history=history, config=config, num_params=num_params, split="test",
-                         checkpoint=str(weights_dir or "final state"))
-    runlog.info(f"test: accuracy {report['accuracy']:.4f}, BACC {report['bacc']:.4f}; report: {paths['md']}")
-    runlog.close()
-    return {"status": status, "step": step, "history": history, "report": report, "paths": paths}
-
-
-def _epoch_row(epoch: int, step: int, train: dict[str, float], val: dict[str, Any], seconds: float,
-               images: int) -> dict[str, Any]:
-    return {
-        "epoch": epoch + 1,
-        "step": step,
-        "train_loss": train["loss"],
-        "train_accuracy": train["accuracy"],
-        "val_loss": val["loss"],
-        "val_accuracy": val["accuracy"],
-        "val_bacc": val["bacc"],
-        "val_paper_bacc": val["paper_bacc"],
-        "val_macro_auc": val.get("macro_auc"),
-        "epoch_seconds": seconds,
-        "images_per_sec": images / seconds if seconds > 0 else 0.0,
-    }
-
-
-def _as_model(model: Any, state: TrainState) -> Any:
-    """Writes the train state's weights into ``model`` (for saving in the weights format)."""
-    from flax import nnx
-
-    gdef, p, b = nnx.split(model, nnx.Param, nnx.BatchStat)
-    host = jax.device_get((state.params, state.batch_stats))
-    nnx.replace_by_pure_dict(p, host[0])
-    nnx.replace_by_pure_dict(b, host[1])
-    nnx.update(model, p, b)
-    return model
-
-
+    if status == "interrupted":
+        best.close()
+        run.runlog.close()
+        return {"status": status, "step": step, "history": progress.history}
+    run.runlog.info("training finished; evaluating the best checkpoint on the test split")
+    report, paths = final_test(run, state, best, progress.history)
+    best.close()
+    run.runlog.info(f"test: accuracy {report['accuracy']:.4f}, BACC {report['bacc']:.4f}; report: {paths['md']}")
+    run.runlog.close()
+    return {"status": status, "step": step, "history": progress.history, "report": report, "paths": paths}

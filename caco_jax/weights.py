@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,35 +19,21 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from caco_jax.convert import load_torchvision
+from caco_jax.trees import flatten, unflatten
 
 WEIGHTS_FILTER = (nnx.Param, nnx.BatchStat)
 _META = "caco_jax_weights.json"
 
 
-def flatten(tree: Mapping[Any, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> {'a/b/c': leaf}."""
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping):
-            out |= flatten(v, key + "/")
-        else:
-            out[key] = v
-    return out
-
-
-def unflatten_into(template: Mapping[Any, Any], flat: Mapping[str, Any], prefix: str = "") -> dict[Any, Any]:
-    """Rebuilds ``template``'s nesting (including int keys) from a flat dict."""
-    out: dict[Any, Any] = {}
-    for k, v in template.items():
-        key = f"{prefix}{k}"
-        out[k] = unflatten_into(v, flat, key + "/") if isinstance(v, Mapping) else flat[key]
-    return out
-
-
 def model_weights(model: nnx.Module) -> dict[str, np.ndarray]:
     """Flat dict of the model's parameters and BatchNorm statistics (host numpy)."""
     return {k: np.asarray(v) for k, v in flatten(nnx.to_pure_dict(nnx.state(model, WEIGHTS_FILTER))).items()}
+
+
+def state_weights(params: Any, batch_stats: Any) -> dict[str, np.ndarray]:
+    """The same flat dict from a train state's pure parameter and statistics trees (no model needed)."""
+    host = jax.device_get((params, batch_stats))
+    return {k: np.asarray(v) for k, v in (flatten(host[0]) | flatten(host[1])).items()}
 
 
 def assign_weights(model: nnx.Module, flat: Mapping[str, Any], *, source: str) -> None:
@@ -65,17 +52,61 @@ def assign_weights(model: nnx.Module, flat: Mapping[str, Any], *, source: str) -
             f"weights in {source} do not fit this model ({'; '.join(d for d in details if d)}); "
             "were they saved for another arch, attention or class count?"
         )
-    nnx.replace_by_pure_dict(state, unflatten_into(template, {k: jax.numpy.asarray(v) for k, v in flat.items()}))
+    nnx.replace_by_pure_dict(state, unflatten({k: jax.numpy.asarray(v) for k, v in flat.items()}, template,
+                                              source=source))
     nnx.update(model, state)
 
 
 def save_weights(model: nnx.Module, directory: str | os.PathLike, *, metadata: Mapping[str, Any] | None = None) -> pathlib.Path:
     """Saves the model's weights as an orbax checkpoint in ``directory`` (plus a JSON sidecar)."""
-    directory = pathlib.Path(directory).resolve()
-    with ocp.StandardCheckpointer() as ckpt:
-        ckpt.save(directory / "weights", model_weights(model), force=True)
-    (directory / _META).write_text(json.dumps(dict(metadata or {}), indent=2, default=str))
-    return directory
+    writer = WeightsWriter(directory)
+    writer.save(model_weights(model), metadata)
+    writer.close()
+    return writer.directory
+
+
+class WeightsWriter:
+    """Writes flat weights to ``directory`` in the background (the training loop goes on).
+
+    Each save goes to ``<directory>.partial`` and replaces ``directory`` only once it is
+    complete (at the next :meth:`save`, :meth:`wait` or :meth:`close`), so a crash at
+    any point leaves the previous complete copy in place.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = pathlib.Path(directory).resolve()
+        self._partial = self.directory.with_name(self.directory.name + ".partial")
+        self._checkpointer = ocp.AsyncCheckpointer(ocp.StandardCheckpointHandler())
+        self._pending = False
+
+    def save(self, flat: Mapping[str, np.ndarray], metadata: Mapping[str, Any] | None = None) -> None:
+        """Starts writing ``flat`` (host arrays) and ``metadata``; returns before the files are written."""
+        self.wait()
+        if self._partial.exists():
+            shutil.rmtree(self._partial)
+        self._partial.mkdir(parents=True)
+        (self._partial / _META).write_text(json.dumps(dict(metadata or {}), indent=2, default=str))
+        self._checkpointer.save(self._partial / "weights", args=ocp.args.StandardSave(dict(flat)))
+        self._pending = True
+
+    def wait(self) -> None:
+        """Blocks until the last save is on disk and in place."""
+        if not self._pending:
+            return
+        self._checkpointer.wait_until_finished()
+        old = self.directory.with_name(self.directory.name + ".old")
+        if self.directory.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            self.directory.rename(old)
+        self._partial.rename(self.directory)
+        if old.exists():
+            shutil.rmtree(old)
+        self._pending = False
+
+    def close(self) -> None:
+        self.wait()
+        self._checkpointer.close()
 
 
 def read_weights(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

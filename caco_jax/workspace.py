@@ -8,7 +8,11 @@ from typing import Any
 
 import ml_collections
 
-from caco_jax.data import ham10000, pipeline, synthetic
+from caco_jax.data import folder, ham10000, pipeline, synthetic
+
+# config.data.name -> what it reads: HAM10000 (any official layout, or synthetic) or a
+# folder-per-class dataset of the user's own (caco_jax.data.folder).
+DATASETS: tuple[str, ...] = ("ham10000", "folder")
 
 log = logging.getLogger("caco_jax")
 
@@ -46,8 +50,20 @@ def data_location(config: Any, workdir: pathlib.Path) -> tuple[pathlib.Path, pat
 
 
 def open_data(config: Any, workdir: pathlib.Path) -> dict[str, pipeline.Source]:
-    """Builds the dataset if needed (synthetic or from ``data.manual_dir``) and opens the three splits."""
+    """Builds the dataset if needed (synthetic or from ``data.manual_dir``) and opens the three splits.
+
+    Each split knows the dataset's class names (``source.class_names``).
+    """
+    if config.data.name not in DATASETS:
+        raise ValueError(f"unknown data.name {config.data.name!r}; expected one of {DATASETS}")
     data_dir, manual_dir = data_location(config, workdir)
+    if config.data.name == "folder":
+        if manual_dir is None or config.data.synthetic_images > 0:
+            raise ValueError("data.name=folder reads your own images: set --config.data.manual_dir=/path/to/folder "
+                             "(one sub-folder per class) and leave data.synthetic_images at 0")
+        built = folder.prepare(manual_dir, data_dir, image_size=config.data.build_size, progress=config.progress_bar)
+        return pipeline.open_splits(data_dir, split_by=config.data.split_by, seed=config.data.split_seed,
+                                    builder=built)
     if config.data.synthetic_images > 0 and not (manual_dir / "HAM10000_metadata.csv").is_file():
         log.info("writing %d synthetic HAM10000-like images to %s", config.data.synthetic_images, manual_dir)
         synthetic.write_manual_dir(manual_dir, num_images=config.data.synthetic_images, seed=config.seed)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ml_collections
 
-from caco_jax.losses import default_loss_config
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -32,8 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.pretrained = "weights/mobilenet_v3_small-047dcff4.pth"
 
     c.data = ml_collections.ConfigDict()
-    c.data.data_dir = "data/tfds"  # where the TFDS ham10000 build lives (built on first use)
-    c.data.manual_dir = ""  # raw HAM10000 (Kaggle/Dataverse/ISIC layout) to build from
+    c.data.name = "ham10000"  # ham10000 | folder (one sub-folder of images per class, in manual_dir)
+    c.data.data_dir = "data/tfds"  # where the TFDS builds live (built on first use)
+    c.data.manual_dir = ""  # raw HAM10000 (Kaggle/Dataverse/ISIC layout), or the class folders, to build from
     c.data.build_size = 225  # images stored with this short side (aspect kept, never enlarged)
     c.data.synthetic_images = 0  # >0: generate this many synthetic images instead (demo/tests)
     c.data.split_by = "lesion"  # lesion (no lesion in two splits) | image (the paper's likely split)
@@ -44,10 +44,29 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.load_size = 0
     c.data.cache = False  # decode the train split into RAM once (fast GPUs; needs num_workers=0)
     c.data.num_workers = 0  # grain worker processes (0: in the main process)
-    c.data.augment = ml_collections.ConfigDict()  # fields of caco_jax.data.augment.AugmentConfig
+    c.data.augment = ml_collections.ConfigDict()  # caco_jax.data.augment.AugmentConfig, every field
+    c.data.augment.hflip = 0.5  # probability of a horizontal flip
+    c.data.augment.vflip = 0.5
+    c.data.augment.rot90 = True  # rotate by k * 90 degrees, k uniform in {0, 1, 2, 3}
+    c.data.augment.brightness = 0.2  # colour jitter strengths (torchvision ColorJitter ranges)
+    c.data.augment.contrast = 0.2
+    c.data.augment.saturation = 0.2
+    c.data.augment.hue = 0.05  # fraction of a turn
+    c.data.augment.scale = (0.35, 1.0)  # random resized crop: crop area / image area
+    c.data.augment.ratio = (3 / 4, 4 / 3)  # crop aspect / image aspect
 
-    c.loss = default_loss_config()
-    c.loss.name = "joint"
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "joint"  # ce | focal | ldam | joint (caco_jax.losses.LOSSES)
+    c.loss.label_smoothing = 0.0  # ce only
+    c.loss.focal_gamma = 2.0
+    # None | a float | one float per class. Fixed type: overriding from the command line
+    # needs a Python literal, e.g. --config.loss.focal_alpha=0.25
+    c.loss.focal_alpha = ml_collections.FieldReference(None, field_type=object)
+    c.loss.ldam_max_m = 0.5
+    c.loss.ldam_s = 1.0  # logit scale; 1 with our plain linear head (README, scripts/measure_ldam_scale.py)
+    c.loss.joint_a = 0.5  # joint = a * focal + (1 - a) * LDAM
+    c.loss.drw_epoch = -1  # -1: off; else the 0-based epoch from which DRW applies
+    c.loss.drw_beta = 0.9999
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.learning_rate = 5e-4
@@ -63,7 +82,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.eval_batch_size = 128
     c.num_epochs = 100
     c.num_devices = 0  # 0: all local devices
-    c.distributed = False  # multi-host: jax.distributed.initialize()
+    c.distributed = False  # multi-host: jax.distributed.initialize() before anything else
+    c.cluster = ml_collections.ConfigDict()  # for distributed; empty / 0 / -1: read from the environment
+    c.cluster.coordinator_address = ""  # e.g. "10.0.0.1:1234"
+    c.cluster.num_processes = 0
+    c.cluster.process_id = -1
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every_epochs = 1

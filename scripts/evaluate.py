@@ -17,13 +17,12 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from caco_jax import parallel
-from caco_jax.classes import CLASS_NAMES
+from caco_jax import compile_cache, parallel
 from caco_jax.data import ham10000, pipeline
 from caco_jax.evaluate import load_trained, run_eval, write_report
 from caco_jax.losses import make_loss
 from caco_jax.models import count_params
-from caco_jax.steps import ModelDef, make_eval_step
+from caco_jax.steps import ModelDef, build_steps
 from caco_jax.workspace import data_location
 
 
@@ -38,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manual_dir", type=pathlib.Path, help="raw files to build --dataset from first")
     p.add_argument("--batch_size", type=int, default=0, help="default: the run's eval_batch_size")
     p.add_argument("--out", type=pathlib.Path, help="report directory (default: WORKDIR)")
+    p.add_argument("--compile_cache", help="persistent XLA compilation cache directory, or 'off' "
+                   f"(default: ${compile_cache.ENV} or {compile_cache.default_dir()})")
     args = p.parse_args(argv)
+    compile_cache.enable(args.compile_cache)
 
     config, model, meta, weights_dir = load_trained(args.workdir, args.weights)
     default_dir, _ = data_location(config, args.workdir.resolve())
@@ -57,18 +59,22 @@ def main(argv: list[str] | None = None) -> int:
     mesh = parallel.make_mesh(config.num_devices or None)
     batch_size = args.batch_size or config.eval_batch_size
     parallel.check_batch_size(batch_size, mesh, "batch_size")
-    counts = meta.get("train_class_counts")  # LDAM margins need them; older weights lack them
-    loss = make_loss(config.loss if counts else ConfigDict({"name": "ce"}), counts)
+    class_names = meta["class_names"]
+    counts = meta.get("train_class_counts")  # LDAM margins need them (the reported loss only)
+    loss_cfg = config.loss
+    if not counts:
+        loss_cfg = ConfigDict(config.loss.to_dict() | {"name": "ce", "drw_epoch": -1})
+    loss = make_loss(loss_cfg, counts, num_classes=len(class_names))
     model_def = ModelDef(model)
+    steps = build_steps(model_def, mesh, loss=loss)
     repl = parallel.replicated(mesh)
-    eval_step = jax.jit(make_eval_step(model_def, loss),
-                        in_shardings=(repl, repl, parallel.data_sharding(mesh), repl), out_shardings=repl)
     params, stats = jax.device_put((model_def.init_params, model_def.init_batch_stats), repl)
     batches = pipeline.eval_iterator(source, batch_size=batch_size, image_size=config.data.image_size)
-    report = run_eval(eval_step, params, stats, batches, np.ones(len(CLASS_NAMES), np.float32), mesh)
+    weights = jax.device_put(np.ones(len(class_names), np.float32), repl)
+    report = run_eval(steps.eval, params, stats, batches, weights, mesh, class_names)
     out = args.out or args.workdir
     paths = write_report(out, report, history=[], config=config, num_params=count_params(model), split=split,
-                         checkpoint=str(weights_dir), prefix=f"report_{args.dataset}_{split}")
+                         checkpoint=str(weights_dir), class_names=class_names, prefix=f"report_{args.dataset}_{split}")
     print(f"{args.dataset}/{split}: {report['num_examples']} images, accuracy {report['accuracy']:.4f}, "
           f"BACC {report['bacc']:.4f}, paper BACC {report['paper_bacc']:.4f}")
     print(f"report: {paths['md']}")

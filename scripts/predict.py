@@ -17,11 +17,10 @@ import sys
 import jax
 import numpy as np
 
-from caco_jax.classes import CLASS_NAMES
-from caco_jax.data.augment import normalize
+from caco_jax import compile_cache, parallel
 from caco_jax.data.images import UnreadableImage, decode
 from caco_jax.evaluate import load_trained
-from caco_jax.steps import ModelDef
+from caco_jax.steps import ModelDef, build_steps
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
@@ -45,14 +44,13 @@ def find_images(paths: list[pathlib.Path]) -> tuple[list[pathlib.Path], list[tup
 def predict(workdir: pathlib.Path, paths: list[pathlib.Path], *, top_k: int = 3, batch_size: int = 32,
             weights: pathlib.Path | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
     """Predictions (one dict per readable image) and problems (path, reason)."""
-    config, model, _, _ = load_trained(workdir, weights)
+    config, model, meta, _ = load_trained(workdir, weights)
+    class_names = meta["class_names"]
     model_def = ModelDef(model)
     size = config.data.image_size
-
-    @jax.jit
-    def probs_fn(params, stats, images):
-        logits, _ = model_def.apply(params, stats, normalize(images), train=False)
-        return jax.nn.softmax(logits, axis=-1)
+    mesh = parallel.make_mesh(1)
+    steps = build_steps(model_def, mesh)
+    params, stats = jax.device_put((model_def.init_params, model_def.init_batch_stats), parallel.replicated(mesh))
 
     files, problems = find_images(paths)
     loaded: list[tuple[pathlib.Path, np.ndarray]] = []
@@ -66,11 +64,11 @@ def predict(workdir: pathlib.Path, paths: list[pathlib.Path], *, top_k: int = 3,
         chunk = loaded[start : start + batch_size]
         images = np.zeros((batch_size, size, size, 3), np.uint8)  # fixed shape: one compilation
         images[: len(chunk)] = np.stack([im for _, im in chunk])
-        probs = np.asarray(probs_fn(model_def.init_params, model_def.init_batch_stats, images))[: len(chunk)]
+        probs = np.asarray(steps.predict(params, stats, images))[: len(chunk)]
         for (f, _), p in zip(chunk, probs):
-            order = np.argsort(-p)[:top_k]
-            rows.append({"file": str(f), "top": [{"class": CLASS_NAMES[i], "probability": float(p[i])} for i in order],
-                         "probabilities": {c: float(v) for c, v in zip(CLASS_NAMES, p)}})
+            order = np.argsort(-p)[:min(top_k, len(class_names))]
+            rows.append({"file": str(f), "top": [{"class": class_names[i], "probability": float(p[i])} for i in order],
+                         "probabilities": {c: float(v) for c, v in zip(class_names, p)}})
     return rows, problems
 
 
@@ -83,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--csv", type=pathlib.Path)
     p.add_argument("--json", type=pathlib.Path)
     p.add_argument("inputs", nargs="+", type=pathlib.Path, help="image files or folders")
+    p.add_argument("--compile_cache", help="persistent XLA compilation cache directory, or 'off' "
+                   f"(default: ${compile_cache.ENV} or {compile_cache.default_dir()})")
     args = p.parse_args(argv)
-    if not 1 <= args.top_k <= len(CLASS_NAMES):
-        p.error(f"--top_k must be between 1 and {len(CLASS_NAMES)}")
+    compile_cache.enable(args.compile_cache)
+    if args.top_k < 1:
+        p.error("--top_k must be at least 1")
     rows, problems = predict(args.workdir, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
                              weights=args.weights)
     width = max([len(r["file"]) for r in rows] + [4])
@@ -97,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.csv:
         with open(args.csv, "w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["file", "prediction", *CLASS_NAMES])
+            names = list(rows[0]["probabilities"]) if rows else []
+            w.writerow(["file", "prediction", *names])
             for r in rows:
-                w.writerow([r["file"], r["top"][0]["class"], *(f"{r['probabilities'][c]:.6f}" for c in CLASS_NAMES)])
+                w.writerow([r["file"], r["top"][0]["class"], *(f"{r['probabilities'][c]:.6f}" for c in names)])
     if args.json:
         args.json.write_text(json.dumps({"predictions": rows, "skipped": [{"file": f, "reason": w} for f, w in problems]},
                                         indent=2))

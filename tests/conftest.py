@@ -15,6 +15,8 @@ _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_backend_optimization_level" not in _flags:
     os.environ["XLA_FLAGS"] = (_flags + " --xla_backend_optimization_level=0").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Scripts called in-process (evaluate, predict) point the cache here too, not at ~/.cache.
+os.environ.setdefault("CACO_JAX_COMPILE_CACHE", str(ROOT / ".cache" / "jax"))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

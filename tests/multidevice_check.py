@@ -7,18 +7,21 @@ differences, plus the error message for a batch that does not split over 8 devic
 from __future__ import annotations
 
 import json
+import pathlib
 import sys
 
 import jax
 import numpy as np
-import ml_collections
 import optax
 
 from caco_jax import parallel
 from caco_jax.data.augment import AugmentConfig
 from caco_jax.losses import make_loss
 from caco_jax.models import create_model
-from caco_jax.steps import ModelDef, init_state, make_train_step
+from caco_jax.steps import ModelDef, build_steps, init_state
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from configs import default  # noqa: E402
 
 
 def train(num_devices: int, batches: list[dict[str, np.ndarray]]) -> tuple[dict, dict, list[float]]:
@@ -29,11 +32,10 @@ def train(num_devices: int, batches: list[dict[str, np.ndarray]]) -> tuple[dict,
     # into parameter differences of up to the learning rate. The property under test is
     # the gradient and the BatchNorm statistics, which SGD passes through unscaled.
     tx = optax.sgd(0.1)
-    loss = make_loss(ml_collections.ConfigDict({"name": "joint"}), np.array([5, 8, 10, 3, 10, 60, 4]))
-    repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+    loss = make_loss(default.get_config().loss, np.array([5, 8, 10, 3, 10, 60, 4]))
+    repl = parallel.replicated(mesh)
     state = jax.device_put(init_state(model_def, tx, 0), repl)
-    step = jax.jit(make_train_step(model_def, tx, loss, AugmentConfig(), 32),
-                   in_shardings=(repl, data, repl), out_shardings=(repl, repl), donate_argnums=(0,))
+    step = build_steps(model_def, mesh, tx=tx, loss=loss, aug=AugmentConfig(), image_size=32).train
     weights = jax.device_put(loss.class_weights(0), repl)
     losses = []
     for b in batches:

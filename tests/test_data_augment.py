@@ -63,7 +63,6 @@ def test_full_crop_of_non_square_image_is_the_eval_resize():
     out = _augment(jax.random.key(0), x, out_size=16, cfg=AugmentConfig.none())
     expected = jax.image.resize(x.astype(np.float32) / 255, (8, 16, 16, 3), "linear", antialias=True)
     np.testing.assert_allclose(_denorm(out), expected, atol=1e-4)
-    np.testing.assert_allclose(out, augment.resize_normalize(x, out_size=16), atol=1e-4)
 
 
 @pytest.mark.parametrize("flip, axis", [("hflip", 2), ("vflip", 1)])

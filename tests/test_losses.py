@@ -10,8 +10,14 @@ import ml_collections
 import numpy as np
 import pytest
 
+import pathlib
+import sys
+
 from caco_jax import losses
 from caco_jax.classes import HAM10000_COUNTS, NUM_CLASSES
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from configs import default  # noqa: E402
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -278,25 +284,16 @@ def test_gradients_finite_for_extreme_logits(name):
 
 # ----------------------------------------------------------------- factory
 def _cfg(**overrides):
-    cfg = losses.default_loss_config()
+    cfg = default.get_config().loss
     cfg.update(overrides)
     return cfg
 
 
-def test_default_loss_config_fields():
-    cfg = losses.default_loss_config()
-    assert isinstance(cfg, ml_collections.ConfigDict)
-    assert dict(cfg) == {
-        "name": "joint",
-        "label_smoothing": 0.0,
-        "focal_gamma": 2.0,
-        "focal_alpha": None,
-        "ldam_max_m": 0.5,
-        "ldam_s": losses.DEFAULT_LDAM_S,
-        "joint_a": 0.5,
-        "drw_epoch": -1,
-        "drw_beta": 0.9999,
-    }
+def test_the_registry_is_the_list_of_names_and_every_loss_builds_from_the_default_config():
+    assert losses.LOSS_NAMES == ("ce", "focal", "ldam", "joint") == tuple(losses.LOSSES)
+    for name in losses.LOSS_NAMES:
+        loss = losses.make_loss(_cfg(name=name), COUNTS)
+        assert loss.name == name and isinstance(loss.fn, losses.LOSSES[name])
 
 
 @pytest.mark.parametrize("name", losses.LOSS_NAMES)
@@ -333,7 +330,13 @@ def test_make_loss_errors():
         losses.make_loss(_cfg(name="focal", focal_alpha=[1.0, 2.0]), COUNTS)
     # CE / focal without DRW do not need counts (absent classes allowed).
     assert losses.make_loss(_cfg(name="ce"), zero).num_classes == C
-    assert losses.make_loss(_cfg(name="focal"), None).num_classes == NUM_CLASSES
+    assert losses.make_loss(_cfg(name="focal"), None, num_classes=5).num_classes == 5
+    with pytest.raises(ValueError, match="num_classes"):
+        losses.make_loss(_cfg(name="focal"), None)
+    for field, bad in (("label_smoothing", 1.0), ("focal_gamma", -1.0), ("ldam_s", 0.0), ("joint_a", 1.5),
+                       ("ldam_max_m", -0.1)):
+        with pytest.raises(ValueError, match=field):
+            losses.make_loss(_cfg(name="joint" if field != "label_smoothing" else "ce", **{field: bad}), COUNTS)
 
 
 def test_drw_schedule_and_no_recompile(batch):

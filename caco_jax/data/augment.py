@@ -100,18 +100,6 @@ def normalize(images: jax.Array) -> jax.Array:
     return (jnp.asarray(images, jnp.float32) / 255.0 - _MEAN) / _STD
 
 
-def resize_normalize(images: jax.Array, *, out_size: int) -> jax.Array:
-    """uint8 [B, H, W, 3] -> float32 [B, out, out, 3]: whole image resized, then normalised.
-
-    The evaluation transform on the accelerator (same as `augment_batch` with
-    `AugmentConfig.none()`), for batches loaded at their stored size.
-    """
-    images = jnp.asarray(images, jnp.float32)
-    resized = jax.image.resize(images, (images.shape[0], out_size, out_size, images.shape[-1]),
-                               method="linear", antialias=True)
-    return normalize(jnp.clip(resized, 0.0, 255.0))
-
-
 def _crop_box(key: jax.Array, height: int, width: int, cfg: AugmentConfig) -> jax.Array:
     """(y0, x0, h, w) of a random resized crop, float32."""
     k_area, k_ratio, k_y, k_x = jax.random.split(key, 4)

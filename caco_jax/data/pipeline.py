@@ -23,7 +23,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
 
-from caco_jax.classes import NUM_CLASSES
 from caco_jax.data import ham10000, images, splits
 from caco_jax.data.errors import DataNotBuiltError
 
@@ -69,8 +68,10 @@ class Source:
     """
 
     def __init__(self, base, indices: np.ndarray, *, labels: np.ndarray, image_ids: np.ndarray,
-                 lesion_ids: np.ndarray, name: str, image_shapes: dict[str, int] | None = None):
+                 lesion_ids: np.ndarray, name: str, class_names: Sequence[str],
+                 image_shapes: dict[str, int] | None = None):
         self._base = base  # TFDS array_record source returning raw serialized examples
+        self.class_names = tuple(class_names)  # the dataset's label vocabulary, in label order
         self.indices = np.asarray(indices, np.int64)
         self.labels = np.asarray(labels, np.int64)
         self.image_ids = np.asarray(image_ids)
@@ -97,7 +98,7 @@ class Source:
         positions = np.asarray(positions, np.int64)
         return Source(self._base, self.indices[positions], labels=self.labels[positions],
                       image_ids=self.image_ids[positions], lesion_ids=self.lesion_ids[positions],
-                      name=name, image_shapes=self.image_shapes)
+                      name=name, class_names=self.class_names, image_shapes=self.image_shapes)
 
     def __repr__(self) -> str:
         return f"Source({self.name!r}, {len(self)} examples)"
@@ -130,16 +131,27 @@ def open_source(
     *,
     config: str = "ham10000",
     image_size: int | None = DEFAULT_IMAGE_SIZE,
+    builder=None,
 ) -> Source:
-    """Every example of a build (release `config`, stored `image_size`) as one Source."""
+    """Every example of a build (release `config`, stored `image_size`) as one Source.
+
+    builder: a prepared TFDS builder to read instead (e.g. `caco_jax.data.folder.builder`).
+    """
     data_dir = pathlib.Path(data_dir).expanduser()
-    builder = ham10000.builder(data_dir, config=config, image_size=image_size)
-    if not builder.is_prepared():
-        raise _not_built(data_dir, builder)
-    split = ham10000.TFDS_SPLIT[config]
+    if builder is None:
+        builder = ham10000.builder(data_dir, config=config, image_size=image_size)
+        if not builder.is_prepared():
+            raise _not_built(data_dir, builder)
+        split = ham10000.TFDS_SPLIT[config]
+    else:
+        if not builder.is_prepared():
+            raise DataNotBuiltError(f"no complete build at {builder.data_path}; build it first")
+        split = next(iter(builder.info.splits))
+    class_names = tuple(builder.info.features["label"].names)
     base = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     full = Source(base, np.arange(len(base)), labels=np.zeros(len(base)), image_ids=np.zeros(len(base)),
-                  lesion_ids=np.zeros(len(base)), name=f"{builder.builder_config.name}/{split}")
+                  lesion_ids=np.zeros(len(base)), name=f"{builder.builder_config.name}/{split}",
+                  class_names=class_names)
     columns = ("label", "image_id", "lesion_id")
     records = [r for start in range(0, len(full), 1024)
                for r in full.read(range(start, min(start + 1024, len(full))), columns)]
@@ -151,7 +163,7 @@ def open_source(
     return Source(base, np.arange(len(base)), labels=np.asarray([r["label"] for r in records]),
                   image_ids=np.asarray([r["image_id"] for r in records]),
                   lesion_ids=np.asarray([r["lesion_id"] for r in records]), name=full.name,
-                  image_shapes=dict(builder.info.metadata.get("image_shapes", {})))
+                  class_names=class_names, image_shapes=dict(builder.info.metadata.get("image_shapes", {})))
 
 
 def open_splits(
@@ -162,6 +174,7 @@ def open_splits(
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     config: str = "ham10000",
     image_size: int | None = DEFAULT_IMAGE_SIZE,
+    builder=None,
 ) -> dict[str, Source]:
     """{'train', 'validation', 'test'} Sources of a HAM10000 build, split at load time.
 
@@ -169,15 +182,15 @@ def open_splits(
     likely image-level split, which leaks lesions); both stratified by class and
     determined by `seed` (see caco_jax.data.splits).
     """
-    source = open_source(data_dir, config=config, image_size=image_size)
+    source = open_source(data_dir, config=config, image_size=image_size, builder=builder)
     parts = splits.split(source.labels, source.lesion_ids, source.image_ids,
                          by=split_by, fractions=fractions, seed=seed)
     return {name: source.subset(idx, f"{source.name}:{name}") for name, idx in parts.items()}
 
 
 def class_counts(source: Source) -> np.ndarray:
-    """Examples per class, int64 [NUM_CLASSES] (CLASS_NAMES order)."""
-    return np.bincount(np.asarray(source.labels, np.int64), minlength=NUM_CLASSES).astype(np.int64)
+    """Examples per class, int64 [C] in the dataset's label order."""
+    return np.bincount(np.asarray(source.labels, np.int64), minlength=len(source.class_names)).astype(np.int64)
 
 
 def stored_size(source: Source) -> tuple[int, int]:
@@ -240,10 +253,11 @@ class _TrainBatch:
     """
 
     def __init__(self, source: Source, batch_size: int, size: tuple[int, int], seed: int,
-                 decoded: np.ndarray | None = None):
+                 decoded: np.ndarray | None = None, process_index: int = 0, process_count: int = 1):
         self.source, self.batch_size, self.size, self.seed = source, batch_size, size, seed
         self.steps = steps_per_epoch(source, batch_size)
         self.decoded = decoded
+        self.rows = process_rows(batch_size, process_index, process_count)
         self._permutations: dict[int, np.ndarray] = {}
 
     def permutation(self, epoch: int) -> np.ndarray:
@@ -255,7 +269,7 @@ class _TrainBatch:
 
     def __call__(self, index: int, _) -> dict[str, np.ndarray]:
         epoch, step = divmod(index, self.steps)
-        positions = self.permutation(epoch)[step * self.batch_size:(step + 1) * self.batch_size]
+        positions = self.permutation(epoch)[step * self.batch_size:(step + 1) * self.batch_size][self.rows]
         if self.decoded is not None:
             return {"image": self.decoded[positions], "label": self.source.labels[positions].astype(np.int32)}
         image, label = _load(self.source, positions, self.size)
@@ -272,6 +286,8 @@ def train_dataset(
     num_threads: int = 2,
     prefetch: int = 4,
     cache: bool = False,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> grain.IterDataset:
     """The endless training stream as a grain IterDataset (see `train_iterator`)."""
     if seed < 0:
@@ -280,7 +296,7 @@ def train_dataset(
         raise ValueError("cache=True serves batches from memory in this process: use num_workers=0")
     size = stored_size(source) if load_size is None else _hw(load_size)
     decoded = decode_all(source, size, num_threads=num_threads) if cache else None
-    batches = _TrainBatch(source, batch_size, size, seed, decoded)
+    batches = _TrainBatch(source, batch_size, size, seed, decoded, process_index, process_count)
     ds = grain.MapDataset.range(batches.steps).repeat().map_with_index(batches)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if cache else num_threads, prefetch_buffer_size=prefetch))
     if num_workers > 0:
@@ -299,6 +315,8 @@ def train_iterator(
     num_threads: int = 2,
     prefetch: int = 4,
     cache: bool = False,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> grain.DatasetIterator:
     """Endless training batches {'image': uint8 [B, h, w, 3], 'label': int32 [B]}.
 
@@ -315,28 +333,77 @@ def train_iterator(
     tens of thousands of images/s from one process (needs num_workers=0); the
     stream is identical to the uncached one.
     `get_state()` / `set_state()` resume exactly (with the same num_workers).
+    process_index / process_count (multi-host): every process walks the same global
+    stream of batch_size-example batches but reads and decodes only its own
+    batch_size / process_count rows of each (`process_rows`).
     Scripts that use num_workers > 0 need a `__main__` guard and parsed absl flags.
     """
     return iter(train_dataset(source, batch_size=batch_size, load_size=load_size, seed=seed,
                               num_workers=num_workers, num_threads=num_threads, prefetch=prefetch,
-                              cache=cache))
+                              cache=cache, process_index=process_index, process_count=process_count))
+
+
+def process_rows(batch_size: int, process_index: int = 0, process_count: int = 1) -> slice:
+    """The rows of every global batch that process ``process_index`` of ``process_count`` reads."""
+    if batch_size % process_count:
+        raise ValueError(f"batch size {batch_size} does not split over {process_count} processes")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} outside [0, {process_count})")
+    per = batch_size // process_count
+    return slice(process_index * per, (process_index + 1) * per)
+
+
+def _eval_rows(index: int, batch_size: int, total: int, rows: slice) -> tuple[range, int]:
+    """(positions of the split this process reads for eval batch ``index``, local batch size)."""
+    lo = index * batch_size
+    start, stop = lo + rows.start, lo + rows.stop
+    return range(min(start, total), min(stop, total)), rows.stop - rows.start
 
 
 class _EvalBatch:
-    """Batch `index` of one pass over the split, zero-padded to batch_size, with a mask."""
+    """This process's rows of batch `index` of one pass over the split, zero-padded, with a mask."""
 
-    def __init__(self, source: Source, batch_size: int, size: tuple[int, int]):
-        self.source, self.batch_size, self.size = source, batch_size, size
+    def __init__(self, source: Source, batch_size: int, size: tuple[int, int], rows: slice):
+        self.source, self.batch_size, self.size, self.rows = source, batch_size, size, rows
 
     def __call__(self, index: int) -> dict[str, np.ndarray]:
-        lo = index * self.batch_size
-        hi = min(lo + self.batch_size, len(self.source))
-        image = np.zeros((self.batch_size, *self.size, 3), np.uint8)
-        label = np.zeros((self.batch_size,), np.int32)
-        mask = np.zeros((self.batch_size,), bool)
-        loaded, loaded_label = _load(self.source, list(range(lo, hi)), self.size)
-        image[: hi - lo], label[: hi - lo], mask[: hi - lo] = loaded, loaded_label, True
+        positions, local = _eval_rows(index, self.batch_size, len(self.source), self.rows)
+        n = len(positions)
+        image = np.zeros((local, *self.size, 3), np.uint8)
+        label = np.zeros((local,), np.int32)
+        mask = np.zeros((local,), bool)
+        if n:
+            image[:n], label[:n] = _load(self.source, list(positions), self.size)
+            mask[:n] = True
         return {"image": image, "label": label, "mask": mask}
+
+
+class EvalSet:
+    """A split decoded once at ``image_size`` x ``image_size`` and kept in memory (uint8), so
+    evaluating it every epoch costs no decoding: ``batches()`` gives exactly what
+    `eval_iterator` gives."""
+
+    def __init__(self, source: Source, image_size: Size, *, num_threads: int = 2):
+        if len(source) == 0:
+            raise ValueError(f"{source!r} is empty")
+        self.source = source
+        self.images = decode_all(source, _hw(image_size), num_threads=num_threads)
+        self.labels = np.asarray(source.labels, np.int32)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int, *, process_index: int = 0, process_count: int = 1):
+        rows = process_rows(batch_size, process_index, process_count)
+        for index in range(eval_batches(self.source, batch_size)):
+            positions, local = _eval_rows(index, batch_size, len(self), rows)
+            n = len(positions)
+            image = np.zeros((local, *self.images.shape[1:]), np.uint8)
+            label = np.zeros((local,), np.int32)
+            mask = np.zeros((local,), bool)
+            image[:n], label[:n], mask[:n] = self.images[positions.start:positions.stop], \
+                self.labels[positions.start:positions.stop], True
+            yield {"image": image, "label": label, "mask": mask}
 
 
 def eval_batches(source: Source, batch_size: int) -> int:
@@ -352,17 +419,21 @@ def eval_iterator(
     num_workers: int = 0,
     num_threads: int = 2,
     prefetch: int = 4,
+    process_index: int = 0,
+    process_count: int = 1,
 ) -> grain.DatasetIterator:
     """One pass, in order: {'image': uint8 [B, S, S, 3], 'label': int32 [B], 'mask': bool [B]}.
 
     Every example exactly once; the whole stored image is resized to S x S (the
     same squashed framing a full-image training crop has); the last batch is
     zero-padded and `mask` marks the real examples. Normalise with `augment.normalize`.
+    Multi-host: each process gets its B / process_count rows of every batch.
     """
     if len(source) == 0:
         raise ValueError(f"{source!r} is empty")
+    rows = process_rows(batch_size, process_index, process_count)
     ds = grain.MapDataset.range(eval_batches(source, batch_size)).map(
-        _EvalBatch(source, batch_size, _hw(image_size)))
+        _EvalBatch(source, batch_size, _hw(image_size), rows))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
     if num_workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,

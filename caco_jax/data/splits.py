@@ -108,9 +108,3 @@ def split(
         raise ValueError("image_ids are not unique")
     return stratified_group_split(labels, group_keys(lesion_ids, image_ids, by),
                                   fractions=fractions, seed=seed)
-
-
-def class_table(labels: np.ndarray, splits: dict[str, np.ndarray], num_classes: int) -> np.ndarray:
-    """Counts [split, class] (rows in the order of `splits`)."""
-    labels = np.asarray(labels, np.int64)
-    return np.stack([np.bincount(labels[idx], minlength=num_classes) for idx in splits.values()])
