@@ -150,3 +150,31 @@ def plot_curves(
 
 
 __all__ = ["plot_confusion_matrix", "plot_curves"]
+
+
+def plot_results(rows: Sequence[Mapping[str, Any]], path: str | pathlib.Path, *, title: str = "",
+                 dpi: int = DPI) -> pathlib.Path:
+    """Test BACC per grid cell (mean with a bar for +- std over seeds, every seed as a dot) beside the
+    paper's BACC (a cross), one row per cell (``scripts/reproduce.py``)."""
+    rows = list(rows)
+    fig = Figure(figsize=(9.0, 0.45 * max(len(rows), 3) + 1.2))
+    ax = fig.add_subplot(1, 1, 1)
+    for i, row in enumerate(rows):
+        y = len(rows) - 1 - i
+        mean, std = row["bacc"]
+        seeds = [100 * r["bacc"] for r in row["runs"].values()]
+        if mean is not None:
+            ax.barh(y, 100 * mean, xerr=100 * std if std else None, color="#4c78a8", alpha=0.8, capsize=3)
+            ax.plot(seeds, [y] * len(seeds), "o", color="black", markersize=3)
+        if row.get("paper"):
+            ax.plot([row["paper"][1]], [y], "x", color="#e45756", markersize=8, mew=2,
+                    label="paper (its split)" if i == 0 or not any(r.get("paper") for r in rows[:i]) else None)
+    ax.set_yticks(range(len(rows)), labels=[r["cell"] for r in reversed(rows)])
+    ax.set_xlabel("test BACC % (mean per-class recall)")
+    ax.set_xlim(0, 100)
+    ax.grid(axis="x", alpha=0.3)
+    if any(r.get("paper") for r in rows):
+        ax.legend(loc="lower right")
+    ax.set_title(title)
+    fig.subplots_adjust(left=0.28, right=0.97, top=0.92, bottom=0.12)
+    return _save(fig, path, dpi)

@@ -13,23 +13,31 @@ log = logging.getLogger("caco_jax")
 
 
 class RunLog:
-    """Appends to ``workdir/metrics.jsonl`` and ``workdir/train.log``; writes TensorBoard events to ``workdir/tb``."""
+    """Appends to ``workdir/metrics.jsonl`` and ``workdir/train.log``; writes TensorBoard events to ``workdir/tb``.
 
-    def __init__(self, workdir: str | pathlib.Path):
+    With ``files=False`` (every process but the first of a multi-host run) it only logs to the console.
+    """
+
+    def __init__(self, workdir: str | pathlib.Path, *, files: bool = True):
         self.workdir = pathlib.Path(workdir)
+        self.files = files
+        if log.level == logging.NOTSET:
+            log.setLevel(logging.INFO)
+        if not files:
+            return
         self._jsonl = open(self.workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         self._tb = SummaryWriter(str(self.workdir / "tb"))
         self._file = logging.FileHandler(self.workdir / "train.log")
         self._file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(self._file)
-        if log.level == logging.NOTSET:
-            log.setLevel(logging.INFO)
 
     def info(self, message: str) -> None:
         log.info(message)
 
     def scalars(self, step: int, values: Mapping[str, float | None], kind: str = "train") -> None:
         """One JSON line per call (flushed, so a crash loses nothing logged) + TensorBoard scalars."""
+        if not self.files:
+            return
         clean = {k: v for k, v in values.items() if v is not None}
         self._jsonl.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **clean}) + "\n")
         self._jsonl.flush()
@@ -38,6 +46,8 @@ class RunLog:
         self._tb.flush()
 
     def close(self) -> None:
+        if not self.files:
+            return
         self._jsonl.close()
         self._tb.close()
         log.removeHandler(self._file)

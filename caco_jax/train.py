@@ -159,15 +159,16 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     steps_per_epoch = pipeline.steps_per_epoch(splits["train"], config.batch_size)
     loss = make_loss(config.loss, counts)
     model = model_from_config(config.model, num_classes=len(class_names), seed=config.seed)
-    runlog = RunLog(workdir)
+    runlog = RunLog(workdir, files=jax.process_index() == 0)
     if config.model.pretrained:
         runlog.info(load_pretrained(model, config.model.pretrained))
     num_params = count_params(model)
     runlog.info(f"model: MobileNetV3-{config.model.attention} ({config.model.arch}), {num_params:,} parameters, "
                 f"{len(class_names)} classes")
     model_def = ModelDef(model)
-    (workdir / "parameters.txt").write_text(
-        parameter_overview.get_parameter_overview(model_def.init_params, include_stats=False) + "\n")
+    if runlog.files:
+        (workdir / "parameters.txt").write_text(
+            parameter_overview.get_parameter_overview(model_def.init_params, include_stats=False) + "\n")
     tx = make_optimizer(config.optimizer, model_def.init_params, steps_per_epoch, config.num_epochs)
     steps = build_steps(model_def, mesh, tx=tx, loss=loss, aug=AugmentConfig.from_config(config.data.augment),
                         image_size=config.data.image_size)
@@ -271,6 +272,10 @@ def save_checkpoint(run: Run, ckpt: Checkpointer, state: TrainState, train_iter:
 def final_test(run: Run, state: TrainState, best: WeightsWriter, history: list[dict[str, Any]]) -> tuple[dict, dict]:
     """The best-validation weights (else the final state) on the test split; writes the report."""
     best.wait()
+    if jax.process_count() > 1:  # the first process wrote them: everyone reads them only once they are there
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("caco_jax: best weights written")
     weights_dir = run.workdir / "best" if (run.workdir / "best" / "weights").is_dir() else None
     if weights_dir is not None:
         flat, _ = read_weights(weights_dir)
@@ -280,6 +285,8 @@ def final_test(run: Run, state: TrainState, best: WeightsWriter, history: list[d
     else:
         params, stats = state.params, state.batch_stats
     report = run.evaluate(params, stats, run.splits["test"], run.config.num_epochs - 1)
+    if not run.runlog.files:
+        return report, {}
     paths = write_report(run.workdir, report, history=history, config=run.config, num_params=run.num_params,
                          split="test", checkpoint=str(weights_dir or "final state"), class_names=run.class_names)
     return report, paths
@@ -295,7 +302,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     workdir.mkdir(parents=True, exist_ok=True)
     parallel.initialize_distributed(config.distributed, **config.cluster)
     _check_resume_config(workdir, config)
-    save_config(config, workdir)
+    if jax.process_index() == 0:
+        save_config(config, workdir)
     run = setup(config, workdir)
     where = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     train_iter = pipeline.train_iterator(
@@ -354,6 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     run.runlog.info("training finished; evaluating the best checkpoint on the test split")
     report, paths = final_test(run, state, best, progress.history)
     best.close()
-    run.runlog.info(f"test: accuracy {report['accuracy']:.4f}, BACC {report['bacc']:.4f}; report: {paths['md']}")
+    run.runlog.info(f"test: accuracy {report['accuracy']:.4f}, BACC {report['bacc']:.4f}; report: "
+                    f"{paths.get('md', 'written by process 0')}")
     run.runlog.close()
     return {"status": status, "step": step, "history": progress.history, "report": report, "paths": paths}

@@ -70,17 +70,24 @@ class WeightsWriter:
 
     Each save goes to ``<directory>.partial`` and replaces ``directory`` only once it is
     complete (at the next :meth:`save`, :meth:`wait` or :meth:`close`), so a crash at
-    any point leaves the previous complete copy in place.
+    any point leaves the previous complete copy in place. In a multi-host run only the
+    first process writes (the weights are the same everywhere); the others do nothing.
     """
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = pathlib.Path(directory).resolve()
         self._partial = self.directory.with_name(self.directory.name + ".partial")
-        self._checkpointer = ocp.AsyncCheckpointer(ocp.StandardCheckpointHandler())
+        self._active = jax.process_index() == 0
+        self._checkpointer = ocp.AsyncCheckpointer(
+            ocp.StandardCheckpointHandler(),
+            multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0}),
+        ) if self._active else None
         self._pending = False
 
     def save(self, flat: Mapping[str, np.ndarray], metadata: Mapping[str, Any] | None = None) -> None:
         """Starts writing ``flat`` (host arrays) and ``metadata``; returns before the files are written."""
+        if not self._active:
+            return
         self.wait()
         if self._partial.exists():
             shutil.rmtree(self._partial)
@@ -106,7 +113,8 @@ class WeightsWriter:
 
     def close(self) -> None:
         self.wait()
-        self._checkpointer.close()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
 
 
 def read_weights(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

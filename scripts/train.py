@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
     config_file = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
     workdir = _WORKDIR.value or f"runs/{pathlib.Path(config_file).stem}"
     result = train_and_evaluate(config, workdir)
-    if result["status"] == "finished":
+    if result["status"] == "finished" and result["paths"]:
         print(f"report: {result['paths']['md']}")
 
 

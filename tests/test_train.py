@@ -267,3 +267,45 @@ def test_evaluate_on_an_isic2018_test_build_agrees_with_predict(trained, synthet
     hits = [truth[pathlib.Path(p["file"]).stem] == p["top"][0]["class"] for p in predictions]
     assert metrics["accuracy"] == pytest.approx(np.mean(hits), abs=1e-9)
     assert set(truth.values()) <= set(CLASS_NAMES)
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(synthetic_tfds, tmp_path):
+    """jax.distributed on localhost (2 processes, 1 CPU device each, gloo), each reading half of every batch."""
+    import socket
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from multihost_config import config
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    two = tmp_path / "two"
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "multihost_check.py"), str(i), str(port),
+                               str(synthetic_tfds), str(two)], env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=900)[0])
+    finally:
+        for p in procs:  # the test never leaves processes behind
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    assert "process 1: finished" in outputs[1]
+
+    one = tmp_path / "one"
+    train_and_evaluate(config(synthetic_tfds), one)
+
+    def losses(workdir):
+        lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+        return {line["step"]: line["train/loss"] for line in lines if "train/loss" in line}
+
+    l1, l2 = losses(one), losses(two)
+    assert l1.keys() == l2.keys() and len(l1) >= 5
+    np.testing.assert_allclose([l2[k] for k in sorted(l2)], [l1[k] for k in sorted(l1)], rtol=0, atol=1e-4)
+    r1, r2 = (json.loads((w / "report.json").read_text())["metrics"] for w in (one, two))
+    assert r1["num_examples"] == r2["num_examples"]
+    assert r2["loss"] == pytest.approx(r1["loss"], abs=1e-3)
+    assert r2["confusion"] == r1["confusion"]

@@ -1,0 +1,115 @@
+"""scripts/reproduce.py on a tiny grid of synthetic data: train, skip, resume, tables, figure, external columns."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from caco_jax.data import ham10000, synthetic
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from scripts import reproduce  # noqa: E402
+
+TINY = {"model.arch": "tiny", "data.synthetic_images": 0, "data.build_size": 48, "batch_size": 16,
+        "eval_batch_size": 32, "log_every_steps": 2}
+PRESET = reproduce.Preset(
+    "tiny", "A test grid.", {"data.image_size": 32, "num_epochs": 1},
+    (reproduce.Cell("se_ce", {"model.attention": "se", "loss.name": "ce"}, (0, 1), "two seeds"),
+     reproduce.Cell("caco_joint", {"model.attention": "caco", "loss.name": "joint"}, (0,), "the paper's model")))
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0", PYTHONPATH=str(ROOT),
+               CACO_JAX_COMPILE_CACHE=str(ROOT / ".cache" / "jax"))
+    return env
+
+
+def _runner(calls: list[list[str]]):
+    def run(cmd: list[str], log_file: pathlib.Path) -> int:
+        calls.append(cmd)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "a") as fh:
+            return subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=_env())
+    return run
+
+
+def _isic_test_dir(manual: pathlib.Path, out: pathlib.Path, n: int = 20) -> pathlib.Path:
+    """Synthetic lesions laid out as the ISIC 2018 Task 3 test files."""
+    (out / "ISIC2018_Task3_Test_Input").mkdir(parents=True)
+    columns = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    rows = ["image," + ",".join(columns)]
+    for line in (manual / "HAM10000_metadata.csv").read_text().splitlines()[1:n + 1]:
+        _, image_id, dx = line.split(",")[:3]
+        src = next(manual.rglob(f"{image_id}.jpg"))
+        shutil.copy(src, out / "ISIC2018_Task3_Test_Input" / src.name)
+        rows.append(image_id + "," + ",".join("1.0" if c.lower() == dx else "0.0" for c in columns))
+    (out / "ISIC2018_Task3_Test_GroundTruth.csv").write_text("\n".join(rows) + "\n")
+    return out
+
+
+@pytest.mark.slow
+def test_tiny_grid_trains_skips_resumes_and_writes_the_tables(tmp_path):
+    manual = synthetic.write_manual_dir(tmp_path / "raw", num_images=200, image_size=(64, 48), seed=2)
+    ham10000.prepare(manual, tmp_path / "tfds", image_size=48, progress=False)
+    isic = _isic_test_dir(manual, tmp_path / "isic")
+    kw = dict(pretrained="", data_dir=str(tmp_path / "tfds"), manual_dir="", isic_dir=str(isic), extra=TINY,
+              config="configs/demo.py", log=lambda _: None)
+    out = tmp_path / "runs"
+
+    # A run interrupted after its checkpoint, before its report: the grid resumes it, not restarts it.
+    calls: list[list[str]] = []
+    reproduce.run_grid(PRESET, out, cells=["caco_joint"], runner=_runner(calls), **kw)
+    caco = out / "tiny" / "caco_joint_s0"
+    assert (caco / "report.json").is_file() and (caco / "report_isic2018_test_test.json").is_file()
+    (caco / "report.json").unlink()
+    assert reproduce.status(caco, reproduce.overrides(PRESET, PRESET.cells[1], 0, pretrained="", data_dir="",
+                                                      manual_dir="", extra=TINY)) == "partial"
+
+    calls.clear()
+    reproduce.run_grid(PRESET, out, runner=_runner(calls), **kw)
+    trained = [c for c in calls if c[1].endswith("train.py")]
+    assert len(trained) == 3  # se_ce seeds 0 and 1, and the resumed caco_joint
+    assert "resumed from" in (caco / "train.log").read_text()
+
+    calls.clear()
+    reproduce.run_grid(PRESET, out, runner=_runner(calls), **kw)
+    assert calls == []  # everything finished: nothing runs twice
+
+    rows = reproduce.aggregate(PRESET, out)
+    se = rows[0]
+    assert se["seeds"] == [0, 1] and se["bacc"][0] is not None and se["bacc"][1] is not None
+    assert se["paper"] == (90.88, 83.44) and rows[1]["paper"] == (93.39, 86.35)
+    assert rows[1]["isic_bacc"][0] is not None and rows[1]["params"] > 0
+    paths = reproduce.write_results(PRESET, rows, tmp_path / "docs", "python scripts/reproduce.py --preset tiny")
+    text = paths["md"].read_text()
+    assert "| se_ce | 0,1 |" in text and "ISIC BACC %" in text and "python scripts/reproduce.py --preset tiny" in text
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(paths["json"].read_text())["rows"][0]["cell"] == "se_ce"
+
+
+def test_a_workdir_of_another_setup_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"attention": "se"}, "loss": {"name": "ce"}}))
+    with pytest.raises(ValueError, match="model.attention='se'"):
+        reproduce.status(tmp_path, {"model.attention": "caco", "loss.name": "ce"})
+    with pytest.raises(ValueError, match="unknown cell"):
+        reproduce.run_grid(PRESET, tmp_path, pretrained="", data_dir="", manual_dir="", cells=["nope"])
+
+
+def test_presets_cover_the_issue_grids():
+    cpu = {c.name: c for c in reproduce.PRESETS["cpu"].cells}
+    assert {"se_ce", "caco_ce", "caco_joint", "se_joint", "caco_joint_s30", "caco_joint_plain"} <= set(cpu)
+    assert cpu["se_ce"].seeds == (0, 1) and cpu["caco_joint"].seeds == (0, 1)
+    assert cpu["caco_joint_s30"].overrides["loss.ldam_s"] == 30.0
+    assert reproduce.PRESETS["cpu"].base["data.image_size"] == 112
+    paper = {c.name: c for c in reproduce.PRESETS["paper"].cells}
+    assert all(len(c.seeds) == 3 for c in paper.values())
+    assert {"cbam_joint", "seco_joint", "eca_joint", "caco_focal", "caco_ldam", "se_ce_scratch",
+            "caco_joint_imagesplit"} <= set(paper)
+    assert paper["caco_joint_imagesplit"].paper() is None  # the paper's split is not ours to compare
