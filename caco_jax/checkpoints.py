@@ -35,6 +35,10 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        """Steps of the kept checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
+
     def save(self, step: int, state: PyTree, data_state: Any, meta: dict[str, Any]) -> None:
         """Starts an (asynchronous) save; device arrays are copied before it returns."""
         self._manager.save(
