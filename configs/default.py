@@ -45,8 +45,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.cache = False  # decode the train split into RAM once (fast GPUs; needs num_workers=0)
     c.data.num_workers = 0  # grain worker processes (0: in the main process)
     c.data.augment = ml_collections.ConfigDict()  # caco_jax.data.augment.AugmentConfig, every field
-    c.data.augment.hflip = 0.5  # probability of a horizontal flip
-    c.data.augment.vflip = 0.5
+    c.data.augment.hflip = True  # random horizontal flip (probability 1/2)
+    c.data.augment.vflip = True
     c.data.augment.rot90 = True  # rotate by k * 90 degrees, k uniform in {0, 1, 2, 3}
     c.data.augment.brightness = 0.2  # colour jitter strengths (torchvision ColorJitter ranges)
     c.data.augment.contrast = 0.2

@@ -66,17 +66,20 @@ def test_full_crop_of_non_square_image_is_the_eval_resize():
 
 
 @pytest.mark.parametrize("flip, axis", [("hflip", 2), ("vflip", 1)])
-def test_flips_are_exact(flip, axis):
-    x = _images(h=16, w=16)
-    cfg = AugmentConfig(hflip=0.0, vflip=0.0, rot90=False, **GEOMETRY_ONLY)
-    cfg = dataclasses.replace(cfg, **{flip: 1.0})
-    out = _augment(jax.random.key(5), x, out_size=16, cfg=cfg)
-    np.testing.assert_allclose(out, augment.normalize(np.flip(x, axis)), atol=1e-5)
+def test_flips_are_exact_and_random(flip, axis):
+    x = _images(n=16, h=16, w=16)
+    cfg = AugmentConfig(hflip=False, vflip=False, rot90=False, **GEOMETRY_ONLY)
+    cfg = dataclasses.replace(cfg, **{flip: True})
+    out = np.asarray(_augment(jax.random.key(5), x, out_size=16, cfg=cfg))
+    flipped = [np.allclose(o, augment.normalize(np.flip(i, axis - 1)), atol=1e-5) for i, o in zip(x, out)]
+    kept = [np.allclose(o, augment.normalize(i), atol=1e-5) for i, o in zip(x, out)]
+    assert all(f != k for f, k in zip(flipped, kept))  # each image exactly one of the two
+    assert 2 <= sum(flipped) <= 14  # about half
 
 
 def test_rotations_are_exact_multiples_of_90_degrees():
     x = _images(n=16, h=12, w=12)
-    cfg = AugmentConfig(hflip=0.0, vflip=0.0, rot90=True, **GEOMETRY_ONLY)
+    cfg = AugmentConfig(hflip=False, vflip=False, rot90=True, **GEOMETRY_ONLY)
     out = np.asarray(_augment(jax.random.key(7), x, out_size=12, cfg=cfg))
     seen = set()
     for image, result in zip(x, out):
@@ -108,7 +111,7 @@ def test_random_crops_zoom_in():
     """Small crops of a smooth ramp cover a narrower range of values than the whole image."""
     ramp = np.broadcast_to(np.linspace(0, 255, 64).astype(np.uint8)[None, :, None], (64, 64, 3))
     x = np.repeat(ramp[None], 8, 0)
-    cfg = AugmentConfig(hflip=0.0, vflip=0.0, rot90=False, scale=(0.1, 0.1), ratio=(1.0, 1.0), **NO_COLOUR)
+    cfg = AugmentConfig(hflip=False, vflip=False, rot90=False, scale=(0.1, 0.1), ratio=(1.0, 1.0), **NO_COLOUR)
     out = _denorm(_augment(jax.random.key(0), x, out_size=16, cfg=cfg))
     spans = out[..., 0].max(axis=(1, 2)) - out[..., 0].min(axis=(1, 2))
     assert np.all(spans < 0.45) and np.all(spans > 0.15)  # crop width ~ sqrt(0.1) of the image
@@ -116,7 +119,7 @@ def test_random_crops_zoom_in():
 
 def test_colour_jitter_keeps_grey_grey_and_bounds_brightness():
     grey = np.full((8, 8, 8, 3), 100, np.uint8)
-    cfg = AugmentConfig(hflip=0.0, vflip=0.0, rot90=False, scale=(1.0, 1.0), ratio=(1.0, 1.0),
+    cfg = AugmentConfig(hflip=False, vflip=False, rot90=False, scale=(1.0, 1.0), ratio=(1.0, 1.0),
                         brightness=0.3, contrast=0.3, saturation=0.5, hue=0.5)
     out = _denorm(_augment(jax.random.key(0), grey, out_size=8, cfg=cfg))
     # contrast, saturation and hue leave a flat grey image alone; brightness scales it
@@ -128,7 +131,7 @@ def test_colour_jitter_keeps_grey_grey_and_bounds_brightness():
 
 def test_colour_jitter_changes_colour_images():
     x = _images(h=8, w=8)
-    cfg = AugmentConfig(hflip=0.0, vflip=0.0, rot90=False, scale=(1.0, 1.0), ratio=(1.0, 1.0), brightness=0.0,
+    cfg = AugmentConfig(hflip=False, vflip=False, rot90=False, scale=(1.0, 1.0), ratio=(1.0, 1.0), brightness=0.0,
                         contrast=0.0, saturation=0.0, hue=0.1)
     out = np.asarray(_augment(jax.random.key(0), x, out_size=8, cfg=cfg))
     assert not np.allclose(out, augment.normalize(x), atol=1e-2)
@@ -140,13 +143,45 @@ def test_colour_jitter_changes_colour_images():
 
 
 def test_from_config():
-    cfg = ml_collections.ConfigDict({"hflip": 0.25, "scale": [0.5, 1.0], "hue": 0.0})
+    cfg = ml_collections.ConfigDict({"hflip": False, "scale": [0.5, 1.0], "hue": 0.0})
     made = AugmentConfig.from_config(cfg)
-    assert made.hflip == 0.25 and made.scale == (0.5, 1.0) and made.vflip == AugmentConfig().vflip
+    assert made.hflip is False and made.scale == (0.5, 1.0) and made.vflip == AugmentConfig().vflip
     hash(made)  # static jit argument
     with pytest.raises(ValueError, match=r"unknown augmentation key\(s\) \['rotate', 'zoom'\]"):
-        AugmentConfig.from_config({"zoom": 1.0, "rotate": True, "hflip": 0.5})
-    with pytest.raises(ValueError, match="probability"):
-        AugmentConfig(hflip=1.5)
+        AugmentConfig.from_config({"zoom": 1.0, "rotate": True, "hflip": True})
+    with pytest.raises(ValueError, match="on or off"):
+        AugmentConfig(hflip=0.5)
     with pytest.raises(ValueError, match="scale"):
         AugmentConfig(scale=(0.0, 1.0))
+
+
+def test_the_config_file_spells_out_every_augmentation_field_with_the_library_defaults():
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    from configs import default
+
+    section = default.get_config().data.augment
+    assert set(section) == {f.name for f in dataclasses.fields(AugmentConfig)}
+    assert AugmentConfig.from_config(section) == AugmentConfig()
+
+
+def test_augmentation_fields_can_be_overridden_from_the_command_line(tmp_path):
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import sys\nsys.path.insert(0, sys.argv.pop(1))\n"
+        "from absl import app\nfrom ml_collections import config_flags\n"
+        "C = config_flags.DEFINE_config_file('config', None, '', lock_config=True)\n"
+        "app.run(lambda _: print(C.value.data.augment.hflip, C.value.data.augment.scale))\n")
+    run = lambda *a: subprocess.run([sys.executable, str(probe), str(root), "--config",  # noqa: E731
+                                     str(root / "configs" / "default.py"), *a], capture_output=True, text=True)
+    ok = run("--config.data.augment.hflip=False", "--config.data.augment.scale=(0.5,1.0)")
+    assert ok.returncode == 0 and ok.stdout.split() == ["False", "(0.5,", "1.0)"], ok.stderr[-500:]
+    bad = run("--config.data.augment.zoom=2")
+    assert bad.returncode != 0 and "zoom" in bad.stderr

@@ -38,8 +38,8 @@ from caco_jax.classes import IMAGENET_MEAN, IMAGENET_STD
 class AugmentConfig:
     """Training augmentation; probabilities in [0, 1], jitter strengths >= 0."""
 
-    hflip: float = 0.5  # probability of a horizontal flip
-    vflip: float = 0.5  # probability of a vertical flip
+    hflip: bool = True  # flip horizontally with probability 1/2
+    vflip: bool = True  # flip vertically with probability 1/2
     rot90: bool = True  # rotate by k * 90 degrees, k uniform in {0, 1, 2, 3}
     brightness: float = 0.2
     contrast: float = 0.2
@@ -49,9 +49,9 @@ class AugmentConfig:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect / image aspect (w/h)
 
     def __post_init__(self):
-        for name in ("hflip", "vflip"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} is a probability, got {getattr(self, name)}")
+        for name in ("hflip", "vflip", "rot90"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"{name} is on or off (True / False), got {getattr(self, name)!r}")
         for name in ("brightness", "contrast", "saturation"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -81,7 +81,7 @@ class AugmentConfig:
     @classmethod
     def none(cls) -> "AugmentConfig":
         """No randomness: the whole image, resized (what evaluation sees)."""
-        return cls(hflip=0.0, vflip=0.0, rot90=False, brightness=0.0, contrast=0.0,
+        return cls(hflip=False, vflip=False, rot90=False, brightness=0.0, contrast=0.0,
                    saturation=0.0, hue=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0))
 
 
@@ -184,8 +184,8 @@ def augment_image(key: jax.Array, image: jax.Array, *, out_size: int, cfg: Augme
     box = _crop_box(k_crop, height, width, cfg)
     image = _resized_crop(image.astype(jnp.float32) / 255.0, box, out_size, precision)
     k = jax.random.randint(k_rot, (), 0, 4) if cfg.rot90 else jnp.zeros((), jnp.int32)
-    image = _rotate_flip(image, k, jax.random.bernoulli(k_h, cfg.hflip),
-                         jax.random.bernoulli(k_v, cfg.vflip))
+    image = _rotate_flip(image, k, jax.random.bernoulli(k_h, 0.5 if cfg.hflip else 0.0),
+                         jax.random.bernoulli(k_v, 0.5 if cfg.vflip else 0.0))
     return _jitter(jnp.clip(image, 0.0, 1.0), k_jit, cfg)
 
 
