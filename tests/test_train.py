@@ -1,6 +1,7 @@
 """End-to-end training: the demo config, learning, resume, signals, errors, 8 devices, scripts."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -20,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from configs import demo  # noqa: E402
 
-from caco_jax.train import NonFiniteLossError, train_and_evaluate  # noqa: E402
+from caco_jax.train import NonFiniteLossError, _Stop as real_stop, train_and_evaluate  # noqa: E402
 
 BUILD_SIZE = 48
 # The tiny test model on 32 px synthetic images: seconds per run on a CPU.
@@ -188,6 +189,46 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(synthetic_tfds, tmp_path):
     assert "stopped by signal" in out + err
     steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
     assert steps and 1 <= max(steps) < 50 * 12  # saved where it stopped, long before the end
+
+
+def test_a_stop_on_an_epochs_last_step_still_validates_that_epoch(synthetic_tfds, tmp_path, monkeypatch):
+    """The stop signal arrives exactly at the end of epoch 1: its validation runs before the
+    checkpoint, so the resumed run neither skips nor repeats it."""
+    import caco_jax.train as train_module
+
+    steps_per_epoch = len(pipeline.open_splits(synthetic_tfds, image_size=BUILD_SIZE)["train"]) // 16
+    calls = {"n": 0}
+    real_build = train_module.build_steps
+
+    def counting_build(*args, **kwargs):
+        steps = real_build(*args, **kwargs)
+
+        def train(*a):
+            calls["n"] += 1
+            return steps.train(*a)
+
+        return dataclasses.replace(steps, train=train)
+
+    class StopAtEpochEnd(train_module._Stop):
+        @property
+        def signal(self):
+            return signal.SIGTERM if calls["n"] >= steps_per_epoch else None
+
+        @signal.setter
+        def signal(self, value):
+            pass
+
+    monkeypatch.setattr(train_module, "build_steps", counting_build)
+    monkeypatch.setattr(train_module, "_Stop", StopAtEpochEnd)
+    workdir = tmp_path / "run"
+    first = train_and_evaluate(tiny_config(synthetic_tfds), workdir)
+    assert first["status"] == "interrupted" and first["step"] == steps_per_epoch
+    assert [row["epoch"] for row in first["history"]] == [1]
+
+    monkeypatch.setattr(train_module, "_Stop", real_stop)
+    second = train_and_evaluate(tiny_config(synthetic_tfds), workdir)
+    assert second["status"] == "finished"
+    assert [row["epoch"] for row in second["history"]] == [1, 2]
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_tfds, tmp_path):
