@@ -216,7 +216,8 @@ def test_cpu_targets_and_table():
                                        "jax_cpu_threads": 2},
               "torch": {"torch_threads": 1, "torch_device": "cpu"},
               "config": {"batch_size": 4, "image_size": 32, "load_size": 36, "arch": "tiny", "windows": 2,
-                         "steps": 1, "warmup": 1}}
+                         "steps": 1, "warmup": 1},
+              "load_average": {"before": 3.5, "after": 1.0}}
     result["targets"] = t = report.targets(result)
     train, evals, lat = (t["caco_train_over_torch_eager"], t["caco_eval_over_torch_eager"],
                          t["caco_latency_over_torch_eager"])
@@ -231,3 +232,4 @@ def test_cpu_targets_and_table():
     assert "| caco-jax | m | float32, depthwise shifts_vjp |" in table
     assert "| 1.1 (1-1.2) |" in table and "1 (ref)" in table
     assert "threads differ (jax 2, torch 1)" in table
+    assert "load average 3.5 -> 1.0" in table and "oversubscribed -- load average 3.5 on 2 CPUs" in table

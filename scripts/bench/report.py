@@ -45,6 +45,14 @@ def versions() -> dict[str, str]:
     return out
 
 
+def load_average() -> float | None:
+    """The host's 1-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def _measured(row: dict[str, Any]) -> bool:
     return "skipped" not in row
 
@@ -166,6 +174,12 @@ def format_table(result: dict[str, Any]) -> str:
     if dev["platform"] == "cpu":
         threads = (f"; CPU threads: jax {dev.get('jax_cpu_threads', '?')} (XLA, one per core), "
                    f"torch {torch_info.get('torch_threads', 'n/a')}")
+    load = result.get("load_average") or {}
+    loads = [x for x in (load.get("before"), load.get("after")) if x is not None]
+    busy = bool(loads) and max(loads) > dev["host_cpus"]
+    if loads:
+        threads += (f"; host load average {' -> '.join(f'{x:.1f}' for x in loads)} (1 min, before -> after the "
+                    "timed rounds)")
     lines = [
         f"Device: {dev['device_kind']} ({dev['platform']}, {dev['num_devices']} device(s), {dev['host_cpus']} host "
         f"CPUs); torch: {torch_info.get('torch_device', 'n/a')}{threads}",
@@ -225,6 +239,10 @@ def format_table(result: dict[str, Any]) -> str:
         lines += ["", f"nnx.jit overhead: skipped ({ov['skipped']})"]
     if result.get("targets"):
         lines += ["", "Targets:", ""]
+        if busy:
+            lines += [f"(The host was oversubscribed -- load average {max(loads):.1f} on {dev['host_cpus']} CPUs: "
+                      "multi-threaded rates suffer unevenly under load, so these ratios need not hold on a quiet "
+                      "machine.)", ""]
         for name, t in result["targets"].items():
             extra = f" ({t['jax']} vs torch {t['torch']})" if "jax" in t else ""
             if t.get("same_threads") is False:

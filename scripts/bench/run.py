@@ -89,7 +89,9 @@ def run(config: ml_collections.ConfigDict, opts: Options, log: Callable[[str], N
     entries |= onnx_entries
 
     graphs = compiled_graphs() if opts.torch else 0
+    load = {"before": report.load_average()}
     time_rows(entries, windows=opts.windows, latency_calls=opts.latency_calls, log=log)
+    result["load_average"] = load | {"after": report.load_average()}
     if opts.torch and compiled_graphs() != graphs:
         result["torch"]["recompiled_while_timing"] = compiled_graphs() - graphs
         log(f"warning: torch.compile compiled {compiled_graphs() - graphs} graph(s) during the timed rounds")
