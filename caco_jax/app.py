@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import os
 import pathlib
 import warnings
@@ -21,6 +22,9 @@ from PIL import Image, UnidentifiedImageError
 from caco_jax.inference import Predictor
 from caco_jax.saliency import overlay
 
+log = logging.getLogger("caco_jax.app")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no version check or usage report
+
 NOTICE = (
     "**Research tool, not a diagnosis.** This page shows what a machine-learning model trained on "
     "dermoscopy images outputs for your image. It is not a medical device, it has not been "
@@ -29,7 +33,6 @@ NOTICE = (
 )
 REMINDER = "*A research model's output, not a diagnosis.*"
 PREDICTED = "predicted class"
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no version check or usage report
 DISPLAY_SIDE = 768  # longest side of the images sent back to the page
 
 
@@ -39,12 +42,14 @@ class UploadError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
+    """What the page accepts: file size in bytes and image size in pixels."""
+
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
 
 
-def read_upload(path: str | os.PathLike | None, limits: Limits) -> np.ndarray:
-    """The uploaded file as uint8 RGB [H, W, 3], or ``UploadError`` saying what is wrong with it."""
+def read_upload(path: str | os.PathLike | None, limits: Limits) -> tuple[bytes, np.ndarray]:
+    """(the file's bytes, its image as uint8 RGB [H, W, 3]), or ``UploadError`` saying what is wrong with it."""
     if not path:
         raise UploadError("Drop a dermoscopy image (JPEG or PNG) on the upload box first.")
     path = pathlib.Path(path)
@@ -55,23 +60,27 @@ def read_upload(path: str | os.PathLike | None, limits: Limits) -> np.ndarray:
         raise UploadError(f"{path.name} is {size / 2**20:.1f} MB; the limit is {limits.max_bytes / 2**20:.0f} MB. "
                           "Please upload a smaller image.")
     data = path.read_bytes()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > limits.max_pixels:
-                raise UploadError(f"{path.name} is {width} x {height} pixels; the limit is "
-                                  f"{limits.max_pixels / 1e6:.0f} megapixels. Please upload a smaller image.")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))  # reads the header only
+        except UnidentifiedImageError:
+            raise UploadError(f"{path.name} is not an image this page can read. Upload a JPEG, PNG, BMP, TIFF or "
+                              "WebP photograph of the lesion.") from None
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise UploadError(f"{path.name} could not be decoded: the file looks damaged or incomplete "
+                              f"({err}).") from None
+        width, height = image.size
+        if width * height > limits.max_pixels:
+            raise UploadError(f"{path.name} is {width} x {height} pixels; the limit is "
+                              f"{limits.max_pixels / 1e6:.0f} megapixels. Please upload a smaller image.")
+        try:
             image.load()
-    except UnidentifiedImageError:
-        raise UploadError(f"{path.name} is not an image this page can read. Upload a JPEG, PNG, BMP, TIFF or "
-                          "WebP photograph of the lesion.") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        if isinstance(err, UploadError):
-            raise
-        raise UploadError(f"{path.name} could not be decoded: the file looks damaged or incomplete ({err}).") from None
-    return np.asarray(image.convert("RGB"), np.uint8)
+            rgb = np.asarray(image.convert("RGB"), np.uint8)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise UploadError(f"{path.name} could not be decoded: the file looks damaged or incomplete "
+                              f"({err}).") from None
+    return data, rgb
 
 
 def _display(image: np.ndarray) -> np.ndarray:
@@ -99,17 +108,22 @@ class Analyser:
                  ) -> tuple[dict[str, float] | None, np.ndarray | None, np.ndarray | None, str]:
         """(probabilities by class, the image, its Grad-CAM overlay, a markdown message)."""
         try:
-            original = read_upload(path, self.limits)
+            data, original = read_upload(path, self.limits)
             names = self.predictor.class_names
             if explain not in (PREDICTED, *names):
                 raise UploadError(f"Unknown class {explain!r}; choose one of: {', '.join(names)}.")
             target = None if explain == PREDICTED else names.index(explain)
-            side = self.predictor.image_size
-            square = np.asarray(Image.fromarray(original).resize((side, side), Image.BILINEAR))
+            try:
+                square = self.predictor.prepare(data)  # exactly what evaluation and predict.py feed the model
+            except (OSError, ValueError) as err:
+                raise UploadError(f"{pathlib.Path(path).name} could not be decoded ({err}).") from None
             plain, classes, cams = self.predictor.explain(square[None], target)
             probs = self.predictor.probabilities(square[None], tta=True)[0] if tta else plain[0]
         except UploadError as err:
             return None, None, None, f"**Cannot analyse this file.** {err}\n\n{REMINDER}"
+        except Exception as err:  # the page must answer, whatever happened; the log keeps the traceback
+            log.exception("analysing %s failed", path)
+            return None, None, None, f"**Analysis failed** ({type(err).__name__}: {err}).\n\n{REMINDER}"
         shown = _display(original)
         top = int(np.argmax(probs))
         explained = names[int(classes[0])]
