@@ -4,8 +4,9 @@ One flat loop over optimiser steps; periodic work (log, end-of-epoch validation,
 checkpoint) happens when its step comes. Data-parallel over every device of a
 ('data',) mesh (``parallel.py``), one jit-compiled step with the state donated,
 orbax checkpoints holding model, optimiser, step, RNG and data-iterator position,
-automatic resume from the same workdir, SIGTERM -> checkpoint and clean exit, and a
-report on the test split at the end.
+automatic resume from the same workdir, SIGTERM -> checkpoint and clean exit, and at
+the end a temperature fitted on the validation split and a report on the test split
+(with calibration and a Grad-CAM gallery).
 """
 from __future__ import annotations
 
