@@ -10,9 +10,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from caco_jax import parallel, plots
+from caco_jax import calibration, parallel, plots
 from caco_jax.classes import CLASS_NAMES
-from caco_jax.metrics import EvalAccumulator
+from caco_jax.metrics import EvalAccumulator, report_from_probabilities
 from caco_jax.models import MobileNetV3, model_from_config
 from caco_jax.weights import assign_weights, read_weights
 from caco_jax.workspace import load_config
@@ -65,6 +65,52 @@ def host_array(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
+def collect(
+    eval_step: Callable[..., dict[str, jax.Array]],
+    params: Any,
+    batch_stats: Any,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    class_weights: np.ndarray,
+    mesh: Mesh,
+    class_names: Sequence[str],
+) -> tuple[EvalAccumulator, float | None]:
+    """Runs ``eval_step`` over every (process-local) batch: (the accumulated logits, mean loss).
+
+    Padded rows are masked; one host sync at the end, not one per batch."""
+    acc = EvalAccumulator(class_names)
+    outputs = [eval_step(params, batch_stats, parallel.to_global(batch, mesh), class_weights) for batch in batches]
+    loss_sum, n = 0.0, 0
+    for out in outputs:
+        mask = host_array(out["mask"])
+        acc.update(host_array(out["logits"]), host_array(out["label"]), mask)
+        count = int(mask.sum())
+        if count:
+            loss_sum += float(host_array(out["loss"])) * count
+            n += count
+    return acc, (loss_sum / n if n else None)
+
+
+def evaluation_report(acc: EvalAccumulator, loss: float | None, temperature: float | None = None) -> dict[str, Any]:
+    """The classification report of the accumulated logits, divided by ``temperature`` when given,
+    averaged over the views when they are test-time-augmentation views ([N, V, C]), with:
+
+    ``calibration``: ECE (15 bins), NLL and reliability bins without and with the temperature;
+    ``tta`` (views only): accuracy and BACC of the plain image (view 0) against the average.
+    """
+    logits, labels = acc.logits()
+    report = acc.report(temperature or 1.0)
+    report["loss"] = loss
+    report["temperature"] = temperature
+    report["calibration"] = calibration.summary(logits, labels, temperature) if len(labels) else None
+    if logits.ndim == 3:
+        plain = report_from_probabilities(calibration.probabilities(logits[:, 0], temperature or 1.0), labels,
+                                          acc.class_names)
+        report["tta"] = {"views": int(logits.shape[1]),
+                         "without": {"accuracy": plain["accuracy"], "bacc": plain["bacc"]},
+                         "with": {"accuracy": report["accuracy"], "bacc": report["bacc"]}}
+    return report
+
+
 def run_eval(
     eval_step: Callable[..., dict[str, jax.Array]],
     params: Any,
@@ -73,26 +119,74 @@ def run_eval(
     class_weights: np.ndarray,
     mesh: Mesh,
     class_names: Sequence[str],
+    *,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
-    """Runs ``eval_step`` over every (process-local) batch, padded rows masked; the full report + loss."""
-    acc = EvalAccumulator(class_names)
-    outputs = [eval_step(params, batch_stats, parallel.to_global(batch, mesh), class_weights) for batch in batches]
-    loss_sum, n = 0.0, 0
-    for out in outputs:  # one host sync at the end, not one per batch
-        mask = host_array(out["mask"])
-        acc.update(host_array(out["logits"]), host_array(out["label"]), mask)
-        count = int(mask.sum())
-        if count:
-            loss_sum += float(host_array(out["loss"])) * count
-            n += count
-    report = acc.report()
-    report["loss"] = loss_sum / n if n else None
-    report["num_examples"] = n
-    return report
+    """:func:`collect`, then :func:`evaluation_report`: the full report + loss and calibration."""
+    acc, loss = collect(eval_step, params, batch_stats, batches, class_weights, mesh, class_names)
+    return evaluation_report(acc, loss, temperature)
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"
+
+
+def _prediction_note(report: Mapping[str, Any]) -> str:
+    tta = report.get("tta")
+    t = report.get("temperature")
+    parts = []
+    if tta:
+        parts.append(f"probabilities averaged over {tta['views']} test-time-augmentation views")
+    if t is not None:
+        parts.append(f"logits divided by the temperature {t:.3f}")
+    return ("Predictions: " + "; ".join(parts) + ".") if parts else "Predictions: the plain image, no temperature."
+
+
+def _tta_lines(report: Mapping[str, Any]) -> list[str]:
+    tta = report.get("tta")
+    if not tta:
+        return []
+    without, with_ = tta["without"], tta["with"]
+
+    def change(key: str) -> str:
+        if with_[key] is None or without[key] is None:
+            return "-"
+        return f"{100 * (with_[key] - without[key]):+.2f}"
+
+    return [
+        "", "## Test-time augmentation", "",
+        f"Class probabilities averaged over the {tta['views']} dihedral views of each image (rotations by "
+        "0/90/180/270 degrees, each with and without a left-right flip).", "",
+        "| | accuracy % | BACC % |", "|---|---:|---:|",
+        f"| plain image | {_pct(without['accuracy'])} | {_pct(without['bacc'])} |",
+        f"| {tta['views']}-view average | {_pct(with_['accuracy'])} | {_pct(with_['bacc'])} |",
+        f"| change (points) | {change('accuracy')} | {change('bacc')} |",
+    ]
+
+
+def _calibration_lines(report: Mapping[str, Any], source: str, figure: pathlib.Path | None) -> list[str]:
+    cal = report.get("calibration")
+    if not cal:
+        return []
+    t = cal["temperature"]
+    text = (f"Expected calibration error (ECE: {cal['num_bins']} equal-width bins of the top-1 probability, the gap "
+            "between accuracy and mean confidence weighted by each bin's share of the images) and negative "
+            "log-likelihood" + (", both of the test-time-augmentation average" if report.get("tta") else "") + ". ")
+    if t is None:
+        text += "No temperature for these weights: the probabilities are the plain softmax."
+    else:
+        text += f"Temperature scaling divides the logits by T = {t:.3f}" + (f" ({source})" if source else "") + "."
+        if t in calibration.T_RANGE:
+            text += (f" T is at an end of the searched range {calibration.T_RANGE}: the best value lies beyond it "
+                     "(typically a model barely trained).")
+    lines = ["", "## Calibration", "", text]
+    lines += ["", "| | ECE % | NLL |", "|---|---:|---:|"]
+    for name, label in (("uncalibrated", "uncalibrated (T = 1)"), ("calibrated", f"temperature-scaled (T = {t or 1:.3f})")):
+        if cal.get(name):
+            lines.append(f"| {label} | {100 * cal[name]['ece']:.2f} | {cal[name]['nll']:.4f} |")
+    if figure is not None:
+        lines += ["", f"![reliability diagram]({figure.name})"]
+    return lines
 
 
 def write_report(
@@ -106,8 +200,12 @@ def write_report(
     checkpoint: str,
     class_names: Sequence[str],
     prefix: str = "report",
+    temperature_source: str = "",
+    gallery: pathlib.Path | None = None,
 ) -> dict[str, pathlib.Path]:
-    """Writes ``{prefix}.json``, ``{prefix}.md``, a confusion-matrix PNG and (with history) curves."""
+    """Writes ``{prefix}.json``, ``{prefix}.md``, a confusion-matrix PNG, a reliability diagram
+    (when the report has ``calibration``) and (with history) curves; ``gallery``: a Grad-CAM
+    gallery PNG already written, linked from the markdown."""
     workdir = pathlib.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     paths = {
@@ -120,6 +218,11 @@ def write_report(
     }
     if history:
         paths["curves"] = plots.plot_curves(list(history), workdir / "curves.png")
+    if report.get("calibration"):
+        paths["reliability"] = plots.plot_reliability(report["calibration"], workdir / f"{prefix}_reliability_{split}.png",
+                                                      title=f"{split} split")
+    if gallery is not None:
+        paths["gallery"] = pathlib.Path(gallery)
     attention, loss = config.model.attention, config.loss.name
     pretrained = bool(config.model.pretrained)
     paper = paper_row(attention, loss, pretrained) if config.data.name == "ham10000" else None
@@ -130,13 +233,15 @@ def write_report(
         "loss": loss,
         "metrics": dict(report),
         "paper": None if paper is None else {"accuracy": paper[0], "bacc": paper[1], "params_m": paper[2]},
+        "temperature_source": temperature_source or None,
     }
     paths["json"].write_text(json.dumps(payload, indent=2, default=float))
 
     lines = [
         f"# caco-jax report: MobileNetV3-{attention} ({config.model.arch}), loss {loss}",
         "",
-        f"Split **{split}** ({report['num_examples']} images), weights `{checkpoint}`.",
+        f"Split **{split}** ({report['num_examples']} images), weights `{checkpoint}`. "
+        f"{_prediction_note(report)}",
         "",
         "| | accuracy % | BACC % (mean recall) | paper BACC % ((sens+spec)/2) | macro AUC | params |",
         "|---|---:|---:|---:|---:|---:|",
@@ -169,6 +274,14 @@ def write_report(
     if report.get("absent_classes"):
         lines += ["", f"Classes absent from this split (excluded from the means): {', '.join(report['absent_classes'])}."]
     lines += ["", f"![confusion matrix]({paths['confusion'].name})"]
+    lines += _tta_lines(report)
+    lines += _calibration_lines(report, temperature_source, paths.get("reliability"))
+    if "gallery" in paths:
+        lines += ["", "## Where the model looked (Grad-CAM)", "",
+                  "Test images of each true class (rows): the most and least confident correct and wrong "
+                  "predictions, each shown as the network input and its Grad-CAM heat map for the predicted "
+                  "class (red: evidence for it). Empty cells: no such image.", "",
+                  f"![Grad-CAM gallery]({paths['gallery'].name})"]
     if "curves" in paths:
         lines += ["", f"![training curves]({paths['curves'].name})"]
     paths["md"].write_text("\n".join(lines) + "\n")

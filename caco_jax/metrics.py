@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from caco_jax.calibration import probabilities
 
 Array = jax.Array
 ArrayLike = Any
@@ -181,11 +182,13 @@ def classification_report(
 
 
 class EvalAccumulator:
-    """Host-side evaluation accumulator (confusion matrix + what AUC needs).
+    """Host-side evaluation accumulator (confusion matrix + what AUC and calibration need).
 
     ``update(logits, labels, mask=None)`` keeps references to the (device) arrays
-    without synchronising; ``report()`` transfers them once, drops masked rows,
-    applies softmax and returns :func:`classification_report` with AUC."""
+    without synchronising; logits are [B, C], or [B, V, C] for the V views of
+    test-time augmentation. ``report()`` transfers them once, drops masked rows,
+    turns logits into probabilities (softmax(logits / T), averaged over views) and
+    returns :func:`classification_report` with AUC."""
 
     def __init__(self, class_names: Sequence[str]) -> None:
         self.class_names = tuple(class_names)
@@ -197,38 +200,51 @@ class EvalAccumulator:
         self._batches.clear()
 
     def update(self, logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None = None) -> None:
-        """Adds one batch: logits [B, C], labels [B], mask [B] (0 = padding)."""
+        """Adds one batch: logits [B, C] or [B, V, C], labels [B], mask [B] (0 = padding)."""
         if np.shape(logits)[-1] != self.num_classes:
             raise ValueError(f"logits have {np.shape(logits)[-1]} classes, expected {self.num_classes}")
         self._batches.append((logits, labels, mask))
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(probabilities [N, C] float64, labels [N] int64, predictions [N] int64)
-        of the unmasked rows; predictions are the argmax of the logits."""
-        probs, labels, preds = [], [], []
+    def logits(self) -> tuple[np.ndarray, np.ndarray]:
+        """(logits [N, C] or [N, V, C] float64, labels [N] int64) of the unmasked rows."""
+        zs, ys = [], []
         for logits, y, m in self._batches:
-            z = np.asarray(logits, np.float64).reshape(-1, self.num_classes)
+            z = np.asarray(logits, np.float64)
+            z = z.reshape(-1, *z.shape[-(z.ndim - 1):])
             y = np.asarray(y).reshape(-1).astype(np.int64)
             if m is not None:
                 keep = np.asarray(m).reshape(-1) > 0
                 z, y = z[keep], y[keep]
-            preds.append(z.argmax(axis=1))
-            e = np.exp(z - z.max(axis=1, keepdims=True))
-            probs.append(e / e.sum(axis=1, keepdims=True))
-            labels.append(y)
-        if not probs:
-            empty = np.zeros((0,), np.int64)
-            return np.zeros((0, self.num_classes)), empty, empty
-        return np.concatenate(probs), np.concatenate(labels), np.concatenate(preds)
+            zs.append(z)
+            ys.append(y)
+        if not zs:
+            return np.zeros((0, self.num_classes)), np.zeros((0,), np.int64)
+        return np.concatenate(zs), np.concatenate(ys)
 
-    def report(self) -> dict[str, Any]:
+    def arrays(self, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(probabilities [N, C] float64, labels [N] int64, predictions [N] int64) of the
+        unmasked rows; predictions are the argmax of the probabilities."""
+        logits, labels = self.logits()
+        probs = probabilities(logits, temperature)
+        return probs, labels, probs.argmax(axis=1).astype(np.int64)
+
+    def report(self, temperature: float = 1.0) -> dict[str, Any]:
         """The full classification report, AUC included (labels outside [0, C) are
         dropped, as in :func:`confusion_matrix`)."""
-        probs, labels, preds = self.arrays()
-        ok = (labels >= 0) & (labels < self.num_classes)
-        cm = np.zeros((self.num_classes, self.num_classes), np.int64)
-        np.add.at(cm, (labels[ok], preds[ok]), 1)
-        return classification_report(cm, probs=probs[ok], labels=labels[ok], class_names=self.class_names)
+        probs, labels, preds = self.arrays(temperature)
+        return report_from_probabilities(probs, labels, self.class_names)
+
+
+def report_from_probabilities(probs: ArrayLike, labels: ArrayLike, class_names: Sequence[str]) -> dict[str, Any]:
+    """:func:`classification_report` of predictions argmax(probs) (rows with labels outside [0, C) dropped)."""
+    probs = np.asarray(probs, np.float64).reshape(-1, len(class_names))
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    preds = probs.argmax(axis=1)
+    num_classes = len(class_names)
+    ok = (labels >= 0) & (labels < num_classes)
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    np.add.at(cm, (labels[ok], preds[ok]), 1)
+    return classification_report(cm, probs=probs[ok], labels=labels[ok], class_names=class_names)
 
 
 __all__ = [
@@ -238,4 +254,5 @@ __all__ = [
     "binary_auc",
     "classification_report",
     "one_vs_rest_auc",
+    "report_from_probabilities",
 ]

@@ -149,7 +149,101 @@ def plot_curves(
     return _save(fig, path, dpi)
 
 
-__all__ = ["plot_confusion_matrix", "plot_curves"]
+RELIABILITY_FIGSIZE: tuple[float, float] = (10.0, 5.6)
+GALLERY_CELL: float = 1.6  # inches per image
+
+
+def plot_reliability(
+    summary: Mapping[str, Any],
+    path: str | pathlib.Path,
+    title: str = "Reliability",
+    *,
+    figsize: tuple[float, float] = RELIABILITY_FIGSIZE,
+    dpi: int = DPI,
+) -> pathlib.Path:
+    """Reliability diagrams from ``caco_jax.calibration.summary``: per confidence bin, accuracy
+    (bars) against mean confidence (the diagonal is perfect calibration), with the share of
+    examples per bin below; one column without and, if fitted, one with the temperature."""
+    panels = [(name, summary[name]) for name in ("uncalibrated", "calibrated") if summary.get(name)]
+    fig = Figure(figsize=figsize, dpi=dpi)
+    axes = fig.subplots(2, max(1, len(panels)), squeeze=False, gridspec_kw={"height_ratios": (3, 1)})
+    for col, (name, data) in enumerate(panels):
+        ax, ax_n = axes[0, col], axes[1, col]
+        bins = data["bins"]
+        width = bins[0]["hi"] - bins[0]["lo"]
+        centres = [(b["lo"] + b["hi"]) / 2 for b in bins]
+        acc = [b["accuracy"] or 0.0 for b in bins]
+        conf = [b["confidence"] if b["confidence"] is not None else (b["lo"] + b["hi"]) / 2 for b in bins]
+        filled = [b["count"] > 0 for b in bins]
+        x = [c for c, f in zip(centres, filled) if f]
+        a = [v for v, f in zip(acc, filled) if f]
+        cf = [v for v, f in zip(conf, filled) if f]
+        ax.bar(x, a, width=width, color="C0", edgecolor="white", label="accuracy")
+        ax.bar(x, [abs(u - v) for u, v in zip(cf, a)], bottom=[min(u, v) for u, v in zip(cf, a)], width=width,
+               facecolor=(0.84, 0.15, 0.16, 0.25), edgecolor="C3", hatch="//", lw=0.8, label="gap to confidence")
+        ax.plot(x, cf, "_", color="k", ms=12, mew=2, label="mean confidence")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy")
+        t = summary.get("temperature")
+        label = "uncalibrated (T = 1)" if name == "uncalibrated" else f"temperature-scaled (T = {t:.3f})"
+        ax.set_title(f"{label}\nECE {100 * data['ece']:.2f} %, NLL {data['nll']:.3f}", fontsize=10)
+        ax.legend(fontsize=8, loc="upper left")
+        ax.grid(True, alpha=0.3)
+        total = max(1, sum(b["count"] for b in bins))
+        ax_n.bar(centres, [b["count"] / total for b in bins], width=width, color="0.5", edgecolor="white")
+        ax_n.set_xlim(0, 1)
+        ax_n.set_xlabel("top-1 confidence")
+        ax_n.set_ylabel("share")
+    fig.suptitle(title)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.1, top=0.86, wspace=0.25, hspace=0.3)
+    return _save(fig, path, dpi)
+
+
+def plot_gallery(
+    cells: Sequence[Sequence[tuple[np.ndarray, str] | None]],
+    row_names: Sequence[str],
+    column_names: Sequence[str],
+    path: str | pathlib.Path,
+    title: str = "",
+    *,
+    cell: float = GALLERY_CELL,
+    dpi: int = DPI,
+) -> pathlib.Path:
+    """A grid of images (uint8 [H, W, 3]) with a caption each; rows are labelled by ``row_names``,
+    columns by ``column_names``; a None cell is drawn as "none"."""
+    rows, cols = len(cells), len(column_names)
+    aspect = 1.0
+    for row in cells:
+        for item in row:
+            if item is not None:
+                aspect = item[0].shape[1] / item[0].shape[0]
+                break
+    fig = Figure(figsize=(1.0 + cols * cell * aspect, 0.8 + rows * (cell + 0.3)), dpi=dpi)
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r, row in enumerate(cells):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            item = row[c] if c < len(row) else None
+            if item is None:
+                ax.text(0.5, 0.5, "none", ha="center", va="center", color="0.5", transform=ax.transAxes)
+                for spine in ax.spines.values():
+                    spine.set_color("0.85")
+            else:
+                ax.imshow(item[0])
+                ax.set_xlabel(item[1], fontsize=7)
+            if r == 0:
+                ax.set_title(column_names[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(row_names[r], fontsize=10)
+    if title:
+        fig.suptitle(title)
+    fig.subplots_adjust(left=0.5 / (1.0 + cols * cell * aspect), right=0.99, bottom=0.02, top=1 - 0.75 / fig.get_figheight(),
+                        wspace=0.05, hspace=0.35)
+    return _save(fig, path, dpi)
 
 
 def plot_results(rows: Sequence[Mapping[str, Any]], path: str | pathlib.Path, *, title: str = "",
@@ -178,3 +272,6 @@ def plot_results(rows: Sequence[Mapping[str, Any]], path: str | pathlib.Path, *,
     ax.set_title(title)
     fig.subplots_adjust(left=0.28, right=0.97, top=0.92, bottom=0.12)
     return _save(fig, path, dpi)
+
+
+__all__ = ["plot_confusion_matrix", "plot_curves", "plot_gallery", "plot_reliability", "plot_results"]

@@ -19,6 +19,7 @@ from flax import nnx
 from caco_jax.data.augment import AugmentConfig, augment_batch, normalize
 from caco_jax.losses import Loss
 from caco_jax.metrics import TrainMetrics
+from caco_jax.saliency import grad_cam
 
 PyTree = Any
 
@@ -136,30 +137,75 @@ def all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
+TTA_VIEWS = 8  # the dihedral group of the square: 4 rotations, each with and without a flip
+
+
+def dihedral_views(images: jax.Array) -> jax.Array:
+    """(V=8, B, S, S, C) views of square images (B, S, S, C): rot90 by k = 0..3 (counter-clockwise),
+    each as is and flipped left-right. View 0 is the image itself."""
+    if images.shape[1] != images.shape[2]:
+        raise ValueError(f"test-time augmentation needs square images, got {images.shape[1]}x{images.shape[2]}")
+    views = []
+    for k in range(4):
+        rotated = jnp.rot90(images, k, axes=(1, 2))
+        views += [rotated, rotated[:, :, ::-1]]
+    return jnp.stack(views)
+
+
+def _view_logits(model_def: ModelDef, params: PyTree, batch_stats: PyTree, images: jax.Array) -> jax.Array:
+    """Logits (B, V, C) of every dihedral view; one view at a time (``lax.map``: one traced forward pass)."""
+    views = dihedral_views(normalize(images))
+    logits = jax.lax.map(lambda x: model_def.apply(params, batch_stats, x, train=False)[0], views)
+    return jnp.swapaxes(logits, 0, 1)
+
+
 def make_eval_step(
-    model_def: ModelDef, loss: Loss
+    model_def: ModelDef, loss: Loss, *, tta: bool = False
 ) -> Callable[[PyTree, PyTree, dict[str, jax.Array], jax.Array], dict[str, jax.Array]]:
     """(params, batch_stats, batch, class_weights) -> {'logits', 'loss' (masked mean), 'label', 'mask'}.
 
     Labels and mask come back with the logits so that, replicated, every process holds
-    the whole batch's rows (multi-host evaluation)."""
+    the whole batch's rows (multi-host evaluation). With ``tta`` the logits are those of
+    every dihedral view, (B, V, C), view 0 the plain image (the loss is view 0's)."""
 
     def eval_step(params, batch_stats, batch, class_weights):
-        logits, _ = model_def.apply(params, batch_stats, normalize(batch["image"]), train=False)
-        return {"logits": logits, "loss": loss(logits, batch["label"], class_weights, mask=batch["mask"]),
+        if tta:
+            logits = _view_logits(model_def, params, batch_stats, batch["image"])
+            plain = logits[:, 0]
+        else:
+            logits, _ = model_def.apply(params, batch_stats, normalize(batch["image"]), train=False)
+            plain = logits
+        return {"logits": logits, "loss": loss(plain, batch["label"], class_weights, mask=batch["mask"]),
                 "label": batch["label"], "mask": batch["mask"]}
 
     return eval_step
 
 
-def make_predict_step(model_def: ModelDef) -> Callable[[PyTree, PyTree, jax.Array], jax.Array]:
-    """(params, batch_stats, uint8 images) -> class probabilities (evaluation mode)."""
+def make_predict_step(model_def: ModelDef, *, tta: bool = False) -> Callable[..., jax.Array]:
+    """(params, batch_stats, uint8 images, temperature) -> class probabilities softmax(logits / T)
+    (evaluation mode); with ``tta``, the mean of the dihedral views' probabilities."""
 
-    def predict_step(params, batch_stats, images):
+    def predict_step(params, batch_stats, images, temperature):
+        if tta:
+            logits = _view_logits(model_def, params, batch_stats, images)
+            return jnp.mean(jax.nn.softmax(logits / temperature, axis=-1), axis=1)
         logits, _ = model_def.apply(params, batch_stats, normalize(images), train=False)
-        return jax.nn.softmax(logits, axis=-1)
+        return jax.nn.softmax(logits / temperature, axis=-1)
 
     return predict_step
+
+
+def make_cam_step(model_def: ModelDef) -> Callable[..., dict[str, jax.Array]]:
+    """(params, batch_stats, uint8 images, target int32 [B] (-1: the predicted class), temperature)
+    -> {'probs' softmax(logits / T), 'class' explained, 'cam' [B, H, W] in [0, 1]} (Grad-CAM,
+    ``caco_jax.saliency``)."""
+
+    def cam_step(params, batch_stats, images, target, temperature):
+        model = nnx.merge(model_def.eval_graph, params, batch_stats)
+        logits, cls, cam = grad_cam(model, normalize(images), target)
+        return {"probs": jax.nn.softmax(logits / temperature, axis=-1), "class": cls, "cam": cam}
+
+    return cam_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,20 +213,27 @@ class Steps:
     """The jitted steps of one model on one mesh: batches sharded along 'data', state replicated.
 
     ``train(state, batch, class_weights) -> (state, metrics)`` donates ``state``;
-    ``eval(params, batch_stats, batch, class_weights) -> {logits, loss, label, mask}`` (replicated);
-    ``predict(params, batch_stats, images) -> probabilities``. ``train``/``eval`` are None
-    when built without an optimiser / loss.
+    ``eval(params, batch_stats, batch, class_weights) -> {logits, loss, label, mask}`` (replicated),
+    ``eval_tta`` the same with the logits of the 8 dihedral views (B, 8, C);
+    ``predict(params, batch_stats, images, temperature) -> probabilities``, ``predict_tta`` averaged
+    over the views; ``cam(params, batch_stats, images, target, temperature) -> {probs, class, cam}``
+    (Grad-CAM). ``train``/``eval``/``eval_tta`` are None when built without an optimiser / loss.
+    jax.jit compiles on first use, so a step never called costs nothing. Pass the temperature
+    as a float32 scalar (``np.float32``) so every call shares one compilation.
     """
 
     train: Callable[..., Any] | None
     eval: Callable[..., Any] | None
     predict: Callable[..., Any]
+    eval_tta: Callable[..., Any] | None = None
+    predict_tta: Callable[..., Any] | None = None
+    cam: Callable[..., Any] | None = None
 
 
 def build_steps(model_def: ModelDef, mesh: Any, *, tx: optax.GradientTransformation | None = None,
                 loss: Loss | None = None, aug: AugmentConfig | None = None, image_size: int | None = None) -> Steps:
     """The one place the steps are jitted, with their shardings and donation (train, evaluate,
-    predict and the benchmark all use it)."""
+    predict, the web app and the benchmark all use it)."""
     from caco_jax import parallel
 
     repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
@@ -190,8 +243,14 @@ def build_steps(model_def: ModelDef, mesh: Any, *, tx: optax.GradientTransformat
             raise ValueError("a train step needs loss, aug and image_size")
         train = jax.jit(make_train_step(model_def, tx, loss, aug, image_size), in_shardings=(repl, data, repl),
                         out_shardings=(repl, repl), donate_argnums=(0,))
-    evaluate = None
+    evaluate = evaluate_tta = None
     if loss is not None:
-        evaluate = jax.jit(make_eval_step(model_def, loss), in_shardings=(repl, repl, data, repl), out_shardings=repl)
-    predict = jax.jit(make_predict_step(model_def), in_shardings=(repl, repl, data), out_shardings=repl)
-    return Steps(train=train, eval=evaluate, predict=predict)
+        evaluate, evaluate_tta = (
+            jax.jit(make_eval_step(model_def, loss, tta=tta), in_shardings=(repl, repl, data, repl),
+                    out_shardings=repl) for tta in (False, True))
+    predict, predict_tta = (
+        jax.jit(make_predict_step(model_def, tta=tta), in_shardings=(repl, repl, data, repl), out_shardings=repl)
+        for tta in (False, True))
+    cam = jax.jit(make_cam_step(model_def), in_shardings=(repl, repl, data, data, repl), out_shardings=repl)
+    return Steps(train=train, eval=evaluate, predict=predict, eval_tta=evaluate_tta, predict_tta=predict_tta,
+                 cam=cam)

@@ -4,8 +4,9 @@ One flat loop over optimiser steps; periodic work (log, end-of-epoch validation,
 checkpoint) happens when its step comes. Data-parallel over every device of a
 ('data',) mesh (``parallel.py``), one jit-compiled step with the state donated,
 orbax checkpoints holding model, optimiser, step, RNG and data-iterator position,
-automatic resume from the same workdir, SIGTERM -> checkpoint and clean exit, and a
-report on the test split at the end.
+automatic resume from the same workdir, SIGTERM -> checkpoint and clean exit, and at
+the end a temperature fitted on the validation split and a report on the test split
+(with calibration and a Grad-CAM gallery).
 """
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ import numpy as np
 from clu import parameter_overview
 from tqdm import tqdm
 
-from caco_jax import parallel
+from caco_jax import calibration, parallel, plots, saliency
 from caco_jax.checkpoints import Checkpointer
 from caco_jax.data import pipeline
 from caco_jax.data.augment import AugmentConfig
-from caco_jax.evaluate import run_eval, write_report
+from caco_jax.evaluate import collect, evaluation_report, host_array, run_eval, write_report
 from caco_jax.losses import Loss, make_loss
 from caco_jax.metrics import TrainMetrics
 from caco_jax.models import count_params, model_from_config
@@ -269,8 +270,55 @@ def save_checkpoint(run: Run, ckpt: Checkpointer, state: TrainState, train_iter:
     progress.last_saved = step
 
 
-def final_test(run: Run, state: TrainState, best: WeightsWriter, history: list[dict[str, Any]]) -> tuple[dict, dict]:
-    """The best-validation weights (else the final state) on the test split; writes the report."""
+def fit_calibration(run: Run, params: Any, stats: Any, validation: pipeline.EvalSet,
+                    weights_dir: pathlib.Path | None) -> float:
+    """Fits the temperature on the validation split; saved beside the weights it belongs to."""
+    weights = jax.device_put(run.loss.class_weights(run.config.num_epochs - 1), parallel.replicated(run.mesh))
+    acc, _ = collect(run.steps.eval, params, stats, run.local_batches(validation), weights, run.mesh, run.class_names)
+    logits, labels = acc.logits()
+    temperature = calibration.fit_temperature(logits, labels)
+    before = calibration.summary(logits, labels, temperature)
+    info = {"fitted_on": "validation", "num_examples": int(len(labels)),
+            "nll": {"uncalibrated": before["uncalibrated"]["nll"], "calibrated": before["calibrated"]["nll"]},
+            "ece": {"uncalibrated": before["uncalibrated"]["ece"], "calibrated": before["calibrated"]["ece"]}}
+    if weights_dir is not None and jax.process_index() == 0:
+        calibration.save(weights_dir, temperature, **info)
+    run.runlog.info(f"temperature {temperature:.3f} fitted on the validation split ({len(labels)} images): ECE "
+                    f"{100 * info['ece']['uncalibrated']:.2f} % -> {100 * info['ece']['calibrated']:.2f} %")
+    return temperature
+
+
+def cam_gallery(run: Run, params: Any, stats: Any, probs: np.ndarray, labels: np.ndarray,
+                temperature: float) -> pathlib.Path | None:
+    """A PNG of Grad-CAM overlays of test images: per true class, the most and least confident
+    correct and wrong predictions (``saliency.select_gallery``). One small batch through the cam step."""
+    if jax.process_count() > 1 or len(labels) == 0:
+        return None  # single-process only: the chosen rows live in one process's reads
+    rows = saliency.select_gallery(probs, labels)
+    chosen = saliency.gallery_indices(rows)
+    size = run.config.data.image_size
+    images = pipeline.decode_all(run.splits["test"].subset(np.asarray(chosen), "gallery"), (size, size))
+    n_dev = run.mesh.devices.size
+    batch = -(-(4 * len(run.class_names)) // n_dev) * n_dev  # one fixed shape per model: one compilation
+    padded = np.zeros((batch, size, size, 3), np.uint8)
+    padded[:len(chosen)] = images
+    inputs = parallel.to_global({"image": padded, "target": np.full((batch,), -1, np.int32)}, run.mesh)
+    out = run.steps.cam(params, stats, inputs["image"], inputs["target"], np.float32(temperature))
+    cams = np.asarray(host_array(out["cam"]))
+    where = {i: k for k, i in enumerate(chosen)}
+    cells = []
+    for row in rows:
+        cells.append([None if i is None else (
+            np.concatenate([images[where[i]], saliency.overlay(images[where[i]], cams[where[i]])], axis=1),
+            f"{run.class_names[int(probs[i].argmax())]} {probs[i].max():.0%}") for i in row])
+    return plots.plot_gallery(cells, run.class_names, saliency.GALLERY_KINDS, run.workdir / "report_gradcam_test.png",
+                              title="test split: Grad-CAM for the predicted class (image | heat map)")
+
+
+def final_test(run: Run, state: TrainState, best: WeightsWriter, history: list[dict[str, Any]],
+               validation: pipeline.EvalSet) -> tuple[dict, dict]:
+    """The best-validation weights (else the final state) on the test split, with a temperature
+    fitted on the validation split and a Grad-CAM gallery; writes the report."""
     best.wait()
     if jax.process_count() > 1:  # the first process wrote them: everyone reads them only once they are there
         from jax.experimental import multihost_utils
@@ -284,11 +332,18 @@ def final_test(run: Run, state: TrainState, best: WeightsWriter, history: list[d
         params, stats = jax.device_put((params, stats), parallel.replicated(run.mesh))
     else:
         params, stats = state.params, state.batch_stats
-    report = run.evaluate(params, stats, run.splits["test"], run.config.num_epochs - 1)
-    if not run.runlog.files:
+    temperature = fit_calibration(run, params, stats, validation, weights_dir)
+    weights = jax.device_put(run.loss.class_weights(run.config.num_epochs - 1), parallel.replicated(run.mesh))
+    acc, loss = collect(run.steps.eval, params, stats, run.local_batches(run.splits["test"]), weights, run.mesh,
+                        run.class_names)
+    report = evaluation_report(acc, loss, temperature)
+    if not run.runlog.files:  # multi-host: the first process writes the report
         return report, {}
+    probs, labels, _ = acc.arrays(temperature)
+    gallery = cam_gallery(run, params, stats, probs, labels, temperature)
     paths = write_report(run.workdir, report, history=history, config=run.config, num_params=run.num_params,
-                         split="test", checkpoint=str(weights_dir or "final state"), class_names=run.class_names)
+                         split="test", checkpoint=str(weights_dir or "final state"), class_names=run.class_names,
+                         temperature_source="fitted on the validation split", gallery=gallery)
     return report, paths
 
 
@@ -360,7 +415,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         run.runlog.close()
         return {"status": status, "step": step, "history": progress.history}
     run.runlog.info("training finished; evaluating the best checkpoint on the test split")
-    report, paths = final_test(run, state, best, progress.history)
+    report, paths = final_test(run, state, best, progress.history, validation)
     best.close()
     run.runlog.info(f"test: accuracy {report['accuracy']:.4f}, BACC {report['bacc']:.4f}; report: "
                     f"{paths.get('md', 'written by process 0')}")

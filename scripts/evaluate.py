@@ -5,7 +5,10 @@
     python scripts/evaluate.py --workdir runs/caco --dataset isic2018_test \\
         --manual_dir /path/to/ISIC2018 --data_dir data/tfds                    # external ISIC 2018 test set
 
-Writes report_<dataset>_<split>.{md,json} and a confusion-matrix PNG (to --out, default the workdir).
+Writes report_<dataset>_<split>.{md,json}, a confusion-matrix PNG and a reliability diagram (to --out,
+default the workdir). The temperature saved with the weights (calibration.json) divides the logits unless
+--no_calibration; the report gives ECE before and after it. --tta averages the probabilities over the
+8 flips / 90-degree rotations and reports BACC with and without.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from caco_jax import compile_cache, parallel
+from caco_jax import calibration, compile_cache, parallel
 from caco_jax.data import ham10000, pipeline
 from caco_jax.evaluate import load_trained, run_eval, write_report
 from caco_jax.losses import make_loss
@@ -37,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--manual_dir", type=pathlib.Path, help="raw files to build --dataset from first")
     p.add_argument("--batch_size", type=int, default=0, help="default: the run's eval_batch_size")
     p.add_argument("--out", type=pathlib.Path, help="report directory (default: WORKDIR)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average over the 8 flips / rotations")
+    p.add_argument("--no_calibration", action="store_true",
+                   help="ignore the temperature saved with the weights (plain softmax)")
     p.add_argument("--compile_cache", help="persistent XLA compilation cache directory, or 'off' "
                    f"(default: ${compile_cache.ENV} or {compile_cache.default_dir()})")
     args = p.parse_args(argv)
@@ -71,12 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     params, stats = jax.device_put((model_def.init_params, model_def.init_batch_stats), repl)
     batches = pipeline.eval_iterator(source, batch_size=batch_size, image_size=config.data.image_size)
     weights = jax.device_put(np.ones(len(class_names), np.float32), repl)
-    report = run_eval(steps.eval, params, stats, batches, weights, mesh, class_names)
+    temperature = None if args.no_calibration else calibration.load(weights_dir)
+    report = run_eval(steps.eval_tta if args.tta else steps.eval, params, stats, batches, weights, mesh, class_names,
+                      temperature=temperature)
     out = args.out or args.workdir
+    source = f"from {weights_dir / calibration.CALIBRATION_FILE}" if temperature is not None else ""
     paths = write_report(out, report, history=[], config=config, num_params=count_params(model), split=split,
-                         checkpoint=str(weights_dir), class_names=class_names, prefix=f"report_{args.dataset}_{split}")
+                         checkpoint=str(weights_dir), class_names=class_names, prefix=f"report_{args.dataset}_{split}",
+                         temperature_source=source)
     print(f"{args.dataset}/{split}: {report['num_examples']} images, accuracy {report['accuracy']:.4f}, "
           f"BACC {report['bacc']:.4f}, paper BACC {report['paper_bacc']:.4f}")
+    cal = report["calibration"]
+    print(f"ECE {100 * cal['uncalibrated']['ece']:.2f} % uncalibrated"
+          + (f", {100 * cal['calibrated']['ece']:.2f} % with T = {temperature:.3f}" if temperature else
+             " (no temperature for these weights)"))
+    if report.get("tta"):
+        tta = report["tta"]
+        print(f"TTA ({tta['views']} views): BACC {tta['without']['bacc']:.4f} -> {tta['with']['bacc']:.4f}")
     print(f"report: {paths['md']}")
     return 0
 

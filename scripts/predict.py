@@ -1,10 +1,14 @@
 """Classify dermoscopy images with a trained run: top-k classes with probabilities.
 
     python scripts/predict.py --workdir runs/caco IMAGE_OR_FOLDER... [--top_k 3] \\
-        [--csv predictions.csv] [--json predictions.json]
+        [--csv predictions.csv] [--json predictions.json] [--tta] [--cam OUT_DIR [--cam_class mel]]
 
 Folders are searched recursively for .jpg/.jpeg/.png/.bmp. Unreadable files are
 reported and skipped; the exit status is 1 only if no image could be read.
+Probabilities use the temperature saved with the weights (calibration.json, fitted on
+the validation split at the end of training) unless --no_calibration; --tta averages
+them over the 8 flips and 90-degree rotations; --cam writes a Grad-CAM overlay per image
+(for the predicted class, or --cam_class) at the image's own resolution.
 """
 from __future__ import annotations
 
@@ -14,13 +18,13 @@ import json
 import pathlib
 import sys
 
-import jax
 import numpy as np
+from PIL import Image
 
-from caco_jax import compile_cache, parallel
+from caco_jax import compile_cache
 from caco_jax.data.images import UnreadableImage, decode
-from caco_jax.evaluate import load_trained
-from caco_jax.steps import ModelDef, build_steps
+from caco_jax.inference import Predictor
+from caco_jax.saliency import overlay
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
@@ -41,34 +45,49 @@ def find_images(paths: list[pathlib.Path]) -> tuple[list[pathlib.Path], list[tup
     return files, problems
 
 
-def predict(workdir: pathlib.Path, paths: list[pathlib.Path], *, top_k: int = 3, batch_size: int = 32,
-            weights: pathlib.Path | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Predictions (one dict per readable image) and problems (path, reason)."""
-    config, model, meta, _ = load_trained(workdir, weights)
-    class_names = meta["class_names"]
-    model_def = ModelDef(model)
-    size = config.data.image_size
-    mesh = parallel.make_mesh(1)
-    steps = build_steps(model_def, mesh)
-    params, stats = jax.device_put((model_def.init_params, model_def.init_batch_stats), parallel.replicated(mesh))
+def _cam_name(path: pathlib.Path, class_name: str, taken: set[str]) -> str:
+    name, n = f"{path.stem}_gradcam_{class_name}.png", 1
+    while name in taken:
+        n += 1
+        name = f"{path.stem}-{n}_gradcam_{class_name}.png"
+    taken.add(name)
+    return name
 
+
+def predict(workdir: pathlib.Path, paths: list[pathlib.Path], *, top_k: int = 3, batch_size: int = 32,
+            weights: pathlib.Path | None = None, tta: bool = False, calibrate: bool = True,
+            cam_dir: pathlib.Path | None = None, cam_class: str | None = None
+            ) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Predictions (one dict per readable image) and problems (path, reason).
+
+    With ``cam_dir``, a Grad-CAM overlay of each image is written there (``cam`` in its row)."""
+    predictor = Predictor(workdir, weights, calibrate=calibrate, batch_size=batch_size)
+    class_names = predictor.class_names
+    target = None if cam_class is None else predictor.class_index(cam_class)
     files, problems = find_images(paths)
     loaded: list[tuple[pathlib.Path, np.ndarray]] = []
     for f in files:
         try:
-            loaded.append((f, decode(f.read_bytes(), (size, size))))
+            loaded.append((f, predictor.prepare(f.read_bytes())))
         except (UnreadableImage, OSError, ValueError) as err:
             problems.append((str(f), f"not a readable image ({err})"))
+    images = np.stack([im for _, im in loaded]) if loaded else np.zeros((0, 1, 1, 3), np.uint8)
+    probs = predictor.probabilities(images, tta=tta) if loaded else np.zeros((0, len(class_names)))
     rows = []
-    for start in range(0, len(loaded), batch_size):
-        chunk = loaded[start : start + batch_size]
-        images = np.zeros((batch_size, size, size, 3), np.uint8)  # fixed shape: one compilation
-        images[: len(chunk)] = np.stack([im for _, im in chunk])
-        probs = np.asarray(steps.predict(params, stats, images))[: len(chunk)]
-        for (f, _), p in zip(chunk, probs):
-            order = np.argsort(-p)[:min(top_k, len(class_names))]
-            rows.append({"file": str(f), "top": [{"class": class_names[i], "probability": float(p[i])} for i in order],
-                         "probabilities": {c: float(v) for c, v in zip(class_names, p)}})
+    for (f, _), p in zip(loaded, probs):
+        order = np.argsort(-p)[:min(top_k, len(class_names))]
+        rows.append({"file": str(f), "top": [{"class": class_names[i], "probability": float(p[i])} for i in order],
+                     "probabilities": {c: float(v) for c, v in zip(class_names, p)},
+                     "temperature": predictor.temperature, "tta": tta})
+    if cam_dir is not None and loaded:
+        cam_dir.mkdir(parents=True, exist_ok=True)
+        _, classes, cams = predictor.explain(images, target)
+        taken: set[str] = set()
+        for row, (f, _), cls, cam in zip(rows, loaded, classes, cams):
+            original = decode(f.read_bytes())
+            out = cam_dir / _cam_name(f, class_names[int(cls)], taken)
+            Image.fromarray(overlay(original, cam)).save(out)
+            row["cam"] = {"file": str(out), "class": class_names[int(cls)]}
     return rows, problems
 
 
@@ -80,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--csv", type=pathlib.Path)
     p.add_argument("--json", type=pathlib.Path)
+    p.add_argument("--tta", action="store_true", help="average over the 8 flips / 90-degree rotations")
+    p.add_argument("--no_calibration", action="store_true",
+                   help="ignore the temperature saved with the weights (plain softmax)")
+    p.add_argument("--cam", type=pathlib.Path, metavar="DIR", help="write Grad-CAM overlays to DIR")
+    p.add_argument("--cam_class", help="class the heat maps explain (default: each image's predicted class)")
     p.add_argument("inputs", nargs="+", type=pathlib.Path, help="image files or folders")
     p.add_argument("--compile_cache", help="persistent XLA compilation cache directory, or 'off' "
                    f"(default: ${compile_cache.ENV} or {compile_cache.default_dir()})")
@@ -87,12 +111,21 @@ def main(argv: list[str] | None = None) -> int:
     compile_cache.enable(args.compile_cache)
     if args.top_k < 1:
         p.error("--top_k must be at least 1")
+    if args.cam_class and not args.cam:
+        p.error("--cam_class needs --cam DIR")
     rows, problems = predict(args.workdir, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
-                             weights=args.weights)
+                             weights=args.weights, tta=args.tta, calibrate=not args.no_calibration,
+                             cam_dir=args.cam, cam_class=args.cam_class)
+    if rows:
+        t = rows[0]["temperature"]
+        print(("temperature " + (f"{t:.3f}" if t else "none (plain softmax)"))
+              + (", 8-view test-time augmentation" if args.tta else ""))
     width = max([len(r["file"]) for r in rows] + [4])
     print(f"{'file':<{width}}  " + "  ".join(f"top{i + 1:<13}" for i in range(args.top_k)))
     for r in rows:
         print(f"{r['file']:<{width}}  " + "  ".join(f"{t['class']:>5} {t['probability']:6.1%}     " for t in r["top"]))
+    if args.cam and rows:
+        print(f"Grad-CAM overlays: {args.cam}")
     for path, why in problems:
         print(f"skipped {path}: {why}", file=sys.stderr)
     if args.csv:

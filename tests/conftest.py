@@ -27,12 +27,17 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """In CI the torch extra and the shared real data are always there: a skip would hide a gap."""
+    """In CI the torch and app extras and the shared real data are always there: a skip would hide a gap."""
     if os.environ.get("CI"):
         try:
             import torch  # noqa: F401
         except ImportError:
             pytest.exit("CI must install the torch extra (pip install -e '.[torch,dev]'): parity tests would skip", 2)
+        try:
+            import gradio  # noqa: F401
+        except ImportError:
+            pytest.exit("CI must install the dev extra, which includes the app extra (pip install -e '.[torch,dev]'): "
+                        "the web page's tests would skip", 2)
         if not (_real_data_dir() / "HAM10000_metadata.csv").is_file():
             pytest.exit(f"CI must have the real HAM10000 data at {_real_data_dir()}", 2)
 

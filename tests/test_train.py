@@ -103,6 +103,22 @@ def test_demo_config_runs_end_to_end_and_writes_the_report(trained, synthetic_tf
     assert (workdir / "best" / "weights").is_dir()
 
 
+def test_the_report_has_calibration_and_a_grad_cam_gallery(trained):
+    workdir, result = trained
+    saved = json.loads((workdir / "best" / "calibration.json").read_text())
+    metrics = result["report"]
+    assert metrics["temperature"] == pytest.approx(saved["temperature"]) and saved["fitted_on"] == "validation"
+    assert saved["nll"]["calibrated"] <= saved["nll"]["uncalibrated"] + 1e-12  # the fit minimises validation NLL
+    cal = json.loads((workdir / "report.json").read_text())["metrics"]["calibration"]
+    assert cal["temperature"] == pytest.approx(saved["temperature"]) and len(cal["calibrated"]["bins"]) == 15
+    assert 0 <= cal["uncalibrated"]["ece"] <= 1 and 0 <= cal["calibrated"]["ece"] <= 1
+    md = (workdir / "report.md").read_text()
+    assert "## Calibration" in md and "ECE" in md and "(report_reliability_test.png)" in md
+    assert "(report_gradcam_test.png)" in md
+    for name in ("report_reliability_test.png", "report_gradcam_test.png"):
+        assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
 def test_evaluate_script_reproduces_the_best_validation_epoch(trained):
     from scripts.evaluate import main as evaluate_main
 
@@ -112,6 +128,41 @@ def test_evaluate_script_reproduces_the_best_validation_epoch(trained):
     best = max(result["history"], key=lambda r: r["val_bacc"])
     assert metrics["bacc"] == pytest.approx(best["val_bacc"], abs=1e-9)
     assert metrics["accuracy"] == pytest.approx(best["val_accuracy"], abs=1e-9)
+
+
+def test_evaluate_with_tta_reports_bacc_with_and_without(trained, tmp_path):
+    from scripts.evaluate import main as evaluate_main
+
+    workdir, result = trained
+    assert evaluate_main(["--workdir", str(workdir), "--split", "validation", "--tta", "--out", str(tmp_path)]) == 0
+    metrics = json.loads((tmp_path / "report_ham10000_validation.json").read_text())["metrics"]
+    best = max(result["history"], key=lambda r: r["val_bacc"])
+    assert metrics["tta"]["views"] == 8
+    assert metrics["tta"]["without"]["bacc"] == pytest.approx(best["val_bacc"], abs=1e-9)  # view 0 is the image
+    assert metrics["bacc"] == metrics["tta"]["with"]["bacc"]
+    assert "## Test-time augmentation" in (tmp_path / "report_ham10000_validation.md").read_text()
+
+
+def test_predict_script_writes_grad_cam_overlays_and_uses_the_temperature(trained, synthetic_tfds, tmp_path):
+    from PIL import Image
+
+    from scripts.predict import main as predict_main
+
+    workdir, _ = trained
+    images = sorted((synthetic_tfds.parent / "manual").rglob("*.jpg"))[:2]
+    saved_t = json.loads((workdir / "best" / "calibration.json").read_text())["temperature"]
+    assert predict_main(["--workdir", str(workdir), "--json", str(tmp_path / "t.json"), "--tta", "--cam",
+                         str(tmp_path / "cams"), "--cam_class", "mel", *map(str, images)]) == 0
+    assert predict_main(["--workdir", str(workdir), "--json", str(tmp_path / "plain.json"), "--no_calibration",
+                         *map(str, images)]) == 0
+    rows = json.loads((tmp_path / "t.json").read_text())["predictions"]
+    plain = json.loads((tmp_path / "plain.json").read_text())["predictions"]
+    assert all(r["temperature"] == pytest.approx(saved_t) and r["tta"] for r in rows)
+    assert all(r["temperature"] is None for r in plain)
+    assert rows[0]["probabilities"] != plain[0]["probabilities"]
+    for row, image in zip(rows, images):
+        assert row["cam"]["class"] == "mel" and pathlib.Path(row["cam"]["file"]).name == f"{image.stem}_gradcam_mel.png"
+        assert Image.open(row["cam"]["file"]).size == Image.open(image).size  # at the image's own resolution
 
 
 def test_predict_script_reports_unreadable_files_and_keeps_going(trained, synthetic_tfds, tmp_path):

@@ -198,26 +198,35 @@ class MobileNetV3(nnx.Module):
     def num_features(self) -> int:
         return self.last_conv.bn.num_features
 
-    def features(self, x: Array) -> Array:
-        """Globally average-pooled backbone features, (B, last_conv) in float32."""
+    def feature_map(self, x: Array) -> Array:
+        """Activations of the last conv block (``last_conv``), (B, H', W', last_conv) in float32.
+
+        H', W' are the input size over the network stride (32 for 'small' and 'large').
+        """
         if self.dtype is not None:
             x = x.astype(self.dtype)
         x = self.stem(x)
         for block in self.blocks:
             x = block(x)
-        x = self.last_conv(x)
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        return self.last_conv(x).astype(jnp.float32)
+
+    def features(self, x: Array) -> Array:
+        """Globally average-pooled backbone features, (B, last_conv) in float32."""
+        return jnp.mean(self.feature_map(x), axis=(1, 2))
+
+    def classify(self, features: Array, *, rngs: nnx.Rngs | None = None) -> Array:
+        """Logits (B, num_classes) in float32 from pooled ``features`` (the classifier head)."""
+        if self.dtype is not None:
+            features = features.astype(self.dtype)
+        h = self.dropout(hard_swish(self.head(features)), rngs=rngs)
+        return self.classifier(h).astype(jnp.float32)
 
     def __call__(self, x: Array, *, rngs: nnx.Rngs | None = None) -> Array:
         """Logits (B, num_classes) in float32 for images (B, H, W, 3).
 
         ``rngs`` supplies the dropout key in training mode (``model.train()``).
         """
-        f = self.features(x)
-        if self.dtype is not None:
-            f = f.astype(self.dtype)
-        h = self.dropout(hard_swish(self.head(f)), rngs=rngs)
-        return self.classifier(h).astype(jnp.float32)
+        return self.classify(self.features(x), rngs=rngs)
 
 
 def count_params(model: nnx.Module) -> int:

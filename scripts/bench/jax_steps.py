@@ -140,7 +140,7 @@ def eval_window(setup: JaxSetup, batch: dict[str, jax.Array], calls: int) -> Cal
 
 def predict_call(setup: JaxSetup, images: jax.Array) -> Callable[[], None]:
     def call() -> None:
-        jax.block_until_ready(setup.steps.predict(setup.state.params, setup.state.batch_stats, images))
+        jax.block_until_ready(setup.steps.predict(setup.state.params, setup.state.batch_stats, images, np.float32(1.0)))
 
     return call
 
