@@ -78,6 +78,7 @@ class Options:
     steps: int = 20  # steps (calls) per window
     warmup: int = 3  # steady-state warm-up steps after the first (compiling) call
     latency_calls: int = 50
+    onnx: bool = True  # onnxruntime batch-1 CPU latency of each variant's ONNX export (caco_jax.export_onnx)
     eval: bool = True
     torch: bool = True
     torch_modes: tuple[str, ...] = TORCH_MODES
@@ -824,6 +825,12 @@ def format_table(result: dict[str, Any]) -> str:
                          f"{w['step_overhead_ms']:+.2f} | {w['noop_overhead_ms']:+.3f} |")
     elif ov:
         lines += ["", f"nnx.jit overhead: skipped ({ov['skipped']})"]
+    if result.get("onnx"):
+        from caco_jax.export_onnx import format_rows
+
+        jax_ms = {r["variant"]: r["latency_ms"]["median"] for r in result["rows"]
+                  if r["framework"] == "caco-jax" and r.get("dtype") == "float32" and "latency_ms" in r}
+        lines += format_rows(result["onnx"], jax_ms)
     if result.get("targets"):
         lines += ["", "Targets:", ""]
         for name, t in result["targets"].items():
@@ -891,6 +898,11 @@ def run(config: ml_collections.ConfigDict, opts: Options, log: Callable[[str], N
         result["torch"] = info
     result["rows"] = rows
     result["targets"] = targets(result)
+    if opts.onnx:  # self-contained in caco_jax.export_onnx
+        from caco_jax.export_onnx import ort_latency_rows
+
+        result["onnx"] = ort_latency_rows(opts.arch, opts.variants, image_size=opts.image_size,
+                                          calls=opts.latency_calls, threads=opts.torch_threads, log=log)
     return result
 
 

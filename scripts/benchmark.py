@@ -54,8 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--torch_modes", type=_csv, default=("eager", "channels_last_bf16", "compile",
                                                         "compile_reduce_overhead"),
                    help="eager, channels_last_bf16, compile, compile_reduce_overhead (compile modes run per --dtypes)")
+    p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
+                   help="onnxruntime batch-1 CPU latency of each variant's ONNX export (torch + onnx extras)")
     p.add_argument("--torch_threads", type=int, default=0,
-                   help="torch CPU threads (0: torch's default); 1 on a CPU shared with other jobs")
+                   help="torch and onnxruntime CPU threads (0: their default); 1 on a CPU shared with other jobs")
     p.add_argument("--data_dir", default="", help="TFDS data_dir with a HAM10000 build (for the grain rows)")
     p.add_argument("--manual_dir", default="",
                    help="raw HAM10000 to build from (into --data_dir, or a temporary dir deleted afterwards)")

@@ -57,8 +57,13 @@ def test_benchmark_main_end_to_end(tmp_path, capsys):
     assert all(w["step"]["ms"] > 0 and w["noop"]["ms"] > 0 for w in wrappers.values())
     assert "caco_over_se_float32" in result["targets"]
 
+    # onnxruntime rows: torchvision has no mobilenet_v3_tiny, so each says so (tests/test_export_onnx.py times one)
+    assert [r["variant"] for r in result["onnx"]] == ["se", "caco"]
+    assert all("torchvision has no mobilenet_v3_tiny" in r["skipped"] for r in result["onnx"])
+
     table = capsys.readouterr().out
-    assert "| caco-jax | mobilenetv3_tiny-caco | float32 |" in table and "nnx.jit" in table
+    assert "| caco-jax | mobilenetv3_tiny-caco | float32, depthwise " in table and "nnx.jit" in table
+    assert "onnxruntime (CPU), batch 1" in table
 
 
 def test_skips_are_reported():
