@@ -153,7 +153,7 @@ _BN_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "
 
 
 def _torch_leaf(parent: Any, name: str) -> tuple[str, Any]:
-    """(PyTorch name, NNX -> PyTorch-layout transform's forward twin) of array ``name`` in ``parent``."""
+    """(PyTorch name, transform from the PyTorch layout to ours) of array ``name`` held by ``parent``."""
     if isinstance(parent, BatchNorm):
         return _BN_NAMES[name], _same
     if isinstance(parent, nnx.Linear):  # inside an attention block: a 1x1 conv on a pooled map

@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from caco_jax.convert import load_torchvision
+from caco_jax.models.mobilenetv3 import ARCHS
 
 WEIGHTS_FILTER = (nnx.Param, nnx.BatchStat)
 _META = "caco_jax_weights.json"
@@ -120,7 +121,7 @@ def infer_model_config(flat: Mapping[str, Any]) -> dict[str, Any]:
     (``ca_activation`` and ``bn_momentum`` leave no trace in the weights.)"""
     keys = list(flat)
     blocks = {int(k.split("/")[1]) for k in keys if k.startswith("blocks/")}
-    archs = [name for name, spec in _archs().items() if len(spec.blocks) == len(blocks)]
+    archs = [name for name, spec in ARCHS.items() if len(spec.blocks) == len(blocks)]
     if len(archs) != 1 or "classifier/kernel" not in flat:
         raise ValueError(f"these weights are not a caco-jax MobileNetV3 ({len(blocks)} blocks, keys {keys[:3]} ...)")
     inside = {k.split("/attention/", 1)[1] for k in keys if "/attention/" in k}
@@ -149,12 +150,6 @@ def infer_model_config(flat: Mapping[str, Any]) -> dict[str, Any]:
         init = "preserve"  # no gains to tell (the default)
     return {"arch": archs[0], "attention": attention, "attention_init": init,
             "num_classes": int(np.shape(flat["classifier/kernel"])[-1])}
-
-
-def _archs() -> dict[str, Any]:
-    from caco_jax.models.mobilenetv3 import ARCHS
-
-    return ARCHS
 
 
 def model_from_weights(directory: str | os.PathLike, **overrides: Any) -> tuple[nnx.Module, dict[str, Any]]:

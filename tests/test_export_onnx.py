@@ -72,24 +72,30 @@ def test_latency_is_measured_or_skipped_with_the_reason(exported):
     assert "tiny" in ort_latency(tiny)["skipped"]
 
 
-def test_export_script_writes_pytorch_and_onnx(tmp_path):
-    """scripts/export.py from a caco-jax weights directory: the .pth loads strictly, the .onnx runs."""
+def test_export_script_writes_pytorch_and_onnx(tmp_path, monkeypatch):
+    """scripts/export.py from a caco-jax weights directory: the .pth loads strictly into the reference
+    and gives caco-jax's logits; the ONNX export gets the model and the size (export_onnx itself is
+    tested above)."""
     import torch
 
+    import caco_jax.export_onnx
     from caco_jax.torch_reference import reference_model
     from caco_jax.weights import save_weights
 
-    c = wm.case("none")  # the cheapest export; the script does not depend on the variant
+    c = wm.case("caco")
     save_weights(c["model"], tmp_path / "w", metadata={"source": "test"})
     spec = importlib.util.spec_from_file_location("export_script", ROOT / "scripts" / "export.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    calls = []
+    monkeypatch.setattr(caco_jax.export_onnx, "export_onnx", lambda model, path, **kw: calls.append((model, path, kw)))
     script.main(["--weights", str(tmp_path / "w"), "--pytorch", str(tmp_path / "m.pth"),
                  "--onnx", str(tmp_path / "m.onnx"), "--image_size", str(wm.HEIGHT), str(wm.WIDTH)])
-    ref = reference_model("small", "none", num_classes=7)
+    ref = reference_model("small", "caco", num_classes=7, attention_init="preserve")
     ref.load_state_dict(torch.load(tmp_path / "m.pth"), strict=True)
     with torch.no_grad():
         theirs = ref.eval()(wm.nchw(wm.images())).numpy()
     np.testing.assert_allclose(theirs, c["eval_logits"], rtol=0, atol=TOL)
-    got = run_onnx(onnx_session(tmp_path / "m.onnx"), wm.images())
-    np.testing.assert_allclose(got, c["eval_logits"], rtol=0, atol=TOL)
+    ((model, path, kw),) = calls
+    assert (model.attention_name, model.attention_init, path) == ("caco", "preserve", tmp_path / "m.onnx")
+    assert kw == {"image_size": (wm.HEIGHT, wm.WIDTH)}

@@ -68,8 +68,11 @@ def _get(tree, path):
 # --------------------------------------------------------------------------- structure (no compile)
 
 
-@pytest.mark.parametrize("arch", ["small", "large"])
-@pytest.mark.parametrize(("attention", "init"), VARIANT_INITS, ids=[f"{a}-{i}" for a, i in VARIANT_INITS])
+ARCH_VARIANT_INITS = [("small", a, i) for a, i in VARIANT_INITS] + [("large", a, "preserve") for a in ATTENTIONS]
+
+
+@pytest.mark.parametrize(("arch", "attention", "init"), ARCH_VARIANT_INITS,
+                         ids=[f"{arch}-{a}-{i}" for arch, a, i in ARCH_VARIANT_INITS])
 def test_reference_has_caco_jax_parameters_one_for_one(arch, attention, init):
     model = _abstract(arch, attention, init)
     ref = reference.reference_model(arch, attention, attention_init=init)

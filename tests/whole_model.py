@@ -24,15 +24,15 @@ from caco_jax.torch_reference import reference_model
 
 # id -> (attention, attention_init, depthwise). Every variant; caco both with the gains
 # (preserve, the default) and without (plain, the paper's formulas). The default CPU
-# convolutions ('auto': tap sums, patch-matmul kernel gradients) for caco and cbam (whose
-# spatial attention is the only other dense k x k conv); XLA's convolutions (faster to
-# compile) elsewhere: test_parity.py checks every implementation against torchvision.
-# Not 'conv' for caco-plain: at XLA's CPU optimisation level 0 (conftest.py) that program's
-# convolution kernel gradients came out wrong by up to 5 % of the largest gradient
-# (deterministically; right at level 2 and with 'auto'), an XLA CPU miscompilation.
+# convolutions ('auto': tap sums, patch-matmul kernel gradients) for caco-plain and cbam
+# (whose spatial attention is the only other dense k x k conv); XLA's convolutions (about
+# half the compile time) elsewhere: test_parity.py checks every implementation against
+# torchvision. Not 'conv' for caco-plain: at XLA's CPU optimisation level 0 (conftest.py)
+# that program's convolution kernel gradients came out wrong by up to 5 % of the largest
+# gradient (deterministically; right at level 2 and with 'auto'), an XLA CPU miscompilation.
 CASES: dict[str, tuple[str, str, str]] = {
     "se": ("se", "preserve", "conv"),
-    "caco": ("caco", "preserve", "auto"),
+    "caco": ("caco", "preserve", "conv"),
     "caco-plain": ("caco", "plain", "auto"),
     "cbam": ("cbam", "preserve", "auto"),
     "seco": ("seco", "preserve", "conv"),
