@@ -20,6 +20,7 @@ from flax import nnx
 
 from caco_jax.convert import load_torchvision
 from caco_jax.trees import flatten, unflatten
+from caco_jax.models.mobilenetv3 import ARCHS
 
 WEIGHTS_FILTER = (nnx.Param, nnx.BatchStat)
 _META = "caco_jax_weights.json"
@@ -151,3 +152,62 @@ def load_pretrained(model: nnx.Module, path: str | os.PathLike) -> str:
             "to start from scratch)"
         )
     return load_torchvision(model, path).summary()
+
+
+def infer_model_config(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """arch, attention, attention_init and num_classes of the model that wrote ``flat`` (from its keys and shapes).
+
+    (``ca_activation`` and ``bn_momentum`` leave no trace in the weights.)"""
+    keys = list(flat)
+    blocks = {int(k.split("/")[1]) for k in keys if k.startswith("blocks/")}
+    archs = [name for name, spec in ARCHS.items() if len(spec.blocks) == len(blocks)]
+    if len(archs) != 1 or "classifier/kernel" not in flat:
+        raise ValueError(f"these weights are not a caco-jax MobileNetV3 ({len(blocks)} blocks, keys {keys[:3]} ...)")
+    inside = {k.split("/attention/", 1)[1] for k in keys if "/attention/" in k}
+    parts = {p.split("/")[0] for p in inside}
+    if not parts:
+        attention = "none"
+    elif parts == {"mlp"}:
+        attention = "se"
+    elif parts == {"kernel"}:
+        attention = "eca"
+    elif parts == {"se", "coord"}:
+        attention = "seco"
+    elif parts == {"channel", "coord"}:
+        attention = "caco"
+    elif parts == {"channel", "spatial"}:
+        attention = "cbam"
+    else:
+        raise ValueError(f"unknown attention block with parts {sorted(parts)}")
+    channel_gain = any(p.endswith("max_gain") for p in inside)
+    gated_gain = any(p.endswith("/gain") for p in inside)
+    init = {(True, True): "preserve", (True, False): "preserve_channel", (False, True): "preserve_coord",
+            (False, False): "plain"}[(channel_gain, gated_gain)]
+    if attention == "seco" and init == "plain":
+        init = "preserve_channel"  # seco has no max branch: both inits leave it without gains
+    if attention in ("se", "eca", "none"):
+        init = "preserve"  # no gains to tell (the default)
+    return {"arch": archs[0], "attention": attention, "attention_init": init,
+            "num_classes": int(np.shape(flat["classifier/kernel"])[-1])}
+
+
+def model_from_weights(directory: str | os.PathLike, **overrides: Any) -> tuple[nnx.Module, dict[str, Any]]:
+    """(model holding the weights of a :func:`save_weights` directory, its metadata).
+
+    The architecture, attention, attention init and class count come from the weights
+    themselves (:func:`infer_model_config`); ``ca_activation`` (and any other
+    ``create_model`` argument in ``overrides``) from the metadata, else ``create_model``'s
+    default. ``overrides`` win over both.
+    """
+    from caco_jax.models import MobileNetV3
+
+    flat, meta = read_weights(directory)
+    kwargs = infer_model_config(flat)
+    if "ca_activation" in meta:
+        kwargs["ca_activation"] = meta["ca_activation"]
+    kwargs |= {k: v for k, v in overrides.items() if v is not None}
+    # Abstract shapes, then the stored arrays: every array is in the weights, so nothing is initialised.
+    model = nnx.eval_shape(lambda: MobileNetV3(dropout=0.0, **kwargs, rngs=nnx.Rngs(0)))
+    assign_weights(model, flat, source=str(directory))
+    model.eval()
+    return model, meta

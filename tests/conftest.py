@@ -32,12 +32,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         try:
             import torch  # noqa: F401
         except ImportError:
-            pytest.exit("CI must install the torch extra (pip install -e '.[torch,dev]'): parity tests would skip", 2)
+            pytest.exit("CI must install the torch extra (pip install -e '.[torch,onnx,dev]'): parity tests would skip", 2)
         try:
             import gradio  # noqa: F401
         except ImportError:
-            pytest.exit("CI must install the dev extra, which includes the app extra (pip install -e '.[torch,dev]'): "
+            pytest.exit("CI must install the dev extra, which includes the app extra (pip install -e '.[torch,onnx,dev]'): "
                         "the web page's tests would skip", 2)
+        try:
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError:
+            pytest.exit("CI must install the onnx extra (pip install -e '.[torch,onnx,dev]'): ONNX tests would skip", 2)
         if not (_real_data_dir() / "HAM10000_metadata.csv").is_file():
             pytest.exit(f"CI must have the real HAM10000 data at {_real_data_dir()}", 2)
 

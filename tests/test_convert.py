@@ -295,12 +295,6 @@ def test_export_round_trip_through_torchvision():
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
-@pytest.mark.parametrize("attention", [a for a in ATTENTIONS if a != "se"])
-def test_export_refuses_non_se_models(attention):
-    with pytest.raises(ValueError, match=attention):
-        export_torchvision(sentinel_model(attention))
-
-
 def test_export_refuses_the_tiny_arch():
     with pytest.raises(ValueError, match="tiny"):
         export_torchvision(sentinel_model("se", arch="tiny"))

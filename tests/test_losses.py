@@ -21,6 +21,7 @@ from configs import default  # noqa: E402
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
+reference = pytest.importorskip("caco_jax.torch_reference")
 
 B, C = 16, NUM_CLASSES
 COUNTS = np.asarray(HAM10000_COUNTS)
@@ -43,48 +44,17 @@ def _t(x, grad=False):
     return t.requires_grad_(grad)
 
 
-def torch_focal(x, y, gamma, alpha=None, weight=None):
-    """-alpha_t (1 - p_t)^gamma log p_t, p_t from the plain softmax; torch weighted mean."""
-    logpt = F.log_softmax(x, dim=1).gather(1, y[:, None])[:, 0]
-    loss = -((1 - logpt.exp()) ** gamma) * logpt
-    if alpha is not None:
-        alpha = torch.as_tensor(alpha, dtype=x.dtype)
-        loss = loss * (alpha[y] if alpha.ndim == 1 else alpha)
-    w = torch.ones(x.shape[1], dtype=x.dtype) if weight is None else weight
-    return (w[y] * loss).sum() / w[y].sum()
+# The PyTorch formulas (focal loss; LDAM-DRW's LDAMLoss and DRW weights) live in
+# caco_jax.torch_reference, which the training-step parity test uses too.
+torch_focal = reference.focal_loss
+TorchLDAMLoss = reference.LDAMLoss
+official_drw = reference.drw_weights
 
 
 def torch_ldam_drw_focal(x, y, gamma, weight):
     """The LDAM-DRW repository's FocalLoss: p = exp(-weighted CE) (NOT what we do)."""
     ce = F.cross_entropy(x, y, reduction="none", weight=weight)
     return ((1 - torch.exp(-ce)) ** gamma * ce).mean()
-
-
-class TorchLDAMLoss(torch.nn.Module):
-    """The official LDAM-DRW LDAMLoss (kaidic/LDAM-DRW, losses.py), device-agnostic."""
-
-    def __init__(self, cls_num_list, max_m=0.5, weight=None, s=30):
-        super().__init__()
-        m_list = 1.0 / np.sqrt(np.sqrt(cls_num_list))
-        m_list = m_list * (max_m / np.max(m_list))
-        self.m_list = torch.tensor(m_list, dtype=torch.float64)
-        self.s = s
-        self.weight = weight
-
-    def forward(self, x, target):
-        index = torch.zeros_like(x, dtype=torch.uint8)
-        index.scatter_(1, target.data.view(-1, 1), 1)
-        batch_m = torch.matmul(self.m_list[None, :], index.double().transpose(0, 1)).view((-1, 1))
-        x_m = x - batch_m
-        output = torch.where(index.bool(), x_m, x)
-        return F.cross_entropy(self.s * output, target, weight=self.weight)
-
-
-def official_drw(cls_num_list, beta):
-    """LDAM-DRW's train.py DRW weights."""
-    effective_num = 1.0 - np.power(beta, cls_num_list)
-    per_cls_weights = (1.0 - beta) / np.array(effective_num)
-    return per_cls_weights / np.sum(per_cls_weights) * len(cls_num_list)
 
 
 def _check(jax_fn, torch_fn, logits, labels, rtol=2e-5, atol=1e-6):
@@ -160,6 +130,21 @@ def test_joint_matches_torch(batch):
         logits,
         labels,
     )
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("name", losses.LOSS_NAMES)
+def test_configured_loss_with_drw_matches_torch(batch, name):
+    """Each loss.name as the trainer builds it (make_loss, DRW on: the class weights of an epoch
+    past drw_epoch) against caco_jax.torch_reference.make_torch_loss with the official DRW weights."""
+    logits, labels, _, _ = batch
+    cfg = _cfg(name=name, drw_epoch=1, ldam_s=2.0, focal_gamma=2.0, label_smoothing=0.0)
+    loss = losses.make_loss(cfg, COUNTS)
+    weights = loss.class_weights(1)
+    assert not np.allclose(weights, 1.0)  # DRW is on
+    torch_loss = reference.make_torch_loss(cfg, COUNTS)
+    w64 = _t(official_drw(COUNTS, cfg.drw_beta))
+    _check(lambda z: loss(z, labels, weights), lambda x, y: torch_loss(x, y, w64), logits, labels)
 
 
 @pytest.mark.parametrize("beta", [0.9999, 0.999, 0.5])

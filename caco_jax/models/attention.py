@@ -5,7 +5,18 @@ constructor signature ``Block(channels, squeeze, options, *, rngs)`` and are reg
 by name in :data:`ATTENTION_BLOCKS`. Each declares what checkpoint conversion needs:
 ``se_mlp_path`` (where torchvision's SE ``fc1``/``fc2`` weights go, or None) and
 ``new_parts`` (its sub-modules with no ImageNet counterpart, and why). Adding a block is
-one class and one line in the table, in this file.
+one class and one line in the table, in this file (plus its PyTorch twin in
+``caco_jax/torch_reference.py``, which the tests compare it with).
+
+PyTorch key names follow the module tree mechanically (``caco_jax.convert``): a
+sub-module keeps its attribute name (``channel.mlp.fc1``, ``coord.bn1``, ``spatial.conv``),
+``nnx.Linear`` / ``Conv2d`` kernels become ``weight``, BatchNorm's ``scale`` / ``mean`` /
+``var`` become ``weight`` / ``running_mean`` / ``running_var``, and a bare parameter keeps
+its name (``max_gain``, ``gain``, ECA's ``kernel``). A module whose PyTorch counterpart
+names a child differently says so in ``torch_names`` (child -> PyTorch name, '' for a
+level PyTorch does not have): torchvision's SqueezeExcitation holds ``fc1`` / ``fc2``
+directly, so our SE's ``mlp`` level disappears and the ``se`` model's keys are
+torchvision's own.
 
 * ``se``   torchvision's SqueezeExcitation: avg-pool, 1x1 conv C->S, ReLU, 1x1 conv
            S->C, hard-sigmoid gate. S = make_divisible(C // 4, 8).
@@ -133,6 +144,7 @@ class SqueezeExcitation(nnx.Module):
 
     se_mlp_path: ClassVar[tuple[str, ...] | None] = ("mlp",)
     new_parts: ClassVar[dict[str, str]] = {}
+    torch_names: ClassVar[dict[str, str]] = {"mlp": ""}  # torchvision: features.i.block.j.fc1.weight
 
     def __init__(self, channels: int, squeeze: int, options: AttentionOptions, *, rngs: nnx.Rngs):
         self.mlp = PointwiseMLP(channels, squeeze, dtype=options.dtype, rngs=rngs)

@@ -170,6 +170,8 @@ class MobileNetV3(nnx.Module):
         options = AttentionOptions(ca_activation=ca_activation, init=attention_init, conv_impl=depthwise, dtype=dtype)
         spec = ARCHS[arch]
         self.arch, self.attention_name, self.num_classes = arch, attention, num_classes
+        # Recorded so that exports (caco_jax.convert, caco_jax.torch_reference) can rebuild the model.
+        self.attention_init, self.ca_activation, self.bn_momentum = attention_init, ca_activation, bn_momentum
         self.dtype = dtype
         self.stem = ConvBNAct(3, spec.stem, 3, stride=2, act="hardswish", depthwise=depthwise, dtype=dtype, rngs=rngs)
         blocks, width = [], spec.stem

@@ -51,8 +51,10 @@ class Options:
                             "rounds as caco-jax")
     torch_modes: tuple[str, ...] = opt(TORCH_MODES, "torchvision configurations (compile modes run per --dtypes)",
                                        choices=TORCH_MODES)
-    torch_threads: int = opt(0, "torch CPU threads (0: torch's default); on CPU, compare at JAX's thread count",
-                             min=0)
+    torch_threads: int = opt(0, "torch and onnxruntime CPU threads (0: their default); on CPU, compare at JAX's "
+                                "thread count", min=0)
+    onnx: bool = opt(True, "onnxruntime batch-1 CPU latency of each variant's ONNX export (torch + onnx extras), "
+                           "timed in the same rounds")
     data_dir: str = opt("", "TFDS data_dir with a HAM10000 build (for the grain rows)")
     manual_dir: str = opt("", "raw HAM10000 to build from (into --data_dir, or a temporary dir deleted afterwards)")
     build_size: int = opt(225, "stored shorter side of the HAM10000 build", min=1)

@@ -21,29 +21,24 @@ from scripts.bench.timing import Timed
 
 def prepare_onnx(config: ml_collections.ConfigDict, opts: Options, setups: dict, log: Callable[[str], None]
                  ) -> tuple[dict[tuple, Timed], dict[str, Any]]:
-    """Slot for ONNX Runtime batch-1 latency, added separately as ``scripts/bench/onnx_latency.py``.
+    """ONNX Runtime batch-1 latency of each variant's ONNX export (``scripts/bench/onnx_latency.py``).
 
-    Contract: that module's ``prepare(config, opts, setups, log) -> Timed`` returns an
-    entry whose row has ``framework`` ("onnxruntime"), ``model``, ``mode``, ``dtype``
-    and whose ``latency`` is one synchronised batch-1 call; it joins the shared rounds
-    (so its ratio to torch eager is taken side by side) and the main table. While the
-    module is absent, or fails (e.g. onnxruntime not installed), this is skipped: no row,
-    and the reason under ``onnx`` in the JSON (and, if the module is there, the table).
+    Its entries join the shared rounds (so their ratio to torch eager is taken side by
+    side) and the main table. Skipped with ``--no-onnx``, or when it fails (e.g.
+    onnxruntime not installed): no rows, and the reason under ``onnx`` in the JSON.
     """
-    import importlib.util
-
-    if importlib.util.find_spec("scripts.bench.onnx_latency") is None:
-        return {}, {"skipped": "scripts/bench/onnx_latency.py is not in this checkout", "present": False}
+    if not opts.onnx:
+        return {}, {"skipped": "--no-onnx", "present": True}
     try:
-        from scripts.bench import onnx_latency  # type: ignore[attr-defined]
+        from scripts.bench import onnx_latency
 
-        log("onnxruntime: preparing the batch-1 model ...")
-        entry = onnx_latency.prepare(config, opts, setups, log)
+        log("onnxruntime: exporting and preparing the batch-1 models ...")
+        entries = onnx_latency.prepare(config, opts, setups, log)
     except Exception as e:  # noqa: BLE001 -- e.g. onnxruntime not installed: the other rows must not be lost
         reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
         log(f"onnxruntime: skipped ({reason})")
         return {}, {"skipped": reason, "present": True}
-    return {("onnxruntime", entry.row["mode"], entry.row["dtype"]): entry}, {"present": True}
+    return entries, {"present": True}
 
 
 def run(config: ml_collections.ConfigDict, opts: Options, log: Callable[[str], None] = print) -> dict[str, Any]:

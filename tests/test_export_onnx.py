@@ -1,0 +1,101 @@
+"""ONNX export (caco_jax.export_onnx) of every variant, run by onnxruntime against caco-jax.
+
+The models are tests/whole_model.py's (random, every part mattering, converted into
+caco-jax); the ONNX file comes from caco-jax's model (through its PyTorch reference)
+and must give caco-jax's evaluation logits, at the batch size it was exported with and
+at others (the batch dimension is dynamic).
+"""
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+
+import numpy as np
+import pytest
+from flax import nnx
+
+pytest.importorskip("torch")
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install -e '.[torch,onnx]'")
+pytest.importorskip("onnxscript", reason="onnxscript (torch.onnx's exporter) is not installed: "
+                                         "pip install -e '.[torch,onnx]'")
+
+import whole_model as wm  # noqa: E402
+
+from caco_jax.export_onnx import (  # noqa: E402
+    INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_session, ort_latency, run_onnx, session_latency)
+from caco_jax.models import MobileNetV3  # noqa: E402
+
+pytestmark = pytest.mark.torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TOL = 1e-4  # the issue's bound for evaluation logits
+
+
+# Every variant (caco-plain is the caco graph without its gains: tests/test_reference.py covers it).
+VARIANTS = [name for name in wm.CASES if name != "caco-plain"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict:
+    """name -> ONNX file, each exported once (about 5-10 s of CPU each)."""
+    folder, paths = tmp_path_factory.mktemp("onnx"), {}
+
+    def get(name: str) -> pathlib.Path:
+        if name not in paths:
+            paths[name] = export_onnx(wm.case(name)["model"], folder / f"{name}.onnx", image_size=(wm.HEIGHT, wm.WIDTH))
+        return paths[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_onnx_runtime_matches_caco_jax(name, exported):
+    c = wm.case(name)
+    session = onnx_session(exported(name))
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert (inp.name, out.name) == (INPUT_NAME, OUTPUT_NAME)
+    assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, wm.HEIGHT, wm.WIDTH]  # dynamic batch, NCHW
+    expected = c["eval_logits"]
+    assert np.abs(expected).max() > 0.1 and expected.std(axis=0).mean() > 0.01  # input-dependent, not vacuous
+    x = wm.images()
+    for batch in (wm.BATCH, 1, 3):
+        got = run_onnx(session, x[:batch])
+        assert got.shape == (batch, wm.NUM_CLASSES)
+        np.testing.assert_allclose(got, expected[:batch], rtol=0, atol=TOL, err_msg=f"batch {batch}")
+
+
+def test_latency_is_measured_or_skipped_with_the_reason(exported):
+    result = session_latency(onnx_session(exported("none"), threads=1), image_size=(wm.HEIGHT, wm.WIDTH), calls=3,
+                             warmup=1)
+    assert result["latency_ms"]["median"] > 0 and result["threads"] == 1
+    tiny = nnx.eval_shape(lambda: MobileNetV3(arch="tiny", attention="caco", rngs=nnx.Rngs(0)))
+    assert "tiny" in ort_latency(tiny)["skipped"]
+
+
+def test_export_script_writes_pytorch_and_onnx(tmp_path, monkeypatch):
+    """scripts/export.py from a caco-jax weights directory: the .pth loads strictly into the reference
+    and gives caco-jax's logits; the ONNX export gets the model and the size (export_onnx itself is
+    tested above)."""
+    import torch
+
+    import caco_jax.export_onnx
+    from caco_jax.torch_reference import reference_model
+    from caco_jax.weights import save_weights
+
+    c = wm.case("caco")
+    save_weights(c["model"], tmp_path / "w", metadata={"source": "test"})
+    spec = importlib.util.spec_from_file_location("export_script", ROOT / "scripts" / "export.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    calls = []
+    monkeypatch.setattr(caco_jax.export_onnx, "export_onnx", lambda model, path, **kw: calls.append((model, path, kw)))
+    script.main(["--weights", str(tmp_path / "w"), "--pytorch", str(tmp_path / "m.pth"),
+                 "--onnx", str(tmp_path / "m.onnx"), "--image_size", str(wm.HEIGHT), str(wm.WIDTH)])
+    ref = reference_model("small", "caco", num_classes=7, attention_init="preserve")
+    ref.load_state_dict(torch.load(tmp_path / "m.pth"), strict=True)
+    with torch.no_grad():
+        theirs = ref.eval()(wm.nchw(wm.images())).numpy()
+    np.testing.assert_allclose(theirs, c["eval_logits"], rtol=0, atol=TOL)
+    ((model, path, kw),) = calls
+    assert (model.attention_name, model.attention_init, path) == ("caco", "preserve", tmp_path / "m.onnx")
+    assert kw == {"image_size": (wm.HEIGHT, wm.WIDTH)}
