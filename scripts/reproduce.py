@@ -255,8 +255,10 @@ def _versions() -> str:
     return ", ".join(parts)
 
 
-def write_results(preset: Preset, rows: list[dict[str, Any]], docs: pathlib.Path, command: str) -> dict[str, Any]:
-    """docs/results_<preset>.md, .json and .png; returns the paths."""
+def write_results(preset: Preset, rows: list[dict[str, Any]], docs: pathlib.Path, command: str,
+                  trained_on: str = "") -> dict[str, Any]:
+    """docs/results_<preset>.md, .json and .png; returns the paths. ``trained_on`` names the machine that
+    trained the runs when it is not the one writing the tables (``--report_only`` elsewhere)."""
     from caco_jax import plots
 
     docs.mkdir(parents=True, exist_ok=True)
@@ -269,8 +271,9 @@ def write_results(preset: Preset, rows: list[dict[str, Any]], docs: pathlib.Path
         "",
         f"- command: `{command}`",
         f"- written: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}",
-        f"- machine: {_machine()}",
-        f"- versions: {_versions()}",
+        *([f"- runs trained on: {trained_on}"] if trained_on else []),
+        f"- {'tables written on' if trained_on else 'machine'}: {_machine()}",
+        f"- versions{' (of the tables)' if trained_on else ''}: {_versions()}",
         "",
         "Test split (best-validation-BACC weights of each run), mean ± std over seeds (std only with 2+ seeds). "
         "BACC is mean per-class recall; *paper BACC* is the paper's formula, mean of (sensitivity + specificity) / 2. "
@@ -302,14 +305,15 @@ def write_results(preset: Preset, rows: list[dict[str, Any]], docs: pathlib.Path
     if discussion.is_file():
         lines += [discussion.read_text().strip(), ""]
     stem.with_suffix(".md").write_text("\n".join(lines))
-    stem.with_suffix(".json").write_text(json.dumps({"preset": preset.name, "command": command, "rows": rows},
+    stem.with_suffix(".json").write_text(json.dumps({"preset": preset.name, "command": command,
+                                                     "trained_on": trained_on or _machine(), "rows": rows},
                                                     indent=2, default=str))
     plots.plot_results(rows, stem.with_suffix(".png"), title=f"preset {preset.name}: test BACC per cell")
     return {"md": stem.with_suffix(".md"), "json": stem.with_suffix(".json"), "png": stem.with_suffix(".png")}
 
 
 def run_grid(preset: Preset, out: pathlib.Path, *, pretrained: str, data_dir: str, manual_dir: str,
-             isic_dir: str = "", cells: Sequence[str] = (), dry_run: bool = False,
+             isic_dir: str = "", cells: Sequence[str] = (), seeds: Sequence[int] = (), dry_run: bool = False,
              extra: dict[str, Any] | None = None, config: str = "configs/default.py",
              runner: Callable[[list[str], pathlib.Path], int] | None = None,
              log: Callable[[str], None] = print) -> list[pathlib.Path]:
@@ -322,7 +326,7 @@ def run_grid(preset: Preset, out: pathlib.Path, *, pretrained: str, data_dir: st
                          f"cells: {[c.name for c in preset.cells]}")
     done = []
     for cell in chosen:
-        for seed in cell.seeds:
+        for seed in [s for s in cell.seeds if not seeds or s in seeds]:
             workdir = run_dir(out, preset, cell, seed)
             values = overrides(preset, cell, seed, pretrained=pretrained, data_dir=data_dir, manual_dir=manual_dir,
                                extra=extra)
@@ -368,12 +372,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/reproduce", help="where the runs go (one folder per cell and seed)")
     p.add_argument("--docs", default=str(ROOT / "docs"), help="where results_<preset>.{md,json,png} go")
     p.add_argument("--cells", default="", help="comma-separated subset of the preset's cells")
+    p.add_argument("--seeds", default="", help="comma-separated subset of each cell's seeds (default: all planned)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra config override for every run, e.g. data.cache=True (repeatable)")
     p.add_argument("--report_only", action="store_true", help="only rebuild the tables from finished runs")
+    p.add_argument("--trained_on", default="", help="with --report_only: the machine that trained the runs, "
+                                                    "for the header (default: this one)")
     p.add_argument("--dry_run", action="store_true", help="print each run's command and state, run nothing")
     args = p.parse_args(argv)
     preset = PRESETS[args.preset]
     out = pathlib.Path(args.out).resolve()
     cells = [c for c in args.cells.split(",") if c]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    extra = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--set {item!r}: expected KEY=VALUE, e.g. data.cache=True")
+        extra[key] = value
     if not args.report_only:
         if not args.pretrained:
             p.error("--pretrained is required: the paper fine-tunes torchvision's ImageNet weights")
@@ -382,11 +398,11 @@ def main(argv: list[str] | None = None) -> int:
         run_grid(preset, out, pretrained=str(pathlib.Path(args.pretrained).resolve()),
                  data_dir=str(pathlib.Path(args.data_dir).resolve()),
                  manual_dir=str(pathlib.Path(args.manual_dir).resolve()) if args.manual_dir else "",
-                 isic_dir=args.isic_dir, cells=cells, dry_run=args.dry_run)
+                 isic_dir=args.isic_dir, cells=cells, seeds=seeds, dry_run=args.dry_run, extra=extra)
         if args.dry_run:
             return 0
     command = "python scripts/reproduce.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    paths = write_results(preset, aggregate(preset, out), pathlib.Path(args.docs), command)
+    paths = write_results(preset, aggregate(preset, out), pathlib.Path(args.docs), command, args.trained_on)
     print(f"results: {paths['md']}")
     return 0
 

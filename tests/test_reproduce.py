@@ -113,3 +113,26 @@ def test_presets_cover_the_issue_grids():
     assert {"cbam_joint", "seco_joint", "eca_joint", "caco_focal", "caco_ldam", "se_ce_scratch",
             "caco_joint_imagesplit"} <= set(paper)
     assert paper["caco_joint_imagesplit"].paper() is None  # the paper's split is not ours to compare
+
+
+def test_seeds_and_set_choose_the_runs_and_reach_every_command(tmp_path, capsys):
+    pth = tmp_path / "backbone.pth"
+    pth.write_bytes(b"")
+    rc = reproduce.main(["--preset", "paper", "--cells", "caco_joint,se_ce", "--seeds", "0", "--set", "data.cache=True",
+                         "--set", "data.num_workers=0", "--pretrained", str(pth), "--out", str(tmp_path / "runs"),
+                         "--dry_run"])
+    assert rc == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[new]")]
+    assert len(lines) == 2  # seed 0 of each chosen cell, not the three planned seeds
+    assert all("se_ce_s0" in line or "caco_joint_s0" in line for line in lines)
+    assert all("--config.data.cache=True" in line and "--config.data.num_workers=0" in line for line in lines)
+    with pytest.raises(SystemExit):
+        reproduce.main(["--set", "data.cache", "--pretrained", str(pth), "--dry_run"])
+
+
+def test_tables_name_the_machine_that_trained(tmp_path):
+    rows = reproduce.aggregate(PRESET, tmp_path)  # nothing finished: empty rows
+    paths = reproduce.write_results(PRESET, rows, tmp_path / "docs", "cmd", trained_on="1 x NVIDIA H200")
+    text = paths["md"].read_text()
+    assert "- runs trained on: 1 x NVIDIA H200" in text and "- tables written on:" in text
+    assert json.loads(paths["json"].read_text())["trained_on"] == "1 x NVIDIA H200"

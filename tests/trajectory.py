@@ -13,6 +13,8 @@ import copy
 import csv
 import pathlib
 
+import sys
+
 import jax
 import numpy as np
 import optax
@@ -20,9 +22,12 @@ import torch
 
 from caco_jax.classes import CLASS_NAMES, HAM10000_COUNTS, IMAGENET_MEAN, IMAGENET_STD
 from caco_jax.convert import export_state_dict, load_torchvision
-from caco_jax.losses import default_loss_config, make_loss
+from caco_jax.losses import make_loss
 from caco_jax.steps import ModelDef, make_optimizer
 from caco_jax.torch_reference import make_torch_loss, reference_model
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from configs import default  # noqa: E402
 
 K = 5
 LR, WEIGHT_DECAY = 5e-4, 5e-2
@@ -53,7 +58,7 @@ def real_batches(data_dir: pathlib.Path, per_class: int = 1) -> tuple[np.ndarray
 
 
 def loss_config(name: str = "joint"):
-    cfg = default_loss_config()
+    cfg = default.get_config().loss
     cfg.name = name
     cfg.drw_epoch = 0  # DRW class weights from the first step
     return cfg
@@ -81,8 +86,6 @@ def starting_point(attention: str, backbone_pth: pathlib.Path, depthwise: str = 
 def jax_trajectory(model, x, y, x_eval, loss_name: str = "joint", orders: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
     """[(loss at each of the K steps, eval logits of ``x_eval`` after K steps)] for the batch in
     ``orders`` rotations of its order (the same computation, summed in other orders; one compile)."""
-    from configs import default
-
     loss = make_loss(loss_config(loss_name), HAM10000_COUNTS)
     weights = loss.class_weights(0)
     model_def = ModelDef(model)
