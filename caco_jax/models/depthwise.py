@@ -1,7 +1,7 @@
 """Depthwise convolution (one k x k filter per channel) in three interchangeable forms.
 
 XLA's CPU backend runs a grouped convolution with ``feature_group_count == channels``
-one to two orders of magnitude slower than PyTorch (scripts/benchmark_depthwise.py), and
+one to two orders of magnitude slower than PyTorch (README, Performance), and
 MobileNetV3 is mostly depthwise convolutions. The forms, all with the same parameter (an
 HWIO kernel ``(k, k, 1, C)``, exactly ``nnx.Conv``'s), so checkpoints do not care:
 
@@ -16,7 +16,8 @@ HWIO kernel ``(k, k, 1, C)``, exactly ``nnx.Conv``'s), so checkpoints do not car
   over small slices of the batch, so each slice's k*k reductions run in cache.
 
 ``auto`` resolves per backend from the measurements in the README: ``shifts_vjp`` on
-the CPU, ``conv`` elsewhere (GPU timings of the other forms are not measured yet).
+the CPU, ``conv`` elsewhere (on a GPU only compile times have been measured so far, not
+step times, so cuDNN's grouped convolution stays the choice there).
 """
 from __future__ import annotations
 
