@@ -325,19 +325,12 @@ def drw_weights(cls_num_list: Any, beta: float = 0.9999) -> np.ndarray:
 
 
 def make_torch_loss(cfg: Any, class_counts: Any) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
-    """``loss(logits, target, class_weights)`` for a loss config (the fields of
-    ``caco_jax.losses.default_loss_config``), from the formulas above: the PyTorch
-    counterpart of ``caco_jax.losses.make_loss`` (DRW weights: :func:`drw_weights`)."""
-    from caco_jax.losses import default_loss_config
-
-    defaults = default_loss_config()
-
-    def get(field: str) -> Any:
-        return getattr(cfg, field, defaults[field])
-
-    name = str(get("name")).lower()
-    gamma, alpha, a = float(get("focal_gamma")), get("focal_alpha"), float(get("joint_a"))
-    smoothing, s, max_m = float(get("label_smoothing")), float(get("ldam_s")), float(get("ldam_max_m"))
+    """``loss(logits, target, class_weights)`` for a config's ``loss`` section (every field of
+    ``configs/default.py``'s), from the formulas above: the PyTorch counterpart of
+    ``caco_jax.losses.make_loss`` (DRW weights: :func:`drw_weights`)."""
+    name = str(cfg.name).lower()
+    gamma, alpha, a = float(cfg.focal_gamma), cfg.focal_alpha, float(cfg.joint_a)
+    smoothing, s, max_m = float(cfg.label_smoothing), float(cfg.ldam_s), float(cfg.ldam_max_m)
 
     def loss(logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> Tensor:
         w = None if class_weights is None else torch.as_tensor(class_weights, dtype=logits.dtype)

@@ -81,7 +81,6 @@ def test_preserving_init_fine_tunes_where_the_plain_one_collapses_in_eval_mode(r
         pred = _fine_tune(init, imagenet_backbone_pth, data)
         accuracy[init] = float(np.mean(pred == labels))
     # Measured (2-core CPU, this setup with another batch order): preserve 0.73 against a majority
-    # rate of 0.72; plain 0.05, every image
-    # called one minority class.
+    # rate of 0.72; plain 0.05, every image called one minority class.
     assert accuracy["preserve"] >= majority - 0.1, accuracy
     assert accuracy["plain"] < 0.5 * majority, accuracy  # the failure this test is about is still detectable
