@@ -64,6 +64,8 @@ class Options:
     overhead_batch: int = opt(2, "batch size of the per-call overhead measurement", min=1)
     overhead_image_size: int = opt(32, "image size of the per-call overhead measurement", min=1)
     steps_per_dispatch: int = opt(1, ">1: also measure K train steps per dispatch (lax.scan over K batches)", min=1)
+    compile_cache: str = opt("off", "persistent XLA compilation cache directory, 'default' (the scripts' shared "
+                                    "one), or 'off' (the default: compile times are then cold ones)")
     seed: int = opt(0, "random seed (models, synthetic batches, pipeline)")
     out: str = opt("benchmark.json", "JSON output path")
 

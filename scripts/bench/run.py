@@ -139,9 +139,11 @@ def main(argv: Sequence[str] | None = None, description: str | None = None) -> d
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain worker processes read absl flags
 
+    from caco_jax import compile_cache
     from configs import default
     from scripts.bench import report
 
+    compile_cache.enable("" if opts.compile_cache == "default" else opts.compile_cache)
     start = time.perf_counter()
 
     def log(message: str) -> None:
