@@ -101,7 +101,7 @@ PRESETS: dict[str, Preset] = {
             _c("caco_joint_plain", "caco", "joint", note="the paper's model, plain init",
                **{"model.attention_init": "plain"}),
             _c("se_joint", "se", "joint", note="SE with the joint loss"),
-            _c("caco_joint_s30", "caco", "joint", note="LDAM scale s = 30 (official) instead of 1",
+            _c("caco_joint_s30", "caco", "joint", (0, 1), "LDAM scale s = 30 (official) instead of 1",
                **{"loss.ldam_s": 30.0}),
         ),
     ),
