@@ -248,9 +248,11 @@ def plot_gallery(
 
 def plot_results(rows: Sequence[Mapping[str, Any]], path: str | pathlib.Path, *, title: str = "",
                  dpi: int = DPI) -> pathlib.Path:
-    """Test BACC per grid cell (mean with a bar for +- std over seeds, every seed as a dot) beside the
-    paper's BACC (a cross), one row per cell (``scripts/reproduce.py``)."""
+    """Test BACC per grid cell (mean recall: a bar with +- std over seeds, every seed as a dot), our BACC
+    in the paper's formula (a diamond) and the paper's BACC (a cross), one row per cell
+    (``scripts/reproduce.py``)."""
     rows = list(rows)
+    legend_has = {"ours": False, "paper": False}
     fig = Figure(figsize=(9.0, 0.45 * max(len(rows), 3) + 1.2))
     ax = fig.add_subplot(1, 1, 1)
     for i, row in enumerate(rows):
@@ -260,15 +262,21 @@ def plot_results(rows: Sequence[Mapping[str, Any]], path: str | pathlib.Path, *,
         if mean is not None:
             ax.barh(y, 100 * mean, xerr=100 * std if std else None, color="#4c78a8", alpha=0.8, capsize=3)
             ax.plot(seeds, [y] * len(seeds), "o", color="black", markersize=3)
+        ours_paper_formula = (row.get("paper_bacc") or (None, None))[0]
+        if ours_paper_formula is not None:
+            ax.plot([100 * ours_paper_formula], [y], "D", mfc="none", color="#4c78a8", markersize=6,
+                    label=None if legend_has["ours"] else "ours, paper's formula")
+            legend_has["ours"] = True
         if row.get("paper"):
             ax.plot([row["paper"][1]], [y], "x", color="#e45756", markersize=8, mew=2,
-                    label="paper (its split)" if i == 0 or not any(r.get("paper") for r in rows[:i]) else None)
+                    label=None if legend_has["paper"] else "paper (its formula, its split)")
+            legend_has["paper"] = True
     ax.set_yticks(range(len(rows)), labels=[r["cell"] for r in reversed(rows)])
-    ax.set_xlabel("test BACC % (mean per-class recall)")
+    ax.set_xlabel("test BACC %: bars mean per-class recall; diamonds and crosses mean (sens. + spec.) / 2")
     ax.set_xlim(0, 100)
     ax.grid(axis="x", alpha=0.3)
-    if any(r.get("paper") for r in rows):
-        ax.legend(loc="lower right")
+    if any(legend_has.values()):
+        ax.legend(loc="lower left", fontsize=8)
     ax.set_title(title)
     fig.subplots_adjust(left=0.28, right=0.97, top=0.92, bottom=0.12)
     return _save(fig, path, dpi)
