@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from caco_jax.data import images
+from caco_jax.data import ham10000, images
 from caco_jax.data.errors import CorruptImageError, ManualDirError
 
 log = logging.getLogger(__name__)
@@ -84,20 +84,10 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        text = tfds.features.Text()
         return tfds.core.DatasetInfo(
             builder=self,
             description="A folder-per-class image dataset, images stored as JPEG.",
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                "label": tfds.features.ClassLabel(names=list(self.builder_config.class_names)),
-                "image_id": text,
-                "lesion_id": text,
-                "dx_type": text,
-                "age": tfds.features.Scalar(dtype=np.float32, doc="NaN: unknown"),
-                "sex": text,
-                "localization": text,
-            }),
+            features=ham10000.features(self.builder_config.class_names),
             supervised_keys=("image", "label"),
             metadata=tfds.core.MetadataDict(),
         )

@@ -20,6 +20,7 @@ import logging
 import os
 import pathlib
 import tempfile
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -46,6 +47,22 @@ _CITATION = """\
   author={Tschandl, Philipp and Rosendahl, Cliff and Kittler, Harald},
   journal={Scientific Data}, volume={5}, pages={180161}, year={2018}}
 """
+
+
+def features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
+    """What every image-dataset build of this project stores (HAM10000's, a folder dataset's): the
+    pipeline, the splits and the reports read these fields, so a new dataset kind writes the same."""
+    text = tfds.features.Text()
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+        "label": tfds.features.ClassLabel(names=list(class_names)),
+        "image_id": text,
+        "lesion_id": text,
+        "dx_type": text,
+        "age": tfds.features.Scalar(dtype=np.float32, doc="years; NaN when unknown"),
+        "sex": text,
+        "localization": text,
+    })
 
 
 @dataclasses.dataclass
@@ -112,7 +129,6 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
-        text = tfds.features.Text()
         return tfds.core.DatasetInfo(
             builder=self,
             description=(
@@ -120,16 +136,7 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
                 "their shorter side at most the config's image_size; one split holding every "
                 "image (train/validation/test are computed at load time)."
             ),
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-                "label": tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-                "image_id": text,
-                "lesion_id": text,
-                "dx_type": text,
-                "age": tfds.features.Scalar(dtype=np.float32, doc="years; NaN when unknown"),
-                "sex": text,
-                "localization": text,
-            }),
+            features=features(CLASS_NAMES),
             supervised_keys=("image", "label"),
             homepage="https://doi.org/10.7910/DVN/DBW86T",
             citation=_CITATION,
