@@ -383,7 +383,15 @@ def main(argv: list[str] | None = None) -> int:
     preset = PRESETS[args.preset]
     out = pathlib.Path(args.out).resolve()
     cells = [c for c in args.cells.split(",") if c]
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        p.error(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. --seeds 0,1")
+    chosen = [c for c in preset.cells if not cells or c.name in cells]
+    unplanned = sorted(set(seeds) - {s for c in chosen for s in c.seeds})
+    if unplanned:
+        p.error(f"--seeds {unplanned} are planned in none of the chosen cells of preset {preset.name!r} "
+                f"(their seeds: {sorted({s for c in chosen for s in c.seeds})})")
     extra = {}
     for item in args.set:
         key, sep, value = item.partition("=")

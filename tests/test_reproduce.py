@@ -126,8 +126,10 @@ def test_seeds_and_set_choose_the_runs_and_reach_every_command(tmp_path, capsys)
     assert len(lines) == 2  # seed 0 of each chosen cell, not the three planned seeds
     assert all("se_ce_s0" in line or "caco_joint_s0" in line for line in lines)
     assert all("--config.data.cache=True" in line and "--config.data.num_workers=0" in line for line in lines)
-    with pytest.raises(SystemExit):
-        reproduce.main(["--set", "data.cache", "--pretrained", str(pth), "--dry_run"])
+    for bad in (["--set", "data.cache"], ["--seeds", "zero"], ["--seeds", "7"]):
+        with pytest.raises(SystemExit):
+            reproduce.main([*bad, "--pretrained", str(pth), "--dry_run"])
+    assert "planned in none of the chosen cells" in capsys.readouterr().err
 
 
 def test_tables_name_the_machine_that_trained(tmp_path):
