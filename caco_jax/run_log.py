@@ -31,6 +31,30 @@ class RunLog:
         self._file.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(self._file)
 
+    def forget_after(self, step: int) -> int:
+        """Drops the ``metrics.jsonl`` rows of steps after ``step`` (a run resuming from the checkpoint
+        at ``step`` logs them again); returns how many were dropped."""
+        if not self.files:
+            return 0
+        self._jsonl.close()
+        path = self.workdir / "metrics.jsonl"
+        kept, dropped = [], 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                later = json.loads(line).get("step", 0) > step
+            except (json.JSONDecodeError, AttributeError):
+                later = True  # a line cut short by a crash
+            if later:
+                dropped += 1
+            else:
+                kept.append(line)
+        if dropped:
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            tmp.replace(path)
+        self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        return dropped
+
     def info(self, message: str) -> None:
         log.info(message)
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from caco_jax.data.augment import AugmentConfig, augment_batch, normalize
+from caco_jax.data.augment import AugmentConfig, augment_batch, mix_batch, normalize
 from caco_jax.losses import Loss
 from caco_jax.metrics import TrainMetrics
 from caco_jax.saliency import grad_cam
@@ -33,6 +33,14 @@ class TrainState:
     batch_stats: PyTree
     opt_state: PyTree
     rng: jax.Array  # uint32[2] base key; per-step keys are fold_in(rng, step)
+    # Exponential moving average {'params', 'batch_stats'} of the weights, or None (off).
+    ema: PyTree = None
+
+    def eval_weights(self) -> tuple[PyTree, PyTree]:
+        """(params, batch_stats) to evaluate and keep: the moving average when there is one."""
+        if self.ema is not None:
+            return self.ema["params"], self.ema["batch_stats"]
+        return self.params, self.batch_stats
 
 
 class ModelDef:
@@ -95,7 +103,7 @@ def make_optimizer(cfg: Any, params: PyTree, steps_per_epoch: int, num_epochs: i
     )
 
 
-def init_state(model_def: ModelDef, tx: optax.GradientTransformation, seed: int) -> TrainState:
+def init_state(model_def: ModelDef, tx: optax.GradientTransformation, seed: int, *, ema: bool = False) -> TrainState:
     params = model_def.init_params
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -103,29 +111,52 @@ def init_state(model_def: ModelDef, tx: optax.GradientTransformation, seed: int)
         batch_stats=model_def.init_batch_stats,
         opt_state=tx.init(params),
         rng=jax.random.key_data(jax.random.key(seed)),
+        # copies: the state is donated, and one buffer may not be donated twice
+        ema=jax.tree.map(jnp.array, {"params": params, "batch_stats": model_def.init_batch_stats}) if ema else None,
     )
 
 
+def ema_update(ema: PyTree, new: PyTree, step: jax.Array, decay: float) -> PyTree:
+    """One step of the weights' moving average; the decay ramps up as min(decay, (1 + t) / (10 + t))
+    so that early, random weights fade quickly in short runs."""
+    t = step.astype(jnp.float32)
+    d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+    return jax.tree.map(lambda e, x: d * e + (1.0 - d) * x, ema, new)
+
+
 def make_train_step(
-    model_def: ModelDef, tx: optax.GradientTransformation, loss: Loss, aug: AugmentConfig, image_size: int
+    model_def: ModelDef, tx: optax.GradientTransformation, loss: Loss, aug: AugmentConfig, image_size: int,
+    ema_decay: float = 0.0,
 ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, TrainMetrics]]:
-    """One optimiser step on a uint8 batch: augment on device, forward, backward, AdamW."""
+    """One optimiser step on a uint8 batch: augment (and mix) on device, forward, backward, AdamW,
+    and the weights' moving average when ``ema_decay`` > 0."""
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], class_weights: jax.Array):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-        aug_key, dropout_key = jax.random.split(key)
+        aug_key, dropout_key, mix_key = jax.random.split(key, 3)
         images = augment_batch(aug_key, batch["image"], out_size=image_size, cfg=aug)
+        images, lam = mix_batch(mix_key, images, aug)
         labels = batch["label"]
+        mixing = aug.mixup_alpha > 0 or aug.cutmix_alpha > 0
 
         def loss_fn(params):
             logits, stats = model_def.apply(params, state.batch_stats, images, train=True, rng=dropout_key)
-            return loss(logits, labels, class_weights), (logits, stats)
+            value = loss(logits, labels, class_weights)
+            if mixing:
+                value = lam * value + (1.0 - lam) * loss(logits, labels[::-1], class_weights)
+            return value, (logits, stats)
 
         (value, (logits, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = TrainMetrics.single_from_model_output(loss=value, logits=logits, labels=labels)
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state)
+        ema = state.ema
+        if ema_decay > 0:
+            if ema is None:
+                raise ValueError("ema_decay > 0 needs a train state made with init_state(..., ema=True)")
+            ema = ema_update(ema, {"params": params, "batch_stats": stats}, state.step, ema_decay)
+        new_state = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state,
+                                  ema=ema)
         return new_state, metrics
 
     return train_step
@@ -231,7 +262,8 @@ class Steps:
 
 
 def build_steps(model_def: ModelDef, mesh: Any, *, tx: optax.GradientTransformation | None = None,
-                loss: Loss | None = None, aug: AugmentConfig | None = None, image_size: int | None = None) -> Steps:
+                loss: Loss | None = None, aug: AugmentConfig | None = None, image_size: int | None = None,
+                ema_decay: float = 0.0) -> Steps:
     """The one place the steps are jitted, with their shardings and donation (train, evaluate,
     predict, the web app and the benchmark all use it)."""
     from caco_jax import parallel
@@ -241,7 +273,8 @@ def build_steps(model_def: ModelDef, mesh: Any, *, tx: optax.GradientTransformat
     if tx is not None:
         if loss is None or aug is None or image_size is None:
             raise ValueError("a train step needs loss, aug and image_size")
-        train = jax.jit(make_train_step(model_def, tx, loss, aug, image_size), in_shardings=(repl, data, repl),
+        train = jax.jit(make_train_step(model_def, tx, loss, aug, image_size, ema_decay),
+                        in_shardings=(repl, data, repl),
                         out_shardings=(repl, repl), donate_argnums=(0,))
     evaluate = evaluate_tta = None
     if loss is not None:

@@ -26,9 +26,9 @@ import numpy as np
 from clu import parameter_overview
 from tqdm import tqdm
 
-from caco_jax import calibration, parallel, plots, saliency
+from caco_jax import calibration, parallel, plots, predictions, saliency
 from caco_jax.checkpoints import Checkpointer
-from caco_jax.data import pipeline
+from caco_jax.data import leakage, pipeline
 from caco_jax.data.augment import AugmentConfig
 from caco_jax.evaluate import collect, evaluation_report, host_array, run_eval, write_report
 from caco_jax.losses import Loss, make_loss
@@ -44,7 +44,9 @@ log = logging.getLogger("caco_jax.train")
 
 # Config fields a resumed run must share with the run that wrote the checkpoint.
 _RESUME_KEYS = ("model.arch", "model.attention", "model.ca_activation", "model.attention_init", "data.name",
-                "data.split_by", "data.split_seed", "data.image_size", "batch_size", "seed")
+                "data.split_by", "data.split_seed", "data.offline.mode", "data.offline.target",
+                "data.offline.multiple", "data.offline.seed", "data.sampling", "data.image_size", "batch_size",
+                "optimizer.ema_decay", "seed")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -172,7 +174,7 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
             parameter_overview.get_parameter_overview(model_def.init_params, include_stats=False) + "\n")
     tx = make_optimizer(config.optimizer, model_def.init_params, steps_per_epoch, config.num_epochs)
     steps = build_steps(model_def, mesh, tx=tx, loss=loss, aug=AugmentConfig.from_config(config.data.augment),
-                        image_size=config.data.image_size)
+                        image_size=config.data.image_size, ema_decay=config.optimizer.ema_decay)
     return Run(config, workdir, mesh, splits, class_names, counts, loss, model, model_def, tx, steps,
                steps_per_epoch, steps_per_epoch * config.num_epochs, num_params, runlog)
 
@@ -180,12 +182,14 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
 def restore_or_init(run: Run, ckpt: Checkpointer, train_iter: Any) -> tuple[TrainState, Progress]:
     """The newest checkpoint of the workdir (state, data position, history), or a fresh start."""
     progress = Progress()
-    fresh = jax.device_put(init_state(run.model_def, run.tx, run.config.seed), parallel.replicated(run.mesh))
+    fresh = jax.device_put(init_state(run.model_def, run.tx, run.config.seed, ema=run.config.optimizer.ema_decay > 0),
+                           parallel.replicated(run.mesh))
     start = ckpt.latest_step()
     if start is None:
         return fresh, progress
     state, data_state, meta = ckpt.restore(start, fresh)
     train_iter.set_state(data_state)
+    run.runlog.forget_after(start)  # rows logged after the checkpoint are about to be logged again
     progress.history, progress.best_bacc, progress.last_saved = meta["history"], meta["best_bacc"], start
     run.runlog.info(f"resumed from {ckpt.directory}/{start} (epoch {start // run.steps_per_epoch})")
     return state, progress
@@ -227,7 +231,8 @@ def end_of_epoch(run: Run, state: TrainState, progress: Progress, step: int, val
     t0, n0 = progress.epoch_start
     train_seconds = time.perf_counter() - t0
     tv = time.perf_counter()
-    val = run.evaluate(state.params, state.batch_stats, validation, epoch)
+    params, stats = state.eval_weights()
+    val = run.evaluate(params, stats, validation, epoch)
     val_seconds = time.perf_counter() - tv
     row = {
         "epoch": epoch + 1, "step": step, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
@@ -239,7 +244,7 @@ def end_of_epoch(run: Run, state: TrainState, progress: Progress, step: int, val
     ts = time.perf_counter()
     if row["val_bacc"] > progress.best_bacc:
         progress.best_bacc = row["val_bacc"]
-        best.save(state_weights(state.params, state.batch_stats), {
+        best.save(state_weights(params, stats), {
             "epoch": epoch + 1, "step": step, "val_bacc": row["val_bacc"], "val_accuracy": row["val_accuracy"],
             "train_class_counts": run.counts.tolist(), "class_names": list(run.class_names),
             "source": f"best validation BACC of {run.workdir}"})
@@ -270,12 +275,8 @@ def save_checkpoint(run: Run, ckpt: Checkpointer, state: TrainState, train_iter:
     progress.last_saved = step
 
 
-def fit_calibration(run: Run, params: Any, stats: Any, validation: pipeline.EvalSet,
-                    weights_dir: pathlib.Path | None) -> float:
-    """Fits the temperature on the validation split; saved beside the weights it belongs to."""
-    weights = jax.device_put(run.loss.class_weights(run.config.num_epochs - 1), parallel.replicated(run.mesh))
-    acc, _ = collect(run.steps.eval, params, stats, run.local_batches(validation), weights, run.mesh, run.class_names)
-    logits, labels = acc.logits()
+def fit_calibration(run: Run, logits: np.ndarray, labels: np.ndarray, weights_dir: pathlib.Path | None) -> float:
+    """Fits the temperature on the validation split's logits; saved beside the weights it belongs to."""
     temperature = calibration.fit_temperature(logits, labels)
     before = calibration.summary(logits, labels, temperature)
     info = {"fitted_on": "validation", "num_examples": int(len(labels)),
@@ -331,14 +332,28 @@ def final_test(run: Run, state: TrainState, best: WeightsWriter, history: list[d
         stats = unflatten(flat, run.model_def.init_batch_stats, source=str(weights_dir))
         params, stats = jax.device_put((params, stats), parallel.replicated(run.mesh))
     else:
-        params, stats = state.params, state.batch_stats
-    temperature = fit_calibration(run, params, stats, validation, weights_dir)
+        params, stats = state.eval_weights()
     weights = jax.device_put(run.loss.class_weights(run.config.num_epochs - 1), parallel.replicated(run.mesh))
-    acc, loss = collect(run.steps.eval, params, stats, run.local_batches(run.splits["test"]), weights, run.mesh,
-                        run.class_names)
+    val_acc, _ = collect(run.steps.eval, params, stats, run.local_batches(validation), weights, run.mesh,
+                         run.class_names)
+    temperature = fit_calibration(run, *val_acc.logits(), weights_dir)
+    test = run.splits["test"]
+    acc, loss = collect(run.steps.eval, params, stats, run.local_batches(test), weights, run.mesh, run.class_names)
     report = evaluation_report(acc, loss, temperature)
+    report["leakage"] = leakage.summary(run.splits["train"], test)
+    views = {}  # every process takes part in the collectives; the first writes
+    if run.config.evaluation.tta:
+        for name, source in (("validation", validation), ("test", test)):
+            views[name] = collect(run.steps.eval_tta, params, stats, run.local_batches(source), weights, run.mesh,
+                                  run.class_names)[0]
     if not run.runlog.files:  # multi-host: the first process writes the report
         return report, {}
+    train = run.splits["train"]
+    predictions.save(predictions.path(run.workdir, "validation"), *val_acc.logits(), validation.source, train)
+    predictions.save(predictions.path(run.workdir, "test"), *acc.logits(), test, train)
+    for name, source in (("validation", validation.source), ("test", test)):
+        if name in views:
+            predictions.save(predictions.path(run.workdir, name, tta=True), *views[name].logits(), source, train)
     probs, labels, _ = acc.arrays(temperature)
     gallery = cam_gallery(run, params, stats, probs, labels, temperature)
     paths = write_report(run.workdir, report, history=history, config=run.config, num_params=run.num_params,
@@ -363,7 +378,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     where = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     train_iter = pipeline.train_iterator(
         run.splits["train"], batch_size=config.batch_size, load_size=config.data.load_size or None,
-        seed=config.seed, num_workers=config.data.num_workers, cache=config.data.cache, **where)
+        seed=config.seed, num_workers=config.data.num_workers, cache=config.data.cache,
+        sampling=config.data.sampling, **where)
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
     best = WeightsWriter(workdir / "best")
     state, progress = restore_or_init(run, ckpt, train_iter)

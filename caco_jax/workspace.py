@@ -8,7 +8,7 @@ from typing import Any
 
 import ml_collections
 
-from caco_jax.data import folder, ham10000, pipeline, synthetic
+from caco_jax.data import folder, ham10000, offline, pipeline, synthetic
 
 # config.data.name -> what it reads: HAM10000 (any official layout, or synthetic) or a
 # folder-per-class dataset of the user's own (caco_jax.data.folder).
@@ -49,6 +49,14 @@ def data_location(config: Any, workdir: pathlib.Path) -> tuple[pathlib.Path, pat
     return pathlib.Path(config.data.data_dir).expanduser().resolve(), manual
 
 
+def split_options(config: Any) -> dict[str, Any]:
+    """The ``open_splits`` keywords a run's config fixes: split rule, seed, offline copies
+    (configs saved before ``data.offline`` existed had none)."""
+    copies = config.data.get("offline")
+    return {"split_by": config.data.split_by, "seed": config.data.split_seed,
+            "copies": offline.OfflineCopies.from_config(copies) if copies else None}
+
+
 def open_data(config: Any, workdir: pathlib.Path) -> dict[str, pipeline.Source]:
     """Builds the dataset if needed (synthetic or from ``data.manual_dir``) and opens the three splits.
 
@@ -62,13 +70,10 @@ def open_data(config: Any, workdir: pathlib.Path) -> dict[str, pipeline.Source]:
             raise ValueError("data.name=folder reads your own images: set --config.data.manual_dir=/path/to/folder "
                              "(one sub-folder per class) and leave data.synthetic_images at 0")
         built = folder.prepare(manual_dir, data_dir, image_size=config.data.build_size, progress=config.progress_bar)
-        return pipeline.open_splits(data_dir, split_by=config.data.split_by, seed=config.data.split_seed,
-                                    builder=built)
+        return pipeline.open_splits(data_dir, builder=built, **split_options(config))
     if config.data.synthetic_images > 0 and not (manual_dir / "HAM10000_metadata.csv").is_file():
         log.info("writing %d synthetic HAM10000-like images to %s", config.data.synthetic_images, manual_dir)
         synthetic.write_manual_dir(manual_dir, num_images=config.data.synthetic_images, seed=config.seed)
     if manual_dir is not None:
         ham10000.prepare(manual_dir, data_dir, image_size=config.data.build_size, progress=config.progress_bar)
-    return pipeline.open_splits(
-        data_dir, split_by=config.data.split_by, seed=config.data.split_seed, image_size=config.data.build_size
-    )
+    return pipeline.open_splits(data_dir, image_size=config.data.build_size, **split_options(config))

@@ -38,12 +38,23 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.synthetic_images = 0  # >0: generate this many synthetic images instead (demo/tests)
     c.data.split_by = "lesion"  # lesion (no lesion in two splits) | image (the paper's likely split)
     c.data.split_seed = 0
+    # Offline copies made before the split (caco_jax.data.offline): none | balance (top every
+    # class up to `target` images) | multiple (`multiple` copies of every image). With
+    # split_by=image, copies of one photograph land in train and test: a leaky protocol.
+    c.data.offline = ml_collections.ConfigDict()
+    c.data.offline.mode = "none"
+    c.data.offline.target = 0
+    c.data.offline.multiple = 1
+    c.data.offline.seed = 0
     c.data.image_size = 224  # network input
     # Decoded training image size; 0: as stored (no CPU resize: the random resized crop on
     # the accelerator is the only resampling; several times cheaper, scripts/bench_input.py).
     c.data.load_size = 0
     c.data.cache = False  # decode the train split into RAM once (fast GPUs; needs num_workers=0)
     c.data.num_workers = 0  # grain worker processes (0: in the main process)
+    # Which training images an epoch draws: uniform (a permutation, the paper) | balanced
+    # (every class equally often, with replacement) | sqrt (class frequency ~ sqrt(count)).
+    c.data.sampling = "uniform"
     c.data.augment = ml_collections.ConfigDict()  # caco_jax.data.augment.AugmentConfig, every field
     c.data.augment.hflip = True  # random horizontal flip (probability 1/2)
     c.data.augment.vflip = True
@@ -54,6 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.augment.hue = 0.05  # fraction of a turn
     c.data.augment.scale = (0.35, 1.0)  # random resized crop: crop area / image area
     c.data.augment.ratio = (3 / 4, 4 / 3)  # crop aspect / image aspect
+    c.data.augment.mixup_alpha = 0.0  # batch mixing in the train step: Beta(alpha, alpha); 0 = off
+    c.data.augment.cutmix_alpha = 0.0
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "joint"  # ce | focal | ldam | joint (caco_jax.losses.LOSSES)
@@ -77,6 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.optimizer.eps = 1e-8
     c.optimizer.schedule = "constant"  # constant (the paper) | cosine
     c.optimizer.warmup_epochs = 0.0
+    c.optimizer.ema_decay = 0.0  # >0: evaluate and keep a moving average of the weights (e.g. 0.998)
 
     c.batch_size = 128  # global, split over all devices
     c.eval_batch_size = 128
@@ -92,6 +106,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint.every_epochs = 1
     c.checkpoint.every_steps = 0  # >0: also save every N steps (long epochs, preemptible machines)
     c.checkpoint.keep = 3
+
+    c.evaluation = ml_collections.ConfigDict()
+    # Also save the 8 dihedral views' logits of the validation and test splits at the end
+    # (predictions_<split>_tta.npz), for test-time augmentation.
+    c.evaluation.tta = False
 
     c.log_every_steps = 20
     c.progress_bar = True

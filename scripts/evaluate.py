@@ -26,7 +26,7 @@ from caco_jax.evaluate import load_trained, run_eval, write_report
 from caco_jax.losses import make_loss
 from caco_jax.models import count_params
 from caco_jax.steps import ModelDef, build_steps
-from caco_jax.workspace import data_location
+from caco_jax.workspace import data_location, split_options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.manual_dir:
         ham10000.prepare(args.manual_dir, data_dir, config=args.dataset, image_size=build_size)
     if args.dataset == "ham10000":
-        source = pipeline.open_splits(data_dir, split_by=config.data.split_by, seed=config.data.split_seed,
-                                      image_size=build_size)[args.split]
+        source = pipeline.open_splits(data_dir, image_size=build_size, **split_options(config))[args.split]
         split = args.split
     else:
         source = pipeline.open_source(data_dir, config=args.dataset, image_size=build_size)

@@ -209,3 +209,80 @@ def test_worker_processes_give_the_same_stream_and_resume(sources):
         np.testing.assert_array_equal(np.stack([next(resumed)["image"] for _ in range(3)]), np.stack(want[3:]))
     finally:
         resumed.close()
+
+
+# --------------------------------------------------------------------------- offline copies, leaks, sampling
+def test_offline_copies_balance_classes_and_leak_only_across_an_image_split(data_dir):
+    from caco_jax.data import leakage, offline
+
+    copies = offline.OfflineCopies("balance", target=30)
+    whole = pipeline.open_source(data_dir, image_size=SIZE).with_copies(copies)
+    counts = np.bincount(whole.labels, minlength=NUM_CLASSES)
+    originals = np.bincount(pipeline.open_source(data_dir, image_size=SIZE).labels, minlength=NUM_CLASSES)
+    assert np.array_equal(counts, np.maximum(originals, 30))
+    assert len(set(whole.image_ids)) == len(whole)  # copies are images of their own
+    is_copy = whole.copies > 0
+    assert all("#copy" in i for i in whole.image_ids[is_copy])
+    assert np.array_equal(np.char.partition(whole.image_ids.astype(str), "#")[:, 0], whole.source_ids)
+
+    by_image = pipeline.open_splits(data_dir, image_size=SIZE, split_by="image", copies=copies)
+    by_lesion = pipeline.open_splits(data_dir, image_size=SIZE, split_by="lesion", copies=copies)
+    leaky = leakage.summary(by_image["train"], by_image["test"])
+    clean = leakage.summary(by_lesion["train"], by_lesion["test"])
+    assert clean["same_lesion"] == 0 and clean["same_source"] == 0
+    assert leaky["same_source"] > 0.3 and leaky["same_lesion"] >= leaky["same_source"]
+    # an image-level split of the originals leaks lesions (two images each) but no photograph
+    plain = pipeline.open_splits(data_dir, image_size=SIZE, split_by="image")
+    flags = leakage.flags(plain["train"], plain["test"])
+    assert flags["same_lesion"].mean() > 0.5 and not flags["same_source"].any()
+    lines = leakage.table({"image": leakage.summary(plain["train"], plain["test"])}, CLASS_NAMES)
+    assert lines[2].startswith("| image |") and " / 0.0 |" in lines[2]
+
+
+def test_offline_copies_decode_transformed_and_deterministic(data_dir):
+    from caco_jax.data import offline
+
+    whole = pipeline.open_source(data_dir, image_size=SIZE).with_copies(offline.OfflineCopies("multiple", multiple=2))
+    n = len(whole) // 3
+    first, again = whole.decode([0, n, 2 * n], (SIZE, SIZE + 4)), whole.decode([0, n, 2 * n], (SIZE, SIZE + 4))
+    assert np.array_equal(first, again)
+    assert whole.copies[[0, n, 2 * n]].tolist() == [0, 1, 2]
+    assert whole.source_ids[n] == whole.source_ids[0] == whole.image_ids[0]
+    assert not np.array_equal(first[0], first[1]) and not np.array_equal(first[1], first[2])
+
+
+def test_offline_transform_is_a_flip_or_rotation_per_copy():
+    from caco_jax.data import offline
+
+    image = np.zeros((30, 40, 3), np.uint8)
+    image[:5, :8] = 255  # a bright corner: where it goes tells the flip / rotation
+    corners = set()
+    for copy in range(1, 8):
+        out = offline.transform(image, "ISIC_1", copy)
+        assert out.shape == image.shape and out.dtype == np.uint8
+        h, w = out.shape[:2]
+        quadrant = np.asarray([out[: h // 2, : w // 2].mean(), out[: h // 2, w // 2:].mean(),
+                               out[h // 2:, : w // 2].mean(), out[h // 2:, w // 2:].mean()])
+        corners.add(int(quadrant.argmax()))
+    assert {1, 2, 3} <= corners  # the 7 copies move the corner to every other quadrant
+    assert np.array_equal(offline.transform(image, "ISIC_1", 0), image)
+    with pytest.raises(ValueError, match="target >= 1"):
+        offline.OfflineCopies("balance", target=0)
+    with pytest.raises(ValueError, match="unknown data.offline key"):
+        offline.OfflineCopies.from_config({"mode": "none", "copies": 3})
+
+
+def test_sampling_draws_classes_in_the_configured_proportions(sources):
+    train = sources["train"]
+    counts = np.bincount(train.labels, minlength=NUM_CLASSES)
+    for sampling, share in (("balanced", np.where(counts > 0, 1.0, 0.0)), ("sqrt", np.sqrt(counts))):
+        p = pipeline.sampling_probabilities(train.labels, sampling)
+        per_class = np.bincount(train.labels, weights=p, minlength=NUM_CLASSES)
+        assert np.allclose(per_class, share / share.sum())
+    assert pipeline.sampling_probabilities(train.labels, "uniform") is None
+    with pytest.raises(ValueError, match="data.sampling must be one of"):
+        pipeline.sampling_probabilities(train.labels, "oversample")
+    it = pipeline.train_iterator(train, batch_size=8, load_size=SIZE, seed=0, sampling="balanced")
+    labels = np.concatenate([next(it)["label"] for _ in range(60)])
+    drawn = np.bincount(labels, minlength=NUM_CLASSES)[counts > 0] / len(labels)
+    assert np.all(np.abs(drawn - 1 / np.sum(counts > 0)) < 0.07)

@@ -48,3 +48,56 @@ def test_tta_prediction_is_the_mean_over_the_views_and_composes_with_the_tempera
     symmetric = np.minimum(symmetric, np.swapaxes(symmetric, 1, 2))
     np.testing.assert_allclose(np.asarray(steps.predict_tta(params, stats, symmetric, t)),
                                np.asarray(steps.predict(params, stats, symmetric, t)), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- mixing and the moving average
+def test_mixup_and_cutmix_mix_each_example_with_its_mirror_partner():
+    import jax.numpy as jnp
+
+    from caco_jax.data.augment import AugmentConfig, mix_batch
+
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 3)), jnp.float32)
+    same, lam = mix_batch(jax.random.key(0), x, AugmentConfig())
+    assert float(lam) == 1.0 and same is x
+    mixed, lam = mix_batch(jax.random.key(1), x, AugmentConfig(mixup_alpha=0.4))
+    assert 0.0 <= float(lam) <= 1.0
+    np.testing.assert_allclose(mixed, lam * x + (1 - lam) * x[::-1], atol=1e-6)
+    for seed in range(4):
+        cut, lam = mix_batch(jax.random.key(seed), x, AugmentConfig(cutmix_alpha=1.0))
+        from_partner = np.all(np.isclose(cut, x[::-1]), axis=-1) & ~np.all(np.isclose(cut, x), axis=-1)
+        assert np.all(np.isclose(cut, x).all(-1) | np.isclose(cut, x[::-1]).all(-1))  # every pixel from one of the two
+        assert float(lam) == pytest.approx(1 - from_partner[0].mean(), abs=1e-6)
+    with pytest.raises(ValueError, match="mixup_alpha must be >= 0"):
+        AugmentConfig(mixup_alpha=-1)
+
+
+def test_train_step_keeps_a_moving_average_of_the_weights():
+    import optax
+
+    from caco_jax.data.augment import AugmentConfig
+    from caco_jax.losses import make_loss
+    from caco_jax.steps import init_state
+    from configs import default
+
+    model_def = ModelDef(create_model(arch="tiny", num_classes=3, seed=0))
+    mesh = parallel.make_mesh(1)
+    tx = optax.adamw(1e-2)
+    cfg = default.get_config().loss
+    cfg.name = "ce"
+    loss = make_loss(cfg, None, num_classes=3)
+    steps = build_steps(model_def, mesh, tx=tx, loss=loss, aug=AugmentConfig(mixup_alpha=0.4), image_size=16,
+                        ema_decay=0.5)
+    state = jax.device_put(init_state(model_def, tx, 0, ema=True), parallel.replicated(mesh))
+    batch = {"image": np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3)).astype(np.uint8),
+             "label": np.asarray([0, 1, 2, 1], np.int32)}
+    weights = np.ones(3, np.float32)
+    ema = jax.device_get(state.ema["params"])
+    for t in range(2):
+        state, _ = steps.train(state, batch, weights)
+        d = min(0.5, (1 + t) / (10 + t))
+        ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, jax.device_get(state.params))
+        for got, want in zip(jax.tree.leaves(jax.device_get(state.ema["params"])), jax.tree.leaves(ema)):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    params, stats = state.eval_weights()
+    assert params is state.ema["params"] and stats is state.ema["batch_stats"]
+    assert jax.tree.leaves(state.params)[0] is not jax.tree.leaves(params)[0]

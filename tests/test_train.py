@@ -101,6 +101,13 @@ def test_demo_config_runs_end_to_end_and_writes_the_report(trained, synthetic_tf
     assert sum(l["kind"] == "epoch" for l in lines) == 2
     assert any(f.name.startswith("events.out.tfevents") for f in (workdir / "tb").iterdir())
     assert (workdir / "best" / "weights").is_dir()
+    from caco_jax import predictions
+
+    test = predictions.load(workdir / "predictions_test.npz")
+    assert list(test.image_id) == list(splits["test"].image_ids) and test.logits.shape == (n_test, 7)
+    assert np.mean(test.logits.argmax(1) == test.labels) == pytest.approx(payload["metrics"]["accuracy"])
+    assert not test.same_lesion.any() and payload["metrics"]["leakage"]["same_lesion"] == 0  # lesion split
+    assert len(predictions.load(workdir / "predictions_validation.npz")) == len(splits["validation"])
 
 
 def test_the_report_has_calibration_and_a_grad_cam_gallery(trained):
@@ -222,6 +229,11 @@ def test_killed_run_resumes_bit_exactly(synthetic_tfds, tmp_path):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
+    def rows(workdir):  # (kind, step) of every metrics.jsonl row: a resumed run repeats none
+        return [(r["kind"], r["step"]) for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
+
+    assert rows(killed) == rows(straight)
+
 
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(synthetic_tfds, tmp_path):
@@ -280,6 +292,8 @@ def test_a_stop_on_an_epochs_last_step_still_validates_that_epoch(synthetic_tfds
     second = train_and_evaluate(tiny_config(synthetic_tfds), workdir)
     assert second["status"] == "finished"
     assert [row["epoch"] for row in second["history"]] == [1, 2]
+    logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if r["kind"] == "epoch"] == [steps_per_epoch, 2 * steps_per_epoch]
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_tfds, tmp_path):

@@ -47,6 +47,10 @@ class AugmentConfig:
     hue: float = 0.05  # fraction of a full turn, at most 0.5
     scale: tuple[float, float] = (0.35, 1.0)  # crop area / image area
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # crop aspect / image aspect (w/h)
+    # Batch mixing in the train step (`mix_batch`): Beta(alpha, alpha) weights; 0 = off.
+    # Both on: each step picks one of the two with probability 1/2.
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
 
     def __post_init__(self):
         for name in ("hflip", "vflip", "rot90"):
@@ -55,6 +59,9 @@ class AugmentConfig:
         for name in ("brightness", "contrast", "saturation"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: off), got {getattr(self, name)}")
         if not 0.0 <= self.hue <= 0.5:
             raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
         object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
@@ -203,3 +210,42 @@ def augment_batch(rng: jax.Array, images: jax.Array, *, out_size: int, cfg: Augm
     augmented = jax.vmap(
         lambda k, x: augment_image(k, x, out_size=out_size, cfg=cfg, precision=precision))(keys, images)
     return (augmented - _MEAN) / _STD
+
+
+def mix_batch(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> tuple[jax.Array, jax.Array]:
+    """Mixup or CutMix of a (normalised) batch with its own reverse: (mixed images, lam).
+
+    Example i is mixed with example B-1-i; the loss is ``lam * L(y) + (1 - lam) * L(y[::-1])``.
+    lam ~ Beta(alpha, alpha), one draw per batch; for CutMix a box of area (1 - lam) of the image
+    is pasted from the partner and lam is the share of pixels actually kept. Without mixing
+    configured the batch is returned with lam = 1.
+    """
+    if cfg.mixup_alpha <= 0 and cfg.cutmix_alpha <= 0:
+        return images, jnp.ones((), jnp.float32)
+    k_choice, k_mix, k_cut, k_y, k_x = jax.random.split(key, 5)
+    partner = images[::-1]
+    out_h, out_w = images.shape[1], images.shape[2]
+
+    def mixup():
+        lam = jax.random.beta(k_mix, cfg.mixup_alpha, cfg.mixup_alpha)
+        return lam * images + (1.0 - lam) * partner, lam
+
+    def cutmix():
+        lam = jax.random.beta(k_cut, cfg.cutmix_alpha, cfg.cutmix_alpha)
+        cut = jnp.sqrt(1.0 - lam)
+        h, w = jnp.round(cut * out_h), jnp.round(cut * out_w)
+        cy, cx = jax.random.uniform(k_y, (), maxval=out_h), jax.random.uniform(k_x, (), maxval=out_w)
+        y0, y1 = jnp.clip(cy - h / 2, 0, out_h), jnp.clip(cy + h / 2, 0, out_h)
+        x0, x1 = jnp.clip(cx - w / 2, 0, out_w), jnp.clip(cx + w / 2, 0, out_w)
+        ys, xs = jnp.arange(out_h)[:, None] + 0.5, jnp.arange(out_w)[None, :] + 0.5
+        box = ((ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1))[None, :, :, None]
+        kept = 1.0 - jnp.mean(box.astype(jnp.float32))
+        return jnp.where(box, partner, images), kept
+
+    if cfg.cutmix_alpha <= 0:
+        return mixup()
+    if cfg.mixup_alpha <= 0:
+        return cutmix()
+    use_cutmix = jax.random.bernoulli(k_choice, 0.5)
+    (mixed_a, lam_a), (mixed_b, lam_b) = mixup(), cutmix()
+    return jnp.where(use_cutmix, mixed_b, mixed_a), jnp.where(use_cutmix, lam_b, lam_a)

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
 
-from caco_jax.data import ham10000, images, splits
+from caco_jax.data import ham10000, images, offline, splits
 from caco_jax.data.errors import DataNotBuiltError
 
 DEFAULT_IMAGE_SIZE = ham10000.DEFAULT_IMAGE_SIZE
@@ -69,7 +69,8 @@ class Source:
 
     def __init__(self, base, indices: np.ndarray, *, labels: np.ndarray, image_ids: np.ndarray,
                  lesion_ids: np.ndarray, name: str, class_names: Sequence[str],
-                 image_shapes: dict[str, int] | None = None):
+                 image_shapes: dict[str, int] | None = None, copies: np.ndarray | None = None,
+                 source_ids: np.ndarray | None = None, copy_seed: int = 0):
         self._base = base  # TFDS array_record source returning raw serialized examples
         self.class_names = tuple(class_names)  # the dataset's label vocabulary, in label order
         self.indices = np.asarray(indices, np.int64)
@@ -78,6 +79,11 @@ class Source:
         self.lesion_ids = np.asarray(lesion_ids)
         self.name = name
         self.image_shapes = dict(image_shapes or {})  # stored "HxW" -> count, whole build
+        # Offline copies (caco_jax.data.offline): 0 = the stored image, k > 0 = its k-th copy,
+        # made from the photograph source_ids names.
+        self.copies = np.zeros(len(self.indices), np.int64) if copies is None else np.asarray(copies, np.int64)
+        self.source_ids = self.image_ids if source_ids is None else np.asarray(source_ids)
+        self.copy_seed = copy_seed
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -93,12 +99,35 @@ class Source:
         raw = self._base.__getitems__([int(self.indices[i]) for i in indices])
         return [parse_record(r, fields) for r in raw]
 
+    def decode(self, positions: Sequence[int], size: tuple[int, int]) -> np.ndarray:
+        """uint8 [len(positions), h, w, 3]: the images at `positions`, decoded, resized, and
+        transformed where they are offline copies."""
+        records = self.read(positions, ("image",))
+        out = np.empty((len(records), *size, 3), np.uint8)
+        for i, (position, record) in enumerate(zip(positions, records)):
+            image = images.decode(record["image"], size)
+            copy = int(self.copies[position])
+            out[i] = offline.transform(image, str(self.source_ids[position]), copy, self.copy_seed) if copy else image
+        return out
+
     def subset(self, positions: np.ndarray, name: str) -> "Source":
         """The examples at `positions` (of this source), as a new Source."""
         positions = np.asarray(positions, np.int64)
         return Source(self._base, self.indices[positions], labels=self.labels[positions],
                       image_ids=self.image_ids[positions], lesion_ids=self.lesion_ids[positions],
-                      name=name, class_names=self.class_names, image_shapes=self.image_shapes)
+                      name=name, class_names=self.class_names, image_shapes=self.image_shapes,
+                      copies=self.copies[positions], source_ids=self.source_ids[positions],
+                      copy_seed=self.copy_seed)
+
+    def with_copies(self, copies: offline.OfflineCopies) -> "Source":
+        """This source plus its offline copies (`offline.plan`); the copies keep their source's
+        label and lesion_id and get image_ids `<image_id>#copy<k>`."""
+        positions, numbers = offline.plan(self.labels, copies)
+        ids = np.asarray([offline.copy_id(str(self.image_ids[p]), int(k)) for p, k in zip(positions, numbers)])
+        return Source(self._base, self.indices[positions], labels=self.labels[positions], image_ids=ids,
+                      lesion_ids=self.lesion_ids[positions], name=f"{self.name}+{copies.mode}",
+                      class_names=self.class_names, image_shapes=self.image_shapes, copies=numbers,
+                      source_ids=self.source_ids[positions], copy_seed=copies.seed)
 
     def __repr__(self) -> str:
         return f"Source({self.name!r}, {len(self)} examples)"
@@ -175,14 +204,18 @@ def open_splits(
     config: str = "ham10000",
     image_size: int | None = DEFAULT_IMAGE_SIZE,
     builder=None,
+    copies: offline.OfflineCopies | None = None,
 ) -> dict[str, Source]:
     """{'train', 'validation', 'test'} Sources of a HAM10000 build, split at load time.
 
     split_by: 'lesion' (default; no lesion in two splits) or 'image' (the paper's
     likely image-level split, which leaks lesions); both stratified by class and
-    determined by `seed` (see caco_jax.data.splits).
+    determined by `seed` (see caco_jax.data.splits). copies: offline copies added
+    before the split (`caco_jax.data.offline`; with split_by='image' they leak too).
     """
     source = open_source(data_dir, config=config, image_size=image_size, builder=builder)
+    if copies is not None and copies.enabled:
+        source = source.with_copies(copies)
     parts = splits.split(source.labels, source.lesion_ids, source.image_ids,
                          by=split_by, fractions=fractions, seed=seed)
     return {name: source.subset(idx, f"{source.name}:{name}") for name, idx in parts.items()}
@@ -223,10 +256,9 @@ def _hw(size: Size) -> tuple[int, int]:
 
 
 def _load(source: Source, positions: Sequence[int], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    records = source.read(positions, ("image", "label"))
-    image = np.stack([images.decode(r["image"], size) for r in records]) if records else None
-    label = np.asarray([r["label"] for r in records], np.int32)
-    return image, label
+    positions = list(positions)
+    image = source.decode(positions, size) if positions else None
+    return image, source.labels[positions].astype(np.int32)
 
 
 def decode_all(source: Source, size: Size, *, num_threads: int = 2) -> np.ndarray:
@@ -235,13 +267,29 @@ def decode_all(source: Source, size: Size, *, num_threads: int = 2) -> np.ndarra
     out = np.empty((len(source), *size, 3), np.uint8)
 
     def work(start: int) -> None:
-        positions = range(start, min(start + 256, len(source)))
-        for i, record in zip(positions, source.read(positions, ("image",))):
-            out[i] = images.decode(record["image"], size)
+        stop = min(start + 256, len(source))
+        out[start:stop] = source.decode(range(start, stop), size)
 
     with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
         list(pool.map(work, range(0, len(source), 256)))
     return out
+
+
+SAMPLING = ("uniform", "balanced", "sqrt")
+
+
+def sampling_probabilities(labels: np.ndarray, sampling: str) -> np.ndarray | None:
+    """Per-image draw probabilities of an epoch: None for 'uniform' (a permutation); 'balanced'
+    gives every class the same total, 'sqrt' a total proportional to sqrt(class count)."""
+    if sampling not in SAMPLING:
+        raise ValueError(f"data.sampling must be one of {SAMPLING}, got {sampling!r}")
+    if sampling == "uniform":
+        return None
+    labels = np.asarray(labels, np.int64)
+    counts = np.bincount(labels).astype(np.float64)
+    share = np.where(counts > 0, 1.0 if sampling == "balanced" else np.sqrt(counts), 0.0)
+    weights = (share / np.maximum(counts, 1))[labels]
+    return weights / weights.sum()
 
 
 class _TrainBatch:
@@ -253,17 +301,21 @@ class _TrainBatch:
     """
 
     def __init__(self, source: Source, batch_size: int, size: tuple[int, int], seed: int,
-                 decoded: np.ndarray | None = None, process_index: int = 0, process_count: int = 1):
+                 decoded: np.ndarray | None = None, process_index: int = 0, process_count: int = 1,
+                 sampling: str = "uniform"):
         self.source, self.batch_size, self.size, self.seed = source, batch_size, size, seed
         self.steps = steps_per_epoch(source, batch_size)
         self.decoded = decoded
         self.rows = process_rows(batch_size, process_index, process_count)
+        self.probabilities = sampling_probabilities(source.labels, sampling)
         self._permutations: dict[int, np.ndarray] = {}
 
     def permutation(self, epoch: int) -> np.ndarray:
         perm = self._permutations.get(epoch)
         if perm is None:
-            perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.source))
+            rng = np.random.default_rng([self.seed, epoch])
+            n = len(self.source)
+            perm = rng.permutation(n) if self.probabilities is None else rng.choice(n, n, p=self.probabilities)
             self._permutations = {epoch: perm, **{k: v for k, v in self._permutations.items() if k > epoch - 2}}
         return perm
 
@@ -288,6 +340,7 @@ def train_dataset(
     cache: bool = False,
     process_index: int = 0,
     process_count: int = 1,
+    sampling: str = "uniform",
 ) -> grain.IterDataset:
     """The endless training stream as a grain IterDataset (see `train_iterator`)."""
     if seed < 0:
@@ -296,7 +349,7 @@ def train_dataset(
         raise ValueError("cache=True serves batches from memory in this process: use num_workers=0")
     size = stored_size(source) if load_size is None else _hw(load_size)
     decoded = decode_all(source, size, num_threads=num_threads) if cache else None
-    batches = _TrainBatch(source, batch_size, size, seed, decoded, process_index, process_count)
+    batches = _TrainBatch(source, batch_size, size, seed, decoded, process_index, process_count, sampling)
     ds = grain.MapDataset.range(batches.steps).repeat().map_with_index(batches)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if cache else num_threads, prefetch_buffer_size=prefetch))
     if num_workers > 0:
@@ -317,6 +370,7 @@ def train_iterator(
     cache: bool = False,
     process_index: int = 0,
     process_count: int = 1,
+    sampling: str = "uniform",
 ) -> grain.DatasetIterator:
     """Endless training batches {'image': uint8 [B, h, w, 3], 'label': int32 [B]}.
 
@@ -324,7 +378,8 @@ def train_iterator(
     (no augmentation here: `augment.augment_batch` runs in the jitted step).
     None: `stored_size(source)`, the cheapest choice (decode only, no CPU resize:
     ~150-300 us of CPU an image, against ~700-1000 us when resizing to 256x256).
-    Epoch after epoch, each a permutation of the split seeded by (seed, epoch),
+    Epoch after epoch, each a permutation of the split seeded by (seed, epoch) (or, with
+    `sampling` 'balanced' / 'sqrt', as many draws with replacement weighted by class),
     len(source) // batch_size batches per epoch (`steps_per_epoch`).
     num_workers: grain worker processes (0: none); num_threads: decoding threads
     per process; prefetch: batches buffered per process.
@@ -340,7 +395,8 @@ def train_iterator(
     """
     return iter(train_dataset(source, batch_size=batch_size, load_size=load_size, seed=seed,
                               num_workers=num_workers, num_threads=num_threads, prefetch=prefetch,
-                              cache=cache, process_index=process_index, process_count=process_count))
+                              cache=cache, process_index=process_index, process_count=process_count,
+                              sampling=sampling))
 
 
 def process_rows(batch_size: int, process_index: int = 0, process_count: int = 1) -> slice:

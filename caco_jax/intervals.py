@@ -1,0 +1,156 @@
+"""95 % bootstrap intervals that resample lesions, not images, and paired comparisons.
+
+A test split of HAM10000 holds several photographs of many lesions; those are not
+independent draws, so the bootstrap resamples whole lesions (clusters) with
+replacement and recomputes each metric from the images of the drawn lesions. With
+few images in a class (10 dermatofibromas) one image moves BACC by more than a
+point; the intervals say how far such chance moves the figures.
+
+Every resample is a vector of lesion weights (how often each lesion was drawn), so
+all metrics are weighted sums computed for all resamples at once.
+
+``paired`` compares two sets of predictions on the same test images (aligned by
+image_id) under the same resamples: the difference of each metric with its interval.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+DEFAULT_RESAMPLES = 2000
+LEVEL = 0.95
+
+
+def lesion_weights(groups: Sequence[str], num_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """[R, N] image weights: image i weighs as often as its lesion was drawn in resample r."""
+    _, cluster = np.unique(np.asarray(groups, str), return_inverse=True)
+    k = cluster.max() + 1 if len(cluster) else 0
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, k, size=(num_resamples, k))
+    counts = np.zeros((num_resamples, k), np.float64)
+    np.add.at(counts, (np.arange(num_resamples)[:, None], draws), 1.0)
+    return counts[:, cluster]
+
+
+def _recalls(predicted: np.ndarray, labels: np.ndarray, weights: np.ndarray, num_classes: int) -> np.ndarray:
+    """[R, C] weighted recall per class (NaN where a resample has no image of the class)."""
+    out = np.full((weights.shape[0], num_classes), np.nan)
+    correct = predicted == labels
+    for k in range(num_classes):
+        rows = labels == k
+        total = weights[:, rows].sum(axis=1)
+        hit = weights[:, rows & correct].sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[:, k] = np.where(total > 0, hit / np.where(total > 0, total, 1), np.nan)
+    return out
+
+
+def _weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """[R] one-vs-rest ROC AUC under each row of weights (a tied positive-negative pair counts 1/2)."""
+    order = np.argsort(scores, kind="stable")
+    s, pos, w = scores[order], positive[order], weights[:, order]
+    w_neg = np.where(~pos, w, 0.0)
+    w_pos = np.where(pos, w, 0.0)
+    _, start, counts = np.unique(s, return_index=True, return_counts=True)
+    neg_cum = np.concatenate([np.zeros((w.shape[0], 1)), np.cumsum(w_neg, axis=1)], axis=1)
+    neg_before = neg_cum[:, np.repeat(start, counts)]  # negative weight at lower scores
+    neg_tied = neg_cum[:, np.repeat(start + counts, counts)] - neg_before  # ... at the same score
+    num = (w_pos * (neg_before + 0.5 * neg_tied)).sum(axis=1)
+    den = w_pos.sum(axis=1) * w_neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def metric_samples(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray,
+                   predicted: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every metric under every resample: accuracy, bacc, macro_auc [R]; recall [R, C].
+    ``predicted`` defaults to argmax(probs); AUC always ranks by ``probs``."""
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels, np.int64)
+    num_classes = probs.shape[1]
+    predicted = probs.argmax(axis=1) if predicted is None else np.asarray(predicted)
+    total = weights.sum(axis=1)
+    accuracy = (weights * (predicted == labels)).sum(axis=1) / np.where(total > 0, total, 1)
+    recall = _recalls(predicted, labels, weights, num_classes)
+    present = [k for k in range(num_classes) if np.any(labels == k)]
+    aucs = np.stack([_weighted_auc(probs[:, k], labels == k, weights) for k in present], axis=1) \
+        if present else np.full((len(weights), 1), np.nan)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample without some class: NaN, not a warning
+        return {"accuracy": accuracy, "bacc": np.nanmean(recall[:, present], axis=1) if present else accuracy * np.nan,
+                "macro_auc": np.nanmean(aucs, axis=1), "recall": recall}
+
+
+def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float] | None:
+    """Percentile interval of the finite samples (None if there are none)."""
+    finite = samples[np.isfinite(samples)]
+    if finite.size == 0:
+        return None
+    lo, hi = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def summarise(samples: dict[str, np.ndarray], class_names: Sequence[str], level: float = LEVEL) -> dict[str, Any]:
+    """{metric: (lo, hi)} and {'recall': {class: (lo, hi)}} from :func:`metric_samples`."""
+    out: dict[str, Any] = {k: interval(samples[k], level) for k in ("accuracy", "bacc", "macro_auc")}
+    out["recall"] = {name: interval(samples["recall"][:, k], level) for k, name in enumerate(class_names)}
+    return out
+
+
+def bootstrap(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str], class_names: Sequence[str], *,
+              predicted: np.ndarray | None = None, num_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+              level: float = LEVEL) -> dict[str, Any]:
+    """95 % intervals of accuracy, BACC, macro AUC and per-class recall, resampling ``groups``
+    (lesion ids); with the method in the result, for reports."""
+    weights = lesion_weights(groups, num_resamples, seed)
+    out = summarise(metric_samples(probs, labels, weights, predicted), class_names, level)
+    out["method"] = {"resamples": num_resamples, "level": level, "unit": "lesion",
+                     "num_units": int(len(np.unique(np.asarray(groups, str))))}
+    return out
+
+
+def align(a_ids: Sequence[str], b_ids: Sequence[str]) -> np.ndarray:
+    """Positions in b of a's image ids (every id of a must be in b exactly once)."""
+    b_pos = {str(x): i for i, x in enumerate(b_ids)}
+    if len(b_pos) != len(b_ids):
+        raise ValueError("duplicate image ids in the second set of predictions")
+    missing = [str(x) for x in a_ids if str(x) not in b_pos]
+    if missing or len(a_ids) != len(b_ids):
+        raise ValueError(f"the two sets of predictions are not on the same images ({len(a_ids)} vs {len(b_ids)}; "
+                         f"e.g. {missing[:3]} missing): compare runs on the same split")
+    return np.asarray([b_pos[str(x)] for x in a_ids])
+
+
+def paired(a: dict[str, np.ndarray], b: dict[str, np.ndarray], groups: Sequence[str], *,
+           num_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = LEVEL) -> dict[str, Any]:
+    """Metric of a minus metric of b on the same images, resampled together.
+
+    ``a`` and ``b``: {'probs' [N, C], 'labels' [N], optionally 'predicted' [N]} in the same row
+    order (see :func:`align`), or lists of such dicts (seeds), whose metric means are compared.
+    Returns {metric: {'difference', 'interval', 'share_above_zero'}}."""
+    a_runs, b_runs = (a if isinstance(a, list) else [a]), (b if isinstance(b, list) else [b])
+    weights = lesion_weights(groups, num_resamples, seed)
+    ones = np.ones((1, len(groups)))
+    sa, sb = _run_means(a_runs, weights), _run_means(b_runs, weights)
+    pa, pb = _run_means(a_runs, ones), _run_means(b_runs, ones)
+    out: dict[str, Any] = {}
+    for key in _SCALARS:
+        diff = sa[key] - sb[key]
+        finite = diff[np.isfinite(diff)]
+        out[key] = {"difference": float(pa[key][0] - pb[key][0]), "interval": interval(diff, level),
+                    "share_above_zero": float(np.mean(finite > 0)) if finite.size else None}
+    out["method"] = {"resamples": num_resamples, "level": level, "unit": "lesion",
+                     "runs": [len(a_runs), len(b_runs)]}
+    return out
+
+
+_SCALARS = ("accuracy", "bacc", "macro_auc")
+
+
+def _run_means(runs: list[dict[str, np.ndarray]], weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Mean over runs of each scalar metric, per row of weights."""
+    samples = [metric_samples(r["probs"], r["labels"], weights, r.get("predicted")) for r in runs]
+    return {k: np.mean([s[k] for s in samples], axis=0) for k in _SCALARS}
