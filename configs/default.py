@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.augment.cutmix_alpha = 0.0
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.name = "joint"  # ce | focal | ldam | joint (caco_jax.losses.LOSSES)
+    c.loss.name = "joint"  # ce | focal | ldam | joint (caco_jax.training.losses.LOSSES)
     c.loss.label_smoothing = 0.0  # ce only
     c.loss.focal_gamma = 2.0
     # None | a float | one float per class. Fixed type: overriding from the command line
@@ -111,6 +111,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Also save the 8 dihedral views' logits of the validation and test splits at the end
     # (predictions_<split>_tta.npz), for test-time augmentation.
     c.evaluation.tta = False
+    # The balanced decision rule fitted on the validation split at the end of training
+    # (best/decision.json): logit_adjustment (one parameter, tau) | offsets (one per class).
+    c.evaluation.decision_fit = "logit_adjustment"
+    # Which rule evaluate / predict / the web page use unless told otherwise: argmax | balanced.
+    c.evaluation.decision = "argmax"
 
     c.log_every_steps = 20
     c.progress_bar = True

@@ -5,7 +5,7 @@
 Runs on a laptop CPU in a few minutes and writes the full report (report.md,
 confusion matrix, curves) to the workdir. No pretrained weights, no download.
 """
-from configs import default
+from caco_jax.configs import default
 
 
 def get_config():

@@ -1,5 +1,5 @@
 """Baseline: torchvision MobileNetV3-Small (SE attention), pretrained, cross-entropy (Table 2)."""
-from configs import default
+from caco_jax.configs import default
 
 
 def get_config():

@@ -10,7 +10,7 @@ The paper's model (MobileNetV3-CaCo, ImageNet backbone, AdamW 5e-4 / 5e-2, batch
 
     python scripts/train.py --config configs/recipe.py --workdir runs/recipe
 """
-from configs import default
+from caco_jax.configs import default
 
 
 def get_config():
@@ -22,4 +22,5 @@ def get_config():
     c.optimizer.ema_decay = 0.99
     c.data.sampling = "sqrt"
     c.evaluation.tta = True
+    c.evaluation.decision = "balanced"
     return c

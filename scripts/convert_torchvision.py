@@ -1,63 +1,7 @@
-"""Convert a torchvision mobilenet_v3 state_dict (.pth) into caco-jax weights (orbax).
-
-    python scripts/convert_torchvision.py --pth mobilenet_v3_small-047dcff4.pth \
-        --attention caco --num_classes 7 --out weights/caco_imagenet
-
-The output directory can be given to training as ``--config.model.pretrained=DIR``.
-No PyTorch installation is needed. The ``.pth`` may also be a state_dict of a
-``caco_jax.torch_reference`` model of the same variant (e.g. one exported, then trained
-in PyTorch). Use ``--export`` to go the other way: a caco-jax weights directory of any
-variant -> a state_dict of its PyTorch reference (for ``se``: torchvision's own model);
-needs torch. scripts/export.py does the same and writes ONNX too.
-"""
-from __future__ import annotations
-
-import argparse
-import json
-import pathlib
+"""``python scripts/convert_torchvision.py ...`` is ``caco-jax convert ...`` (caco_jax/cli/convert.py)."""
 import sys
 
-from caco_jax.convert import export_state_dict, load_torchvision
-from caco_jax.models import ARCHS, ATTENTION_INITS, ATTENTIONS, create_model
-from caco_jax.torch_io import save_state_dict
-from caco_jax.weights import model_from_weights, save_weights
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pth", type=pathlib.Path, help="torchvision state_dict file (full or backbone-only)")
-    p.add_argument("--out", type=pathlib.Path, required=True, help="output directory (or .pth with --export)")
-    p.add_argument("--arch", default="small", choices=sorted(a for a in ARCHS if a != "tiny"))
-    p.add_argument("--attention", default="caco", choices=ATTENTIONS)
-    p.add_argument("--ca_activation", default="swish", choices=("swish", "hardswish"))
-    p.add_argument("--attention_init", default="preserve", choices=ATTENTION_INITS,
-                   help="how attention parts the checkpoint lacks start (caco_jax.models.attention)")
-    p.add_argument("--num_classes", type=int, default=7)
-    p.add_argument("--seed", type=int, default=0, help="initialisation seed for what the checkpoint lacks")
-    p.add_argument("--export", type=pathlib.Path, help="caco-jax weights directory to export to PyTorch")
-    args = p.parse_args(argv)
-
-    if args.export:
-        model, _ = model_from_weights(args.export)
-        save_state_dict(export_state_dict(model), args.out)
-        where = ("torchvision's mobilenet_v3" if model.attention_name == "se" else "caco_jax.torch_reference's")
-        print(f"wrote a state_dict of {where} {model.arch} with attention {model.attention_name!r} "
-              f"(attention_init {model.attention_init!r}) to {args.out}")
-        return 0
-    if args.pth is None:
-        p.error("--pth is required (or --export)")
-    model = create_model(arch=args.arch, attention=args.attention, ca_activation=args.ca_activation,
-                         attention_init=args.attention_init, num_classes=args.num_classes, seed=args.seed)
-    report = load_torchvision(model, args.pth)
-    print(report.summary())
-    meta = {"source": str(args.pth), "arch": args.arch, "attention": args.attention,
-            "ca_activation": args.ca_activation, "attention_init": args.attention_init,
-            "num_classes": args.num_classes, "report": report.to_json()}
-    out = save_weights(model, args.out, metadata=meta)
-    (out / "conversion_report.json").write_text(json.dumps(report.to_json(), indent=2))
-    print(f"wrote caco-jax weights to {out}")
-    return 0
-
+from caco_jax.cli.convert import main
 
 if __name__ == "__main__":
     sys.exit(main())

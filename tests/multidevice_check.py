@@ -14,14 +14,14 @@ import jax
 import numpy as np
 import optax
 
-from caco_jax import parallel
+from caco_jax.training import parallel
 from caco_jax.data.augment import AugmentConfig
-from caco_jax.losses import make_loss
+from caco_jax.training.losses import make_loss
 from caco_jax.models import create_model
-from caco_jax.steps import ModelDef, build_steps, init_state
+from caco_jax.training.steps import ModelDef, build_steps, init_state
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs import default  # noqa: E402
+from caco_jax.configs import default  # noqa: E402
 
 
 def train(num_devices: int, batches: list[dict[str, np.ndarray]]) -> tuple[dict, dict, list[float]]:

@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from multihost_config import config  # noqa: E402
 
-from caco_jax.train import train_and_evaluate  # noqa: E402
+from caco_jax.training.loop import train_and_evaluate  # noqa: E402
 
 
 def main() -> None:

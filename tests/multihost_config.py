@@ -5,7 +5,7 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs import demo  # noqa: E402
+from caco_jax.configs import demo  # noqa: E402
 
 
 def config(data_dir: str):

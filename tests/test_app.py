@@ -1,4 +1,4 @@
-"""The web page (caco_jax.app), served on 127.0.0.1 and driven through Gradio's HTTP API.
+"""The web page (caco_jax.serving.app), served on 127.0.0.1 and driven through Gradio's HTTP API.
 
 Upload with POST /gradio_api/upload, start a run with POST /gradio_api/call/analyse, read its
 result from the event stream GET /gradio_api/call/analyse/<event_id>: what a browser does.
@@ -18,15 +18,16 @@ from PIL import Image
 gr = pytest.importorskip("gradio", reason="the web page needs the app extra: pip install -e '.[app]'")
 httpx = pytest.importorskip("httpx", reason="comes with gradio (the app extra)")
 
-from caco_jax import app, calibration  # noqa: E402
-from caco_jax.classes import CLASS_NAMES  # noqa: E402
-from caco_jax.inference import Predictor  # noqa: E402
+from caco_jax.serving import app  # noqa: E402
+from caco_jax.evaluation import calibration
+from caco_jax.data.classes import CLASS_NAMES  # noqa: E402
+from caco_jax.serving.predictor import Predictor  # noqa: E402
 from caco_jax.models import model_from_config  # noqa: E402
-from caco_jax.weights import save_weights  # noqa: E402
-from caco_jax.workspace import save_config  # noqa: E402
+from caco_jax.runs.weights import save_weights  # noqa: E402
+from caco_jax.runs.workspace import save_config  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs import demo  # noqa: E402
+from caco_jax.configs import demo  # noqa: E402
 
 LIMITS = app.Limits(max_bytes=1 << 20, max_pixels=4_000_000)  # small, so the refusals are cheap to test
 

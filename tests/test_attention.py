@@ -1,11 +1,11 @@
-"""Attention blocks (caco_jax.models.attention) against their PyTorch twins (caco_jax.torch_reference).
+"""Attention blocks (caco_jax.models.attention) against their PyTorch twins (caco_jax.interop.torch_reference).
 
 The PyTorch blocks are written in NCHW from the descriptions in attention.py's docstring
 and the papers (SE: torchvision's own module; CBAM: Woo et al. 2018; coordinate
 attention: Hou et al. 2021, following the official code's layout; ECA: Wang et al.
 2020), sharing no computation with the JAX side. Every parameter and BatchNorm
 statistic of the NNX block is randomised (so BN and the gains of the preserving inits
-matter), the block is exported with caco_jax.convert.export_block and loaded into the
+matter), the block is exported with caco_jax.interop.convert.export_block and loaded into the
 PyTorch block with ``strict=True``, and outputs must agree in evaluation mode and in
 training mode (where the updated BN running statistics must agree too), plus input and
 parameter gradients. Every attention init is covered (gains present or not).
@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from caco_jax.convert import attention_keys, export_block
+from caco_jax.interop.convert import attention_keys, export_block
 from caco_jax.models.attention import (
     ATTENTIONS,
     CBAM,
@@ -37,7 +37,7 @@ from caco_jax.models.attention import (
 from caco_jax.models.layers import make_divisible
 
 torch = pytest.importorskip("torch")
-reference = pytest.importorskip("caco_jax.torch_reference")
+reference = pytest.importorskip("caco_jax.interop.torch_reference")
 
 # Measured worst cases over the cases below (fp32, CPU, values O(1)): outputs 8.3e-7
 # (eval) and 1.7e-6 (train), running statistics 3.7e-9, input gradients 6.8e-7 and

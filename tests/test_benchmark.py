@@ -1,27 +1,20 @@
-"""The benchmark harness (scripts/bench/, entry point scripts/benchmark.py): end to end at toy size, and
+"""The benchmark harness (caco_jax/benchmark/, command caco-jax benchmark): end to end at toy size, and
 its parts -- option parsing, rate statistics, shared rounds and ratios, targets -- without compiling."""
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import pathlib
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # scripts.bench, configs
+from caco_jax.benchmark import options, report, timing
+from caco_jax.benchmark.options import Options, opt
+from caco_jax.errors import UsageError
+from caco_jax.flags import parser
 
-from scripts.bench import options, report, timing  # noqa: E402
-from scripts.bench.options import Options, opt  # noqa: E402
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("benchmark_script", ROOT / "scripts" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _help(cls=Options) -> str:
+    return options.add_arguments(parser("benchmark", None), cls).format_help()
 
 
 def _positive(stats: dict) -> bool:
@@ -43,9 +36,10 @@ def test_benchmark_main_end_to_end(tmp_path, capsys):
             "--latency_calls", "2", "--torch_modes", "eager", "--torch_threads", "1", "--manual_dir", str(manual),
             "--data_dir", str(tmp_path / "tfds"), "--build_size", "32", "--num_workers", "0",
             "--overhead_batch", "4", "--overhead_image_size", "32", "--out", str(out)]
-    returned = _script().main(argv)
+    from caco_jax.cli.benchmark import main
+
+    assert main(argv) == 0
     result = json.loads(out.read_text())
-    assert result["rows"] == returned["rows"]
 
     dw = resolve("auto")
     rows = {(r["framework"], r["variant"], r["dtype"], r.get("depthwise")): r for r in result["rows"]}
@@ -87,30 +81,29 @@ class _WithExtra(Options):
 
 def test_options_defaults_and_every_field_is_a_flag():
     assert options.parse([]) == Options()
-    help_text = options.build_parser().format_help()
+    help_text = _help()
     for f in dataclasses.fields(Options):
         assert f"--{f.name}" in help_text
-    assert "--no-torch" in help_text and "--no-overhead" in help_text
+    assert "--no_torch" in help_text and "--no_overhead" in help_text
 
 
 def test_a_field_added_to_the_dataclass_is_a_flag_with_its_help():
-    help_text = " ".join(options.build_parser(_WithExtra).format_help().split())
+    help_text = " ".join(_help(_WithExtra).split())
     assert "--extra_knob INT a knob added later (default: 3)" in help_text
     assert "a list added later; from {a,b} (default: a)" in help_text
-    assert "--extra_switch, --no-extra_switch a switch added later (default: False)" in help_text
-    parsed = options.parse(["--extra_knob", "5", "--extra_list", "b, a", "--extra_switch", "--no-eval",
+    assert "--extra_switch a switch added later --no_extra_switch the opposite of --extra_switch (default)" in help_text
+    parsed = options.parse(["--extra_knob", "5", "--extra_list", "b, a", "--extra_switch", "--no_eval",
                             "--depthwise", "conv,shifts_vjp", "--batch_size", "8"], cls=_WithExtra)
     assert (parsed.extra_knob, parsed.extra_list, parsed.extra_switch) == (5, ("b", "a"), True)
     assert parsed.eval is False and parsed.depthwise == ("conv", "shifts_vjp") and parsed.batch_size == 8
 
 
-def test_options_are_checked_however_built(capsys):
-    with pytest.raises(SystemExit):
+def test_options_are_checked_however_built():
+    with pytest.raises(UsageError, match="--depthwise: unknown 'fast'"):
         options.parse(["--depthwise", "conv,fast"])
-    assert "--depthwise: unknown 'fast'" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="--steps must be >= 1"):
         options.parse(["--steps", "0"])
-    with pytest.raises(SystemExit):
+    with pytest.raises(UsageError, match="invalid int value"):
         options.parse(["--batch_size", "x"])
     with pytest.raises(ValueError, match="torch_modes"):
         Options(torch_modes=("fast",))
@@ -122,13 +115,13 @@ def test_options_are_checked_however_built(capsys):
         bare: int = 1
 
     with pytest.raises(TypeError, match="no help text"):
-        options.build_parser(NoHelp)
+        _help(NoHelp)
 
 
 def test_skips_are_reported():
     """No dataset -> a pipeline row with a reason; the torch configurations each mode stands for."""
-    from scripts.bench.pipeline import resolve_dataset
-    from scripts.bench.torch_baseline import torch_configs
+    from caco_jax.benchmark.pipeline import resolve_dataset
+    from caco_jax.benchmark.torch_baseline import torch_configs
 
     _, _, reason = resolve_dataset(Options(), log=lambda _: None)
     assert reason and "--data_dir" in reason

@@ -1,10 +1,10 @@
-"""Calibration (caco_jax.calibration): ECE, reliability bins, temperature fitting, files, the diagram."""
+"""Calibration (caco_jax.evaluation.calibration): ECE, reliability bins, temperature fitting, files, the diagram."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from caco_jax import calibration, plots
+from caco_jax.evaluation import calibration, plots
 
 
 def _probs(confidence: np.ndarray, predicted: np.ndarray, num_classes: int = 3) -> np.ndarray:

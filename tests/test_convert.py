@@ -1,4 +1,4 @@
-"""torchvision state_dict <-> NNX conversion (caco_jax.convert): accounting, errors, export.
+"""torchvision state_dict <-> NNX conversion (caco_jax.interop.convert): accounting, errors, export.
 
 Most tests convert into full-size models built from ``nnx.eval_shape`` and filled with a
 sentinel value (no XLA compile): after a conversion, an array still holding the
@@ -15,15 +15,15 @@ import pytest
 from flax import nnx
 import jitted
 
-from caco_jax.convert import (
+from caco_jax.interop.convert import (
     ConversionError,
     export_torchvision,
     key_map,
     load_torchvision,
 )
 from caco_jax.models import ATTENTIONS, MobileNetV3, create_model
-from caco_jax.torch_io import load_state_dict
-from caco_jax.weights import model_weights
+from caco_jax.interop.torch_io import load_state_dict
+from caco_jax.runs.weights import model_weights
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")

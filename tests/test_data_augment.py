@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from caco_jax.classes import IMAGENET_MEAN, IMAGENET_STD
+from caco_jax.data.classes import IMAGENET_MEAN, IMAGENET_STD
 from caco_jax.data import augment
 from caco_jax.data.augment import AugmentConfig
 
@@ -160,7 +160,7 @@ def test_the_config_file_spells_out_every_augmentation_field_with_the_library_de
     import sys
 
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    from configs import default
+    from caco_jax.configs import default
 
     section = default.get_config().data.augment
     assert set(section) == {f.name for f in dataclasses.fields(AugmentConfig)}

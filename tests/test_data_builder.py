@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from caco_jax.classes import CLASS_NAMES
-from caco_jax.data import ham10000, pipeline, synthetic
+from caco_jax.data.classes import CLASS_NAMES
+from caco_jax.data import ham10000, synthetic
 from caco_jax.data.errors import CorruptImageError, DataNotBuiltError, ManualDirError, MetadataError
 
 
@@ -79,7 +79,7 @@ def test_prepare_is_idempotent(built, manual_dir):
 
 def test_images_are_never_enlarged_and_kept_byte_for_byte(manual_dir, tmp_path):
     builder = ham10000.prepare(manual_dir, tmp_path, image_size=200, progress=False)
-    source = pipeline.open_source(tmp_path, image_size=200)
+    source = ham10000.open_source(tmp_path, image_size=200)
     record = source[0]
     original = next(manual_dir.glob(f"*/{record['image_id']}.jpg")).read_bytes()
     assert record["image"] == original
@@ -111,8 +111,8 @@ def test_corrupt_jpeg_error_flag_leaves_no_complete_build(manual_dir, tmp_path):
         ham10000.prepare(manual, data_dir, image_size=32, on_corrupt="error", progress=False)
     assert not ham10000.builder(data_dir, image_size=32).is_prepared()
     assert not list(data_dir.rglob("dataset_info.json"))
-    with pytest.raises(DataNotBuiltError, match="prepare_data.py"):
-        pipeline.open_splits(data_dir, image_size=32)
+    with pytest.raises(DataNotBuiltError, match="caco-jax prepare-data"):
+        ham10000.open_splits(data_dir, image_size=32)
 
 
 def test_metadata_errors_stop_the_build_before_writing(manual_dir, tmp_path):
@@ -153,7 +153,7 @@ def test_isic2018_test_config(tmp_path):
     (manual / "ISIC2018_Task3_Test_GroundTruth.csv").write_text("\n".join(lines) + "\n")
     builder = ham10000.prepare(manual, tmp_path / "tfds", config="isic2018_test", progress=False)
     assert builder.builder_config.name == "isic2018_test" and list(builder.info.splits) == ["test"]
-    source = pipeline.open_source(tmp_path / "tfds", config="isic2018_test")
+    source = ham10000.open_source(tmp_path / "tfds", config="isic2018_test")
     assert sorted(source.labels.tolist()) == list(range(7))
     assert source[0]["lesion_id"] == "" and math.isnan(source[0]["age"])
     by_id = dict(zip(source.image_ids, source.labels))
@@ -174,7 +174,7 @@ def test_real_data_slice_builds(real_data_dir, tmp_path):
         shutil.copy(real_data_dir / "images_200x150" / f"{row[1]}.jpg", manual / "images")
     builder = ham10000.prepare(manual, tmp_path / "tfds", progress=False)
     assert builder.info.metadata["image_shapes"] == {"150x200": 100}
-    source = pipeline.open_source(tmp_path / "tfds")
+    source = ham10000.open_source(tmp_path / "tfds")
     assert len(source) == 100
     dx = {r[1]: r[2] for r in rows}
     for i in range(0, 100, 9):

@@ -14,7 +14,7 @@ from caco_jax.data.errors import ManualDirError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from configs import demo  # noqa: E402
+from caco_jax.configs import demo  # noqa: E402
 
 # Three visibly different classes: a red disc, a blue bar, a green background.
 CLASSES = ("bar", "disc", "plain")
@@ -51,7 +51,7 @@ def folders(tmp_path_factory) -> pathlib.Path:
 def test_build_and_open_a_folder_dataset(folders, tmp_path):
     built = folder.prepare(folders, tmp_path / "tfds", image_size=32, progress=False)
     assert built.builder_config.name.startswith("my_lesions_") and built.builder_config.name.endswith("_32px")
-    splits = pipeline.open_splits(tmp_path / "tfds", split_by="image", seed=0, builder=built)
+    splits = pipeline.split_source(pipeline.open_source(built), split_by="image", seed=0)
     assert all(s.class_names == CLASSES for s in splits.values())
     assert sum(len(s) for s in splits.values()) == 3 * 40
     counts = pipeline.class_counts(splits["train"])
@@ -80,8 +80,8 @@ def test_bad_folders_are_named(tmp_path):
 
 @pytest.mark.slow
 def test_training_on_a_folder_dataset_learns_its_classes(folders, tmp_path):
-    from caco_jax.train import train_and_evaluate
-    from scripts.predict import predict
+    from caco_jax.training.loop import train_and_evaluate
+    from caco_jax.cli.predict import predict
 
     c = demo.get_config()
     c.data.name = "folder"

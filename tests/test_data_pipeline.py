@@ -9,7 +9,7 @@ import pytest
 from absl import flags
 from PIL import Image
 
-from caco_jax.classes import CLASS_NAMES, NUM_CLASSES
+from caco_jax.data.classes import CLASS_NAMES, NUM_CLASSES
 from caco_jax.data import ham10000, pipeline, synthetic
 from caco_jax.data.errors import DataNotBuiltError
 
@@ -53,7 +53,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sources(data_dir):
-    return pipeline.open_splits(data_dir, image_size=SIZE, seed=0)
+    return ham10000.open_splits(data_dir, image_size=SIZE, seed=0)
 
 
 def _numbers(source):
@@ -80,7 +80,7 @@ def test_open_splits_partition_and_counts(sources):
 
 
 def test_image_split_option(data_dir, sources):
-    by_image = pipeline.open_splits(data_dir, image_size=SIZE, split_by="image", seed=0)
+    by_image = ham10000.open_splits(data_dir, image_size=SIZE, split_by="image", seed=0)
     assert sum(len(s) for s in by_image.values()) == NUM
     assert set(by_image["test"].image_ids) != set(sources["test"].image_ids)
 
@@ -179,11 +179,12 @@ def test_eval_every_example_exactly_once_with_padding_mask(sources):
 
 def test_not_built_error_says_how_to_build(tmp_path, data_dir):
     with pytest.raises(DataNotBuiltError) as err:
-        pipeline.open_splits(tmp_path)
+        ham10000.open_splits(tmp_path)
     text = str(err.value)
-    assert "scripts/prepare_data.py --manual_dir" in text and "configs/demo.py" in text
+    assert "caco-jax prepare-data --manual_dir" in text and "caco-jax train --config demo" in text
+    assert f"--config.data.data_dir={tmp_path}" in text  # a real config field
     with pytest.raises(DataNotBuiltError, match=f"Complete builds in {data_dir}: ham10000_{SIZE}px"):
-        pipeline.open_splits(data_dir)  # default size was not built there
+        ham10000.open_splits(data_dir)  # default size was not built there
 
 
 def test_steps_per_epoch_needs_a_full_batch(sources):
@@ -216,23 +217,23 @@ def test_offline_copies_balance_classes_and_leak_only_across_an_image_split(data
     from caco_jax.data import leakage, offline
 
     copies = offline.OfflineCopies("balance", target=30)
-    whole = pipeline.open_source(data_dir, image_size=SIZE).with_copies(copies)
+    whole = ham10000.open_source(data_dir, image_size=SIZE).with_copies(copies)
     counts = np.bincount(whole.labels, minlength=NUM_CLASSES)
-    originals = np.bincount(pipeline.open_source(data_dir, image_size=SIZE).labels, minlength=NUM_CLASSES)
+    originals = np.bincount(ham10000.open_source(data_dir, image_size=SIZE).labels, minlength=NUM_CLASSES)
     assert np.array_equal(counts, np.maximum(originals, 30))
     assert len(set(whole.image_ids)) == len(whole)  # copies are images of their own
     is_copy = whole.copies > 0
     assert all("#copy" in i for i in whole.image_ids[is_copy])
     assert np.array_equal(np.char.partition(whole.image_ids.astype(str), "#")[:, 0], whole.source_ids)
 
-    by_image = pipeline.open_splits(data_dir, image_size=SIZE, split_by="image", copies=copies)
-    by_lesion = pipeline.open_splits(data_dir, image_size=SIZE, split_by="lesion", copies=copies)
+    by_image = ham10000.open_splits(data_dir, image_size=SIZE, split_by="image", copies=copies)
+    by_lesion = ham10000.open_splits(data_dir, image_size=SIZE, split_by="lesion", copies=copies)
     leaky = leakage.summary(by_image["train"], by_image["test"])
     clean = leakage.summary(by_lesion["train"], by_lesion["test"])
     assert clean["same_lesion"] == 0 and clean["same_source"] == 0
     assert leaky["same_source"] > 0.3 and leaky["same_lesion"] >= leaky["same_source"]
     # an image-level split of the originals leaks lesions (two images each) but no photograph
-    plain = pipeline.open_splits(data_dir, image_size=SIZE, split_by="image")
+    plain = ham10000.open_splits(data_dir, image_size=SIZE, split_by="image")
     flags = leakage.flags(plain["train"], plain["test"])
     assert flags["same_lesion"].mean() > 0.5 and not flags["same_source"].any()
     lines = leakage.table({"image": leakage.summary(plain["train"], plain["test"])}, CLASS_NAMES)
@@ -242,7 +243,7 @@ def test_offline_copies_balance_classes_and_leak_only_across_an_image_split(data
 def test_offline_copies_decode_transformed_and_deterministic(data_dir):
     from caco_jax.data import offline
 
-    whole = pipeline.open_source(data_dir, image_size=SIZE).with_copies(offline.OfflineCopies("multiple", multiple=2))
+    whole = ham10000.open_source(data_dir, image_size=SIZE).with_copies(offline.OfflineCopies("multiple", multiple=2))
     n = len(whole) // 3
     first, again = whole.decode([0, n, 2 * n], (SIZE, SIZE + 4)), whole.decode([0, n, 2 * n], (SIZE, SIZE + 4))
     assert np.array_equal(first, again)

@@ -6,7 +6,7 @@ import csv
 import numpy as np
 import pytest
 
-from caco_jax.classes import CLASS_NAMES
+from caco_jax.data.classes import CLASS_NAMES
 from caco_jax.data import splits
 
 IDENTICAL_PAIRS = (("ISIC_0024366", "ISIC_0029861"), ("ISIC_0024777", "ISIC_0029938"))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from caco_jax.classes import CLASS_NAMES, HAM10000_COUNTS
+from caco_jax.data.classes import CLASS_NAMES, HAM10000_COUNTS
 from caco_jax.data import splits, synthetic
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from caco_jax import decision
+from caco_jax.evaluation import decision
 
 PRIOR = np.asarray([0.7, 0.2, 0.1])
 MEANS = np.asarray([[0.0, 0.0], [1.2, 0.0], [0.0, 1.2]])

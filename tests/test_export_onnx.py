@@ -1,4 +1,4 @@
-"""ONNX export (caco_jax.export_onnx) of every variant, run by onnxruntime against caco-jax.
+"""ONNX export (caco_jax.interop.export_onnx) of every variant, run by onnxruntime against caco-jax.
 
 The models are tests/whole_model.py's (random, every part mattering, converted into
 caco-jax); the ONNX file comes from caco-jax's model (through its PyTorch reference)
@@ -21,7 +21,7 @@ pytest.importorskip("onnxscript", reason="onnxscript (torch.onnx's exporter) is 
 
 import whole_model as wm  # noqa: E402
 
-from caco_jax.export_onnx import (  # noqa: E402
+from caco_jax.interop.export_onnx import (  # noqa: E402
     INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_session, ort_latency, run_onnx, session_latency)
 from caco_jax.models import MobileNetV3  # noqa: E402
 
@@ -78,9 +78,9 @@ def test_export_script_writes_pytorch_and_onnx(tmp_path, monkeypatch):
     tested above)."""
     import torch
 
-    import caco_jax.export_onnx
-    from caco_jax.torch_reference import reference_model
-    from caco_jax.weights import save_weights
+    import caco_jax.interop.export_onnx
+    from caco_jax.interop.torch_reference import reference_model
+    from caco_jax.runs.weights import save_weights
 
     c = wm.case("caco")
     save_weights(c["model"], tmp_path / "w", metadata={"source": "test"})
@@ -88,7 +88,7 @@ def test_export_script_writes_pytorch_and_onnx(tmp_path, monkeypatch):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     calls = []
-    monkeypatch.setattr(caco_jax.export_onnx, "export_onnx", lambda model, path, **kw: calls.append((model, path, kw)))
+    monkeypatch.setattr(caco_jax.interop.export_onnx, "export_onnx", lambda model, path, **kw: calls.append((model, path, kw)))
     script.main(["--weights", str(tmp_path / "w"), "--pytorch", str(tmp_path / "m.pth"),
                  "--onnx", str(tmp_path / "m.onnx"), "--image_size", str(wm.HEIGHT), str(wm.WIDTH)])
     ref = reference_model("small", "caco", num_classes=7, attention_init="preserve")

@@ -16,11 +16,11 @@ import numpy as np
 import optax
 import pytest
 
-from caco_jax.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
-from caco_jax.convert import load_torchvision
+from caco_jax.data.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
+from caco_jax.interop.convert import load_torchvision
 from caco_jax.models import create_model
-from caco_jax.steps import ModelDef, make_optimizer
-from configs import default
+from caco_jax.training.steps import ModelDef, make_optimizer
+from caco_jax.configs import default
 
 SIZE, TRAIN, HELD_OUT, BATCH, STEPS = 64, 512, 128, 32, 40
 

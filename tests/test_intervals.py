@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from caco_jax import intervals
+from caco_jax.evaluation import intervals
 
 CLASSES = ("a", "b", "c")
 

@@ -1,4 +1,4 @@
-"""Tests for caco_jax.losses: PyTorch reference formulas, hand-computed cases,
+"""Tests for caco_jax.training.losses: PyTorch reference formulas, hand-computed cases,
 identities between losses, masking, gradients and the config factory."""
 from __future__ import annotations
 
@@ -6,22 +6,21 @@ import math
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 import pathlib
 import sys
 
-from caco_jax import losses
-from caco_jax.classes import HAM10000_COUNTS, NUM_CLASSES
+from caco_jax.training import losses
+from caco_jax.data.classes import HAM10000_COUNTS, NUM_CLASSES
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs import default  # noqa: E402
+from caco_jax.configs import default  # noqa: E402
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
-reference = pytest.importorskip("caco_jax.torch_reference")
+reference = pytest.importorskip("caco_jax.interop.torch_reference")
 
 B, C = 16, NUM_CLASSES
 COUNTS = np.asarray(HAM10000_COUNTS)
@@ -45,7 +44,7 @@ def _t(x, grad=False):
 
 
 # The PyTorch formulas (focal loss; LDAM-DRW's LDAMLoss and DRW weights) live in
-# caco_jax.torch_reference, which the training-step parity test uses too.
+# caco_jax.interop.torch_reference, which the training-step parity test uses too.
 torch_focal = reference.focal_loss
 TorchLDAMLoss = reference.LDAMLoss
 official_drw = reference.drw_weights
@@ -136,7 +135,7 @@ def test_joint_matches_torch(batch):
 @pytest.mark.parametrize("name", losses.LOSS_NAMES)
 def test_configured_loss_with_drw_matches_torch(batch, name):
     """Each loss.name as the trainer builds it (make_loss, DRW on: the class weights of an epoch
-    past drw_epoch) against caco_jax.torch_reference.make_torch_loss with the official DRW weights."""
+    past drw_epoch) against caco_jax.interop.torch_reference.make_torch_loss with the official DRW weights."""
     logits, labels, _, _ = batch
     cfg = _cfg(name=name, drw_epoch=1, ldam_s=2.0, focal_gamma=2.0, label_smoothing=0.0)
     loss = losses.make_loss(cfg, COUNTS)

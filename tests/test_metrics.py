@@ -1,4 +1,4 @@
-"""Tests for caco_jax.metrics against scikit-learn, with absent classes and padding."""
+"""Tests for caco_jax.evaluation.metrics against scikit-learn, with absent classes and padding."""
 from __future__ import annotations
 
 import json
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from caco_jax import metrics
-from caco_jax.classes import CLASS_NAMES, NUM_CLASSES
+from caco_jax.evaluation import metrics
+from caco_jax.data.classes import CLASS_NAMES, NUM_CLASSES
 
 C = NUM_CLASSES
 

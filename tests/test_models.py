@@ -287,7 +287,7 @@ def test_bn_momentum_reaches_every_batchnorm_and_is_validated():
 @pytest.fixture(scope="module")
 def se_checkpoint():
     """A randomly initialised SE model (BatchNorm statistics randomised) exported as a torchvision state_dict."""
-    from caco_jax.convert import export_torchvision
+    from caco_jax.interop.convert import export_torchvision
 
     se = create_model(arch="small", attention="se", num_classes=7, dropout=0.0, seed=3)
     stats = nnx.state(se, nnx.BatchStat)
@@ -303,7 +303,7 @@ def se_checkpoint():
 def test_preserve_init_from_an_se_checkpoint_is_the_se_model_at_step_0(se_checkpoint, images, attention, mode):
     """What the paper's model lacked (issue: fine-tuning from ImageNet collapsed): converted from
     an SE checkpoint, the preserving init computes the SE model's logits; the plain one does not."""
-    from caco_jax.convert import load_torchvision
+    from caco_jax.interop.convert import load_torchvision
 
     se, sd = se_checkpoint
     x = images[:, :32, :32]

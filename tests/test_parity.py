@@ -2,7 +2,7 @@
 
 A seeded random torchvision model (BatchNorm running statistics and affine parameters
 randomised so they matter, classifier layers at torch's default Linear init so the
-logits are not ~0) is converted with caco_jax.convert.load_torchvision into a model
+logits are not ~0) is converted with caco_jax.interop.convert.load_torchvision into a model
 whose every array starts as NaN: anything the conversion missed would poison the
 outputs. Then, on the same input (NCHW for torch, NHWC for us):
 
@@ -28,8 +28,8 @@ import pytest
 from flax import nnx
 import jitted
 
-from caco_jax.classes import IMAGENET_MEAN, IMAGENET_STD
-from caco_jax.convert import key_map, load_torchvision
+from caco_jax.data.classes import IMAGENET_MEAN, IMAGENET_STD
+from caco_jax.interop.convert import key_map, load_torchvision
 from caco_jax.models import MobileNetV3, count_params
 
 torch = pytest.importorskip("torch")

@@ -1,4 +1,4 @@
-"""Tests for caco_jax.plots: each figure renders to a valid PNG of the expected size."""
+"""Tests for caco_jax.evaluation.plots: each figure renders to a valid PNG of the expected size."""
 from __future__ import annotations
 
 import struct
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from caco_jax import plots
-from caco_jax.classes import CLASS_NAMES, NUM_CLASSES
+from caco_jax.evaluation import plots
+from caco_jax.data.classes import CLASS_NAMES, NUM_CLASSES
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

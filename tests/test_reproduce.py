@@ -1,4 +1,4 @@
-"""scripts/reproduce.py on a tiny grid of synthetic data: train, skip, resume, tables, figure, external columns."""
+"""caco-jax reproduce on a tiny grid of synthetic data: train, skip, resume, tables, figure, external columns."""
 from __future__ import annotations
 
 import json
@@ -12,16 +12,18 @@ import pytest
 
 from caco_jax.data import ham10000, synthetic
 
+from caco_jax.cli import reproduce
+from caco_jax.errors import CacoError, UsageError
+from caco_jax.experiments import grid, presets, tables
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from scripts import reproduce  # noqa: E402
 
 TINY = {"model.arch": "tiny", "data.synthetic_images": 0, "data.build_size": 48, "batch_size": 16,
         "eval_batch_size": 32, "log_every_steps": 2}
-PRESET = reproduce.Preset(
+PRESET = presets.Preset(
     "tiny", "A test grid.", {"data.image_size": 32, "num_epochs": 1},
-    (reproduce.Cell("se_ce", {"model.attention": "se", "loss.name": "ce"}, (0, 1), "two seeds"),
-     reproduce.Cell("caco_joint", {"model.attention": "caco", "loss.name": "joint"}, (0,), "the paper's model")))
+    (presets.Cell("se_ce", {"model.attention": "se", "loss.name": "ce"}, (0, 1), "two seeds"),
+     presets.Cell("caco_joint", {"model.attention": "caco", "loss.name": "joint"}, (0,), "the paper's model")))
 
 
 def _env() -> dict[str, str]:
@@ -60,34 +62,34 @@ def test_tiny_grid_trains_skips_resumes_and_writes_the_tables(tmp_path):
     ham10000.prepare(manual, tmp_path / "tfds", image_size=48, progress=False)
     isic = _isic_test_dir(manual, tmp_path / "isic")
     kw = dict(pretrained="", data_dir=str(tmp_path / "tfds"), manual_dir="", isic_dir=str(isic), extra=TINY,
-              config="configs/demo.py", log=lambda _: None)
+              config="demo", log=lambda _: None)
     out = tmp_path / "runs"
 
     # A run interrupted after its checkpoint, before its report: the grid resumes it, not restarts it.
     calls: list[list[str]] = []
-    reproduce.run_grid(PRESET, out, cells=["caco_joint"], runner=_runner(calls), **kw)
+    grid.run_grid(PRESET, out, cells=["caco_joint"], runner=_runner(calls), **kw)
     caco = out / "tiny" / "caco_joint_s0"
     assert (caco / "report.json").is_file() and (caco / "report_isic2018_test_test.json").is_file()
     (caco / "report.json").unlink()
-    assert reproduce.status(caco, reproduce.overrides(PRESET, PRESET.cells[1], 0, pretrained="", data_dir="",
+    assert grid.status(caco, grid.overrides(PRESET, PRESET.cells[1], 0, pretrained="", data_dir="",
                                                       manual_dir="", extra=TINY)) == "partial"
 
     calls.clear()
-    reproduce.run_grid(PRESET, out, runner=_runner(calls), **kw)
-    trained = [c for c in calls if c[1].endswith("train.py")]
+    grid.run_grid(PRESET, out, runner=_runner(calls), **kw)
+    trained = [c for c in calls if c[3] == "train"]
     assert len(trained) == 3  # se_ce seeds 0 and 1, and the resumed caco_joint
     assert "resumed from" in (caco / "train.log").read_text()
 
     calls.clear()
-    reproduce.run_grid(PRESET, out, runner=_runner(calls), **kw)
+    grid.run_grid(PRESET, out, runner=_runner(calls), **kw)
     assert calls == []  # everything finished: nothing runs twice
 
-    rows = reproduce.aggregate(PRESET, out)
+    rows = tables.aggregate(PRESET, out)
     se = rows[0]
     assert se["seeds"] == [0, 1] and se["bacc"][0] is not None and se["bacc"][1] is not None
     assert se["paper"] == (90.88, 83.44) and rows[1]["paper"] == (93.39, 86.35)
     assert rows[1]["isic_bacc"][0] is not None and rows[1]["params"] > 0
-    paths = reproduce.write_results(PRESET, rows, tmp_path / "docs", "python scripts/reproduce.py --preset tiny")
+    paths = tables.write_results(PRESET, rows, tmp_path / "docs", "python scripts/reproduce.py --preset tiny")
     text = paths["md"].read_text()
     assert "| se_ce | 0,1 |" in text and "ISIC BACC %" in text and "python scripts/reproduce.py --preset tiny" in text
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -96,23 +98,28 @@ def test_tiny_grid_trains_skips_resumes_and_writes_the_tables(tmp_path):
 
 def test_a_workdir_of_another_setup_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model": {"attention": "se"}, "loss": {"name": "ce"}}))
-    with pytest.raises(ValueError, match="model.attention='se'"):
-        reproduce.status(tmp_path, {"model.attention": "caco", "loss.name": "ce"})
-    with pytest.raises(ValueError, match="unknown cell"):
-        reproduce.run_grid(PRESET, tmp_path, pretrained="", data_dir="", manual_dir="", cells=["nope"])
+    with pytest.raises(CacoError, match="model.attention='se'"):
+        grid.status(tmp_path, {"model.attention": "caco", "loss.name": "ce"})
+    with pytest.raises(UsageError, match="unknown cell"):
+        grid.run_grid(PRESET, tmp_path, pretrained="", data_dir="", manual_dir="", cells=["nope"])
 
 
 def test_presets_cover_the_issue_grids():
-    cpu = {c.name: c for c in reproduce.PRESETS["cpu"].cells}
+    cpu = {c.name: c for c in presets.PRESETS["cpu"].cells}
     assert {"se_ce", "caco_ce", "caco_joint", "se_joint", "caco_joint_s30", "caco_joint_plain"} <= set(cpu)
     assert cpu["se_ce"].seeds == (0, 1) and cpu["caco_joint"].seeds == (0, 1)
     assert cpu["caco_joint_s30"].overrides["loss.ldam_s"] == 30.0
-    assert reproduce.PRESETS["cpu"].base["data.image_size"] == 112
-    paper = {c.name: c for c in reproduce.PRESETS["paper"].cells}
+    assert presets.PRESETS["cpu"].base["data.image_size"] == 112
+    paper = {c.name: c for c in presets.PRESETS["paper"].cells}
     assert all(len(c.seeds) == 3 for c in paper.values())
     assert {"cbam_joint", "seco_joint", "eca_joint", "caco_focal", "caco_ldam", "se_ce_scratch",
             "caco_joint_imagesplit"} <= set(paper)
-    assert paper["caco_joint_imagesplit"].paper() is None  # the paper's split is not ours to compare
+    assert {"cbam_ce", "seco_ce", "eca_ce"} <= set(paper)  # Table 5 is cross-entropy
+    assert "ours" in paper["cbam_joint"].note and paper["cbam_ce"].paper() == (91.48, 85.72)
+    leak = {c.name: c for c in presets.PRESETS["leakage_cpu"].cells}
+    assert leak["augment_caco_joint"].overrides["data.split_by"] == "image" and len(leak["image_caco_joint"].seeds) == 3
+    recipe = {c.name: c for c in presets.PRESETS["recipe_cpu"].cells}
+    assert recipe["recipe"].config == "recipe" and recipe["paper"].config == "default"
 
 
 def test_seeds_and_set_choose_the_runs_and_reach_every_command(tmp_path, capsys):
@@ -127,14 +134,14 @@ def test_seeds_and_set_choose_the_runs_and_reach_every_command(tmp_path, capsys)
     assert all("se_ce_s0" in line or "caco_joint_s0" in line for line in lines)
     assert all("--config.data.cache=True" in line and "--config.data.num_workers=0" in line for line in lines)
     for bad in (["--set", "data.cache"], ["--seeds", "zero"], ["--seeds", "7"]):
-        with pytest.raises(SystemExit):
-            reproduce.main([*bad, "--pretrained", str(pth), "--dry_run"])
-    assert "planned in none of the chosen cells" in capsys.readouterr().err
+        assert reproduce.main([*bad, "--pretrained", str(pth), "--dry_run"]) == 2
+    err = capsys.readouterr().err
+    assert "planned in none of the chosen cells" in err and "expected KEY=VALUE" in err and "--seeds 'zero'" in err
 
 
 def test_tables_name_the_machine_that_trained(tmp_path):
-    rows = reproduce.aggregate(PRESET, tmp_path)  # nothing finished: empty rows
-    paths = reproduce.write_results(PRESET, rows, tmp_path / "docs", "cmd", trained_on="1 x NVIDIA H200")
+    rows = tables.aggregate(PRESET, tmp_path)  # nothing finished: empty rows
+    paths = tables.write_results(PRESET, rows, tmp_path / "docs", "cmd", trained_on="1 x NVIDIA H200")
     text = paths["md"].read_text()
     assert "- runs trained on: 1 x NVIDIA H200" in text and "- tables written on:" in text
     assert json.loads(paths["json"].read_text())["trained_on"] == "1 x NVIDIA H200"

@@ -1,4 +1,4 @@
-"""Grad-CAM (caco_jax.saliency, the cam step of build_steps) and the model's last-conv method.
+"""Grad-CAM (caco_jax.evaluation.saliency, the cam step of build_steps) and the model's last-conv method.
 
 The localisation test trains the tiny model on images whose only class evidence is a disc
 at a random place, then checks that the heat map sits on the disc.
@@ -14,14 +14,15 @@ import optax
 import pytest
 from flax import nnx
 
-from caco_jax import parallel, saliency
+from caco_jax.training import parallel
+from caco_jax.evaluation import saliency
 from caco_jax.data.augment import AugmentConfig
-from caco_jax.losses import make_loss
+from caco_jax.training.losses import make_loss
 from caco_jax.models import ARCHS, create_model
-from caco_jax.steps import ModelDef, build_steps, init_state
+from caco_jax.training.steps import ModelDef, build_steps, init_state
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs import default  # noqa: E402
+from caco_jax.configs import default  # noqa: E402
 
 SIZE = 64  # the tiny arch has stride 8: an 8 x 8 map
 RADIUS = 7

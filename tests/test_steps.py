@@ -1,13 +1,13 @@
-"""Test-time augmentation in the jitted steps (caco_jax.steps): the 8 dihedral views and their average."""
+"""Test-time augmentation in the jitted steps (caco_jax.training.steps): the 8 dihedral views and their average."""
 from __future__ import annotations
 
 import jax
 import numpy as np
 import pytest
 
-from caco_jax import parallel
+from caco_jax.training import parallel
 from caco_jax.models import create_model
-from caco_jax.steps import TTA_VIEWS, ModelDef, build_steps, dihedral_views
+from caco_jax.training.steps import TTA_VIEWS, ModelDef, build_steps, dihedral_views
 
 
 def _numpy_views(image: np.ndarray) -> list[np.ndarray]:
@@ -75,9 +75,9 @@ def test_train_step_keeps_a_moving_average_of_the_weights():
     import optax
 
     from caco_jax.data.augment import AugmentConfig
-    from caco_jax.losses import make_loss
-    from caco_jax.steps import init_state
-    from configs import default
+    from caco_jax.training.losses import make_loss
+    from caco_jax.training.steps import init_state
+    from caco_jax.configs import default
 
     model_def = ModelDef(create_model(arch="tiny", num_classes=3, seed=0))
     mesh = parallel.make_mesh(1)

@@ -1,4 +1,4 @@
-"""Reading torch.save files without torch (caco_jax.torch_io), and the conversion script.
+"""Reading torch.save files without torch (caco_jax.interop.torch_io), and the conversion script.
 
 torch itself is used here only as the reference: what ``torch.load`` returns is what
 ``load_state_dict`` must return.
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from caco_jax.convert import load_torchvision
+from caco_jax.interop.convert import load_torchvision
 from caco_jax.models import MobileNetV3, create_model
-from caco_jax.torch_io import load_state_dict, save_state_dict
-from caco_jax.weights import load_pretrained, model_weights, read_weights
+from caco_jax.interop.torch_io import load_state_dict, save_state_dict
+from caco_jax.runs.weights import load_pretrained, model_weights, read_weights
 
 torch = pytest.importorskip("torch")
 

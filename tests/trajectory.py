@@ -4,7 +4,7 @@ Used by test_train_parity.py (and runnable on its own to print the figures:
 ``python tests/trajectory.py``). The caco-jax side is built from the trainer's own
 pieces: ``steps.ModelDef.apply``, the ``Loss`` of ``losses.make_loss`` and the optax
 AdamW of ``steps.make_optimizer``, with augmentation and dropout off; the PyTorch side
-is ``caco_jax.torch_reference`` with ``torch.optim.AdamW`` and the losses written from
+is ``caco_jax.interop.torch_reference`` with ``torch.optim.AdamW`` and the losses written from
 the official formulas (``make_torch_loss``).
 """
 from __future__ import annotations
@@ -20,14 +20,14 @@ import numpy as np
 import optax
 import torch
 
-from caco_jax.classes import CLASS_NAMES, HAM10000_COUNTS, IMAGENET_MEAN, IMAGENET_STD
-from caco_jax.convert import export_state_dict, load_torchvision
-from caco_jax.losses import make_loss
-from caco_jax.steps import ModelDef, make_optimizer
-from caco_jax.torch_reference import make_torch_loss, reference_model
+from caco_jax.data.classes import CLASS_NAMES, HAM10000_COUNTS, IMAGENET_MEAN, IMAGENET_STD
+from caco_jax.interop.convert import export_state_dict, load_torchvision
+from caco_jax.training.losses import make_loss
+from caco_jax.training.steps import ModelDef, make_optimizer
+from caco_jax.interop.torch_reference import make_torch_loss, reference_model
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from configs import default  # noqa: E402
+from caco_jax.configs import default  # noqa: E402
 
 K = 5
 LR, WEIGHT_DECAY = 5e-4, 5e-2
@@ -138,7 +138,7 @@ def _torch_trajectory(ref, x, y, x_eval, dtype, loss_name, channels_last):
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss = make_torch_loss(loss_config(loss_name), HAM10000_COUNTS)
-    from caco_jax.torch_reference import drw_weights
+    from caco_jax.interop.torch_reference import drw_weights
 
     weights = torch.tensor(drw_weights(HAM10000_COUNTS, 0.9999), dtype=dtype)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8, weight_decay=WEIGHT_DECAY)

@@ -1,6 +1,6 @@
 """Whole-model cases shared by test_reference.py and test_export_onnx.py (each computed once).
 
-A case is a random PyTorch reference model (caco_jax.torch_reference) of one attention
+A case is a random PyTorch reference model (caco_jax.interop.torch_reference) of one attention
 variant and init, every BatchNorm statistic and affine, every bias and every gain random
 (so each part matters), converted into a caco-jax model whose arrays all start as NaN;
 then one compiled call gives everything the tests compare: evaluation logits, train-mode
@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from flax import nnx
 
-from caco_jax.convert import load_torchvision
+from caco_jax.interop.convert import load_torchvision
 from caco_jax.models import MobileNetV3
-from caco_jax.steps import ModelDef
-from caco_jax.torch_reference import reference_model
+from caco_jax.training.steps import ModelDef
+from caco_jax.interop.torch_reference import reference_model
 
 # id -> (attention, attention_init, depthwise). Every variant; caco both with the gains
 # (preserve, the default) and without (plain, the paper's formulas). The default CPU

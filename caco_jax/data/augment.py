@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from caco_jax.classes import IMAGENET_MEAN, IMAGENET_STD
+from caco_jax.data.classes import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclasses.dataclass(frozen=True)

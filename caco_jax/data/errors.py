@@ -1,8 +1,10 @@
 """Errors raised for problems with the user's data (not bugs in caco-jax)."""
 from __future__ import annotations
 
+from caco_jax.errors import CacoError
 
-class DataError(Exception):
+
+class DataError(CacoError):
     """Base class: something is wrong with the data a user handed over."""
 
 

@@ -27,9 +27,9 @@ import tensorflow_datasets as tfds
 import tqdm
 from tensorflow_datasets.core.utils import tqdm_utils
 
-from caco_jax.classes import CLASS_NAMES
-from caco_jax.data import images, layouts
-from caco_jax.data.errors import CorruptImageError, ManualDirError
+from caco_jax.data import images, layouts, pipeline
+from caco_jax.data.classes import CLASS_NAMES
+from caco_jax.data.errors import CorruptImageError, DataNotBuiltError, ManualDirError
 
 log = logging.getLogger(__name__)
 
@@ -286,3 +286,39 @@ def prepare(
              ham.data_path, len(meta["skipped_corrupt"]), len(meta["skipped_missing"]),
              len(meta["skipped_unlisted"]))
     return ham
+
+
+def not_built(data_dir: pathlib.Path, ham: Ham10000) -> DataNotBuiltError:
+    """What to do when the build a run needs is not there."""
+    root = data_dir / "ham10000"
+    found = sorted(p.parent.parent.name for p in root.glob("*/*/dataset_info.json")) if root.is_dir() else []
+    found_text = f"\nComplete builds in {data_dir}: {', '.join(found)}." if found else ""
+    size = ham.builder_config.image_size
+    dataset = ham.builder_config.dataset
+    extra = "" if dataset == "ham10000" else f" --config {dataset}"
+    return DataNotBuiltError(
+        f"No complete HAM10000 build '{ham.builder_config.name}' in {data_dir} (expected {ham.data_path})."
+        f"{found_text}\n"
+        "Build it once from your downloaded copy (Kaggle, Harvard Dataverse or ISIC 2018 files, "
+        "extracted or zipped; see caco_jax.data.layouts.INSTRUCTIONS):\n"
+        f"  caco-jax prepare-data --manual_dir /path/to/HAM10000 --data_dir {data_dir}"
+        f" --image_size {size or 0}{extra}\n"
+        f"then point training at it: --config.data.data_dir={data_dir}\n"
+        "(or give --config.data.manual_dir=/path/to/HAM10000 and training builds it first).\n"
+        "To try everything without any download: caco-jax train --config demo "
+        "(it builds synthetic HAM10000-like data)."
+    )
+
+
+def open_source(data_dir: os.PathLike | str, *, config: str = "ham10000",
+                image_size: int | None = DEFAULT_IMAGE_SIZE) -> pipeline.Source:
+    """Every image of the build of release ``config`` stored at ``image_size`` in ``data_dir``."""
+    data_dir = pathlib.Path(data_dir).expanduser()
+    ham = builder(data_dir, config=config, image_size=image_size)
+    return pipeline.open_source(ham, not_built=not_built(data_dir, ham) if not ham.is_prepared() else None)
+
+
+def open_splits(data_dir: os.PathLike | str, *, image_size: int | None = DEFAULT_IMAGE_SIZE,
+                **split: object) -> dict[str, pipeline.Source]:
+    """The train / validation / test Sources of the HAM10000 build (``pipeline.split_source``'s keywords)."""
+    return pipeline.split_source(open_source(data_dir, image_size=image_size), **split)  # type: ignore[arg-type]

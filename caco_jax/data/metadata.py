@@ -20,7 +20,7 @@ import io
 import math
 from collections.abc import Iterable, Iterator
 
-from caco_jax.classes import CLASS_NAMES
+from caco_jax.data.classes import CLASS_NAMES
 from caco_jax.data.errors import MetadataError
 
 # ISIC one-hot column -> HAM10000 dx code.

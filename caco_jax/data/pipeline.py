@@ -1,11 +1,12 @@
-"""grain input pipelines over a TFDS HAM10000 build: splits, training and evaluation.
+"""grain input pipelines over a TFDS build (any dataset of ``caco_jax.data.registry``): splits,
+training and evaluation.
 
 The CPU side only reads, decodes and resizes to a fixed uint8 size, and batches;
 augmentation and normalisation run on the accelerator inside the jitted step
 (`caco_jax.data.augment`), where they are far cheaper than on CPU workers
 (measured in scripts/bench_input.py).
 
-    sources = open_splits(data_dir)                 # {'train', 'validation', 'test'}
+    sources = split_source(open_source(builder))    # {'train', 'validation', 'test'}
     it = train_iterator(sources["train"], batch_size=128, load_size=256, seed=0)
     batch = next(it)                                # image uint8 [128,256,256,3], label int32
     state = it.get_state(); ...; it.set_state(state)  # exact resume
@@ -14,8 +15,6 @@ augmentation and normalisation run on the accelerator inside the jitted step
 from __future__ import annotations
 
 import concurrent.futures
-import os
-import pathlib
 from collections.abc import Sequence
 
 import grain
@@ -23,10 +22,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
 
-from caco_jax.data import ham10000, images, offline, splits
+from caco_jax.data import images, offline, splits
 from caco_jax.data.errors import DataNotBuiltError
-
-DEFAULT_IMAGE_SIZE = ham10000.DEFAULT_IMAGE_SIZE
 
 Size = int | tuple[int, int]
 
@@ -133,49 +130,15 @@ class Source:
         return f"Source({self.name!r}, {len(self)} examples)"
 
 
-def _not_built(data_dir: pathlib.Path, builder) -> DataNotBuiltError:
-    root = data_dir / "ham10000"
-    found = sorted(p.parent.parent.name for p in root.glob("*/*/dataset_info.json")) if root.is_dir() else []
-    found_text = f"\nComplete builds in {data_dir}: {', '.join(found)}." if found else ""
-    name = builder.builder_config.name
-    size = builder.builder_config.image_size
-    dataset = builder.builder_config.dataset
-    extra = "" if dataset == "ham10000" else f" --config {dataset}"
-    return DataNotBuiltError(
-        f"No complete HAM10000 build '{name}' in {data_dir} (expected {builder.data_path})."
-        f"{found_text}\n"
-        "Build it once from your downloaded copy (Kaggle, Harvard Dataverse or ISIC 2018 files, "
-        "extracted or zipped; see caco_jax.data.layouts.INSTRUCTIONS):\n"
-        f"  python scripts/prepare_data.py --manual_dir /path/to/HAM10000 --data_dir {data_dir}"
-        f" --image_size {size or 0}{extra}\n"
-        "then point training at that data_dir (config field data_dir, e.g. "
-        f"--config.data_dir={data_dir}).\n"
-        "To try everything without any download: python scripts/train.py --config configs/demo.py "
-        "(it builds synthetic HAM10000-like data)."
-    )
+def open_source(builder, *, not_built: Exception | None = None) -> Source:
+    """Every example of a prepared TFDS build (its one split) as one Source.
 
-
-def open_source(
-    data_dir: os.PathLike | str,
-    *,
-    config: str = "ham10000",
-    image_size: int | None = DEFAULT_IMAGE_SIZE,
-    builder=None,
-) -> Source:
-    """Every example of a build (release `config`, stored `image_size`) as one Source.
-
-    builder: a prepared TFDS builder to read instead (e.g. `caco_jax.data.folder.builder`).
+    not_built: the error to raise when the build is not complete (a dataset's own message,
+    saying how to build it); a generic one otherwise.
     """
-    data_dir = pathlib.Path(data_dir).expanduser()
-    if builder is None:
-        builder = ham10000.builder(data_dir, config=config, image_size=image_size)
-        if not builder.is_prepared():
-            raise _not_built(data_dir, builder)
-        split = ham10000.TFDS_SPLIT[config]
-    else:
-        if not builder.is_prepared():
-            raise DataNotBuiltError(f"no complete build at {builder.data_path}; build it first")
-        split = next(iter(builder.info.splits))
+    if not builder.is_prepared():
+        raise not_built or DataNotBuiltError(f"no complete build at {builder.data_path}; build it first")
+    split = next(iter(builder.info.splits))
     class_names = tuple(builder.info.features["label"].names)
     base = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     full = Source(base, np.arange(len(base)), labels=np.zeros(len(base)), image_ids=np.zeros(len(base)),
@@ -195,25 +158,21 @@ def open_source(
                   class_names=class_names, image_shapes=dict(builder.info.metadata.get("image_shapes", {})))
 
 
-def open_splits(
-    data_dir: os.PathLike | str,
+def split_source(
+    source: Source,
     *,
     split_by: str = "lesion",
     seed: int = 0,
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
-    config: str = "ham10000",
-    image_size: int | None = DEFAULT_IMAGE_SIZE,
-    builder=None,
     copies: offline.OfflineCopies | None = None,
 ) -> dict[str, Source]:
-    """{'train', 'validation', 'test'} Sources of a HAM10000 build, split at load time.
+    """{'train', 'validation', 'test'} Sources of a whole build, split at load time.
 
-    split_by: 'lesion' (default; no lesion in two splits) or 'image' (the paper's
-    likely image-level split, which leaks lesions); both stratified by class and
+    split_by: 'lesion' (default; no lesion in two splits) or 'image' (each image on its own,
+    which leaks lesions photographed more than once); both stratified by class and
     determined by `seed` (see caco_jax.data.splits). copies: offline copies added
     before the split (`caco_jax.data.offline`; with split_by='image' they leak too).
     """
-    source = open_source(data_dir, config=config, image_size=image_size, builder=builder)
     if copies is not None and copies.enabled:
         source = source.with_copies(copies)
     parts = splits.split(source.labels, source.lesion_ids, source.image_ids,

@@ -23,7 +23,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from caco_jax.classes import CLASS_NAMES, HAM10000_COUNTS
+from caco_jax.data.classes import CLASS_NAMES, HAM10000_COUNTS
 
 METADATA_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
 _SKIN = np.array([[232, 190, 165], [214, 170, 140], [198, 150, 120], [240, 205, 185], [180, 130, 100]],

@@ -8,7 +8,7 @@ by name in :data:`ATTENTION_BLOCKS`. Each declares what checkpoint conversion ne
 one class and one line in the table, in this file (plus its PyTorch twin in
 ``caco_jax/torch_reference.py``, which the tests compare it with).
 
-PyTorch key names follow the module tree mechanically (``caco_jax.convert``): a
+PyTorch key names follow the module tree mechanically (``caco_jax.interop.convert``): a
 sub-module keeps its attribute name (``channel.mlp.fc1``, ``coord.bn1``, ``spatial.conv``),
 ``nnx.Linear`` / ``Conv2d`` kernels become ``weight``, BatchNorm's ``scale`` / ``mean`` /
 ``var`` become ``weight`` / ``running_mean`` / ``running_var``, and a bare parameter keeps

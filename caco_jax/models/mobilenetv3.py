@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from caco_jax.models.attention import AttentionOptions, attention_block, make_attention
-from caco_jax.models.layers import BN_MOMENTUM, Array, BatchNorm, ConvBNAct, Dtype, activation, hard_swish, make_divisible
+from caco_jax.models.layers import BN_MOMENTUM, Array, BatchNorm, ConvBNAct, Dtype, hard_swish, make_divisible
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +170,7 @@ class MobileNetV3(nnx.Module):
         options = AttentionOptions(ca_activation=ca_activation, init=attention_init, conv_impl=depthwise, dtype=dtype)
         spec = ARCHS[arch]
         self.arch, self.attention_name, self.num_classes = arch, attention, num_classes
-        # Recorded so that exports (caco_jax.convert, caco_jax.torch_reference) can rebuild the model.
+        # Recorded so that exports (caco_jax.interop.convert, caco_jax.interop.torch_reference) can rebuild the model.
         self.attention_init, self.ca_activation, self.bn_momentum = attention_init, ca_activation, bn_momentum
         self.dtype = dtype
         self.stem = ConvBNAct(3, spec.stem, 3, stride=2, act="hardswish", depthwise=depthwise, dtype=dtype, rngs=rngs)

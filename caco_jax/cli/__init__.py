@@ -1,0 +1,1 @@
+"""The ``caco-jax`` commands, one module each (``scripts/*.py`` are thin shims over them)."""

@@ -1,0 +1,112 @@
+"""The figures of one finished run, from its saved predictions: every metric with its lesion-level
+interval, under each decision rule, with and without test-time augmentation, and on the leaked and
+clean parts of its test split.
+
+Everything is computed from ``predictions_{validation,test}[_tta].npz`` and the weights' metadata
+(temperature, training class counts), so a rule or an interval added later applies to old runs.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from caco_jax.evaluation import calibration, decision, intervals, predictions
+from caco_jax.evaluation.metrics import classification_report
+
+RULES = ("argmax", "balanced", "offsets")  # balanced = the logit-adjustment fit
+PARTS = ("clean", "same_lesion", "same_source")  # test images with no leak / a same-lesion photo / the same photo
+
+
+def figures(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str], class_names: Sequence[str], *,
+            predicted: np.ndarray | None = None, resamples: int = intervals.DEFAULT_RESAMPLES) -> dict[str, Any]:
+    """accuracy, bacc, macro_auc, per-class recall and their 95 % lesion-bootstrap intervals (``ci``)."""
+    labels = np.asarray(labels, np.int64)
+    predicted = probs.argmax(axis=1) if predicted is None else np.asarray(predicted)
+    c = len(class_names)
+    cm = np.zeros((c, c), np.int64)
+    np.add.at(cm, (labels, predicted), 1)
+    report = classification_report(cm, probs=probs, labels=labels, class_names=class_names)
+    out = {"num_examples": int(len(labels)), "accuracy": report["accuracy"], "bacc": report["bacc"],
+           "macro_auc": report["macro_auc"],
+           "recall": {n: report["per_class"][n]["sensitivity"] for n in class_names}}
+    if len(labels) and resamples:
+        out["ci"] = intervals.bootstrap(probs, labels, groups, class_names, predicted=predicted,
+                                        num_resamples=resamples)
+    return out
+
+
+def _prior(workdir: pathlib.Path, val: predictions.Predictions) -> np.ndarray:
+    meta = workdir / "best" / "caco_jax_weights.json"
+    counts = json.loads(meta.read_text()).get("train_class_counts") if meta.is_file() else None
+    if not counts:
+        raise FileNotFoundError(f"{meta} records no train_class_counts: the prior of the balanced rule is unknown")
+    return np.asarray(counts, np.float64)
+
+
+def rules(workdir: pathlib.Path, val: predictions.Predictions, temperature: float) -> dict[str, Any]:
+    """The balanced rules fitted on the validation predictions (None for argmax)."""
+    prior = _prior(workdir, val)
+    return {"argmax": None,
+            "balanced": decision.fit(val.logits, val.labels, prior, temperature=temperature),
+            "offsets": decision.fit(val.logits, val.labels, prior, temperature=temperature, how="offsets")}
+
+
+def run_figures(workdir: str | pathlib.Path, resamples: int = intervals.DEFAULT_RESAMPLES) -> dict[str, Any] | None:
+    """{'plain': {rule: figures}, 'tta': {rule: figures} or None, 'parts': {part: figures},
+    'temperature', 'tau'} of a run's test split; None for a run without saved predictions."""
+    workdir = pathlib.Path(workdir)
+    if not predictions.path(workdir, "test").is_file():
+        return None
+    temperature = calibration.load(workdir / "best") or 1.0
+    out: dict[str, Any] = {"temperature": temperature}
+    for variant, tta in (("plain", False), ("tta", True)):
+        if not predictions.path(workdir, "test", tta).is_file():
+            out[variant] = None
+            continue
+        val = predictions.load(predictions.path(workdir, "validation", tta))
+        test = predictions.load(predictions.path(workdir, "test", tta))
+        fitted = rules(workdir, val, temperature)
+        probs = calibration.probabilities(test.logits, temperature)
+        out[variant] = {name: figures(probs, test.labels, test.lesion_id, test.class_names,
+                                      predicted=None if rule is None else rule.predict(test.logits, temperature),
+                                      resamples=resamples) for name, rule in fitted.items()}
+        out[variant]["balanced"]["tau"] = fitted["balanced"].tau
+    test = predictions.load(predictions.path(workdir, "test"))
+    probs = calibration.probabilities(test.logits, temperature)
+    masks = {"clean": ~test.same_lesion, "same_lesion": test.same_lesion, "same_source": test.same_source}
+    out["parts"] = {part: figures(probs[m], test.labels[m], test.lesion_id[m], test.class_names, resamples=resamples)
+                    for part, m in masks.items()}
+    return out
+
+
+def run_probs(workdir: str | pathlib.Path, *, tta: bool = False, rule: str = "argmax") -> dict[str, np.ndarray]:
+    """{'probs', 'labels', 'predicted', 'image_id', 'lesion_id'} of a run's test split, for paired comparisons."""
+    workdir = pathlib.Path(workdir)
+    temperature = calibration.load(workdir / "best") or 1.0
+    test = predictions.load(predictions.path(workdir, "test", tta))
+    probs = calibration.probabilities(test.logits, temperature)
+    predicted = probs.argmax(axis=1)
+    if rule != "argmax":
+        fitted = rules(workdir, predictions.load(predictions.path(workdir, "validation", tta)), temperature)[rule]
+        predicted = fitted.predict(test.logits, temperature)
+    return {"probs": probs, "labels": test.labels, "predicted": predicted, "image_id": test.image_id,
+            "lesion_id": test.lesion_id}
+
+
+def compare(a_dirs: Sequence[pathlib.Path], b_dirs: Sequence[pathlib.Path], *, a_rule: str = "argmax",
+            b_rule: str = "argmax", a_tta: bool = False, b_tta: bool = False,
+            resamples: int = intervals.DEFAULT_RESAMPLES) -> dict[str, Any]:
+    """Mean over a's runs minus mean over b's runs of accuracy / BACC / macro AUC on the same test images,
+    with the lesion-bootstrap interval of the difference (``intervals.paired``)."""
+    a = [run_probs(d, tta=a_tta, rule=a_rule) for d in a_dirs]
+    b = [run_probs(d, tta=b_tta, rule=b_rule) for d in b_dirs]
+    ref = a[0]
+    for run in a[1:] + b:
+        order = intervals.align(ref["image_id"], run["image_id"])
+        for key in ("probs", "labels", "predicted", "image_id", "lesion_id"):
+            run[key] = run[key][order]
+    return intervals.paired(a, b, ref["lesion_id"], num_resamples=resamples)

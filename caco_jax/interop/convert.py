@@ -1,0 +1,379 @@
+"""PyTorch state_dicts <-> caco-jax NNX models: torchvision checkpoints and the reference models.
+
+Two key layouts, both torchvision's ``mobilenet_v3_small`` / ``_large``::
+
+    features.0.{0,1}                 stem conv / BN
+    features.i.block.j.{0,1}         i = 1..n blocks; j runs over [expand], depthwise,
+                                     [attention slot], project
+    features.{n+1}.{0,1}             last 1x1 conv / BN
+    classifier.0 / classifier.3      Linear 576->1024 / Linear 1024->num_classes
+
+* **torchvision** (:func:`key_map`): the attention slot holds SE (``...block.j.fc1``,
+  ``fc2``). A torchvision checkpoint initialises every variant: its SE weights go to
+  the SE-shaped MLP of ``se``, ``caco``, ``cbam`` and ``seco`` and are skipped (with the
+  reason) by ``eca`` and ``none``; what the checkpoint cannot hold stays at initialisation.
+* **reference** (:func:`reference_key_map`): the slot holds the variant's own block as
+  ``caco_jax.interop.torch_reference`` builds it, named as the NNX block
+  (``...block.j.channel.mlp.fc1.weight``, ``...block.j.coord.bn1.running_var``,
+  ``...block.j.channel.max_gain``; rules in ``caco_jax/models/attention.py``). It holds
+  every array of the model: :func:`export_state_dict` writes it (it loads with
+  ``strict=True`` into the reference module) and :func:`load_torchvision` reads it back.
+  For ``se`` the two layouts are the same: torchvision's own.
+
+:func:`load_torchvision` takes either layout (a checkpoint with any reference-only key
+is read as a reference checkpoint, which must then be complete). Accounting is strict:
+every key is either loaded or skipped on purpose with a reason (BatchNorm's
+``num_batches_tracked``; SE weights in a variant without an SE-shaped MLP; a last layer
+whose class count differs), and any other key, a shape mismatch or a missing tensor
+raises an error naming it and saying what to do. What stays at initialisation is listed
+with the reason.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from caco_jax.models.attention import attention_block, why_new
+from caco_jax.models.layers import BatchNorm, Conv2d
+from caco_jax.models.mobilenetv3 import ARCHS, MobileNetV3
+from caco_jax.interop.torch_io import load_state_dict
+
+Path = tuple[Any, ...]
+
+_HEAD_KEYS = ("classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias")
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not fit the model (unknown key, shape mismatch, missing tensor)."""
+
+
+@dataclasses.dataclass
+class ConversionReport:
+    """What a conversion loaded, what it skipped on purpose, and what stayed at init."""
+
+    loaded: list[str] = dataclasses.field(default_factory=list)
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)
+    initialised: dict[str, str] = dataclasses.field(default_factory=dict)
+    loaded_params: int = 0
+    total_params: int = 0
+    layout: str = "torchvision"  # or "reference" (caco_jax.interop.torch_reference's keys for the variant)
+
+    def summary(self) -> str:
+        """A human-readable account, grouped by reason."""
+        source = "the torchvision checkpoint" if self.layout == "torchvision" else "the reference-model checkpoint"
+        lines = [
+            f"loaded {len(self.loaded)} tensors ({self.loaded_params:,} of {self.total_params:,} "
+            f"parameters) from {source}"
+        ]
+        for title, table in (("skipped (on purpose)", self.skipped), ("left at initialisation", self.initialised)):
+            by_reason: dict[str, list[str]] = {}
+            for key, why in table.items():
+                by_reason.setdefault(why, []).append(key)
+            for why, keys in by_reason.items():
+                shown = ", ".join(keys[:3]) + (f", ... ({len(keys)} in all)" if len(keys) > 3 else "")
+                lines.append(f"{title}: {why}: {shown}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _conv(w: np.ndarray) -> np.ndarray:  # OIHW -> HWIO
+    return np.transpose(w, (2, 3, 1, 0))
+
+
+def _pointwise(w: np.ndarray) -> np.ndarray:  # 1x1 conv (O, I, 1, 1) -> dense (I, O)
+    return np.transpose(w[:, :, 0, 0])
+
+
+def _linear(w: np.ndarray) -> np.ndarray:  # (O, I) -> (I, O)
+    return np.transpose(w)
+
+
+def _same(w: np.ndarray) -> np.ndarray:
+    return w
+
+
+_INVERSE = {_conv: lambda k: np.transpose(k, (3, 2, 0, 1)), _pointwise: lambda k: np.transpose(k)[:, :, None, None],
+            _linear: np.transpose, _same: lambda v: v}
+
+
+def _conv_bn(torch_prefix: str, path: Path) -> dict[str, tuple[Path, Any]]:
+    return {
+        f"{torch_prefix}.0.weight": (path + ("conv", "kernel"), _conv),
+        f"{torch_prefix}.1.weight": (path + ("bn", "scale"), _same),
+        f"{torch_prefix}.1.bias": (path + ("bn", "bias"), _same),
+        f"{torch_prefix}.1.running_mean": (path + ("bn", "mean"), _same),
+        f"{torch_prefix}.1.running_var": (path + ("bn", "var"), _same),
+    }
+
+
+def key_map(model: MobileNetV3) -> tuple[dict[str, tuple[Path, Any]], dict[str, str]]:
+    """torch key -> (NNX state path, transform), and torch keys this variant skips (-> why)."""
+    spec = ARCHS[model.arch]
+    mapping = _conv_bn("features.0", ("stem",))
+    skipped: dict[str, str] = {}
+    block = attention_block(model.attention_name)
+    se_path = None if block is None or block.se_mlp_path is None else ("attention", *block.se_mlp_path)
+    width = spec.stem
+    for i, block in enumerate(spec.blocks, start=1):
+        j = 0
+        if block.expanded != width:
+            mapping |= _conv_bn(f"features.{i}.block.{j}", ("blocks", i - 1, "expand"))
+            j += 1
+        mapping |= _conv_bn(f"features.{i}.block.{j}", ("blocks", i - 1, "depthwise"))
+        j += 1
+        if block.attention:
+            for fc in ("fc1", "fc2"):
+                for kind, fn in (("weight", _pointwise), ("bias", _same)):
+                    key = f"features.{i}.block.{j}.{fc}.{kind}"
+                    if se_path is None:
+                        skipped[key] = f"attention {model.attention_name!r} has no SE-shaped MLP"
+                    else:
+                        name = "kernel" if kind == "weight" else "bias"
+                        mapping[key] = (("blocks", i - 1) + se_path + (fc, name), fn)
+            j += 1
+        mapping |= _conv_bn(f"features.{i}.block.{j}", ("blocks", i - 1, "project"))
+        width = block.out
+    mapping |= _conv_bn(f"features.{len(spec.blocks) + 1}", ("last_conv",))
+    mapping["classifier.0.weight"] = (("head", "kernel"), _linear)
+    mapping["classifier.0.bias"] = (("head", "bias"), _same)
+    mapping["classifier.3.weight"] = (("classifier", "kernel"), _linear)
+    mapping["classifier.3.bias"] = (("classifier", "bias"), _same)
+    return mapping, skipped
+
+
+# NNX parameter / statistic name -> PyTorch name, per kind of module holding it.
+_BN_NAMES = {"scale": "weight", "bias": "bias", "mean": "running_mean", "var": "running_var"}
+
+
+def _torch_leaf(parent: Any, name: str) -> tuple[str, Any]:
+    """(PyTorch name, transform from the PyTorch layout to ours) of array ``name`` held by ``parent``."""
+    if isinstance(parent, BatchNorm):
+        return _BN_NAMES[name], _same
+    if isinstance(parent, nnx.Linear):  # inside an attention block: a 1x1 conv on a pooled map
+        return ("weight", _pointwise) if name == "kernel" else (name, _same)
+    if isinstance(parent, Conv2d):
+        return "weight", _conv
+    return name, _same  # a bare parameter: gains, ECA's kernel
+
+
+def attention_keys(block: nnx.Module, torch_prefix: str, path: Path) -> dict[str, tuple[Path, Any]]:
+    """torch key -> (NNX path, transform) for every array of attention ``block`` (at ``path``),
+    named mechanically from the module tree (see ``caco_jax/models/attention.py``)."""
+    nodes = dict(nnx.iter_graph(block))
+    out: dict[str, tuple[Path, Any]] = {}
+    for sub, node in nodes.items():
+        if not isinstance(node, (nnx.Param, nnx.BatchStat)):
+            continue
+        parts = []
+        for depth, child in enumerate(sub[:-1]):
+            renamed = getattr(nodes[sub[:depth]], "torch_names", {}).get(child, child)
+            if renamed:
+                parts.append(str(renamed))
+        name, fn = _torch_leaf(nodes[sub[:-1]], sub[-1])
+        out[".".join(p for p in (torch_prefix, *parts, name) if p)] = (path + sub, fn)
+    return out
+
+
+def reference_key_map(model: MobileNetV3) -> dict[str, tuple[Path, Any]]:
+    """torch key of ``caco_jax.interop.torch_reference.reference_model`` -> (NNX path, transform), for
+    every parameter and BatchNorm statistic of ``model`` (torchvision's keys for ``se``)."""
+    tv_mapping, _ = key_map(model)
+    slots = _attention_slots(model)
+    mapping = {k: v for k, v in tv_mapping.items() if not any(k.startswith(prefix + ".") for prefix in slots)}
+    for prefix, index in slots.items():
+        attention = model.blocks[index].attention
+        if attention is not None:
+            mapping |= attention_keys(attention, prefix, ("blocks", index, "attention"))
+    return mapping
+
+
+def _attention_slots(model: MobileNetV3) -> dict[str, int]:
+    """torch prefix of every attention slot (``features.i.block.j``) -> block index."""
+    slots, width = {}, ARCHS[model.arch].stem
+    for i, block in enumerate(ARCHS[model.arch].blocks, start=1):
+        if block.attention:
+            slots[f"features.{i}.block.{1 if block.expanded == width else 2}"] = i - 1
+        width = block.out
+    return slots
+
+
+def _get(tree: Mapping, path: Path) -> Any:
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def _set(tree: dict, path: Path, value: Any) -> None:
+    for p in path[:-1]:
+        tree = tree[p]
+    tree[path[-1]] = value
+
+
+def _leaf_paths(tree: Mapping, prefix: Path = ()) -> list[Path]:
+    out = []
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out += _leaf_paths(v, prefix + (k,))
+        else:
+            out.append(prefix + (k,))
+    return out
+
+
+def _why_initialised(path: Path, head_reason: str | None, attention: str) -> str:
+    if path[0] in ("head", "classifier"):
+        return head_reason or "not in the checkpoint"
+    if "attention" in path:
+        inside = tuple(map(str, path[path.index("attention") + 1:]))
+        return why_new(attention, inside) or "this attention block has no ImageNet counterpart"
+    return "not in the checkpoint"
+
+
+def _guess_variant(keys: list[str]) -> str | None:
+    """The attention variant whose reference layout keys like ``keys`` suggest, if any."""
+    joined = " ".join(keys)
+    if ".coord." in joined:
+        return "seco" if ".se." in joined else "caco"
+    if ".spatial." in joined:
+        return "cbam"
+    if ".channel." in joined:
+        return "caco or cbam"
+    if any(k.endswith(".kernel") for k in keys):
+        return "eca"
+    if ".fc1." in joined or ".fc2." in joined:
+        return "se"
+    return None
+
+
+def _unknown_hint(model: MobileNetV3, unknown: list[str]) -> str:
+    if all(k.endswith(("max_gain", ".gain")) for k in unknown):
+        return ("these are attention gains, which only a preserving attention_init has: build the model with the "
+                f"attention_init the checkpoint was saved with (this one has {model.attention_init!r})")
+    variant = _guess_variant(unknown)
+    if variant and variant != model.attention_name:
+        return (f"they look like the reference layout of attention {variant!r}: build the model with that "
+                f"attention (this one has {model.attention_name!r})")
+    return (f"is this a mobilenet_v3_{model.arch} state_dict? (strip a 'module.' prefix from DataParallel "
+            "checkpoints first)")
+
+
+def load_torchvision(
+    model: MobileNetV3, state_dict: Mapping[str, Any] | str | os.PathLike
+) -> ConversionReport:
+    """Loads a PyTorch MobileNetV3 state_dict (dict or ``.pth`` path) into ``model`` in place.
+
+    Either layout (module docstring): a torchvision checkpoint, or one of the reference
+    model of this variant (``export_state_dict``, or ``caco_jax.interop.torch_reference``'s module
+    trained in PyTorch). Backbone-only files (no ``classifier.*``) load and leave the head
+    at its initialisation; a last layer whose class count differs from the model's is
+    skipped (transfer learning to a new label set). Raises ConversionError for unknown
+    keys, other shape mismatches and missing tensors, and changes nothing then.
+    """
+    if not isinstance(state_dict, Mapping):
+        state_dict = load_state_dict(state_dict)
+    sd = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state_dict.items()}
+    tv_mapping, tv_skipped = key_map(model)
+    ref_mapping = reference_key_map(model)
+    layout = "reference" if any(k in ref_mapping and k not in tv_mapping for k in sd) else "torchvision"
+    mapping, skipped_by_variant = (ref_mapping, {}) if layout == "reference" else (tv_mapping, tv_skipped)
+    state = nnx.state(model, (nnx.Param, nnx.BatchStat))
+    pure = nnx.to_pure_dict(state)
+    report = ConversionReport(layout=layout)
+
+    unknown = [k for k in sd if k not in mapping and k not in skipped_by_variant and not k.endswith("num_batches_tracked")]
+    if unknown:
+        where = ("torchvision's" if layout == "torchvision" else "the reference") + f" mobilenet_v3_{model.arch}"
+        raise ConversionError(
+            f"{len(unknown)} checkpoint key(s) do not belong to {where} with attention {model.attention_name!r}"
+            f" (attention_init {model.attention_init!r}): {unknown[:5]}{' ...' if len(unknown) > 5 else ''}; "
+            + _unknown_hint(model, unknown)
+        )
+    missing = [k for k in mapping if k not in sd and k not in _HEAD_KEYS]
+    if missing:
+        hint = ""
+        if all(k.endswith(("max_gain", ".gain")) for k in missing):
+            hint = (f"; the checkpoint has no attention gains: it was saved from a model with another "
+                    f"attention_init (this one has {model.attention_init!r}, e.g. 'plain' has none)")
+        what = "backbone " if layout == "torchvision" else ""
+        raise ConversionError(
+            f"checkpoint lacks {len(missing)} {what}tensor(s) of the {layout} mobilenet_v3_{model.arch} with "
+            f"attention {model.attention_name!r}: {missing[:5]}{' ...' if len(missing) > 5 else ''}{hint}"
+        )
+    absent_head = [k for k in _HEAD_KEYS if k not in sd]
+    head_reason = "backbone-only checkpoint (no classifier.* tensors)" if absent_head else None
+
+    for key, value in sd.items():
+        if key.endswith("num_batches_tracked"):
+            report.skipped[key] = "BatchNorm step counter (unused: momentum is fixed)"
+            continue
+        if key in skipped_by_variant:
+            report.skipped[key] = skipped_by_variant[key]
+            continue
+        path, fn = mapping[key]
+        target = _get(pure, path)
+        new = fn(value)
+        if new.shape != target.shape:
+            if key.startswith("classifier.3."):
+                head_reason = (
+                    f"last layer has {model.num_classes} classes, checkpoint {value.shape[0]}: "
+                    "new layer for the new label set"
+                )
+                report.skipped[key] = head_reason
+                continue
+            raise ConversionError(
+                f"shape mismatch for {key}: checkpoint {value.shape} -> {new.shape}, model expects "
+                f"{target.shape} at {'/'.join(map(str, path))}"
+            )
+        _set(pure, path, new.astype(target.dtype))
+        report.loaded.append(key)
+        if not key.endswith(("running_mean", "running_var")):
+            report.loaded_params += int(new.size)
+
+    loaded_paths = {mapping[k][0] for k in report.loaded}
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    report.total_params = int(sum(np.size(_get(params, p)) for p in _leaf_paths(params)))
+    for path in _leaf_paths(pure):
+        if path not in loaded_paths:
+            report.initialised["/".join(map(str, path))] = _why_initialised(path, head_reason, model.attention_name)
+    nnx.replace_by_pure_dict(state, pure)
+    nnx.update(model, state)
+    return report
+
+
+def export_state_dict(model: MobileNetV3) -> dict[str, np.ndarray]:
+    """The model as a PyTorch state_dict (numpy arrays) of its reference module.
+
+    It loads with ``strict=True`` into ``caco_jax.interop.torch_reference.reference_model(arch,
+    attention, num_classes=..., attention_init=...)`` built like ``model`` (for
+    ``attention='se'``: torchvision's ``mobilenet_v3_<arch>(num_classes=...)`` itself), and
+    back into caco-jax with :func:`load_torchvision`. No PyTorch needed.
+    """
+    if model.arch not in ("small", "large"):
+        raise ValueError(f"torchvision has no mobilenet_v3_{model.arch}")
+    return _export(model, reference_key_map(model))
+
+
+def export_block(block: nnx.Module) -> dict[str, np.ndarray]:
+    """One attention block as the state_dict of its ``caco_jax.interop.torch_reference`` twin (``strict=True``)."""
+    return _export(block, attention_keys(block, "", ()))
+
+
+def _export(module: nnx.Module, mapping: Mapping[str, tuple[Path, Any]]) -> dict[str, np.ndarray]:
+    pure = nnx.to_pure_dict(nnx.state(module, (nnx.Param, nnx.BatchStat)))
+    out: dict[str, np.ndarray] = {}
+    for key, (path, fn) in mapping.items():
+        out[key] = np.array(_INVERSE[fn](np.asarray(_get(pure, path))), dtype=np.float32)
+        if key.endswith("running_var"):
+            out[key[: -len("running_var")] + "num_batches_tracked"] = np.zeros((), np.int64)
+    return out
+
+
+def export_torchvision(model: MobileNetV3) -> dict[str, np.ndarray]:
+    """:func:`export_state_dict` (the name from when only ``se`` models could be exported)."""
+    return export_state_dict(model)

@@ -1,0 +1,1 @@
+"""A run directory on disk: its saved config, the data it points at, weights directories and loading."""

@@ -1,0 +1,236 @@
+"""Model weights on disk: orbax checkpoints of an NNX model, and pretrained-init dispatch.
+
+Weights are stored as a flat ``{"blocks/0/expand/conv/kernel": array, ...}`` dict (the
+NNX parameter and BatchNorm-statistic paths joined by '/'), which orbax handles
+without any knowledge of NNX and which reads like the model's structure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from caco_jax.data.classes import CLASS_NAMES
+from caco_jax.interop.convert import load_torchvision
+from caco_jax.models import MobileNetV3, model_from_config
+from caco_jax.models.mobilenetv3 import ARCHS
+from caco_jax.runs.workspace import load_config
+from caco_jax.trees import flatten, unflatten
+
+WEIGHTS_FILTER = (nnx.Param, nnx.BatchStat)
+_META = "caco_jax_weights.json"
+
+
+def model_weights(model: nnx.Module) -> dict[str, np.ndarray]:
+    """Flat dict of the model's parameters and BatchNorm statistics (host numpy)."""
+    return {k: np.asarray(v) for k, v in flatten(nnx.to_pure_dict(nnx.state(model, WEIGHTS_FILTER))).items()}
+
+
+def state_weights(params: Any, batch_stats: Any) -> dict[str, np.ndarray]:
+    """The same flat dict from a train state's pure parameter and statistics trees (no model needed)."""
+    host = jax.device_get((params, batch_stats))
+    return {k: np.asarray(v) for k, v in (flatten(host[0]) | flatten(host[1])).items()}
+
+
+def assign_weights(model: nnx.Module, flat: Mapping[str, Any], *, source: str) -> None:
+    """Writes a flat weights dict into ``model``; every key and shape must match."""
+    state = nnx.state(model, WEIGHTS_FILTER)
+    template = nnx.to_pure_dict(state)
+    expected = {k: np.shape(v) for k, v in flatten(template).items()}
+    missing = sorted(set(expected) - set(flat))
+    unexpected = sorted(set(flat) - set(expected))
+    wrong = sorted(k for k in expected.keys() & flat.keys() if tuple(np.shape(flat[k])) != expected[k])
+    if missing or unexpected or wrong:
+        details = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
+                   "shape mismatch " + ", ".join(f"{k}: {np.shape(flat[k])} vs {expected[k]}" for k in wrong[:5])
+                   if wrong else ""]
+        raise ValueError(
+            f"weights in {source} do not fit this model ({'; '.join(d for d in details if d)}); "
+            "were they saved for another arch, attention or class count?"
+        )
+    nnx.replace_by_pure_dict(state, unflatten({k: jax.numpy.asarray(v) for k, v in flat.items()}, template,
+                                              source=source))
+    nnx.update(model, state)
+
+
+def save_weights(model: nnx.Module, directory: str | os.PathLike, *, metadata: Mapping[str, Any] | None = None) -> pathlib.Path:
+    """Saves the model's weights as an orbax checkpoint in ``directory`` (plus a JSON sidecar)."""
+    writer = WeightsWriter(directory)
+    writer.save(model_weights(model), metadata)
+    writer.close()
+    return writer.directory
+
+
+class WeightsWriter:
+    """Writes flat weights to ``directory`` in the background (the training loop goes on).
+
+    Each save goes to ``<directory>.partial`` and replaces ``directory`` only once it is
+    complete (at the next :meth:`save`, :meth:`wait` or :meth:`close`), so a crash at
+    any point leaves the previous complete copy in place. In a multi-host run only the
+    first process writes (the weights are the same everywhere); the others do nothing.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = pathlib.Path(directory).resolve()
+        self._partial = self.directory.with_name(self.directory.name + ".partial")
+        self._active = jax.process_index() == 0
+        self._checkpointer = ocp.AsyncCheckpointer(
+            ocp.StandardCheckpointHandler(),
+            multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0}),
+        ) if self._active else None
+        self._pending = False
+
+    def save(self, flat: Mapping[str, np.ndarray], metadata: Mapping[str, Any] | None = None) -> None:
+        """Starts writing ``flat`` (host arrays) and ``metadata``; returns before the files are written."""
+        if not self._active:
+            return
+        self.wait()
+        if self._partial.exists():
+            shutil.rmtree(self._partial)
+        self._partial.mkdir(parents=True)
+        (self._partial / _META).write_text(json.dumps(dict(metadata or {}), indent=2, default=str))
+        self._checkpointer.save(self._partial / "weights", args=ocp.args.StandardSave(dict(flat)))
+        self._pending = True
+
+    def wait(self) -> None:
+        """Blocks until the last save is on disk and in place."""
+        if not self._pending:
+            return
+        self._checkpointer.wait_until_finished()
+        old = self.directory.with_name(self.directory.name + ".old")
+        if self.directory.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            self.directory.rename(old)
+        self._partial.rename(self.directory)
+        if old.exists():
+            shutil.rmtree(old)
+        self._pending = False
+
+    def close(self) -> None:
+        self.wait()
+        if self._checkpointer is not None:
+            self._checkpointer.close()
+
+
+def read_weights(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Reads a :func:`save_weights` directory: (flat weights, metadata)."""
+    directory = pathlib.Path(directory).resolve()
+    if not (directory / "weights").is_dir():
+        raise FileNotFoundError(
+            f"no caco-jax weights at {directory} (expected {directory / 'weights'}); "
+            "create them with scripts/convert_torchvision.py"
+        )
+    with ocp.StandardCheckpointer() as ckpt:
+        flat = ckpt.restore(directory / "weights")
+    meta_file = directory / _META
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    return {k: np.asarray(v) for k, v in flat.items()}, meta
+
+
+def load_pretrained(model: nnx.Module, path: str | os.PathLike) -> str:
+    """Initialises ``model`` from ``path`` and returns a summary of what was loaded.
+
+    ``path`` is a torchvision ``.pth`` state_dict (full or backbone-only; converted on
+    the fly, no torch needed) or a directory written by :func:`save_weights`
+    (e.g. by scripts/convert_torchvision.py).
+    """
+    path = pathlib.Path(path)
+    if path.is_dir():
+        flat, meta = read_weights(path)
+        assign_weights(model, flat, source=str(path))
+        return f"loaded {len(flat)} arrays from caco-jax weights {path} ({meta.get('source', 'unknown source')})"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"pretrained weights not found: {path}; give a torchvision mobilenet_v3 .pth file or a "
+            "directory written by scripts/convert_torchvision.py (or set the pretrained path to '' "
+            "to start from scratch)"
+        )
+    return load_torchvision(model, path).summary()
+
+
+def infer_model_config(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """arch, attention, attention_init and num_classes of the model that wrote ``flat`` (from its keys and shapes).
+
+    (``ca_activation`` and ``bn_momentum`` leave no trace in the weights.)"""
+    keys = list(flat)
+    blocks = {int(k.split("/")[1]) for k in keys if k.startswith("blocks/")}
+    archs = [name for name, spec in ARCHS.items() if len(spec.blocks) == len(blocks)]
+    if len(archs) != 1 or "classifier/kernel" not in flat:
+        raise ValueError(f"these weights are not a caco-jax MobileNetV3 ({len(blocks)} blocks, keys {keys[:3]} ...)")
+    inside = {k.split("/attention/", 1)[1] for k in keys if "/attention/" in k}
+    parts = {p.split("/")[0] for p in inside}
+    if not parts:
+        attention = "none"
+    elif parts == {"mlp"}:
+        attention = "se"
+    elif parts == {"kernel"}:
+        attention = "eca"
+    elif parts == {"se", "coord"}:
+        attention = "seco"
+    elif parts == {"channel", "coord"}:
+        attention = "caco"
+    elif parts == {"channel", "spatial"}:
+        attention = "cbam"
+    else:
+        raise ValueError(f"unknown attention block with parts {sorted(parts)}")
+    channel_gain = any(p.endswith("max_gain") for p in inside)
+    gated_gain = any(p.endswith("/gain") for p in inside)
+    init = {(True, True): "preserve", (True, False): "preserve_channel", (False, True): "preserve_coord",
+            (False, False): "plain"}[(channel_gain, gated_gain)]
+    if attention == "seco" and init == "plain":
+        init = "preserve_channel"  # seco has no max branch: both inits leave it without gains
+    if attention in ("se", "eca", "none"):
+        init = "preserve"  # no gains to tell (the default)
+    return {"arch": archs[0], "attention": attention, "attention_init": init,
+            "num_classes": int(np.shape(flat["classifier/kernel"])[-1])}
+
+
+def model_from_weights(directory: str | os.PathLike, **overrides: Any) -> tuple[nnx.Module, dict[str, Any]]:
+    """(model holding the weights of a :func:`save_weights` directory, its metadata).
+
+    The architecture, attention, attention init and class count come from the weights
+    themselves (:func:`infer_model_config`); ``ca_activation`` (and any other
+    ``create_model`` argument in ``overrides``) from the metadata, else ``create_model``'s
+    default. ``overrides`` win over both.
+    """
+    flat, meta = read_weights(directory)
+    kwargs = infer_model_config(flat)
+    if "ca_activation" in meta:
+        kwargs["ca_activation"] = meta["ca_activation"]
+    kwargs |= {k: v for k, v in overrides.items() if v is not None}
+    # Abstract shapes, then the stored arrays: every array is in the weights, so nothing is initialised.
+    model = nnx.eval_shape(lambda: MobileNetV3(dropout=0.0, **kwargs, rngs=nnx.Rngs(0)))
+    assign_weights(model, flat, source=str(directory))
+    model.eval()
+    return model, meta
+
+
+def load_trained(
+    workdir: str | pathlib.Path, weights: str | pathlib.Path | None = None
+) -> tuple[Any, MobileNetV3, dict[str, Any], pathlib.Path]:
+    """(config, model in eval mode, weights metadata, weights dir) of a training run.
+
+    ``weights`` defaults to ``workdir/best`` (the best validation BACC), written by
+    scripts/train.py; any directory in that format works (e.g. a conversion output of
+    the same architecture and class count). ``metadata['class_names']`` names the classes.
+    """
+    workdir = pathlib.Path(workdir)
+    config = load_config(workdir)
+    weights_dir = pathlib.Path(weights) if weights else workdir / "best"
+    flat, meta = read_weights(weights_dir)
+    meta.setdefault("class_names", list(CLASS_NAMES) if config.data.name == "ham10000" else None)
+    if not meta["class_names"]:
+        raise ValueError(f"{weights_dir} does not record its class names (caco_jax_weights.json: class_names)")
+    model = model_from_config(config.model, num_classes=len(meta["class_names"]), seed=config.seed)
+    assign_weights(model, flat, source=str(weights_dir))
+    model.eval()
+    return config, model, meta, weights_dir

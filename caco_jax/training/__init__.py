@@ -1,0 +1,1 @@
+"""Training: the flat loop (loop.py), jitted steps, losses, checkpoints, data parallelism, run logs."""
