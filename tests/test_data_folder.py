@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from caco_jax.data import folder, pipeline
+from caco_jax.data import folder, pipeline, records
 from caco_jax.data.errors import ManualDirError
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -51,10 +51,10 @@ def folders(tmp_path_factory) -> pathlib.Path:
 def test_build_and_open_a_folder_dataset(folders, tmp_path):
     built = folder.prepare(folders, tmp_path / "tfds", image_size=32, progress=False)
     assert built.builder_config.name.startswith("my_lesions_") and built.builder_config.name.endswith("_32px")
-    splits = pipeline.split_source(pipeline.open_source(built), split_by="image", seed=0)
+    splits = records.split_source(records.open_source(built), split_by="image", seed=0)
     assert all(s.class_names == CLASSES for s in splits.values())
     assert sum(len(s) for s in splits.values()) == 3 * 40
-    counts = pipeline.class_counts(splits["train"])
+    counts = records.class_counts(splits["train"])
     assert counts.shape == (3,) and counts.sum() == len(splits["train"]) and counts.min() >= 30
     batch = next(pipeline.eval_iterator(splits["test"], batch_size=8, image_size=24))
     assert batch["image"].shape == (8, 24, 24, 3) and set(batch["label"][batch["mask"]]) <= {0, 1, 2}

@@ -10,7 +10,7 @@ from absl import flags
 from PIL import Image
 
 from caco_jax.data.classes import CLASS_NAMES, NUM_CLASSES
-from caco_jax.data import ham10000, pipeline, synthetic
+from caco_jax.data import ham10000, pipeline, records, synthetic
 from caco_jax.data.errors import DataNotBuiltError
 
 NUM = 150
@@ -73,7 +73,7 @@ def test_open_splits_partition_and_counts(sources):
     assert sum(len(i) for i in ids) == NUM and len(set.union(*ids)) == NUM
     lesions = [set(s.lesion_ids) for s in sources.values()]
     assert not lesions[0] & lesions[1] and not lesions[0] & lesions[2] and not lesions[1] & lesions[2]
-    counts = pipeline.class_counts(sources["train"])
+    counts = records.class_counts(sources["train"])
     assert counts.dtype == np.int64 and counts.shape == (NUM_CLASSES,) and counts.sum() == len(sources["train"])
     assert np.all(counts > 0)
     assert abs(len(sources["train"]) / NUM - 0.8) < 0.05
@@ -86,7 +86,7 @@ def test_image_split_option(data_dir, sources):
 
 
 def test_stored_size(sources):
-    assert pipeline.stored_size(sources["validation"]) == (SIZE, SIZE + 4)
+    assert records.stored_size(sources["validation"]) == (SIZE, SIZE + 4)
     it = pipeline.train_iterator(sources["train"], batch_size=4, load_size=None, seed=0)
     assert next(it)["image"].shape == (4, SIZE, SIZE + 4, 3)
 

@@ -132,7 +132,7 @@ def test_joint_matches_torch(batch):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize("name", losses.LOSS_NAMES)
+@pytest.mark.parametrize("name", tuple(losses.LOSSES))
 def test_configured_loss_with_drw_matches_torch(batch, name):
     """Each loss.name as the trainer builds it (make_loss, DRW on: the class weights of an epoch
     past drw_epoch) against caco_jax.interop.torch_reference.make_torch_loss with the official DRW weights."""
@@ -274,13 +274,13 @@ def _cfg(**overrides):
 
 
 def test_the_registry_is_the_list_of_names_and_every_loss_builds_from_the_default_config():
-    assert losses.LOSS_NAMES == ("ce", "focal", "ldam", "joint") == tuple(losses.LOSSES)
-    for name in losses.LOSS_NAMES:
+    assert tuple(losses.LOSSES) == ("ce", "focal", "ldam", "joint") == tuple(losses.LOSSES)
+    for name in tuple(losses.LOSSES):
         loss = losses.make_loss(_cfg(name=name), COUNTS)
         assert loss.name == name and isinstance(loss.fn, losses.LOSSES[name])
 
 
-@pytest.mark.parametrize("name", losses.LOSS_NAMES)
+@pytest.mark.parametrize("name", tuple(losses.LOSSES))
 def test_make_loss_matches_functions(batch, name):
     logits, labels, weights, mask = batch
     alpha = [0.5] * C

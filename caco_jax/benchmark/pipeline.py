@@ -39,13 +39,13 @@ def measure_pipeline(setup: JaxSetup, data_dir: str, opts: Options) -> dict[str,
     fed window, untimed fed steps drain the prefetch buffers that refilled meanwhile,
     so a slow pipeline cannot hide behind them. Also measured: the pipeline alone.
     """
-    from caco_jax.data import ham10000, pipeline
+    from caco_jax.data import ham10000, pipeline, records
 
     splits = ham10000.open_splits(data_dir, image_size=opts.build_size)
     workers = opts.resolved_workers()
     prefetch = 4
     # As the trainer: --load_size 0 loads at the stored size (decode only, no CPU resize).
-    load = pipeline.stored_size(splits["train"]) if not opts.load_size else setup.load_size
+    load = records.stored_size(splits["train"]) if not opts.load_size else setup.load_size
     it = pipeline.train_iterator(splits["train"], batch_size=setup.batch_size,
                                  load_size=None if not opts.load_size else load,
                                  seed=opts.seed, num_workers=workers, prefetch=prefetch)

@@ -17,7 +17,7 @@ import pathlib
 import sys
 
 from caco_jax.cli import common
-from caco_jax.data import ham10000
+from caco_jax.data import ham10000, records
 
 NAME = "prepare-data"
 
@@ -40,7 +40,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from caco_jax.data import pipeline
     from caco_jax.errors import UsageError
 
     if args.image_size < 0:
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     split = ham10000.TFDS_SPLIT[args.dataset]
     meta = builder.info.metadata
     source = ham10000.open_source(args.data_dir, config=args.dataset, image_size=size)
-    counts = pipeline.class_counts(source)
+    counts = records.class_counts(source)
     print(f"{builder.builder_config.name}: {builder.info.splits[split].num_examples} images, "
           f"{len(set(source.lesion_ids))} lesion ids, in {builder.data_path}")
     print("per class: " + ", ".join(f"{n} {c}" for c, n in zip(source.class_names, counts)))

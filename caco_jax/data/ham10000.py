@@ -27,7 +27,7 @@ import tensorflow_datasets as tfds
 import tqdm
 from tensorflow_datasets.core.utils import tqdm_utils
 
-from caco_jax.data import images, layouts, pipeline
+from caco_jax.data import images, layouts, records
 from caco_jax.data.classes import CLASS_NAMES
 from caco_jax.data.errors import CorruptImageError, DataNotBuiltError, ManualDirError
 
@@ -311,14 +311,14 @@ def not_built(data_dir: pathlib.Path, ham: Ham10000) -> DataNotBuiltError:
 
 
 def open_source(data_dir: os.PathLike | str, *, config: str = "ham10000",
-                image_size: int | None = DEFAULT_IMAGE_SIZE) -> pipeline.Source:
+                image_size: int | None = DEFAULT_IMAGE_SIZE) -> records.Source:
     """Every image of the build of release ``config`` stored at ``image_size`` in ``data_dir``."""
     data_dir = pathlib.Path(data_dir).expanduser()
     ham = builder(data_dir, config=config, image_size=image_size)
-    return pipeline.open_source(ham, not_built=not_built(data_dir, ham) if not ham.is_prepared() else None)
+    return records.open_source(ham, not_built=not_built(data_dir, ham) if not ham.is_prepared() else None)
 
 
 def open_splits(data_dir: os.PathLike | str, *, image_size: int | None = DEFAULT_IMAGE_SIZE,
-                **split: object) -> dict[str, pipeline.Source]:
-    """The train / validation / test Sources of the HAM10000 build (``pipeline.split_source``'s keywords)."""
-    return pipeline.split_source(open_source(data_dir, image_size=image_size), **split)  # type: ignore[arg-type]
+                **split: object) -> dict[str, records.Source]:
+    """The train / validation / test Sources of the HAM10000 build (``records.split_source``'s keywords)."""
+    return records.split_source(open_source(data_dir, image_size=image_size), **split)  # type: ignore[arg-type]

@@ -17,7 +17,7 @@ KINDS = ("same_lesion", "same_source")
 
 def flags(train: Any, test: Any) -> dict[str, np.ndarray]:
     """Per test image (in ``test``'s order), bool arrays ``same_lesion`` and ``same_source``.
-    ``train`` and ``test`` are :class:`caco_jax.data.pipeline.Source` (or anything with
+    ``train`` and ``test`` are :class:`caco_jax.data.records.Source` (or anything with
     ``lesion_ids`` and ``source_ids``). Images without a lesion_id match only themselves."""
     lesions = {str(x) for x in train.lesion_ids if str(x)}
     sources = {str(x) for x in train.source_ids}

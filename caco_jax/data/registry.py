@@ -14,12 +14,12 @@ import pathlib
 from collections.abc import Callable
 from typing import Any
 
-from caco_jax.data import offline, pipeline
+from caco_jax.data import offline, records
 from caco_jax.errors import ConfigError
 
 log = logging.getLogger("caco_jax")
 
-Opener = Callable[[Any, pathlib.Path], dict[str, pipeline.Source]]
+Opener = Callable[[Any, pathlib.Path], dict[str, records.Source]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +49,7 @@ def get(name: str) -> Dataset:
 
 
 def split_options(config: Any) -> dict[str, Any]:
-    """The ``pipeline.split_source`` keywords a run's config fixes: split rule, seed, offline copies
+    """The ``records.split_source`` keywords a run's config fixes: split rule, seed, offline copies
     (configs saved before ``data.offline`` existed had none)."""
     copies = config.data.get("offline")
     return {"split_by": config.data.split_by, "seed": config.data.split_seed,
@@ -69,14 +69,14 @@ def data_location(config: Any, workdir: pathlib.Path) -> tuple[pathlib.Path, pat
     return pathlib.Path(config.data.data_dir).expanduser().resolve(), manual
 
 
-def open_data(config: Any, workdir: pathlib.Path) -> dict[str, pipeline.Source]:
+def open_data(config: Any, workdir: pathlib.Path) -> dict[str, records.Source]:
     """The three splits of the dataset ``config.data.name`` names (built first if needed)."""
     return get(config.data.name).open(config, pathlib.Path(workdir))
 
 
 @register("ham10000", "HAM10000 from any official layout (Kaggle, Dataverse, ISIC 2018), or synthetic "
                       "HAM10000-like images (data.synthetic_images > 0)")
-def _open_ham10000(config: Any, workdir: pathlib.Path) -> dict[str, pipeline.Source]:
+def _open_ham10000(config: Any, workdir: pathlib.Path) -> dict[str, records.Source]:
     from caco_jax.data import ham10000, synthetic
 
     data_dir, manual_dir = data_location(config, workdir)
@@ -89,7 +89,7 @@ def _open_ham10000(config: Any, workdir: pathlib.Path) -> dict[str, pipeline.Sou
 
 
 @register("folder", "your own images, one sub-folder per class (data.manual_dir)")
-def _open_folder(config: Any, workdir: pathlib.Path) -> dict[str, pipeline.Source]:
+def _open_folder(config: Any, workdir: pathlib.Path) -> dict[str, records.Source]:
     from caco_jax.data import folder
 
     data_dir, manual_dir = data_location(config, workdir)
@@ -97,4 +97,4 @@ def _open_folder(config: Any, workdir: pathlib.Path) -> dict[str, pipeline.Sourc
         raise ConfigError("data.name=folder reads your own images: set --config.data.manual_dir=/path/to/folder "
                           "(one sub-folder per class) and leave data.synthetic_images at 0")
     built = folder.prepare(manual_dir, data_dir, image_size=config.data.build_size, progress=config.progress_bar)
-    return pipeline.split_source(pipeline.open_source(built), **split_options(config))
+    return records.split_source(records.open_source(built), **split_options(config))

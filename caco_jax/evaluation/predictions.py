@@ -45,7 +45,7 @@ def path(workdir: str | pathlib.Path, split: str, tta: bool = False) -> pathlib.
 def save(file: str | pathlib.Path, logits: np.ndarray, labels: np.ndarray, source: Any,
          train: Any | None = None) -> pathlib.Path:
     """Writes one split's predictions; ``source`` is the split's
-    :class:`~caco_jax.data.pipeline.Source` (row order = the logits'), ``train`` the training split
+    :class:`~caco_jax.data.records.Source` (row order = the logits'), ``train`` the training split
     (for the leak flags; without it they are all False)."""
     file = pathlib.Path(file)
     if len(logits) != len(source):

@@ -30,6 +30,8 @@ with the reason.
 """
 from __future__ import annotations
 
+import re
+
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -38,7 +40,8 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from caco_jax.models.attention import attention_block, why_new
+from caco_jax.errors import WeightsError
+from caco_jax.models.attention import ATTENTION_BLOCKS, ATTENTION_INITS, attention_block, layout, why_new
 from caco_jax.models.layers import BatchNorm, Conv2d
 from caco_jax.models.mobilenetv3 import ARCHS, MobileNetV3
 from caco_jax.interop.torch_io import load_state_dict
@@ -48,7 +51,7 @@ Path = tuple[Any, ...]
 _HEAD_KEYS = ("classifier.0.weight", "classifier.0.bias", "classifier.3.weight", "classifier.3.bias")
 
 
-class ConversionError(ValueError):
+class ConversionError(WeightsError):
     """A checkpoint does not fit the model (unknown key, shape mismatch, missing tensor)."""
 
 
@@ -235,27 +238,40 @@ def _why_initialised(path: Path, head_reason: str | None, attention: str) -> str
     return "not in the checkpoint"
 
 
+def _torch_parts(name: str) -> set[str]:
+    """The first PyTorch key component of every array of attention ``name`` (any init)."""
+    block = attention_block(name)
+    if block is None:
+        return set()
+    renames = getattr(block, "torch_names", {})
+    parts = set()
+    for init in ATTENTION_INITS:
+        for path in layout(name, init):
+            first, _, rest = path.partition("/")
+            renamed = renames.get(first, first)
+            parts.add(renamed or rest.split("/")[0])
+    return parts
+
+
 def _guess_variant(keys: list[str]) -> str | None:
-    """The attention variant whose reference layout keys like ``keys`` suggest, if any."""
-    joined = " ".join(keys)
-    if ".coord." in joined:
-        return "seco" if ".se." in joined else "caco"
-    if ".spatial." in joined:
-        return "cbam"
-    if ".channel." in joined:
-        return "caco or cbam"
-    if any(k.endswith(".kernel") for k in keys):
-        return "eca"
-    if ".fc1." in joined or ".fc2." in joined:
-        return "se"
-    return None
+    """The registered attention variant(s) whose reference layout the unknown ``keys`` fit, if any."""
+    found = set()
+    for key in keys:
+        match = re.search(r"\.block\.\d+\.([a-z_][a-z_0-9]*)\.", key)  # attention parts, not conv indices
+        if match:
+            found.add(match.group(1))
+    if not found:
+        return None
+    fits = [name for name in ATTENTION_BLOCKS if found <= _torch_parts(name)]
+    return " or ".join(fits) if fits else None
 
 
-def _unknown_hint(model: MobileNetV3, unknown: list[str]) -> str:
+def _unknown_hint(model: MobileNetV3, unknown: list[str], keys: list[str]) -> str:
+    """What to do about ``unknown`` keys (of a checkpoint with ``keys``)."""
     if all(k.endswith(("max_gain", ".gain")) for k in unknown):
         return ("these are attention gains, which only a preserving attention_init has: build the model with the "
                 f"attention_init the checkpoint was saved with (this one has {model.attention_init!r})")
-    variant = _guess_variant(unknown)
+    variant = _guess_variant(keys)
     if variant and variant != model.attention_name:
         return (f"they look like the reference layout of attention {variant!r}: build the model with that "
                 f"attention (this one has {model.attention_name!r})")
@@ -292,7 +308,7 @@ def load_torchvision(
         raise ConversionError(
             f"{len(unknown)} checkpoint key(s) do not belong to {where} with attention {model.attention_name!r}"
             f" (attention_init {model.attention_init!r}): {unknown[:5]}{' ...' if len(unknown) > 5 else ''}; "
-            + _unknown_hint(model, unknown)
+            + _unknown_hint(model, unknown, list(sd))
         )
     missing = [k for k in mapping if k not in sd and k not in _HEAD_KEYS]
     if missing:

@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from torchvision.models import mobilenetv3 as tv_mobilenetv3
 from torchvision.ops import SqueezeExcitation as TorchvisionSE
 
-from caco_jax.models.attention import ATTENTIONS, AttentionOptions
+from caco_jax.models.attention import AttentionOptions
 from caco_jax.models.layers import BN_EPS, BN_MOMENTUM
 
 Tensor = torch.Tensor
@@ -74,6 +74,22 @@ def _gated(x: Tensor, a: Tensor, gain: Tensor | None) -> Tensor:
 # --------------------------------------------------------------------------- attention blocks
 
 
+# name -> constructor (channels, squeeze, options): the twin of each caco_jax.models.attention block,
+# filled by @twin (tests check that every registered block has one).
+TORCH_BLOCKS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def twin(name: str) -> Callable[[Any], Any]:
+    """Decorator: registers the PyTorch twin of attention block ``name``."""
+
+    def deco(constructor: Any) -> Any:
+        TORCH_BLOCKS[name] = constructor
+        return constructor
+
+    return deco
+
+
+@twin("se")
 def SqueezeExcitation(channels: int, squeeze: int, options: AttentionOptions | None = None) -> nn.Module:
     """MobileNetV3's SE: torchvision's own module (hard-sigmoid gate; keys fc1, fc2)."""
     return TorchvisionSE(channels, squeeze, scale_activation=nn.Hardsigmoid)
@@ -148,6 +164,7 @@ class CoordinateAttention(nn.Module):
         return _gated(x, a_h * a_w, self.gain)
 
 
+@twin("eca")
 class ECA(nn.Module):
     """ECA: x * sigmoid(conv1d_k(avgpool x) across channels), no bias, k = |(log2 C + 1) / 2| made odd.
 
@@ -168,6 +185,7 @@ class ECA(nn.Module):
         return x * torch.sigmoid(y).view(n, c, 1, 1)
 
 
+@twin("caco")
 class CaCo(nn.Module):
     """The paper's CaCo: channel attention (hard-sigmoid gate), then coordinate attention."""
 
@@ -180,6 +198,7 @@ class CaCo(nn.Module):
         return self.coord(self.channel(x))
 
 
+@twin("cbam")
 class CBAM(nn.Module):
     """CBAM: channel attention (sigmoid gate), then spatial attention."""
 
@@ -192,6 +211,7 @@ class CBAM(nn.Module):
         return self.spatial(self.channel(x))
 
 
+@twin("seco")
 class SeCo(nn.Module):
     """torchvision's SE, then coordinate attention."""
 
@@ -204,26 +224,15 @@ class SeCo(nn.Module):
         return self.coord(self.se(x))
 
 
+@twin("none")
 def _no_attention(channels: int, squeeze: int, options: AttentionOptions | None = None) -> nn.Module:
     return nn.Identity()
-
-
-# name -> constructor (channels, squeeze, options): the twin of caco_jax.models.attention.ATTENTION_BLOCKS
-TORCH_BLOCKS: dict[str, Callable[..., nn.Module]] = {
-    "se": SqueezeExcitation,
-    "caco": CaCo,
-    "cbam": CBAM,
-    "seco": SeCo,
-    "eca": ECA,
-    "none": _no_attention,
-}
-assert tuple(TORCH_BLOCKS) == ATTENTIONS, "every attention variant needs its PyTorch twin"
 
 
 def make_block(name: str, channels: int, squeeze: int, options: AttentionOptions | None = None) -> nn.Module:
     """The PyTorch block registered as ``name``."""
     if name not in TORCH_BLOCKS:
-        raise ValueError(f"unknown attention {name!r}; expected one of {ATTENTIONS}")
+        raise ValueError(f"attention {name!r} has no PyTorch twin; registered twins: {', '.join(TORCH_BLOCKS)}")
     return TORCH_BLOCKS[name](channels, squeeze, options or AttentionOptions())
 
 
@@ -251,7 +260,7 @@ def reference_model(
         raise ValueError(f"torchvision has no mobilenet_v3_{arch}; expected 'small' or 'large'")
     options = AttentionOptions(ca_activation=ca_activation, init=attention_init)  # validates both
     if attention not in TORCH_BLOCKS:
-        raise ValueError(f"unknown attention {attention!r}; expected one of {ATTENTIONS}")
+        raise ValueError(f"attention {attention!r} has no PyTorch twin; registered twins: {', '.join(TORCH_BLOCKS)}")
     setting, last_channel = tv_mobilenetv3._mobilenet_v3_conf(f"mobilenet_v3_{arch}")
     block = None  # torchvision's InvertedResidual with its SqueezeExcitation
     if attention != "se":
@@ -325,26 +334,15 @@ def drw_weights(cls_num_list: Any, beta: float = 0.9999) -> np.ndarray:
 
 
 def make_torch_loss(cfg: Any, class_counts: Any) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
-    """``loss(logits, target, class_weights)`` for a config's ``loss`` section (every field of
-    ``configs/default.py``'s), from the formulas above: the PyTorch counterpart of
-    ``caco_jax.training.losses.make_loss`` (DRW weights: :func:`drw_weights`)."""
-    name = str(cfg.name).lower()
-    gamma, alpha, a = float(cfg.focal_gamma), cfg.focal_alpha, float(cfg.joint_a)
-    smoothing, s, max_m = float(cfg.label_smoothing), float(cfg.ldam_s), float(cfg.ldam_max_m)
+    """``loss(logits, target, class_weights)`` for a config's ``loss`` section: the PyTorch formula
+    each registered loss declares (``torch_formula``), configured as ``make_loss`` configures it."""
+    from caco_jax.training.losses import make_loss
+
+    formula = make_loss(cfg, class_counts).fn.torch_formula()
 
     def loss(logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> Tensor:
         w = None if class_weights is None else torch.as_tensor(class_weights, dtype=logits.dtype)
-        if name == "ce":
-            return F.cross_entropy(logits, target, weight=w, label_smoothing=smoothing)
-        focal = focal_loss(logits, target, gamma, alpha, w)
-        if name == "focal":
-            return focal
-        ldam = LDAMLoss(class_counts, max_m=max_m, weight=w, s=s)(logits, target)
-        if name == "ldam":
-            return ldam
-        if name == "joint":
-            return a * focal + (1 - a) * ldam
-        raise ValueError(f"unknown loss name {name!r}")
+        return formula(logits, target, w)
 
     return loss
 

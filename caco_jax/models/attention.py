@@ -98,6 +98,28 @@ class AttentionOptions:
         return self.init in ("preserve", "preserve_coord")
 
 
+# The attention slot's choices: name -> block class (None: no attention), filled by @register.
+ATTENTION_BLOCKS: dict[str, type[nnx.Module] | None] = {}
+
+
+def register(name: str):
+    """Class decorator: makes a block selectable as ``model.attention = name``. The class needs the
+    constructor ``Block(channels, squeeze, options, *, rngs)`` and the class attributes
+    ``se_mlp_path`` (where torchvision's SE ``fc1``/``fc2`` go, or None) and ``new_parts`` (its parts
+    without an ImageNet counterpart, and why); its PyTorch twin is registered in
+    ``caco_jax.interop.torch_reference`` under the same name."""
+
+    def deco(cls: type[nnx.Module]) -> type[nnx.Module]:
+        for attr in ("se_mlp_path", "new_parts"):
+            if not hasattr(cls, attr):
+                raise TypeError(f"attention block {cls.__name__} must declare {attr}")
+        cls.name = name
+        ATTENTION_BLOCKS[name] = cls
+        return cls
+
+    return deco
+
+
 def _avg_pool(x: Array) -> Array:
     return jnp.mean(x, axis=(1, 2))
 
@@ -139,6 +161,7 @@ def _gated(x: Array, gate: Array, gain: nnx.Param | None) -> Array:
     return x * (1.0 + gain[...].astype(x.dtype) * (gate - 1.0))
 
 
+@register("se")
 class SqueezeExcitation(nnx.Module):
     """torchvision.ops.SqueezeExcitation with a hard-sigmoid gate (MobileNetV3's SE)."""
 
@@ -216,6 +239,7 @@ class CoordinateAttention(nnx.Module):
         return _gated(x, a_h[:, :, None, :] * a_w[:, None, :, :], self.gain)
 
 
+@register("eca")
 class ECA(nnx.Module):
     """Efficient channel attention: 1-D conv over the pooled channel vector, sigmoid gate.
 
@@ -248,6 +272,7 @@ _MAX_GAIN = "gain of the max-pooled branch (new in this variant; 0 = SE's gate)"
 _COORD = "coordinate attention is new in this variant (no ImageNet counterpart)"
 
 
+@register("caco")
 class CaCo(nnx.Module):
     """The paper's CaCo: channel attention, then coordinate attention."""
 
@@ -262,6 +287,7 @@ class CaCo(nnx.Module):
         return self.coord(self.channel(x))
 
 
+@register("cbam")
 class CBAM(nnx.Module):
     """CBAM: channel attention (sigmoid gate), then spatial attention."""
 
@@ -279,6 +305,7 @@ class CBAM(nnx.Module):
         return self.spatial(self.channel(x))
 
 
+@register("seco")
 class SeCo(nnx.Module):
     """torchvision's SE followed by coordinate attention (the paper's SeCo ablation)."""
 
@@ -293,16 +320,8 @@ class SeCo(nnx.Module):
         return self.coord(self.se(x))
 
 
-# The attention slot's choices: name -> block class (None: no attention).
-ATTENTION_BLOCKS: dict[str, type[nnx.Module] | None] = {
-    "se": SqueezeExcitation,
-    "caco": CaCo,
-    "cbam": CBAM,
-    "seco": SeCo,
-    "eca": ECA,
-    "none": None,
-}
-ATTENTIONS: tuple[str, ...] = tuple(ATTENTION_BLOCKS)
+ATTENTION_BLOCKS["none"] = None  # no attention block at all
+ATTENTIONS: tuple[str, ...] = tuple(ATTENTION_BLOCKS)  # the built-in names (the registry may grow)
 
 
 def attention_block(name: str) -> type[nnx.Module] | None:
@@ -310,7 +329,7 @@ def attention_block(name: str) -> type[nnx.Module] | None:
     try:
         return ATTENTION_BLOCKS[name]
     except KeyError:
-        raise ValueError(f"unknown attention {name!r}; expected one of {ATTENTIONS}") from None
+        raise ValueError(f"unknown attention {name!r}; expected one of {tuple(ATTENTION_BLOCKS)}") from None
 
 
 def make_attention(name: str, channels: int, squeeze: int, options: AttentionOptions | None = None, *,
@@ -329,4 +348,27 @@ def why_new(name: str, path: tuple[str, ...]) -> str | None:
     for prefix, reason in block.new_parts.items():
         if joined == prefix or joined.startswith(prefix + "/"):
             return reason
+    return None
+
+
+@functools.cache
+def layout(name: str, init: str) -> frozenset[str]:
+    """Paths ('channel/mlp/fc1/kernel', ...) of every parameter and BatchNorm statistic of block
+    ``name`` built with attention init ``init`` (from abstract shapes: nothing is computed)."""
+    block = attention_block(name)
+    if block is None:
+        return frozenset()
+    options = AttentionOptions(init=init)
+    abstract = nnx.eval_shape(lambda: block(16, 8, options, rngs=nnx.Rngs(0)))
+    leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(nnx.state(abstract, (nnx.Param, nnx.BatchStat))))[0]
+    return frozenset("/".join(str(getattr(k, "key", k)) for k in path) for path, _ in leaves)
+
+
+def identify(paths: set[str] | frozenset[str]) -> tuple[str, str] | None:
+    """(attention, init) of the registered block whose :func:`layout` is exactly ``paths`` (the
+    first init in ``ATTENTION_INITS`` order when several inits lay out alike), or None."""
+    for name in ATTENTION_BLOCKS:
+        for init in ATTENTION_INITS:
+            if layout(name, init) == frozenset(paths):
+                return name, init
     return None

@@ -19,8 +19,10 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from caco_jax.data.classes import CLASS_NAMES
+from caco_jax.errors import RunDirError, WeightsError
 from caco_jax.interop.convert import load_torchvision
 from caco_jax.models import MobileNetV3, model_from_config
+from caco_jax.models import attention
 from caco_jax.models.mobilenetv3 import ARCHS
 from caco_jax.runs.workspace import load_config
 from caco_jax.trees import flatten, unflatten
@@ -52,7 +54,7 @@ def assign_weights(model: nnx.Module, flat: Mapping[str, Any], *, source: str) -
         details = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
                    "shape mismatch " + ", ".join(f"{k}: {np.shape(flat[k])} vs {expected[k]}" for k in wrong[:5])
                    if wrong else ""]
-        raise ValueError(
+        raise WeightsError(
             f"weights in {source} do not fit this model ({'; '.join(d for d in details if d)}); "
             "were they saved for another arch, attention or class count?"
         )
@@ -125,9 +127,9 @@ def read_weights(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], d
     """Reads a :func:`save_weights` directory: (flat weights, metadata)."""
     directory = pathlib.Path(directory).resolve()
     if not (directory / "weights").is_dir():
-        raise FileNotFoundError(
-            f"no caco-jax weights at {directory} (expected {directory / 'weights'}); "
-            "create them with scripts/convert_torchvision.py"
+        raise RunDirError(
+            f"no caco-jax weights at {directory} (expected {directory / 'weights'}): give a training run's "
+            "--workdir (its best/ weights), or weights made by caco-jax convert"
         )
     with ocp.StandardCheckpointer() as ckpt:
         flat = ckpt.restore(directory / "weights")
@@ -141,7 +143,7 @@ def load_pretrained(model: nnx.Module, path: str | os.PathLike) -> str:
 
     ``path`` is a torchvision ``.pth`` state_dict (full or backbone-only; converted on
     the fly, no torch needed) or a directory written by :func:`save_weights`
-    (e.g. by scripts/convert_torchvision.py).
+    (e.g. by ``caco-jax convert``).
     """
     path = pathlib.Path(path)
     if path.is_dir():
@@ -149,48 +151,34 @@ def load_pretrained(model: nnx.Module, path: str | os.PathLike) -> str:
         assign_weights(model, flat, source=str(path))
         return f"loaded {len(flat)} arrays from caco-jax weights {path} ({meta.get('source', 'unknown source')})"
     if not path.exists():
-        raise FileNotFoundError(
-            f"pretrained weights not found: {path}; give a torchvision mobilenet_v3 .pth file or a "
-            "directory written by scripts/convert_torchvision.py (or set the pretrained path to '' "
-            "to start from scratch)"
+        raise WeightsError(
+            f"pretrained weights not found: {path}; give a torchvision mobilenet_v3 .pth file, a "
+            "directory written by caco-jax convert, 'imagenet' (fetched once and checked) or '' "
+            "(from scratch)"
         )
     return load_torchvision(model, path).summary()
 
 
 def infer_model_config(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """arch, attention, attention_init and num_classes of the model that wrote ``flat`` (from its keys and shapes).
-
-    (``ca_activation`` and ``bn_momentum`` leave no trace in the weights.)"""
+    """arch, attention, attention_init and num_classes of the model that wrote ``flat`` (from its keys and
+    shapes): the attention block is the registered one whose parameter layout matches
+    (``caco_jax.models.attention.identify``). ``ca_activation`` and ``bn_momentum`` leave no trace."""
     keys = list(flat)
     blocks = {int(k.split("/")[1]) for k in keys if k.startswith("blocks/")}
     archs = [name for name, spec in ARCHS.items() if len(spec.blocks) == len(blocks)]
     if len(archs) != 1 or "classifier/kernel" not in flat:
-        raise ValueError(f"these weights are not a caco-jax MobileNetV3 ({len(blocks)} blocks, keys {keys[:3]} ...)")
-    inside = {k.split("/attention/", 1)[1] for k in keys if "/attention/" in k}
-    parts = {p.split("/")[0] for p in inside}
-    if not parts:
-        attention = "none"
-    elif parts == {"mlp"}:
-        attention = "se"
-    elif parts == {"kernel"}:
-        attention = "eca"
-    elif parts == {"se", "coord"}:
-        attention = "seco"
-    elif parts == {"channel", "coord"}:
-        attention = "caco"
-    elif parts == {"channel", "spatial"}:
-        attention = "cbam"
-    else:
-        raise ValueError(f"unknown attention block with parts {sorted(parts)}")
-    channel_gain = any(p.endswith("max_gain") for p in inside)
-    gated_gain = any(p.endswith("/gain") for p in inside)
-    init = {(True, True): "preserve", (True, False): "preserve_channel", (False, True): "preserve_coord",
-            (False, False): "plain"}[(channel_gain, gated_gain)]
-    if attention == "seco" and init == "plain":
-        init = "preserve_channel"  # seco has no max branch: both inits leave it without gains
-    if attention in ("se", "eca", "none"):
-        init = "preserve"  # no gains to tell (the default)
-    return {"arch": archs[0], "attention": attention, "attention_init": init,
+        raise WeightsError(f"these weights are not a caco-jax MobileNetV3 ({len(blocks)} blocks, keys {keys[:3]} ...)")
+    per_block: dict[str, set[str]] = {}
+    for k in keys:
+        if "/attention/" in k:
+            head, inside = k.split("/attention/", 1)
+            per_block.setdefault(head, set()).add(inside)
+    found = attention.identify(next(iter(per_block.values()), set()))
+    if found is None:
+        parts = sorted({p.split("/")[0] for p in next(iter(per_block.values()), set())})
+        raise WeightsError(f"these weights hold an attention block with parts {parts} that no registered "
+                           f"attention lays out (registered: {', '.join(attention.ATTENTION_BLOCKS)})")
+    return {"arch": archs[0], "attention": found[0], "attention_init": found[1],
             "num_classes": int(np.shape(flat["classifier/kernel"])[-1])}
 
 
@@ -229,7 +217,7 @@ def load_trained(
     flat, meta = read_weights(weights_dir)
     meta.setdefault("class_names", list(CLASS_NAMES) if config.data.name == "ham10000" else None)
     if not meta["class_names"]:
-        raise ValueError(f"{weights_dir} does not record its class names (caco_jax_weights.json: class_names)")
+        raise WeightsError(f"{weights_dir} does not record its class names (caco_jax_weights.json: class_names)")
     model = model_from_config(config.model, num_classes=len(meta["class_names"]), seed=config.seed)
     assign_weights(model, flat, source=str(weights_dir))
     model.eval()

@@ -43,7 +43,8 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
     from caco_jax.data import registry
     from caco_jax.data.pipeline import SAMPLING
     from caco_jax.data.splits import SPLIT_BY
-    from caco_jax.models import ARCHS, ATTENTION_INITS, ATTENTIONS, DTYPES
+    from caco_jax.models import ARCHS, ATTENTION_INITS, DTYPES
+    from caco_jax.models.attention import ATTENTION_BLOCKS
     from caco_jax.models.depthwise import DEPTHWISE_IMPLS
     from caco_jax.training.losses import LOSSES
     from caco_jax.evaluation.decision import FITS, RULES
@@ -51,7 +52,7 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
     count, positive = _range(1, integer=True), _range(0, lo_open=True)
     unit = _range(0.0, 1.0, hi_open=True)
     return {
-        "model.arch": _choice(ARCHS), "model.attention": _choice(ATTENTIONS),
+        "model.arch": _choice(ARCHS), "model.attention": _choice(ATTENTION_BLOCKS),
         "model.ca_activation": _choice(("swish", "hardswish")), "model.attention_init": _choice(ATTENTION_INITS),
         "model.dropout": unit, "model.bn_momentum": _range(0, 1, lo_open=True), "model.dtype": _choice(DTYPES),
         "model.depthwise": _choice(DEPTHWISE_IMPLS),

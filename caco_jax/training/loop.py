@@ -22,26 +22,17 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
-from clu import parameter_overview
 from tqdm import tqdm
 
-from caco_jax.evaluation import calibration, decision, plots, predictions, saliency
 from caco_jax.training import parallel
 from caco_jax.training.checkpoints import Checkpointer
-from caco_jax.data import leakage, pipeline
-from caco_jax.data.augment import AugmentConfig
-from caco_jax.training.evaluate import collect, host_array, run_eval
-from caco_jax.evaluation.reports import evaluation_report, write_report
-from caco_jax.training.losses import Loss, make_loss
+from caco_jax.data import pipeline
 from caco_jax.evaluation.metrics import TrainMetrics
-from caco_jax.models import count_params, model_from_config
-from caco_jax.training.run_log import RunLog
-from caco_jax.training.steps import ModelDef, Steps, TrainState, all_finite, build_steps, init_state, make_optimizer
-from caco_jax.trees import unflatten
-from caco_jax.runs.weights import WeightsWriter, load_pretrained, read_weights, state_weights
-from caco_jax.data.registry import open_data
+from caco_jax.training.steps import TrainState, all_finite, init_state
+from caco_jax.runs.weights import WeightsWriter, state_weights
 from caco_jax.runs.workspace import save_config
+from caco_jax.training.finish import final_test
+from caco_jax.training.run import Run, setup
 
 log = logging.getLogger("caco_jax.training.loop")
 
@@ -115,71 +106,6 @@ class Progress:
 
     def meta(self, epoch: int) -> dict[str, Any]:
         return {"history": self.history, "best_bacc": self.best_bacc, "epoch": epoch}
-
-
-@dataclasses.dataclass
-class Run:
-    """Everything a training run is built from (``setup``), read by the named phases below."""
-
-    config: ml_collections.ConfigDict
-    workdir: pathlib.Path
-    mesh: Any
-    splits: dict[str, pipeline.Source]
-    class_names: tuple[str, ...]
-    counts: np.ndarray
-    loss: Loss
-    model: Any
-    model_def: ModelDef
-    tx: Any
-    steps: Steps
-    steps_per_epoch: int
-    total_steps: int
-    num_params: int
-    runlog: RunLog
-
-    def local_batches(self, source: pipeline.Source | pipeline.EvalSet) -> Any:
-        """One pass over ``source`` in eval batches (this process's rows)."""
-        where = {"process_index": jax.process_index(), "process_count": jax.process_count()}
-        if isinstance(source, pipeline.EvalSet):
-            return source.batches(self.config.eval_batch_size, **where)
-        return pipeline.eval_iterator(source, batch_size=self.config.eval_batch_size,
-                                      image_size=self.config.data.image_size, **where)
-
-    def evaluate(self, params: Any, batch_stats: Any, source: Any, epoch: int) -> dict[str, Any]:
-        weights = jax.device_put(self.loss.class_weights(epoch), parallel.replicated(self.mesh))
-        return run_eval(self.steps.eval, params, batch_stats, self.local_batches(source), weights, self.mesh,
-                        self.class_names)
-
-
-def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
-    """Data, model (pretrained if configured), loss, optimiser and jitted steps."""
-    mesh = parallel.make_mesh(config.num_devices or None)
-    parallel.check_batch_size(config.batch_size, mesh)
-    parallel.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
-    splits = open_data(config, workdir)
-    class_names = splits["train"].class_names
-    counts = pipeline.class_counts(splits["train"])
-    if len(splits["train"]) < config.batch_size:
-        raise ValueError(f"the training split has {len(splits['train'])} images, fewer than one batch of "
-                         f"{config.batch_size}; lower --config.batch_size")
-    steps_per_epoch = pipeline.steps_per_epoch(splits["train"], config.batch_size)
-    loss = make_loss(config.loss, counts)
-    model = model_from_config(config.model, num_classes=len(class_names), seed=config.seed)
-    runlog = RunLog(workdir, files=jax.process_index() == 0)
-    if config.model.pretrained:
-        runlog.info(load_pretrained(model, config.model.pretrained))
-    num_params = count_params(model)
-    runlog.info(f"model: MobileNetV3-{config.model.attention} ({config.model.arch}), {num_params:,} parameters, "
-                f"{len(class_names)} classes")
-    model_def = ModelDef(model)
-    if runlog.files:
-        (workdir / "parameters.txt").write_text(
-            parameter_overview.get_parameter_overview(model_def.init_params, include_stats=False) + "\n")
-    tx = make_optimizer(config.optimizer, model_def.init_params, steps_per_epoch, config.num_epochs)
-    steps = build_steps(model_def, mesh, tx=tx, loss=loss, aug=AugmentConfig.from_config(config.data.augment),
-                        image_size=config.data.image_size, ema_decay=config.optimizer.ema_decay)
-    return Run(config, workdir, mesh, splits, class_names, counts, loss, model, model_def, tx, steps,
-               steps_per_epoch, steps_per_epoch * config.num_epochs, num_params, runlog)
 
 
 def restore_or_init(run: Run, ckpt: Checkpointer, train_iter: Any) -> tuple[TrainState, Progress]:
@@ -278,107 +204,6 @@ def save_checkpoint(run: Run, ckpt: Checkpointer, state: TrainState, train_iter:
     progress.last_saved = step
 
 
-def fit_calibration(run: Run, logits: np.ndarray, labels: np.ndarray, weights_dir: pathlib.Path | None) -> float:
-    """Fits the temperature on the validation split's logits; saved beside the weights it belongs to."""
-    temperature = calibration.fit_temperature(logits, labels)
-    before = calibration.summary(logits, labels, temperature)
-    info = {"fitted_on": "validation", "num_examples": int(len(labels)),
-            "nll": {"uncalibrated": before["uncalibrated"]["nll"], "calibrated": before["calibrated"]["nll"]},
-            "ece": {"uncalibrated": before["uncalibrated"]["ece"], "calibrated": before["calibrated"]["ece"]}}
-    if weights_dir is not None and jax.process_index() == 0:
-        calibration.save(weights_dir, temperature, **info)
-    run.runlog.info(f"temperature {temperature:.3f} fitted on the validation split ({len(labels)} images): ECE "
-                    f"{100 * info['ece']['uncalibrated']:.2f} % -> {100 * info['ece']['calibrated']:.2f} %")
-    return temperature
-
-
-def fit_decision(run: Run, logits: np.ndarray, labels: np.ndarray, temperature: float,
-                 weights_dir: pathlib.Path | None) -> decision.DecisionRule:
-    """The balanced decision rule fitted on the validation split; saved beside the weights."""
-    rule = decision.fit(logits, labels, run.counts, temperature=temperature, how=run.config.evaluation.decision_fit)
-    if weights_dir is not None and jax.process_index() == 0:
-        decision.save(weights_dir, rule)
-    val = rule.info["val_bacc"]
-    run.runlog.info(f"balanced decision rule ({rule.fit}" + (f", tau {rule.tau:.2f}" if rule.tau is not None else "")
-                    + f") fitted on the validation split: BACC {100 * val['argmax']:.2f} % (argmax) -> "
-                    f"{100 * val['balanced']:.2f} %")
-    return rule
-
-
-def cam_gallery(run: Run, params: Any, stats: Any, probs: np.ndarray, labels: np.ndarray,
-                temperature: float) -> pathlib.Path | None:
-    """A PNG of Grad-CAM overlays of test images: per true class, the most and least confident
-    correct and wrong predictions (``saliency.select_gallery``). One small batch through the cam step."""
-    if jax.process_count() > 1 or len(labels) == 0:
-        return None  # single-process only: the chosen rows live in one process's reads
-    rows = saliency.select_gallery(probs, labels)
-    chosen = saliency.gallery_indices(rows)
-    size = run.config.data.image_size
-    images = pipeline.decode_all(run.splits["test"].subset(np.asarray(chosen), "gallery"), (size, size))
-    n_dev = run.mesh.devices.size
-    batch = -(-(4 * len(run.class_names)) // n_dev) * n_dev  # one fixed shape per model: one compilation
-    padded = np.zeros((batch, size, size, 3), np.uint8)
-    padded[:len(chosen)] = images
-    inputs = parallel.to_global({"image": padded, "target": np.full((batch,), -1, np.int32)}, run.mesh)
-    out = run.steps.cam(params, stats, inputs["image"], inputs["target"], np.float32(temperature))
-    cams = np.asarray(host_array(out["cam"]))
-    where = {i: k for k, i in enumerate(chosen)}
-    cells = []
-    for row in rows:
-        cells.append([None if i is None else (
-            np.concatenate([images[where[i]], saliency.overlay(images[where[i]], cams[where[i]])], axis=1),
-            f"{run.class_names[int(probs[i].argmax())]} {probs[i].max():.0%}") for i in row])
-    return plots.plot_gallery(cells, run.class_names, saliency.GALLERY_KINDS, run.workdir / "report_gradcam_test.png",
-                              title="test split: Grad-CAM for the predicted class (image | heat map)")
-
-
-def final_test(run: Run, state: TrainState, best: WeightsWriter, history: list[dict[str, Any]],
-               validation: pipeline.EvalSet) -> tuple[dict, dict]:
-    """The best-validation weights (else the final state) on the test split, with a temperature
-    fitted on the validation split and a Grad-CAM gallery; writes the report."""
-    best.wait()
-    if jax.process_count() > 1:  # the first process wrote them: everyone reads them only once they are there
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("caco_jax: best weights written")
-    weights_dir = run.workdir / "best" if (run.workdir / "best" / "weights").is_dir() else None
-    if weights_dir is not None:
-        flat, _ = read_weights(weights_dir)
-        params = unflatten(flat, run.model_def.init_params, source=str(weights_dir))
-        stats = unflatten(flat, run.model_def.init_batch_stats, source=str(weights_dir))
-        params, stats = jax.device_put((params, stats), parallel.replicated(run.mesh))
-    else:
-        params, stats = state.eval_weights()
-    weights = jax.device_put(run.loss.class_weights(run.config.num_epochs - 1), parallel.replicated(run.mesh))
-    val_acc, _ = collect(run.steps.eval, params, stats, run.local_batches(validation), weights, run.mesh,
-                         run.class_names)
-    temperature = fit_calibration(run, *val_acc.logits(), weights_dir)
-    rule = fit_decision(run, *val_acc.logits(), temperature, weights_dir)
-    test = run.splits["test"]
-    acc, loss = collect(run.steps.eval, params, stats, run.local_batches(test), weights, run.mesh, run.class_names)
-    report = evaluation_report(acc, loss, temperature, groups=test.lesion_ids, rule=rule)
-    report["leakage"] = leakage.summary(run.splits["train"], test)
-    views = {}  # every process takes part in the collectives; the first writes
-    if run.config.evaluation.tta:
-        for name, source in (("validation", validation), ("test", test)):
-            views[name] = collect(run.steps.eval_tta, params, stats, run.local_batches(source), weights, run.mesh,
-                                  run.class_names)[0]
-    if not run.runlog.files:  # multi-host: the first process writes the report
-        return report, {}
-    train = run.splits["train"]
-    predictions.save(predictions.path(run.workdir, "validation"), *val_acc.logits(), validation.source, train)
-    predictions.save(predictions.path(run.workdir, "test"), *acc.logits(), test, train)
-    for name, source in (("validation", validation.source), ("test", test)):
-        if name in views:
-            predictions.save(predictions.path(run.workdir, name, tta=True), *views[name].logits(), source, train)
-    probs, labels, _ = acc.arrays(temperature)
-    gallery = cam_gallery(run, params, stats, probs, labels, temperature)
-    paths = write_report(run.workdir, report, history=history, config=run.config, num_params=run.num_params,
-                         split="test", checkpoint=str(weights_dir or "final state"), class_names=run.class_names,
-                         temperature_source="fitted on the validation split", gallery=gallery)
-    return report, paths
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
     """Trains (resuming from ``workdir`` if it holds checkpoints), then reports on the test split.
 
@@ -405,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     validation = pipeline.EvalSet(run.splits["validation"], config.data.image_size)  # decoded once per run
     run.runlog.info(f"validation split decoded once: {len(validation)} images in {time.perf_counter() - t_val:.1f} s")
     progress.epoch_start = (time.perf_counter(), step)
-    replicated = parallel.replicated(run.mesh)
+
     class_weights = None
     bar = tqdm(total=run.total_steps, initial=step, unit="step", dynamic_ncols=True, disable=not config.progress_bar,
                desc="train")
@@ -414,7 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         with _Stop() as stop:
             while step < run.total_steps:
                 if class_weights is None or step % run.steps_per_epoch == 0:
-                    class_weights = jax.device_put(run.loss.class_weights(step // run.steps_per_epoch), replicated)
+                    class_weights = run.class_weights(step // run.steps_per_epoch)
                 batch = parallel.to_global(next(train_iter), run.mesh)
                 state, metrics = run.steps.train(state, batch, class_weights)
                 step += 1

@@ -1,45 +1,10 @@
-"""Classification losses: cross-entropy, softmax focal, LDAM, DRW and the joint loss.
+"""The losses ``loss.name`` selects (a registry), with deferred re-weighting: ``make_loss(config)``.
 
-Everything here is pure JAX and jit-able. Every loss takes integer ``labels`` [B],
-``logits`` [B, C], optional per-class ``class_weights`` [C] and an optional
-per-example ``mask`` [B] (bool or 0/1 float; padded evaluation rows are 0).
-
-Reduction (the same for every loss, and PyTorch's weighted mean)::
-
-    loss = sum_i m_i w_{y_i} l_i / sum_i m_i w_{y_i}
-
-with ``w = 1`` when ``class_weights`` is None. Masked rows contribute nothing to
-either sum, even if their logits are NaN or their labels out of range (they are
-replaced by 0 before use, so their gradient is exactly 0); an all-masked batch gives
-0, never NaN.
-
-Formulas
---------
-* **Cross-entropy** with label smoothing ``eps`` follows ``torch.nn.functional.
-  cross_entropy`` exactly, weights included:
-  ``l_i = (1-eps) w_{y_i} (-log p_{i,y_i}) + eps/C sum_c w_c (-log p_{i,c})``,
-  divided by ``sum_i w_{y_i}``.
-* **Focal** (Lin et al. 2017), softmax version: ``l_i = -alpha_t (1-p_t)^gamma log p_t``
-  with ``p_t`` the *plain* softmax probability of the true class. (The LDAM-DRW
-  reference code derives ``p_t = exp(-CE_weighted)`` from the class-weighted
-  cross-entropy, which mixes the weights into the modulating factor; we do not.)
-  ``alpha`` is None (1), a scalar (multiplies every example) or a per-class vector
-  (``alpha_t = alpha[y]``). ``alpha`` scales the numerator only; ``class_weights``
-  enter the weighted mean. ``gamma = 0`` and ``alpha = None`` give cross-entropy.
-* **LDAM** (Cao et al. 2019): margins ``Delta_j ∝ n_j^(-1/4)`` from the training
-  class counts, scaled so the largest is ``max_m``; the true-class logit is lowered
-  by its margin and the logits are multiplied by ``s`` before (weighted)
-  cross-entropy: ``l_i = CE(s * (z_i - Delta_{y_i} e_{y_i}), y_i)``.
-* **DRW** (deferred re-weighting): from epoch ``drw_epoch`` on, class weights
-  ``w_j = (1-beta)/(1-beta^{n_j})``, normalised to sum to C (as in Cao et al.).
-* **Joint**: ``a * focal + (1-a) * LDAM`` (``a = 0.5``); both terms use the same
-  class weights and mask.
-
-Adding a loss: one class in this file, registered with ``@register("name")``, with a
-``from_config(cfg, class_counts)`` classmethod and ``__call__(logits, labels,
-class_weights=None, mask=None)``; its config fields go in ``configs/default.py``.
-The choice of the LDAM scale ``s`` (default 1, not the official 30) is measured in
-``scripts/measure_ldam_scale.py`` and discussed in the README.
+Each loss is one class registered with ``@register("name")``: ``from_config(cfg, class_counts,
+num_classes)``, ``__call__(logits, labels, class_weights=None, mask=None)`` (pure, jit-able; the
+formulas are in ``caco_jax.training.loss_functions``) and ``torch_formula()``, the PyTorch formula the
+tests hold it to. Its config fields go in ``configs/default.py``. The LDAM scale ``s`` defaults to 1,
+not the official 30 (measured: docs/model.md, Losses).
 """
 from __future__ import annotations
 
@@ -50,177 +15,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from caco_jax.training.loss_functions import (
+    DEFAULT_LDAM_S,
+    cross_entropy,
+    drw_weights,
+    focal_loss,
+    joint_loss,
+    ldam_loss,
+    ldam_margins,
+)
 
 Array = jax.Array
 ArrayLike = Any
-
-DEFAULT_LDAM_S: float = 1.0
-LOSS_NAMES: tuple[str, ...] = ("ce", "focal", "ldam", "joint")
-
-
-# --------------------------------------------------------------------------- helpers
-def _prepare(
-    logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None
-) -> tuple[Array, Array, Array]:
-    """Float32 logits, int labels and a float mask with masked rows sanitised."""
-    logits = jnp.asarray(logits, jnp.float32)
-    labels = jnp.asarray(labels).astype(jnp.int32)
-    if mask is None:
-        valid = jnp.ones(labels.shape, jnp.float32)
-    else:
-        valid = (jnp.asarray(mask) > 0).astype(jnp.float32)
-        keep = valid > 0
-        logits = jnp.where(keep[:, None], logits, 0.0)
-        labels = jnp.where(keep, labels, 0)
-    return logits, labels, valid
-
-
-def _weights(class_weights: ArrayLike | None, num_classes: int) -> Array:
-    if class_weights is None:
-        return jnp.ones((num_classes,), jnp.float32)
-    return jnp.asarray(class_weights, jnp.float32)
-
-
-def _weighted_mean(per_example: Array, example_weights: Array) -> Array:
-    """sum(w l) / sum(w); 0 (with zero gradient) when sum(w) == 0."""
-    num = jnp.sum(jnp.where(example_weights > 0, per_example * example_weights, 0.0))
-    den = jnp.sum(example_weights)
-    safe = jnp.where(den > 0, den, 1.0)
-    return jnp.where(den > 0, num / safe, 0.0)
-
-
-def _true_class(values: Array, labels: Array) -> Array:
-    return jnp.take_along_axis(values, labels[:, None], axis=-1)[:, 0]
-
-
-def _check_counts(class_counts: ArrayLike | None, what: str) -> np.ndarray:
-    if class_counts is None:
-        raise ValueError(f"{what} needs the training-split class counts, got None")
-    counts = np.asarray(class_counts, dtype=np.float64)
-    if counts.ndim != 1 or counts.size == 0:
-        raise ValueError(f"{what}: class_counts must be a non-empty 1-D sequence, got shape {counts.shape}")
-    if np.any(~np.isfinite(counts)) or np.any(counts <= 0):
-        bad = [int(i) for i in np.flatnonzero(~(counts > 0) | ~np.isfinite(counts))]
-        raise ValueError(
-            f"{what} needs a positive count for every class; class indices {bad} have "
-            f"counts {[class_counts[i] for i in bad]} (a class absent from the training split "
-            "has no defined margin / effective number)"
-        )
-    return counts
-
-
-# --------------------------------------------------------------------------- losses
-def cross_entropy(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    label_smoothing: float = 0.0,
-    class_weights: ArrayLike | None = None,
-    mask: ArrayLike | None = None,
-) -> Array:
-    """Softmax cross-entropy, identical to ``torch.nn.functional.cross_entropy``
-    (``weight=class_weights``, ``label_smoothing``, mean reduction), plus a mask."""
-    logits, labels, valid = _prepare(logits, labels, mask)
-    num_classes = logits.shape[-1]
-    w = _weights(class_weights, num_classes)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -_true_class(logp, labels)
-    w_t = w[labels]
-    per_example = (1.0 - label_smoothing) * w_t * nll
-    if label_smoothing:
-        per_example = per_example + (label_smoothing / num_classes) * jnp.sum(-logp * w, axis=-1)
-    # Numerator already carries w_t; the denominator is sum(m w_t).
-    num = jnp.sum(jnp.where(valid > 0, per_example, 0.0))
-    den = jnp.sum(valid * w_t)
-    safe = jnp.where(den > 0, den, 1.0)
-    return jnp.where(den > 0, num / safe, 0.0)
-
-
-def focal_loss(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    *,
-    gamma: float = 2.0,
-    alpha: float | ArrayLike | None = None,
-    class_weights: ArrayLike | None = None,
-    mask: ArrayLike | None = None,
-) -> Array:
-    """Softmax focal loss ``-alpha_t (1 - p_t)^gamma log p_t`` (p_t: plain softmax),
-    weighted mean ``sum m w_y l / sum m w_y``."""
-    logits, labels, valid = _prepare(logits, labels, mask)
-    num_classes = logits.shape[-1]
-    w = _weights(class_weights, num_classes)
-    logp_t = _true_class(jax.nn.log_softmax(logits, axis=-1), labels)
-    per_example = -logp_t
-    if gamma != 0:
-        # 1 - p_t computed without cancellation; floored so d/dx x^gamma stays finite.
-        one_minus_p = jnp.maximum(-jnp.expm1(logp_t), 1e-30)
-        per_example = per_example * one_minus_p**gamma
-    if alpha is not None:
-        alpha = jnp.asarray(alpha, jnp.float32)
-        per_example = per_example * (alpha[labels] if alpha.ndim == 1 else alpha)
-    return _weighted_mean(per_example, valid * w[labels])
-
-
-def ldam_margins(class_counts: ArrayLike, max_m: float = 0.5) -> Array:
-    """LDAM margins ``Delta_j ∝ n_j^(-1/4)``, scaled so ``max(Delta) == max_m``.
-
-    ``class_counts`` are the TRAINING-split counts; a zero/negative count raises
-    ValueError."""
-    counts = _check_counts(class_counts, "LDAM")
-    m = 1.0 / np.sqrt(np.sqrt(counts))
-    m = m * (max_m / np.max(m))
-    return jnp.asarray(m, jnp.float32)
-
-
-def ldam_loss(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    margins: ArrayLike,
-    *,
-    s: float = DEFAULT_LDAM_S,
-    class_weights: ArrayLike | None = None,
-    mask: ArrayLike | None = None,
-) -> Array:
-    """LDAM loss: weighted CE of ``s * (logits - margin_y * onehot(y))``."""
-    logits, labels, valid = _prepare(logits, labels, mask)
-    num_classes = logits.shape[-1]
-    margins = jnp.asarray(margins, jnp.float32)
-    shifted = logits - jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * margins[labels][:, None]
-    w = _weights(class_weights, num_classes)
-    logp_t = _true_class(jax.nn.log_softmax(s * shifted, axis=-1), labels)
-    return _weighted_mean(-logp_t, valid * w[labels])
-
-
-def drw_weights(class_counts: ArrayLike, beta: float = 0.9999) -> np.ndarray:
-    """Effective-number class weights ``(1-beta)/(1-beta^n_j)``, normalised to sum to C."""
-    counts = _check_counts(class_counts, "DRW")
-    if not 0.0 <= beta < 1.0:
-        raise ValueError(f"drw_beta must be in [0, 1), got {beta}")
-    if beta > 0:
-        w = (1.0 - beta) / -np.expm1(counts * np.log(beta))  # 1 - beta^n, accurately
-    else:
-        w = np.ones_like(counts)
-    w = w / w.sum() * len(counts)
-    return w.astype(np.float32)
-
-
-def joint_loss(
-    logits: ArrayLike,
-    labels: ArrayLike,
-    margins: ArrayLike,
-    *,
-    a: float = 0.5,
-    gamma: float = 2.0,
-    alpha: float | ArrayLike | None = None,
-    s: float = DEFAULT_LDAM_S,
-    class_weights: ArrayLike | None = None,
-    mask: ArrayLike | None = None,
-) -> Array:
-    """The paper's joint loss ``a * focal + (1 - a) * LDAM`` (same weights and mask)."""
-    focal = focal_loss(logits, labels, gamma=gamma, alpha=alpha, class_weights=class_weights, mask=mask)
-    ldam = ldam_loss(logits, labels, margins, s=s, class_weights=class_weights, mask=mask)
-    return a * focal + (1.0 - a) * ldam
+TorchLoss = Any  # (logits, target, class_weights=None) -> torch scalar
 
 
 # --------------------------------------------------------------------------- registry
@@ -228,9 +35,14 @@ LOSSES: dict[str, type] = {}
 
 
 def register(name: str):
-    """Class decorator: makes a loss selectable as ``loss.name = name``."""
+    """Class decorator: makes a loss selectable as ``loss.name = name``. The class has
+    ``from_config(cfg, class_counts, num_classes)``, ``__call__(logits, labels, class_weights=None,
+    mask=None)`` and ``torch_formula()`` (the PyTorch formula the tests compare it with)."""
 
     def deco(cls: type) -> type:
+        for attr in ("from_config", "torch_formula"):
+            if not hasattr(cls, attr):
+                raise TypeError(f"loss {cls.__name__} must define {attr}")
         cls.name = name
         LOSSES[name] = cls
         return cls
@@ -268,6 +80,13 @@ class CrossEntropy:
         return cross_entropy(logits, labels, label_smoothing=self.label_smoothing, class_weights=class_weights,
                              mask=mask)
 
+    def torch_formula(self) -> TorchLoss:
+        """The PyTorch formula the tests hold this loss to: torch's own cross-entropy."""
+        import torch.nn.functional as F
+
+        return lambda logits, target, w=None: F.cross_entropy(logits, target, weight=w,
+                                                              label_smoothing=self.label_smoothing)
+
 
 @register("focal")
 @dataclasses.dataclass(frozen=True)
@@ -289,6 +108,12 @@ class Focal:
         alpha = jnp.asarray(self.alpha, jnp.float32) if isinstance(self.alpha, tuple) else self.alpha
         return focal_loss(logits, labels, gamma=self.gamma, alpha=alpha, class_weights=class_weights, mask=mask)
 
+    def torch_formula(self) -> TorchLoss:
+        """Lin et al.'s softmax focal loss in PyTorch (``torch_reference.focal_loss``)."""
+        from caco_jax.interop.torch_reference import focal_loss as torch_focal
+
+        return lambda logits, target, w=None: torch_focal(logits, target, self.gamma, self.alpha, w)
+
 
 @register("ldam")
 @dataclasses.dataclass(frozen=True)
@@ -297,6 +122,7 @@ class LDAM:
 
     margins: tuple[float, ...]
     s: float = DEFAULT_LDAM_S
+    counts: tuple[float, ...] = ()  # the training class counts the margins come from
 
     def __post_init__(self) -> None:
         if self.s <= 0:
@@ -308,11 +134,18 @@ class LDAM:
         if max_m < 0:
             raise ValueError(f"ldam_max_m must be >= 0, got {max_m}")
         margins = tuple(float(x) for x in np.asarray(ldam_margins(class_counts, max_m)))
-        return cls(margins=margins, s=float(cfg.ldam_s))
+        return cls(margins=margins, s=float(cfg.ldam_s), counts=tuple(float(c) for c in class_counts))
 
     def __call__(self, logits, labels, class_weights=None, mask=None) -> Array:
         return ldam_loss(logits, labels, jnp.asarray(self.margins, jnp.float32), s=self.s,
                          class_weights=class_weights, mask=mask)
+
+    def torch_formula(self) -> TorchLoss:
+        """The official LDAM-DRW code's ``LDAMLoss`` (``torch_reference.LDAMLoss``) on the same counts."""
+        from caco_jax.interop.torch_reference import LDAMLoss
+
+        return lambda logits, target, w=None: LDAMLoss(self.counts, max_m=max(self.margins), weight=w,
+                                                       s=self.s)(logits, target)
 
 
 @register("joint")
@@ -337,8 +170,12 @@ class Joint:
         return self.a * self.focal(logits, labels, class_weights, mask) + (1.0 - self.a) * self.ldam(
             logits, labels, class_weights, mask)
 
+    def torch_formula(self) -> TorchLoss:
+        """``a * focal + (1 - a) * LDAM`` of the two PyTorch formulas."""
+        focal, ldam = self.focal.torch_formula(), self.ldam.torch_formula()
+        return lambda logits, target, w=None: self.a * focal(logits, target, w) + (1 - self.a) * ldam(logits, target, w)
 
-LOSS_NAMES: tuple[str, ...] = tuple(LOSSES)
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -385,7 +222,7 @@ def make_loss(cfg: Any, class_counts: ArrayLike | None, num_classes: int | None 
     'joint' and DRW. Without them, ``num_classes`` gives the class count."""
     name = str(cfg.name).lower()
     if name not in LOSSES:
-        raise ValueError(f"unknown loss name {cfg.name!r}; allowed: {', '.join(LOSS_NAMES)}")
+        raise ValueError(f"unknown loss name {cfg.name!r}; allowed: {', '.join(LOSSES)}")
     counts = None if class_counts is None else np.asarray(class_counts).reshape(-1)
     if counts is None and num_classes is None:
         raise ValueError("make_loss needs the training class counts or num_classes")
@@ -399,7 +236,6 @@ def make_loss(cfg: Any, class_counts: ArrayLike | None, num_classes: int | None 
 __all__ = [
     "DEFAULT_LDAM_S",
     "LOSSES",
-    "LOSS_NAMES",
     "LDAM",
     "CrossEntropy",
     "Focal",
