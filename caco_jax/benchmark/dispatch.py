@@ -79,6 +79,18 @@ def measure_dispatch_overhead(config: ml_collections.ConfigDict, opts: Options, 
     model = make_model(config, variant, "float32", setup.depthwise, opts.seed)
     model.train()
     optimizer = nnx.Optimizer(model, setup.tx, wrt=nnx.Param)
+    wrappers = _wrappers(setup, batch, model, optimizer, mesh, jax.random.key(opts.seed), size)
+    results = _per_call_with_overheads(wrappers, opts)
+    return {"variant": variant, "arch": config.model.arch, "depthwise": setup.depthwise, "batch_size": b,
+            "image_size": size, "num_param_arrays": len(jax.tree.leaves(setup.state.params)),
+            "num_state_arrays": len(jax.tree.leaves(setup.state)), "wrappers": results}
+
+
+def _nnx_functions(setup: Any, size: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``nnx.jit`` functions of (model, optimizer, images, labels, class_weights, key): the trainer's step
+    written against the module, and a no-op that computes nothing."""
+    from flax import nnx
+
     loss, aug = setup.loss, setup.aug
 
     @nnx.jit
@@ -97,14 +109,25 @@ def measure_dispatch_overhead(config: ml_collections.ConfigDict, opts: Options, 
     def nnx_noop(model, optimizer, images, labels, class_weights, key):
         return jnp.zeros((), jnp.float32)
 
-    # The wrapper cost of our path with no computation: the same signature, shardings and
-    # donation as the trainer's step (pure wrapper overhead is what is compared here).
-    repl = parallel.replicated(mesh)
-    jax_noop = jax.jit(lambda state, batch, class_weights: (state, jnp.zeros((), jnp.float32)),
-                       in_shardings=(repl, parallel.data_sharding(mesh), repl), out_shardings=(repl, repl),
-                       donate_argnums=(0,))
+    return nnx_step, nnx_noop
 
-    key = jax.random.key(opts.seed)
+
+def _jax_noop(mesh: Any) -> Callable[..., Any]:
+    """Our path with no computation: the trainer step's signature, shardings and donation (pure wrapper overhead
+    is what is compared)."""
+    repl = parallel.replicated(mesh)
+    return jax.jit(lambda state, batch, class_weights: (state, jnp.zeros((), jnp.float32)),
+                   in_shardings=(repl, parallel.data_sharding(mesh), repl), out_shardings=(repl, repl),
+                   donate_argnums=(0,))
+
+
+def _wrappers(setup: Any, batch: dict[str, Any], model: Any, optimizer: Any, mesh: Any, key: Any,
+              size: int) -> dict[str, dict[str, Callable[[], Any]]]:
+    """Wrapper name -> {"step": call, "noop": call}, each call taking no arguments."""
+    from flax import nnx
+
+    nnx_step, nnx_noop = _nnx_functions(setup, size)
+    jax_noop = _jax_noop(mesh)
     images, labels, w = batch["image"], batch["label"], setup.weights
     cached_step = nnx.cached_partial(nnx_step, model, optimizer)
     cached_noop = nnx.cached_partial(nnx_noop, model, optimizer)
@@ -115,20 +138,23 @@ def measure_dispatch_overhead(config: ml_collections.ConfigDict, opts: Options, 
             return out
         return call
 
-    wrappers: dict[str, dict[str, Callable[[], Any]]] = {
+    return {
         OURS: {"step": ours(setup.steps.train), "noop": ours(jax_noop)},
         "nnx.jit": {"step": lambda: nnx_step(model, optimizer, images, labels, w, key),
                     "noop": lambda: nnx_noop(model, optimizer, images, labels, w, key)},
         "nnx.cached_partial(nnx.jit)": {"step": lambda: cached_step(images, labels, w, key),
                                         "noop": lambda: cached_noop(images, labels, w, key)},
     }
+
+
+def _per_call_with_overheads(wrappers: dict[str, dict[str, Callable[[], Any]]], opts: Options
+                             ) -> dict[str, dict[str, Any]]:
+    """:func:`per_call` of every wrapper's step and no-op, each with its overhead (ms) over ours."""
     steps = per_call({name: w["step"] for name, w in wrappers.items()}, opts, opts.steps)
     noops = per_call({name: w["noop"] for name, w in wrappers.items()}, opts, max(opts.steps, 50))
-    results = {name: {"step": steps[name], "noop": noops[name]} for name in wrappers}
+    results: dict[str, dict[str, Any]] = {name: {"step": steps[name], "noop": noops[name]} for name in wrappers}
     base = results[OURS]
     for r in results.values():
         r["step_overhead_ms"] = r["step"]["ms"] - base["step"]["ms"]
         r["noop_overhead_ms"] = r["noop"]["ms"] - base["noop"]["ms"]
-    return {"variant": variant, "arch": config.model.arch, "depthwise": setup.depthwise, "batch_size": b,
-            "image_size": size, "num_param_arrays": len(jax.tree.leaves(setup.state.params)),
-            "num_state_arrays": len(jax.tree.leaves(setup.state)), "wrappers": results}
+    return results

@@ -168,21 +168,41 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 def format_table(result: dict[str, Any]) -> str:
     """Markdown tables: throughput rows with their ratios to torch eager, the grain pipeline, the
     jit-wrapper overhead, and the targets."""
+    loads = _loads(result)
+    lines = _header_lines(result, loads)
+    lines += [_row_line(r) for r in result["rows"]]
+    lines += _onnx_lines(result.get("onnx") or {})
+    lines += _pipeline_lines(result.get("pipeline", []))
+    lines += _overhead_lines(result.get("dispatch_overhead"))
+    lines += _target_lines(result, loads)
+    return "\n".join(lines)
+
+
+def _loads(result: dict[str, Any]) -> list[float]:
+    """The host's load averages recorded before and after the timed rounds (those known)."""
+    load = result.get("load_average") or {}
+    return [x for x in (load.get("before"), load.get("after")) if x is not None]
+
+
+def _host_note(dev: dict[str, Any], torch_info: dict[str, Any], loads: list[float]) -> str:
+    """The device line's tail: CPU thread counts (on a CPU) and the host's load average."""
+    note = ""
+    if dev["platform"] == "cpu":
+        note = (f"; CPU threads: jax {dev.get('jax_cpu_threads', '?')} (XLA, one per core), "
+                f"torch {torch_info.get('torch_threads', 'n/a')}")
+    if loads:
+        note += (f"; host load average {' -> '.join(f'{x:.1f}' for x in loads)} (1 min, before -> after the "
+                 "timed rounds)")
+    return note
+
+
+def _header_lines(result: dict[str, Any], loads: list[float]) -> list[str]:
+    """The device and configuration lines, then the main table's header."""
     cfg, dev = result["config"], result["device"]
     torch_info = result.get("torch", {})
-    threads = ""
-    if dev["platform"] == "cpu":
-        threads = (f"; CPU threads: jax {dev.get('jax_cpu_threads', '?')} (XLA, one per core), "
-                   f"torch {torch_info.get('torch_threads', 'n/a')}")
-    load = result.get("load_average") or {}
-    loads = [x for x in (load.get("before"), load.get("after")) if x is not None]
-    busy = bool(loads) and max(loads) > dev["host_cpus"]
-    if loads:
-        threads += (f"; host load average {' -> '.join(f'{x:.1f}' for x in loads)} (1 min, before -> after the "
-                    "timed rounds)")
-    lines = [
+    return [
         f"Device: {dev['device_kind']} ({dev['platform']}, {dev['num_devices']} device(s), {dev['host_cpus']} host "
-        f"CPUs); torch: {torch_info.get('torch_device', 'n/a')}{threads}",
+        f"CPUs); torch: {torch_info.get('torch_device', 'n/a')}{_host_note(dev, torch_info, loads)}",
         f"Batch {cfg['batch_size']}, {cfg['image_size']}x{cfg['image_size']} (caco-jax trains from uint8 "
         f"{cfg['load_size']}x{cfg['load_size']}, augmented on device), arch {cfg['arch']}; "
         f"median of {cfg['windows']} windows x {cfg['steps']} steps (min-max), after {cfg['warmup']} warm-up steps; "
@@ -194,29 +214,37 @@ def format_table(result: dict[str, Any]) -> str:
         f"eval img/s (B={cfg['batch_size']}) | batch-1 ms | train / eager | eval / eager | batch-1 / eager | note |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in result["rows"]:
-        if "skipped" in r:
-            mode = r["mode"] if r["mode"] == r["dtype"] else f"{r['mode']}, {r['dtype']}"
-            lines.append(f"| {r['framework']} | {r['model']} | {mode} | - | - | - | - | - | - | - | - | "
-                         f"skipped: {r['skipped']} |")
-            continue
-        mode = r["mode"] if r["framework"] == "caco-jax" else f"{r['mode']}, {r['dtype']}"
-        vs = r.get("vs_torch_eager", {})
-        if r["framework"] == "torchvision" and r["mode"] == "eager" and r["dtype"] == "float32":
-            cells = ["1 (ref)"] * 3
-        else:
-            cells = [_fmt_ratio(vs.get(k)) for k in ("train", "eval", "latency")]
-        lines.append(
-            f"| {r['framework']} | {r['model']} | {mode} | {_fmt_rate(r.get('images_per_s'))} | "
+
+
+def _row_line(r: dict[str, Any]) -> str:
+    """One row of the main table: a measured configuration, or a skipped one with the reason."""
+    if "skipped" in r:
+        mode = r["mode"] if r["mode"] == r["dtype"] else f"{r['mode']}, {r['dtype']}"
+        return f"| {r['framework']} | {r['model']} | {mode} | - | - | - | - | - | - | - | - | skipped: {r['skipped']} |"
+    mode = r["mode"] if r["framework"] == "caco-jax" else f"{r['mode']}, {r['dtype']}"
+    vs = r.get("vs_torch_eager", {})
+    if r["framework"] == "torchvision" and r["mode"] == "eager" and r["dtype"] == "float32":
+        cells = ["1 (ref)"] * 3
+    else:
+        cells = [_fmt_ratio(vs.get(k)) for k in ("train", "eval", "latency")]
+    return (f"| {r['framework']} | {r['model']} | {mode} | {_fmt_rate(r.get('images_per_s'))} | "
             f"{_fmt(r.get('step_ms'), 2)} | {_fmt(r.get('compile_s'))} | {_fmt_rate(r.get('eval_images_per_s'))} | "
             f"{_fmt(r['latency_ms']['median'], 2) if 'latency_ms' in r else '-'} | {' | '.join(cells)} | |")
-    onnx = result.get("onnx") or {}
-    if onnx.get("present") and "skipped" in onnx:  # its row, when measured, is in the table above
-        lines += ["", f"ONNX Runtime batch-1 latency: skipped ({onnx['skipped']})"]
-    lines += ["", "End to end with the grain pipeline (same step, batches from a built HAM10000):", "",
-              "| variant | dtype | workers | synthetic img/s | grain-fed img/s median (min-max) | ratio | "
-              "pipeline alone img/s |", "|---|---|---|---|---|---|---|"]
-    for p in result.get("pipeline", []):
+
+
+def _onnx_lines(onnx: dict[str, Any]) -> list[str]:
+    """Why ONNX Runtime was skipped, if it was (its row, when measured, is in the main table)."""
+    if onnx.get("present") and "skipped" in onnx:
+        return ["", f"ONNX Runtime batch-1 latency: skipped ({onnx['skipped']})"]
+    return []
+
+
+def _pipeline_lines(pipeline: list[dict[str, Any]]) -> list[str]:
+    """The grain-pipeline table (its header even when it has no rows)."""
+    lines = ["", "End to end with the grain pipeline (same step, batches from a built HAM10000):", "",
+             "| variant | dtype | workers | synthetic img/s | grain-fed img/s median (min-max) | ratio | "
+             "pipeline alone img/s |", "|---|---|---|---|---|---|---|"]
+    for p in pipeline:
         if "skipped" in p:
             lines.append(f"| {p.get('variant', '-')} | {p.get('dtype', '-')} | - | - | - | - | "
                          f"skipped: {p['skipped']} |")
@@ -225,35 +253,50 @@ def format_table(result: dict[str, Any]) -> str:
                 f"| {p['variant']} | {p['dtype']} | {p['num_workers']} | {_fmt_rate(p['synthetic_images_per_s'])} | "
                 f"{_fmt_rate(p['e2e_images_per_s'])} | {p['e2e_over_synthetic']:.2f} | "
                 f"{_fmt_rate(p['pipeline_only_images_per_s'])} |")
-    ov = result.get("dispatch_overhead")
-    if ov and "skipped" not in ov:
-        lines += ["", f"Per-call cost of the jit wrapper ({ov['arch']}-{ov['variant']}, float32; "
-                      f"{ov['num_state_arrays']} state arrays). Train step at batch {ov['batch_size']}, "
-                      f"{ov['image_size']}px; no-op: same arguments, no computation (pure wrapper overhead):", "",
-                  "| wrapper | train step ms (synced) | host ms to issue | no-op call ms | "
-                  "overhead vs ours: step ms | no-op ms |", "|---|---|---|---|---|---|"]
-        for name, w in ov["wrappers"].items():
-            lines.append(f"| {name} | {w['step']['ms']:.2f} | {w['step']['issue_ms']:.2f} | {w['noop']['ms']:.3f} | "
-                         f"{w['step_overhead_ms']:+.2f} | {w['noop_overhead_ms']:+.3f} |")
-    elif ov:
-        lines += ["", f"nnx.jit overhead: skipped ({ov['skipped']})"]
-    if result.get("targets"):
-        lines += ["", "Targets:", ""]
-        if busy:
-            lines += [f"(The host was oversubscribed -- load average {max(loads):.1f} on {dev['host_cpus']} CPUs: "
-                      "multi-threaded rates suffer unevenly under load, so these ratios need not hold on a quiet "
-                      "machine.)", ""]
-        for name, t in result["targets"].items():
-            extra = f" ({t['jax']} vs torch {t['torch']})" if "jax" in t else ""
-            if t.get("same_threads") is False:
-                extra += f"; threads differ ({t['threads']}): not the target's comparison"
-            elif "threads" in t:
-                extra += f"; threads {t['threads']}"
-            spread = "" if t["ratio_min"] == t["ratio_max"] else f", rounds {t['ratio_min']:.3g}-{t['ratio_max']:.3g}"
-            sign = "<=" if t.get("lower_is_better") else ">="
-            lines.append(f"- {name}: {t['ratio']:.3g} (target {sign} {t['target']}{spread}): "
-                         f"{'met' if t['met'] else 'NOT met'}{extra}")
-    return "\n".join(lines)
+    return lines
+
+
+def _overhead_lines(ov: dict[str, Any] | None) -> list[str]:
+    """The jit-wrapper overhead table, or why it was skipped (nothing when it is absent)."""
+    if not ov:
+        return []
+    if "skipped" in ov:
+        return ["", f"nnx.jit overhead: skipped ({ov['skipped']})"]
+    lines = ["", f"Per-call cost of the jit wrapper ({ov['arch']}-{ov['variant']}, float32; "
+                 f"{ov['num_state_arrays']} state arrays). Train step at batch {ov['batch_size']}, "
+                 f"{ov['image_size']}px; no-op: same arguments, no computation (pure wrapper overhead):", "",
+             "| wrapper | train step ms (synced) | host ms to issue | no-op call ms | "
+             "overhead vs ours: step ms | no-op ms |", "|---|---|---|---|---|---|"]
+    for name, w in ov["wrappers"].items():
+        lines.append(f"| {name} | {w['step']['ms']:.2f} | {w['step']['issue_ms']:.2f} | {w['noop']['ms']:.3f} | "
+                     f"{w['step_overhead_ms']:+.2f} | {w['noop_overhead_ms']:+.3f} |")
+    return lines
+
+
+def _target_lines(result: dict[str, Any], loads: list[float]) -> list[str]:
+    """The targets, one line each, after a caveat when the host was oversubscribed while timing."""
+    if not result.get("targets"):
+        return []
+    host_cpus = result["device"]["host_cpus"]
+    lines = ["", "Targets:", ""]
+    if loads and max(loads) > host_cpus:
+        lines += [f"(The host was oversubscribed -- load average {max(loads):.1f} on {host_cpus} CPUs: "
+                  "multi-threaded rates suffer unevenly under load, so these ratios need not hold on a quiet "
+                  "machine.)", ""]
+    return lines + [_target_line(name, t) for name, t in result["targets"].items()]
+
+
+def _target_line(name: str, t: dict[str, Any]) -> str:
+    """One target: its ratio (with the rounds' spread), the goal, met or not, and what was compared."""
+    extra = f" ({t['jax']} vs torch {t['torch']})" if "jax" in t else ""
+    if t.get("same_threads") is False:
+        extra += f"; threads differ ({t['threads']}): not the target's comparison"
+    elif "threads" in t:
+        extra += f"; threads {t['threads']}"
+    spread = "" if t["ratio_min"] == t["ratio_max"] else f", rounds {t['ratio_min']:.3g}-{t['ratio_max']:.3g}"
+    sign = "<=" if t.get("lower_is_better") else ">="
+    return (f"- {name}: {t['ratio']:.3g} (target {sign} {t['target']}{spread}): "
+            f"{'met' if t['met'] else 'NOT met'}{extra}")
 
 
 def jsonable(obj: Any) -> Any:
