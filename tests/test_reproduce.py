@@ -13,7 +13,7 @@ from caco_jax.data import ham10000, synthetic
 
 from caco_jax.cli import reproduce
 from caco_jax.errors import CacoError, UsageError
-from caco_jax.experiments import grid, presets, tables
+from caco_jax.experiments import grid, presets, summary, tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,7 @@ def test_tiny_grid_trains_skips_resumes_and_writes_the_tables(tmp_path):
     grid.run_grid(PRESET, out, runner=_runner(calls), **kw)
     assert calls == []  # everything finished: nothing runs twice
 
-    rows = tables.aggregate(PRESET, out)
+    rows = summary.aggregate(PRESET, out)
     se = rows[0]
     assert se["seeds"] == [0, 1] and se["bacc"][0] is not None and se["bacc"][1] is not None
     assert se["paper"] == (90.88, 83.44) and rows[1]["paper"] == (93.39, 86.35)
@@ -139,7 +139,7 @@ def test_seeds_and_set_choose_the_runs_and_reach_every_command(tmp_path, capsys)
 
 
 def test_tables_name_the_machine_that_trained(tmp_path):
-    rows = tables.aggregate(PRESET, tmp_path)  # nothing finished: empty rows
+    rows = summary.aggregate(PRESET, tmp_path)  # nothing finished: empty rows
     paths = tables.write_results(PRESET, rows, tmp_path / "docs", "cmd", trained_on="1 x NVIDIA H200")
     text = paths["md"].read_text()
     assert "- runs trained on: 1 x NVIDIA H200" in text and "- tables written on:" in text

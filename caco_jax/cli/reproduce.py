@@ -31,7 +31,8 @@ from caco_jax.cli import common
 from caco_jax.errors import UsageError
 from caco_jax.experiments import presets
 from caco_jax.experiments.grid import run_grid
-from caco_jax.experiments.tables import aggregate, write_results
+from caco_jax.experiments.summary import aggregate, compare
+from caco_jax.experiments.tables import write_results
 
 
 NAME = "reproduce"
@@ -96,7 +97,9 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         if args.dry_run:
             return 0
     command = "caco-jax reproduce " + shlex.join(sys.argv[1:] if argv is None else argv)
-    paths = write_results(preset, aggregate(preset, out), pathlib.Path(args.docs), command, args.trained_on)
+    rows = aggregate(preset, out)
+    comparisons = [compare(preset, out, c) for c in preset.comparisons]
+    paths = write_results(preset, rows, pathlib.Path(args.docs), command, args.trained_on, comparisons)
     print(f"results: {paths['md']}")
     return 0
 

@@ -97,16 +97,31 @@ def run_probs(workdir: str | pathlib.Path, *, tta: bool = False, rule: str = "ar
             "lesion_id": test.lesion_id}
 
 
+def _aligned(dirs: Sequence[pathlib.Path], rule: str, tta: bool) -> list[dict[str, np.ndarray]]:
+    runs = [run_probs(d, tta=tta, rule=rule) for d in dirs]
+    for run in runs[1:]:
+        order = intervals.align(runs[0]["image_id"], run["image_id"])
+        for key in ("probs", "labels", "predicted", "image_id", "lesion_id"):
+            run[key] = run[key][order]
+    return runs
+
+
+def cell_figures(dirs: Sequence[pathlib.Path], *, rule: str = "argmax", tta: bool = False,
+                 resamples: int = intervals.DEFAULT_RESAMPLES) -> dict[str, dict[str, Any]]:
+    """Mean over a cell's runs (seeds, same test split) of accuracy / BACC / macro AUC under ``rule``
+    (argmax | balanced | offsets), with or without TTA, each with its lesion-bootstrap interval."""
+    runs = _aligned(dirs, rule, tta)
+    return intervals.mean_over_runs(runs, runs[0]["lesion_id"], num_resamples=resamples)
+
+
 def compare(a_dirs: Sequence[pathlib.Path], b_dirs: Sequence[pathlib.Path], *, a_rule: str = "argmax",
             b_rule: str = "argmax", a_tta: bool = False, b_tta: bool = False,
             resamples: int = intervals.DEFAULT_RESAMPLES) -> dict[str, Any]:
     """Mean over a's runs minus mean over b's runs of accuracy / BACC / macro AUC on the same test images,
     with the lesion-bootstrap interval of the difference (``intervals.paired``)."""
-    a = [run_probs(d, tta=a_tta, rule=a_rule) for d in a_dirs]
-    b = [run_probs(d, tta=b_tta, rule=b_rule) for d in b_dirs]
-    ref = a[0]
-    for run in a[1:] + b:
-        order = intervals.align(ref["image_id"], run["image_id"])
+    a, b = _aligned(a_dirs, a_rule, a_tta), _aligned(b_dirs, b_rule, b_tta)
+    order = intervals.align(a[0]["image_id"], b[0]["image_id"])
+    for run in b:
         for key in ("probs", "labels", "predicted", "image_id", "lesion_id"):
             run[key] = run[key][order]
-    return intervals.paired(a, b, ref["lesion_id"], num_resamples=resamples)
+    return intervals.paired(a, b, a[0]["lesion_id"], num_resamples=resamples)

@@ -1,5 +1,6 @@
-"""The result tables of a preset: per cell, mean and spread over seeds beside the paper's figures,
-written to ``docs/results_<preset>.{md,json,png}``."""
+"""The result tables of a preset, written to ``docs/results_<preset>.{md,json,png}``: per cell, mean and
+spread over seeds with the lesion-bootstrap interval of the mean, beside the paper's figures; paired
+comparisons; and the preset's own sections (the leakage protocols, the recipe's ablation)."""
 from __future__ import annotations
 
 import datetime
@@ -7,60 +8,24 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 from typing import Any
 
-from caco_jax.experiments.grid import run_dir
+from caco_jax.data import leakage
 from caco_jax.experiments.presets import Preset
 
 
-def summarise_run(workdir: pathlib.Path) -> dict[str, Any]:
-    """The figures of one finished run: test metrics, external metrics when present, time."""
-    report = json.loads((workdir / "report.json").read_text())
-    m = report["metrics"]
-    history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()
-               if '"kind": "epoch"' in line]
-    seconds = sum(r.get("epoch_seconds", 0.0) + r.get("val_seconds", 0.0) for r in history)
-    out = {"accuracy": m["accuracy"], "bacc": m["bacc"], "paper_bacc": m["paper_bacc"], "macro_auc": m.get("macro_auc"),
-           "mel_sensitivity": m["per_class"]["mel"]["sensitivity"] if "mel" in m["per_class"] else None,
-           "params": report["model"]["params"], "train_seconds": seconds, "epochs": len(history),
-           "best_epoch": 1 + max(range(len(history)), key=lambda i: history[i]["val_bacc"]) if history else None}
-    external = workdir / "report_isic2018_test_test.json"
-    if external.is_file():
-        e = json.loads(external.read_text())["metrics"]
-        out |= {"isic_accuracy": e["accuracy"], "isic_bacc": e["bacc"], "isic_macro_auc": e.get("macro_auc")}
-    return out
-
-
-def _stats(values: list[float | None]) -> tuple[float | None, float | None]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
-
-
-def aggregate(preset: Preset, out: pathlib.Path) -> list[dict[str, Any]]:
-    """One row per cell: mean / std over the seeds that finished."""
-    rows = []
-    for cell in preset.cells:
-        runs = {seed: summarise_run(run_dir(out, preset, cell, seed)) for seed in cell.seeds
-                if (run_dir(out, preset, cell, seed) / "report.json").is_file()}
-        row: dict[str, Any] = {"cell": cell.name, "note": cell.note, "overrides": cell.overrides,
-                               "seeds": sorted(runs), "planned_seeds": list(cell.seeds), "runs": runs,
-                               "paper": cell.paper()}
-        for key in ("accuracy", "bacc", "paper_bacc", "macro_auc", "mel_sensitivity", "train_seconds",
-                    "isic_accuracy", "isic_bacc", "isic_macro_auc"):
-            row[key] = _stats([r.get(key) for r in runs.values()])
-        row["params"] = next((r["params"] for r in runs.values()), None)
-        rows.append(row)
-    return rows
-
-
-def _pct(stat: tuple[float | None, float | None]) -> str:
+def _pct(stat: tuple[float | None, float | None], interval: tuple[float, float] | None = None) -> str:
+    """'mean ± std [lo, hi]' in percent (std with 2+ seeds, the interval when known)."""
     mean, std = stat
     if mean is None:
         return "-"
-    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+    text = f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std is not None else "")
+    return text + (f" [{100 * interval[0]:.1f}, {100 * interval[1]:.1f}]" if interval else "")
+
+
+def _interval(row: dict[str, Any], metric: str, view: str = "argmax") -> tuple[float, float] | None:
+    figure = row.get("views", {}).get(view)
+    return figure[metric]["interval"] if figure else None
 
 
 def _machine() -> str:
@@ -91,58 +56,162 @@ def _versions() -> str:
     return ", ".join(parts)
 
 
+def _header(preset: Preset, command: str, trained_on: str) -> list[str]:
+    return [
+        f"# caco-jax on HAM10000: preset `{preset.name}`", "", preset.description, "",
+        f"- command: `{command}`",
+        f"- written: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}",
+        *([f"- runs trained on: {trained_on}"] if trained_on else []),
+        f"- {'tables written on' if trained_on else 'machine'}: {_machine()}",
+        f"- versions{' (of the tables)' if trained_on else ''}: {_versions()}", "",
+        "Test split, best-validation-BACC weights of each run: mean ± standard deviation over seeds (with 2+ seeds), "
+        "then in brackets the 95 % interval of that mean over the test split's sampling (2,000 bootstrap resamples "
+        "of its lesions, every photograph of a drawn lesion together; only for runs that saved their predictions). "
+        "BACC is mean per-class recall; *paper BACC* is the paper's formula, mean of (sensitivity + specificity) / 2. "
+        "The paper's columns are its reported HAM10000 test figures for the same model and loss (its split and "
+        "input size are not published: see the discussion).", "",
+    ]
+
+
+def _main_table(rows: list[dict[str, Any]]) -> list[str]:
+    external = any(r["isic_bacc"][0] is not None for r in rows)
+    lines = ["| cell | seeds | accuracy % | BACC % | paper BACC % | macro AUC | mel sens. % | params | train min"
+             + (" | ISIC acc % | ISIC BACC %" if external else "") + " | paper acc % | paper BACC % | note |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:" + ("|---:|---:" if external else "") + "|---:|---:|---|"]
+    for r in rows:
+        seeds = ",".join(map(str, r["seeds"])) or "-"
+        if r["seeds"] != r["planned_seeds"]:
+            seeds += f" (of {','.join(map(str, r['planned_seeds']))})"
+        auc_mean, auc_std = r["macro_auc"]
+        auc_iv = _interval(r, "macro_auc")
+        auc = "-" if auc_mean is None else f"{auc_mean:.3f}" + (f" ± {auc_std:.3f}" if auc_std else "") + (
+            f" [{auc_iv[0]:.3f}, {auc_iv[1]:.3f}]" if auc_iv else "")
+        minutes = "-" if r["train_seconds"][0] is None else f"{r['train_seconds'][0] / 60:.1f}"
+        params = "-" if r["params"] is None else f"{r['params'] / 1e6:.3f} M"
+        paper = r["paper"]
+        lines.append(
+            f"| {r['cell']} | {seeds} | {_pct(r['accuracy'], _interval(r, 'accuracy'))} | "
+            f"{_pct(r['bacc'], _interval(r, 'bacc'))} | {_pct(r['paper_bacc'])} | {auc} | "
+            f"{_pct(r['mel_sensitivity'])} | {params} | {minutes}"
+            + (f" | {_pct(r['isic_accuracy'])} | {_pct(r['isic_bacc'])}" if external else "")
+            + f" | {paper[0] if paper else '-'} | {paper[1] if paper else '-'} | {r['note']} |")
+    if not external:
+        lines += ["", "External evaluation (ISIC 2018 Task 3 test): not run (no `--isic_dir` given)."]
+    return lines
+
+
+def _rule(rule: str, tta: bool) -> str:
+    return rule + (" + TTA" if tta else "")
+
+
+def _comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
+    if not comparisons:
+        return []
+    lines = ["", "## Paired comparisons", "",
+             "Each row: the mean over seeds of cell *a* minus that of cell *b*, on the same test images, in points "
+             "(percent for accuracy and BACC, AUC x 100), with the 95 % interval of the difference when both are "
+             "resampled together by lesion; *P(a > b)* is the share of resamples in which a wins. An interval that "
+             "contains 0 means this test split cannot tell the two apart.", "",
+             "| question | a (rule) | b (rule) | seeds | BACC a - b | accuracy a - b | macro AUC a - b | P(a > b), BACC |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for c in comparisons:
+        head = f"| {c['question']} | {c['a']} ({_rule(c['a_rule'], c['a_tta'])}) | {c['b']} ({_rule(c['b_rule'], c['b_tta'])}) |"
+        if not c["available"]:
+            lines.append(head + f" - | not available: {c['reason']} | | | |")
+            continue
+
+        def diff(key: str) -> str:
+            d, iv = c[key]["difference"], c[key]["interval"]
+            return f"{100 * d:+.1f}" + (f" [{100 * iv[0]:+.1f}, {100 * iv[1]:+.1f}]" if iv else "")
+
+        share = c["bacc"]["share_above_zero"]
+        lines.append(head + f" {c['seeds'][0]} vs {c['seeds'][1]} | {diff('bacc')} | {diff('accuracy')} | "
+                            f"{diff('macro_auc')} | {'-' if share is None else f'{share:.2f}'} |")
+    return lines
+
+
+def _leakage_lines(rows: list[dict[str, Any]]) -> list[str]:
+    protocols = {r["cell"].split("_")[0]: r["leakage"] for r in rows if r.get("leakage")}
+    class_names = next((list(s["per_class"]) for s in protocols.values()), [])
+    lines = ["", "## The leak of each protocol", "",
+             "Share of test images (%) that have a photograph of the same lesion in the training split / that have "
+             "the same photograph (itself or an offline copy) in the training split, overall and per class."]
+    if protocols:
+        lines += [""] + leakage.table(protocols, class_names)
+    lines += ["", "## Test figures on the leaked and the clean parts of each test split", "",
+              "*clean*: no photograph of the lesion in training; *same lesion*: another photograph of the lesion "
+              "(or a copy) in training; *same photo*: the photograph itself, as an offline copy, in training. "
+              "Accuracy / BACC %, mean ± std over seeds; n = test images in the part. Training accuracy is that of "
+              "the last epoch (augmented batches).", "",
+              "| cell | seeds | train acc % | all: acc / BACC | clean | same lesion | same photo | paper acc / BACC |",
+              "|---|---|---:|---|---|---|---|---|"]
+    for r in rows:
+        parts = r.get("parts")
+        if not parts:
+            continue
+
+        def cell(part: str) -> str:
+            p = parts[part]
+            if not p["num_examples"]:
+                return "n = 0"
+            return f"{_pct(p['accuracy'])} / {_pct(p['bacc'])} (n = {p['num_examples']})"
+
+        paper = r["paper"]
+        lines.append(f"| {r['cell']} | {','.join(map(str, r['seeds']))} | {_pct(r['final_train_accuracy'])} | "
+                     f"{_pct(r['accuracy'])} / {_pct(r['bacc'])} | {cell('clean')} | {cell('same_lesion')} | "
+                     f"{cell('same_source')} | {f'{paper[0]} / {paper[1]}' if paper else '-'} |")
+    return lines
+
+
+def _recipe_lines(rows: list[dict[str, Any]]) -> list[str]:
+    views = (("argmax", "argmax"), ("balanced", "balanced rule"), ("offsets", "per-class offsets"),
+             ("argmax_tta", "TTA"), ("balanced_tta", "TTA + balanced rule"))
+    lines = ["", "## The recipe's parts: decision rules and test-time augmentation", "",
+             "Every run evaluated under each decision rule (fitted on its validation split) with and without TTA "
+             "(the 8 flips and 90-degree rotations): accuracy / BACC %, mean over seeds with the interval of the "
+             "mean; macro AUC does not depend on the rule.", "",
+             "| cell | seeds | " + " | ".join(name for _, name in views) + " | macro AUC (plain / TTA) |",
+             "|---|---|" + "---|" * len(views) + "---|"]
+    for r in rows:
+        v = r.get("views") or {}
+        if not v:
+            continue
+
+        def fig(key: str) -> str:
+            if key not in v:
+                return "-"
+            f = v[key]
+            return (f"{100 * f['accuracy']['value']:.1f} / {100 * f['bacc']['value']:.1f}"
+                    + (f" [{100 * f['bacc']['interval'][0]:.1f}, {100 * f['bacc']['interval'][1]:.1f}]"
+                       if f["bacc"]["interval"] else ""))
+
+        auc = [f"{v[k]['macro_auc']['value']:.3f}" if k in v else "-" for k in ("argmax", "argmax_tta")]
+        lines.append(f"| {r['cell']} | {','.join(map(str, r['seeds']))} | " + " | ".join(fig(k) for k, _ in views)
+                     + f" | {auc[0]} / {auc[1]} |")
+    return lines
+
+
 def write_results(preset: Preset, rows: list[dict[str, Any]], docs: pathlib.Path, command: str,
-                  trained_on: str = "") -> dict[str, Any]:
+                  trained_on: str = "", comparisons: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """docs/results_<preset>.md, .json and .png; returns the paths. ``trained_on`` names the machine that
     trained the runs when it is not the one writing the tables (``--report_only`` elsewhere)."""
     from caco_jax.evaluation import plots
 
     docs.mkdir(parents=True, exist_ok=True)
     stem = docs / f"results_{preset.name}"
-    external = any(r["isic_bacc"][0] is not None for r in rows)
-    lines = [
-        f"# caco-jax on HAM10000: preset `{preset.name}`",
-        "",
-        preset.description,
-        "",
-        f"- command: `{command}`",
-        f"- written: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}",
-        *([f"- runs trained on: {trained_on}"] if trained_on else []),
-        f"- {'tables written on' if trained_on else 'machine'}: {_machine()}",
-        f"- versions{' (of the tables)' if trained_on else ''}: {_versions()}",
-        "",
-        "Test split (best-validation-BACC weights of each run), mean ± std over seeds (std only with 2+ seeds). "
-        "BACC is mean per-class recall; *paper BACC* is the paper's formula, mean of (sensitivity + specificity) / 2. "
-        "The paper's columns are its reported HAM10000 test figures for the same configuration (its split is not "
-        "published: see the discussion).",
-        "",
-        "| cell | seeds | accuracy % | BACC % | paper BACC % | macro AUC | mel sens. % | params | train min"
-        + (" | ISIC acc % | ISIC BACC %" if external else "") + " | paper acc % | paper BACC % | note |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:" + ("|---:|---:" if external else "") + "|---:|---:|---|",
-    ]
-    for r in rows:
-        seeds = ",".join(map(str, r["seeds"])) or "-"
-        if r["seeds"] != r["planned_seeds"]:
-            seeds += f" (of {','.join(map(str, r['planned_seeds']))})"
-        auc_mean, auc_std = r["macro_auc"]
-        auc = "-" if auc_mean is None else f"{auc_mean:.4f}" + (f" ± {auc_std:.4f}" if auc_std else "")
-        minutes = "-" if r["train_seconds"][0] is None else f"{r['train_seconds'][0] / 60:.1f}"
-        params = "-" if r["params"] is None else f"{r['params'] / 1e6:.3f} M"
-        paper = r["paper"]
-        lines.append(
-            f"| {r['cell']} | {seeds} | {_pct(r['accuracy'])} | {_pct(r['bacc'])} | {_pct(r['paper_bacc'])} | {auc} | "
-            f"{_pct(r['mel_sensitivity'])} | {params} | {minutes}"
-            + (f" | {_pct(r['isic_accuracy'])} | {_pct(r['isic_bacc'])}" if external else "")
-            + f" | {paper[0] if paper else '-'} | {paper[1] if paper else '-'} | {r['note']} |")
-    if not external:
-        lines += ["", "External evaluation (ISIC 2018 Task 3 test): not run (no `--isic_dir` given)."]
+    comparisons = comparisons or []
+    lines = _header(preset, command, trained_on) + _main_table(rows) + _comparison_lines(comparisons)
+    if "leakage" in preset.sections:
+        lines += _leakage_lines(rows)
+    if "recipe" in preset.sections:
+        lines += _recipe_lines(rows)
     lines += ["", f"![BACC per cell]({stem.name}.png)", ""]
     discussion = docs / f"results_{preset.name}_discussion.md"
     if discussion.is_file():
         lines += [discussion.read_text().strip(), ""]
     stem.with_suffix(".md").write_text("\n".join(lines))
     stem.with_suffix(".json").write_text(json.dumps({"preset": preset.name, "command": command,
-                                                     "trained_on": trained_on or _machine(), "rows": rows},
-                                                    indent=2, default=str))
+                                                     "trained_on": trained_on or _machine(), "rows": rows,
+                                                     "comparisons": comparisons}, indent=2, default=str))
     plots.plot_results(rows, stem.with_suffix(".png"), title=f"preset {preset.name}: test BACC per cell")
     return {"md": stem.with_suffix(".md"), "json": stem.with_suffix(".json"), "png": stem.with_suffix(".png")}
