@@ -12,7 +12,7 @@ import ml_collections
 
 from caco_jax.training import parallel
 from caco_jax.data.augment import augment_batch
-from caco_jax.benchmark.jax_steps import build_jax, make_model, synthetic_batch
+from caco_jax.benchmark.jax_steps import JaxSetup, build_jax, make_model, synthetic_batch
 from caco_jax.benchmark.options import Options
 from caco_jax.benchmark.timing import timed
 
@@ -86,7 +86,7 @@ def measure_dispatch_overhead(config: ml_collections.ConfigDict, opts: Options, 
             "num_state_arrays": len(jax.tree.leaves(setup.state)), "wrappers": results}
 
 
-def _nnx_functions(setup: Any, size: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
+def _nnx_functions(setup: JaxSetup, size: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """``nnx.jit`` functions of (model, optimizer, images, labels, class_weights, key): the trainer's step
     written against the module, and a no-op that computes nothing."""
     from flax import nnx
@@ -121,7 +121,7 @@ def _jax_noop(mesh: Any) -> Callable[..., Any]:
                    donate_argnums=(0,))
 
 
-def _wrappers(setup: Any, batch: dict[str, Any], model: Any, optimizer: Any, mesh: Any, key: Any,
+def _wrappers(setup: JaxSetup, batch: dict[str, Any], model: Any, optimizer: Any, mesh: Any, key: Any,
               size: int) -> dict[str, dict[str, Callable[[], Any]]]:
     """Wrapper name -> {"step": call, "noop": call}, each call taking no arguments."""
     from flax import nnx

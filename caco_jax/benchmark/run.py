@@ -50,21 +50,30 @@ def run(config: ml_collections.ConfigDict, opts: Options, log: Callable[[str], N
        rounds (``timing.time_rows``), and every row gets its ratios to torch eager;
     3. the grain pipeline end to end, then the jit-wrapper overhead.
     """
-    import jax
-
     from caco_jax.training import parallel
     from caco_jax.benchmark import report
-    from caco_jax.benchmark.dispatch import measure_dispatch_overhead
-    from caco_jax.benchmark.jax_steps import prepare_jax
-    from caco_jax.benchmark.pipeline import measure_pipeline, resolve_dataset
-    from caco_jax.benchmark.timing import time_rows
-    from caco_jax.benchmark.torch_baseline import compiled_graphs, prepare_torch
 
     config = config.copy_and_resolve_references()
     with config.unlocked():
         config.model.arch = opts.arch
     mesh = parallel.make_mesh(1)  # one accelerator (the issue's measurement)
-    result: dict[str, Any] = {
+    result = _context(config, opts)
+    rows, setups = _time_rows(config, opts, mesh, result, log)
+    result["pipeline"] = _pipelines(opts, setups, log)
+    setups.clear()
+    result["dispatch_overhead"] = _dispatch_overhead(config, opts, mesh, log)
+    result["rows"] = rows
+    result["targets"] = report.targets(result)
+    return result
+
+
+def _context(config: ml_collections.ConfigDict, opts: Options) -> dict[str, Any]:
+    """The result's opening entries: when, on what device, with which versions and configuration."""
+    import jax
+
+    from caco_jax.benchmark import report
+
+    return {
         "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": report.device_info(),
         "versions": report.versions(),
@@ -74,6 +83,18 @@ def run(config: ml_collections.ConfigDict, opts: Options, log: Callable[[str], N
                                               "optimizer": "adamw", "jax_x64": bool(jax.config.jax_enable_x64),
                                               "xla_flags": os.environ.get("XLA_FLAGS", "")},
     }
+
+
+def _time_rows(config: ml_collections.ConfigDict, opts: Options, mesh: Any, result: dict[str, Any],
+               log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict]:
+    """Builds and warms up every row (caco-jax, torchvision, onnxruntime), times them in shared rounds and adds
+    their ratios to torch eager. Sets ``torch``, ``onnx`` and ``load_average`` in ``result``; returns the rows
+    and the caco-jax setups (kept for the pipeline)."""
+    from caco_jax.benchmark import report
+    from caco_jax.benchmark.jax_steps import prepare_jax
+    from caco_jax.benchmark.timing import time_rows
+    from caco_jax.benchmark.torch_baseline import compiled_graphs, prepare_torch
+
     entries, setups = prepare_jax(config, opts, mesh, log)
     rows = [e.row for e in entries.values()]
     torch_rows: list[dict[str, Any]] = []
@@ -93,6 +114,13 @@ def run(config: ml_collections.ConfigDict, opts: Options, log: Callable[[str], N
     rows += torch_rows + [e.row for e in onnx_entries.values()]
     report.add_ratios(rows)
     entries.clear()  # the torch models and compiled graphs go; the caco-jax setups stay for the pipeline
+    return rows, setups
+
+
+def _pipelines(opts: Options, setups: dict, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The grain pipeline end to end on one implementation per chosen (variant, dtype), or each skipped with
+    the reason when there is no dataset."""
+    from caco_jax.benchmark.pipeline import measure_pipeline, resolve_dataset
 
     pipeline_rows: list[dict[str, Any]] = []
     data_dir, temp, reason = resolve_dataset(opts, log)
@@ -110,19 +138,19 @@ def run(config: ml_collections.ConfigDict, opts: Options, log: Callable[[str], N
     finally:
         if temp:
             shutil.rmtree(temp, ignore_errors=True)
-    result["pipeline"] = pipeline_rows
-    setups.clear()
+    return pipeline_rows
 
-    if opts.overhead:
-        variant = opts.pipeline_variant if opts.pipeline_variant in opts.variants else opts.variants[0]
-        log(f"per-call overhead: nnx.jit vs split-once jax.jit ({variant}, batch {opts.overhead_batch}) ...")
-        result["dispatch_overhead"] = measure_dispatch_overhead(config, opts, mesh, variant)
-    else:
-        result["dispatch_overhead"] = {"skipped": "--no_overhead"}
 
-    result["rows"] = rows
-    result["targets"] = report.targets(result)
-    return result
+def _dispatch_overhead(config: ml_collections.ConfigDict, opts: Options, mesh: Any, log: Callable[[str], None]
+                       ) -> dict[str, Any]:
+    """The jit-wrapper overhead on the pipeline's variant (else the first), or skipped with ``--no_overhead``."""
+    from caco_jax.benchmark.dispatch import measure_dispatch_overhead
+
+    if not opts.overhead:
+        return {"skipped": "--no_overhead"}
+    variant = opts.pipeline_variant if opts.pipeline_variant in opts.variants else opts.variants[0]
+    log(f"per-call overhead: nnx.jit vs split-once jax.jit ({variant}, batch {opts.overhead_batch}) ...")
+    return measure_dispatch_overhead(config, opts, mesh, variant)
 
 
 def main(argv: Sequence[str] | None = None, description: str | None = None) -> dict[str, Any]:

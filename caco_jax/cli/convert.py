@@ -2,6 +2,7 @@
 
     caco-jax convert --pth mobilenet_v3_small-047dcff4.pth --attention caco --num_classes 7 \
         --out weights/caco_imagenet
+    caco-jax convert --pth imagenet --arch large --out weights/caco_large_imagenet
     caco-jax convert --export weights/caco_back_from_jax --out caco.pth
 
 The output directory can be given to training as ``--config.model.pretrained=DIR``.
@@ -30,7 +31,9 @@ NAME = "convert"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pth", type=pathlib.Path, help="torchvision state_dict file (full or backbone-only)")
+    p.add_argument("--pth", type=pathlib.Path,
+                   help="torchvision state_dict file (full or backbone-only), or 'imagenet': torchvision's "
+                        "ImageNet weights for --arch, downloaded once into the user cache and checked")
     p.add_argument("--out", type=pathlib.Path, required=True, help="output directory (or .pth with --export)")
     p.add_argument("--arch", default="small", choices=sorted(a for a in ARCHS if a != "tiny"),
                    help="MobileNetV3 size (default: small)")
@@ -56,11 +59,16 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.pth is None:
         raise UsageError("--pth FILE is required (or --export DIR)")
+    pth = args.pth
+    if str(pth) == "imagenet":
+        from caco_jax.interop import imagenet
+
+        pth = imagenet.fetch(args.arch)
     model = create_model(arch=args.arch, attention=args.attention, ca_activation=args.ca_activation,
                          attention_init=args.attention_init, num_classes=args.num_classes, seed=args.seed)
-    report = load_torchvision(model, args.pth)
+    report = load_torchvision(model, pth)
     print(report.summary())
-    meta = {"source": str(args.pth), "arch": args.arch, "attention": args.attention,
+    meta = {"source": str(pth), "arch": args.arch, "attention": args.attention,
             "ca_activation": args.ca_activation, "attention_init": args.attention_init,
             "num_classes": args.num_classes, "report": report.to_json()}
     out = save_weights(model, args.out, metadata=meta)

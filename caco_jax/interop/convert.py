@@ -291,47 +291,85 @@ def load_torchvision(
     skipped (transfer learning to a new label set). Raises ConversionError for unknown
     keys, other shape mismatches and missing tensors, and changes nothing then.
     """
-    if not isinstance(state_dict, Mapping):
-        state_dict = load_state_dict(state_dict)
-    sd = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state_dict.items()}
-    tv_mapping, tv_skipped = key_map(model)
-    ref_mapping = reference_key_map(model)
-    layout = "reference" if any(k in ref_mapping and k not in tv_mapping for k in sd) else "torchvision"
-    mapping, skipped_by_variant = (ref_mapping, {}) if layout == "reference" else (tv_mapping, tv_skipped)
+    sd = _numpy_state_dict(state_dict)
+    keys = _choose_layout(model, sd)
+    _check_keys(model, sd, keys)
     state = nnx.state(model, (nnx.Param, nnx.BatchStat))
     pure = nnx.to_pure_dict(state)
-    report = ConversionReport(layout=layout)
+    report = ConversionReport(layout=keys.layout)
+    head_reason = _load_tensors(model, sd, keys, pure, report)
+    _list_initialised(model, pure, keys, report, head_reason)
+    nnx.replace_by_pure_dict(state, pure)
+    nnx.update(model, state)
+    return report
 
-    unknown = [k for k in sd if k not in mapping and k not in skipped_by_variant and not k.endswith("num_batches_tracked")]
+
+@dataclasses.dataclass(frozen=True)
+class _Keys:
+    """How a checkpoint's keys map onto the model, in the layout it was read as."""
+
+    layout: str  # "torchvision" or "reference"
+    mapping: dict[str, tuple[Path, Any]]  # torch key -> (NNX path, transform)
+    skipped: dict[str, str]  # torch keys this variant skips on purpose -> why
+
+
+def _numpy_state_dict(state_dict: Mapping[str, Any] | str | os.PathLike) -> dict[str, np.ndarray]:
+    """``state_dict`` (a mapping of tensors or arrays, or a ``.pth`` path) as numpy arrays."""
+    if not isinstance(state_dict, Mapping):
+        state_dict = load_state_dict(state_dict)
+    return {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state_dict.items()}
+
+
+def _choose_layout(model: MobileNetV3, sd: Mapping[str, Any]) -> _Keys:
+    """The reference layout when any key of ``sd`` is reference-only, else torchvision's."""
+    tv_mapping, tv_skipped = key_map(model)
+    ref_mapping = reference_key_map(model)
+    if any(k in ref_mapping and k not in tv_mapping for k in sd):
+        return _Keys("reference", ref_mapping, {})
+    return _Keys("torchvision", tv_mapping, tv_skipped)
+
+
+def _check_keys(model: MobileNetV3, sd: Mapping[str, Any], keys: _Keys) -> None:
+    """Raises ConversionError (naming the keys and what to do) for keys of ``sd`` the model has no place for,
+    and for tensors of the model (the head aside) that ``sd`` lacks."""
+    skipped = keys.skipped
+    unknown = [k for k in sd if k not in keys.mapping and k not in skipped and not k.endswith("num_batches_tracked")]
     if unknown:
-        where = ("torchvision's" if layout == "torchvision" else "the reference") + f" mobilenet_v3_{model.arch}"
+        where = ("torchvision's" if keys.layout == "torchvision" else "the reference") + f" mobilenet_v3_{model.arch}"
         raise ConversionError(
             f"{len(unknown)} checkpoint key(s) do not belong to {where} with attention {model.attention_name!r}"
             f" (attention_init {model.attention_init!r}): {unknown[:5]}{' ...' if len(unknown) > 5 else ''}; "
             + _unknown_hint(model, unknown, list(sd))
         )
-    missing = [k for k in mapping if k not in sd and k not in _HEAD_KEYS]
+    missing = [k for k in keys.mapping if k not in sd and k not in _HEAD_KEYS]
     if missing:
         hint = ""
         if all(k.endswith(("max_gain", ".gain")) for k in missing):
             hint = (f"; the checkpoint has no attention gains: it was saved from a model with another "
                     f"attention_init (this one has {model.attention_init!r}, e.g. 'plain' has none)")
-        what = "backbone " if layout == "torchvision" else ""
+        what = "backbone " if keys.layout == "torchvision" else ""
         raise ConversionError(
-            f"checkpoint lacks {len(missing)} {what}tensor(s) of the {layout} mobilenet_v3_{model.arch} with "
+            f"checkpoint lacks {len(missing)} {what}tensor(s) of the {keys.layout} mobilenet_v3_{model.arch} with "
             f"attention {model.attention_name!r}: {missing[:5]}{' ...' if len(missing) > 5 else ''}{hint}"
         )
+
+
+def _load_tensors(model: MobileNetV3, sd: Mapping[str, np.ndarray], keys: _Keys, pure: dict,
+                  report: ConversionReport) -> str | None:
+    """Writes every tensor of ``sd`` into ``pure`` (our layout and dtype), or records why it is skipped;
+    returns why the head stays at initialisation (None when the checkpoint's head loads).
+
+    Raises ConversionError on a shape mismatch other than the last layer's class count."""
     absent_head = [k for k in _HEAD_KEYS if k not in sd]
     head_reason = "backbone-only checkpoint (no classifier.* tensors)" if absent_head else None
-
     for key, value in sd.items():
         if key.endswith("num_batches_tracked"):
             report.skipped[key] = "BatchNorm step counter (unused: momentum is fixed)"
             continue
-        if key in skipped_by_variant:
-            report.skipped[key] = skipped_by_variant[key]
+        if key in keys.skipped:
+            report.skipped[key] = keys.skipped[key]
             continue
-        path, fn = mapping[key]
+        path, fn = keys.mapping[key]
         target = _get(pure, path)
         new = fn(value)
         if new.shape != target.shape:
@@ -350,16 +388,18 @@ def load_torchvision(
         report.loaded.append(key)
         if not key.endswith(("running_mean", "running_var")):
             report.loaded_params += int(new.size)
+    return head_reason
 
-    loaded_paths = {mapping[k][0] for k in report.loaded}
+
+def _list_initialised(model: MobileNetV3, pure: Mapping, keys: _Keys, report: ConversionReport,
+                      head_reason: str | None) -> None:
+    """Sets the report's parameter total and lists, with the reason, every array left at initialisation."""
+    loaded_paths = {keys.mapping[k][0] for k in report.loaded}
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     report.total_params = int(sum(np.size(_get(params, p)) for p in _leaf_paths(params)))
     for path in _leaf_paths(pure):
         if path not in loaded_paths:
             report.initialised["/".join(map(str, path))] = _why_initialised(path, head_reason, model.attention_name)
-    nnx.replace_by_pure_dict(state, pure)
-    nnx.update(model, state)
-    return report
 
 
 def export_state_dict(model: MobileNetV3) -> dict[str, np.ndarray]:
