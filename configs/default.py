@@ -23,11 +23,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dropout = 0.2
     c.model.bn_momentum = 0.01  # torch convention, as torchvision's MobileNetV3
     # Depthwise convolutions: auto (shifts_vjp on CPU, conv elsewhere) | conv | shifts |
-    # shifts_vjp; same parameters, only speed differs (README, Performance).
+    # shifts_vjp; same parameters, only speed differs (docs/performance.md).
     c.model.depthwise = "auto"
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
     # torchvision mobilenet_v3_small .pth (full or backbone-only) or a directory from
-    # scripts/convert_torchvision.py; '' trains from scratch.
+    # caco-jax convert; "imagenet" fetches torchvision's file once (checked); "" trains from scratch.
     c.model.pretrained = "weights/mobilenet_v3_small-047dcff4.pth"
 
     c.data = ml_collections.ConfigDict()
@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.offline.seed = 0
     c.data.image_size = 224  # network input
     # Decoded training image size; 0: as stored (no CPU resize: the random resized crop on
-    # the accelerator is the only resampling; several times cheaper, scripts/bench_input.py).
+    # the accelerator is the only resampling; several times cheaper, tools/bench_input.py).
     c.data.load_size = 0
     c.data.cache = False  # decode the train split into RAM once (fast GPUs; needs num_workers=0)
     c.data.num_workers = 0  # grain worker processes (0: in the main process)
@@ -76,7 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
     # needs a Python literal, e.g. --config.loss.focal_alpha=0.25
     c.loss.focal_alpha = ml_collections.FieldReference(None, field_type=object)
     c.loss.ldam_max_m = 0.5
-    c.loss.ldam_s = 1.0  # logit scale; 1 with our plain linear head (README, scripts/measure_ldam_scale.py)
+    c.loss.ldam_s = 1.0  # logit scale; 1 with our plain linear head (docs/model.md, tools/measure_ldam_scale.py)
     c.loss.joint_a = 0.5  # joint = a * focal + (1 - a) * LDAM
     c.loss.drw_epoch = -1  # -1: off; else the 0-based epoch from which DRW applies
     c.loss.drw_beta = 0.9999

@@ -1,4 +1,4 @@
-"""Beyond the paper: a recipe for balanced accuracy (docs/results_recipe.md measures each part).
+"""Beyond the paper: a recipe for balanced accuracy (docs/results_recipe_cpu.md measures each part).
 
 The paper's model (MobileNetV3-CaCo, ImageNet backbone, AdamW 5e-4 / 5e-2, batch 128) with:
 - cross-entropy with label smoothing 0.1 instead of the joint focal + LDAM loss;

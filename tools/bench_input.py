@@ -10,8 +10,8 @@ real copy), then prints markdown tables:
 3. `augment_batch` (crop + resize to --out_size, flips, rot90, jitter,
    normalise) jitted on the default JAX backend, images/s, and its XLA flop count.
 
-    python scripts/bench_input.py
-    python scripts/bench_input.py --workers 0,1,2,4 --threads 1,2 --batches 40
+    python tools/bench_input.py
+    python tools/bench_input.py --workers 0,1,2,4 --threads 1,2 --batches 40
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """State of the attention blocks of a training run at one checkpoint: gates, gains, BatchNorm statistics.
 
-    python scripts/inspect_attention.py --workdir runs/caco [--step 248] [--images 256] [--json out.json]
+    python tools/inspect_attention.py --workdir runs/caco [--step 248] [--images 256] [--json out.json]
 
 For every block with coordinate attention (caco, seco), on validation images in
 evaluation mode: the mean and spread of the coordinate gate a^h * a^w, the same
@@ -8,7 +8,7 @@ gate computed with batch statistics (what training sees), the ratio of the gate'
 BatchNorm running variance to the batch variance (far from 1: evaluation mode sees
 a different gate than training did), the gains of a preserving init, and how much
 the max-pooled branch moves the channel gate (mean |gate - SE's gate|). This is how
-the fine-tuning failure of the plain initialisation was diagnosed (README, Training).
+the fine-tuning failure of the plain initialisation was diagnosed (docs/model.md).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Write synthetic HAM10000-like data in the Kaggle layout (no download needed).
 
-  python scripts/make_synthetic.py --out_dir /tmp/ham_synth --num_images 400
-  python scripts/prepare_data.py --manual_dir /tmp/ham_synth --data_dir /tmp/tfds --image_size 64
+  python tools/make_synthetic.py --out_dir /tmp/ham_synth --num_images 400
+  caco-jax prepare-data --manual_dir /tmp/ham_synth --data_dir /tmp/tfds --image_size 64
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ proxy task:
 The table gives balanced accuracy on the balanced test set, mean ± std over seeds,
 and the paired difference to cross-entropy (same data, same initialisation).
 Everything is vmapped into one jitted function per regime; about 30 s on a 2-core
-CPU. Run:  python scripts/measure_ldam_scale.py [--seeds 5] [--regime both]
+CPU. Run:  python tools/measure_ldam_scale.py [--seeds 5] [--regime both]
 
 Measured (5 seeds, 2-core CPU)::
 
@@ -40,7 +40,7 @@ memorises the training set sooner (train BACC 93% at s = 1, 99.8% at s = 30) and
 generalises worse, most of all with DRW. Only ``s = 1`` beat cross-entropy in all four
 settings (+0.25 to +0.49 points, seed std <= 0.17), hence the default ``loss.ldam_s = 1``.
 This is a proxy; the real-data check is the ``caco_joint_s30`` cell of
-``scripts/reproduce.py --preset cpu`` (docs/results_cpu.md).
+``caco-jax reproduce --preset cpu`` (docs/results_cpu.md).
 """
 from __future__ import annotations
 

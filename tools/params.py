@@ -1,6 +1,6 @@
 """Print the parameter count of every attention variant beside the paper's Table 5.
 
-    python scripts/params.py [--num_classes 7] [--arch small]
+    python tools/params.py [--num_classes 7] [--arch small]
 
 Counts are trainable parameters (BatchNorm running statistics excluded), computed from
 abstract shapes (no weights are materialised, so this runs in seconds).

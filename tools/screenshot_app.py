@@ -2,7 +2,7 @@
 
     apt-get install chromium            # Debian's Chromium
     pip install -e '.[app]' playwright  # the Python driver only; the browser is Debian's
-    python scripts/screenshot_app.py --workdir runs/caco --image lesion.jpg --out docs/app_screenshot.png
+    python tools/screenshot_app.py --workdir runs/caco --image lesion.jpg --out docs/app_screenshot.png
 
 Serves the page on 127.0.0.1, opens it in Chromium (headless, no background
 networking, a throwaway profile), uploads the image through the page's own file input,

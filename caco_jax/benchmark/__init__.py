@@ -1,4 +1,4 @@
-"""The benchmark harness of ``scripts/benchmark.py`` (the entry point), split by concern.
+"""The benchmark harness of ``caco-jax benchmark`` (caco_jax/cli/benchmark.py), split by concern.
 
 * :mod:`.options` -- the options: one dataclass whose fields carry their help text; the
   command line is generated from it;

@@ -31,7 +31,7 @@ def opt(default: Any, help: str, **metadata: Any) -> Any:  # noqa: A002 -- argpa
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-    """What scripts/benchmark.py measures."""
+    """What caco-jax benchmark measures."""
 
     batch_size: int = opt(128, "global batch size of the train and eval steps", min=1)
     image_size: int = opt(224, "network input size (px)", min=1)

@@ -28,7 +28,7 @@ def resolve_dataset(opts: Options, log: Callable[[str], None] = print) -> tuple[
         ham10000.prepare(opts.manual_dir, data_dir, image_size=opts.build_size, progress=False)
     elif not ham10000.builder(data_dir, image_size=opts.build_size).is_prepared():
         return None, None, (f"no complete HAM10000 build at {data_dir} with --build_size {opts.build_size}; "
-                            "build it (scripts/prepare_data.py) or pass --manual_dir")
+                            "build it (caco-jax prepare-data) or pass --manual_dir")
     return data_dir, temp, None
 
 

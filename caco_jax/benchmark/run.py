@@ -21,7 +21,7 @@ from caco_jax.benchmark.timing import Timed
 
 def prepare_onnx(config: ml_collections.ConfigDict, opts: Options, setups: dict, log: Callable[[str], None]
                  ) -> tuple[dict[tuple, Timed], dict[str, Any]]:
-    """ONNX Runtime batch-1 latency of each variant's ONNX export (``scripts/bench/onnx_latency.py``).
+    """ONNX Runtime batch-1 latency of each variant's ONNX export (``caco_jax/benchmark/onnx_latency.py``).
 
     Its entries join the shared rounds (so their ratio to torch eager is taken side by
     side) and the main table. Skipped with ``--no_onnx``, or when it fails (e.g.

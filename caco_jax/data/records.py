@@ -176,7 +176,7 @@ def stored_size(source: Source) -> tuple[int, int]:
     """(h, w) most images of the build are stored at: the cheapest `load_size`.
 
     Loading at the stored size skips the CPU resize (decode only, several times
-    faster: scripts/bench_input.py); the random resized crop on the accelerator
+    faster: tools/bench_input.py); the random resized crop on the accelerator
     then does the only resampling.
     """
     if not source.image_shapes:

@@ -12,7 +12,7 @@ above chance), in HAM10000's class proportions, with several images per lesion:
     nv     round, evenly brown, smooth
     vasc   clustered red-purple lobules
 
-    python scripts/make_synthetic.py --out_dir /tmp/ham_synth --num_images 400
+    python tools/make_synthetic.py --out_dir /tmp/ham_synth --num_images 400
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
   scikit-learn); ``paper_bacc`` = mean over classes of (sensitivity + specificity) / 2 (the
   paper's formula); per-class sensitivity, specificity, precision, F1, support and
   one-vs-rest ROC AUC; macro means; the confusion matrix. Undefined values are None, and
-  classes absent from the data are excluded from every macro mean (README, Metrics).
+  classes absent from the data are excluded from every macro mean (docs/model.md, Metrics).
 * :class:`EvalAccumulator`: collects evaluation logits and builds the report.
 """
 # No ``from __future__ import annotations`` here: clu's Collection reads the metric

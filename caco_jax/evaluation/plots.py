@@ -250,7 +250,7 @@ def plot_results(rows: Sequence[Mapping[str, Any]], path: str | pathlib.Path, *,
                  dpi: int = DPI) -> pathlib.Path:
     """Test BACC per grid cell (mean recall: a bar with +- std over seeds, every seed as a dot), our BACC
     in the paper's formula (a diamond) and the paper's BACC (a cross), one row per cell
-    (``scripts/reproduce.py``)."""
+    (``caco-jax reproduce``)."""
     rows = list(rows)
     legend_has = {"ours": False, "paper": False}
     fig = Figure(figsize=(9.0, 0.45 * max(len(rows), 3) + 1.2))

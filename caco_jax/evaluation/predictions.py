@@ -66,7 +66,7 @@ def load(file: str | pathlib.Path) -> Predictions:
     file = pathlib.Path(file)
     if not file.is_file():
         raise FileNotFoundError(f"{file} not found: a training run writes predictions_<split>.npz at its end "
-                                "(runs older than this file format have none: rerun scripts/evaluate.py "
+                                "(runs older than this file format have none: rerun caco-jax evaluate "
                                 "--save_predictions on them)")
     with np.load(file, allow_pickle=False) as data:
         missing = [f.name for f in dataclasses.fields(Predictions) if f.name not in data]

@@ -10,7 +10,7 @@ The file has one input, ``images``: float32 ``(N, 3, H, W)``, ImageNet-normalise
 time and N free; and one output, ``logits``: ``(N, num_classes)``. :func:`run_onnx` takes
 caco-jax's NHWC images.
 
-Why not jax2onnx (tried; README, "Deploy"): it was as exact, but jax2onnx 0.17 pins
+Why not jax2onnx (tried; docs/deploy.md): it was as exact, but jax2onnx 0.17 pins
 ``orbax-checkpoint<0.11.37`` (this project runs on 0.12), its ``nnx.Dropout`` patch
 rejects our ``rngs=`` call, it writes a separate ``.onnx.data`` file, and its graph (4x
 the nodes: caco-jax's matmuls, unfolded BatchNorm, transposes) ran batch 1 about 2x slower
@@ -118,7 +118,7 @@ def session_latency(session: Any, *, image_size: int | tuple[int, int] = 224, ca
 def ort_latency_rows(arch: str, variants: Sequence[str], *, image_size: int = 224, calls: int = 50,
                      threads: int = 0, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """One :func:`ort_latency` row per attention variant (randomly initialised 7-class models): the
-    benchmark's onnxruntime rows (scripts/benchmark.py --onnx)."""
+    benchmark's onnxruntime rows (caco-jax benchmark --onnx)."""
     from caco_jax.data.classes import NUM_CLASSES
     from caco_jax.models import create_model
 

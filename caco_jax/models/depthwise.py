@@ -1,7 +1,7 @@
 """Depthwise convolution (one k x k filter per channel) in three interchangeable forms.
 
 XLA's CPU backend runs a grouped convolution with ``feature_group_count == channels``
-one to two orders of magnitude slower than PyTorch (README, Performance), and
+one to two orders of magnitude slower than PyTorch (docs/performance.md), and
 MobileNetV3 is mostly depthwise convolutions. The forms, all with the same parameter (an
 HWIO kernel ``(k, k, 1, C)``, exactly ``nnx.Conv``'s), so checkpoints do not care:
 

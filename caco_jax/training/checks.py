@@ -96,6 +96,9 @@ def _cross_checks(config: Any) -> list[str]:
         problems.append(f"--config.loss.drw_epoch={config.loss.drw_epoch}: deferred re-weighting would never "
                         f"start (num_epochs {config.num_epochs}); use -1 to switch it off")
     pretrained = config.model.pretrained
+    if pretrained == "imagenet" and config.model.arch not in ("small", "large"):
+        problems.append(f"--config.model.pretrained=imagenet: torchvision has ImageNet weights for the small and "
+                        f"large MobileNetV3 only, not arch {config.model.arch!r}")
     if pretrained and pretrained != "imagenet" and not pathlib.Path(pretrained).expanduser().exists():
         problems.append(f"--config.model.pretrained={pretrained}: no such file or directory; give a torchvision "
                         "mobilenet_v3 .pth, a directory from caco-jax convert, 'imagenet' (fetched once and "

@@ -1,7 +1,7 @@
 """JAX's persistent compilation cache for the scripts: compiled steps are reused across runs.
 
 XLA compilation dominates short runs on a CPU (tens of seconds per jitted model
-function); with the cache a second ``scripts/predict.py`` or demo run loads the compiled
+function); with the cache a second ``caco-jax predict`` or demo run loads the compiled
 programs from disk instead. Location, in order: the ``--compile_cache`` flag of a
 script, the ``CACO_JAX_COMPILE_CACHE`` environment variable, then
 ``$XDG_CACHE_HOME/caco_jax/jax`` (``~/.cache/caco_jax/jax``). The value ``off`` (or
