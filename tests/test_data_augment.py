@@ -185,3 +185,13 @@ def test_augmentation_fields_can_be_overridden_from_the_command_line(tmp_path):
     assert ok.returncode == 0 and ok.stdout.split() == ["False", "(0.5,", "1.0)"], ok.stderr[-500:]
     bad = run("--config.data.augment.zoom=2")
     assert bad.returncode != 0 and "zoom" in bad.stderr
+
+
+def test_no_augmentation_at_the_output_size_is_normalisation_alone():
+    """AugmentConfig.none() on images already at the output size: exactly ``normalize`` (the shortcut the
+    benchmark's --no_augment row and evaluation-like inputs take), and the same as resampling would give."""
+    images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3)).astype(np.uint8)
+    out = augment.augment_batch(jax.random.key(0), images, out_size=16, cfg=AugmentConfig.none())
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(augment.normalize(images)))
+    crop = jax.vmap(lambda x: augment.augment_image(jax.random.key(1), x, out_size=16, cfg=AugmentConfig.none()))(images)
+    np.testing.assert_allclose(np.asarray(crop), images / 255.0, atol=1e-5)

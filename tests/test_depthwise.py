@@ -103,3 +103,27 @@ def test_conv2d_keeps_nnx_conv_parameter_layout_and_rejects_other_groupings():
     assert dw.kernel.shape == (5, 5, 1, 16) and dense.kernel.shape == (3, 3, 3, 16)
     with pytest.raises(ValueError, match="groups"):
         Conv2d(16, 32, 3, groups=4, rngs=nnx.Rngs(0))
+
+
+def test_pointwise_kernel_gradient_summed_over_batch_slices_matches_the_plain_product():
+    """The 1x1 conv's custom gradient (a scan over cache-sized batch slices) equals autodiff of x @ W,
+    for a batch large enough that the scan runs several slices, and in bfloat16 keeps its dtype."""
+    from caco_jax.models.depthwise import batch_chunk
+    from caco_jax.models.layers import pointwise
+
+    rng = np.random.default_rng(4)
+    x = jnp.asarray(rng.normal(size=(48, 20, 20, 16)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(16, 24)), jnp.float32)
+    assert batch_chunk(x) < x.shape[0]
+
+    def loss(fn, x, k):
+        y = fn(x, k)
+        return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape)))
+
+    ours = jax.jit(jax.grad(lambda x, k: loss(pointwise, x, k), argnums=(0, 1)))(x, kernel)
+    ref = jax.jit(jax.grad(lambda x, k: loss(jnp.dot, x, k), argnums=(0, 1)))(x, kernel)
+    for a, b in zip(ours, ref, strict=True):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.abs(b).max()))
+    gx, gk = jax.grad(lambda x, k: loss(pointwise, x, k).astype(jnp.float32), argnums=(0, 1))(
+        x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+    assert gx.dtype == gk.dtype == jnp.bfloat16

@@ -63,14 +63,15 @@ def make_model(config: ml_collections.ConfigDict, variant: str, dtype: str, dept
 
 
 def build_jax(config: ml_collections.ConfigDict, variant: str, dtype: str, *, batch_size: int, image_size: int,
-              load_size: int, mesh: Any, seed: int = 0, depthwise: str | None = None) -> JaxSetup:
+              load_size: int, mesh: Any, seed: int = 0, depthwise: str | None = None, augment: bool = True
+              ) -> JaxSetup:
     """Model, optimiser, loss and the steps, built as ``caco_jax.training.loop`` builds them (``build_steps``)."""
     dw = resolve_depthwise(depthwise or config.model.depthwise)
     model = make_model(config, variant, dtype, dw, seed)
     model_def = ModelDef(model)
     tx = make_optimizer(config.optimizer, model_def.init_params, steps_per_epoch=1, num_epochs=1)
     loss = make_loss(config.loss, np.asarray(HAM10000_COUNTS))
-    aug = AugmentConfig.from_config(config.data.augment)
+    aug = AugmentConfig.from_config(config.data.augment) if augment else AugmentConfig.none()
     steps = build_steps(model_def, mesh, tx=tx, loss=loss, aug=aug, image_size=image_size)
     repl = parallel.replicated(mesh)
     state = jax.device_put(init_state(model_def, tx, seed), repl)
@@ -164,7 +165,8 @@ def prepare_jax(config: ml_collections.ConfigDict, opts: Options, mesh: Any, log
             for impl in dict.fromkeys(resolve_depthwise(i) for i in opts.depthwise):
                 log(f"caco-jax {variant} {dtype} depthwise={impl}: building and compiling the steps ...")
                 setup = build_jax(config, variant, dtype, batch_size=b, image_size=opts.image_size,
-                                  load_size=load_size, mesh=mesh, seed=opts.seed, depthwise=impl)
+                                  load_size=load_size, mesh=mesh, seed=opts.seed, depthwise=impl,
+                                  augment=opts.augment)
                 setups[(variant, dtype, impl)] = setup
                 head = {"framework": "caco-jax", "model": f"mobilenetv3_{config.model.arch}-{variant}",
                         "variant": variant, "dtype": dtype, "depthwise": impl, "num_params": setup.num_params}

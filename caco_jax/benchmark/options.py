@@ -38,6 +38,8 @@ class Options:
     load_size: int = opt(0, "uint8 size the train step crops from on synthetic input (0: image_size*256/224, about "
                             "the pixels of HAM10000 as stored); the grain rows load at the stored size when 0, as the "
                             "trainer, else resized to it", min=0)
+    augment: bool = opt(True, "on-device augmentation in the caco-jax train step; off: input already at "
+                              "--image_size, only normalised (the work torch's rows time)")
     arch: str = opt("small", "MobileNetV3 size", choices=("small", "large", "tiny"))
     variants: tuple[str, ...] = opt(("se", "caco"), "attention variants", choices=tuple(ATTENTIONS))
     dtypes: tuple[str, ...] = opt(DTYPES, "compute dtypes", choices=DTYPES)
@@ -87,6 +89,8 @@ class Options:
                 raise ValueError(f"--{f.name} must be >= {low}, got {value}")
 
     def resolved_load_size(self) -> int:
+        if not self.augment:
+            return self.image_size
         return self.load_size or round(self.image_size * 256 / 224)
 
     def resolved_workers(self) -> int:

@@ -204,7 +204,9 @@ def _header_lines(result: dict[str, Any], loads: list[float]) -> list[str]:
         f"Device: {dev['device_kind']} ({dev['platform']}, {dev['num_devices']} device(s), {dev['host_cpus']} host "
         f"CPUs); torch: {torch_info.get('torch_device', 'n/a')}{_host_note(dev, torch_info, loads)}",
         f"Batch {cfg['batch_size']}, {cfg['image_size']}x{cfg['image_size']} (caco-jax trains from uint8 "
-        f"{cfg['load_size']}x{cfg['load_size']}, augmented on device), arch {cfg['arch']}; "
+        f"{cfg['load_size']}x{cfg['load_size']}, "
+        + ("augmented on device" if cfg.get("augment", True) else "not augmented: normalised only, as torch's input")
+        + f"), arch {cfg['arch']}; "
         f"median of {cfg['windows']} windows x {cfg['steps']} steps (min-max), after {cfg['warmup']} warm-up steps; "
         "every row's windows interleaved in the same rounds"
         + ("; ratios to torch eager float32 taken round by round (median, min-max)"

@@ -204,10 +204,40 @@ class Conv2d(nnx.Module):
         if self.depthwise:
             return depthwise_conv(x, kernel, stride=s, impl=self.impl)
         if k == 1:
-            return jnp.dot(x[:, ::s, ::s, :], kernel[0, 0])
+            x = x[:, ::s, ::s, :]
+            return pointwise(x, kernel[0, 0]) if self.impl != "conv" else jnp.dot(x, kernel[0, 0])
         if self.impl == "conv":
             return _xla_conv(x, kernel, s)
         return dense_conv(x, kernel, s)
+
+
+@jax.custom_vjp
+def pointwise(x: Array, kernel: Array) -> Array:
+    """A 1x1 conv as a matrix product over the pixels, ``x @ kernel``, whose kernel gradient is summed
+    over cache-sized slices of the batch (XLA's CPU backend otherwise transposes the whole
+    [pixels, channels] gradient through memory to contract over the pixels)."""
+    return jnp.dot(x, kernel)
+
+
+def _pointwise_fwd(x: Array, kernel: Array) -> tuple[Array, tuple[Array, Array]]:
+    return jnp.dot(x, kernel), (x, kernel)
+
+
+def _pointwise_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    x, kernel = res
+    g_x = jnp.dot(g, kernel.T)
+    chunk = batch_chunk(x)
+    xs = x.reshape(x.shape[0] // chunk, -1, x.shape[-1])
+    gs = g.reshape(g.shape[0] // chunk, -1, g.shape[-1])
+
+    def body(acc: Array, xg: tuple[Array, Array]) -> tuple[Array, None]:
+        return acc + jnp.dot(xg[0].T, xg[1], preferred_element_type=jnp.float32), None
+
+    g_kernel, _ = jax.lax.scan(body, jnp.zeros(kernel.shape, jnp.float32), (xs, gs))
+    return g_x, g_kernel.astype(kernel.dtype)
+
+
+pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 
 def _xla_conv(x: Array, kernel: Array, stride: int) -> Array:
