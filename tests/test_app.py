@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pathlib
 import socket
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -19,7 +22,7 @@ gr = pytest.importorskip("gradio", reason="the web page needs the app extra: pip
 httpx = pytest.importorskip("httpx", reason="comes with gradio (the app extra)")
 
 from caco_jax.serving import app  # noqa: E402
-from caco_jax.evaluation import calibration
+from caco_jax.evaluation import calibration, decision  # noqa: E402
 from caco_jax.data.classes import CLASS_NAMES  # noqa: E402
 from caco_jax.serving.predictor import Predictor  # noqa: E402
 from caco_jax.models import model_from_config  # noqa: E402
@@ -42,6 +45,9 @@ def tiny_run(workdir: pathlib.Path) -> pathlib.Path:
     model = model_from_config(config.model, num_classes=len(CLASS_NAMES), seed=0)
     save_weights(model, workdir / "best", metadata={"class_names": list(CLASS_NAMES)})
     calibration.save(workdir / "best", 1.5, fitted_on="validation")
+    offsets = tuple(9.0 if name == "df" else 0.0 for name in CLASS_NAMES)  # a rule that answers df
+    decision.save(workdir / "best", decision.DecisionRule("logit_adjustment", offsets, tau=1.0,
+                                                          info={"temperature": 1.5}))
     return workdir
 
 
@@ -51,18 +57,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+CACHE_BYTES = 600_000  # the page's folder budget in these tests: a few uploads' worth
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     workdir = tiny_run(tmp_path_factory.mktemp("run"))
     predictor = Predictor(workdir, batch_size=1)
-    analyser = app.Analyser(predictor, LIMITS)
+    cache = app.UploadCache(tmp_path_factory.mktemp("page"), keep_seconds=600, max_bytes=CACHE_BYTES, every=1)
+    analyser = app.Analyser(predictor, LIMITS, cache)
     analyser.warm_up()
+    before = os.environ.get("GRADIO_TEMP_DIR")
     page = app.build(analyser, description=app.describe(workdir, predictor))
     _, url, _ = app.launch(page, port=_free_port(), limits=LIMITS, block=False)
     client = httpx.Client(base_url=url.rstrip("/"), timeout=120)
-    yield client, url
+    yield client, url, cache
     client.close()
     page.close()
+    cache.close()
+    if before is None:
+        os.environ.pop("GRADIO_TEMP_DIR", None)
+    else:
+        os.environ["GRADIO_TEMP_DIR"] = before
 
 
 def _upload(client, name: str, data: bytes) -> dict:
@@ -71,8 +87,9 @@ def _upload(client, name: str, data: bytes) -> dict:
     return {"path": r.json()[0], "meta": {"_type": "gradio.FileData"}, "orig_name": name}
 
 
-def _analyse(client, file: dict | None, explain: str = app.PREDICTED, tta: bool = False) -> list:
-    r = client.post("/gradio_api/call/analyse", json={"data": [file, explain, tta]})
+def _analyse(client, file: dict | None, explain: str = app.PREDICTED, tta: bool = False, rule: str = "argmax"
+             ) -> list:
+    r = client.post("/gradio_api/call/analyse", json={"data": [file, explain, tta, rule]})
     assert r.status_code == 200, r.text
     event_id = r.json()["event_id"]
     with client.stream("GET", f"/gradio_api/call/analyse/{event_id}") as stream:
@@ -95,7 +112,7 @@ def _jpeg(size: tuple[int, int] = (120, 90)) -> bytes:
 
 
 def test_binds_to_localhost_and_the_page_says_it_is_not_a_diagnosis(server):
-    client, url = server
+    client, url, _ = server
     assert url.startswith("http://127.0.0.1:")
     assert client.get("/").status_code == 200
     config = client.get("/config").text
@@ -103,7 +120,7 @@ def test_binds_to_localhost_and_the_page_says_it_is_not_a_diagnosis(server):
 
 
 def test_an_image_gets_probabilities_and_a_grad_cam_overlay(server):
-    client, _ = server
+    client, _, _ = server
     probs, image, heat, message = _analyse(client, _upload(client, "lesion.jpg", _jpeg()))
     confidences = {c["label"]: c["confidence"] for c in probs["confidences"]}
     assert set(confidences) == set(CLASS_NAMES) and sum(confidences.values()) == pytest.approx(1.0, abs=1e-4)
@@ -116,20 +133,20 @@ def test_an_image_gets_probabilities_and_a_grad_cam_overlay(server):
 
 
 def test_a_chosen_class_and_test_time_augmentation(server):
-    client, _ = server
+    client, _, _ = server
     file = _upload(client, "lesion.jpg", _jpeg())
     _, _, _, message = _analyse(client, file, explain="mel", tta=True)
     assert "supports **mel**" in message and "averaged over 8" in message
 
 
 @pytest.mark.parametrize(("name", "data", "expected"), [
-    ("notes.txt", b"these are my notes, not a picture", "is not an image"),
-    ("cut.jpg", _jpeg()[:600], "could not be decoded"),
-    ("empty.jpg", b"", "is empty"),
-    ("bomb.png", None, "megapixels"),
+    ("notes.txt", b"these are my notes, not a picture", "notes.txt: Not an image file this program can read"),
+    ("cut.jpg", _jpeg()[:600], "cut.jpg: Damaged or incomplete ("),
+    ("empty.jpg", b"", "empty.jpg is empty (0 bytes)"),
+    ("bomb.png", None, "bomb.png: 2400 x 2000 pixels (4.8 megapixels) is too large; the limit is 4 megapixels"),
 ])
 def test_bad_files_get_a_clear_message(server, name, data, expected):
-    client, _ = server
+    client, _, _ = server
     if data is None:  # 4.8 megapixels in a few kB: refused from its header, before decoding
         out = io.BytesIO()
         Image.new("RGB", (2400, 2000)).save(out, format="PNG")
@@ -140,7 +157,7 @@ def test_bad_files_get_a_clear_message(server, name, data, expected):
 
 
 def test_no_file_and_a_file_over_the_size_limit(server, tmp_path):
-    client, _ = server
+    client, _, _ = server
     assert "Drop a dermoscopy image" in _analyse(client, None)[3]
     r = client.post("/gradio_api/upload", files={"files": ("huge.jpg", b"\0" * (LIMITS.max_bytes + 1))})
     assert r.status_code == 413 and "maximum allowed size" in r.text  # refused before it is stored
@@ -148,3 +165,90 @@ def test_no_file_and_a_file_over_the_size_limit(server, tmp_path):
     huge.write_bytes(b"\0" * (LIMITS.max_bytes + 1))
     with pytest.raises(app.UploadError, match="the limit is 1 MB"):
         app.read_upload(huge, LIMITS)
+
+
+def _exif_png(stored: np.ndarray, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    Image.fromarray(stored).save(out, format="PNG", exif=exif.tobytes())
+    return out.getvalue()
+
+
+def test_a_phone_photo_tagged_rotate_90_is_shown_and_analysed_upright(server):
+    client, _, _ = server
+    upright = np.asarray(Image.open(io.BytesIO(_jpeg((90, 120)))))  # portrait, 90 wide
+    stored = np.ascontiguousarray(np.rot90(upright, 1))  # how the camera stored it: landscape
+    tagged = _analyse(client, _upload(client, "phone.png", _exif_png(stored, 6)))
+    plain = _analyse(client, _upload(client, "upright.png", _exif_png(upright, 1)))
+    shown = np.asarray(Image.open(io.BytesIO(client.get(tagged[1]["url"]).content)).convert("RGB"))
+    np.testing.assert_array_equal(shown, upright)
+    assert tagged[0] == plain[0]  # the same probabilities as the upright image
+
+
+def test_the_decision_rule_is_a_choice_and_the_page_names_it(server):
+    client, _, _ = server
+    file = _upload(client, "lesion.jpg", _jpeg())
+    argmax = _analyse(client, file, rule="argmax")
+    balanced = _analyse(client, file, rule="balanced")
+    assert "Decision rule: argmax: the most probable class" in argmax[3]
+    assert "Decision rule: balanced: the rule fitted on the validation split" in balanced[3]
+    assert balanced[0]["label"] == "df" and "Answer: **df**" in balanced[3]  # the rule's +9 on df
+    assert argmax[0]["label"] != "df" or "Answer: **df**" in argmax[3]
+    assert '"balanced"' in client.get("/config").text  # offered on the page
+
+
+def test_the_page_keeps_its_upload_folder_within_its_budget(server):
+    client, _, cache = server
+    for i in range(12):
+        _analyse(client, _upload(client, f"lesion{i}.jpg", _jpeg((300 + i, 200))))
+    files, used = cache.usage()
+    # the budget, plus what was sent back after the last sweep (two PNGs of at most 768 px)
+    assert used <= CACHE_BYTES + 2 * 768 * 768 * 3, (files, used)
+    assert pathlib.Path(os.environ["GRADIO_TEMP_DIR"]) == cache.directory
+
+
+def test_the_sweep_removes_expired_files_and_empty_folders(tmp_path):
+    cache = app.UploadCache(tmp_path / "page", keep_seconds=60, max_bytes=10**9)
+    old, new = cache.directory / "a" / "old.jpg", cache.directory / "b" / "new.jpg"
+    for path in (old, new):
+        path.parent.mkdir()
+        path.write_bytes(b"x" * 1000)
+    os.utime(old, (time.time() - 120, time.time() - 120))
+    assert cache.sweep() == 1 and not old.parent.exists() and new.exists()
+    cache.max_bytes = 500
+    assert cache.sweep() == 1 and cache.usage() == (0, 0)
+    cache.close()
+    assert not cache.directory.exists()
+
+
+@pytest.mark.slow
+def test_load_many_clients_at_once_stay_answered_and_bounded(server):
+    """Bounded, localhost: 4 clients x 25 requests (upload + analyse), half with test-time augmentation.
+    Measured figures go to docs/reliability.md."""
+    _, url, cache = server
+    latencies: list[float] = []
+    failures: list[str] = []
+
+    def client_loop(seed: int) -> None:
+        with httpx.Client(base_url=url.rstrip("/"), timeout=300) as client:
+            for i in range(25):
+                t0 = time.perf_counter()
+                result = _analyse(client, _upload(client, f"c{seed}_{i}.jpg", _jpeg((600, 450))), tta=bool(i % 2))
+                latencies.append(time.perf_counter() - t0)
+                if not result[0] or "Answer:" not in result[3]:
+                    failures.append(result[3])
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    files, used = cache.usage()
+    p50, p95 = np.percentile(latencies, [50, 95])
+    print(f"\nload: {len(latencies)} requests in {wall:.1f} s ({len(latencies) / wall:.1f}/s), latency p50 "
+          f"{p50:.2f} s, p95 {p95:.2f} s, max {max(latencies):.2f} s; page folder {files} files, {used / 1e6:.2f} MB")
+    assert not failures and len(latencies) == 100
+    assert used <= CACHE_BYTES + 2 * 768 * 768 * 3

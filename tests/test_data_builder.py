@@ -191,11 +191,12 @@ def test_command_line_scripts(tmp_path):
     import subprocess  # pylint: disable=import-outside-toplevel
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-    def run(script, *args):
-        return subprocess.run([sys.executable, os.path.join(root, "scripts", script), *args],
+    def run(script, *args, folder="scripts"):
+        return subprocess.run([sys.executable, os.path.join(root, folder, script), *args],
                                capture_output=True, text=True, timeout=120, cwd=tmp_path)
 
-    made = run("make_synthetic.py", "--out_dir", "manual", "--num_images", "70", "--width", "40", "--height", "30")
+    made = run("make_synthetic.py", "--out_dir", "manual", "--num_images", "70", "--width", "40", "--height", "30",
+               folder="tools")
     assert made.returncode == 0, made.stderr
     assert "wrote 70 images" in made.stdout
     built = run("prepare_data.py", "--manual_dir", "manual", "--data_dir", "tfds", "--image_size", "24")

@@ -233,6 +233,64 @@ def test_killed_run_resumes_bit_exactly(synthetic_tfds, tmp_path):
         return [(r["kind"], r["step"]) for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
 
     assert rows(killed) == rows(straight)
+    assert_same_best_weights(killed, straight)
+
+
+def assert_same_best_weights(workdir: pathlib.Path, reference: pathlib.Path) -> None:
+    """best/ holds, bit for bit, the weights and metadata of the reference run's best/, and nothing is
+    left beside it."""
+    from caco_jax.runs.weights import read_weights
+
+    (a, meta_a), (b, meta_b) = read_weights(workdir / "best"), read_weights(reference / "best")
+    assert meta_a["epoch"] == meta_b["epoch"] and meta_a["val_bacc"] == meta_b["val_bacc"]
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert not (workdir / "best.partial").exists() and not (workdir / "best.old").exists()
+
+
+SCRIPT = "0.3,0.6,0.5"  # validation BACC of epochs 1-3: epoch 2 is the last new best
+SCRIPTED = {"num_epochs": 3}
+
+
+def scripted_args(workdir: pathlib.Path, data_dir: pathlib.Path) -> list[str]:
+    args = cli_args(workdir, data_dir, **SCRIPTED)
+    return [args[0], str(ROOT / "tests" / "scripted_train.py"), *args[2:]]
+
+
+@pytest.fixture(scope="module")
+def scripted_reference(synthetic_tfds: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """An uninterrupted run whose epoch 2 is the best (scripted validation BACC)."""
+    workdir = tmp_path_factory.mktemp("scripted")
+    proc = subprocess.run(scripted_args(workdir, synthetic_tfds), env=_env() | {"CACO_TEST_VAL_BACC": SCRIPT},
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["best.write:2", "checkpoint.write:2", "checkpoint.committed:2", "best.promote:2",
+                                   "best.swap:1"])
+def test_a_kill_9_at_each_point_of_the_save_sequence_keeps_the_best_weights(point, scripted_reference,
+                                                                            synthetic_tfds, tmp_path):
+    """SIGKILL (``faults.point``) at each moment of epoch 2's save: best.partial being written, the
+    checkpoint being written, the checkpoint committed but best/ not yet replaced (issue 23: the old
+    best was kept), before and between the two renames. The resumed run ends with epoch 2's weights."""
+    from caco_jax.runs import faults
+
+    env = _env() | {"CACO_TEST_VAL_BACC": SCRIPT}
+    killed = subprocess.run(scripted_args(tmp_path, synthetic_tfds), env=env | {faults.CRASH_ENV: point},
+                            capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert not (tmp_path / "report.json").exists()
+    resumed = subprocess.run(scripted_args(tmp_path, synthetic_tfds), env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr
+    assert_same_best_weights(tmp_path, scripted_reference)
+    assert json.loads((tmp_path / "report.json").read_text())["checkpoint"] == str(tmp_path / "best")
+    a, b = final_state(tmp_path), final_state(scripted_reference)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
 
 @pytest.mark.slow
@@ -248,7 +306,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(synthetic_tfds, tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 75, err[-3000:]  # EX_TEMPFAIL: interrupted, rerun to resume
     assert "stopped by signal" in out + err
     steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
     assert steps and 1 <= max(steps) < 50 * 12  # saved where it stopped, long before the end
@@ -258,10 +316,11 @@ def test_a_stop_on_an_epochs_last_step_still_validates_that_epoch(synthetic_tfds
     """The stop signal arrives exactly at the end of epoch 1: its validation runs before the
     checkpoint, so the resumed run neither skips nor repeats it."""
     import caco_jax.training.loop as train_module
+    import caco_jax.training.run as run_module
 
     steps_per_epoch = len(ham10000.open_splits(synthetic_tfds, image_size=BUILD_SIZE)["train"]) // 16
     calls = {"n": 0}
-    real_build = train_module.build_steps
+    real_build = run_module.build_steps
 
     def counting_build(*args, **kwargs):
         steps = real_build(*args, **kwargs)
@@ -281,7 +340,7 @@ def test_a_stop_on_an_epochs_last_step_still_validates_that_epoch(synthetic_tfds
         def signal(self, value):
             pass
 
-    monkeypatch.setattr(train_module, "build_steps", counting_build)
+    monkeypatch.setattr(run_module, "build_steps", counting_build)
     monkeypatch.setattr(train_module, "_Stop", StopAtEpochEnd)
     workdir = tmp_path / "run"
     first = train_and_evaluate(tiny_config(synthetic_tfds), workdir)
@@ -294,6 +353,45 @@ def test_a_stop_on_an_epochs_last_step_still_validates_that_epoch(synthetic_tfds
     assert [row["epoch"] for row in second["history"]] == [1, 2]
     logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged if r["kind"] == "epoch"] == [steps_per_epoch, 2 * steps_per_epoch]
+
+
+def test_a_damaged_last_checkpoint_is_skipped_with_one_line_and_the_run_resumes(trained, synthetic_tfds, tmp_path):
+    """The newest checkpoint truncated: the rerun moves it aside, resumes from the one before and
+    ends exactly where the undamaged run ended."""
+    import shutil
+
+    workdir, _ = trained
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy)
+    steps = sorted(int(p.name) for p in (copy / "checkpoints").iterdir() if p.name.isdigit())
+    last = copy / "checkpoints" / str(steps[-1])
+    target = max((p for p in (last / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    target.write_bytes(target.read_bytes()[:100])
+    result = train_and_evaluate(tiny_config(synthetic_tfds), copy)
+    assert result["status"] == "finished"
+    lines = [line for line in (copy / "train.log").read_text().splitlines() if " is damaged (" in line]
+    assert len(lines) == 1, lines
+    assert f"checkpoint {steps[-1]} is damaged (" in lines[0] and lines[0].endswith(f"; resuming from {steps[-2]}")
+    assert (copy / "checkpoints_damaged" / str(steps[-1])).is_dir()  # kept, not deleted
+    a, b = final_state(copy), final_state(workdir)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert_same_best_weights(copy, workdir)
+
+
+def test_a_full_disk_stops_the_run_at_once_with_one_message(synthetic_tfds, tmp_path, monkeypatch, capfd):
+    from caco_jax.cli.train import main
+    from caco_jax.runs import faults
+
+    monkeypatch.setattr(faults, "free_bytes", lambda path: 5_000)
+    rc = main(cli_args(tmp_path, synthetic_tfds, **{"checkpoint.every_steps": 2})[2:])
+    err = capfd.readouterr().err
+    assert rc == 1 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err[-3000:]
+    assert f"checkpoint 2 to {tmp_path / 'checkpoints'}" in errors[0] and "5.0 kB free on that disk" in errors[0]
+    assert "No checkpoint was written yet" in errors[0]
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_tfds, tmp_path):

@@ -1,14 +1,24 @@
 """Classify dermoscopy images with a trained run: top-k classes with probabilities.
 
-    caco-jax predict --workdir runs/caco IMAGE_OR_FOLDER... [--top_k 3] \\
+    caco-jax predict --workdir runs/caco IMAGE_OR_FOLDER... [--top_k 3] [--decision argmax|balanced] \\
         [--csv predictions.csv] [--json predictions.json] [--tta] [--cam OUT_DIR [--cam_class mel]]
 
-Folders are searched recursively for .jpg/.jpeg/.png/.bmp. Unreadable files are
-reported and skipped; the exit status is 1 only if no image could be read.
+Folders are searched recursively for .jpg/.jpeg/.png/.bmp/.gif/.tif/.tiff/.webp files. Every
+file that is not classified is listed with a plain reason (not an image, damaged, too large,
+an animation, another kind of file in a folder) and the others are classified all the same;
+the exit status is 1 only if no image could be read. Images are decoded as an image viewer
+shows them (EXIF orientation applied, 16-bit and palette images converted).
+
 Probabilities use the temperature saved with the weights (calibration.json, fitted on
 the validation split at the end of training) unless --no_calibration; --tta averages
-them over the 8 flips and 90-degree rotations; --cam writes a Grad-CAM overlay per image
-(for the predicted class, or --cam_class) at the image's own resolution.
+them over the 8 flips and 90-degree rotations. --decision picks the rule that names the
+answer: argmax (the most probable class) or balanced (the rule fitted on the validation
+split at the end of training, decision.json: equal recall across classes; its
+probabilities are re-weighted to the prior it assumes); the default is the run's
+``evaluation.decision`` (argmax for runs that predate it). The table's header, the CSV's
+``decision`` column and the JSON's ``decision`` field say which rule answered. --cam writes
+a Grad-CAM overlay per image (for the answered class, or --cam_class) at the image's own
+resolution.
 """
 from __future__ import annotations
 
@@ -22,24 +32,30 @@ import numpy as np
 from PIL import Image
 
 from caco_jax.cli import common
+from caco_jax.data.images import SUFFIXES, UnreadableImage, decode
 from caco_jax.errors import UsageError
-from caco_jax.training import compile_cache
-from caco_jax.data.images import UnreadableImage, decode
-from caco_jax.serving.predictor import Predictor
+from caco_jax.evaluation.decision import RULES
 from caco_jax.evaluation.saliency import overlay
+from caco_jax.serving.predictor import RULE_TEXT, Predictor
+from caco_jax.training import compile_cache
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+IMAGE_SUFFIXES = set(SUFFIXES)
 
 
 def find_images(paths: list[pathlib.Path]) -> tuple[list[pathlib.Path], list[tuple[str, str]]]:
-    """(image files, [(path, problem)]) for files and folders given on the command line."""
+    """(image files, [(path, reason skipped)]) for files and folders given on the command line: a
+    folder's files without an image suffix are listed as skipped, never dropped silently."""
     files, problems = [], []
+    suffixes = "/".join(sorted(IMAGE_SUFFIXES))
     for path in paths:
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.is_file())
+            images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
+            problems += [(str(p), f"not an image file (suffix {p.suffix or 'none'}; images are {suffixes})")
+                         for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
             if not found:
-                problems.append((str(path), "folder holds no .jpg/.jpeg/.png/.bmp files"))
-            files += found
+                problems.append((str(path), "the folder holds no files"))
+            files += images
         elif path.is_file():
             files.append(path)
         else:
@@ -56,41 +72,68 @@ def _cam_name(path: pathlib.Path, class_name: str, taken: set[str]) -> str:
     return name
 
 
-def predict(workdir: pathlib.Path, paths: list[pathlib.Path], *, top_k: int = 3, batch_size: int = 32,
-            weights: pathlib.Path | None = None, tta: bool = False, calibrate: bool = True,
-            cam_dir: pathlib.Path | None = None, cam_class: str | None = None
-            ) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Predictions (one dict per readable image) and problems (path, reason).
-
-    With ``cam_dir``, a Grad-CAM overlay of each image is written there (``cam`` in its row)."""
-    predictor = Predictor(workdir, weights, calibrate=calibrate, batch_size=batch_size)
-    class_names = predictor.class_names
-    target = None if cam_class is None else predictor.class_index(cam_class)
-    files, problems = find_images(paths)
-    loaded: list[tuple[pathlib.Path, np.ndarray]] = []
+def load_images(predictor: Predictor, files: list[pathlib.Path]
+                ) -> tuple[list[tuple[pathlib.Path, np.ndarray]], list[tuple[str, str]]]:
+    """(decoded images, [(path, reason)]): one file's failure never stops the others."""
+    loaded, problems = [], []
     for f in files:
         try:
             loaded.append((f, predictor.prepare(f.read_bytes())))
-        except (UnreadableImage, OSError, ValueError) as err:
-            problems.append((str(f), f"not a readable image ({err})"))
-    images = np.stack([im for _, im in loaded]) if loaded else np.zeros((0, 1, 1, 3), np.uint8)
-    probs = predictor.probabilities(images, tta=tta) if loaded else np.zeros((0, len(class_names)))
+        except UnreadableImage as err:
+            problems.append((str(f), str(err)))
+        except OSError as err:
+            problems.append((str(f), f"cannot be read ({err.strerror or err})"))
+        except MemoryError:
+            problems.append((str(f), "too large to decode in this machine's memory"))
+    return loaded, problems
+
+
+def predict(workdir: pathlib.Path, paths: list[pathlib.Path], *, top_k: int = 3, batch_size: int = 32,
+            weights: pathlib.Path | None = None, tta: bool = False, calibrate: bool = True,
+            cam_dir: pathlib.Path | None = None, cam_class: str | None = None, decision: str | None = None
+            ) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Predictions (one dict per readable image) and problems (path, reason).
+
+    Each row names its ``decision`` rule and ``prediction``; ``top`` and ``probabilities`` are
+    what the rule reads the answer from (``model_probabilities`` beside them under the balanced
+    rule). With ``cam_dir``, a Grad-CAM overlay of each image is written there (``cam`` in its row)."""
+    predictor = Predictor(workdir, weights, calibrate=calibrate, batch_size=batch_size, decision=decision)
+    class_names = predictor.class_names
+    target = None if cam_class is None else predictor.class_index(cam_class)
+    files, problems = find_images(paths)
+    loaded, unreadable = load_images(predictor, files)
+    problems += unreadable
+    if not loaded:
+        return [], problems
+    images = np.stack([im for _, im in loaded])
+    answer = predictor.decide(images, tta=tta)
     rows = []
-    for (f, _), p in zip(loaded, probs):
+    for i, (f, _) in enumerate(loaded):
+        p = answer.probabilities[i]
         order = np.argsort(-p)[:min(top_k, len(class_names))]
-        rows.append({"file": str(f), "top": [{"class": class_names[i], "probability": float(p[i])} for i in order],
-                     "probabilities": {c: float(v) for c, v in zip(class_names, p)},
-                     "temperature": predictor.temperature, "tta": tta})
-    if cam_dir is not None and loaded:
-        cam_dir.mkdir(parents=True, exist_ok=True)
-        _, classes, cams = predictor.explain(images, target)
-        taken: set[str] = set()
-        for row, (f, _), cls, cam in zip(rows, loaded, classes, cams):
-            original = decode(f.read_bytes())
-            out = cam_dir / _cam_name(f, class_names[int(cls)], taken)
-            Image.fromarray(overlay(original, cam)).save(out)
-            row["cam"] = {"file": str(out), "class": class_names[int(cls)]}
+        row = {"file": str(f), "decision": answer.rule, "prediction": class_names[int(answer.classes[i])],
+               "top": [{"class": class_names[k], "probability": float(p[k])} for k in order],
+               "probabilities": {c: float(v) for c, v in zip(class_names, p)},
+               "temperature": predictor.temperature, "tta": tta}
+        if answer.rule != "argmax":
+            row["model_probabilities"] = {c: float(v) for c, v in zip(class_names, answer.model_probabilities[i])}
+        rows.append(row)
+    if cam_dir is not None:
+        write_cams(predictor, loaded, rows, cam_dir, answer.classes if target is None else target)
     return rows, problems
+
+
+def write_cams(predictor: Predictor, loaded: list[tuple[pathlib.Path, np.ndarray]], rows: list[dict],
+               cam_dir: pathlib.Path, target: np.ndarray | int) -> None:
+    """A Grad-CAM overlay of each image (at its own resolution, upright) for ``target``."""
+    cam_dir.mkdir(parents=True, exist_ok=True)
+    _, classes, cams = predictor.explain(np.stack([im for _, im in loaded]), target)
+    taken: set[str] = set()
+    for row, (f, _), cls, cam in zip(rows, loaded, classes, cams):
+        name = predictor.class_names[int(cls)]
+        out = cam_dir / _cam_name(f, name, taken)
+        Image.fromarray(overlay(decode(f.read_bytes()), cam)).save(out)
+        row["cam"] = {"file": str(out), "class": name}
 
 
 NAME = "predict"
@@ -98,10 +141,14 @@ NAME = "predict"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", type=pathlib.Path, metavar="IMAGE_OR_FOLDER",
-                   help="image files, or folders searched recursively for .jpg/.jpeg/.png/.bmp")
+                   help=f"image files, or folders searched recursively for {'/'.join(SUFFIXES)} files")
     p.add_argument("--workdir", type=pathlib.Path, required=True, help="a training run (caco-jax train --workdir)")
     p.add_argument("--weights", type=pathlib.Path, help="weights directory (default: WORKDIR/best)")
     p.add_argument("--top_k", type=int, default=3, help="classes listed per image (default: 3)")
+    p.add_argument("--decision", choices=RULES, default=None,
+                   help="the rule that names each answer: argmax (the most probable class) or balanced (fitted on "
+                        "the validation split at the end of training: equal recall across classes); default: the "
+                        "run's evaluation.decision, argmax for runs without one")
     p.add_argument("--batch_size", type=int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--csv", type=pathlib.Path, metavar="FILE", help="also write one row per image to FILE")
     p.add_argument("--json", type=pathlib.Path, metavar="FILE",
@@ -110,8 +157,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_switch(p, "calibration", True, "divide the logits by the temperature saved with the weights")
     p.add_argument("--cam", type=pathlib.Path, metavar="DIR", help="write a Grad-CAM overlay of each image to DIR")
     p.add_argument("--cam_class", metavar="CLASS",
-                   help="class the heat maps explain (default: each image's predicted class); needs --cam")
+                   help="class the heat maps explain (default: each image's answer); needs --cam")
     common.add_common(p)
+
+
+def print_table(rows: list[dict], top_k: int) -> None:
+    """The header line (decision rule, temperature, TTA) and one line per image."""
+    first = rows[0]
+    t = first["temperature"]
+    print(f"decision rule {RULE_TEXT[first['decision']]}; temperature "
+          + (f"{t:.3f}" if t else "none (plain softmax)") + ("; 8-view test-time augmentation" if first["tta"] else ""))
+    width = max([len(r["file"]) for r in rows] + [4])
+    print(f"{'file':<{width}}  " + "  ".join(f"top{i + 1:<13}" for i in range(top_k)))
+    for r in rows:
+        print(f"{r['file']:<{width}}  " + "  ".join(f"{t['class']:>5} {t['probability']:6.1%}     " for t in r["top"]))
+
+
+def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
+    """One row per image: file, prediction, decision rule, then the probabilities the rule read."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        names = list(rows[0]["probabilities"]) if rows else []
+        w.writerow(["file", "prediction", "decision", *names])
+        for r in rows:
+            w.writerow([r["file"], r["prediction"], r["decision"], *(f"{r['probabilities'][c]:.6f}" for c in names)])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,27 +193,15 @@ def run(args: argparse.Namespace) -> int:
     compile_cache.enable(args.compile_cache)
     rows, problems = predict(args.workdir, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
                              weights=args.weights, tta=args.tta, calibrate=args.calibration,
-                             cam_dir=args.cam, cam_class=args.cam_class)
+                             cam_dir=args.cam, cam_class=args.cam_class, decision=args.decision)
     if rows:
-        t = rows[0]["temperature"]
-        print(("temperature " + (f"{t:.3f}" if t else "none (plain softmax)"))
-              + (", 8-view test-time augmentation" if args.tta else ""))
-        width = max([len(r["file"]) for r in rows] + [4])
-        print(f"{'file':<{width}}  " + "  ".join(f"top{i + 1:<13}" for i in range(args.top_k)))
-        for r in rows:
-            print(f"{r['file']:<{width}}  " + "  ".join(f"{t['class']:>5} {t['probability']:6.1%}     "
-                                                      for t in r["top"]))
+        print_table(rows, args.top_k)
     if args.cam and rows:
         print(f"Grad-CAM overlays: {args.cam}")
     for path, why in problems:
         print(f"skipped {path}: {why}", file=sys.stderr)
     if args.csv:
-        with open(args.csv, "w", newline="") as fh:
-            w = csv.writer(fh)
-            names = list(rows[0]["probabilities"]) if rows else []
-            w.writerow(["file", "prediction", *names])
-            for r in rows:
-                w.writerow([r["file"], r["top"][0]["class"], *(f"{r['probabilities'][c]:.6f}" for c in names)])
+        write_csv(args.csv, rows)
     if args.json:
         args.json.write_text(json.dumps({"predictions": rows, "skipped": [{"file": f, "reason": w} for f, w in problems]},
                                         indent=2))

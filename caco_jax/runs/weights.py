@@ -19,11 +19,12 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from caco_jax.data.classes import CLASS_NAMES
-from caco_jax.errors import RunDirError, WeightsError
+from caco_jax.errors import CacoError, RunDirError, WeightsError
 from caco_jax.interop.convert import load_torchvision
 from caco_jax.models import MobileNetV3, model_from_config
 from caco_jax.models import attention
 from caco_jax.models.mobilenetv3 import ARCHS
+from caco_jax.runs import faults
 from caco_jax.runs.workspace import load_config
 from caco_jax.trees import flatten, unflatten
 
@@ -74,53 +75,133 @@ def save_weights(model: nnx.Module, directory: str | os.PathLike, *, metadata: M
 class WeightsWriter:
     """Writes flat weights to ``directory`` in the background (the training loop goes on).
 
-    Each save goes to ``<directory>.partial`` and replaces ``directory`` only once it is
-    complete (at the next :meth:`save`, :meth:`wait` or :meth:`close`), so a crash at
-    any point leaves the previous complete copy in place. In a multi-host run only the
-    first process writes (the weights are the same everywhere); the others do nothing.
+    Each save goes to ``<directory>.partial`` and replaces ``directory`` once it is complete
+    (:meth:`wait`: at the next save, when the checkpoint recording it has committed, or at the
+    end), through ``<directory>.old``, so a crash at any point leaves a complete copy in one of
+    the three places; :meth:`reconcile` puts the one a checkpoint records back in ``directory``.
+    In a multi-host run only the first process writes (the weights are the same everywhere).
     """
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = pathlib.Path(directory).resolve()
         self._partial = self.directory.with_name(self.directory.name + ".partial")
+        self._old = self.directory.with_name(self.directory.name + ".old")
         self._active = jax.process_index() == 0
+        faults.quiet_orbax()
         self._checkpointer = ocp.AsyncCheckpointer(
             ocp.StandardCheckpointHandler(),
             multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0}),
         ) if self._active else None
         self._pending = False
+        self._pending_step: int | None = None
+        self._bytes = 0
 
     def save(self, flat: Mapping[str, np.ndarray], metadata: Mapping[str, Any] | None = None) -> None:
         """Starts writing ``flat`` (host arrays) and ``metadata``; returns before the files are written."""
         if not self._active:
             return
         self.wait()
-        if self._partial.exists():
-            shutil.rmtree(self._partial)
-        self._partial.mkdir(parents=True)
-        (self._partial / _META).write_text(json.dumps(dict(metadata or {}), indent=2, default=str))
-        self._checkpointer.save(self._partial / "weights", args=ocp.args.StandardSave(dict(flat)))
+        try:
+            if self._partial.exists():
+                shutil.rmtree(self._partial)
+            self._partial.mkdir(parents=True)
+            (self._partial / _META).write_text(json.dumps(dict(metadata or {}), indent=2, default=str))
+            self._bytes = sum(np.asarray(v).nbytes for v in flat.values())
+            self._checkpointer.save(self._partial / "weights", args=ocp.args.StandardSave(dict(flat)))
+        except (OSError, ValueError) as err:  # orbax reports tensorstore's I/O errors as ValueError
+            raise WeightsSaveError(faults.write_failure("the best weights", self._partial, err, self._bytes)) from err
         self._pending = True
+        self._pending_step = (metadata or {}).get("step")
+        faults.point("best.write")
 
-    def wait(self) -> None:
-        """Blocks until the last save is on disk and in place."""
+    def wait(self, *, upto: int | None = None) -> None:
+        """Blocks until the last save is on disk, then moves it into place; with ``upto``, only if
+        its metadata's ``step`` is at most that (the step of the newest committed checkpoint)."""
         if not self._pending:
             return
-        self._checkpointer.wait_until_finished()
-        old = self.directory.with_name(self.directory.name + ".old")
-        if self.directory.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            self.directory.rename(old)
-        self._partial.rename(self.directory)
-        if old.exists():
-            shutil.rmtree(old)
+        if upto is not None and self._pending_step is not None and self._pending_step > upto:
+            return
         self._pending = False
+        try:
+            self._checkpointer.wait_until_finished()
+        except Exception as err:  # orbax wraps OSError in ValueError
+            raise WeightsSaveError(faults.write_failure("the best weights", self._partial, err, self._bytes)
+                                   + f"; {self.directory} still holds the previous best weights") from err
+        faults.point("best.promote")
+        self._promote(self._partial)
+
+    def _promote(self, source: pathlib.Path) -> None:
+        """``source`` (a complete copy) becomes ``directory``; the former one goes through ``.old``
+        (or, when ``source`` is ``.old`` itself, is dropped: it is not the copy to keep)."""
+        if source == self._old:
+            if self.directory.exists():
+                shutil.rmtree(self.directory)
+        else:
+            if self._old.exists():
+                shutil.rmtree(self._old)
+            if self.directory.exists():
+                self.directory.rename(self._old)
+                faults.point("best.swap")
+        source.rename(self.directory)
+        if self._old.exists():
+            shutil.rmtree(self._old)
 
     def close(self) -> None:
         self.wait()
         if self._checkpointer is not None:
             self._checkpointer.close()
+
+    def reconcile(self, record: Mapping[str, Any] | None, flat: Mapping[str, np.ndarray] | None,
+                  checkpoint: str, step: int) -> str | None:
+        """Makes ``directory`` hold the best weights a resumed checkpoint records, and returns what was done.
+
+        ``record`` is the best-weights metadata of the checkpoint of ``step`` (their ``step``
+        identifies them) and ``flat`` the weights it stores; None for both: no epoch had ended.
+        Copies written after the checkpoint (or left incomplete by a crash) are removed; the
+        recorded weights come from a complete copy on disk that matches, else from the checkpoint.
+        """
+        if not self._active:
+            return None
+        copies = {path: _written_step(path) for path in (self.directory, self._partial, self._old)}
+        if record is None:
+            stale = [p for p, s in copies.items() if p.exists() and (s is None or s > step)]
+            for p in stale:
+                shutil.rmtree(p)
+            return (f"removed best weights written after {checkpoint}, which records none yet: "
+                    + ", ".join(p.name for p in stale)) if stale else None
+        wanted = record.get("step")
+        done = None
+        if copies[self.directory] != wanted:
+            match = next((p for p in (self._partial, self._old) if copies[p] == wanted), None)
+            if match is not None:
+                self._promote(match)
+                done = f"best weights of epoch {record.get('epoch')} moved from {match.name} into {self.directory}"
+            elif flat is not None:
+                self.save(flat, record)
+                self.wait()
+                done = f"best weights of epoch {record.get('epoch')} rewritten into {self.directory} from {checkpoint}"
+            else:
+                return (f"{checkpoint} records best weights of step {wanted} but stores none; "
+                        f"{self.directory} holds step {copies[self.directory]}")
+        for p in (self._partial, self._old):
+            if p.exists():
+                shutil.rmtree(p)
+        return done
+
+
+class WeightsSaveError(CacoError):
+    """Best weights could not be written (a full disk, no permission); the previous ones are intact."""
+
+
+def _written_step(directory: pathlib.Path) -> int | None:
+    """The ``step`` in a complete weights copy's metadata (None: absent, incomplete or unreadable)."""
+    if not (directory / "weights" / "_METADATA").is_file():
+        return None
+    try:
+        meta = json.loads((directory / _META).read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("step") if isinstance(meta, dict) else None
 
 
 def read_weights(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -142,9 +223,16 @@ def load_pretrained(model: nnx.Module, path: str | os.PathLike) -> str:
     """Initialises ``model`` from ``path`` and returns a summary of what was loaded.
 
     ``path`` is a torchvision ``.pth`` state_dict (full or backbone-only; converted on
-    the fly, no torch needed) or a directory written by :func:`save_weights`
-    (e.g. by ``caco-jax convert``).
+    the fly, no torch needed), a directory written by :func:`save_weights`
+    (e.g. by ``caco-jax convert``), or ``'imagenet'``: torchvision's ImageNet file for
+    ``model.arch``, downloaded once into the user cache and checked
+    (:func:`caco_jax.interop.imagenet.fetch`).
     """
+    fetched = os.fspath(path) == "imagenet"
+    if fetched:
+        from caco_jax.interop import imagenet
+
+        path = imagenet.fetch(model.arch)
     path = pathlib.Path(path)
     if path.is_dir():
         flat, meta = read_weights(path)
@@ -156,7 +244,8 @@ def load_pretrained(model: nnx.Module, path: str | os.PathLike) -> str:
             "directory written by caco-jax convert, 'imagenet' (fetched once and checked) or '' "
             "(from scratch)"
         )
-    return load_torchvision(model, path).summary()
+    summary = load_torchvision(model, path).summary()
+    return f"torchvision's ImageNet weights {path}:\n{summary}" if fetched else summary
 
 
 def infer_model_config(flat: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,26 +1,34 @@
 """A local web page (Gradio): drop a dermoscopy image, see the class probabilities and a Grad-CAM overlay.
 
-    python scripts/serve.py --workdir runs/caco            # http://127.0.0.1:7860
+    caco-jax serve --workdir runs/caco            # http://127.0.0.1:7860
 
 Needs the ``app`` extra (``pip install -e '.[app]'``). Uploads are checked before the
 model sees them: size, pixel count and decodability, each failure answered with a
-message on the page (and in the API's result), never an exception.
+message on the page (and in the API's result), never an exception. Images go through the
+one decoding path (``caco_jax.data.images``): shown and analysed upright (EXIF
+orientation), 16-bit and palette images converted. The answer comes from the chosen
+decision rule (argmax or the run's fitted balanced rule), named on the page. Uploads and
+the images sent back live in the page's own folder, swept after every request and every
+minute: nothing older than ``Limits.keep_seconds`` and never more than ``Limits.cache_bytes``.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import os
 import pathlib
-import warnings
+import shutil
+import tempfile
+import threading
+import time
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from caco_jax.serving.predictor import Predictor
+from caco_jax.data.images import UnreadableImage, open_image
 from caco_jax.evaluation.saliency import overlay
+from caco_jax.serving.predictor import RULE_TEXT, Predictor
 
 log = logging.getLogger("caco_jax.serving.app")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no version check or usage report
@@ -42,45 +50,47 @@ class UploadError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Limits:
-    """What the page accepts: file size in bytes and image size in pixels."""
+    """What the page accepts (file size in bytes, image size in pixels) and keeps (uploads and the
+    images sent back: for at most ``keep_seconds``, at most ``cache_bytes`` in all)."""
 
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
+    keep_seconds: int = 600
+    cache_bytes: int = 256 * 1024 * 1024
 
 
 def read_upload(path: str | os.PathLike | None, limits: Limits) -> tuple[bytes, np.ndarray]:
-    """(the file's bytes, its image as uint8 RGB [H, W, 3]), or ``UploadError`` saying what is wrong with it."""
+    """(the file's bytes, its image as uint8 RGB [H, W, 3], upright), or ``UploadError`` saying what is
+    wrong with it."""
     if not path:
         raise UploadError("Drop a dermoscopy image (JPEG or PNG) on the upload box first.")
     path = pathlib.Path(path)
-    size = path.stat().st_size
-    if size == 0:
+    try:
+        size = path.stat().st_size
+        if size > limits.max_bytes:
+            raise UploadError(f"{path.name} is {size / 2**20:.1f} MB; the limit is {limits.max_bytes / 2**20:.0f} MB. "
+                              "Please upload a smaller image.")
+        data = path.read_bytes()
+    except OSError:
+        raise UploadError(f"{path.name} is no longer on the server (uploads are kept "
+                          f"{limits.keep_seconds // 60} minutes); please upload it again.") from None
+    if not data:
         raise UploadError(f"{path.name} is empty (0 bytes).")
-    if size > limits.max_bytes:
-        raise UploadError(f"{path.name} is {size / 2**20:.1f} MB; the limit is {limits.max_bytes / 2**20:.0f} MB. "
-                          "Please upload a smaller image.")
-    data = path.read_bytes()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data))  # reads the header only
-        except UnidentifiedImageError:
-            raise UploadError(f"{path.name} is not an image this page can read. Upload a JPEG, PNG, BMP, TIFF or "
-                              "WebP photograph of the lesion.") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise UploadError(f"{path.name} could not be decoded: the file looks damaged or incomplete "
-                              f"({err}).") from None
-        width, height = image.size
-        if width * height > limits.max_pixels:
-            raise UploadError(f"{path.name} is {width} x {height} pixels; the limit is "
-                              f"{limits.max_pixels / 1e6:.0f} megapixels. Please upload a smaller image.")
-        try:
-            image.load()
-            rgb = np.asarray(image.convert("RGB"), np.uint8)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-            raise UploadError(f"{path.name} could not be decoded: the file looks damaged or incomplete "
-                              f"({err}).") from None
-    return data, rgb
+    try:
+        image = open_image(data, max_pixels=limits.max_pixels)
+    except UnreadableImage as err:
+        raise UploadError(f"{path.name}: {_sentence(str(err))} Upload a JPEG, PNG, BMP, TIFF or WebP photograph "
+                          "of the lesion.") from None
+    except MemoryError:
+        raise UploadError(f"{path.name} is too large to decode on this server. Please upload a smaller "
+                          "image.") from None
+    return data, np.asarray(image, np.uint8)
+
+
+def _sentence(reason: str) -> str:
+    """A decoder's reason as a sentence: 'not an image ...' -> 'Not an image ....'"""
+    reason = reason[:1].upper() + reason[1:]
+    return reason if reason.endswith(".") else reason + "."
 
 
 def _display(image: np.ndarray) -> np.ndarray:
@@ -93,49 +103,126 @@ def _display(image: np.ndarray) -> np.ndarray:
 
 
 class Analyser:
-    """The page's one action: validate, classify (optionally test-time augmented), explain."""
+    """The page's one action: validate, decide (optionally test-time augmented) with a rule, explain."""
 
-    def __init__(self, predictor: Predictor, limits: Limits = Limits()):
+    def __init__(self, predictor: Predictor, limits: Limits = Limits(), cache: UploadCache | None = None):
         self.predictor = predictor
         self.limits = limits
+        self.cache = cache
 
     def warm_up(self) -> None:
-        """Compiles the Grad-CAM step (what every request runs) before the first visitor."""
+        """Compiles the steps every request runs (probabilities and Grad-CAM) before the first visitor."""
         s = self.predictor.image_size
-        self.predictor.explain(np.zeros((1, s, s, 3), np.uint8))
+        blank = np.zeros((1, s, s, 3), np.uint8)
+        self.predictor.decide(blank)
+        self.predictor.explain(blank)
 
-    def __call__(self, path: str | None, explain: str = PREDICTED, tta: bool = False
+    def __call__(self, path: str | None, explain: str = PREDICTED, tta: bool = False, rule: str | None = None
                  ) -> tuple[dict[str, float] | None, np.ndarray | None, np.ndarray | None, str]:
         """(probabilities by class, the image, its Grad-CAM overlay, a markdown message)."""
         try:
-            data, original = read_upload(path, self.limits)
-            names = self.predictor.class_names
-            if explain not in (PREDICTED, *names):
-                raise UploadError(f"Unknown class {explain!r}; choose one of: {', '.join(names)}.")
-            target = None if explain == PREDICTED else names.index(explain)
-            try:
-                square = self.predictor.prepare(data)  # exactly what evaluation and predict.py feed the model
-            except (OSError, ValueError) as err:
-                raise UploadError(f"{pathlib.Path(path).name} could not be decoded ({err}).") from None
-            plain, classes, cams = self.predictor.explain(square[None], target)
-            probs = self.predictor.probabilities(square[None], tta=True)[0] if tta else plain[0]
+            return self._analyse(path, explain, tta, rule or self.predictor.decision)
         except UploadError as err:
             return None, None, None, f"**Cannot analyse this file.** {err}\n\n{REMINDER}"
         except Exception as err:  # the page must answer, whatever happened; the log keeps the traceback
             log.exception("analysing %s failed", path)
             return None, None, None, f"**Analysis failed** ({type(err).__name__}: {err}).\n\n{REMINDER}"
+        finally:
+            if self.cache is not None:
+                self.cache.sweep()
+
+    def _analyse(self, path: str | None, explain: str, tta: bool, rule: str
+                 ) -> tuple[dict[str, float], np.ndarray, np.ndarray, str]:
+        data, original = read_upload(path, self.limits)
+        names = self.predictor.class_names
+        if explain not in (PREDICTED, *names):
+            raise UploadError(f"Unknown class {explain!r}; choose one of: {', '.join(names)}.")
+        if rule not in self.predictor.rules:
+            raise UploadError(f"The {rule!r} decision rule is not available for this model; choose one of: "
+                              f"{', '.join(self.predictor.rules)}.")
+        square = self.predictor.prepare(data, max_pixels=self.limits.max_pixels)  # what evaluation feeds the model
+        answer = self.predictor.decide(square[None], tta=tta, rule=rule)
+        answered = int(answer.classes[0])
+        _, classes, cams = self.predictor.explain(square[None], answered if explain == PREDICTED else names.index(explain))
+        probs = answer.probabilities[0]
         shown = _display(original)
-        top = int(np.argmax(probs))
-        explained = names[int(classes[0])]
         t = self.predictor.temperature
         lines = [
-            f"- Highest probability: **{names[top]}** ({probs[top]:.1%}).",
-            f"- Heat map: where the image supports **{explained}** (red: most, relative to the rest of the image).",
+            f"- Answer: **{names[answered]}** ({probs[answered]:.1%}).",
+            f"- Decision rule: {RULE_TEXT[rule]}.",
+            (f"- Heat map: where the image supports **{names[int(classes[0])]}** (red: most, relative to the rest "
+             "of the image)."),
             ("- Probabilities: averaged over 8 flips and 90-degree rotations; " if tta else "- Probabilities: ")
             + (f"temperature-scaled (T = {t:.2f}, fitted on the validation split)." if t else "no temperature scaling."),
             "", REMINDER,
         ]
         return ({n: float(p) for n, p in zip(names, probs)}, shown, overlay(shown, cams[0]), "\n".join(lines))
+
+
+class UploadCache:
+    """The page's own folder for uploads and the images it sends back, kept bounded: :meth:`sweep`
+    deletes what is older than ``keep_seconds``, then the oldest files until at most ``max_bytes``
+    remain. Runs after every request and every ``every`` seconds (:meth:`start`)."""
+
+    def __init__(self, directory: str | os.PathLike | None = None, *, keep_seconds: int = 600,
+                 max_bytes: int = 256 * 1024 * 1024, every: float = 60.0):
+        self.directory = pathlib.Path(directory or tempfile.mkdtemp(prefix="caco-jax-page-")).resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.keep_seconds, self.max_bytes, self.every = keep_seconds, max_bytes, every
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def usage(self) -> tuple[int, int]:
+        """(files, bytes) in the folder now."""
+        files = [p for p in self.directory.rglob("*") if p.is_file()]
+        return len(files), sum(_size(p) for p in files)
+
+    def sweep(self) -> int:
+        """Deletes expired files, then the oldest beyond the byte budget; returns how many went."""
+        with self._lock:
+            now, removed = time.time(), 0
+            entries = sorted(((_mtime(p), _size(p), p) for p in self.directory.rglob("*") if p.is_file()),
+                             key=lambda e: e[0])
+            total = sum(size for _, size, _ in entries)
+            for mtime, size, path in entries:
+                if now - mtime <= self.keep_seconds and total <= self.max_bytes:
+                    break
+                path.unlink(missing_ok=True)
+                total -= size
+                removed += 1
+            for folder in sorted((p for p in self.directory.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+                if not any(folder.iterdir()):
+                    folder.rmdir()
+            return removed
+
+    def start(self) -> None:
+        """Sweeps every ``every`` seconds in a daemon thread (idle pages stay bounded too)."""
+        def loop() -> None:
+            while not self._stop.wait(self.every):
+                self.sweep()
+
+        self._thread = threading.Thread(target=loop, name="caco-jax-upload-sweeper", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stops the sweeper and deletes the folder."""
+        self._stop.set()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _mtime(path: pathlib.Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _size(path: pathlib.Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def describe(workdir: str | os.PathLike, predictor: Predictor) -> str:
@@ -155,9 +242,11 @@ def describe(workdir: str | os.PathLike, predictor: Predictor) -> str:
 
 def build(analyser: Analyser, *, title: str = "caco-jax: skin-lesion classifier (research tool)",
           description: str = "") -> Any:
-    """The Gradio Blocks page around ``analyser``."""
+    """The Gradio Blocks page around ``analyser`` (its uploads go to ``analyser.cache``'s folder)."""
     import gradio as gr
 
+    if analyser.cache is not None:  # Gradio reads it when the page and its server are made
+        os.environ["GRADIO_TEMP_DIR"] = str(analyser.cache.directory)
     names = analyser.predictor.class_names
     with gr.Blocks(title=title, analytics_enabled=False) as page:
         gr.Markdown(f"# {title}\n\n{NOTICE}", elem_id="notice")
@@ -168,6 +257,10 @@ def build(analyser: Analyser, *, title: str = "caco-jax: skin-lesion classifier 
                 upload = gr.File(label="Dermoscopy image (JPEG, PNG, ...)", type="filepath", elem_id="upload")
                 explain = gr.Dropdown([PREDICTED, *names], value=PREDICTED, label="Heat map for")
                 tta = gr.Checkbox(False, label="Test-time augmentation (average over 8 flips / rotations)")
+                rule = gr.Radio(list(analyser.predictor.rules), value=analyser.predictor.decision,
+                                label="Decision rule", elem_id="decision",
+                                info="argmax: the most probable class; balanced: equal recall across classes "
+                                     "(fitted on the validation split)")
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")
             with gr.Column(scale=2):
                 message = gr.Markdown("Drop an image to start.", elem_id="message")
@@ -176,8 +269,8 @@ def build(analyser: Analyser, *, title: str = "caco-jax: skin-lesion classifier 
             image = gr.Image(label="Your image", type="numpy", interactive=False, format="png")
             heat = gr.Image(label="Grad-CAM overlay", type="numpy", interactive=False, format="png", elem_id="gradcam")
         outputs = [probabilities, image, heat, message]
-        button.click(analyser, [upload, explain, tta], outputs, api_name="analyse")
-        upload.upload(analyser, [upload, explain, tta], outputs, api_visibility="private")
+        button.click(analyser, [upload, explain, tta, rule], outputs, api_name="analyse")
+        upload.upload(analyser, [upload, explain, tta, rule], outputs, api_visibility="private")
     page.queue(default_concurrency_limit=1)
     return page
 

@@ -1,34 +1,65 @@
-"""A trained run, ready to classify and explain images: used by scripts/predict.py and the web app."""
+"""A trained run, ready to classify and explain images: used by ``caco-jax predict`` and the web page.
+
+The one place a decision rule turns probabilities into an answer: ``argmax`` (the most probable
+class under the training data's class frequencies) or ``balanced`` (the rule fitted on the
+validation split at the end of training and saved as ``decision.json`` beside the weights; it
+shifts the log-probabilities per class, trading some accuracy for recall on rare classes).
+"""
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 
-from caco_jax.evaluation import calibration
-from caco_jax.training import parallel
-from caco_jax.data.images import decode
+from caco_jax.data.images import MAX_PIXELS, decode
+from caco_jax.errors import UsageError, WeightsError
+from caco_jax.evaluation import calibration, decision
 from caco_jax.runs.weights import load_trained
+from caco_jax.training import parallel
 from caco_jax.training.steps import ModelDef, build_steps
+
+RULE_TEXT = {
+    "argmax": "argmax: the most probable class under the training data's class frequencies",
+    "balanced": "balanced: the rule fitted on the validation split for equal recall across classes "
+                "(probabilities re-weighted to the prior it assumes)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """A decision rule's answer for a batch: ``classes`` [N]; ``probabilities`` [N, C], what the answer
+    is read from (its argmax is ``classes``); ``model_probabilities`` [N, C], softmax(logits / T)
+    (with test-time augmentation: the views' mean), the same as ``probabilities`` under argmax."""
+
+    rule: str
+    classes: np.ndarray
+    probabilities: np.ndarray
+    model_probabilities: np.ndarray
 
 
 class Predictor:
-    """Class probabilities (optionally test-time augmented) and Grad-CAM maps of a run's weights.
+    """Class probabilities (optionally test-time augmented), decisions and Grad-CAM maps of a run's weights.
 
     Images are uint8 [N, S, S, 3] at the run's input size S (:meth:`prepare` decodes and
-    resizes file bytes, as evaluation does). Batches are padded to ``batch_size`` so each
-    step compiles once. The temperature saved with the weights (``calibration.json``)
-    divides the logits unless ``calibrate`` is False.
+    resizes file bytes through the one decoding path, as evaluation does). Batches are padded
+    to ``batch_size`` so each step compiles once. The temperature saved with the weights
+    (``calibration.json``) divides the logits unless ``calibrate`` is False. ``decision`` is the
+    default rule of :meth:`decide` (None: the run's ``evaluation.decision``, or argmax for runs
+    whose config predates it); 'balanced' needs the weights' ``decision.json``.
     """
 
     def __init__(self, workdir: str | pathlib.Path, weights: str | pathlib.Path | None = None, *,
-                 calibrate: bool = True, batch_size: int = 32):
+                 calibrate: bool = True, batch_size: int = 32, decision: str | None = None):
         config, model, meta, self.weights_dir = load_trained(workdir, weights)
         self.class_names: tuple[str, ...] = tuple(meta["class_names"])
         self.image_size: int = int(config.data.image_size)
         self.temperature: float | None = calibration.load(self.weights_dir) if calibrate else None
+        self.balanced_rule = _load_rule(self.weights_dir)
+        evaluation = config.get("evaluation") or {}
+        self.decision = self._check_rule(decision or evaluation.get("decision", "argmax"))
         self.batch_size = batch_size
         model_def = ModelDef(model)
         self.mesh = parallel.make_mesh(1)
@@ -37,12 +68,27 @@ class Predictor:
                                                    parallel.replicated(self.mesh))
 
     @property
+    def rules(self) -> tuple[str, ...]:
+        """The decision rules these weights support."""
+        return decision.RULES if self.balanced_rule is not None else ("argmax",)
+
+    def _check_rule(self, rule: str) -> str:
+        if rule not in decision.RULES:
+            raise UsageError(f"unknown decision rule {rule!r}; choose one of: {', '.join(decision.RULES)}")
+        if rule == "balanced" and self.balanced_rule is None:
+            raise UsageError(
+                f"the balanced decision rule needs {self.weights_dir / decision.DECISION_FILE}, which these weights "
+                "lack: it is fitted on the validation split at the end of training by this version of caco-jax "
+                "(train the run again, or rerun its training command to finish it), or use --decision argmax")
+        return rule
+
+    @property
     def _t(self) -> np.float32:
         return np.float32(self.temperature or 1.0)
 
-    def prepare(self, data: bytes) -> np.ndarray:
-        """Encoded image bytes -> uint8 [S, S, 3] (raises ``UnreadableImage`` for a bad file)."""
-        return decode(data, (self.image_size, self.image_size))
+    def prepare(self, data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        """Encoded image bytes -> uint8 [S, S, 3], upright (raises ``UnreadableImage`` with the reason)."""
+        return decode(data, (self.image_size, self.image_size), max_pixels=max_pixels)
 
     def _chunks(self, images: np.ndarray):
         images = np.asarray(images, np.uint8)
@@ -52,17 +98,37 @@ class Predictor:
             padded[:len(chunk)] = chunk
             yield start, len(chunk), padded
 
-    def probabilities(self, images: np.ndarray, *, tta: bool = False) -> np.ndarray:
-        """float [N, C]; with ``tta`` averaged over the 8 dihedral views."""
+    def probabilities(self, images: np.ndarray, *, tta: bool = False, temperature: float | None = None
+                      ) -> np.ndarray:
+        """float [N, C] softmax(logits / T) (T: ``temperature``, else the saved one, else 1); with ``tta``
+        the mean over the 8 dihedral views."""
         step = self.steps.predict_tta if tta else self.steps.predict
-        out = [np.asarray(step(self._params, self._stats, padded, self._t))[:n] for _, n, padded in self._chunks(images)]
+        t = self._t if temperature is None else np.float32(temperature)
+        out = [np.asarray(step(self._params, self._stats, padded, t))[:n] for _, n, padded in self._chunks(images)]
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)))
+
+    def decide(self, images: np.ndarray, *, tta: bool = False, rule: str | None = None) -> Decision:
+        """The classes ``rule`` (default: :attr:`decision`) assigns to ``images``.
+
+        The balanced rule acts on log softmax(logits / T_fit) at the temperature it was fitted
+        with, whether or not the shown probabilities are calibrated; with ``tta`` on the log of
+        the views' mean probability (as ``decision.log_scores`` treats [N, V, C] logits)."""
+        rule = self._check_rule(rule or self.decision)
+        model = self.probabilities(images, tta=tta)
+        if rule == "argmax":
+            return Decision(rule, model.argmax(-1), model, model)
+        fitted = self.balanced_rule
+        t_fit = float(fitted.info.get("temperature") or 1.0)
+        at_fit = model if np.isclose(t_fit, float(self._t)) else self.probabilities(images, tta=tta, temperature=t_fit)
+        # log p at T_fit equals log_scores(logits, T_fit): the rule's own input, up to float32 rounding
+        scores = np.log(np.maximum(np.asarray(at_fit, np.float64), 1e-300))
+        return Decision(rule, fitted.predict(scores, 1.0), fitted.balanced_probabilities(scores, 1.0), model)
 
     def explain(self, images: np.ndarray, target: Sequence[int] | int | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(probabilities [N, C] of the plain image, explained class [N], Grad-CAM [N, S, S] in [0, 1]).
 
-        ``target``: the class to explain (an index, one per image, or None for the predicted one)."""
+        ``target``: the class to explain (an index, one per image, or None for the most probable one)."""
         n_images = len(images)
         if target is None:
             target = -1
@@ -81,8 +147,15 @@ class Predictor:
         return np.concatenate(probs), np.concatenate(classes), np.concatenate(cams)
 
     def class_index(self, name: str) -> int:
-        """The index of a class name (ValueError listing the names if unknown)."""
+        """The index of a class name (UsageError listing the names if unknown)."""
         try:
             return self.class_names.index(name)
         except ValueError:
-            raise ValueError(f"unknown class {name!r}; this run's classes: {', '.join(self.class_names)}") from None
+            raise UsageError(f"unknown class {name!r}; this run's classes: {', '.join(self.class_names)}") from None
+
+
+def _load_rule(weights_dir: pathlib.Path) -> decision.DecisionRule | None:
+    try:
+        return decision.load(weights_dir)
+    except ValueError as err:
+        raise WeightsError(str(err)) from err

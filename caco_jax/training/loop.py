@@ -29,7 +29,8 @@ from caco_jax.training.checkpoints import Checkpointer
 from caco_jax.data import pipeline
 from caco_jax.evaluation.metrics import TrainMetrics
 from caco_jax.training.steps import TrainState, all_finite, init_state
-from caco_jax.runs.weights import WeightsWriter, state_weights
+from caco_jax.runs import faults
+from caco_jax.runs.weights import WeightsWriter, read_weights, state_weights
 from caco_jax.runs.workspace import save_config
 from caco_jax.training.finish import final_test
 from caco_jax.training.run import Run, setup
@@ -99,29 +100,58 @@ class Progress:
 
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     best_bacc: float = -math.inf
+    best: dict[str, Any] | None = None  # metadata of the best weights so far (epoch, step, val_bacc, ...)
+    best_weights: dict[str, Any] | None = None  # those weights (host arrays), saved in every checkpoint
     last_saved: int | None = None  # step of the newest complete checkpoint
     pending: list[TrainMetrics] = dataclasses.field(default_factory=list)  # since the last log
     epoch_metrics: TrainMetrics | None = None
     epoch_start: tuple[float, int] = (0.0, 0)  # (time, step) the epoch began
 
     def meta(self, epoch: int) -> dict[str, Any]:
-        return {"history": self.history, "best_bacc": self.best_bacc, "epoch": epoch}
+        return {"history": self.history, "best_bacc": self.best_bacc, "epoch": epoch, "best": self.best}
 
 
-def restore_or_init(run: Run, ckpt: Checkpointer, train_iter: Any) -> tuple[TrainState, Progress]:
-    """The newest checkpoint of the workdir (state, data position, history), or a fresh start."""
+def restore_or_init(run: Run, ckpt: Checkpointer, train_iter: Any, best: WeightsWriter
+                    ) -> tuple[TrainState, Progress]:
+    """The newest checkpoint of the workdir that restores (state, data position, history, best
+    weights, which go back into ``best/``), or a fresh start. Damaged checkpoints are skipped."""
     progress = Progress()
     fresh = jax.device_put(init_state(run.model_def, run.tx, run.config.seed, ema=run.config.optimizer.ema_decay > 0),
                            parallel.replicated(run.mesh))
-    start = ckpt.latest_step()
-    if start is None:
+    template = state_weights(*fresh.eval_weights())
+    restored = ckpt.restore_newest(fresh, template, accept=lambda r: train_iter.set_state(r.data),
+                                   log=run.runlog.info)
+    if restored is None:
         return fresh, progress
-    state, data_state, meta = ckpt.restore(start, fresh)
-    train_iter.set_state(data_state)
+    start, meta = restored.step, restored.meta
     run.runlog.forget_after(start)  # rows logged after the checkpoint are about to be logged again
     progress.history, progress.best_bacc, progress.last_saved = meta["history"], meta["best_bacc"], start
+    if "best" in meta:
+        progress.best, progress.best_weights = meta["best"], restored.best
+        done = best.reconcile(progress.best, progress.best_weights, f"checkpoint {start}", start)
+        if done:
+            run.runlog.info(done)
+    else:
+        progress.best, progress.best_weights = _legacy_best(best, progress.best_bacc, start)
     run.runlog.info(f"resumed from {ckpt.directory}/{start} (epoch {start // run.steps_per_epoch})")
-    return state, progress
+    return restored.state, progress
+
+
+def _legacy_best(best: WeightsWriter, best_bacc: float, start: int) -> tuple[dict | None, dict | None]:
+    """For a checkpoint written before checkpoints held the best weights: a complete ``best.partial``
+    with its best score goes into place (it never had been), then the weights in ``best/`` with that
+    score become the run's best (metadata, weights), so later checkpoints hold them."""
+    partial = best.directory.with_name(best.directory.name + ".partial")
+    with contextlib.suppress(OSError, ValueError):
+        if (partial / "weights" / "_METADATA").is_file():
+            meta = json.loads((partial / "caco_jax_weights.json").read_text())
+            if meta.get("val_bacc") == best_bacc and meta.get("step", start + 1) <= start:
+                best.reconcile(meta, None, f"checkpoint {start}", start)
+    if (best.directory / "weights").is_dir() and jax.process_count() == 1:
+        flat, meta = read_weights(best.directory)
+        if meta.get("val_bacc") == best_bacc:
+            return meta, flat
+    return None, None
 
 
 def _flush(run: Run, progress: Progress, step: int) -> dict[str, float]:
@@ -173,10 +203,12 @@ def end_of_epoch(run: Run, state: TrainState, progress: Progress, step: int, val
     ts = time.perf_counter()
     if row["val_bacc"] > progress.best_bacc:
         progress.best_bacc = row["val_bacc"]
-        best.save(state_weights(params, stats), {
+        progress.best = {
             "epoch": epoch + 1, "step": step, "val_bacc": row["val_bacc"], "val_accuracy": row["val_accuracy"],
             "train_class_counts": run.counts.tolist(), "class_names": list(run.class_names),
-            "source": f"best validation BACC of {run.workdir}"})
+            "source": f"best validation BACC of {run.workdir}"}
+        progress.best_weights = state_weights(params, stats)  # host copies: every checkpoint holds them
+        best.save(progress.best_weights, progress.best)
     row["save_seconds"] = time.perf_counter() - ts
     progress.history.append(row)
     run.runlog.scalars(step, {k: v for k, v in row.items() if k not in ("epoch", "step")}, kind="epoch")
@@ -189,9 +221,19 @@ def end_of_epoch(run: Run, state: TrainState, progress: Progress, step: int, val
     progress.epoch_start = (time.perf_counter(), step)
 
 
-def save_checkpoint(run: Run, ckpt: Checkpointer, state: TrainState, train_iter: Any, progress: Progress,
-                    step: int) -> None:
-    """A checkpoint of everything (asynchronous); never of non-finite parameters."""
+def committed(ckpt: Checkpointer, best: WeightsWriter, *, block: bool = False) -> None:
+    """Once the pending checkpoint has committed (``block``: wait for it), the best weights it records
+    move into ``best/``. A failed save raises ``CheckpointSaveError`` here, at the first step after it."""
+    step = ckpt.poll(block=block)
+    if step is not None:
+        faults.point("checkpoint.committed")
+        best.wait(upto=step)
+
+
+def save_checkpoint(run: Run, ckpt: Checkpointer, best: WeightsWriter, state: TrainState, train_iter: Any,
+                    progress: Progress, step: int) -> None:
+    """A checkpoint of everything, the best weights so far included (asynchronous); never of
+    non-finite parameters."""
     if progress.last_saved == step:
         return
     epoch = step // run.steps_per_epoch
@@ -200,8 +242,58 @@ def save_checkpoint(run: Run, ckpt: Checkpointer, state: TrainState, train_iter:
             f"parameters became non-finite by step {step} (epoch {epoch}); not saved, so the last good "
             f"checkpoint ({ckpt.directory}/{progress.last_saved}) stays the newest: lower "
             "--config.optimizer.learning_rate and rerun the same command")
-    ckpt.save(step, state, train_iter.get_state(), progress.meta(epoch))
+    committed(ckpt, best, block=True)
+    ckpt.save(step, state, train_iter.get_state(), progress.meta(epoch), best=progress.best_weights)
     progress.last_saved = step
+
+
+def train_loop(run: Run, ckpt: Checkpointer, best: WeightsWriter, state: TrainState, progress: Progress,
+               train_iter: Any, validation: pipeline.EvalSet) -> tuple[TrainState, int, str]:
+    """Steps until the end of training or a stop signal: (state, step, 'finished' | 'interrupted').
+
+    The best weights of a new best epoch go to ``best.partial`` at once and into every later
+    checkpoint; ``best/`` takes them once the checkpoint recording them has committed."""
+    config = run.config
+    step = int(progress.last_saved or 0)
+    progress.epoch_start = (time.perf_counter(), step)
+    class_weights = None
+    bar = tqdm(total=run.total_steps, initial=step, unit="step", dynamic_ncols=True, disable=not config.progress_bar,
+               desc="train")
+    try:
+        with _Stop() as stop:
+            while step < run.total_steps:
+                if class_weights is None or step % run.steps_per_epoch == 0:
+                    class_weights = run.class_weights(step // run.steps_per_epoch)
+                batch = parallel.to_global(next(train_iter), run.mesh)
+                state, metrics = run.steps.train(state, batch, class_weights)
+                step += 1
+                bar.update(1)
+                progress.pending.append(metrics)
+                progress.epoch_metrics = metrics if progress.epoch_metrics is None else progress.epoch_metrics.merge(
+                    metrics)
+                committed(ckpt, best)
+                epoch_done = step % run.steps_per_epoch == 0
+                if step % config.log_every_steps == 0:
+                    log_progress(run, progress, step, bar)
+                if epoch_done:  # before any checkpoint of this step, so a resumed run never skips it
+                    end_of_epoch(run, state, progress, step, validation, best)
+                due = ((epoch_done and (step // run.steps_per_epoch) % config.checkpoint.every_epochs == 0)
+                       or (config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0)
+                       or step == run.total_steps or stop.signal is not None)
+                if due:
+                    _flush(run, progress, step)
+                    save_checkpoint(run, ckpt, best, state, train_iter, progress, step)
+                if stop.signal is not None:
+                    committed(ckpt, best, block=True)
+                    best.wait()
+                    run.runlog.info(f"stopped by signal {stop.signal} at step {step}; checkpoint saved in "
+                                    f"{ckpt.directory}; rerun the same command to resume")
+                    return state, step, "interrupted"
+        committed(ckpt, best, block=True)
+        best.wait()
+        return state, step, "finished"
+    finally:
+        bar.close()
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path) -> dict[str, Any]:
@@ -224,50 +316,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         sampling=config.data.sampling, **where)
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
     best = WeightsWriter(workdir / "best")
-    state, progress = restore_or_init(run, ckpt, train_iter)
-    step = int(progress.last_saved or 0)
-    t_val = time.perf_counter()
-    validation = pipeline.EvalSet(run.splits["validation"], config.data.image_size)  # decoded once per run
-    run.runlog.info(f"validation split decoded once: {len(validation)} images in {time.perf_counter() - t_val:.1f} s")
-    progress.epoch_start = (time.perf_counter(), step)
-
-    class_weights = None
-    bar = tqdm(total=run.total_steps, initial=step, unit="step", dynamic_ncols=True, disable=not config.progress_bar,
-               desc="train")
-    status = "finished"
     try:
-        with _Stop() as stop:
-            while step < run.total_steps:
-                if class_weights is None or step % run.steps_per_epoch == 0:
-                    class_weights = run.class_weights(step // run.steps_per_epoch)
-                batch = parallel.to_global(next(train_iter), run.mesh)
-                state, metrics = run.steps.train(state, batch, class_weights)
-                step += 1
-                bar.update(1)
-                progress.pending.append(metrics)
-                progress.epoch_metrics = metrics if progress.epoch_metrics is None else progress.epoch_metrics.merge(
-                    metrics)
-                epoch_done = step % run.steps_per_epoch == 0
-                if step % config.log_every_steps == 0:
-                    log_progress(run, progress, step, bar)
-                if epoch_done:  # before any checkpoint of this step, so a resumed run never skips it
-                    end_of_epoch(run, state, progress, step, validation, best)
-                due = ((epoch_done and (step // run.steps_per_epoch) % config.checkpoint.every_epochs == 0)
-                       or (config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0)
-                       or step == run.total_steps or stop.signal is not None)
-                if due:
-                    _flush(run, progress, step)
-                    save_checkpoint(run, ckpt, state, train_iter, progress, step)
-                if stop.signal is not None:
-                    ckpt.wait()
-                    best.wait()
-                    run.runlog.info(f"stopped by signal {stop.signal} at step {step}; checkpoint saved in "
-                                    f"{ckpt.directory}; rerun the same command to resume")
-                    status = "interrupted"
-                    break
-    finally:
-        bar.close()
-        ckpt.close()
+        state, progress = restore_or_init(run, ckpt, train_iter, best)
+        t_val = time.perf_counter()
+        validation = pipeline.EvalSet(run.splits["validation"], config.data.image_size)  # decoded once per run
+        run.runlog.info(f"validation split decoded once: {len(validation)} images in "
+                        f"{time.perf_counter() - t_val:.1f} s")
+        state, step, status = train_loop(run, ckpt, best, state, progress, train_iter, validation)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error on its way out is the one to report
+            ckpt.close()
+        raise
+    ckpt.close()
     if status == "interrupted":
         best.close()
         run.runlog.close()
