@@ -21,8 +21,9 @@ def _configs_from_checkout() -> None:
             return  # installed (editable or not): the installed mapping wins
     except ModuleNotFoundError:
         pass
-    spec = importlib.util.spec_from_file_location("caco_jax.configs", folder / "__init__.py",
-                                                  submodule_search_locations=[str(folder)])
+    spec = importlib.util.spec_from_file_location(
+        "caco_jax.configs", folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
     if spec is not None and spec.loader is not None:
         module = importlib.util.module_from_spec(spec)
         sys.modules["caco_jax.configs"] = module

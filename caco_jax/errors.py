@@ -14,6 +14,7 @@ Exit codes (the same for every ``caco-jax`` command):
       same command to resume (75 is ``EX_TEMPFAIL``: try again later)
 ====  =====================================================================
 """
+
 from __future__ import annotations
 
 EXIT_OK = 0

@@ -1,4 +1,5 @@
 """Pytrees as flat ``{"a/b/0/c": leaf}`` dicts: the one flattening used by checkpoints and weights."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -6,6 +6,7 @@
 
 Arguments are comma-separated key=value pairs among attention, loss, pretrained.
 """
+
 from caco_jax.configs import default
 
 _ALLOWED = {"attention", "loss", "pretrained"}

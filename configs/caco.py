@@ -1,4 +1,5 @@
 """MobileNetV3-CaCo with the joint focal+LDAM loss: the paper's best model (Table 4)."""
+
 from caco_jax.configs import default
 
 

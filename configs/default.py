@@ -3,10 +3,10 @@
 Every other config is a small override of this one. Override any field on the
 command line: ``--config.optimizer.learning_rate=1e-3``.
 """
+
 from __future__ import annotations
 
 import ml_collections
-
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -5,6 +5,7 @@
 Runs on a laptop CPU in a few minutes and writes the full report (report.md,
 confusion matrix, curves) to the workdir. No pretrained weights, no download.
 """
+
 from caco_jax.configs import default
 
 

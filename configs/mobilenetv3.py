@@ -1,4 +1,5 @@
 """Baseline: torchvision MobileNetV3-Small (SE attention), pretrained, cross-entropy (Table 2)."""
+
 from caco_jax.configs import default
 
 

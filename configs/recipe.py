@@ -10,6 +10,7 @@ The paper's model (MobileNetV3-CaCo, ImageNet backbone, AdamW 5e-4 / 5e-2, batch
 
     python scripts/train.py --config configs/recipe.py --workdir runs/recipe
 """
+
 from caco_jax.configs import default
 
 

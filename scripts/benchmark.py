@@ -1,4 +1,6 @@
-"""``python scripts/benchmark.py ...`` is ``caco-jax benchmark ...`` (caco_jax/cli/benchmark.py); kept for the paper's users."""
+"""``python scripts/benchmark.py ...`` is ``caco-jax benchmark ...`` (caco_jax/cli/benchmark.py);
+kept for the paper's users."""
+
 import sys
 
 from caco_jax.cli.benchmark import main

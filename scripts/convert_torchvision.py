@@ -1,4 +1,5 @@
 """``python scripts/convert_torchvision.py ...`` is ``caco-jax convert ...`` (caco_jax/cli/convert.py)."""
+
 import sys
 
 from caco_jax.cli.convert import main

@@ -1,4 +1,6 @@
-"""``python scripts/evaluate.py ...`` is ``caco-jax evaluate ...`` (caco_jax/cli/evaluate.py); kept for the paper's users."""
+"""``python scripts/evaluate.py ...`` is ``caco-jax evaluate ...`` (caco_jax/cli/evaluate.py);
+kept for the paper's users."""
+
 import sys
 
 from caco_jax.cli.evaluate import main

@@ -1,4 +1,6 @@
-"""``python scripts/export.py ...`` is ``caco-jax export ...`` (caco_jax/cli/export.py); kept for the paper's users."""
+"""``python scripts/export.py ...`` is ``caco-jax export ...`` (caco_jax/cli/export.py);
+kept for the paper's users."""
+
 import sys
 
 from caco_jax.cli.export import main

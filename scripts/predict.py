@@ -1,4 +1,6 @@
-"""``python scripts/predict.py ...`` is ``caco-jax predict ...`` (caco_jax/cli/predict.py); kept for the paper's users."""
+"""``python scripts/predict.py ...`` is ``caco-jax predict ...`` (caco_jax/cli/predict.py);
+kept for the paper's users."""
+
 import sys
 
 from caco_jax.cli.predict import main

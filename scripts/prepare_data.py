@@ -1,4 +1,6 @@
-"""``python scripts/prepare_data.py ...`` is ``caco-jax prepare-data ...`` (caco_jax/cli/prepare_data.py); kept for the paper's users."""
+"""``python scripts/prepare_data.py ...`` is ``caco-jax prepare-data ...`` (caco_jax/cli/prepare_data.py);
+kept for the paper's users."""
+
 import sys
 
 from caco_jax.cli.prepare_data import main

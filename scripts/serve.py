@@ -1,4 +1,6 @@
-"""``python scripts/serve.py ...`` is ``caco-jax serve ...`` (caco_jax/cli/serve.py); kept for the paper's users."""
+"""``python scripts/serve.py ...`` is ``caco-jax serve ...`` (caco_jax/cli/serve.py);
+kept for the paper's users."""
+
 import sys
 
 from caco_jax.cli.serve import main

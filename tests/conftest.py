@@ -3,6 +3,7 @@
 Compile time dominates these tests, so the environment is fixed *before* JAX is
 imported anywhere, and expensive compiled functions live in session fixtures.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,12 +33,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         try:
             import torch  # noqa: F401
         except ImportError:
-            pytest.exit("CI must install the torch extra (pip install -e '.[torch,onnx,dev]'): parity tests would skip", 2)
+            pytest.exit(
+                "CI must install the torch extra (pip install -e '.[torch,onnx,dev]'): parity tests would skip", 2
+            )
         try:
             import gradio  # noqa: F401
         except ImportError:
-            pytest.exit("CI must install the dev extra, which includes the app extra (pip install -e '.[torch,onnx,dev]'): "
-                        "the web page's tests would skip", 2)
+            pytest.exit(
+                "CI must install the dev extra, which includes the app extra (pip install -e '.[torch,onnx,dev]'): "
+                "the web page's tests would skip",
+                2,
+            )
         try:
             import onnxruntime  # noqa: F401
             import onnxscript  # noqa: F401

@@ -1,4 +1,5 @@
 """Compiled forward passes shared by the test modules (one nnx.jit each, so one cache entry per shape)."""
+
 from flax import nnx
 
 

@@ -4,6 +4,7 @@ Trains a few steps of the tiny model on the same batches over a mesh of 8 device
 and over a mesh of 1, and prints JSON with the largest parameter / BatchNorm-statistic
 differences, plus the error message for a batch that does not split over 8 devices.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,14 +15,14 @@ import jax
 import numpy as np
 import optax
 
-from caco_jax.training import parallel
 from caco_jax.data.augment import AugmentConfig
-from caco_jax.training.losses import make_loss
 from caco_jax.models import create_model
+from caco_jax.training import parallel
+from caco_jax.training.losses import make_loss
 from caco_jax.training.steps import ModelDef, build_steps, init_state
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from caco_jax.configs import default  # noqa: E402
+from caco_jax.configs import default
 
 
 def train(num_devices: int, batches: list[dict[str, np.ndarray]]) -> tuple[dict, dict, list[float]]:
@@ -47,20 +48,42 @@ def train(num_devices: int, batches: list[dict[str, np.ndarray]]) -> tuple[dict,
 def main() -> None:
     assert jax.device_count() == 8, jax.devices()
     rng = np.random.default_rng(0)
-    batches = [{"image": rng.integers(0, 256, (16, 40, 40, 3), dtype=np.uint8),
-                "label": rng.integers(0, 7, (16,)).astype(np.int32)} for _ in range(3)]
+    batches = [
+        {
+            "image": rng.integers(0, 256, (16, 40, 40, 3), dtype=np.uint8),
+            "label": rng.integers(0, 7, (16,)).astype(np.int32),
+        }
+        for _ in range(3)
+    ]
     p8, s8, l8 = train(8, batches)
     p1, s1, l1 = train(1, batches)
-    diff = lambda a, b: max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-    moved = max(float(np.max(np.abs(x - y))) for x, y in zip(
-        jax.tree.leaves(p1), jax.tree.leaves(ModelDef(create_model(arch="tiny", attention="caco", seed=0)).init_params)))
+
+    def diff(a, b) -> float:
+        return max(float(np.max(np.abs(x - y))) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+    moved = max(
+        float(np.max(np.abs(x - y)))
+        for x, y in zip(
+            jax.tree.leaves(p1),
+            jax.tree.leaves(ModelDef(create_model(arch="tiny", attention="caco", seed=0)).init_params),
+            strict=True,
+        )
+    )
     try:
         parallel.check_batch_size(12, parallel.make_mesh(8))
         error = None
     except ValueError as e:
         error = str(e)
-    json.dump({"params": diff(p8, p1), "batch_stats": diff(s8, s1), "moved": moved, "error": error,
-               "loss": float(np.max(np.abs(np.subtract(l8, l1))))}, sys.stdout)
+    json.dump(
+        {
+            "params": diff(p8, p1),
+            "batch_stats": diff(s8, s1),
+            "moved": moved,
+            "error": error,
+            "loss": float(np.max(np.abs(np.subtract(l8, l1)))),
+        },
+        sys.stdout,
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Both processes train the tiny model through ``train_and_evaluate`` with
 ``distributed=True``: one CPU device each, gloo collectives, each reading only its
 half of every global batch.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -15,9 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from multihost_config import config  # noqa: E402
-
 from caco_jax.training.loop import train_and_evaluate  # noqa: E402
+from multihost_config import config  # noqa: E402
 
 
 def main() -> None:

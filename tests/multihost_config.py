@@ -1,11 +1,12 @@
 """The tiny training setup shared by the one- and two-process runs of the multi-host test."""
+
 from __future__ import annotations
 
 import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from caco_jax.configs import demo  # noqa: E402
+from caco_jax.configs import demo
 
 
 def config(data_dir: str):

@@ -5,6 +5,7 @@
 Everything else is the real command; only the score that picks the best epoch is replaced, so
 a test decides which epochs write new best weights (here: 1 and 2, not 3).
 """
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 Upload with POST /gradio_api/upload, start a run with POST /gradio_api/call/analyse, read its
 result from the event stream GET /gradio_api/call/analyse/<event_id>: what a browser does.
 """
+
 from __future__ import annotations
 
 import io
@@ -21,13 +22,13 @@ from PIL import Image
 gr = pytest.importorskip("gradio", reason="the web page needs the app extra: pip install -e '.[app]'")
 httpx = pytest.importorskip("httpx", reason="comes with gradio (the app extra)")
 
-from caco_jax.serving import app  # noqa: E402
-from caco_jax.evaluation import calibration, decision  # noqa: E402
 from caco_jax.data.classes import CLASS_NAMES  # noqa: E402
-from caco_jax.serving.predictor import Predictor  # noqa: E402
+from caco_jax.evaluation import calibration, decision  # noqa: E402
 from caco_jax.models import model_from_config  # noqa: E402
 from caco_jax.runs.weights import save_weights  # noqa: E402
 from caco_jax.runs.workspace import save_config  # noqa: E402
+from caco_jax.serving import app  # noqa: E402
+from caco_jax.serving.predictor import Predictor  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from caco_jax.configs import demo  # noqa: E402
@@ -46,8 +47,9 @@ def tiny_run(workdir: pathlib.Path) -> pathlib.Path:
     save_weights(model, workdir / "best", metadata={"class_names": list(CLASS_NAMES)})
     calibration.save(workdir / "best", 1.5, fitted_on="validation")
     offsets = tuple(9.0 if name == "df" else 0.0 for name in CLASS_NAMES)  # a rule that answers df
-    decision.save(workdir / "best", decision.DecisionRule("logit_adjustment", offsets, tau=1.0,
-                                                          info={"temperature": 1.5}))
+    decision.save(
+        workdir / "best", decision.DecisionRule("logit_adjustment", offsets, tau=1.0, info={"temperature": 1.5})
+    )
     return workdir
 
 
@@ -87,8 +89,7 @@ def _upload(client, name: str, data: bytes) -> dict:
     return {"path": r.json()[0], "meta": {"_type": "gradio.FileData"}, "orig_name": name}
 
 
-def _analyse(client, file: dict | None, explain: str = app.PREDICTED, tta: bool = False, rule: str = "argmax"
-             ) -> list:
+def _analyse(client, file: dict | None, explain: str = app.PREDICTED, tta: bool = False, rule: str = "argmax") -> list:
     r = client.post("/gradio_api/call/analyse", json={"data": [file, explain, tta, rule]})
     assert r.status_code == 200, r.text
     event_id = r.json()["event_id"]
@@ -103,7 +104,7 @@ def _analyse(client, file: dict | None, explain: str = app.PREDICTED, tta: bool 
 def _jpeg(size: tuple[int, int] = (120, 90)) -> bytes:
     rng = np.random.default_rng(0)
     image = np.full((size[1], size[0], 3), (215, 170, 140), np.uint8)
-    yy, xx = np.mgrid[0:size[1], 0:size[0]]
+    yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
     image[np.hypot(yy - size[1] / 2, xx - size[0] / 2) < min(size) / 4] = (90, 55, 40)
     image = np.clip(image + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
     out = io.BytesIO()
@@ -139,12 +140,15 @@ def test_a_chosen_class_and_test_time_augmentation(server):
     assert "supports **mel**" in message and "averaged over 8" in message
 
 
-@pytest.mark.parametrize(("name", "data", "expected"), [
-    ("notes.txt", b"these are my notes, not a picture", "notes.txt: Not an image file this program can read"),
-    ("cut.jpg", _jpeg()[:600], "cut.jpg: Damaged or incomplete ("),
-    ("empty.jpg", b"", "empty.jpg is empty (0 bytes)"),
-    ("bomb.png", None, "bomb.png: 2400 x 2000 pixels (4.8 megapixels) is too large; the limit is 4 megapixels"),
-])
+@pytest.mark.parametrize(
+    ("name", "data", "expected"),
+    [
+        ("notes.txt", b"these are my notes, not a picture", "notes.txt: Not an image file this program can read"),
+        ("cut.jpg", _jpeg()[:600], "cut.jpg: Damaged or incomplete ("),
+        ("empty.jpg", b"", "empty.jpg is empty (0 bytes)"),
+        ("bomb.png", None, "bomb.png: 2400 x 2000 pixels (4.8 megapixels) is too large; the limit is 4 megapixels"),
+    ],
+)
 def test_bad_files_get_a_clear_message(server, name, data, expected):
     client, _, _ = server
     if data is None:  # 4.8 megapixels in a few kB: refused from its header, before decoding
@@ -248,7 +252,9 @@ def test_load_many_clients_at_once_stay_answered_and_bounded(server):
     wall = time.perf_counter() - t0
     files, used = cache.usage()
     p50, p95 = np.percentile(latencies, [50, 95])
-    print(f"\nload: {len(latencies)} requests in {wall:.1f} s ({len(latencies) / wall:.1f}/s), latency p50 "
-          f"{p50:.2f} s, p95 {p95:.2f} s, max {max(latencies):.2f} s; page folder {files} files, {used / 1e6:.2f} MB")
+    print(
+        f"\nload: {len(latencies)} requests in {wall:.1f} s ({len(latencies) / wall:.1f}/s), latency p50 "
+        f"{p50:.2f} s, p95 {p95:.2f} s, max {max(latencies):.2f} s; page folder {files} files, {used / 1e6:.2f} MB"
+    )
     assert not failures and len(latencies) == 100
     assert used <= CACHE_BYTES + 2 * 768 * 768 * 3

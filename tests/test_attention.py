@@ -14,6 +14,7 @@ BatchNorm uses the project's constants (eps 1e-3, torch momentum 0.01) everywher
 including inside CBAM's spatial half and coordinate attention (the official CA code
 uses torch's defaults 1e-5 / 0.1; ours are one setting for the whole network).
 """
+
 from __future__ import annotations
 
 import jax
@@ -26,8 +27,8 @@ from caco_jax.interop.convert import attention_keys, export_block
 from caco_jax.models.attention import (
     ATTENTIONS,
     CBAM,
-    AttentionOptions,
     ECA,
+    AttentionOptions,
     CaCo,
     CoordinateAttention,
     SeCo,
@@ -210,8 +211,7 @@ def test_train_mode_matches_torch_outputs_stats_and_grads(case, attention, act, 
     assert scale > 0
     for name, param in named.items():
         path, fn = keys[name]
-        np.testing.assert_allclose(fn(param.grad.numpy()), _get(g_block, path), rtol=0, atol=ATOL * scale,
-                                   err_msg=name)
+        np.testing.assert_allclose(fn(param.grad.numpy()), _get(g_block, path), rtol=0, atol=ATOL * scale, err_msg=name)
 
 
 @pytest.mark.parametrize("attention", ATTENTIONS)
@@ -239,8 +239,10 @@ def test_coordinate_attention_widths_and_eca_kernel():
     assert coord(64).mip == 8 and coord(64).conv1.kernel.shape == (64, 8)  # max(8, 2)
     assert coord(576).mip == 18 and coord(576).conv_h.kernel.shape == (18, 576)
     # k = |(log2 C + 1) / 2| made odd (ECA-Net, gamma 2, b 1)
-    ks = [nnx.eval_shape(lambda c=c: ECA(c, 8, AttentionOptions(), rngs=nnx.Rngs(0))).kernel_size
-          for c in (16, 64, 256, 576, 1024)]
+    ks = [
+        nnx.eval_shape(lambda c=c: ECA(c, 8, AttentionOptions(), rngs=nnx.Rngs(0))).kernel_size
+        for c in (16, 64, 256, 576, 1024)
+    ]
     assert ks == [3, 3, 5, 5, 5]
 
 
@@ -310,12 +312,20 @@ def test_preserve_init_with_unit_gains_is_the_plain_block(attention):
     np.testing.assert_allclose(np.asarray(_apply(gained, x)), np.asarray(_apply(plain, x)), rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(("init", "expected"), [("plain", set()), ("preserve", {"channel/max_gain", "coord/gain"}),
-                                                ("preserve_channel", {"channel/max_gain"}),
-                                                ("preserve_coord", {"coord/gain"})])
+@pytest.mark.parametrize(
+    ("init", "expected"),
+    [
+        ("plain", set()),
+        ("preserve", {"channel/max_gain", "coord/gain"}),
+        ("preserve_channel", {"channel/max_gain"}),
+        ("preserve_coord", {"coord/gain"}),
+    ],
+)
 def test_init_modes_choose_which_gains_exist(init, expected):
     block = make_attention("caco", 16, 8, AttentionOptions(init=init), rngs=nnx.Rngs(0))
-    found = {"/".join(map(str, p)) for p, v in nnx.iter_graph(block) if isinstance(v, nnx.Param) and "gain" in str(p[-1])}
+    found = {
+        "/".join(map(str, p)) for p, v in nnx.iter_graph(block) if isinstance(v, nnx.Param) and "gain" in str(p[-1])
+    }
     assert found == expected
     for path in found:
         node = block

@@ -1,5 +1,6 @@
 """The benchmark harness (caco_jax/benchmark/, command caco-jax benchmark): end to end at toy size, and
 its parts -- option parsing, rate statistics, shared rounds and ratios, targets -- without compiling."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,11 +32,46 @@ def test_benchmark_main_end_to_end(tmp_path, capsys):
     out = tmp_path / "bench.json"
     # One variant (caco_over_se is covered by test_cpu_targets_and_table); the overhead's train step has the
     # main one's shapes, so the persistent compilation cache compiles it once.
-    argv = ["--arch", "tiny", "--batch_size", "4", "--image_size", "32", "--load_size", "32",
-            "--variants", "caco", "--dtypes", "float32", "--windows", "2", "--steps", "1", "--warmup", "1",
-            "--latency_calls", "2", "--torch_modes", "eager", "--torch_threads", "1", "--manual_dir", str(manual),
-            "--data_dir", str(tmp_path / "tfds"), "--build_size", "32", "--num_workers", "0",
-            "--overhead_batch", "4", "--overhead_image_size", "32", "--out", str(out)]
+    argv = [
+        "--arch",
+        "tiny",
+        "--batch_size",
+        "4",
+        "--image_size",
+        "32",
+        "--load_size",
+        "32",
+        "--variants",
+        "caco",
+        "--dtypes",
+        "float32",
+        "--windows",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+        "--latency_calls",
+        "2",
+        "--torch_modes",
+        "eager",
+        "--torch_threads",
+        "1",
+        "--manual_dir",
+        str(manual),
+        "--data_dir",
+        str(tmp_path / "tfds"),
+        "--build_size",
+        "32",
+        "--num_workers",
+        "0",
+        "--overhead_batch",
+        "4",
+        "--overhead_image_size",
+        "32",
+        "--out",
+        str(out),
+    ]
     from caco_jax.cli.benchmark import main
 
     assert main(argv) == 0
@@ -63,8 +99,12 @@ def test_benchmark_main_end_to_end(tmp_path, capsys):
     wrappers = result["dispatch_overhead"]["wrappers"]
     assert set(wrappers) == {"jax.jit, split once (ours)", "nnx.jit", "nnx.cached_partial(nnx.jit)"}
     assert all(w["step"]["ms"] > 0 and w["noop"]["ms"] > 0 for w in wrappers.values())
-    assert {"caco_train_over_torch_eager", "caco_eval_over_torch_eager", "caco_latency_over_torch_eager",
-            "e2e_over_synthetic_caco_float32"} <= set(result["targets"])
+    assert {
+        "caco_train_over_torch_eager",
+        "caco_eval_over_torch_eager",
+        "caco_latency_over_torch_eager",
+        "e2e_over_synthetic_caco_float32",
+    } <= set(result["targets"])
 
     table = capsys.readouterr().out
     assert f"| caco-jax | mobilenetv3_tiny-caco | float32, depthwise {dw} |" in table and "nnx.jit" in table
@@ -92,8 +132,21 @@ def test_a_field_added_to_the_dataclass_is_a_flag_with_its_help():
     assert "--extra_knob INT a knob added later (default: 3)" in help_text
     assert "a list added later; from {a,b} (default: a)" in help_text
     assert "--extra_switch a switch added later --no_extra_switch the opposite of --extra_switch (default)" in help_text
-    parsed = options.parse(["--extra_knob", "5", "--extra_list", "b, a", "--extra_switch", "--no_eval",
-                            "--depthwise", "conv,shifts_vjp", "--batch_size", "8"], cls=_WithExtra)
+    parsed = options.parse(
+        [
+            "--extra_knob",
+            "5",
+            "--extra_list",
+            "b, a",
+            "--extra_switch",
+            "--no_eval",
+            "--depthwise",
+            "conv,shifts_vjp",
+            "--batch_size",
+            "8",
+        ],
+        cls=_WithExtra,
+    )
     assert (parsed.extra_knob, parsed.extra_list, parsed.extra_switch) == (5, ("b", "a"), True)
     assert parsed.eval is False and parsed.depthwise == ("conv", "shifts_vjp") and parsed.batch_size == 8
 
@@ -126,8 +179,11 @@ def test_skips_are_reported():
     _, _, reason = resolve_dataset(Options(), log=lambda _: None)
     assert reason and "--data_dir" in reason
     assert torch_configs(Options(dtypes=("float32",))) == [
-        ("eager", "float32"), ("channels_last_bf16", "bfloat16"), ("compile", "float32"),
-        ("compile_reduce_overhead", "float32")]
+        ("eager", "float32"),
+        ("channels_last_bf16", "bfloat16"),
+        ("compile", "float32"),
+        ("compile_reduce_overhead", "float32"),
+    ]
 
 
 # --------------------------------------------------------------------------- timing, ratios, targets
@@ -135,7 +191,11 @@ def test_rate_stats_median_of_windows():
     stats = timing.rate_stats([1.0, 2.0, 4.0], 8)
     assert stats == {"median": 4.0, "min": 2.0, "max": 8.0, "windows": [8.0, 4.0, 2.0]}
     assert timing.paired_ratio([4.0, 2.0, 9.0], [2.0, 2.0, 3.0]) == {
-        "median": 2.0, "min": 1.0, "max": 3.0, "rounds": [2.0, 1.0, 3.0]}
+        "median": 2.0,
+        "min": 1.0,
+        "max": 3.0,
+        "rounds": [2.0, 1.0, 3.0],
+    }
     with pytest.raises(ValueError, match="equal count"):
         timing.paired_ratio([1.0], [1.0, 2.0])
 
@@ -158,24 +218,43 @@ def _entry(name: str, framework: str, seconds: dict[str, list[float]], calls: li
         def run() -> None:
             calls.append(f"{kind}:{name}")
             clock.now += left[kind].pop(0)
+
         return run
 
-    row = {"framework": framework, "model": name, "mode": "eager" if framework == "torchvision" else name,
-           "dtype": "float32", "variant": "caco" if framework == "caco-jax" else "se"}
-    return timing.Timed(row, train=(work("train"), 10), eval=(work("eval"), 20), latency=work("latency"),
-                        batch_size=5)
+    row = {
+        "framework": framework,
+        "model": name,
+        "mode": "eager" if framework == "torchvision" else name,
+        "dtype": "float32",
+        "variant": "caco" if framework == "caco-jax" else "se",
+    }
+    return timing.Timed(row, train=(work("train"), 10), eval=(work("eval"), 20), latency=work("latency"), batch_size=5)
 
 
 def test_rows_of_both_frameworks_are_timed_in_the_same_rounds(monkeypatch):
     clock, calls = _Clock(), []
     monkeypatch.setattr(timing.time, "perf_counter", clock)
-    jax_entry = _entry("jax", "caco-jax", {"train": [1.0, 2.0], "eval": [1.0, 1.0], "latency": [0.1, 0.3]},
-                       calls, clock)
-    torch_entry = _entry("torch", "torchvision", {"train": [2.0, 2.0], "eval": [4.0, 2.0], "latency": [0.2, 0.2]},
-                         calls, clock)
+    jax_entry = _entry(
+        "jax", "caco-jax", {"train": [1.0, 2.0], "eval": [1.0, 1.0], "latency": [0.1, 0.3]}, calls, clock
+    )
+    torch_entry = _entry(
+        "torch", "torchvision", {"train": [2.0, 2.0], "eval": [4.0, 2.0], "latency": [0.2, 0.2]}, calls, clock
+    )
     timing.time_rows({"j": jax_entry, "t": torch_entry}, windows=2, latency_calls=2, log=lambda _: None)
-    assert calls == ["train:jax", "train:torch", "train:jax", "train:torch", "eval:jax", "eval:torch", "eval:jax",
-                     "eval:torch", "latency:jax", "latency:torch", "latency:jax", "latency:torch"]
+    assert calls == [
+        "train:jax",
+        "train:torch",
+        "train:jax",
+        "train:torch",
+        "eval:jax",
+        "eval:torch",
+        "eval:jax",
+        "eval:torch",
+        "latency:jax",
+        "latency:torch",
+        "latency:jax",
+        "latency:torch",
+    ]
     j, t = jax_entry.row, torch_entry.row
     assert j["images_per_s"]["windows"] == [10.0, 5.0] and t["images_per_s"]["windows"] == [5.0, 5.0]
     assert j["step_ms"] == pytest.approx(1e3 * 5 / 7.5)
@@ -191,29 +270,50 @@ def test_rows_of_both_frameworks_are_timed_in_the_same_rounds(monkeypatch):
 
 
 def _row(framework, variant, mode, train, eval_, latency, **extra):
-    return {"framework": framework, "model": "m", "variant": variant, "mode": mode, "dtype": "float32",
-            "images_per_s": timing.rate_stats([1 / x for x in train], 1), "step_ms": 1.0, "compile_s": 1.0,
-            "eval_images_per_s": timing.rate_stats([1 / x for x in eval_], 1),
-            "latency_ms": timing.latency_stats([x / 1e3 for x in latency], [x / 1e3 for x in latency]), **extra}
+    return {
+        "framework": framework,
+        "model": "m",
+        "variant": variant,
+        "mode": mode,
+        "dtype": "float32",
+        "images_per_s": timing.rate_stats([1 / x for x in train], 1),
+        "step_ms": 1.0,
+        "compile_s": 1.0,
+        "eval_images_per_s": timing.rate_stats([1 / x for x in eval_], 1),
+        "latency_ms": timing.latency_stats([x / 1e3 for x in latency], [x / 1e3 for x in latency]),
+        **extra,
+    }
 
 
 def test_cpu_targets_and_table():
-    rows = [_row("caco-jax", "caco", "float32, depthwise conv", [10, 12], [30, 40], [2, 2], depthwise="conv"),
-            _row("caco-jax", "caco", "float32, depthwise shifts_vjp", [20, 24], [30, 36], [1, 1],
-                 depthwise="shifts_vjp"),
-            _row("caco-jax", "se", "float32, depthwise shifts_vjp", [25, 24], [50, 60], [1, 1],
-                 depthwise="shifts_vjp"),
-            _row("torchvision", "se", "eager", [20, 20], [20, 20], [4, 2])]
+    rows = [
+        _row("caco-jax", "caco", "float32, depthwise conv", [10, 12], [30, 40], [2, 2], depthwise="conv"),
+        _row("caco-jax", "caco", "float32, depthwise shifts_vjp", [20, 24], [30, 36], [1, 1], depthwise="shifts_vjp"),
+        _row("caco-jax", "se", "float32, depthwise shifts_vjp", [25, 24], [50, 60], [1, 1], depthwise="shifts_vjp"),
+        _row("torchvision", "se", "eager", [20, 20], [20, 20], [4, 2]),
+    ]
     report.add_ratios(rows)
-    result = {"rows": rows, "device": {"platform": "cpu", "device_kind": "cpu", "num_devices": 1, "host_cpus": 2,
-                                       "jax_cpu_threads": 2},
-              "torch": {"torch_threads": 1, "torch_device": "cpu"},
-              "config": {"batch_size": 4, "image_size": 32, "load_size": 36, "arch": "tiny", "windows": 2,
-                         "steps": 1, "warmup": 1},
-              "load_average": {"before": 3.5, "after": 1.0}}
+    result = {
+        "rows": rows,
+        "device": {"platform": "cpu", "device_kind": "cpu", "num_devices": 1, "host_cpus": 2, "jax_cpu_threads": 2},
+        "torch": {"torch_threads": 1, "torch_device": "cpu"},
+        "config": {
+            "batch_size": 4,
+            "image_size": 32,
+            "load_size": 36,
+            "arch": "tiny",
+            "windows": 2,
+            "steps": 1,
+            "warmup": 1,
+        },
+        "load_average": {"before": 3.5, "after": 1.0},
+    }
     result["targets"] = t = report.targets(result)
-    train, evals, lat = (t["caco_train_over_torch_eager"], t["caco_eval_over_torch_eager"],
-                         t["caco_latency_over_torch_eager"])
+    train, evals, lat = (
+        t["caco_train_over_torch_eager"],
+        t["caco_eval_over_torch_eager"],
+        t["caco_latency_over_torch_eager"],
+    )
     assert train["jax"] == "float32, depthwise shifts_vjp" and train["ratio"] == pytest.approx(1.1)
     assert train["met"] and train["target"] == 1.0 and train["same_threads"] is False
     # each target takes the best implementation for it: conv evaluates faster here (1.5 and 2.0 vs 1.5 and 1.8)

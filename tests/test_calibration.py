@@ -1,4 +1,5 @@
 """Calibration (caco_jax.evaluation.calibration): ECE, reliability bins, temperature fitting, files, the diagram."""
+
 from __future__ import annotations
 
 import numpy as np

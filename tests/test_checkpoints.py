@@ -3,6 +3,7 @@
 Small arrays stand in for a train state, so every case runs in a fraction of a second; the
 training loop's own kill points run for real (SIGKILL) in tests/test_train.py (slow).
 """
+
 from __future__ import annotations
 
 import errno
@@ -31,9 +32,11 @@ STEPS_PER_EPOCH = 10
 def state_at(epoch: int) -> dict:
     """A stand-in train state: different numbers every epoch."""
     rng = np.random.default_rng(epoch)
-    return {"params": {"w": jnp.asarray(rng.normal(size=(64, 32)).astype(np.float32))},
-            "opt": {"mu": jnp.asarray(rng.normal(size=(64, 32)).astype(np.float32))},
-            "step": jnp.asarray(epoch * STEPS_PER_EPOCH, jnp.int32)}
+    return {
+        "params": {"w": jnp.asarray(rng.normal(size=(64, 32)).astype(np.float32))},
+        "opt": {"mu": jnp.asarray(rng.normal(size=(64, 32)).astype(np.float32))},
+        "step": jnp.asarray(epoch * STEPS_PER_EPOCH, jnp.int32),
+    }
 
 
 def weights_at(epoch: int) -> dict[str, np.ndarray]:
@@ -48,8 +51,13 @@ class Killed(BaseException):
     """Raised at a kill point: nothing after it in the save sequence runs."""
 
 
-def run_epochs(workdir: pathlib.Path, epochs: list[tuple[int, bool]], kill_at: str | None = None,
-               monkeypatch: pytest.MonkeyPatch | None = None, best_so_far: int | None = None) -> None:
+def run_epochs(
+    workdir: pathlib.Path,
+    epochs: list[tuple[int, bool]],
+    kill_at: str | None = None,
+    monkeypatch: pytest.MonkeyPatch | None = None,
+    best_so_far: int | None = None,
+) -> None:
     """The training loop's save sequence (its ``committed`` and WeightsWriter / Checkpointer calls) for
     each (epoch, is a new best): best weights to best.partial, the checkpoint (holding them), and once
     it has committed, best.partial into best/. With
@@ -75,9 +83,13 @@ def run_epochs(workdir: pathlib.Path, epochs: list[tuple[int, bool]], kill_at: s
                 current = (record_at(epoch), weights_at(epoch))
                 best.save(current[1], current[0])
             committed(ckpt, best, block=True)  # as save_checkpoint does (nothing is pending by now)
-            ckpt.save(epoch * STEPS_PER_EPOCH, state_at(epoch), {"position": epoch},
-                      {"history": [], "best_bacc": 0.0, "epoch": epoch, "best": current and current[0]},
-                      best=current and current[1])
+            ckpt.save(
+                epoch * STEPS_PER_EPOCH,
+                state_at(epoch),
+                {"position": epoch},
+                {"history": [], "best_bacc": 0.0, "epoch": epoch, "best": current and current[0]},
+                best=current and current[1],
+            )
         committed(ckpt, best, block=True)
     except Killed:
         ckpt._manager.close()  # what was already being written lands (as if the kill came a moment later)
@@ -129,8 +141,7 @@ KILL_POINTS = ["best.write:2", "checkpoint.write:2", "checkpoint.committed:2", "
 
 
 @pytest.mark.parametrize("kill_at", KILL_POINTS)
-def test_a_kill_at_any_point_of_the_save_sequence_keeps_best_and_checkpoint_together(tmp_path, kill_at,
-                                                                                     monkeypatch):
+def test_a_kill_at_any_point_of_the_save_sequence_keeps_best_and_checkpoint_together(tmp_path, kill_at, monkeypatch):
     run_epochs(tmp_path, [(1, True), (2, True), (3, False)], kill_at, monkeypatch)
     restored = resume(tmp_path)
     assert_best_is(tmp_path, restored.meta["best"]["epoch"])  # the weights the checkpoint records
@@ -176,7 +187,7 @@ def _overwrite(step_dir):
     """Same size, bytes replaced mid-file: zstd decodes it; only the checksums notice."""
     f = _largest_state_file(step_dir)
     data = bytearray(f.read_bytes())
-    data[len(data) // 2:len(data) // 2 + 64] = os.urandom(64)
+    data[len(data) // 2 : len(data) // 2 + 64] = os.urandom(64)
     f.write_bytes(bytes(data))
 
 
@@ -247,8 +258,10 @@ def test_a_save_failing_in_the_background_is_reported_at_the_next_poll(tmp_path,
     run_epochs(tmp_path, [(1, True)])
     ckpt = Checkpointer(tmp_path / "checkpoints")
     ckpt.save(20, state_at(2), {}, {"history": [], "best_bacc": 0.0, "epoch": 2, "best": None})
-    full = ValueError("RESOURCE_EXHAUSTED: Error writing local file: Failed to write 4096 bytes to file 7: "
-                      "No space left on device [os_error_code='28']")
+    full = ValueError(
+        "RESOURCE_EXHAUSTED: Error writing local file: Failed to write 4096 bytes to file 7: "
+        "No space left on device [os_error_code='28']"
+    )
     real_wait = ckpt._manager.wait_until_finished
 
     def failing_wait():
@@ -256,8 +269,11 @@ def test_a_save_failing_in_the_background_is_reported_at_the_next_poll(tmp_path,
         raise full
 
     monkeypatch.setattr(ckpt._manager, "wait_until_finished", failing_wait)
-    with pytest.raises(CheckpointSaveError, match=r"checkpoint 20 .*No space left on device \[errno 28\] "
-                                                  r"\(.* free on that disk"):
+    with pytest.raises(
+        CheckpointSaveError,
+        match=r"checkpoint 20 .*No space left on device \[errno 28\] "
+        r"\(.* free on that disk",
+    ):
         ckpt.poll(block=True)
     monkeypatch.undo()
     ckpt.close()
@@ -298,10 +314,14 @@ def test_a_crash_point_named_in_the_environment_kills_the_process(tmp_path):
     import subprocess
     import sys
 
-    code = "from caco_jax.runs import faults\nfaults.point('x')\nfaults.point('y')\nprint('after y')\n" \
-           "faults.point('y')\nprint('not reached')"
+    code = (
+        "from caco_jax.runs import faults\nfaults.point('x')\nfaults.point('y')\nprint('after y')\n"
+        "faults.point('y')\nprint('not reached')"
+    )
     env = dict(os.environ, **{faults.CRASH_ENV: "y:2"})
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
     assert proc.returncode == -9 and proc.stdout == "after y\n"
 
 
@@ -337,8 +357,9 @@ def test_only_the_echoes_of_abandoned_reads_are_silenced(capsys):
     namespace: dict = {}
     exec(code, namespace)  # noqa: S102 - a coroutine whose code lives in orbax's package
     coroutine = namespace["read"]()
-    hook_args = types.SimpleNamespace(exc_type=RuntimeError, exc_value=RuntimeError("x"), exc_traceback=None,
-                                      err_msg=None, object=coroutine)
+    hook_args = types.SimpleNamespace(
+        exc_type=RuntimeError, exc_value=RuntimeError("x"), exc_traceback=None, err_msg=None, object=coroutine
+    )
     sys.unraisablehook(hook_args)
     coroutine.close()
     assert capsys.readouterr().err == ""

@@ -4,6 +4,7 @@ Most tests convert into full-size models built from ``nnx.eval_shape`` and fille
 sentinel value (no XLA compile): after a conversion, an array still holding the
 sentinel was left at initialisation, anything else was loaded.
 """
+
 from __future__ import annotations
 
 import functools
@@ -13,16 +14,16 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-import jitted
 
+import jitted
 from caco_jax.interop.convert import (
     ConversionError,
     export_torchvision,
     key_map,
     load_torchvision,
 )
-from caco_jax.models import ATTENTIONS, MobileNetV3, create_model
 from caco_jax.interop.torch_io import load_state_dict
+from caco_jax.models import ATTENTIONS, MobileNetV3, create_model
 from caco_jax.runs.weights import model_weights
 
 torch = pytest.importorskip("torch")
@@ -112,13 +113,21 @@ def test_every_torch_key_is_mapped_or_skipped(arch, attention):
     left = {k for k, v in after.items() if np.all(v == SENTINEL)}
     assert left == set(report.initialised)
     # (with the default preserving init, the max-pooled branch's gain is new too)
-    new_parts = {"se": (), "caco": ("coord/", "channel/max_gain"), "cbam": ("spatial/", "channel/max_gain"),
-                 "seco": ("coord/",), "eca": ("attention/",), "none": ()}[attention]
+    new_parts = {
+        "se": (),
+        "caco": ("coord/", "channel/max_gain"),
+        "cbam": ("spatial/", "channel/max_gain"),
+        "seco": ("coord/",),
+        "eca": ("attention/",),
+        "none": (),
+    }[attention]
     assert all(any(f"/{part}" in k for part in new_parts) for k in left), sorted(left)[:5]
     if attention in ("se", "none"):
         assert left == set()
-    assert report.loaded_params + sum(after[k].size for k in left if not k.endswith(("mean", "var"))) \
+    assert (
+        report.loaded_params + sum(after[k].size for k in left if not k.endswith(("mean", "var")))
         == report.total_params
+    )
 
 
 def test_loaded_values_land_where_torchvision_puts_them(full_sd):
@@ -129,12 +138,16 @@ def test_loaded_values_land_where_torchvision_puts_them(full_sd):
     np.testing.assert_array_equal(w["stem/conv/kernel"], full_sd["features.0.0.weight"].transpose(2, 3, 1, 0))
     np.testing.assert_array_equal(w["stem/bn/var"], full_sd["features.0.1.running_var"])
     # block 1 (16 -> 16, stride 2): no expand conv, so block.0 is the depthwise conv
-    np.testing.assert_array_equal(w["blocks/0/depthwise/conv/kernel"],
-                                  full_sd["features.1.block.0.0.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(w["blocks/0/attention/mlp/fc2/kernel"], full_sd["features.1.block.1.fc2.weight"][:, :, 0, 0].T)
+    np.testing.assert_array_equal(
+        w["blocks/0/depthwise/conv/kernel"], full_sd["features.1.block.0.0.weight"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(
+        w["blocks/0/attention/mlp/fc2/kernel"], full_sd["features.1.block.1.fc2.weight"][:, :, 0, 0].T
+    )
     np.testing.assert_array_equal(w["blocks/0/project/bn/scale"], full_sd["features.1.block.2.1.weight"])
-    np.testing.assert_array_equal(w["blocks/3/expand/conv/kernel"],
-                                  full_sd["features.4.block.0.0.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        w["blocks/3/expand/conv/kernel"], full_sd["features.4.block.0.0.weight"].transpose(2, 3, 1, 0)
+    )
     np.testing.assert_array_equal(w["last_conv/bn/mean"], full_sd["features.12.1.running_mean"])
     np.testing.assert_array_equal(w["head/kernel"], full_sd["classifier.0.weight"].T)
     np.testing.assert_array_equal(w["classifier/bias"], full_sd["classifier.3.bias"])
@@ -169,7 +182,9 @@ def test_shape_mismatch_raises_naming_key_and_shapes(full_sd):
         load_torchvision(sentinel_model("se"), sd)
 
 
-@pytest.mark.parametrize("key", ["features.4.block.1.1.running_var", "features.0.0.weight", "features.9.block.2.fc1.bias"])
+@pytest.mark.parametrize(
+    "key", ["features.4.block.1.1.running_var", "features.0.0.weight", "features.9.block.2.fc1.bias"]
+)
 def test_missing_backbone_tensor_raises_naming_it(full_sd, key):
     sd = {k: v for k, v in full_sd.items() if k != key}
     with pytest.raises(ConversionError, match=re.escape(key)):
@@ -251,8 +266,6 @@ def test_1000_class_checkpoint_into_7_class_model():
 
 
 # --------------------------------------------------------------------------- export
-
-
 
 
 def test_export_round_trip_through_torchvision():

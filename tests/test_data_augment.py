@@ -1,4 +1,5 @@
 """Accelerator-side augmentation: shapes, ranges, exact geometric invariants, determinism."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,9 +10,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from caco_jax.data.classes import IMAGENET_MEAN, IMAGENET_STD
 from caco_jax.data import augment
 from caco_jax.data.augment import AugmentConfig
+from caco_jax.data.classes import IMAGENET_MEAN, IMAGENET_STD
 
 MEAN, STD = np.asarray(IMAGENET_MEAN), np.asarray(IMAGENET_STD)
 LO, HI = (0 - MEAN) / STD, (1 - MEAN) / STD  # normalised range of [0, 1]
@@ -71,9 +72,9 @@ def test_flips_are_exact_and_random(flip, axis):
     cfg = AugmentConfig(hflip=False, vflip=False, rot90=False, **GEOMETRY_ONLY)
     cfg = dataclasses.replace(cfg, **{flip: True})
     out = np.asarray(_augment(jax.random.key(5), x, out_size=16, cfg=cfg))
-    flipped = [np.allclose(o, augment.normalize(np.flip(i, axis - 1)), atol=1e-5) for i, o in zip(x, out)]
-    kept = [np.allclose(o, augment.normalize(i), atol=1e-5) for i, o in zip(x, out)]
-    assert all(f != k for f, k in zip(flipped, kept))  # each image exactly one of the two
+    flipped = [np.allclose(o, augment.normalize(np.flip(i, axis - 1)), atol=1e-5) for i, o in zip(x, out, strict=True)]
+    kept = [np.allclose(o, augment.normalize(i), atol=1e-5) for i, o in zip(x, out, strict=True)]
+    assert all(f != k for f, k in zip(flipped, kept, strict=True))  # each image exactly one of the two
     assert 2 <= sum(flipped) <= 14  # about half
 
 
@@ -82,9 +83,8 @@ def test_rotations_are_exact_multiples_of_90_degrees():
     cfg = AugmentConfig(hflip=False, vflip=False, rot90=True, **GEOMETRY_ONLY)
     out = np.asarray(_augment(jax.random.key(7), x, out_size=12, cfg=cfg))
     seen = set()
-    for image, result in zip(x, out):
-        matches = [k for k in range(4)
-                   if np.allclose(result, augment.normalize(np.rot90(image, k)), atol=1e-5)]
+    for image, result in zip(x, out, strict=True):
+        matches = [k for k in range(4) if np.allclose(result, augment.normalize(np.rot90(image, k)), atol=1e-5)]
         assert len(matches) == 1
         seen.add(matches[0])
     assert len(seen) >= 3  # the rotation really is random
@@ -94,7 +94,7 @@ def test_flips_and_rotations_stay_in_the_dihedral_group():
     x = _images(n=16, h=10, w=10)
     cfg = AugmentConfig(rot90=True, **GEOMETRY_ONLY)
     out = np.asarray(_augment(jax.random.key(2), x, out_size=10, cfg=cfg))
-    for image, result in zip(x, out):
+    for image, result in zip(x, out, strict=True):
         variants = [np.rot90(f, k) for f in (image, image[:, ::-1]) for k in range(4)]
         assert any(np.allclose(result, augment.normalize(v), atol=1e-5) for v in variants)
 
@@ -119,8 +119,17 @@ def test_random_crops_zoom_in():
 
 def test_colour_jitter_keeps_grey_grey_and_bounds_brightness():
     grey = np.full((8, 8, 8, 3), 100, np.uint8)
-    cfg = AugmentConfig(hflip=False, vflip=False, rot90=False, scale=(1.0, 1.0), ratio=(1.0, 1.0),
-                        brightness=0.3, contrast=0.3, saturation=0.5, hue=0.5)
+    cfg = AugmentConfig(
+        hflip=False,
+        vflip=False,
+        rot90=False,
+        scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        brightness=0.3,
+        contrast=0.3,
+        saturation=0.5,
+        hue=0.5,
+    )
     out = _denorm(_augment(jax.random.key(0), grey, out_size=8, cfg=cfg))
     # contrast, saturation and hue leave a flat grey image alone; brightness scales it
     np.testing.assert_allclose(out, out[:, :1, :1, :1] * np.ones_like(out), atol=2e-3)
@@ -131,8 +140,17 @@ def test_colour_jitter_keeps_grey_grey_and_bounds_brightness():
 
 def test_colour_jitter_changes_colour_images():
     x = _images(h=8, w=8)
-    cfg = AugmentConfig(hflip=False, vflip=False, rot90=False, scale=(1.0, 1.0), ratio=(1.0, 1.0), brightness=0.0,
-                        contrast=0.0, saturation=0.0, hue=0.1)
+    cfg = AugmentConfig(
+        hflip=False,
+        vflip=False,
+        rot90=False,
+        scale=(1.0, 1.0),
+        ratio=(1.0, 1.0),
+        brightness=0.0,
+        contrast=0.0,
+        saturation=0.0,
+        hue=0.1,
+    )
     out = np.asarray(_augment(jax.random.key(0), x, out_size=8, cfg=cfg))
     assert not np.allclose(out, augment.normalize(x), atol=1e-2)
     # a hue rotation keeps the luma (Y of YIQ) where nothing clips
@@ -178,9 +196,13 @@ def test_augmentation_fields_can_be_overridden_from_the_command_line(tmp_path):
         "import sys\nsys.path.insert(0, sys.argv.pop(1))\n"
         "from absl import app\nfrom ml_collections import config_flags\n"
         "C = config_flags.DEFINE_config_file('config', None, '', lock_config=True)\n"
-        "app.run(lambda _: print(C.value.data.augment.hflip, C.value.data.augment.scale))\n")
-    run = lambda *a: subprocess.run([sys.executable, str(probe), str(root), "--config",  # noqa: E731
-                                     str(root / "configs" / "default.py"), *a], capture_output=True, text=True)
+        "app.run(lambda _: print(C.value.data.augment.hflip, C.value.data.augment.scale))\n"
+    )
+
+    def run(*a):
+        command = [sys.executable, str(probe), str(root), "--config", str(root / "configs" / "default.py"), *a]
+        return subprocess.run(command, capture_output=True, text=True)
+
     ok = run("--config.data.augment.hflip=False", "--config.data.augment.scale=(0.5,1.0)")
     assert ok.returncode == 0 and ok.stdout.split() == ["False", "(0.5,", "1.0)"], ok.stderr[-500:]
     bad = run("--config.data.augment.zoom=2")
@@ -193,5 +215,7 @@ def test_no_augmentation_at_the_output_size_is_normalisation_alone():
     images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3)).astype(np.uint8)
     out = augment.augment_batch(jax.random.key(0), images, out_size=16, cfg=AugmentConfig.none())
     np.testing.assert_array_equal(np.asarray(out), np.asarray(augment.normalize(images)))
-    crop = jax.vmap(lambda x: augment.augment_image(jax.random.key(1), x, out_size=16, cfg=AugmentConfig.none()))(images)
+    crop = jax.vmap(lambda x: augment.augment_image(jax.random.key(1), x, out_size=16, cfg=AugmentConfig.none()))(
+        images
+    )
     np.testing.assert_allclose(np.asarray(crop), images / 255.0, atol=1e-5)

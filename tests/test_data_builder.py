@@ -1,4 +1,5 @@
 """The TFDS builder: synthetic and real builds, features, sizes, bad input, idempotence."""
+
 from __future__ import annotations
 
 import csv
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from caco_jax.data.classes import CLASS_NAMES
 from caco_jax.data import ham10000, synthetic
+from caco_jax.data.classes import CLASS_NAMES
 from caco_jax.data.errors import CorruptImageError, DataNotBuiltError, ManualDirError, MetadataError
 
 
@@ -25,8 +26,7 @@ def _rows(manual_dir):
 
 @pytest.fixture(scope="module")
 def manual_dir(tmp_path_factory):
-    return synthetic.write_manual_dir(tmp_path_factory.mktemp("manual"), num_images=120,
-                                      image_size=(64, 48), seed=2)
+    return synthetic.write_manual_dir(tmp_path_factory.mktemp("manual"), num_images=120, image_size=(64, 48), seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_every_row_built_once_with_its_metadata(built, manual_dir):
         assert example["lesion_id"].decode() == row["lesion_id"]
         assert example["sex"].decode() == row["sex"]
         assert example["localization"].decode() == row["localization"]
-        assert (math.isnan(example["age"]) if row["age"] == "" else example["age"] == float(row["age"]))
+        assert math.isnan(example["age"]) if row["age"] == "" else example["age"] == float(row["age"])
         image = example["image"]
         assert image.dtype == np.uint8 and image.shape == (32, 43, 3)  # 64x48 shrunk, aspect kept
     assert seen == set(rows)
@@ -156,7 +156,7 @@ def test_isic2018_test_config(tmp_path):
     source = ham10000.open_source(tmp_path / "tfds", config="isic2018_test")
     assert sorted(source.labels.tolist()) == list(range(7))
     assert source[0]["lesion_id"] == "" and math.isnan(source[0]["age"])
-    by_id = dict(zip(source.image_ids, source.labels))
+    by_id = dict(zip(source.image_ids, source.labels, strict=True))
     assert CLASS_NAMES[by_id["ISIC_0034500"]] == "mel" and CLASS_NAMES[by_id["ISIC_0034506"]] == "vasc"
 
 
@@ -189,14 +189,30 @@ def test_real_data_slice_builds(real_data_dir, tmp_path):
 @pytest.mark.slow
 def test_command_line_scripts(tmp_path):
     import subprocess  # pylint: disable=import-outside-toplevel
+
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
     def run(script, *args, folder="scripts"):
-        return subprocess.run([sys.executable, os.path.join(root, folder, script), *args],
-                               capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        return subprocess.run(
+            [sys.executable, os.path.join(root, folder, script), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
 
-    made = run("make_synthetic.py", "--out_dir", "manual", "--num_images", "70", "--width", "40", "--height", "30",
-               folder="tools")
+    made = run(
+        "make_synthetic.py",
+        "--out_dir",
+        "manual",
+        "--num_images",
+        "70",
+        "--width",
+        "40",
+        "--height",
+        "30",
+        folder="tools",
+    )
     assert made.returncode == 0, made.stderr
     assert "wrote 70 images" in made.stdout
     built = run("prepare_data.py", "--manual_dir", "manual", "--data_dir", "tfds", "--image_size", "24")

@@ -1,4 +1,5 @@
 """Folder-per-class datasets (caco_jax.data.folder) through the same TFDS + grain path, and training on one."""
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ def _image(kind: str, rng: np.random.Generator, size=(40, 56)) -> Image.Image:
     if kind == "disc":
         img[(yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (h / 3) ** 2] = (200, 30, 30)
     elif kind == "bar":
-        img[:, w // 3: 2 * w // 3] = (30, 30, 200)
+        img[:, w // 3 : 2 * w // 3] = (30, 30, 200)
     else:
         img[:] = (40, 160, 40)
     return Image.fromarray(img)
@@ -80,8 +81,8 @@ def test_bad_folders_are_named(tmp_path):
 
 @pytest.mark.slow
 def test_training_on_a_folder_dataset_learns_its_classes(folders, tmp_path):
-    from caco_jax.training.loop import train_and_evaluate
     from caco_jax.cli.predict import predict
+    from caco_jax.training.loop import train_and_evaluate
 
     c = demo.get_config()
     c.data.name = "folder"

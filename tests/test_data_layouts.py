@@ -1,4 +1,5 @@
 """Finding images and metadata in the official layouts; metadata errors name the culprit."""
+
 from __future__ import annotations
 
 import math
@@ -16,6 +17,7 @@ HEADER = "lesion_id,image_id,dx,dx_type,age,sex,localization\n"
 
 def _jpeg_bytes(value: int) -> bytes:
     import io
+
     out = io.BytesIO()
     Image.fromarray(np.full((6, 8, 3), value, np.uint8)).save(out, format="JPEG")
     return out.getvalue()
@@ -90,15 +92,20 @@ def _isic_csv(pairs):
 def isic(tmp_path):
     _write_images(tmp_path / "ISIC2018_Task3_Training_Input", IDS)
     with zipfile.ZipFile(tmp_path / "ISIC2018_Task3_Training_GroundTruth.zip", "w") as archive:
-        archive.writestr("ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv",
-                         _isic_csv([(r[1], r[2]) for r in ROWS]))
+        archive.writestr(
+            "ISIC2018_Task3_Training_GroundTruth/ISIC2018_Task3_Training_GroundTruth.csv",
+            _isic_csv([(r[1], r[2]) for r in ROWS]),
+        )
     (tmp_path / "ISIC2018_Task3_Training_LesionGroupings.csv").write_text(
         "image,lesion_id,diagnosis_confirm_type\n"
-        + "".join(f"{r[1]},{r[0]},{'histopathology' if r[3] == 'histo' else 'serial imaging showing no change'}\n"
-                  for r in ROWS))
+        + "".join(
+            f"{r[1]},{r[0]},{'histopathology' if r[3] == 'histo' else 'serial imaging showing no change'}\n"
+            for r in ROWS
+        )
+    )
     test_ids = ["ISIC_0034524", "ISIC_0034525"]
     _write_images(tmp_path / "ISIC2018_Task3_Test_Input", test_ids)
-    (tmp_path / "ISIC2018_Task3_Test_GroundTruth.csv").write_text(_isic_csv(zip(test_ids, ["df", "vasc"])))
+    (tmp_path / "ISIC2018_Task3_Test_GroundTruth.csv").write_text(_isic_csv(zip(test_ids, ["df", "vasc"], strict=True)))
     _write_images(tmp_path / "HAM10000_segmentations_lesion_tschandl", [f"{i}_segmentation" for i in IDS])
     return tmp_path
 

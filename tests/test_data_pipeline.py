@@ -1,4 +1,5 @@
 """grain pipelines: splits at load time, training stream, evaluation pass, exact resume."""
+
 from __future__ import annotations
 
 import csv
@@ -9,8 +10,8 @@ import pytest
 from absl import flags
 from PIL import Image
 
-from caco_jax.data.classes import CLASS_NAMES, NUM_CLASSES
 from caco_jax.data import ham10000, pipeline, records, synthetic
+from caco_jax.data.classes import CLASS_NAMES, NUM_CLASSES
 from caco_jax.data.errors import DataNotBuiltError
 
 NUM = 150
@@ -45,7 +46,8 @@ def data_dir(tmp_path_factory):
             image_id = f"ISIC_{i:07d}"
             writer.writerow([f"HAM_{i // 2:07d}", image_id, CLASS_NAMES[label], "histo", "50.0", "male", "back"])
             Image.fromarray(np.broadcast_to(_code(i, label), (SIZE, SIZE + 4, 3)).copy()).save(
-                manual / "images" / f"{image_id}.jpg", quality=95)
+                manual / "images" / f"{image_id}.jpg", quality=95
+            )
     out = tmp_path_factory.mktemp("tfds")
     ham10000.prepare(manual, out, image_size=SIZE, progress=False)
     return out
@@ -262,8 +264,14 @@ def test_offline_transform_is_a_flip_or_rotation_per_copy():
         out = offline.transform(image, "ISIC_1", copy)
         assert out.shape == image.shape and out.dtype == np.uint8
         h, w = out.shape[:2]
-        quadrant = np.asarray([out[: h // 2, : w // 2].mean(), out[: h // 2, w // 2:].mean(),
-                               out[h // 2:, : w // 2].mean(), out[h // 2:, w // 2:].mean()])
+        quadrant = np.asarray(
+            [
+                out[: h // 2, : w // 2].mean(),
+                out[: h // 2, w // 2 :].mean(),
+                out[h // 2 :, : w // 2].mean(),
+                out[h // 2 :, w // 2 :].mean(),
+            ]
+        )
         corners.add(int(quadrant.argmax()))
     assert {1, 2, 3} <= corners  # the 7 copies move the corner to every other quadrant
     assert np.array_equal(offline.transform(image, "ISIC_1", 0), image)

@@ -1,4 +1,5 @@
 """Seeded, stratified train/validation/test splits (lesion-grouped and image-level)."""
+
 from __future__ import annotations
 
 import csv
@@ -6,8 +7,8 @@ import csv
 import numpy as np
 import pytest
 
-from caco_jax.data.classes import CLASS_NAMES
 from caco_jax.data import splits
+from caco_jax.data.classes import CLASS_NAMES
 
 IDENTICAL_PAIRS = (("ISIC_0024366", "ISIC_0029861"), ("ISIC_0024777", "ISIC_0029938"))
 
@@ -46,7 +47,7 @@ def test_lesion_split_is_a_partition_without_lesion_overlap(ham, lesion_split):
     assert names == ["train", "validation", "test"]
     sets = {k: set(lesions[v]) for k, v in lesion_split.items()}
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             assert not sets[a] & sets[b], (a, b)
 
 

@@ -1,4 +1,5 @@
 """Synthetic HAM10000-like data: layout, proportions, determinism, learnability."""
+
 from __future__ import annotations
 
 import collections
@@ -9,14 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from caco_jax.data.classes import CLASS_NAMES, HAM10000_COUNTS
 from caco_jax.data import splits, synthetic
+from caco_jax.data.classes import CLASS_NAMES, HAM10000_COUNTS
 
 
 @pytest.fixture(scope="module")
 def manual_dir(tmp_path_factory):
-    return synthetic.write_manual_dir(tmp_path_factory.mktemp("synth"), num_images=300,
-                                      image_size=(64, 48), seed=1)
+    return synthetic.write_manual_dir(tmp_path_factory.mktemp("synth"), num_images=300, image_size=(64, 48), seed=1)
 
 
 def _rows(manual_dir):
@@ -78,8 +78,9 @@ def test_class_counts_small_and_invalid():
 def _colour_features(path):
     """Histogram of colours relative to the skin (border median): a rotation-free summary."""
     x = np.asarray(Image.open(path), np.float32) / 255
-    border = np.concatenate([x[:3].reshape(-1, 3), x[-3:].reshape(-1, 3),
-                             x[:, :3].reshape(-1, 3), x[:, -3:].reshape(-1, 3)])
+    border = np.concatenate(
+        [x[:3].reshape(-1, 3), x[-3:].reshape(-1, 3), x[:, :3].reshape(-1, 3), x[:, -3:].reshape(-1, 3)]
+    )
     q = np.clip(((x - np.median(border, 0) + 0.8) / 1.6 * 6).astype(int), 0, 5)
     h = np.bincount((q[..., 0] * 36 + q[..., 1] * 6 + q[..., 2]).ravel(), minlength=216)
     return np.sqrt(h / h.sum())
@@ -91,8 +92,9 @@ def test_a_small_model_learns_it_well_above_chance(manual_dir):
     files = {p.stem: p for p in manual_dir.glob("*/*.jpg")}
     x = np.stack([_colour_features(files[r["image_id"]]) for r in rows])
     y = np.asarray([CLASS_NAMES.index(r["dx"]) for r in rows])
-    parts = splits.split(y, [r["lesion_id"] for r in rows], [r["image_id"] for r in rows],
-                         fractions=(0.6, 0.2, 0.2), seed=0)
+    parts = splits.split(
+        y, [r["lesion_id"] for r in rows], [r["image_id"] for r in rows], fractions=(0.6, 0.2, 0.2), seed=0
+    )
     train, test = parts["train"], np.concatenate([parts["validation"], parts["test"]])
     w, b = np.zeros((x.shape[1], 7)), np.zeros(7)
     weight = 1.0 / np.bincount(y[train], minlength=7)[y[train]]

@@ -1,4 +1,5 @@
 """Balanced decision rules: Bayes' rule under a uniform prior, fitting on validation, saving."""
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ the model uses, on odd, non-square inputs (where an off-by-one in the padding or
 stride-dilated input gradient would show). Whole-model parity with torchvision for each
 form is in test_parity.py.
 """
+
 from __future__ import annotations
 
 import jax
@@ -33,8 +34,9 @@ def _value_and_grads(impl: str, stride: int):
     def loss(x, kernel, r):
         return jnp.sum(depthwise_conv(x, kernel, stride=stride, impl=impl) * r)
 
-    return jax.jit(lambda x, k, r: (depthwise_conv(x, k, stride=stride, impl=impl),
-                                    jax.grad(loss, argnums=(0, 1))(x, k, r)))
+    return jax.jit(
+        lambda x, k, r: (depthwise_conv(x, k, stride=stride, impl=impl), jax.grad(loss, argnums=(0, 1))(x, k, r))
+    )
 
 
 @pytest.mark.parametrize(("k", "stride"), CASES)
@@ -77,8 +79,9 @@ def test_dense_conv_kernel_gradient_matches_xla(stride):
         return jnp.sum(y * jnp.cos(jnp.arange(y.size, dtype=jnp.float32).reshape(y.shape)))
 
     def xla(x, kernel):
-        return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((1, 1), (1, 1)),
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.lax.conv_general_dilated(
+            x, kernel, (stride, stride), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
 
     ours = jax.jit(jax.grad(lambda x, k: loss(lambda a, b: dense_conv(a, b, stride), x, k), argnums=(0, 1)))(x, kernel)
     ref = jax.jit(jax.grad(lambda x, k: loss(xla, x, k), argnums=(0, 1)))(x, kernel)
@@ -125,5 +128,6 @@ def test_pointwise_kernel_gradient_summed_over_batch_slices_matches_the_plain_pr
     for a, b in zip(ours, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.abs(b).max()))
     gx, gk = jax.grad(lambda x, k: loss(pointwise, x, k).astype(jnp.float32), argnums=(0, 1))(
-        x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+        x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    )
     assert gx.dtype == gk.dtype == jnp.bfloat16

@@ -8,6 +8,7 @@ a quoted `python tools/X.py` must name a file that exists (tools have no shared 
 Nothing runs and nothing compiles: the parsers are built from ``caco_jax/cli/<module>.py``'s
 ``add_arguments``, exactly as ``caco-jax <command>`` builds them.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,10 @@ import re
 import shlex
 
 import pytest
-from caco_jax.configs import default
 
 from caco_jax.cli import common
 from caco_jax.cli.main import COMMANDS
+from caco_jax.configs import default
 from caco_jax.errors import CacoError
 from caco_jax.flags import parser
 
@@ -229,7 +230,9 @@ def _links() -> list[tuple[pathlib.Path, str]]:
     return found
 
 
-@pytest.mark.parametrize("doc,target", _links(), ids=lambda x: str(x.relative_to(ROOT)) if isinstance(x, pathlib.Path) else x)
+@pytest.mark.parametrize(
+    "doc,target", _links(), ids=lambda x: str(x.relative_to(ROOT)) if isinstance(x, pathlib.Path) else x
+)
 def test_relative_link_points_at_a_file(doc: pathlib.Path, target: str):
     if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
         return  # a URL (https:, mailto:, doi:) or an anchor in the same page
@@ -239,20 +242,34 @@ def test_relative_link_points_at_a_file(doc: pathlib.Path, target: str):
 
 def test_every_doc_is_linked_from_the_readme():
     linked = {(README.parent / t.split("#", 1)[0]).resolve() for d, t in _links() if d == README}
-    missing = [d.name for d in DOCS[1:] if d.resolve() not in linked
-               and not re.fullmatch(r"results_.*\.md", d.name)]  # generated tables: linked from results.md
+    missing = [
+        d.name for d in DOCS[1:] if d.resolve() not in linked and not re.fullmatch(r"results_.*\.md", d.name)
+    ]  # generated tables: linked from results.md
     assert not missing, f"README.md does not link to {missing}"
 
 
 def test_readme_is_short():
     lines = README.read_text().count("\n")
-    assert lines < README_MAX_LINES, f"README.md has {lines} lines; keep it under {README_MAX_LINES} (deep dives: docs/)"
+    assert lines < README_MAX_LINES, (
+        f"README.md has {lines} lines; keep it under {README_MAX_LINES} (deep dives: docs/)"
+    )
+
+
+# What CI runs beyond the README's test command: these checks (configured in pyproject.toml), in
+# this order, after installing and before the tests; and the install pins the tested versions.
+CI_CHECKS = [["ruff", "check"], ["ruff", "format", "--check"], ["mypy"]]
+CONSTRAINTS = ["-c", "constraints.txt"]
 
 
 def _normalise(words: list[str]) -> list[str]:
-    """`python -m pip install -q X` and `pip install X` are the same step."""
+    """`python -m pip install -q X` and `pip install X` are the same step, and so is
+    `pip install -c constraints.txt X` (the same packages, at the versions the tests passed on)."""
     if words[:3] in (["python", "-m", "pip"], ["python3", "-m", "pip"]):
         words = ["pip", *words[3:]]
+    if words[:2] == ["pip", "install"]:
+        at = next((i for i in range(len(words) - 1) if words[i : i + 2] == CONSTRAINTS), None)
+        if at is not None:
+            words = words[:at] + words[at + 2 :]
     return [w for w in words if w not in ("-q", "--quiet")]
 
 
@@ -268,11 +285,26 @@ def _readme_two_commands() -> list[str]:
 
 def test_readme_two_commands_are_what_ci_runs():
     demo, tests = _readme_two_commands()
-    assert demo == ("python3 -m venv .venv && . .venv/bin/activate && pip install -e . && "
-                    "python scripts/train.py --config configs/demo.py --workdir runs/demo")
-    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
-          if line.strip() and not line.strip().startswith("#")]
-    steps = [_normalise(shlex.split(line)) for line in ci
-             if not re.match(r"(set|cd|rm)\b", line) and "--upgrade pip" not in line]
-    assert steps == [_normalise(words) for words in _simple_commands(tests)], \
-        f"README's test command {tests!r} is not what .ci/run runs: {ci}"
+    assert demo == (
+        "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && "
+        "python scripts/train.py --config configs/demo.py --workdir runs/demo"
+    )
+    ci = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    steps = [
+        _normalise(shlex.split(line))
+        for line in ci
+        if not re.match(r"(set|cd|rm)\b", line) and "--upgrade pip" not in line
+    ]
+    readme = [_normalise(words) for words in _simple_commands(tests)]
+    assert steps == readme[:-1] + CI_CHECKS + readme[-1:], (
+        f"README's test command {tests!r}, with {CI_CHECKS} before the tests, is not what .ci/run runs: {ci}"
+    )
+    installs = [line for line in ci if re.match(r"(python3? -m )?pip install\b", line) and "--upgrade pip" not in line]
+    assert installs and all(" ".join(CONSTRAINTS) in line for line in installs), (
+        f".ci/run should install with the tested versions ({' '.join(CONSTRAINTS)}): {installs}"
+    )
+    assert (ROOT / "constraints.txt").is_file()

@@ -5,6 +5,7 @@ caco-jax); the ONNX file comes from caco-jax's model (through its PyTorch refere
 and must give caco-jax's evaluation logits, at the batch size it was exported with and
 at others (the batch dimension is dynamic).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,13 +17,20 @@ from flax import nnx
 
 pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install -e '.[torch,onnx]'")
-pytest.importorskip("onnxscript", reason="onnxscript (torch.onnx's exporter) is not installed: "
-                                         "pip install -e '.[torch,onnx]'")
+pytest.importorskip(
+    "onnxscript", reason="onnxscript (torch.onnx's exporter) is not installed: pip install -e '.[torch,onnx]'"
+)
 
 import whole_model as wm  # noqa: E402
-
 from caco_jax.interop.export_onnx import (  # noqa: E402
-    INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_session, ort_latency, run_onnx, session_latency)
+    INPUT_NAME,
+    OUTPUT_NAME,
+    export_onnx,
+    onnx_session,
+    ort_latency,
+    run_onnx,
+    session_latency,
+)
 from caco_jax.models import MobileNetV3  # noqa: E402
 
 pytestmark = pytest.mark.torch
@@ -65,8 +73,9 @@ def test_onnx_runtime_matches_caco_jax(name, exported):
 
 
 def test_latency_is_measured_or_skipped_with_the_reason(exported):
-    result = session_latency(onnx_session(exported("none"), threads=1), image_size=(wm.HEIGHT, wm.WIDTH), calls=3,
-                             warmup=1)
+    result = session_latency(
+        onnx_session(exported("none"), threads=1), image_size=(wm.HEIGHT, wm.WIDTH), calls=3, warmup=1
+    )
     assert result["latency_ms"]["median"] > 0 and result["threads"] == 1
     tiny = nnx.eval_shape(lambda: MobileNetV3(arch="tiny", attention="caco", rngs=nnx.Rngs(0)))
     assert "tiny" in ort_latency(tiny)["skipped"]
@@ -88,9 +97,22 @@ def test_export_script_writes_pytorch_and_onnx(tmp_path, monkeypatch):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     calls = []
-    monkeypatch.setattr(caco_jax.interop.export_onnx, "export_onnx", lambda model, path, **kw: calls.append((model, path, kw)))
-    script.main(["--weights", str(tmp_path / "w"), "--pytorch", str(tmp_path / "m.pth"),
-                 "--onnx", str(tmp_path / "m.onnx"), "--image_size", str(wm.HEIGHT), str(wm.WIDTH)])
+    monkeypatch.setattr(
+        caco_jax.interop.export_onnx, "export_onnx", lambda model, path, **kw: calls.append((model, path, kw))
+    )
+    script.main(
+        [
+            "--weights",
+            str(tmp_path / "w"),
+            "--pytorch",
+            str(tmp_path / "m.pth"),
+            "--onnx",
+            str(tmp_path / "m.onnx"),
+            "--image_size",
+            str(wm.HEIGHT),
+            str(wm.WIDTH),
+        ]
+    )
     ref = reference_model("small", "caco", num_classes=7, attention_init="preserve")
     ref.load_state_dict(torch.load(tmp_path / "m.pth"), strict=True)
     with torch.no_grad():

@@ -6,6 +6,7 @@ With random coordinate attention (gates ~0.25) whose BatchNorm running statistic
 one class for every image (on the real data: validation accuracy 0.03 for the first epochs of
 the CPU protocol, README "Why CaCo needs a preserving initialisation").
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,11 +17,11 @@ import numpy as np
 import optax
 import pytest
 
+from caco_jax.configs import default
 from caco_jax.data.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
 from caco_jax.interop.convert import load_torchvision
 from caco_jax.models import create_model
 from caco_jax.training.steps import ModelDef, make_optimizer
-from caco_jax.configs import default
 
 SIZE, TRAIN, HELD_OUT, BATCH, STEPS = 64, 512, 128, 32, 40
 
@@ -31,11 +32,23 @@ def _images(data_dir: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndarray,
 
     with open(data_dir / "HAM10000_metadata.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    chosen = np.random.default_rng(0).permutation(len(rows))[:TRAIN + HELD_OUT]
+    chosen = np.random.default_rng(0).permutation(len(rows))[: TRAIN + HELD_OUT]
 
     def load(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rgb = np.stack([np.asarray(Image.open(data_dir / "images_200x150" / f"{rows[i]['image_id']}.jpg")
-                                   .convert("RGB").resize((SIZE, SIZE)), np.float32) for i in ids]) / 255.0
+        rgb = (
+            np.stack(
+                [
+                    np.asarray(
+                        Image.open(data_dir / "images_200x150" / f"{rows[i]['image_id']}.jpg")
+                        .convert("RGB")
+                        .resize((SIZE, SIZE)),
+                        np.float32,
+                    )
+                    for i in ids
+                ]
+            )
+            / 255.0
+        )
         x = ((rgb - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)).astype(np.float32)
         return x, np.array([CLASS_NAMES.index(rows[i]["dx"]) for i in ids], np.int32)
 

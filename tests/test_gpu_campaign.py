@@ -1,6 +1,7 @@
 """tools/gpu_campaign.py: the plan (priority, pending runs, what fits), the archive (caps, parts, resume and
 merge), the dry run, and on the CPU a whole tiny campaign twice: phases in order within the budget, training
 stopped cleanly at the end, resumed from the archive, merged into runs and docs."""
+
 from __future__ import annotations
 
 import json
@@ -13,16 +14,19 @@ import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tools"))
-
-from campaign import archive, figures, plan
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
 
 from caco_jax.experiments.presets import Cell, Preset
+from campaign import archive, figures, plan
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "gpu_campaign.py"
-P1 = Preset("p1", "first", {"num_epochs": 4}, (Cell("a", {"model.attention": "se"}, (0, 1)),
-                                                 Cell("b", {"model.attention": "caco"}, (0,))))
+P1 = Preset(
+    "p1",
+    "first",
+    {"num_epochs": 4},
+    (Cell("a", {"model.attention": "se"}, (0, 1)), Cell("b", {"model.attention": "caco"}, (0,))),
+)
 P2 = Preset("p2", "second", {"num_epochs": 6}, (Cell("c", {"model.attention": "eca"}, (0, 1)),))
 
 
@@ -47,15 +51,16 @@ def test_plan_orders_partial_first_then_seed_preset_cell_and_skips_finished(tmp_
     (tmp_path / "p1" / "b_s0").mkdir()
     (tmp_path / "p1" / "b_s0" / "config.json").write_text(json.dumps({"model": {"attention": "cbam"}}))
     skipped: list[str] = []
-    specs = plan.plan_runs([P1, P2], tmp_path, pretrained="", data_dir="d", known_done={"p2/c_s0"},
-                           log=skipped.append)
+    specs = plan.plan_runs([P1, P2], tmp_path, pretrained="", data_dir="d", known_done={"p2/c_s0"}, log=skipped.append)
     assert [s.key for s in plan.pending(specs)] == ["p2/c_s1", "p1/a_s1"]
     assert "p1/b_s0" in skipped[0] and "model.attention='cbam'" in skipped[0]
 
 
 def test_probe_pace_and_what_fits(tmp_path):
-    rows = [{"kind": "epoch", "time": 100.0 + t, "epoch_seconds": 9.0, "val_seconds": 1.0, "images_per_sec": r}
-            for t, r in ((30.0, 500.0), (40.0, 1000.0), (50.0, 1200.0))]
+    rows = [
+        {"kind": "epoch", "time": 100.0 + t, "epoch_seconds": 9.0, "val_seconds": 1.0, "images_per_sec": r}
+        for t, r in ((30.0, 500.0), (40.0, 1000.0), (50.0, 1200.0))
+    ]
     probe = figures.probe_figures(rows, started=100.0, epochs=50)
     assert probe["epoch_s"] == 10.0 and probe["startup_s"] == 20.0 and probe["train_images_per_s"] == 1100.0
     assert probe["projected_100_epochs_s"] == 20.0 + 100 * 10.0 and probe["projected_s"] == 520.0
@@ -128,41 +133,102 @@ def test_archive_caps_parts_resume_and_merge_semantics(tmp_path):
 
 def test_dry_run_prints_the_phases_and_the_queue_without_running(tmp_path):
     module = tmp_path / "presets.py"
-    module.write_text("from caco_jax.experiments.presets import Cell, Preset\n"
-                      "PRESETS = {'t': Preset('t', 'test', {'num_epochs': 2}, "
-                      "(Cell('se_ce', {'model.attention': 'se'}, (0, 1)), Cell('caco_joint', {}, (0,))))}\n")
-    out = subprocess.run([sys.executable, str(TOOL), "--out", str(tmp_path / "o"), "--dry_run", "--presets", "t",
-                          "--preset_module", str(module), "--probe_cell", "t/caco_joint", "--bench_extras", "b256"],
-                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    module.write_text(
+        "from caco_jax.experiments.presets import Cell, Preset\n"
+        "PRESETS = {'t': Preset('t', 'test', {'num_epochs': 2}, "
+        "(Cell('se_ce', {'model.attention': 'se'}, (0, 1)), Cell('caco_joint', {}, (0,))))}\n"
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(TOOL),
+            "--out",
+            str(tmp_path / "o"),
+            "--dry_run",
+            "--presets",
+            "t",
+            "--preset_module",
+            str(module),
+            "--probe_cell",
+            "t/caco_joint",
+            "--bench_extras",
+            "b256",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
     heads = [line.split("]")[0].strip() + "]" for line in out.splitlines() if line.strip().startswith("[")]
     assert heads == ["[env]", "[bench]", "[probe]", "[grid]", "[new]", "[new]", "[new]", "[pack]"]
     assert "benchmark_b256:" in out and "--batch_size 256 --out" in out
     assert "[probe] at most 108 s, 3 epochs: t/caco_joint_s0" in out
-    queue = out[out.index("[grid]"):]
+    queue = out[out.index("[grid]") :]
     assert queue.index("t/se_ce_s0:") < queue.index("t/caco_joint_s0:") < queue.index("t/se_ce_s1:")
     assert not (tmp_path / "o").exists()
 
 
 # ----------------------------------------------------------------------------- the whole campaign, twice
-TINY = ["model.arch=tiny", "data.synthetic_images=0", "data.build_size=48", "batch_size=16", "eval_batch_size=32",
-        "log_every_steps=2"]
+TINY = [
+    "model.arch=tiny",
+    "data.synthetic_images=0",
+    "data.build_size=48",
+    "batch_size=16",
+    "eval_batch_size=32",
+    "log_every_steps=2",
+]
 PRESET_MODULE = """from caco_jax.experiments.presets import Cell, Preset
 PRESETS = {"tiny": Preset("tiny", "A test grid.", {"data.image_size": 32, "num_epochs": 1}, (
     Cell("caco_joint", {"model.attention": "caco", "loss.name": "joint", "num_epochs": 200}, (0,), "long"),
     Cell("se_ce", {"model.attention": "se", "loss.name": "ce"}, (0,), "one epoch")))}
 """
-BENCH = ("--arch tiny --variants caco --dtypes float32 --depthwise shifts_vjp --batch_size 4 --image_size 32 "
-         "--windows 1 --steps 1 --warmup 0 --latency_calls 2 --no_torch --no_overhead --no_onnx")
+BENCH = (
+    "--arch tiny --variants caco --dtypes float32 --depthwise shifts_vjp --batch_size 4 --image_size 32 "
+    "--windows 1 --steps 1 --warmup 0 --latency_calls 2 --no_torch --no_overhead --no_onnx"
+)
 
 
 def _campaign(tmp_path: pathlib.Path, name: str, budget: float, *extra: str) -> tuple[str, float]:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0",
-               CACO_JAX_COMPILE_CACHE=str(ROOT / ".cache" / "jax"))
-    cmd = [sys.executable, str(TOOL), "--budget", str(budget), "--out", str(tmp_path / name), "--presets", "tiny",
-           "--preset_module", str(tmp_path / "presets.py"), "--config", "demo", "--pretrained", "",
-           "--data_dir", str(tmp_path / "tfds"), "--probe_cell", "tiny/caco_joint", "--probe_epochs", "1",
-           "--parallel", "2", "--start_policy", "always", "--grace", "15", "--pack_s", "8", "--poll", "0.5",
-           *[f"--set={s}" for s in TINY], *extra]
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_backend_optimization_level=0",
+        CACO_JAX_COMPILE_CACHE=str(ROOT / ".cache" / "jax"),
+    )
+    cmd = [
+        sys.executable,
+        str(TOOL),
+        "--budget",
+        str(budget),
+        "--out",
+        str(tmp_path / name),
+        "--presets",
+        "tiny",
+        "--preset_module",
+        str(tmp_path / "presets.py"),
+        "--config",
+        "demo",
+        "--pretrained",
+        "",
+        "--data_dir",
+        str(tmp_path / "tfds"),
+        "--probe_cell",
+        "tiny/caco_joint",
+        "--probe_epochs",
+        "1",
+        "--parallel",
+        "2",
+        "--start_policy",
+        "always",
+        "--grace",
+        "15",
+        "--pack_s",
+        "8",
+        "--poll",
+        "0.5",
+        *[f"--set={s}" for s in TINY],
+        *extra,
+    ]
     t0 = time.monotonic()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
     return (tmp_path / name / "campaign.log").read_text(), time.monotonic() - t0
@@ -177,8 +243,21 @@ def test_a_tiny_campaign_runs_its_phases_in_budget_stops_resumes_and_merges(tmp_
     (tmp_path / "presets.py").write_text(PRESET_MODULE)
 
     # Slot 1: every phase; the probe (the long run, alone) is stopped after its epoch, resumed in the grid.
-    log, wall = _campaign(tmp_path, "slot1", 100, "--bench_flags", BENCH, "--bench_extras", "",
-                          "--bench_share", "0.2", "--probe_share", "0.4", "--parallel", "1")
+    log, wall = _campaign(
+        tmp_path,
+        "slot1",
+        100,
+        "--bench_flags",
+        BENCH,
+        "--bench_extras",
+        "",
+        "--bench_share",
+        "0.2",
+        "--probe_share",
+        "0.4",
+        "--parallel",
+        "1",
+    )
     assert wall < 100 + 10, log
     marks = [log.index(f"=== {p} ===") for p in ("phase env", "phase bench", "phase probe", "phase grid", "pack")]
     assert marks == sorted(marks), log
@@ -195,8 +274,9 @@ def test_a_tiny_campaign_runs_its_phases_in_budget_stops_resumes_and_merges(tmp_
 
     # Slot 2, on a bare work folder: the long run resumes from the archive and is stopped at the end; the
     # short one finishes beside it.
-    log2, wall2 = _campaign(tmp_path, "slot2", 120, "--phases", "env,grid",
-                            "--resume_from", str(tmp_path / "slot1" / archive.NAME))
+    log2, wall2 = _campaign(
+        tmp_path, "slot2", 120, "--phases", "env,grid", "--resume_from", str(tmp_path / "slot1" / archive.NAME)
+    )
     assert wall2 < 120 + 10, log2
     assert "resume: " in log2 and "tiny/caco_joint_s0: started (partial" in log2, log2
     assert "tiny/se_ce_s0: exit 0" in log2 and "tiny/caco_joint_s0: exit 75" in log2, log2
@@ -207,9 +287,23 @@ def test_a_tiny_campaign_runs_its_phases_in_budget_stops_resumes_and_merges(tmp_
 
     docs, runs = tmp_path / "docs", tmp_path / "merged"
     for slot in ("slot1", "slot2"):
-        subprocess.run([sys.executable, str(TOOL), "merge", str(tmp_path / slot / archive.NAME), "--runs", str(runs),
-                        "--docs", str(docs), "--preset_module", str(tmp_path / "presets.py")], cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                str(TOOL),
+                "merge",
+                str(tmp_path / slot / archive.NAME),
+                "--runs",
+                str(runs),
+                "--docs",
+                str(docs),
+                "--preset_module",
+                str(tmp_path / "presets.py"),
+            ],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
     assert (runs / "tiny" / "se_ce_s0" / "report.json").is_file()
     assert not (runs / "tiny" / "se_ce_s0" / "checkpoints").exists()
     assert (runs / "tiny" / "caco_joint_s0" / "checkpoints").is_dir()
@@ -237,8 +331,9 @@ def test_pack_fills_the_carried_folders_and_checks_the_device_limit(tmp_path, mo
     _run_dir(runs, "paper/done_s0", finished=True, weights=100)
     _run_dir(runs, "paper/part_s0", finished=False, weights=100, steps=(3,))
     logged: list[str] = []
-    result = carry.prepare(repo, wheels=wheels, pretrained=pth, data_dir=repo / "data" / "tfds", runs_root=runs,
-                           log=logged.append)
+    result = carry.prepare(
+        repo, wheels=wheels, pretrained=pth, data_dir=repo / "data" / "tfds", runs_root=runs, log=logged.append
+    )
     assert (repo / ".whl" / "a-1.0-py3-none-any.whl").is_file() and (repo / "weights" / carry.PRETRAINED).is_file()
     assert result["carry"] == [".whl", "weights", "data/tfds", ".campaign"]
     assert result["sizes"]["tree"] == len("x = 1\n") + len((repo / ".gitignore").read_text())  # ignored ones: no
@@ -249,6 +344,7 @@ def test_pack_fills_the_carried_folders_and_checks_the_device_limit(tmp_path, mo
         assert not any(n.startswith("runs/paper/done_s0") for n in tar.getnames())  # named, not carried
     monkeypatch.setattr(carry, "LIMIT", 1200)  # under the wheel and the backbone alone
     with pytest.raises(ValueError, match="over the device tool's"):
-        carry.prepare(repo, wheels=wheels, pretrained=pth, data_dir=repo / "data" / "tfds", runs_root=runs,
-                      log=logged.append)
+        carry.prepare(
+            repo, wheels=wheels, pretrained=pth, data_dir=repo / "data" / "tfds", runs_root=runs, log=logged.append
+        )
     assert any("part_s0 left out" in m for m in logged)  # no room left for its checkpoint

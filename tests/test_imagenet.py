@@ -4,6 +4,7 @@ The server (127.0.0.1, a free port, in a thread) serves a made-up file named wit
 first hex digits of its own SHA-256, as torchvision's files are; it can cut the first
 response short, ignore ``Range`` or send other bytes. Nothing here reaches the internet.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,12 +48,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_response(200 if start is None else 206)
         if start is not None:
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-        payload = body[start or 0:]
+        payload = body[start or 0 :]
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         first = len(srv.requests) == 1
         if (srv.cut_first or srv.stall_first) and first:
-            self.wfile.write(payload[:len(payload) // 2])
+            self.wfile.write(payload[: len(payload) // 2])
             self.wfile.flush()
             if srv.stall_first:
                 srv.release.wait(10)  # silent until the test is over: the client must time out
@@ -68,8 +69,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class _Server(http.server.HTTPServer):
-    def __init__(self, served: bytes, *, name: str = NAME, cut_first: bool = False, stall_first: bool = False,
-                 honour_range: bool = True):
+    def __init__(
+        self,
+        served: bytes,
+        *,
+        name: str = NAME,
+        cut_first: bool = False,
+        stall_first: bool = False,
+        honour_range: bool = True,
+    ):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.served, self.name, self.honour_range = served, name, honour_range
         self.cut_first, self.stall_first, self.release = cut_first, stall_first, threading.Event()
@@ -92,8 +100,17 @@ class _Server(http.server.HTTPServer):
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
     """No proxies for 127.0.0.1, no inherited cache or mirror settings, and the made-up file as 'small'."""
-    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
-                imagenet.URL_ENV, imagenet.CACHE_ENV, "XDG_CACHE_HOME"):
+    for var in (
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "all_proxy",
+        "ALL_PROXY",
+        imagenet.URL_ENV,
+        imagenet.CACHE_ENV,
+        "XDG_CACHE_HOME",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
@@ -197,7 +214,7 @@ def test_an_interrupted_download_is_kept_and_resumed_with_a_range_request(serve,
     with pytest.raises(DownloadError, match="resumes the partial download"):
         _fetch(server, cache)
     part = cache / f"{NAME}.part"
-    assert part.read_bytes() == BODY[:len(BODY) // 2] and not (cache / NAME).exists()
+    assert part.read_bytes() == BODY[: len(BODY) // 2] and not (cache / NAME).exists()
 
     assert _fetch(server, cache).read_bytes() == BODY
     assert server.requests[1]["range"] == f"bytes={len(BODY) // 2}-"
@@ -208,7 +225,7 @@ def test_a_stalled_download_times_out_and_keeps_what_arrived(serve, tmp_path):
     server, cache = serve(stall_first=True), tmp_path / "cache"
     with pytest.raises(DownloadError, match="timed out.*resumes the partial download"):
         imagenet.fetch("small", cache_dir=cache, base_url=server.base_url, progress=False, timeout=0.5)
-    assert (cache / f"{NAME}.part").read_bytes() == BODY[:len(BODY) // 2]
+    assert (cache / f"{NAME}.part").read_bytes() == BODY[: len(BODY) // 2]
 
 
 def test_a_server_that_ignores_range_makes_the_download_start_over(serve, tmp_path):

@@ -1,4 +1,5 @@
 """The one decoding path (caco_jax.data.images) on made-up files of every kind a person might give it."""
+
 from __future__ import annotations
 
 import io
@@ -95,8 +96,9 @@ def test_palette_images_with_and_without_transparency():
     np.testing.assert_array_equal(images.decode(encode(palette))[0], [[200, 30, 40], [10, 220, 30]] * 2)
     transparent = palette.copy()
     transparent.info["transparency"] = 1
-    np.testing.assert_array_equal(images.decode(encode(transparent, transparency=1))[0],
-                                  [[200, 30, 40], [255, 255, 255]] * 2)
+    np.testing.assert_array_equal(
+        images.decode(encode(transparent, transparency=1))[0], [[200, 30, 40], [255, 255, 255]] * 2
+    )
 
 
 def test_alpha_is_shown_over_white_as_a_browser_shows_it():
@@ -161,14 +163,22 @@ def test_too_large_says_the_size_and_the_limit():
         images.decode(encode(np.zeros((100, 100, 3), np.uint8)), max_pixels=5000)
 
 
-@pytest.mark.parametrize(("data", "reason"), [
-    (b"these are my notes, not a picture", "not an image file this program can read (JPEG, PNG, BMP, GIF, TIFF or WebP)"),
-    (b"", "the file is empty (0 bytes)"),
-    (encode(scene(), "JPEG")[:300], "damaged or incomplete (Truncated File Read)"),  # cut in the header
-    (encode(np.kron(scene(), np.ones((4, 4, 1), np.uint8)), "JPEG")[:881],
-     "damaged or incomplete (image file is truncated"),  # cut in the pixels
-    (encode(scene(), "PNG")[:-40], "damaged or incomplete ("),
-])
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (
+            b"these are my notes, not a picture",
+            "not an image file this program can read (JPEG, PNG, BMP, GIF, TIFF or WebP)",
+        ),
+        (b"", "the file is empty (0 bytes)"),
+        (encode(scene(), "JPEG")[:300], "damaged or incomplete (Truncated File Read)"),  # cut in the header
+        (
+            encode(np.kron(scene(), np.ones((4, 4, 1), np.uint8)), "JPEG")[:881],
+            "damaged or incomplete (image file is truncated",
+        ),  # cut in the pixels
+        (encode(scene(), "PNG")[:-40], "damaged or incomplete ("),
+    ],
+)
 def test_unreadable_files_get_one_plain_reason(data, reason):
     with pytest.raises(images.UnreadableImage) as err:
         images.decode(data, (8, 8))

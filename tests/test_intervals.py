@@ -1,4 +1,5 @@
 """Lesion-level bootstrap intervals and paired comparisons, against scikit-learn on explicit resamples."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,7 +32,8 @@ def test_metric_samples_match_sklearn_with_resample_weights():
         present = [k for k in range(3) if np.any(labels[keep] == k)]
         if len(present) == 3:
             assert samples["bacc"][r] == pytest.approx(
-                balanced_accuracy_score(labels[keep], pred[keep], sample_weight=w[keep]))
+                balanced_accuracy_score(labels[keep], pred[keep], sample_weight=w[keep])
+            )
             aucs = [roc_auc_score(labels[keep] == k, probs[keep, k], sample_weight=w[keep]) for k in range(3)]
             assert samples["macro_auc"][r] == pytest.approx(np.mean(aucs))
 
@@ -51,9 +53,13 @@ def test_lesion_bootstrap_ignores_duplicated_photographs():
     tripled = intervals.bootstrap(probs[rep], labels[rep], lesions[rep], CLASSES, num_resamples=400, seed=1)
     assert tripled["bacc"] == pytest.approx(base["bacc"])
     assert tripled["accuracy"] == pytest.approx(base["accuracy"])
-    per_image = intervals.bootstrap(probs[rep], labels[rep], [str(i) for i in range(len(rep))], CLASSES,
-                                    num_resamples=400, seed=1)
-    width = lambda iv: iv[1] - iv[0]  # noqa: E731
+    per_image = intervals.bootstrap(
+        probs[rep], labels[rep], [str(i) for i in range(len(rep))], CLASSES, num_resamples=400, seed=1
+    )
+
+    def width(iv):
+        return iv[1] - iv[0]
+
     assert width(per_image["accuracy"]) < 0.75 * width(base["accuracy"])
     assert base["method"]["num_units"] == len(set(lesions))
 

@@ -1,22 +1,22 @@
 """Tests for caco_jax.training.losses: PyTorch reference formulas, hand-computed cases,
 identities between losses, masking, gradients and the config factory."""
+
 from __future__ import annotations
 
 import math
+import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import pathlib
-import sys
-
-from caco_jax.training import losses
 from caco_jax.data.classes import HAM10000_COUNTS, NUM_CLASSES
+from caco_jax.training import losses
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from caco_jax.configs import default  # noqa: E402
+from caco_jax.configs import default
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -233,7 +233,10 @@ def test_mask_equals_dropping_rows_even_with_garbage(batch, name):
     garbage[~keep] = np.nan
     bad_labels = labels.copy()
     bad_labels[~keep] = -1
-    masked_fn = lambda z: fn(z, bad_labels, class_weights=weights, mask=mask)  # noqa: E731
+
+    def masked_fn(z):
+        return fn(z, bad_labels, class_weights=weights, mask=mask)
+
     value, grad = jax.value_and_grad(masked_fn)(jnp.asarray(garbage))
     ref_value, ref_grad = jax.value_and_grad(lambda z: fn(z, labels[keep], class_weights=weights))(
         jnp.asarray(logits[keep])
@@ -317,8 +320,13 @@ def test_make_loss_errors():
     assert losses.make_loss(_cfg(name="focal"), None, num_classes=5).num_classes == 5
     with pytest.raises(ValueError, match="num_classes"):
         losses.make_loss(_cfg(name="focal"), None)
-    for field, bad in (("label_smoothing", 1.0), ("focal_gamma", -1.0), ("ldam_s", 0.0), ("joint_a", 1.5),
-                       ("ldam_max_m", -0.1)):
+    for field, bad in (
+        ("label_smoothing", 1.0),
+        ("focal_gamma", -1.0),
+        ("ldam_s", 0.0),
+        ("joint_a", 1.5),
+        ("ldam_max_m", -0.1),
+    ):
         with pytest.raises(ValueError, match=field):
             losses.make_loss(_cfg(name="joint" if field != "label_smoothing" else "ce", **{field: bad}), COUNTS)
 

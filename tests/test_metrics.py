@@ -1,4 +1,5 @@
 """Tests for caco_jax.evaluation.metrics against scikit-learn, with absent classes and padding."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from caco_jax.evaluation import metrics
 from caco_jax.data.classes import CLASS_NAMES, NUM_CLASSES
+from caco_jax.evaluation import metrics
 
 C = NUM_CLASSES
 
@@ -66,8 +67,13 @@ def test_report_matches_sklearn(seed, absent):
     assert rep["accuracy"] == pytest.approx(ref["accuracy"], abs=1e-12)
     assert rep["bacc"] == pytest.approx(ref["bacc"], abs=1e-12)
     per = rep["per_class"]
-    for key, sk_key in [("sensitivity", "recall"), ("precision", "precision"), ("f1", "f1"),
-                        ("specificity", "specificity"), ("auc", "auc")]:
+    for key, sk_key in [
+        ("sensitivity", "recall"),
+        ("precision", "precision"),
+        ("f1", "f1"),
+        ("specificity", "specificity"),
+        ("auc", "auc"),
+    ]:
         got = _none_to_nan([per[n][key] for n in CLASS_NAMES])
         np.testing.assert_allclose(got, np.asarray(ref[sk_key], np.float64), atol=1e-12, err_msg=key)
     assert [per[n]["support"] for n in CLASS_NAMES] == np.bincount(labels, minlength=C).tolist()
@@ -140,8 +146,11 @@ def _batches(seed, n_batches=4, batch=32, absent=(3,)):
     garbage_logits, garbage_labels = logits.copy(), labels.copy()
     garbage_logits[mask == 0] = rng.normal(size=((mask == 0).sum(), C)) * 10  # padding has junk
     garbage_labels[mask == 0] = -1
-    split = lambda a: np.split(a, n_batches)  # noqa: E731
-    return logits, labels, mask, list(zip(split(garbage_logits), split(garbage_labels), split(mask)))
+
+    def split(a):
+        return np.split(a, n_batches)
+
+    return logits, labels, mask, list(zip(split(garbage_logits), split(garbage_labels), split(mask), strict=True))
 
 
 def test_train_metrics_accumulate_over_masked_batches():

@@ -4,6 +4,7 @@ Anything that runs uses arch='tiny' (a few blocks with every kind of block); the
 full-size models are checked through ``nnx.eval_shape`` (no weights materialised).
 Parity with torchvision itself lives in test_parity.py.
 """
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-import jitted
 
+import jitted
 from caco_jax.models import ARCHS, ATTENTIONS, MobileNetV3, count_params, create_model
 from caco_jax.models.layers import (
     BatchNorm,
@@ -28,7 +29,6 @@ from caco_jax.models.layers import (
 # and the SE squeeze width torchvision gives each (_make_divisible(C // 4, 8)).
 SMALL_SE_WIDTHS = (16, 96, 240, 240, 120, 144, 288, 576, 576)
 TORCHVISION_SQUEEZE = {16: 8, 96: 24, 240: 64, 120: 32, 144: 40, 288: 72, 576: 144}
-
 
 
 def _abstract(arch: str = "small", **kw) -> MobileNetV3:
@@ -89,8 +89,11 @@ def test_attention_sits_exactly_where_torchvision_puts_se():
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [({"attention": "bogus_att"}, "bogus_att"), ({"arch": "bogus_arch"}, "bogus_arch"),
-     ({"ca_activation": "bogus_act"}, "bogus_act")],
+    [
+        ({"attention": "bogus_att"}, "bogus_att"),
+        ({"arch": "bogus_arch"}, "bogus_arch"),
+        ({"ca_activation": "bogus_act"}, "bogus_act"),
+    ],
 )
 def test_unknown_names_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
@@ -113,10 +116,12 @@ def test_hard_activations_match_torch_definitions():
     torch = pytest.importorskip("torch")
     x = np.concatenate([np.linspace(-6, 6, 2401), [-3.0, 3.0, 0.0, -1e-3, 1e-3]]).astype(np.float32)
     t = torch.from_numpy(x)
-    np.testing.assert_allclose(np.asarray(hard_sigmoid(jnp.asarray(x))), torch.nn.Hardsigmoid()(t).numpy(),
-                               rtol=0, atol=1e-7)
-    np.testing.assert_allclose(np.asarray(hard_swish(jnp.asarray(x))), torch.nn.Hardswish()(t).numpy(),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(hard_sigmoid(jnp.asarray(x))), torch.nn.Hardsigmoid()(t).numpy(), rtol=0, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        np.asarray(hard_swish(jnp.asarray(x))), torch.nn.Hardswish()(t).numpy(), rtol=0, atol=1e-6
+    )
     # The definitions themselves (not only agreement with torch): saturation and the kinks.
     hs = np.asarray(hard_sigmoid(jnp.asarray([-4.0, -3.0, 0.0, 3.0, 4.0])))
     np.testing.assert_array_equal(hs, [0.0, 0.0, 0.5, 1.0, 1.0])
@@ -227,14 +232,17 @@ def _hand_count(attention: str, c: int, init: str = "plain") -> int:
     s = make_divisible(c // 4, 8)
     # With a preserving init, every new part enters through a per-channel gain (C each).
     gains = {"caco": 2, "cbam": 2, "seco": 1}.get(attention, 0) if init == "preserve" else 0
-    return gains * c + {
-        "se": _se(c, s),
-        "caco": _se(c, s) + _coord(c),
-        "cbam": _se(c, s) + 7 * 7 * 2 + 2,  # + spatial 7x7 conv (2 -> 1, no bias) and its BN
-        "seco": _se(c, s) + _coord(c),
-        "eca": _eca(c),
-        "none": 0,
-    }[attention]
+    return (
+        gains * c
+        + {
+            "se": _se(c, s),
+            "caco": _se(c, s) + _coord(c),
+            "cbam": _se(c, s) + 7 * 7 * 2 + 2,  # + spatial 7x7 conv (2 -> 1, no bias) and its BN
+            "seco": _se(c, s) + _coord(c),
+            "eca": _eca(c),
+            "none": 0,
+        }[attention]
+    )
 
 
 def test_hand_counts_spot_values():

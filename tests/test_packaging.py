@@ -1,4 +1,5 @@
 """The package as users install it: every subpackage listed, configs installed, the caco-jax command."""
+
 from __future__ import annotations
 
 import os
@@ -32,16 +33,31 @@ def test_the_command_lists_its_commands_and_refuses_unknown_ones(capsys):
 def test_a_non_editable_install_finds_its_configs_from_any_directory(tmp_path):
     """A wheel installed into a fresh folder: `caco-jax train --config caco --check` works from elsewhere."""
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(ROOT)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
     wheel = next(wheel_dir.glob("caco_jax-*.whl"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+    )
     env = {**os.environ, "PYTHONPATH": str(target), "JAX_PLATFORMS": "cpu"}
-    run = subprocess.run([sys.executable, "-c", "import caco_jax, sys; from caco_jax.cli.main import main; "
-                          "print(caco_jax.__file__); sys.exit(main(['train', '--config', 'caco', '--check', "
-                          "'--config.model.pretrained=']))"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import caco_jax, sys; from caco_jax.cli.main import main; "
+            "print(caco_jax.__file__); sys.exit(main(['train', '--config', 'caco', '--check', "
+            "'--config.model.pretrained=']))",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.splitlines()[0].startswith(str(target))  # the installed copy, not the checkout
     assert "config OK" in run.stdout

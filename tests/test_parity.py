@@ -17,6 +17,7 @@ eval logits 6e-8 (7 classes) and 1.3e-7 (1000 classes) max abs, with logits ~0.1
 train-mode logits 2.7e-7; running statistics 1.2e-7; gradients 3.9e-6 of the largest
 gradient entry; real backbone features (4 images, 150x200) 6.8e-6 with features up to 2.2.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-import jitted
 
+import jitted
 from caco_jax.data.classes import IMAGENET_MEAN, IMAGENET_STD
 from caco_jax.interop.convert import key_map, load_torchvision
 from caco_jax.models import MobileNetV3, count_params
@@ -75,8 +76,14 @@ IMPLS = ("conv", "shifts", "shifts_vjp")
 def nan_model(num_classes: int, attention: str = "se", depthwise: str = "auto") -> MobileNetV3:
     """A full-size model whose every parameter and statistic is NaN (no compile needed)."""
     abstract = nnx.eval_shape(
-        lambda: MobileNetV3(arch="small", attention=attention, num_classes=num_classes, dropout=0.0,
-                            depthwise=depthwise, rngs=nnx.Rngs(0))
+        lambda: MobileNetV3(
+            arch="small",
+            attention=attention,
+            num_classes=num_classes,
+            dropout=0.0,
+            depthwise=depthwise,
+            rngs=nnx.Rngs(0),
+        )
     )
     graphdef, state = nnx.split(abstract)
     return nnx.merge(graphdef, jax.tree.map(lambda s: np.full(s.shape, np.nan, s.dtype), state))
@@ -102,8 +109,11 @@ def converted_pair(num_classes: int, depthwise: str = "auto"):
     return _PAIRS[key]
 
 
-@pytest.fixture(scope="module", params=[(7, impl) for impl in IMPLS] + [(1000, "auto")],
-                ids=[f"7cls-{impl}" for impl in IMPLS] + ["1000cls"])
+@pytest.fixture(
+    scope="module",
+    params=[(7, impl) for impl in IMPLS] + [(1000, "auto")],
+    ids=[f"7cls-{impl}" for impl in IMPLS] + ["1000cls"],
+)
 def pair(request):
     return converted_pair(*request.param)
 
@@ -132,8 +142,6 @@ def _get(tree, path):
     for k in path:
         tree = tree[k]
     return np.asarray(tree)
-
-
 
 
 @nnx.jit
@@ -247,8 +255,7 @@ def test_cross_entropy_gradients_match(pair7, images):
     scale = max(p.grad.abs().max().item() for p in named.values())
     for name, p in named.items():
         path, fn = mapping[name]
-        np.testing.assert_allclose(_get(grads, path), fn(p.grad.numpy()), rtol=0, atol=GRAD_TOL * scale,
-                                   err_msg=name)
+        np.testing.assert_allclose(_get(grads, path), fn(p.grad.numpy()), rtol=0, atol=GRAD_TOL * scale, err_msg=name)
 
 
 # --------------------------------------------------------------------------- real weights and images
@@ -266,8 +273,12 @@ def test_real_backbone_features_on_real_images(imagenet_backbone_pth, real_data_
 
     tm = torchvision.models.mobilenet_v3_small()
     result = tm.load_state_dict(torch.load(imagenet_backbone_pth), strict=False)
-    assert sorted(result.missing_keys) == ["classifier.0.bias", "classifier.0.weight",
-                                           "classifier.3.bias", "classifier.3.weight"]
+    assert sorted(result.missing_keys) == [
+        "classifier.0.bias",
+        "classifier.0.weight",
+        "classifier.3.bias",
+        "classifier.3.weight",
+    ]
     assert result.unexpected_keys == []
     tm.eval()
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Tests for caco_jax.evaluation.plots: each figure renders to a valid PNG of the expected size."""
+
 from __future__ import annotations
 
 import struct
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 from matplotlib import image as mpimg
 
-from caco_jax.evaluation import plots
 from caco_jax.data.classes import CLASS_NAMES, NUM_CLASSES
+from caco_jax.evaluation import plots
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -46,18 +47,33 @@ def test_confusion_matrix_png(tmp_path):
 
 
 def test_confusion_matrix_custom_size(tmp_path):
-    path = plots.plot_confusion_matrix(np.eye(2, dtype=int) * 5, ("a", "b"), tmp_path / "small.png",
-                                       figsize=(6.0, 3.0), dpi=50)
+    path = plots.plot_confusion_matrix(
+        np.eye(2, dtype=int) * 5, ("a", "b"), tmp_path / "small.png", figsize=(6.0, 3.0), dpi=50
+    )
     _check_png(path, 300, 150)
 
 
 def test_curves_png_tolerates_missing_keys(tmp_path):
     history = [
         {"epoch": 0, "train_loss": 1.9, "train_accuracy": 0.4},  # no validation yet
-        {"epoch": 1, "train_loss": 1.2, "train_accuracy": 0.6, "val_loss": 1.3, "val_accuracy": 0.55,
-         "val_bacc": 0.3, "lr": 1e-3},
-        {"epoch": 2, "train_loss": 0.8, "train_accuracy": 0.7, "val_loss": None, "val_accuracy": 0.6,
-         "val_bacc": float("nan"), "val_paper_bacc": 0.7},
+        {
+            "epoch": 1,
+            "train_loss": 1.2,
+            "train_accuracy": 0.6,
+            "val_loss": 1.3,
+            "val_accuracy": 0.55,
+            "val_bacc": 0.3,
+            "lr": 1e-3,
+        },
+        {
+            "epoch": 2,
+            "train_loss": 0.8,
+            "train_accuracy": 0.7,
+            "val_loss": None,
+            "val_accuracy": 0.6,
+            "val_bacc": float("nan"),
+            "val_paper_bacc": 0.7,
+        },
         {"train_loss": 0.7},  # no epoch key: the row index stands in
     ]
     path = plots.plot_curves(history, tmp_path / "curves.png")

@@ -3,6 +3,7 @@
 The run is made, not trained: the tiny model's initial weights at 32 px, a temperature and a
 balanced decision rule saved beside them, as training leaves them.
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,8 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from caco_jax.cli.predict import main as predict_main
-from caco_jax.cli.predict import predict
+from caco_jax.cli.predict import main as predict_main, predict
 from caco_jax.data.classes import CLASS_NAMES
 from caco_jax.evaluation import calibration, decision
 from caco_jax.models import model_from_config
@@ -26,15 +26,19 @@ from caco_jax.serving.predictor import Predictor
 from caco_jax.training.steps import dihedral_views
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from caco_jax.configs import demo  # noqa: E402
+from caco_jax.configs import demo
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from test_images import encode, exif_with_orientation, png_header_only  # noqa: E402
+from test_images import encode, exif_with_orientation, png_header_only
 
 TEMPERATURE, FIT_TEMPERATURE = 1.5, 2.0
 # Offsets in the log domain: strong enough to move many answers away from the argmax.
-RULE = decision.DecisionRule("logit_adjustment", (-0.4, -0.2, 0.3, 0.1, 0.0, 0.5, 0.2), tau=1.0,
-                             info={"temperature": FIT_TEMPERATURE, "fitted_on": "validation"})
+RULE = decision.DecisionRule(
+    "logit_adjustment",
+    (-0.4, -0.2, 0.3, 0.1, 0.0, 0.5, 0.2),
+    tau=1.0,
+    info={"temperature": FIT_TEMPERATURE, "fitted_on": "validation"},
+)
 
 
 def make_run(workdir: pathlib.Path, *, rule: bool = True, default: str | None = "argmax") -> pathlib.Path:
@@ -49,7 +53,9 @@ def make_run(workdir: pathlib.Path, *, rule: bool = True, default: str | None = 
     save_config(config, workdir)
     model = model_from_config(config.model, num_classes=len(CLASS_NAMES), seed=3)
     flat = model_weights(model)  # initial weights answer ~1/7 everywhere: make the answers differ
-    flat["classifier/kernel"] = np.random.default_rng(0).normal(0, 300, flat["classifier/kernel"].shape).astype(np.float32)
+    flat["classifier/kernel"] = (
+        np.random.default_rng(0).normal(0, 300, flat["classifier/kernel"].shape).astype(np.float32)
+    )
     assign_weights(model, flat, source="test")
     save_weights(model, workdir / "best", metadata={"class_names": list(CLASS_NAMES)})
     calibration.save(workdir / "best", TEMPERATURE, fitted_on="validation")
@@ -66,7 +72,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 def lesion(seed: int, size: tuple[int, int] = (60, 40)) -> np.ndarray:
     rng = np.random.default_rng(seed)
     image = np.full((size[1], size[0], 3), (215, 170, 140), np.uint8)
-    image[size[1] // 4:3 * size[1] // 4, size[0] // 3:] = rng.integers(0, 255, 3)
+    image[size[1] // 4 : 3 * size[1] // 4, size[0] // 3 :] = rng.integers(0, 255, 3)
     return np.clip(image + rng.normal(0, 20, image.shape), 0, 255).astype(np.uint8)
 
 
@@ -74,8 +80,16 @@ def lesion(seed: int, size: tuple[int, int] = (60, 40)) -> np.ndarray:
 def mixed_folder(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """Good images of every format beside a 20000 x 20000 PNG, text, an animation, a cut and an empty file."""
     folder = tmp_path_factory.mktemp("mixed")
-    for i, (name, fmt) in enumerate([("a.jpg", "JPEG"), ("b.png", "PNG"), ("c.gif", "GIF"), ("d.tiff", "TIFF"),
-                                     ("e.webp", "WEBP"), ("f.bmp", "BMP")]):
+    for i, (name, fmt) in enumerate(
+        [
+            ("a.jpg", "JPEG"),
+            ("b.png", "PNG"),
+            ("c.gif", "GIF"),
+            ("d.tiff", "TIFF"),
+            ("e.webp", "WEBP"),
+            ("f.bmp", "BMP"),
+        ]
+    ):
         (folder / name).write_bytes(encode(lesion(i), fmt))
     (folder / "sub").mkdir()
     (folder / "sub" / "g.JPEG").write_bytes(encode(lesion(9), "JPEG"))
@@ -90,16 +104,17 @@ def mixed_folder(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 
 GOOD = ["a.jpg", "b.png", "c.gif", "d.tiff", "e.webp", "f.bmp", "sub/g.JPEG"]
-SKIPPED = {"huge.png": "400 megapixels is too large; the limit is 89 megapixels",
-           "notes.txt": "not an image file (suffix .txt",
-           "notes.jpg": "not an image file this program can read",
-           "anim.gif": "an animation or multi-page image (2 frames)",
-           "cut.jpg": "damaged or incomplete (image file is truncated",
-           "empty.png": "the file is empty (0 bytes)"}
+SKIPPED = {
+    "huge.png": "400 megapixels is too large; the limit is 89 megapixels",
+    "notes.txt": "not an image file (suffix .txt",
+    "notes.jpg": "not an image file this program can read",
+    "anim.gif": "an animation or multi-page image (2 frames)",
+    "cut.jpg": "damaged or incomplete (image file is truncated",
+    "empty.png": "the file is empty (0 bytes)",
+}
 
 
-def test_one_bad_file_never_stops_the_batch_and_every_skipped_file_is_listed(run_dir, mixed_folder, tmp_path,
-                                                                            capsys):
+def test_one_bad_file_never_stops_the_batch_and_every_skipped_file_is_listed(run_dir, mixed_folder, tmp_path, capsys):
     out = tmp_path / "p.json"
     assert predict_main(["--workdir", str(run_dir), "--json", str(out), str(mixed_folder)]) == 0
     payload = json.loads(out.read_text())
@@ -115,8 +130,9 @@ def test_one_bad_file_never_stops_the_batch_and_every_skipped_file_is_listed(run
 def test_an_exif_rotated_photo_is_classified_as_it_is_seen(run_dir, tmp_path):
     upright = lesion(5, (64, 48))
     (tmp_path / "upright.png").write_bytes(encode(upright))
-    (tmp_path / "tagged.png").write_bytes(encode(np.ascontiguousarray(np.rot90(upright, 1)), "PNG",
-                                                 exif=exif_with_orientation(6)))
+    (tmp_path / "tagged.png").write_bytes(
+        encode(np.ascontiguousarray(np.rot90(upright, 1)), "PNG", exif=exif_with_orientation(6))
+    )
     (tmp_path / "sideways.png").write_bytes(encode(np.ascontiguousarray(np.rot90(upright, 1))))
     rows, problems = predict(run_dir, [tmp_path / n for n in ("upright.png", "tagged.png", "sideways.png")])
     assert not problems
@@ -137,8 +153,7 @@ def test_the_balanced_rule_answers_as_the_fitted_rule_does_on_the_logits(run_dir
     balanced = predictor.decide(batch, tta=tta, rule="balanced")
     argmax = predictor.decide(batch, tta=tta, rule="argmax")
     np.testing.assert_array_equal(balanced.classes, RULE.predict(logits, FIT_TEMPERATURE))
-    np.testing.assert_allclose(balanced.probabilities, RULE.balanced_probabilities(logits, FIT_TEMPERATURE),
-                               atol=1e-5)
+    np.testing.assert_allclose(balanced.probabilities, RULE.balanced_probabilities(logits, FIT_TEMPERATURE), atol=1e-5)
     np.testing.assert_allclose(argmax.probabilities, calibration.probabilities(logits, TEMPERATURE), atol=1e-5)
     np.testing.assert_array_equal(argmax.classes, argmax.probabilities.argmax(-1))
     assert (balanced.classes != argmax.classes).any()  # the rule changes answers here
@@ -146,10 +161,27 @@ def test_the_balanced_rule_answers_as_the_fitted_rule_does_on_the_logits(run_dir
 
 def test_predict_names_the_rule_in_the_table_csv_and_json(run_dir, mixed_folder, tmp_path, capsys):
     files = [str(mixed_folder / n) for n in ("a.jpg", "b.png")]
-    assert predict_main(["--workdir", str(run_dir), "--decision", "balanced", "--csv", str(tmp_path / "p.csv"),
-                         "--json", str(tmp_path / "p.json"), *files]) == 0
-    assert capsys.readouterr().out.splitlines()[0].startswith("decision rule balanced: the rule fitted on the "
-                                                              "validation split")
+    assert (
+        predict_main(
+            [
+                "--workdir",
+                str(run_dir),
+                "--decision",
+                "balanced",
+                "--csv",
+                str(tmp_path / "p.csv"),
+                "--json",
+                str(tmp_path / "p.json"),
+                *files,
+            ]
+        )
+        == 0
+    )
+    assert (
+        capsys.readouterr()
+        .out.splitlines()[0]
+        .startswith("decision rule balanced: the rule fitted on the validation split")
+    )
     rows = json.loads((tmp_path / "p.json").read_text())["predictions"]
     for row in rows:
         assert row["decision"] == "balanced" and row["prediction"] == row["top"][0]["class"]
@@ -176,5 +208,6 @@ def test_asking_for_balanced_without_a_fitted_rule_is_a_usage_error(tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("error: the balanced decision rule needs ") and str(workdir / "best" / "decision.json") in err
     assert "use --decision argmax" in err and "Traceback" not in err
-    assert predict_main(["--workdir", str(make_run(tmp_path / "run2", rule=False, default="balanced")),
-                         str(image)]) == 2  # a run whose default is balanced but whose weights lack the rule
+    assert (
+        predict_main(["--workdir", str(make_run(tmp_path / "run2", rule=False, default="balanced")), str(image)]) == 2
+    )  # a run whose default is balanced but whose weights lack the rule

@@ -19,6 +19,7 @@ Measured (fp32, 2-core CPU), worst over the seven cases: eval logits 2.3e-5 max 
 (caco-plain, logits up to 2.65; 1.4e-5 or less elsewhere), train-mode logits 1.7e-6,
 running statistics 2.4e-7, gradients 2.5e-5 of the largest gradient entry (cbam).
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,8 +52,11 @@ VARIANT_INITS = [(a, i) for a in ATTENTIONS for i in (ATTENTION_INITS if a in GA
 
 
 def _abstract(arch: str, attention: str, init: str = "preserve", num_classes: int = 7) -> MobileNetV3:
-    return nnx.eval_shape(lambda: MobileNetV3(arch=arch, attention=attention, attention_init=init,
-                                              num_classes=num_classes, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(
+        lambda: MobileNetV3(
+            arch=arch, attention=attention, attention_init=init, num_classes=num_classes, rngs=nnx.Rngs(0)
+        )
+    )
 
 
 def _node(tree, path):
@@ -71,8 +75,9 @@ def _get(tree, path):
 ARCH_VARIANT_INITS = [("small", a, i) for a, i in VARIANT_INITS] + [("large", a, "preserve") for a in ATTENTIONS]
 
 
-@pytest.mark.parametrize(("arch", "attention", "init"), ARCH_VARIANT_INITS,
-                         ids=[f"{arch}-{a}-{i}" for arch, a, i in ARCH_VARIANT_INITS])
+@pytest.mark.parametrize(
+    ("arch", "attention", "init"), ARCH_VARIANT_INITS, ids=[f"{arch}-{a}-{i}" for arch, a, i in ARCH_VARIANT_INITS]
+)
 def test_reference_has_caco_jax_parameters_one_for_one(arch, attention, init):
     model = _abstract(arch, attention, init)
     ref = reference.reference_model(arch, attention, attention_init=init)
@@ -96,17 +101,26 @@ def test_reference_has_caco_jax_parameters_one_for_one(arch, attention, init):
 def test_se_reference_is_torchvision_itself(arch):
     ref = reference.reference_model(arch, "se", num_classes=7)
     tv = getattr(torchvision.models, f"mobilenet_v3_{arch}")(num_classes=7)
-    assert {k: tuple(v.shape) for k, v in ref.state_dict().items()} == \
-        {k: tuple(v.shape) for k, v in tv.state_dict().items()}
+    assert {k: tuple(v.shape) for k, v in ref.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in tv.state_dict().items()
+    }
     assert [type(m) for m in ref.modules()] == [type(m) for m in tv.modules()]
-    assert set(reference_key_map(_abstract(arch, "se"))) == {k for k in tv.state_dict()
-                                                             if not k.endswith("num_batches_tracked")}
+    assert set(reference_key_map(_abstract(arch, "se"))) == {
+        k for k in tv.state_dict() if not k.endswith("num_batches_tracked")
+    }
 
 
 def test_reference_names_follow_caco_jax():
     keys = set(reference.reference_model("small", "caco").state_dict())
-    for suffix in ("channel.mlp.fc1.weight", "channel.max_gain", "coord.conv1.bias", "coord.bn1.running_var",
-                   "coord.conv_h.weight", "coord.conv_w.bias", "coord.gain"):
+    for suffix in (
+        "channel.mlp.fc1.weight",
+        "channel.max_gain",
+        "coord.conv1.bias",
+        "coord.bn1.running_var",
+        "coord.conv_h.weight",
+        "coord.conv_w.bias",
+        "coord.gain",
+    ):
         assert f"features.1.block.1.{suffix}" in keys, suffix
     keys = set(reference.reference_model("small", "cbam", attention_init="plain").state_dict())
     assert "features.4.block.2.spatial.conv.weight" in keys and "features.4.block.2.spatial.bn.weight" in keys
@@ -218,5 +232,6 @@ def test_train_mode_outputs_stats_and_gradients_match(name):
     scale = max(p.grad.abs().max().item() for p in named.values())
     for key, p in named.items():
         path, fn = mapping[key]
-        np.testing.assert_allclose(_get(c["grads"], path), fn(p.grad.numpy()), rtol=0, atol=GRAD_TOL * scale,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            _get(c["grads"], path), fn(p.grad.numpy()), rtol=0, atol=GRAD_TOL * scale, err_msg=key
+        )

@@ -1,6 +1,7 @@
 """Each extension point is one registry: a toy attention block (with its PyTorch twin), a toy loss (with its
 PyTorch formula) and a toy dataset, each registered in its own place and nothing else, are then accepted by
 the config check, built, converted, recognised in saved weights and trained end to end."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,7 @@ from flax import nnx
 
 from caco_jax.configs import demo
 from caco_jax.data import registry
-from caco_jax.models import attention as attention_lib
-from caco_jax.models import create_model
+from caco_jax.models import attention as attention_lib, create_model
 from caco_jax.training import checks, losses
 
 
@@ -37,7 +37,7 @@ class ToySquared:
     """Mean squared error between softmax and one-hot: a loss no one registered before."""
 
     @classmethod
-    def from_config(cls, cfg: Any, class_counts: Any, num_classes: int) -> "ToySquared":
+    def from_config(cls, cfg: Any, class_counts: Any, num_classes: int) -> ToySquared:
         return cls()
 
     def __call__(self, logits, labels, class_weights=None, mask=None):
@@ -137,8 +137,14 @@ def test_a_toy_block_needs_only_its_twin_to_export(toys):
 def test_toy_block_loss_and_dataset_train_end_to_end(toys, tmp_path):
     from caco_jax.training.loop import train_and_evaluate
 
-    config = _config(**{"model.attention": "toy", "loss.name": "toy_squared", "data.name": "toy_folders",
-                        "data.data_dir": str(tmp_path / "tfds")})
+    config = _config(
+        **{
+            "model.attention": "toy",
+            "loss.name": "toy_squared",
+            "data.name": "toy_folders",
+            "data.data_dir": str(tmp_path / "tfds"),
+        }
+    )
     result = train_and_evaluate(config, tmp_path / "run")
     assert result["status"] == "finished"
     report = result["report"]

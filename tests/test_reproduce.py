@@ -1,4 +1,5 @@
 """caco-jax reproduce on a tiny grid of synthetic data: train, skip, resume, tables, figure, external columns."""
+
 from __future__ import annotations
 
 import json
@@ -9,26 +10,40 @@ import subprocess
 
 import pytest
 
-from caco_jax.data import ham10000, synthetic
-
 from caco_jax.cli import reproduce
+from caco_jax.data import ham10000, synthetic
 from caco_jax.errors import CacoError, UsageError
 from caco_jax.experiments import grid, presets, summary, tables
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-TINY = {"model.arch": "tiny", "data.synthetic_images": 0, "data.build_size": 48, "batch_size": 16,
-        "eval_batch_size": 32, "log_every_steps": 2}
+TINY = {
+    "model.arch": "tiny",
+    "data.synthetic_images": 0,
+    "data.build_size": 48,
+    "batch_size": 16,
+    "eval_batch_size": 32,
+    "log_every_steps": 2,
+}
 PRESET = presets.Preset(
-    "tiny", "A test grid.", {"data.image_size": 32, "num_epochs": 1},
-    (presets.Cell("se_ce", {"model.attention": "se", "loss.name": "ce"}, (0, 1), "two seeds"),
-     presets.Cell("caco_joint", {"model.attention": "caco", "loss.name": "joint"}, (0,), "the paper's model")))
+    "tiny",
+    "A test grid.",
+    {"data.image_size": 32, "num_epochs": 1},
+    (
+        presets.Cell("se_ce", {"model.attention": "se", "loss.name": "ce"}, (0, 1), "two seeds"),
+        presets.Cell("caco_joint", {"model.attention": "caco", "loss.name": "joint"}, (0,), "the paper's model"),
+    ),
+)
 
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0", PYTHONPATH=str(ROOT),
-               CACO_JAX_COMPILE_CACHE=str(ROOT / ".cache" / "jax"))
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_backend_optimization_level=0",
+        PYTHONPATH=str(ROOT),
+        CACO_JAX_COMPILE_CACHE=str(ROOT / ".cache" / "jax"),
+    )
     return env
 
 
@@ -38,6 +53,7 @@ def _runner(calls: list[list[str]]):
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(log_file, "a") as fh:
             return subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=_env())
+
     return run
 
 
@@ -46,7 +62,7 @@ def _isic_test_dir(manual: pathlib.Path, out: pathlib.Path, n: int = 20) -> path
     (out / "ISIC2018_Task3_Test_Input").mkdir(parents=True)
     columns = ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
     rows = ["image," + ",".join(columns)]
-    for line in (manual / "HAM10000_metadata.csv").read_text().splitlines()[1:n + 1]:
+    for line in (manual / "HAM10000_metadata.csv").read_text().splitlines()[1 : n + 1]:
         _, image_id, dx = line.split(",")[:3]
         src = next(manual.rglob(f"{image_id}.jpg"))
         shutil.copy(src, out / "ISIC2018_Task3_Test_Input" / src.name)
@@ -60,8 +76,15 @@ def test_tiny_grid_trains_skips_resumes_and_writes_the_tables(tmp_path):
     manual = synthetic.write_manual_dir(tmp_path / "raw", num_images=200, image_size=(64, 48), seed=2)
     ham10000.prepare(manual, tmp_path / "tfds", image_size=48, progress=False)
     isic = _isic_test_dir(manual, tmp_path / "isic")
-    kw = dict(pretrained="", data_dir=str(tmp_path / "tfds"), manual_dir="", isic_dir=str(isic), extra=TINY,
-              config="demo", log=lambda _: None)
+    kw = dict(
+        pretrained="",
+        data_dir=str(tmp_path / "tfds"),
+        manual_dir="",
+        isic_dir=str(isic),
+        extra=TINY,
+        config="demo",
+        log=lambda _: None,
+    )
     out = tmp_path / "runs"
 
     # A run interrupted after its checkpoint, before its report: the grid resumes it, not restarts it.
@@ -70,8 +93,12 @@ def test_tiny_grid_trains_skips_resumes_and_writes_the_tables(tmp_path):
     caco = out / "tiny" / "caco_joint_s0"
     assert (caco / "report.json").is_file() and (caco / "report_isic2018_test_test.json").is_file()
     (caco / "report.json").unlink()
-    assert grid.status(caco, grid.overrides(PRESET, PRESET.cells[1], 0, pretrained="", data_dir="",
-                                                      manual_dir="", extra=TINY)) == "partial"
+    assert (
+        grid.status(
+            caco, grid.overrides(PRESET, PRESET.cells[1], 0, pretrained="", data_dir="", manual_dir="", extra=TINY)
+        )
+        == "partial"
+    )
 
     calls.clear()
     grid.run_grid(PRESET, out, runner=_runner(calls), **kw)
@@ -111,8 +138,15 @@ def test_presets_cover_the_issue_grids():
     assert presets.PRESETS["cpu"].base["data.image_size"] == 112
     paper = {c.name: c for c in presets.PRESETS["paper"].cells}
     assert all(len(c.seeds) == 3 for c in paper.values())
-    assert {"cbam_joint", "seco_joint", "eca_joint", "caco_focal", "caco_ldam", "se_ce_scratch",
-            "caco_joint_imagesplit"} <= set(paper)
+    assert {
+        "cbam_joint",
+        "seco_joint",
+        "eca_joint",
+        "caco_focal",
+        "caco_ldam",
+        "se_ce_scratch",
+        "caco_joint_imagesplit",
+    } <= set(paper)
     assert {"cbam_ce", "seco_ce", "eca_ce"} <= set(paper)  # Table 5 is cross-entropy
     assert "ours" in paper["cbam_joint"].note and paper["cbam_ce"].paper() == (91.48, 85.72)
     leak = {c.name: c for c in presets.PRESETS["leakage_cpu"].cells}
@@ -124,9 +158,25 @@ def test_presets_cover_the_issue_grids():
 def test_seeds_and_set_choose_the_runs_and_reach_every_command(tmp_path, capsys):
     pth = tmp_path / "backbone.pth"
     pth.write_bytes(b"")
-    rc = reproduce.main(["--preset", "paper", "--cells", "caco_joint,se_ce", "--seeds", "0", "--set", "data.cache=True",
-                         "--set", "data.num_workers=0", "--pretrained", str(pth), "--out", str(tmp_path / "runs"),
-                         "--dry_run"])
+    rc = reproduce.main(
+        [
+            "--preset",
+            "paper",
+            "--cells",
+            "caco_joint,se_ce",
+            "--seeds",
+            "0",
+            "--set",
+            "data.cache=True",
+            "--set",
+            "data.num_workers=0",
+            "--pretrained",
+            str(pth),
+            "--out",
+            str(tmp_path / "runs"),
+            "--dry_run",
+        ]
+    )
     assert rc == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[new]")]
     assert len(lines) == 2  # seed 0 of each chosen cell, not the three planned seeds

@@ -3,6 +3,7 @@
 The localisation test trains the tiny model on images whose only class evidence is a disc
 at a random place, then checks that the heat map sits on the disc.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -14,15 +15,15 @@ import optax
 import pytest
 from flax import nnx
 
-from caco_jax.training import parallel
-from caco_jax.evaluation import saliency
 from caco_jax.data.augment import AugmentConfig
-from caco_jax.training.losses import make_loss
+from caco_jax.evaluation import saliency
 from caco_jax.models import ARCHS, create_model
+from caco_jax.training import parallel
+from caco_jax.training.losses import make_loss
 from caco_jax.training.steps import ModelDef, build_steps, init_state
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from caco_jax.configs import default  # noqa: E402
+from caco_jax.configs import default
 
 SIZE = 64  # the tiny arch has stride 8: an 8 x 8 map
 RADIUS = 7
@@ -62,8 +63,9 @@ def trained_on_discs(mesh):
     cfg = default.get_config().loss
     cfg.name = "ce"
     tx = optax.adam(3e-3)
-    steps = build_steps(model_def, mesh, tx=tx, loss=make_loss(cfg, None, num_classes=3), aug=AugmentConfig.none(),
-                        image_size=SIZE)
+    steps = build_steps(
+        model_def, mesh, tx=tx, loss=make_loss(cfg, None, num_classes=3), aug=AugmentConfig.none(), image_size=SIZE
+    )
     images, labels, _ = disc_images(1024, seed=0)
     state = jax.device_put(init_state(model_def, tx, 0), parallel.replicated(mesh))
     weights = np.ones(3, np.float32)
@@ -109,7 +111,7 @@ def test_cam_has_the_input_shape_range_and_explains_the_asked_class(trained_on_d
 
 
 def _centre_of_mass(cam: np.ndarray) -> np.ndarray:
-    yy, xx = np.mgrid[0:cam.shape[1], 0:cam.shape[2]]
+    yy, xx = np.mgrid[0 : cam.shape[1], 0 : cam.shape[2]]
     w = cam / cam.sum(axis=(1, 2), keepdims=True)
     return np.stack([(w * yy).sum(axis=(1, 2)), (w * xx).sum(axis=(1, 2))], axis=1)
 

@@ -1,12 +1,13 @@
 """Test-time augmentation in the jitted steps (caco_jax.training.steps): the 8 dihedral views and their average."""
+
 from __future__ import annotations
 
 import jax
 import numpy as np
 import pytest
 
-from caco_jax.training import parallel
 from caco_jax.models import create_model
+from caco_jax.training import parallel
 from caco_jax.training.steps import TTA_VIEWS, ModelDef, build_steps, dihedral_views
 
 
@@ -20,7 +21,7 @@ def test_dihedral_views_are_the_8_symmetries_of_the_square():
     assert views.shape == (TTA_VIEWS, 2, 5, 5, 3)
     np.testing.assert_array_equal(views[0], images)  # view 0: the image itself
     for b in range(2):
-        for got, want in zip(views[:, b], _numpy_views(images[b])):
+        for got, want in zip(views[:, b], _numpy_views(images[b]), strict=True):
             np.testing.assert_array_equal(got, want)
     assert len({v.tobytes() for v in views[:, 0]}) == TTA_VIEWS  # all different for a generic image
     with pytest.raises(ValueError, match="square"):
@@ -38,16 +39,23 @@ def test_tta_prediction_is_the_mean_over_the_views_and_composes_with_the_tempera
     images = np.random.default_rng(1).integers(0, 255, (8, 32, 32, 3)).astype(np.uint8)
     t = np.float32(0.5)
     tta = np.asarray(steps.predict_tta(params, stats, images, t))
-    per_view = np.stack([np.asarray(steps.predict(params, stats, np.stack(v), t))
-                         for v in zip(*[_numpy_views(im) for im in images])])
+    per_view = np.stack(
+        [
+            np.asarray(steps.predict(params, stats, np.stack(v), t))
+            for v in zip(*[_numpy_views(im) for im in images], strict=True)
+        ]
+    )
     np.testing.assert_allclose(tta, per_view.mean(axis=0), atol=1e-6)
     assert np.abs(per_view[0] - per_view[3]).max() > 2e-3  # the views do differ (measured: 8e-3)
     # A picture with every symmetry of the square: TTA changes nothing.
     symmetric = np.minimum(images, images[:, ::-1])
     symmetric = np.minimum(symmetric, symmetric[:, :, ::-1])
     symmetric = np.minimum(symmetric, np.swapaxes(symmetric, 1, 2))
-    np.testing.assert_allclose(np.asarray(steps.predict_tta(params, stats, symmetric, t)),
-                               np.asarray(steps.predict(params, stats, symmetric, t)), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(steps.predict_tta(params, stats, symmetric, t)),
+        np.asarray(steps.predict(params, stats, symmetric, t)),
+        atol=1e-6,
+    )
 
 
 # --------------------------------------------------------------------------- mixing and the moving average
@@ -74,10 +82,10 @@ def test_mixup_and_cutmix_mix_each_example_with_its_mirror_partner():
 def test_train_step_keeps_a_moving_average_of_the_weights():
     import optax
 
+    from caco_jax.configs import default
     from caco_jax.data.augment import AugmentConfig
     from caco_jax.training.losses import make_loss
     from caco_jax.training.steps import init_state
-    from caco_jax.configs import default
 
     model_def = ModelDef(create_model(arch="tiny", num_classes=3, seed=0))
     mesh = parallel.make_mesh(1)
@@ -85,18 +93,21 @@ def test_train_step_keeps_a_moving_average_of_the_weights():
     cfg = default.get_config().loss
     cfg.name = "ce"
     loss = make_loss(cfg, None, num_classes=3)
-    steps = build_steps(model_def, mesh, tx=tx, loss=loss, aug=AugmentConfig(mixup_alpha=0.4), image_size=16,
-                        ema_decay=0.5)
+    steps = build_steps(
+        model_def, mesh, tx=tx, loss=loss, aug=AugmentConfig(mixup_alpha=0.4), image_size=16, ema_decay=0.5
+    )
     state = jax.device_put(init_state(model_def, tx, 0, ema=True), parallel.replicated(mesh))
-    batch = {"image": np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3)).astype(np.uint8),
-             "label": np.asarray([0, 1, 2, 1], np.int32)}
+    batch = {
+        "image": np.random.default_rng(0).integers(0, 255, (4, 16, 16, 3)).astype(np.uint8),
+        "label": np.asarray([0, 1, 2, 1], np.int32),
+    }
     weights = np.ones(3, np.float32)
     ema = jax.device_get(state.ema["params"])
     for t in range(2):
         state, _ = steps.train(state, batch, weights)
         d = min(0.5, (1 + t) / (10 + t))
-        ema = jax.tree.map(lambda e, p: d * e + (1 - d) * p, ema, jax.device_get(state.params))
-        for got, want in zip(jax.tree.leaves(jax.device_get(state.ema["params"])), jax.tree.leaves(ema)):
+        ema = jax.tree.map(lambda e, p, d=d: d * e + (1 - d) * p, ema, jax.device_get(state.params))
+        for got, want in zip(jax.tree.leaves(jax.device_get(state.ema["params"])), jax.tree.leaves(ema), strict=True):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
     params, stats = state.eval_weights()
     assert params is state.ema["params"] and stats is state.ema["batch_stats"]

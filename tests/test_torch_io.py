@@ -3,6 +3,7 @@
 torch itself is used here only as the reference: what ``torch.load`` returns is what
 ``load_state_dict`` must return.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,8 +16,8 @@ import pytest
 from flax import nnx
 
 from caco_jax.interop.convert import load_torchvision
-from caco_jax.models import MobileNetV3, create_model
 from caco_jax.interop.torch_io import load_state_dict, save_state_dict
+from caco_jax.models import MobileNetV3, create_model
 from caco_jax.runs.weights import load_pretrained, model_weights, read_weights
 
 torch = pytest.importorskip("torch")
@@ -119,10 +120,12 @@ def test_non_tensor_objects_raise_naming_the_path(tmp_path):
 
 def test_save_state_dict_round_trip(tmp_path):
     rng = np.random.default_rng(0)
-    sd = {"a.weight": rng.normal(size=(3, 4)).astype(np.float32),
-          "a.bias": rng.normal(size=3).astype(np.float32),
-          "bn.num_batches_tracked": np.array(5, np.int64),
-          "t": np.asfortranarray(rng.normal(size=(2, 5)).astype(np.float32))}
+    sd = {
+        "a.weight": rng.normal(size=(3, 4)).astype(np.float32),
+        "a.bias": rng.normal(size=3).astype(np.float32),
+        "bn.num_batches_tracked": np.array(5, np.int64),
+        "t": np.asfortranarray(rng.normal(size=(2, 5)).astype(np.float32)),
+    }
     path = tmp_path / "out.pth"
     save_state_dict(sd, path)
     theirs = torch.load(path, weights_only=True)
@@ -153,8 +156,9 @@ def _blank(attention: str) -> MobileNetV3:
 @pytest.mark.slow
 def test_convert_script_end_to_end(imagenet_backbone_pth, tmp_path, capsys):
     out = tmp_path / "caco_imagenet"
-    rc = _script().main(["--pth", str(imagenet_backbone_pth), "--attention", "caco", "--num_classes", "7",
-                         "--out", str(out)])
+    rc = _script().main(
+        ["--pth", str(imagenet_backbone_pth), "--attention", "caco", "--num_classes", "7", "--out", str(out)]
+    )
     assert rc == 0
     printed = capsys.readouterr().out
     assert "left at initialisation" in printed and "wrote caco-jax weights" in printed

@@ -1,4 +1,5 @@
 """End-to-end training: the demo config, learning, resume, signals, errors, 8 devices, scripts."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,7 +21,6 @@ from caco_jax.data.errors import DataNotBuiltError
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from caco_jax.configs import demo  # noqa: E402
-
 from caco_jax.training.loop import NonFiniteLossError, _Stop as real_stop, train_and_evaluate  # noqa: E402
 
 BUILD_SIZE = 48
@@ -40,9 +40,13 @@ TINY = {
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0",
-               JAX_COMPILATION_CACHE_DIR=str(ROOT / ".cache" / "jax"),
-               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", PYTHONPATH=str(ROOT))
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_backend_optimization_level=0",
+        JAX_COMPILATION_CACHE_DIR=str(ROOT / ".cache" / "jax"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+        PYTHONPATH=str(ROOT),
+    )
     return env
 
 
@@ -68,8 +72,14 @@ def tiny_config(data_dir: pathlib.Path, **overrides):
 
 def cli_args(workdir: pathlib.Path, data_dir: pathlib.Path, **overrides) -> list[str]:
     items = {**TINY, "data.data_dir": str(data_dir)} | overrides
-    return [sys.executable, str(ROOT / "scripts" / "train.py"), "--config", str(ROOT / "configs" / "demo.py"),
-            "--workdir", str(workdir)] + [f"--config.{k}={v}" for k, v in items.items()]
+    return [
+        sys.executable,
+        str(ROOT / "scripts" / "train.py"),
+        "--config",
+        str(ROOT / "configs" / "demo.py"),
+        "--workdir",
+        str(workdir),
+    ] + [f"--config.{k}={v}" for k, v in items.items()]
 
 
 def final_state(workdir: pathlib.Path) -> dict[str, np.ndarray]:
@@ -97,8 +107,8 @@ def test_demo_config_runs_end_to_end_and_writes_the_report(trained, synthetic_tf
     for name in ("report.md", "curves.png", "report_confusion_test.png", "config.json", "parameters.txt"):
         assert (workdir / name).stat().st_size > 0, name
     assert (workdir / "report_confusion_test.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    lines = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-    assert sum(l["kind"] == "epoch" for l in lines) == 2
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert sum(line["kind"] == "epoch" for line in lines) == 2
     assert any(f.name.startswith("events.out.tfevents") for f in (workdir / "tb").iterdir())
     assert (workdir / "best" / "weights").is_dir()
     from caco_jax.evaluation import predictions
@@ -158,16 +168,35 @@ def test_predict_script_writes_grad_cam_overlays_and_uses_the_temperature(traine
     workdir, _ = trained
     images = sorted((synthetic_tfds.parent / "manual").rglob("*.jpg"))[:2]
     saved_t = json.loads((workdir / "best" / "calibration.json").read_text())["temperature"]
-    assert predict_main(["--workdir", str(workdir), "--json", str(tmp_path / "t.json"), "--tta", "--cam",
-                         str(tmp_path / "cams"), "--cam_class", "mel", *map(str, images)]) == 0
-    assert predict_main(["--workdir", str(workdir), "--json", str(tmp_path / "plain.json"), "--no_calibration",
-                         *map(str, images)]) == 0
+    assert (
+        predict_main(
+            [
+                "--workdir",
+                str(workdir),
+                "--json",
+                str(tmp_path / "t.json"),
+                "--tta",
+                "--cam",
+                str(tmp_path / "cams"),
+                "--cam_class",
+                "mel",
+                *map(str, images),
+            ]
+        )
+        == 0
+    )
+    assert (
+        predict_main(
+            ["--workdir", str(workdir), "--json", str(tmp_path / "plain.json"), "--no_calibration", *map(str, images)]
+        )
+        == 0
+    )
     rows = json.loads((tmp_path / "t.json").read_text())["predictions"]
     plain = json.loads((tmp_path / "plain.json").read_text())["predictions"]
     assert all(r["temperature"] == pytest.approx(saved_t) and r["tta"] for r in rows)
     assert all(r["temperature"] is None for r in plain)
     assert rows[0]["probabilities"] != plain[0]["probabilities"]
-    for row, image in zip(rows, images):
+    for row, image in zip(rows, images, strict=True):
         assert row["cam"]["class"] == "mel" and pathlib.Path(row["cam"]["file"]).name == f"{image.stem}_gradcam_mel.png"
         assert Image.open(row["cam"]["file"]).size == Image.open(image).size  # at the image's own resolution
 
@@ -179,8 +208,20 @@ def test_predict_script_reports_unreadable_files_and_keeps_going(trained, synthe
     images = sorted((synthetic_tfds.parent / "manual").rglob("*.jpg"))[:3]
     (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "p.json"
-    assert predict_main(["--workdir", str(workdir), "--json", str(out), *map(str, images),
-                         str(tmp_path / "broken.jpg"), str(tmp_path / "missing.jpg")]) == 0
+    assert (
+        predict_main(
+            [
+                "--workdir",
+                str(workdir),
+                "--json",
+                str(out),
+                *map(str, images),
+                str(tmp_path / "broken.jpg"),
+                str(tmp_path / "missing.jpg"),
+            ]
+        )
+        == 0
+    )
     payload = json.loads(out.read_text())
     assert [p["file"] for p in payload["predictions"]] == [str(i) for i in images]
     for p in payload["predictions"]:
@@ -192,9 +233,17 @@ def test_predict_script_reports_unreadable_files_and_keeps_going(trained, synthe
 @pytest.mark.slow
 def test_training_learns_the_synthetic_classes(tmp_path):
     """The demo's recipe, shrunk to the tiny model: well above the majority-class rate."""
-    c = tiny_config(tmp_path / "unused", **{"data.synthetic_images": 700, "data.build_size": 64,
-                                              "data.image_size": 48, "batch_size": 32,
-                                              "num_epochs": 12, "optimizer.learning_rate": 5e-3})
+    c = tiny_config(
+        tmp_path / "unused",
+        **{
+            "data.synthetic_images": 700,
+            "data.build_size": 64,
+            "data.image_size": 48,
+            "batch_size": 32,
+            "num_epochs": 12,
+            "optimizer.learning_rate": 5e-3,
+        },
+    )
     result = train_and_evaluate(c, tmp_path / "run")
     labels = ham10000.open_splits(tmp_path / "run" / "tfds", image_size=64)["validation"].labels
     majority = np.bincount(labels).max() / len(labels)  # nv's share, about 0.66
@@ -210,11 +259,16 @@ def test_killed_run_resumes_bit_exactly(synthetic_tfds, tmp_path):
     subprocess.run(cli_args(straight, synthetic_tfds, **overrides), env=_env(), check=True, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cli_args(killed, synthetic_tfds, **overrides), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        cli_args(killed, synthetic_tfds, **overrides), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        ckpts = [p for p in (killed / "checkpoints").glob("*") if p.name.isdigit()] if (killed / "checkpoints").is_dir() else []
+        ckpts = (
+            [p for p in (killed / "checkpoints").glob("*") if p.name.isdigit()]
+            if (killed / "checkpoints").is_dir()
+            else []
+        )
         if any(int(p.name) >= 8 for p in ckpts):
             break
         time.sleep(0.2)
@@ -262,25 +316,32 @@ def scripted_args(workdir: pathlib.Path, data_dir: pathlib.Path) -> list[str]:
 def scripted_reference(synthetic_tfds: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     """An uninterrupted run whose epoch 2 is the best (scripted validation BACC)."""
     workdir = tmp_path_factory.mktemp("scripted")
-    proc = subprocess.run(scripted_args(workdir, synthetic_tfds), env=_env() | {"CACO_TEST_VAL_BACC": SCRIPT},
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        scripted_args(workdir, synthetic_tfds),
+        env=_env() | {"CACO_TEST_VAL_BACC": SCRIPT},
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return workdir
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["best.write:2", "checkpoint.write:2", "checkpoint.committed:2", "best.promote:2",
-                                   "best.swap:1"])
-def test_a_kill_9_at_each_point_of_the_save_sequence_keeps_the_best_weights(point, scripted_reference,
-                                                                            synthetic_tfds, tmp_path):
+@pytest.mark.parametrize(
+    "point", ["best.write:2", "checkpoint.write:2", "checkpoint.committed:2", "best.promote:2", "best.swap:1"]
+)
+def test_a_kill_9_at_each_point_of_the_save_sequence_keeps_the_best_weights(
+    point, scripted_reference, synthetic_tfds, tmp_path
+):
     """SIGKILL (``faults.point``) at each moment of epoch 2's save: best.partial being written, the
     checkpoint being written, the checkpoint committed but best/ not yet replaced (issue 23: the old
     best was kept), before and between the two renames. The resumed run ends with epoch 2's weights."""
     from caco_jax.runs import faults
 
     env = _env() | {"CACO_TEST_VAL_BACC": SCRIPT}
-    killed = subprocess.run(scripted_args(tmp_path, synthetic_tfds), env=env | {faults.CRASH_ENV: point},
-                            capture_output=True, text=True)
+    killed = subprocess.run(
+        scripted_args(tmp_path, synthetic_tfds), env=env | {faults.CRASH_ENV: point}, capture_output=True, text=True
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert not (tmp_path / "report.json").exists()
     resumed = subprocess.run(scripted_args(tmp_path, synthetic_tfds), env=env, capture_output=True, text=True)
@@ -296,8 +357,13 @@ def test_a_kill_9_at_each_point_of_the_save_sequence_keeps_the_best_weights(poin
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(synthetic_tfds, tmp_path):
     workdir = tmp_path / "run"
-    proc = subprocess.Popen(cli_args(workdir, synthetic_tfds, num_epochs=50), env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cli_args(workdir, synthetic_tfds, num_epochs=50),
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         log = workdir / "metrics.jsonl"
@@ -395,8 +461,10 @@ def test_a_full_disk_stops_the_run_at_once_with_one_message(synthetic_tfds, tmp_
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(synthetic_tfds, tmp_path):
-    c = tiny_config(synthetic_tfds, **{"optimizer.learning_rate": 1e12, "checkpoint.every_steps": 1,
-                                       "num_epochs": 1, "log_every_steps": 1})
+    c = tiny_config(
+        synthetic_tfds,
+        **{"optimizer.learning_rate": 1e12, "checkpoint.every_steps": 1, "num_epochs": 1, "log_every_steps": 1},
+    )
     with pytest.raises(NonFiniteLossError, match="non-finite|loss is"):
         train_and_evaluate(c, tmp_path)
     for step_dir in (p for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()):
@@ -420,8 +488,9 @@ def test_resuming_with_another_model_is_refused(trained, tmp_path):
 
 
 def test_unknown_config_key_is_named(tmp_path):
-    proc = subprocess.run(cli_args(tmp_path, tmp_path, **{"model.not_a_field": 1}), env=_env(),
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        cli_args(tmp_path, tmp_path, **{"model.not_a_field": 1}), env=_env(), capture_output=True, text=True
+    )
     assert proc.returncode != 0
     assert "not_a_field" in proc.stderr
 
@@ -430,8 +499,13 @@ def test_unknown_config_key_is_named(tmp_path):
 def test_eight_devices_train_like_one():
     env = _env()
     env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "multidevice_check.py")], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "multidevice_check.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["moved"] > 1e-2  # training changed the parameters: the comparison means something
@@ -444,7 +518,6 @@ def test_evaluate_on_an_isic2018_test_build_agrees_with_predict(trained, synthet
     """External evaluation: synthetic lesions laid out as ISIC 2018 Task 3 test files."""
     from caco_jax.cli.evaluate import main as evaluate_main
     from caco_jax.cli.predict import predict
-
     from caco_jax.data.classes import CLASS_NAMES
 
     workdir, _ = trained
@@ -462,8 +535,23 @@ def test_evaluate_on_an_isic2018_test_build_agrees_with_predict(trained, synthet
         truth[image_id] = dx
     (manual / "ISIC2018_Task3_Test_GroundTruth.csv").write_text("\n".join(rows) + "\n")
 
-    assert evaluate_main(["--workdir", str(workdir), "--dataset", "isic2018_test", "--manual_dir", str(manual),
-                          "--data_dir", str(tmp_path / "tfds"), "--out", str(tmp_path / "out")]) == 0
+    assert (
+        evaluate_main(
+            [
+                "--workdir",
+                str(workdir),
+                "--dataset",
+                "isic2018_test",
+                "--manual_dir",
+                str(manual),
+                "--data_dir",
+                str(tmp_path / "tfds"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "out" / "report_isic2018_test_test.json").read_text())["metrics"]
     assert metrics["num_examples"] == 20
     predictions, problems = predict(workdir, [manual / "ISIC2018_Task3_Test_Input"], top_k=1)
@@ -485,9 +573,23 @@ def test_two_processes_train_like_one(synthetic_tfds, tmp_path):
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     two = tmp_path / "two"
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "multihost_check.py"), str(i), str(port),
-                               str(synthetic_tfds), str(two)], env=_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(ROOT / "tests" / "multihost_check.py"),
+                str(i),
+                str(port),
+                str(synthetic_tfds),
+                str(two),
+            ],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
     outputs = []
     try:
         for p in procs:

@@ -22,13 +22,14 @@ Measured (2-core CPU; README, parity table): se: loss 1.0e-5 (PyTorch float32: l
 3.6e-4, median 4.4e-5), held-out logits 2.3e-3 (9.9e-3, 3.3e-3); caco: loss 5.6e-6
 (4.5e-4, 2.3e-4), logits 7.6e-4 (8.9e-3, 4.6e-3); logits up to ~1.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 pytest.importorskip("torch")
-import trajectory  # noqa: E402  (needs torch)
+import trajectory
 
 pytestmark = [pytest.mark.torch, pytest.mark.real_data, pytest.mark.slow]
 
@@ -56,10 +57,13 @@ def test_the_criterion_notices_a_small_mistake(real_data_dir, imagenet_backbone_
     x, y, x_eval, _ = trajectory.real_batches(real_data_dir)
     _, ref = trajectory.starting_point("se", imagenet_backbone_pth)
     l64, e64 = trajectory.torch_trajectory(ref, x, y, x_eval, torch.float64)
-    runs = [trajectory.torch_trajectory(ref, x, y, x_eval, torch.float32, **kw)
-            for kw in trajectory.TORCH32_RUNS.values()]
-    bound = {"loss": RATIO * max(np.abs(l - l64).max() for l, _ in runs),
-             "eval_logits": RATIO * max(np.abs(e - e64).max() for _, e in runs)}
+    runs = [
+        trajectory.torch_trajectory(ref, x, y, x_eval, torch.float32, **kw) for kw in trajectory.TORCH32_RUNS.values()
+    ]
+    bound = {
+        "loss": RATIO * max(np.abs(loss - l64).max() for loss, _ in runs),
+        "eval_logits": RATIO * max(np.abs(e - e64).max() for _, e in runs),
+    }
     monkeypatch.setattr(trajectory, "LR", 0.9 * trajectory.LR)
     l32, e32 = trajectory.torch_trajectory(ref, x, y, x_eval, torch.float32)
     assert np.abs(l32 - l64).max() > 3 * bound["loss"]

@@ -7,12 +7,12 @@ AdamW of ``steps.make_optimizer``, with augmentation and dropout off; the PyTorc
 is ``caco_jax.interop.torch_reference`` with ``torch.optim.AdamW`` and the losses written from
 the official formulas (``make_torch_loss``).
 """
+
 from __future__ import annotations
 
 import copy
 import csv
 import pathlib
-
 import sys
 
 import jax
@@ -22,12 +22,12 @@ import torch
 
 from caco_jax.data.classes import CLASS_NAMES, HAM10000_COUNTS, IMAGENET_MEAN, IMAGENET_STD
 from caco_jax.interop.convert import export_state_dict, load_torchvision
+from caco_jax.interop.torch_reference import make_torch_loss, reference_model
 from caco_jax.training.losses import make_loss
 from caco_jax.training.steps import ModelDef, make_optimizer
-from caco_jax.interop.torch_reference import make_torch_loss, reference_model
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from caco_jax.configs import default  # noqa: E402
+from caco_jax.configs import default
 
 K = 5
 LR, WEIGHT_DECAY = 5e-4, 5e-2
@@ -47,14 +47,25 @@ def real_batches(data_dir: pathlib.Path, per_class: int = 1) -> tuple[np.ndarray
                 by_class[label].append(row["image_id"])
 
     def load(ids: list[str]) -> np.ndarray:
-        rgb = np.stack([np.asarray(Image.open(data_dir / "images_200x150" / f"{i}.jpg").convert("RGB"), np.float32)
-                        for i in ids]) / 255.0
+        rgb = (
+            np.stack(
+                [
+                    np.asarray(Image.open(data_dir / "images_200x150" / f"{i}.jpg").convert("RGB"), np.float32)
+                    for i in ids
+                ]
+            )
+            / 255.0
+        )
         return ((rgb - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)).astype(np.float32)
 
     train = [(i, c) for c, ids in by_class.items() for i in ids[:per_class]]
     held = [(i, c) for c, ids in by_class.items() for i in ids[per_class:]]
-    return (load([i for i, _ in train]), np.array([c for _, c in train], np.int32),
-            load([i for i, _ in held]), np.array([c for _, c in held], np.int32))
+    return (
+        load([i for i, _ in train]),
+        np.array([c for _, c in train], np.int32),
+        load([i for i, _ in held]),
+        np.array([c for _, c in held], np.int32),
+    )
 
 
 def loss_config(name: str = "joint"):
@@ -73,8 +84,16 @@ def starting_point(attention: str, backbone_pth: pathlib.Path, depthwise: str = 
 
     torch.manual_seed(0)
     ref = reference_model("small", attention, num_classes=len(CLASS_NAMES), dropout=0.0)
-    abstract = nnx.eval_shape(lambda: MobileNetV3(arch="small", attention=attention, num_classes=len(CLASS_NAMES),
-                                                  dropout=0.0, depthwise=depthwise, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(
+        lambda: MobileNetV3(
+            arch="small",
+            attention=attention,
+            num_classes=len(CLASS_NAMES),
+            dropout=0.0,
+            depthwise=depthwise,
+            rngs=nnx.Rngs(0),
+        )
+    )
     graphdef, state = nnx.split(abstract)
     model = nnx.merge(graphdef, jax.tree.map(lambda s: np.full(s.shape, np.nan, s.dtype), state))
     load_torchvision(model, ref.state_dict())  # every array, from the reference's initialisation
@@ -83,7 +102,9 @@ def starting_point(attention: str, backbone_pth: pathlib.Path, depthwise: str = 
     return model, ref
 
 
-def jax_trajectory(model, x, y, x_eval, loss_name: str = "joint", orders: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+def jax_trajectory(
+    model, x, y, x_eval, loss_name: str = "joint", orders: int = 1
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """[(loss at each of the K steps, eval logits of ``x_eval`` after K steps)] for the batch in
     ``orders`` rotations of its order (the same computation, summed in other orders; one compile)."""
     loss = make_loss(loss_config(loss_name), HAM10000_COUNTS)
@@ -117,8 +138,9 @@ def jax_trajectory(model, x, y, x_eval, loss_name: str = "joint", orders: int = 
     return runs
 
 
-def torch_trajectory(ref, x, y, x_eval, dtype: torch.dtype, loss_name: str = "joint", *,
-                     channels_last: bool = False, roll: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def torch_trajectory(
+    ref, x, y, x_eval, dtype: torch.dtype, loss_name: str = "joint", *, channels_last: bool = False, roll: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Like :func:`jax_trajectory`, in PyTorch. ``channels_last`` (memory layout) and ``roll`` (the
     batch order rotated) change nothing but the order of float operations: each is an equally
     valid float32 PyTorch run. One thread: OpenMP threads spinning on a busy 2-core machine made
@@ -164,8 +186,11 @@ def _torch_trajectory(ref, x, y, x_eval, dtype, loss_name, channels_last):
 # Equally valid float32 PyTorch runs (memory layout x batch order). One run's distance from float64
 # is one draw of rounding noise that Adam amplifies: over 14 such runs the loss distance of `se`
 # spread from 3.8e-6 to 3.6e-4, in two modes (caco-jax's runs spread the same way).
-TORCH32_RUNS = {f"{layout}_roll{r}": {"channels_last": layout == "channels_last", "roll": r}
-                for layout in ("nchw", "channels_last") for r in range(4)}
+TORCH32_RUNS = {
+    f"{layout}_roll{r}": {"channels_last": layout == "channels_last", "roll": r}
+    for layout in ("nchw", "channels_last")
+    for r in range(4)
+}
 
 
 def distances(attention: str, data_dir: pathlib.Path, backbone_pth: pathlib.Path, loss_name: str = "joint") -> dict:
@@ -177,12 +202,17 @@ def distances(attention: str, data_dir: pathlib.Path, backbone_pth: pathlib.Path
     model, ref = starting_point(attention, backbone_pth)
     l64, e64 = torch_trajectory(ref, x, y, x_eval, torch.float64, loss_name)
     runs = {"caco-jax": jax_trajectory(model, x, y, x_eval, loss_name)[0]}
-    runs |= {f"torch32_{k}": torch_trajectory(ref, x, y, x_eval, torch.float32, loss_name, **kw)
-             for k, kw in TORCH32_RUNS.items()}
+    runs |= {
+        f"torch32_{k}": torch_trajectory(ref, x, y, x_eval, torch.float32, loss_name, **kw)
+        for k, kw in TORCH32_RUNS.items()
+    }
     out: dict = {"loss64": l64.tolist(), "eval_logits64_max": float(np.abs(e64).max())}
     for name, (losses, logits) in runs.items():
-        out[name] = {"loss": float(np.abs(losses - l64).max()), "eval_logits": float(np.abs(logits - e64).max()),
-                     "loss_per_step": np.abs(losses - l64).tolist()}
+        out[name] = {
+            "loss": float(np.abs(losses - l64).max()),
+            "eval_logits": float(np.abs(logits - e64).max()),
+            "loss_per_step": np.abs(losses - l64).tolist(),
+        }
     torch_runs = [v for k, v in out.items() if k.startswith("torch32_")]
     out["torch32"] = {m: float(max(r[m] for r in torch_runs)) for m in ("loss", "eval_logits")}
     out["torch32_median"] = {m: float(np.median([r[m] for r in torch_runs])) for m in ("loss", "eval_logits")}
@@ -200,5 +230,10 @@ if __name__ == "__main__":
 
     data = pathlib.Path(os.environ.get("CACO_HAM10000_DIR", root.parent / "shared" / "data" / "ham10000_real"))
     for attention in sys.argv[1:] or ["se", "caco"]:
-        print(attention, json.dumps(distances(attention, data, data / "pretrained" /
-                                              "mobilenet_v3_small-047dcff4-features.pth"), indent=1), flush=True)
+        print(
+            attention,
+            json.dumps(
+                distances(attention, data, data / "pretrained" / "mobilenet_v3_small-047dcff4-features.pth"), indent=1
+            ),
+            flush=True,
+        )

@@ -7,6 +7,7 @@ then one compiled call gives everything the tests compare: evaluation logits, tr
 logits, the updated BatchNorm statistics and the cross-entropy gradient of every
 parameter.
 """
+
 from __future__ import annotations
 
 import functools
@@ -18,9 +19,9 @@ import torch
 from flax import nnx
 
 from caco_jax.interop.convert import load_torchvision
+from caco_jax.interop.torch_reference import reference_model
 from caco_jax.models import MobileNetV3
 from caco_jax.training.steps import ModelDef
-from caco_jax.interop.torch_reference import reference_model
 
 # id -> (attention, attention_init, depthwise). Every variant; caco both with the gains
 # (preserve, the default) and without (plain, the paper's formulas). The default CPU
@@ -87,9 +88,17 @@ def random_reference(attention: str, init: str, seed: int = 0) -> torch.nn.Modul
 
 def nan_model(attention: str, init: str, depthwise: str) -> MobileNetV3:
     """A full-size model whose every parameter and statistic is NaN (no compile needed)."""
-    abstract = nnx.eval_shape(lambda: MobileNetV3(
-        arch="small", attention=attention, attention_init=init, num_classes=NUM_CLASSES, dropout=0.0,
-        depthwise=depthwise, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(
+        lambda: MobileNetV3(
+            arch="small",
+            attention=attention,
+            attention_init=init,
+            num_classes=NUM_CLASSES,
+            dropout=0.0,
+            depthwise=depthwise,
+            rngs=nnx.Rngs(0),
+        )
+    )
     graphdef, state = nnx.split(abstract)
     return nnx.merge(graphdef, jax.tree.map(lambda s: np.full(s.shape, np.nan, s.dtype), state))
 
@@ -119,8 +128,17 @@ def case(name: str) -> dict:
     report = load_torchvision(model, ref.state_dict())
     model_def = ModelDef(model)
     eval_logits, logits, stats, loss, grads = jax.device_get(
-        _run(model_def)(model_def.init_params, model_def.init_batch_stats, images(), LABELS))
+        _run(model_def)(model_def.init_params, model_def.init_batch_stats, images(), LABELS)
+    )
     model.eval()
-    return {"ref": ref, "model": model, "report": report, "init_stats": model_def.init_batch_stats,
-            "eval_logits": np.asarray(eval_logits), "train_logits": np.asarray(logits), "stats": stats,
-            "loss": float(loss), "grads": grads}
+    return {
+        "ref": ref,
+        "model": model,
+        "report": report,
+        "init_stats": model_def.init_batch_stats,
+        "eval_logits": np.asarray(eval_logits),
+        "train_logits": np.asarray(logits),
+        "stats": stats,
+        "loss": float(loss),
+        "grads": grads,
+    }

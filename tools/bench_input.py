@@ -13,6 +13,7 @@ real copy), then prints markdown tables:
     python tools/bench_input.py
     python tools/bench_input.py --workers 0,1,2,4 --threads 1,2 --batches 40
 """
+
 from __future__ import annotations
 
 import os
@@ -22,14 +23,18 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("manual_dir", os.environ.get("CACO_HAM10000_DIR", "../shared/data/ham10000_real"),
-                    "Downloaded HAM10000 (any layout) to build from, if data_dir has no build.")
+flags.DEFINE_string(
+    "manual_dir",
+    os.environ.get("CACO_HAM10000_DIR", "../shared/data/ham10000_real"),
+    "Downloaded HAM10000 (any layout) to build from, if data_dir has no build.",
+)
 flags.DEFINE_string("data_dir", "data/tfds", "TFDS data_dir (built here when missing).")
 flags.DEFINE_integer("image_size", 225, "Stored image size (shorter side) of the build.")
 flags.DEFINE_list("workers", ["0", "1", "2"], "grain worker-process counts to time.")
 flags.DEFINE_list("threads", ["1", "2"], "Decoding threads per process to time.")
-flags.DEFINE_list("load_sizes", ["stored", "256"],
-                  "Sizes the workers decode to: 'stored' (no resize), N (N x N) or HxW.")
+flags.DEFINE_list(
+    "load_sizes", ["stored", "256"], "Sizes the workers decode to: 'stored' (no resize), N (N x N) or HxW."
+)
 flags.DEFINE_integer("batch_size", 128, "Batch size.")
 flags.DEFINE_integer("batches", 30, "Timed batches per configuration.")
 flags.DEFINE_integer("warmup", 3, "Untimed batches first (worker start-up, buffers).")
@@ -61,6 +66,7 @@ def _size(text: str, stored: tuple[int, int]) -> tuple[int, int]:
 def _decode_rate(source, size, n=500) -> tuple[float, float]:
     """(images/s wall clock, CPU microseconds per image) of one thread decoding."""
     from caco_jax.data import images  # pylint: disable=import-outside-toplevel
+
     data = [r["image"] for r in source.read(range(n), ("image",))]
     start, cpu = time.perf_counter(), time.thread_time()
     for d in data:
@@ -70,8 +76,16 @@ def _decode_rate(source, size, n=500) -> tuple[float, float]:
 
 def _pipeline_rate(source, size, workers, threads, cache=False) -> float:
     from caco_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-    it = pipeline.train_iterator(source, batch_size=FLAGS.batch_size, load_size=size, seed=0,
-                                 num_workers=workers, num_threads=threads, cache=cache)
+
+    it = pipeline.train_iterator(
+        source,
+        batch_size=FLAGS.batch_size,
+        load_size=size,
+        seed=0,
+        num_workers=workers,
+        num_threads=threads,
+        cache=cache,
+    )
     try:
         for _ in range(FLAGS.warmup):
             next(it)
@@ -91,6 +105,7 @@ def _augment_rate(stored) -> tuple[float, float, str]:
     import numpy as np  # pylint: disable=import-outside-toplevel
 
     from caco_jax.data import augment  # pylint: disable=import-outside-toplevel
+
     cfg = augment.AugmentConfig()
     fn = jax.jit(augment.augment_batch, static_argnames=("out_size", "cfg"))
     x = jax.device_put(np.random.default_rng(0).integers(0, 256, (FLAGS.batch_size, *stored, 3), np.uint8))
@@ -117,8 +132,10 @@ def main(argv):
     first = images.decode(train[0]["image"])
     stored = first.shape[:2]
     print(f"\nmachine: {_machine()}")
-    print(f"data: {FLAGS.data_dir} (train split: {len(train)} images stored at {stored[0]}x{stored[1]}), "
-          f"batch {FLAGS.batch_size}, {FLAGS.batches} timed batches after {FLAGS.warmup} warm-up\n")
+    print(
+        f"data: {FLAGS.data_dir} (train split: {len(train)} images stored at {stored[0]}x{stored[1]}), "
+        f"batch {FLAGS.batch_size}, {FLAGS.batches} timed batches after {FLAGS.warmup} warm-up\n"
+    )
 
     sizes = [_size(s, stored) for s in FLAGS.load_sizes]
     print("| decode to (h x w) | one thread, no grain: images/s | CPU time per image |")
@@ -138,14 +155,19 @@ def main(argv):
             threads = max(map(int, FLAGS.threads))
             start = time.perf_counter()
             rate = _pipeline_rate(train, size, 0, threads, cache=True)
-            print(f"| {size[0]}x{size[1]} | 0, cache=True (decode once: {time.perf_counter() - start:.1f} s "
-                  f"incl. timing) | {threads} | {rate:,.0f} |", flush=True)
+            print(
+                f"| {size[0]}x{size[1]} | 0, cache=True (decode once: {time.perf_counter() - start:.1f} s "
+                f"incl. timing) | {threads} | {rate:,.0f} |",
+                flush=True,
+            )
 
     print(f"\nload average after the pipeline runs: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     if FLAGS.augment:
         rate, flops, device = _augment_rate(stored)
-        print(f"\n| augment_batch {stored[0]}x{stored[1]} -> {FLAGS.out_size}x{FLAGS.out_size} | images/s | "
-              "XLA flops per image |")
+        print(
+            f"\n| augment_batch {stored[0]}x{stored[1]} -> {FLAGS.out_size}x{FLAGS.out_size} | images/s | "
+            "XLA flops per image |"
+        )
         print("|---|---|---|")
         print(f"| jit on {device} | {rate:,.0f} | {flops / 1e6:,.0f} M |")
 

@@ -21,6 +21,7 @@ summary, env, benchmark JSONs, the log); DIR/campaign.log is the log. --resume_f
 the bundle ``pack`` writes) continues its unfinished runs and skips its finished ones. How to run it on the
 lent GPU or any GPU box: tools/campaign/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,17 +31,20 @@ import shlex
 import sys
 import tempfile
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "tools")]
+# The repository, then tools/ (for campaign), ahead of the rest of sys.path.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from caco_jax.errors import CacoError, UsageError
 from campaign import archive, carry, phases, plan
 from campaign.procs import Clock, Log
 
-from caco_jax.errors import CacoError, UsageError
-
-LEAN_BENCH = ("--variants caco,se --dtypes float32,bfloat16 --depthwise conv --batch_size 128 --image_size 224 "
-              "--torch_modes eager,channels_last_bf16,compile --windows 3 --steps 10 --warmup 2 --latency_calls 20 "
-              "--no_overhead --no_onnx")
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LEAN_BENCH = (
+    "--variants caco,se --dtypes float32,bfloat16 --depthwise conv --batch_size 128 --image_size 224 "
+    "--torch_modes eager,channels_last_bf16,compile --windows 3 --steps 10 --warmup 2 --latency_calls 20 "
+    "--no_overhead --no_onnx"
+)
 PRETRAINED = f"weights/{carry.PRETRAINED}"
 
 
@@ -50,32 +54,49 @@ def _csv(text: str) -> list[str]:
 
 def run_parser() -> argparse.ArgumentParser:
     """The campaign's flags."""
-    p = argparse.ArgumentParser(prog="gpu_campaign.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="gpu_campaign.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--budget", type=float, default=540, help="wall-clock seconds from start, packing included")
     p.add_argument("--out", type=pathlib.Path, required=True, help="where the archive, log and JSONs go")
-    p.add_argument("--work", type=pathlib.Path, help="runs, logs, caches (default OUT/work; keep it on a "
-                                                     "persistent box to resume without an archive)")
+    p.add_argument(
+        "--work",
+        type=pathlib.Path,
+        help="runs, logs, caches (default OUT/work; keep it on a persistent box to resume without an archive)",
+    )
     p.add_argument("--phases", type=_csv, default=list(phases.PHASES), help="subset of env,bench,probe,grid")
     p.add_argument("--presets", type=_csv, default=list(plan.DEFAULT_PRESETS), help="grids, in priority order")
     p.add_argument("--preset_module", default="", help="a .py file whose PRESETS dict adds presets (tests)")
     p.add_argument("--config", default="", help="shipped config for every run instead of each cell's (tests)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every run (default data.cache=True)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run (default data.cache=True)",
+    )
     p.add_argument("--data_dir", default="data/tfds")
     p.add_argument("--manual_dir", default="")
     p.add_argument("--pretrained", default=PRETRAINED, help="torchvision backbone .pth ('' for none)")
     p.add_argument("--parallel", type=int, default=4, help="grid runs side by side on the card")
-    p.add_argument("--start_policy", choices=plan.POLICIES, default="fits",
-                   help="fits: the first pending run that should end before the budget (the probe's pace), else, "
-                        "with none running, the first; strict: only runs that fit; always: queue order")
+    p.add_argument(
+        "--start_policy",
+        choices=plan.POLICIES,
+        default="fits",
+        help="fits: the first pending run that should end before the budget (the probe's pace), else, "
+        "with none running, the first; strict: only runs that fit; always: queue order",
+    )
     p.add_argument("--probe_cell", default="paper/caco_joint", help="PRESET/CELL of the probe run")
     p.add_argument("--probe_epochs", type=int, default=3)
     p.add_argument("--probe_share", type=float, default=0.2, help="fraction of the budget for the probe at most")
     p.add_argument("--bench_share", type=float, default=0.25, help="fraction of the budget for the benchmark")
     p.add_argument("--bench_flags", default=LEAN_BENCH, help="flags of the main caco-jax benchmark")
-    p.add_argument("--bench_extras", type=_csv, default=list(phases.BENCH_EXTRAS),
-                   help=f"later invocations while time remains, of {','.join(phases.BENCH_EXTRAS)}")
+    p.add_argument(
+        "--bench_extras",
+        type=_csv,
+        default=list(phases.BENCH_EXTRAS),
+        help=f"later invocations while time remains, of {','.join(phases.BENCH_EXTRAS)}",
+    )
     p.add_argument("--bench_min_s", type=float, default=60, help="seconds a later invocation needs to start")
     p.add_argument("--env_s", type=float, default=90, help="time limit of the environment phase")
     p.add_argument("--grace", type=float, default=30, help="seconds between SIGTERM and SIGKILL")
@@ -137,12 +158,16 @@ def dry_run(c: phases.Campaign) -> int:
             print(f"  {tag}: {shlex.join(cmd[1:])}")
     if "probe" in a.phases:
         spec, scratch = phases.probe_spec(c, specs)
-        print(f"[probe] at most {a.probe_share * a.budget:.0f} s, {a.probe_epochs} epochs: "
-              + (f"{spec.key}{' (scratch copy)' if scratch else ''}: {shlex.join(spec.command[1:])}" if spec else "-"))
+        print(
+            f"[probe] at most {a.probe_share * a.budget:.0f} s, {a.probe_epochs} epochs: "
+            + (f"{spec.key}{' (scratch copy)' if scratch else ''}: {shlex.join(spec.command[1:])}" if spec else "-")
+        )
     if "grid" in a.phases:
         queue = plan.pending(specs)
-        print(f"[grid] until the end, {a.parallel} side by side, policy {a.start_policy}: {len(queue)} pending of "
-              f"{len(specs)}")
+        print(
+            f"[grid] until the end, {a.parallel} side by side, policy {a.start_policy}: {len(queue)} pending of "
+            f"{len(specs)}"
+        )
         for s in queue:
             print(f"  [{s.state}] {s.key}: {shlex.join(s.command[1:])}")
     print(f"[pack] {a.out / archive.NAME} (parts of {a.part_mb:g} MiB, weights/checkpoints up to {a.archive_mb:g} MiB)")
@@ -205,17 +230,22 @@ def pack_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="gpu_campaign.py pack", description=carry.__doc__)
     p.add_argument("--runs", type=pathlib.Path, default=REPO / "runs" / "gpu", help="merged runs (resume bundle)")
     p.add_argument("--wheels", type=pathlib.Path, default=REPO.parent / "shared" / "wheels" / "py312")
-    p.add_argument("--pretrained", type=pathlib.Path,
-                   default=REPO.parent / "shared" / "data" / "ham10000_real" / "pretrained" / carry.PRETRAINED)
+    p.add_argument(
+        "--pretrained",
+        type=pathlib.Path,
+        default=REPO.parent / "shared" / "data" / "ham10000_real" / "pretrained" / carry.PRETRAINED,
+    )
     p.add_argument("--data_dir", type=pathlib.Path, default=REPO / "data" / "tfds")
     p.add_argument("--budget", type=float, default=540)
     a = p.parse_args(argv)
     result = carry.prepare(REPO, wheels=a.wheels, pretrained=a.pretrained, data_dir=a.data_dir, runs_root=a.runs)
     resume_flag = " --resume_from .campaign/resume.tar.gz" if result["resume"] else ""
-    print(f"\ncarry: {json.dumps(result['carry'])}\ncommand (timeout_s {int(a.budget) + 50}):\n"
-          "python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl && "
-          "export PYTHONPATH=$PWD/.site:$PWD PYTHONUNBUFFERED=1 && "
-          f"python3 tools/gpu_campaign.py --budget {a.budget:.0f} --out $OUT --work /tmp/campaign{resume_flag}")
+    print(
+        f"\ncarry: {json.dumps(result['carry'])}\ncommand (timeout_s {int(a.budget) + 50}):\n"
+        "python3 -m pip install -q --no-index --no-deps --no-compile --target .site .whl/*.whl && "
+        "export PYTHONPATH=$PWD/.site:$PWD PYTHONUNBUFFERED=1 && "
+        f"python3 tools/gpu_campaign.py --budget {a.budget:.0f} --out $OUT --work /tmp/campaign{resume_flag}"
+    )
     return 0
 
 

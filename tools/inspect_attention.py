@@ -10,6 +10,7 @@ a different gate than training did), the gains of a preserving init, and how muc
 the max-pooled branch moves the channel gate (mean |gate - SE's gate|). This is how
 the fine-tuning failure of the plain initialisation was diagnosed (docs/model.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,16 +26,16 @@ from flax import nnx
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from caco_jax.training import parallel  # noqa: E402
-from caco_jax.training.checkpoints import Checkpointer  # noqa: E402
 from caco_jax.data import pipeline  # noqa: E402
 from caco_jax.data.augment import normalize  # noqa: E402
+from caco_jax.data.registry import open_data  # noqa: E402
 from caco_jax.models import model_from_config  # noqa: E402
 from caco_jax.models.attention import _avg_pool, _max_pool  # noqa: E402
 from caco_jax.models.layers import activation, hard_sigmoid  # noqa: E402
-from caco_jax.training.steps import ModelDef, init_state, make_optimizer  # noqa: E402
-from caco_jax.data.registry import open_data  # noqa: E402
 from caco_jax.runs.workspace import load_config  # noqa: E402
+from caco_jax.training import parallel  # noqa: E402
+from caco_jax.training.checkpoints import Checkpointer  # noqa: E402
+from caco_jax.training.steps import ModelDef, init_state, make_optimizer  # noqa: E402
 
 
 def restore_model(workdir: pathlib.Path, step: int | None):
@@ -63,8 +64,10 @@ def _coord_detail(coord, x: jax.Array) -> dict[str, float]:
     pre = coord.conv1(z)
     batch_var = jnp.var(pre.reshape(-1, pre.shape[-1]), axis=0)
     out = {}
-    for mode, (mean, var) in {"eval": (coord.bn1.mean[...], coord.bn1.var[...]),
-                              "batch": (jnp.mean(pre.reshape(-1, pre.shape[-1]), axis=0), batch_var)}.items():
+    for mode, (mean, var) in {
+        "eval": (coord.bn1.mean[...], coord.bn1.var[...]),
+        "batch": (jnp.mean(pre.reshape(-1, pre.shape[-1]), axis=0), batch_var),
+    }.items():
         f = (pre - mean) * jax.lax.rsqrt(var + coord.bn1.eps) * coord.bn1.scale[...] + coord.bn1.bias[...]
         f = activation(coord.act)(f)
         gate = jax.nn.sigmoid(coord.conv_h(f[:, :h]))[:, :, None, :] * jax.nn.sigmoid(coord.conv_w(f[:, h:]))[:, None]
@@ -94,7 +97,9 @@ def inspect(model, images: np.ndarray) -> list[dict[str, object]]:
                 mx = ch.mlp(_max_pool(y))
                 g = ch.max_gain[...] if ch.max_gain is not None else 1.0
                 row["max_gain_mean_abs"] = None if ch.max_gain is None else float(jnp.mean(jnp.abs(ch.max_gain[...])))
-                row["channel_gate_shift_vs_se"] = float(jnp.mean(jnp.abs(hard_sigmoid(avg + g * mx) - hard_sigmoid(avg))))
+                row["channel_gate_shift_vs_se"] = float(
+                    jnp.mean(jnp.abs(hard_sigmoid(avg + g * mx) - hard_sigmoid(avg)))
+                )
                 coord_in = att.channel(y)
             else:
                 coord_in = att.se(y)
@@ -105,24 +110,33 @@ def inspect(model, images: np.ndarray) -> list[dict[str, object]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--workdir", type=pathlib.Path, required=True)
     p.add_argument("--step", type=int, help="checkpoint step (default: the latest; else the nearest kept)")
     p.add_argument("--images", type=int, default=256, help="validation images to average over")
     p.add_argument("--json", type=pathlib.Path, help="write the rows here")
     args = p.parse_args(argv)
     config, model, step, source = restore_model(args.workdir, args.step)
-    batch = next(pipeline.eval_iterator(source, batch_size=min(args.images, len(source)),
-                                        image_size=config.data.image_size))
+    batch = next(
+        pipeline.eval_iterator(source, batch_size=min(args.images, len(source)), image_size=config.data.image_size)
+    )
     rows = inspect(model, batch["image"][batch["mask"]])
-    print(f"{args.workdir} at step {step} ({config.model.attention}, init {config.model.attention_init}); "
-          f"{int(batch['mask'].sum())} validation images")
+    print(
+        f"{args.workdir} at step {step} ({config.model.attention}, init {config.model.attention_init}); "
+        f"{int(batch['mask'].sum())} validation images"
+    )
     keys = list(rows[0]) if rows else []
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for r in rows:
-        print("| " + " | ".join("-" if r[k] is None else (f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k]))
-                                for k in keys) + " |")
+        print(
+            "| "
+            + " | ".join(
+                "-" if r[k] is None else (f"{r[k]:.3f}" if isinstance(r[k], float) else str(r[k])) for k in keys
+            )
+            + " |"
+        )
     if args.json:
         args.json.write_text(json.dumps({"workdir": str(args.workdir), "step": step, "rows": rows}, indent=2))
     return 0

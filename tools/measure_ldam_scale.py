@@ -42,6 +42,7 @@ settings (+0.25 to +0.49 points, seed std <= 0.17), hence the default ``loss.lda
 This is a proxy; the real-data check is the ``caco_joint_s30`` cell of
 ``caco-jax reproduce --preset cpu`` (docs/results_cpu.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,13 +53,13 @@ import time
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
 
-from caco_jax.data.classes import HAM10000_COUNTS, NUM_CLASSES  # noqa: E402
-from caco_jax.training.losses import drw_weights, ldam_loss, ldam_margins  # noqa: E402
+from caco_jax.data.classes import HAM10000_COUNTS, NUM_CLASSES
+from caco_jax.training.losses import drw_weights, ldam_loss, ldam_margins
 
 SCALES = (1.0, 2.0, 5.0, 10.0, 30.0)
 DIM, BATCH, SEPARATION, TEST_PER_CLASS = 32, 128, 0.35, 1000
@@ -110,7 +111,7 @@ def run_regime(name: str, seeds: int, max_m: float) -> None:
     t0 = time.time()
     counts = np.maximum(1, np.round(frac * np.asarray(HAM10000_COUNTS))).astype(np.int64)
     data = [make_data(1000 + k, counts) for k in range(seeds)]
-    x_tr, y_tr, x_te, y_te = (jnp.asarray(np.stack(a)) for a in zip(*data))
+    x_tr, y_tr, x_te, y_te = (jnp.asarray(np.stack(a)) for a in zip(*data, strict=True))
     steps_per_epoch = int(np.ceil(counts.sum() / BATCH))
     total_steps, drw_step = epochs * steps_per_epoch, (2 * epochs // 3) * steps_per_epoch
 
@@ -119,8 +120,11 @@ def run_regime(name: str, seeds: int, max_m: float) -> None:
     opt = optax.adamw(1e-3, weight_decay=5e-2)
 
     # One row per run: (label, s, margin multiplier (0 = cross-entropy), DRW on?).
-    runs = [(lbl, s, mult, drw) for drw in (False, True)
-            for lbl, s, mult in [("CE", 1.0, 0.0)] + [("LDAM", s, 1.0) for s in SCALES]]
+    runs = [
+        (lbl, s, mult, drw)
+        for drw in (False, True)
+        for lbl, s, mult in [("CE", 1.0, 0.0)] + [("LDAM", s, 1.0) for s in SCALES]
+    ]
 
     def train_eval(key, x_tr, y_tr, x_te, y_te, s, margin_mult, drw_on):
         params = init_mlp(key, hidden)
@@ -140,8 +144,7 @@ def run_regime(name: str, seeds: int, max_m: float) -> None:
 
         carry = (params, opt.init(params), key)
         (params, _, _), _ = jax.lax.scan(step, carry, jnp.arange(total_steps))
-        return (balanced_accuracy(apply_mlp(params, x_te), y_te),
-                balanced_accuracy(apply_mlp(params, x_tr), y_tr))
+        return (balanced_accuracy(apply_mlp(params, x_te), y_te), balanced_accuracy(apply_mlp(params, x_tr), y_tr))
 
     cfg = [jnp.asarray([r[i] for r in runs]) for i in (1, 2, 3)]
     per_run = jax.vmap(train_eval, in_axes=(None,) * 5 + (0, 0, 0))
@@ -149,15 +152,19 @@ def run_regime(name: str, seeds: int, max_m: float) -> None:
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
     test_bacc, train_bacc = (np.asarray(a) * 100 for a in per_seed(keys, x_tr, y_tr, x_te, y_te, *cfg))
 
-    print(f"\nregime '{name}': train counts {counts.tolist()}, MLP hidden {hidden}, {epochs} epochs "
-          f"x {steps_per_epoch} steps, {seeds} seeds, max_m={max_m}, DRW from epoch {2 * epochs // 3}")
+    print(
+        f"\nregime '{name}': train counts {counts.tolist()}, MLP hidden {hidden}, {epochs} epochs "
+        f"x {steps_per_epoch} steps, {seeds} seeds, max_m={max_m}, DRW from epoch {2 * epochs // 3}"
+    )
     print(f"{'loss':<5} {'s':>3} {'DRW':>4} | {'test BACC %':>14} | {'vs CE (paired)':>15} | train BACC %")
     for j, (label, s, _, drw) in enumerate(runs):
         ce = runs.index(("CE", 1.0, 0.0, drw))
         diff = test_bacc[:, j] - test_bacc[:, ce]
-        print(f"{label:<5} {'-' if label == 'CE' else f'{s:g}':>3} {'yes' if drw else 'no':>4} | "
-              f"{test_bacc[:, j].mean():6.2f} ± {test_bacc[:, j].std():4.2f} | "
-              f"{diff.mean():+6.2f} ± {diff.std():4.2f} | {train_bacc[:, j].mean():6.1f}")
+        print(
+            f"{label:<5} {'-' if label == 'CE' else f'{s:g}':>3} {'yes' if drw else 'no':>4} | "
+            f"{test_bacc[:, j].mean():6.2f} ± {test_bacc[:, j].std():4.2f} | "
+            f"{diff.mean():+6.2f} ± {diff.std():4.2f} | {train_bacc[:, j].mean():6.1f}"
+        )
     print(f"({time.time() - t0:.1f} s)")
 
 

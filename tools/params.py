@@ -5,6 +5,7 @@
 Counts are trainable parameters (BatchNorm running statistics excluded), computed from
 abstract shapes (no weights are materialised, so this runs in seconds).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,9 @@ def param_table(arch: str = "small", num_classes: int = 7) -> list[tuple[str, in
     """(attention, our parameter count, the paper's figure in M) for every variant."""
     rows = []
     for att in ATTENTIONS:
-        model = nnx.eval_shape(lambda: MobileNetV3(arch=arch, attention=att, num_classes=num_classes, rngs=nnx.Rngs(0)))
+        model = nnx.eval_shape(
+            lambda att=att: MobileNetV3(arch=arch, attention=att, num_classes=num_classes, rngs=nnx.Rngs(0))
+        )
         rows.append((att, count_params(model), PAPER_PARAMS_M[att] if arch == "small" else None))
     return rows
 

@@ -10,6 +10,7 @@ waits for the probabilities and the Grad-CAM overlay, and saves a full-page
 screenshot. Every request the page makes to anything but this machine is blocked and
 listed, and makes the check fail. Not part of the test suite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,16 @@ import tempfile
 import time
 from urllib.parse import urlparse
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -45,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     from playwright.sync_api import sync_playwright
 
     from caco_jax.serving import app
-    from caco_jax.training import compile_cache
     from caco_jax.serving.predictor import Predictor
+    from caco_jax.training import compile_cache
 
     compile_cache.enable(None)
     predictor = Predictor(args.workdir, batch_size=1)
@@ -58,8 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory() as profile, sync_playwright() as pw:
             context = pw.chromium.launch_persistent_context(
-                profile, executable_path=args.chromium, headless=True, args=CHROMIUM_FLAGS,
-                viewport={"width": 1280, "height": 900}, device_scale_factor=1)
+                profile,
+                executable_path=args.chromium,
+                headless=True,
+                args=CHROMIUM_FLAGS,
+                viewport={"width": 1280, "height": 900},
+                device_scale_factor=1,
+            )
 
             def guard(route):
                 host = urlparse(route.request.url).hostname
@@ -83,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             page.set_input_files("#upload input[type=file]", str(args.image))
             page.wait_for_function(
                 "() => document.querySelector('#message')?.innerText.includes('Highest probability')"
-                " && document.querySelector('#gradcam img')")
+                " && document.querySelector('#gradcam img')"
+            )
             page.wait_for_timeout(500)  # let the images finish painting
             elapsed = time.perf_counter() - start
             args.out.parent.mkdir(parents=True, exist_ok=True)

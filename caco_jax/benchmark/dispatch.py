@@ -1,6 +1,8 @@
 """Per-call cost of the jit wrapper: ``nnx.jit``, ``nnx.cached_partial(nnx.jit)`` and our split-once step."""
+
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -10,11 +12,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from caco_jax.training import parallel
-from caco_jax.data.augment import augment_batch
 from caco_jax.benchmark.jax_steps import JaxSetup, build_jax, make_model, synthetic_batch
 from caco_jax.benchmark.options import Options
 from caco_jax.benchmark.timing import timed
+from caco_jax.data.augment import augment_batch
+from caco_jax.training import parallel
 
 OURS = "jax.jit, split once (ours)"
 
@@ -35,7 +37,7 @@ def per_call(calls: dict[str, Callable[[], Any]], opts: Options, n: int) -> dict
 
     first = {}
     for name, call in calls.items():
-        first[name] = timed(lambda call=call: run(call, 1))[1]
+        first[name] = timed(functools.partial(run, call, 1))[1]
         run(call, opts.warmup)
     issue: dict[str, list[float]] = {name: [] for name in calls}
     total: dict[str, list[float]] = {name: [] for name in calls}
@@ -44,13 +46,20 @@ def per_call(calls: dict[str, Callable[[], Any]], opts: Options, n: int) -> dict
             t0 = time.perf_counter()
             issue[name].append(run(call, n))
             total[name].append(time.perf_counter() - t0)
-    return {name: {"compile_s": first[name], "ms": 1e3 * statistics.median(total[name]) / n,
-                   "ms_min": 1e3 * min(total[name]) / n, "issue_ms": 1e3 * statistics.median(issue[name]) / n}
-            for name in calls}
+    return {
+        name: {
+            "compile_s": first[name],
+            "ms": 1e3 * statistics.median(total[name]) / n,
+            "ms_min": 1e3 * min(total[name]) / n,
+            "issue_ms": 1e3 * statistics.median(issue[name]) / n,
+        }
+        for name in calls
+    }
 
 
-def measure_dispatch_overhead(config: ml_collections.ConfigDict, opts: Options, mesh: Any,
-                              variant: str) -> dict[str, Any]:
+def measure_dispatch_overhead(
+    config: ml_collections.ConfigDict, opts: Options, mesh: Any, variant: str
+) -> dict[str, Any]:
     """Per-call cost of nnx.jit, nnx.cached_partial(nnx.jit) and our split-once jax.jit step.
 
     Same model (``variant``, float32), optimiser, loss and augmentation, two ways:
@@ -72,8 +81,9 @@ def measure_dispatch_overhead(config: ml_collections.ConfigDict, opts: Options, 
     from flax import nnx
 
     b, size = opts.overhead_batch, opts.overhead_image_size
-    setup = build_jax(config, variant, "float32", batch_size=b, image_size=size, load_size=size, mesh=mesh,
-                      seed=opts.seed)
+    setup = build_jax(
+        config, variant, "float32", batch_size=b, image_size=size, load_size=size, mesh=mesh, seed=opts.seed
+    )
     batch = synthetic_batch(b, size, mesh, seed=opts.seed)
     # A model of its own: the state our step donates may share buffers with the model it was split from.
     model = make_model(config, variant, "float32", setup.depthwise, opts.seed)
@@ -81,9 +91,16 @@ def measure_dispatch_overhead(config: ml_collections.ConfigDict, opts: Options, 
     optimizer = nnx.Optimizer(model, setup.tx, wrt=nnx.Param)
     wrappers = _wrappers(setup, batch, model, optimizer, mesh, jax.random.key(opts.seed), size)
     results = _per_call_with_overheads(wrappers, opts)
-    return {"variant": variant, "arch": config.model.arch, "depthwise": setup.depthwise, "batch_size": b,
-            "image_size": size, "num_param_arrays": len(jax.tree.leaves(setup.state.params)),
-            "num_state_arrays": len(jax.tree.leaves(setup.state)), "wrappers": results}
+    return {
+        "variant": variant,
+        "arch": config.model.arch,
+        "depthwise": setup.depthwise,
+        "batch_size": b,
+        "image_size": size,
+        "num_param_arrays": len(jax.tree.leaves(setup.state.params)),
+        "num_state_arrays": len(jax.tree.leaves(setup.state)),
+        "wrappers": results,
+    }
 
 
 def _nnx_functions(setup: JaxSetup, size: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
@@ -116,13 +133,17 @@ def _jax_noop(mesh: Any) -> Callable[..., Any]:
     """Our path with no computation: the trainer step's signature, shardings and donation (pure wrapper overhead
     is what is compared)."""
     repl = parallel.replicated(mesh)
-    return jax.jit(lambda state, batch, class_weights: (state, jnp.zeros((), jnp.float32)),
-                   in_shardings=(repl, parallel.data_sharding(mesh), repl), out_shardings=(repl, repl),
-                   donate_argnums=(0,))
+    return jax.jit(
+        lambda state, batch, class_weights: (state, jnp.zeros((), jnp.float32)),
+        in_shardings=(repl, parallel.data_sharding(mesh), repl),
+        out_shardings=(repl, repl),
+        donate_argnums=(0,),
+    )
 
 
-def _wrappers(setup: JaxSetup, batch: dict[str, Any], model: Any, optimizer: Any, mesh: Any, key: Any,
-              size: int) -> dict[str, dict[str, Callable[[], Any]]]:
+def _wrappers(
+    setup: JaxSetup, batch: dict[str, Any], model: Any, optimizer: Any, mesh: Any, key: Any, size: int
+) -> dict[str, dict[str, Callable[[], Any]]]:
     """Wrapper name -> {"step": call, "noop": call}, each call taking no arguments."""
     from flax import nnx
 
@@ -136,19 +157,26 @@ def _wrappers(setup: JaxSetup, batch: dict[str, Any], model: Any, optimizer: Any
         def call() -> Any:
             setup.state, out = fn(setup.state, batch, w)
             return out
+
         return call
 
+    assert setup.steps.train is not None, "build_jax builds the steps with an optimiser"
     return {
         OURS: {"step": ours(setup.steps.train), "noop": ours(jax_noop)},
-        "nnx.jit": {"step": lambda: nnx_step(model, optimizer, images, labels, w, key),
-                    "noop": lambda: nnx_noop(model, optimizer, images, labels, w, key)},
-        "nnx.cached_partial(nnx.jit)": {"step": lambda: cached_step(images, labels, w, key),
-                                        "noop": lambda: cached_noop(images, labels, w, key)},
+        "nnx.jit": {
+            "step": lambda: nnx_step(model, optimizer, images, labels, w, key),
+            "noop": lambda: nnx_noop(model, optimizer, images, labels, w, key),
+        },
+        "nnx.cached_partial(nnx.jit)": {
+            "step": lambda: cached_step(images, labels, w, key),
+            "noop": lambda: cached_noop(images, labels, w, key),
+        },
     }
 
 
-def _per_call_with_overheads(wrappers: dict[str, dict[str, Callable[[], Any]]], opts: Options
-                             ) -> dict[str, dict[str, Any]]:
+def _per_call_with_overheads(
+    wrappers: dict[str, dict[str, Callable[[], Any]]], opts: Options
+) -> dict[str, dict[str, Any]]:
     """:func:`per_call` of every wrapper's step and no-op, each with its overhead (ms) over ours."""
     steps = per_call({name: w["step"] for name, w in wrappers.items()}, opts, opts.steps)
     noops = per_call({name: w["noop"] for name, w in wrappers.items()}, opts, max(opts.steps, 50))

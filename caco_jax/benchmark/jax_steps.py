@@ -5,6 +5,7 @@ augmentation from uint8, forward, backward, AdamW, BatchNorm updates), evaluatio
 batch size (the evaluation step) and batch-1 latency (the predict step). This module
 compiles and warms up; the timed rounds are :func:`timing.time_rows`'s.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,15 +16,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from caco_jax.training import parallel
-from caco_jax.data.classes import HAM10000_COUNTS, NUM_CLASSES
-from caco_jax.data.augment import AugmentConfig
-from caco_jax.training.losses import make_loss
-from caco_jax.models import count_params, model_from_config
-from caco_jax.models.depthwise import resolve as resolve_depthwise
-from caco_jax.training.steps import ModelDef, Steps, build_steps, init_state, make_optimizer
 from caco_jax.benchmark.options import Options
 from caco_jax.benchmark.timing import Timed, timed
+from caco_jax.data.augment import AugmentConfig
+from caco_jax.data.classes import HAM10000_COUNTS, NUM_CLASSES
+from caco_jax.models import count_params, model_from_config
+from caco_jax.models.depthwise import resolve as resolve_depthwise
+from caco_jax.training import parallel
+from caco_jax.training.losses import make_loss
+from caco_jax.training.steps import ModelDef, Steps, build_steps, init_state, make_optimizer
 
 
 @dataclasses.dataclass
@@ -47,8 +48,9 @@ class JaxSetup:
     num_params: int
 
 
-def model_config(config: ml_collections.ConfigDict, *, variant: str, dtype: str, depthwise: str
-                 ) -> ml_collections.ConfigDict:
+def model_config(
+    config: ml_collections.ConfigDict, *, variant: str, dtype: str, depthwise: str
+) -> ml_collections.ConfigDict:
     """The config's ``model`` section with the benchmarked variant, dtype and depthwise implementation."""
     cfg = config.model.copy_and_resolve_references()
     with cfg.unlocked():
@@ -58,13 +60,24 @@ def model_config(config: ml_collections.ConfigDict, *, variant: str, dtype: str,
 
 def make_model(config: ml_collections.ConfigDict, variant: str, dtype: str, depthwise: str, seed: int = 0) -> Any:
     """The NNX model ``caco_jax.training.loop`` would build for this variant, dtype and depthwise implementation."""
-    return model_from_config(model_config(config, variant=variant, dtype=dtype, depthwise=depthwise),
-                             num_classes=NUM_CLASSES, seed=seed)
+    return model_from_config(
+        model_config(config, variant=variant, dtype=dtype, depthwise=depthwise), num_classes=NUM_CLASSES, seed=seed
+    )
 
 
-def build_jax(config: ml_collections.ConfigDict, variant: str, dtype: str, *, batch_size: int, image_size: int,
-              load_size: int, mesh: Any, seed: int = 0, depthwise: str | None = None, augment: bool = True
-              ) -> JaxSetup:
+def build_jax(
+    config: ml_collections.ConfigDict,
+    variant: str,
+    dtype: str,
+    *,
+    batch_size: int,
+    image_size: int,
+    load_size: int,
+    mesh: Any,
+    seed: int = 0,
+    depthwise: str | None = None,
+    augment: bool = True,
+) -> JaxSetup:
     """Model, optimiser, loss and the steps, built as ``caco_jax.training.loop`` builds them (``build_steps``)."""
     dw = resolve_depthwise(depthwise or config.model.depthwise)
     model = make_model(config, variant, dtype, dw, seed)
@@ -76,23 +89,44 @@ def build_jax(config: ml_collections.ConfigDict, variant: str, dtype: str, *, ba
     repl = parallel.replicated(mesh)
     state = jax.device_put(init_state(model_def, tx, seed), repl)
     weights = jax.device_put(loss.class_weights(0), repl)
-    return JaxSetup(variant, dtype, dw, model_def, tx, loss, aug, steps, state, weights, mesh, batch_size,
-                    image_size, load_size, count_params(model))
+    return JaxSetup(
+        variant,
+        dtype,
+        dw,
+        model_def,
+        tx,
+        loss,
+        aug,
+        steps,
+        state,
+        weights,
+        mesh,
+        batch_size,
+        image_size,
+        load_size,
+        count_params(model),
+    )
 
 
-def synthetic_batch(batch_size: int, size: int | tuple[int, int], mesh: Any, *, seed: int = 0, mask: bool = False,
-                    leading: tuple[int, ...] = ()) -> dict[str, jax.Array]:
+def synthetic_batch(
+    batch_size: int,
+    size: int | tuple[int, int],
+    mesh: Any,
+    *,
+    seed: int = 0,
+    mask: bool = False,
+    leading: tuple[int, ...] = (),
+) -> dict[str, jax.Array]:
     """Random uint8 images and labels, already on the device(s) (sharded as the trainer's batches).
 
     ``leading``: extra leading axes (K stacked batches for several steps per dispatch).
     """
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
+    from jax.sharding import NamedSharding, PartitionSpec as P
 
     rng = np.random.default_rng(seed)
     shape = (*leading, batch_size)
     h, w = (size, size) if isinstance(size, int) else size
-    batch = {
+    batch: dict[str, np.ndarray] = {
         "image": rng.integers(0, 256, (*shape, h, w, 3), dtype=np.uint8),
         "label": rng.integers(0, NUM_CLASSES, shape, dtype=np.int32),
     }
@@ -115,8 +149,9 @@ def multi_step(train_step: Callable[..., Any]) -> Callable[..., Any]:
     return jax.jit(run, donate_argnums=(0,))
 
 
-def train_window(setup: JaxSetup, step: Callable[..., Any], batch: dict[str, jax.Array], calls: int
-                 ) -> Callable[[], None]:
+def train_window(
+    setup: JaxSetup, step: Callable[..., Any], batch: dict[str, jax.Array], calls: int
+) -> Callable[[], None]:
     """``calls`` calls of ``step`` chaining the (donated) state, then a synchronisation."""
 
     def window() -> None:
@@ -130,10 +165,13 @@ def train_window(setup: JaxSetup, step: Callable[..., Any], batch: dict[str, jax
 
 
 def eval_window(setup: JaxSetup, batch: dict[str, jax.Array], calls: int) -> Callable[[], None]:
+    evaluate = setup.steps.eval
+    assert evaluate is not None, "build_jax builds the steps with a loss"
+
     def window() -> None:
         out = None
         for _ in range(calls):
-            out = setup.steps.eval(setup.state.params, setup.state.batch_stats, batch, setup.weights)
+            out = evaluate(setup.state.params, setup.state.batch_stats, batch, setup.weights)
         jax.block_until_ready(out)
 
     return window
@@ -146,8 +184,9 @@ def predict_call(setup: JaxSetup, images: jax.Array) -> Callable[[], None]:
     return call
 
 
-def prepare_jax(config: ml_collections.ConfigDict, opts: Options, mesh: Any, log: Callable[[str], None] = print
-                ) -> tuple[dict[tuple, Timed], dict[tuple[str, str, str], JaxSetup]]:
+def prepare_jax(
+    config: ml_collections.ConfigDict, opts: Options, mesh: Any, log: Callable[[str], None] = print
+) -> tuple[dict[tuple, Timed], dict[tuple[str, str, str], JaxSetup]]:
     """Builds, compiles (first call = compile time) and warms up every caco-jax configuration.
 
     Returns the entries for the timed rounds, keyed ("caco-jax", variant, dtype, depthwise,
@@ -164,19 +203,36 @@ def prepare_jax(config: ml_collections.ConfigDict, opts: Options, mesh: Any, log
         for dtype in opts.dtypes:
             for impl in dict.fromkeys(resolve_depthwise(i) for i in opts.depthwise):
                 log(f"caco-jax {variant} {dtype} depthwise={impl}: building and compiling the steps ...")
-                setup = build_jax(config, variant, dtype, batch_size=b, image_size=opts.image_size,
-                                  load_size=load_size, mesh=mesh, seed=opts.seed, depthwise=impl,
-                                  augment=opts.augment)
+                setup = build_jax(
+                    config,
+                    variant,
+                    dtype,
+                    batch_size=b,
+                    image_size=opts.image_size,
+                    load_size=load_size,
+                    mesh=mesh,
+                    seed=opts.seed,
+                    depthwise=impl,
+                    augment=opts.augment,
+                )
                 setups[(variant, dtype, impl)] = setup
-                head = {"framework": "caco-jax", "model": f"mobilenetv3_{config.model.arch}-{variant}",
-                        "variant": variant, "dtype": dtype, "depthwise": impl, "num_params": setup.num_params}
+                train = setup.steps.train
+                assert train is not None, "build_jax builds the steps with an optimiser"
+                head = {
+                    "framework": "caco-jax",
+                    "model": f"mobilenetv3_{config.model.arch}-{variant}",
+                    "variant": variant,
+                    "dtype": dtype,
+                    "depthwise": impl,
+                    "num_params": setup.num_params,
+                }
                 row = head | {"mode": f"{dtype}, depthwise {impl}", "steps_per_dispatch": 1}
-                _, row["compile_s"] = timed(train_window(setup, setup.steps.train, batch, 1))
-                train_window(setup, setup.steps.train, batch, opts.warmup)()
-                entry = Timed(row, train=(train_window(setup, setup.steps.train, batch, opts.steps), opts.steps * b),
-                              batch_size=b)
+                _, row["compile_s"] = timed(train_window(setup, train, batch, 1))
+                train_window(setup, train, batch, opts.warmup)()
+                entry = Timed(row, train=(train_window(setup, train, batch, opts.steps), opts.steps * b), batch_size=b)
                 log(f"  train step compiled in {row['compile_s']:.1f} s")
                 if opts.eval:
+                    assert big is not None and one is not None
                     _, row["eval_compile_s"] = timed(eval_window(setup, big, 1))
                     eval_window(setup, big, opts.warmup)()
                     _, row["latency_compile_s"] = timed(predict_call(setup, one))
@@ -186,12 +242,16 @@ def prepare_jax(config: ml_collections.ConfigDict, opts: Options, mesh: Any, log
                     entry.latency = predict_call(setup, one)
                 entries[("caco-jax", variant, dtype, impl, 1)] = entry
                 if k > 1:
-                    multi = multi_step(setup.steps.train)
+                    assert stacked is not None
+                    multi = multi_step(train)
                     calls = max(1, opts.steps // k)
-                    multi_row = head | {"mode": f"{dtype}, depthwise {impl}, {k} steps/dispatch",
-                                        "steps_per_dispatch": k}
+                    multi_row = head | {
+                        "mode": f"{dtype}, depthwise {impl}, {k} steps/dispatch",
+                        "steps_per_dispatch": k,
+                    }
                     _, multi_row["compile_s"] = timed(train_window(setup, multi, stacked, 1))
                     train_window(setup, multi, stacked, max(1, opts.warmup // k))()
                     entries[("caco-jax", variant, dtype, impl, k)] = Timed(
-                        multi_row, train=(train_window(setup, multi, stacked, calls), calls * k * b), batch_size=b)
+                        multi_row, train=(train_window(setup, multi, stacked, calls), calls * k * b), batch_size=b
+                    )
     return entries, setups

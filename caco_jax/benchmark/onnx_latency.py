@@ -1,6 +1,8 @@
 """onnxruntime batch-1 CPU latency of each variant's ONNX export, as rows of the shared rounds."""
+
 from __future__ import annotations
 
+import functools
 import pathlib
 import tempfile
 from collections.abc import Callable
@@ -13,8 +15,9 @@ from caco_jax.benchmark.options import Options
 from caco_jax.benchmark.timing import Timed
 
 
-def prepare(config: ml_collections.ConfigDict, opts: Options, setups: dict, log: Callable[[str], None]
-            ) -> dict[tuple, Timed]:
+def prepare(
+    config: ml_collections.ConfigDict, opts: Options, setups: dict, log: Callable[[str], None]
+) -> dict[tuple, Timed]:
     """One entry per attention variant: a randomly initialised float32 model exported through the
     PyTorch reference (``caco_jax.interop.export_onnx``), in an onnxruntime session with ``--torch_threads``."""
     from caco_jax.data.classes import NUM_CLASSES
@@ -35,9 +38,14 @@ def prepare(config: ml_collections.ConfigDict, opts: Options, setups: dict, log:
         session = onnx_session(path, threads=opts.torch_threads)
         for _ in range(opts.warmup):
             run_onnx(session, x)
-        row: dict[str, Any] = {"framework": "onnxruntime", "model": f"mobilenetv3_{config.model.arch}-{variant}",
-                               "variant": variant, "mode": "onnx float32 (batch 1 only)", "dtype": "float32",
-                               "threads": opts.torch_threads or "default"}
+        row: dict[str, Any] = {
+            "framework": "onnxruntime",
+            "model": f"mobilenetv3_{config.model.arch}-{variant}",
+            "variant": variant,
+            "mode": "onnx float32 (batch 1 only)",
+            "dtype": "float32",
+            "threads": opts.torch_threads or "default",
+        }
         log(f"  onnxruntime {variant}: exported ({path.stat().st_size / 1e6:.1f} MB)")
-        entries[("onnxruntime", variant, "float32")] = Timed(row=row, latency=lambda s=session: run_onnx(s, x))
+        entries[("onnxruntime", variant, "float32")] = Timed(row=row, latency=functools.partial(run_onnx, session, x))
     return entries

@@ -6,6 +6,7 @@ A field's type decides its flag: ``int``/``float``/``str`` -> ``--name VALUE``; 
 for a tuple), ``min`` (lowest allowed number). Checks run in ``__post_init__``, so an
 ``Options`` built in Python is checked exactly like one parsed from the command line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,30 +36,45 @@ class Options:
 
     batch_size: int = opt(128, "global batch size of the train and eval steps", min=1)
     image_size: int = opt(224, "network input size (px)", min=1)
-    load_size: int = opt(0, "uint8 size the train step crops from on synthetic input (0: image_size*256/224, about "
-                            "the pixels of HAM10000 as stored); the grain rows load at the stored size when 0, as the "
-                            "trainer, else resized to it", min=0)
-    augment: bool = opt(True, "on-device augmentation in the caco-jax train step; off: input already at "
-                              "--image_size, only normalised (the work torch's rows time)")
+    load_size: int = opt(
+        0,
+        "uint8 size the train step crops from on synthetic input (0: image_size*256/224, about "
+        "the pixels of HAM10000 as stored); the grain rows load at the stored size when 0, as the "
+        "trainer, else resized to it",
+        min=0,
+    )
+    augment: bool = opt(
+        True,
+        "on-device augmentation in the caco-jax train step; off: input already at "
+        "--image_size, only normalised (the work torch's rows time)",
+    )
     arch: str = opt("small", "MobileNetV3 size", choices=("small", "large", "tiny"))
     variants: tuple[str, ...] = opt(("se", "caco"), "attention variants", choices=tuple(ATTENTIONS))
     dtypes: tuple[str, ...] = opt(DTYPES, "compute dtypes", choices=DTYPES)
-    depthwise: tuple[str, ...] = opt(("auto",), "depthwise-conv implementations (model.depthwise; auto: shifts_vjp "
-                                                "on CPU, conv elsewhere); one caco-jax row each",
-                                     choices=DEPTHWISE_IMPLS)
+    depthwise: tuple[str, ...] = opt(
+        ("auto",),
+        "depthwise-conv implementations (model.depthwise; auto: shifts_vjp "
+        "on CPU, conv elsewhere); one caco-jax row each",
+        choices=DEPTHWISE_IMPLS,
+    )
     windows: int = opt(5, "timed windows (rounds); the median window is reported", min=1)
     steps: int = opt(20, "steps (calls) per window", min=1)
     warmup: int = opt(3, "untimed steps after the first (compiling) call", min=0)
     latency_calls: int = opt(50, "batch-1 calls for the latency median (spread over the rounds)", min=1)
     eval: bool = opt(True, "measure evaluation throughput and batch-1 latency")
-    torch: bool = opt(True, "torchvision mobilenet_v3_small baseline (when torch is installed), timed in the same "
-                            "rounds as caco-jax")
-    torch_modes: tuple[str, ...] = opt(TORCH_MODES, "torchvision configurations (compile modes run per --dtypes)",
-                                       choices=TORCH_MODES)
-    torch_threads: int = opt(0, "torch and onnxruntime CPU threads (0: their default); on CPU, compare at JAX's "
-                                "thread count", min=0)
-    onnx: bool = opt(True, "onnxruntime batch-1 CPU latency of each variant's ONNX export (torch + onnx extras), "
-                           "timed in the same rounds")
+    torch: bool = opt(
+        True, "torchvision mobilenet_v3_small baseline (when torch is installed), timed in the same rounds as caco-jax"
+    )
+    torch_modes: tuple[str, ...] = opt(
+        TORCH_MODES, "torchvision configurations (compile modes run per --dtypes)", choices=TORCH_MODES
+    )
+    torch_threads: int = opt(
+        0, "torch and onnxruntime CPU threads (0: their default); on CPU, compare at JAX's thread count", min=0
+    )
+    onnx: bool = opt(
+        True,
+        "onnxruntime batch-1 CPU latency of each variant's ONNX export (torch + onnx extras), timed in the same rounds",
+    )
     data_dir: str = opt("", "TFDS data_dir with a HAM10000 build (for the grain rows)")
     manual_dir: str = opt("", "raw HAM10000 to build from (into --data_dir, or a temporary dir deleted afterwards)")
     build_size: int = opt(225, "stored shorter side of the HAM10000 build", min=1)
@@ -68,8 +84,11 @@ class Options:
     overhead_batch: int = opt(2, "batch size of the per-call overhead measurement", min=1)
     overhead_image_size: int = opt(32, "image size of the per-call overhead measurement", min=1)
     steps_per_dispatch: int = opt(1, ">1: also measure K train steps per dispatch (lax.scan over K batches)", min=1)
-    compile_cache: str = opt("off", "persistent XLA compilation cache directory, 'default' (the scripts' shared "
-                                    "one), or 'off' (the default: compile times are then cold ones)")
+    compile_cache: str = opt(
+        "off",
+        "persistent XLA compilation cache directory, 'default' (the scripts' shared "
+        "one), or 'off' (the default: compile times are then cold ones)",
+    )
     seed: int = opt(0, "random seed (models, synthetic batches, pipeline)")
     out: str = opt("benchmark.json", "JSON output path")
 
@@ -81,9 +100,10 @@ class Options:
                 raise ValueError(f"--{f.name} needs at least one value")
             choices = f.metadata.get("choices")
             bad = [v for v in items if choices is not None and v not in choices]
-            if bad:
-                raise ValueError(f"--{f.name}: unknown {', '.join(map(repr, bad))}; "
-                                 f"expected some of {', '.join(choices)}")
+            if bad and choices is not None:
+                raise ValueError(
+                    f"--{f.name}: unknown {', '.join(map(repr, bad))}; expected some of {', '.join(choices)}"
+                )
             low = f.metadata.get("min")
             if low is not None and value < low:
                 raise ValueError(f"--{f.name} must be >= {low}, got {value}")
@@ -126,14 +146,26 @@ def add_arguments(p: argparse.ArgumentParser, cls: type = Options) -> argparse.A
         help_text = help_text.replace("%", "%%")  # argparse formats help with %
         flag = f"--{f.name}"
         if kind is bool:
+            if not isinstance(f.default, bool):
+                raise TypeError(f"{cls.__name__}.{f.name}: a switch needs a default of True or False")
             add_switch(p, f.name, f.default, help_text)
         elif typing.get_origin(kind) is tuple:
             item = typing.get_args(kind)[0]
-            p.add_argument(flag, type=_csv(item), default=f.default, metavar="A,B,...",
-                           help=f"{help_text} (default: {_show(f.default)})")
+            p.add_argument(
+                flag,
+                type=_csv(item),
+                default=f.default,
+                metavar="A,B,...",
+                help=f"{help_text} (default: {_show(f.default)})",
+            )
         elif kind in (int, float, str):
-            p.add_argument(flag, type=kind, default=f.default, metavar=kind.__name__.upper(),
-                           help=f"{help_text} (default: {_show(f.default)})")
+            p.add_argument(
+                flag,
+                type=kind,
+                default=f.default,
+                metavar=kind.__name__.upper(),
+                help=f"{help_text} (default: {_show(f.default)})",
+            )
         else:
             raise TypeError(f"{cls.__name__}.{f.name}: no flag for type {kind!r}")
     return p

@@ -1,4 +1,5 @@
 """The result's context (device, versions), ratios, the issues' targets, and the markdown tables."""
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,14 @@ TARGET_CPU_LATENCY = 0.5  # caco-jax batch-1 latency / torch eager (lower is bet
 
 def device_info() -> dict[str, Any]:
     d = jax.devices()[0]
-    info = {"platform": d.platform, "device_kind": d.device_kind, "num_devices": jax.device_count(),
-            "host_cpus": os.cpu_count(), "hostname": platform.node(), "processor": platform.processor()}
+    info = {
+        "platform": d.platform,
+        "device_kind": d.device_kind,
+        "num_devices": jax.device_count(),
+        "host_cpus": os.cpu_count(),
+        "hostname": platform.node(),
+        "processor": platform.processor(),
+    }
     if d.platform == "cpu":
         # XLA's CPU intra-op thread pool has one thread per core this process may run on.
         info["jax_cpu_threads"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -72,8 +79,18 @@ def ratio(a: dict[str, Any], b: dict[str, Any], field: str) -> dict[str, Any] | 
 
 
 def torch_eager(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    return next((r for r in rows if r["framework"] == "torchvision" and r["mode"] == "eager"
-                 and r["dtype"] == "float32" and _measured(r) and "images_per_s" in r), None)
+    return next(
+        (
+            r
+            for r in rows
+            if r["framework"] == "torchvision"
+            and r["mode"] == "eager"
+            and r["dtype"] == "float32"
+            and _measured(r)
+            and "images_per_s" in r
+        ),
+        None,
+    )
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
@@ -112,40 +129,57 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
 
     def target(stats: dict[str, Any], goal: float, higher_is_better: bool = True, **extra: Any) -> dict[str, Any]:
         met = stats["median"] >= goal if higher_is_better else stats["median"] <= goal
-        return {"ratio": stats["median"], "ratio_min": stats["min"], "ratio_max": stats["max"], "target": goal,
-                "met": met, "lower_is_better": not higher_is_better, **extra}
+        return {
+            "ratio": stats["median"],
+            "ratio_min": stats["min"],
+            "ratio_max": stats["max"],
+            "target": goal,
+            "met": met,
+            "lower_is_better": not higher_is_better,
+            **extra,
+        }
 
     cpu = result["device"]["platform"] == "cpu"
     for variant in sorted({r["variant"] for r in jax_rows}):
         mine = [r for r in jax_rows if r["variant"] == variant]
         if cpu:
-            threads = {"threads": f"jax {result['device'].get('jax_cpu_threads')}, "
-                                  f"torch {result.get('torch', {}).get('torch_threads')}",
-                       "same_threads": same_threads(result)}
-            for kind, goal, higher in (("train", TARGET_CPU_TRAIN, True), ("eval", TARGET_CPU_EVAL, True),
-                                       ("latency", TARGET_CPU_LATENCY, False)):
+            threads = {
+                "threads": f"jax {result['device'].get('jax_cpu_threads')}, "
+                f"torch {result.get('torch', {}).get('torch_threads')}",
+                "same_threads": same_threads(result),
+            }
+            for kind, goal, higher in (
+                ("train", TARGET_CPU_TRAIN, True),
+                ("eval", TARGET_CPU_EVAL, True),
+                ("latency", TARGET_CPU_LATENCY, False),
+            ):
                 cands = [r for r in mine if r["dtype"] == "float32" and kind in r.get("vs_torch_eager", {})]
                 if not cands:
                     continue
                 pick = (max if higher else min)(cands, key=lambda r: r["vs_torch_eager"][kind]["median"])
                 out[f"{variant}_{kind}_over_torch_eager"] = target(
-                    pick["vs_torch_eager"][kind], goal, higher, jax=pick["mode"], torch="eager float32", **threads)
+                    pick["vs_torch_eager"][kind], goal, higher, jax=pick["mode"], torch="eager float32", **threads
+                )
         else:
             top, top_torch = best(mine), best(torch_rows)
-            if top and top_torch:
+            if top and top_torch and (over := ratio(top, top_torch, "images_per_s")) is not None:
                 out[f"{variant}_over_best_torch"] = target(
-                    ratio(top, top_torch, "images_per_s"), TARGET_JAX_OVER_TORCH,
-                    jax=top["mode"], torch=f"{top_torch['mode']} {top_torch['dtype']}")
+                    over,
+                    TARGET_JAX_OVER_TORCH,
+                    jax=top["mode"],
+                    torch=f"{top_torch['mode']} {top_torch['dtype']}",
+                )
     for dtype in sorted({r["dtype"] for r in jax_rows}):
         se = best([r for r in jax_rows if r["variant"] == "se" and r["dtype"] == dtype])
         caco = best([r for r in jax_rows if r["variant"] == "caco" and r["dtype"] == dtype])
-        if se and caco:
-            out[f"caco_over_se_{dtype}"] = target(ratio(caco, se, "images_per_s"), TARGET_CACO_OVER_SE)
+        if se and caco and (over := ratio(caco, se, "images_per_s")) is not None:
+            out[f"caco_over_se_{dtype}"] = target(over, TARGET_CACO_OVER_SE)
     for p in result.get("pipeline", []):
         if "skipped" not in p:
             r = p["e2e_over_synthetic"]
             out[f"e2e_over_synthetic_{p['variant']}_{p['dtype']}"] = target(
-                {"median": r, "min": r, "max": r}, TARGET_E2E_OVER_SYNTHETIC)
+                {"median": r, "min": r, "max": r}, TARGET_E2E_OVER_SYNTHETIC
+            )
     return out
 
 
@@ -188,11 +222,14 @@ def _host_note(dev: dict[str, Any], torch_info: dict[str, Any], loads: list[floa
     """The device line's tail: CPU thread counts (on a CPU) and the host's load average."""
     note = ""
     if dev["platform"] == "cpu":
-        note = (f"; CPU threads: jax {dev.get('jax_cpu_threads', '?')} (XLA, one per core), "
-                f"torch {torch_info.get('torch_threads', 'n/a')}")
+        note = (
+            f"; CPU threads: jax {dev.get('jax_cpu_threads', '?')} (XLA, one per core), "
+            f"torch {torch_info.get('torch_threads', 'n/a')}"
+        )
     if loads:
-        note += (f"; host load average {' -> '.join(f'{x:.1f}' for x in loads)} (1 min, before -> after the "
-                 "timed rounds)")
+        note += (
+            f"; host load average {' -> '.join(f'{x:.1f}' for x in loads)} (1 min, before -> after the timed rounds)"
+        )
     return note
 
 
@@ -209,8 +246,11 @@ def _header_lines(result: dict[str, Any], loads: list[float]) -> list[str]:
         + f"), arch {cfg['arch']}; "
         f"median of {cfg['windows']} windows x {cfg['steps']} steps (min-max), after {cfg['warmup']} warm-up steps; "
         "every row's windows interleaved in the same rounds"
-        + ("; ratios to torch eager float32 taken round by round (median, min-max)"
-           if torch_eager(result["rows"]) else ""),
+        + (
+            "; ratios to torch eager float32 taken round by round (median, min-max)"
+            if torch_eager(result["rows"])
+            else ""
+        ),
         "",
         "| framework | model | mode | train img/s median (min-max) | train step ms | compile s | "
         f"eval img/s (B={cfg['batch_size']}) | batch-1 ms | train / eager | eval / eager | batch-1 / eager | note |",
@@ -229,9 +269,11 @@ def _row_line(r: dict[str, Any]) -> str:
         cells = ["1 (ref)"] * 3
     else:
         cells = [_fmt_ratio(vs.get(k)) for k in ("train", "eval", "latency")]
-    return (f"| {r['framework']} | {r['model']} | {mode} | {_fmt_rate(r.get('images_per_s'))} | "
-            f"{_fmt(r.get('step_ms'), 2)} | {_fmt(r.get('compile_s'))} | {_fmt_rate(r.get('eval_images_per_s'))} | "
-            f"{_fmt(r['latency_ms']['median'], 2) if 'latency_ms' in r else '-'} | {' | '.join(cells)} | |")
+    return (
+        f"| {r['framework']} | {r['model']} | {mode} | {_fmt_rate(r.get('images_per_s'))} | "
+        f"{_fmt(r.get('step_ms'), 2)} | {_fmt(r.get('compile_s'))} | {_fmt_rate(r.get('eval_images_per_s'))} | "
+        f"{_fmt(r['latency_ms']['median'], 2) if 'latency_ms' in r else '-'} | {' | '.join(cells)} | |"
+    )
 
 
 def _onnx_lines(onnx: dict[str, Any]) -> list[str]:
@@ -243,18 +285,25 @@ def _onnx_lines(onnx: dict[str, Any]) -> list[str]:
 
 def _pipeline_lines(pipeline: list[dict[str, Any]]) -> list[str]:
     """The grain-pipeline table (its header even when it has no rows)."""
-    lines = ["", "End to end with the grain pipeline (same step, batches from a built HAM10000):", "",
-             "| variant | dtype | workers | synthetic img/s | grain-fed img/s median (min-max) | ratio | "
-             "pipeline alone img/s |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "End to end with the grain pipeline (same step, batches from a built HAM10000):",
+        "",
+        "| variant | dtype | workers | synthetic img/s | grain-fed img/s median (min-max) | ratio | "
+        "pipeline alone img/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for p in pipeline:
         if "skipped" in p:
-            lines.append(f"| {p.get('variant', '-')} | {p.get('dtype', '-')} | - | - | - | - | "
-                         f"skipped: {p['skipped']} |")
+            lines.append(
+                f"| {p.get('variant', '-')} | {p.get('dtype', '-')} | - | - | - | - | skipped: {p['skipped']} |"
+            )
         else:
             lines.append(
                 f"| {p['variant']} | {p['dtype']} | {p['num_workers']} | {_fmt_rate(p['synthetic_images_per_s'])} | "
                 f"{_fmt_rate(p['e2e_images_per_s'])} | {p['e2e_over_synthetic']:.2f} | "
-                f"{_fmt_rate(p['pipeline_only_images_per_s'])} |")
+                f"{_fmt_rate(p['pipeline_only_images_per_s'])} |"
+            )
     return lines
 
 
@@ -264,14 +313,21 @@ def _overhead_lines(ov: dict[str, Any] | None) -> list[str]:
         return []
     if "skipped" in ov:
         return ["", f"nnx.jit overhead: skipped ({ov['skipped']})"]
-    lines = ["", f"Per-call cost of the jit wrapper ({ov['arch']}-{ov['variant']}, float32; "
-                 f"{ov['num_state_arrays']} state arrays). Train step at batch {ov['batch_size']}, "
-                 f"{ov['image_size']}px; no-op: same arguments, no computation (pure wrapper overhead):", "",
-             "| wrapper | train step ms (synced) | host ms to issue | no-op call ms | "
-             "overhead vs ours: step ms | no-op ms |", "|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        f"Per-call cost of the jit wrapper ({ov['arch']}-{ov['variant']}, float32; "
+        f"{ov['num_state_arrays']} state arrays). Train step at batch {ov['batch_size']}, "
+        f"{ov['image_size']}px; no-op: same arguments, no computation (pure wrapper overhead):",
+        "",
+        "| wrapper | train step ms (synced) | host ms to issue | no-op call ms | "
+        "overhead vs ours: step ms | no-op ms |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, w in ov["wrappers"].items():
-        lines.append(f"| {name} | {w['step']['ms']:.2f} | {w['step']['issue_ms']:.2f} | {w['noop']['ms']:.3f} | "
-                     f"{w['step_overhead_ms']:+.2f} | {w['noop_overhead_ms']:+.3f} |")
+        lines.append(
+            f"| {name} | {w['step']['ms']:.2f} | {w['step']['issue_ms']:.2f} | {w['noop']['ms']:.3f} | "
+            f"{w['step_overhead_ms']:+.2f} | {w['noop_overhead_ms']:+.3f} |"
+        )
     return lines
 
 
@@ -282,9 +338,12 @@ def _target_lines(result: dict[str, Any], loads: list[float]) -> list[str]:
     host_cpus = result["device"]["host_cpus"]
     lines = ["", "Targets:", ""]
     if loads and max(loads) > host_cpus:
-        lines += [f"(The host was oversubscribed -- load average {max(loads):.1f} on {host_cpus} CPUs: "
-                  "multi-threaded rates suffer unevenly under load, so these ratios need not hold on a quiet "
-                  "machine.)", ""]
+        lines += [
+            f"(The host was oversubscribed -- load average {max(loads):.1f} on {host_cpus} CPUs: "
+            "multi-threaded rates suffer unevenly under load, so these ratios need not hold on a quiet "
+            "machine.)",
+            "",
+        ]
     return lines + [_target_line(name, t) for name, t in result["targets"].items()]
 
 
@@ -297,8 +356,9 @@ def _target_line(name: str, t: dict[str, Any]) -> str:
         extra += f"; threads {t['threads']}"
     spread = "" if t["ratio_min"] == t["ratio_max"] else f", rounds {t['ratio_min']:.3g}-{t['ratio_max']:.3g}"
     sign = "<=" if t.get("lower_is_better") else ">="
-    return (f"- {name}: {t['ratio']:.3g} (target {sign} {t['target']}{spread}): "
-            f"{'met' if t['met'] else 'NOT met'}{extra}")
+    return (
+        f"- {name}: {t['ratio']:.3g} (target {sign} {t['target']}{spread}): {'met' if t['met'] else 'NOT met'}{extra}"
+    )
 
 
 def jsonable(obj: Any) -> Any:

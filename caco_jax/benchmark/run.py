@@ -1,4 +1,5 @@
 """The benchmark's driver: every measurement in order, the JSON result, the command line."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,9 @@ from caco_jax.benchmark.options import Options
 from caco_jax.benchmark.timing import Timed
 
 
-def prepare_onnx(config: ml_collections.ConfigDict, opts: Options, setups: dict, log: Callable[[str], None]
-                 ) -> tuple[dict[tuple, Timed], dict[str, Any]]:
+def prepare_onnx(
+    config: ml_collections.ConfigDict, opts: Options, setups: dict, log: Callable[[str], None]
+) -> tuple[dict[tuple, Timed], dict[str, Any]]:
     """ONNX Runtime batch-1 latency of each variant's ONNX export (``caco_jax/benchmark/onnx_latency.py``).
 
     Its entries join the shared rounds (so their ratio to torch eager is taken side by
@@ -50,8 +52,8 @@ def run(config: ml_collections.ConfigDict, opts: Options, log: Callable[[str], N
        rounds (``timing.time_rows``), and every row gets its ratios to torch eager;
     3. the grain pipeline end to end, then the jit-wrapper overhead.
     """
-    from caco_jax.training import parallel
     from caco_jax.benchmark import report
+    from caco_jax.training import parallel
 
     config = config.copy_and_resolve_references()
     with config.unlocked():
@@ -77,16 +79,21 @@ def _context(config: ml_collections.ConfigDict, opts: Options) -> dict[str, Any]
         "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "device": report.device_info(),
         "versions": report.versions(),
-        "config": dataclasses.asdict(opts) | {"load_size": opts.resolved_load_size(),
-                                              "num_workers": opts.resolved_workers(),
-                                              "loss": config.loss.name,
-                                              "optimizer": "adamw", "jax_x64": bool(jax.config.jax_enable_x64),
-                                              "xla_flags": os.environ.get("XLA_FLAGS", "")},
+        "config": dataclasses.asdict(opts)
+        | {
+            "load_size": opts.resolved_load_size(),
+            "num_workers": opts.resolved_workers(),
+            "loss": config.loss.name,
+            "optimizer": "adamw",
+            "jax_x64": bool(jax.config.read("jax_enable_x64")),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        },
     }
 
 
-def _time_rows(config: ml_collections.ConfigDict, opts: Options, mesh: Any, result: dict[str, Any],
-               log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict]:
+def _time_rows(
+    config: ml_collections.ConfigDict, opts: Options, mesh: Any, result: dict[str, Any], log: Callable[[str], None]
+) -> tuple[list[dict[str, Any]], dict]:
     """Builds and warms up every row (caco-jax, torchvision, onnxruntime), times them in shared rounds and adds
     their ratios to torch eager. Sets ``torch``, ``onnx`` and ``load_average`` in ``result``; returns the rows
     and the caco-jax setups (kept for the pipeline)."""
@@ -131,6 +138,7 @@ def _pipelines(opts: Options, setups: dict, log: Callable[[str], None]) -> list[
             if reason:
                 pipeline_rows.append({"variant": variant, "dtype": dtype, "skipped": reason})
                 continue
+            assert data_dir is not None  # resolve_dataset gives a data_dir or a reason
             log(f"grain pipeline -> {variant} {dtype} depthwise={dw} step ({opts.resolved_workers()} workers) ...")
             p = measure_pipeline(setups[(variant, dtype, dw)], data_dir, opts)
             log(f"  {p['e2e_images_per_s']['median']:.1f} img/s = {p['e2e_over_synthetic']:.2f} x synthetic")
@@ -141,8 +149,9 @@ def _pipelines(opts: Options, setups: dict, log: Callable[[str], None]) -> list[
     return pipeline_rows
 
 
-def _dispatch_overhead(config: ml_collections.ConfigDict, opts: Options, mesh: Any, log: Callable[[str], None]
-                       ) -> dict[str, Any]:
+def _dispatch_overhead(
+    config: ml_collections.ConfigDict, opts: Options, mesh: Any, log: Callable[[str], None]
+) -> dict[str, Any]:
     """The jit-wrapper overhead on the pipeline's variant (else the first), or skipped with ``--no_overhead``."""
     from caco_jax.benchmark.dispatch import measure_dispatch_overhead
 
@@ -171,9 +180,9 @@ def run_options(opts: Options, argv: Sequence[str] | None = None) -> dict[str, A
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain worker processes read absl flags
 
-    from caco_jax.training import compile_cache
-    from caco_jax.configs import default
     from caco_jax.benchmark import report
+    from caco_jax.configs import default
+    from caco_jax.training import compile_cache
 
     compile_cache.enable("" if opts.compile_cache == "default" else opts.compile_cache)
     start = time.perf_counter()

@@ -7,6 +7,7 @@ kept too), because shared machines are noisy. Configurations that are compared -
 caco-jax rows and the torchvision rows included -- are timed in rounds (A B C, A B C,
 ...), so load drift hits them alike, and their ratios are taken round by round.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-Window = Callable[[], None]  # one synchronised window of work
+Window = Callable[[], object]  # one synchronised window of work (what it returns is not used)
 
 
 def rate_stats(window_seconds: Sequence[float], items_per_window: int) -> dict[str, Any]:
@@ -66,7 +67,7 @@ def interleaved_windows(runs: dict[Any, tuple[Window, int]], windows: int) -> di
     return {key: rate_stats(seconds[key], items) for key, (_, items) in runs.items()}
 
 
-def time_calls(call: Callable[[], None], n: int) -> list[float]:
+def time_calls(call: Window, n: int) -> list[float]:
     """Seconds of each of ``n`` synchronised calls (latency)."""
     out = []
     for _ in range(n):
@@ -111,8 +112,9 @@ class Timed:
     batch_size: int = 0
 
 
-def time_rows(entries: dict[Any, Timed], *, windows: int, latency_calls: int,
-              log: Callable[[str], None] = print) -> None:
+def time_rows(
+    entries: dict[Any, Timed], *, windows: int, latency_calls: int, log: Callable[[str], None] = print
+) -> None:
     """Every entry's training, then evaluation windows, then batch-1 calls, each in shared rounds.
 
     All frameworks' entries run in the same rounds, so the ratio of two rows can be taken

@@ -5,15 +5,16 @@ Like :mod:`caco_jax.benchmark.jax_steps`, this module builds, compiles and warms
 timed windows run in the same rounds as caco-jax's (:func:`timing.time_rows`), so
 their ratios are measured side by side.
 """
+
 from __future__ import annotations
 
 import platform
 from collections.abc import Callable
 from typing import Any
 
-from caco_jax.data.classes import NUM_CLASSES
 from caco_jax.benchmark.options import TORCH_MODES, Options
 from caco_jax.benchmark.timing import Timed, timed
+from caco_jax.data.classes import NUM_CLASSES
 
 MODEL = "mobilenet_v3_small"
 
@@ -131,8 +132,9 @@ def compiled_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def prepare_torch(opts: Options, log: Callable[[str], None] = print
-                  ) -> tuple[dict[tuple, Timed], list[dict[str, Any]], dict[str, Any]]:
+def prepare_torch(
+    opts: Options, log: Callable[[str], None] = print
+) -> tuple[dict[tuple, Timed], list[dict[str, Any]], dict[str, Any]]:
     """Entries for the timed rounds (keyed ("torchvision", mode, dtype)), every configuration's row
     in order (a measured one is its entry's row, filled in by the rounds; a skipped one carries the
     reason), and the torch versions / device / threads."""
@@ -140,8 +142,20 @@ def prepare_torch(opts: Options, log: Callable[[str], None] = print
         import torch
         import torchvision
     except ImportError as e:  # the torch extra is optional
-        return {}, [{"framework": "torchvision", "model": MODEL, "mode": m, "dtype": d,
-                     "skipped": f"torch not installed ({e})"} for m, d in torch_configs(opts)], {}
+        return (
+            {},
+            [
+                {
+                    "framework": "torchvision",
+                    "model": MODEL,
+                    "mode": m,
+                    "dtype": d,
+                    "skipped": f"torch not installed ({e})",
+                }
+                for m, d in torch_configs(opts)
+            ],
+            {},
+        )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if opts.torch_threads > 0:
         # On a CPU shared with other jobs, OpenMP with one thread per core collapses
@@ -159,9 +173,15 @@ def prepare_torch(opts: Options, log: Callable[[str], None] = print
     dynamo.recompile_limit = max(dynamo.recompile_limit, 64)
     dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 256)
     dynamo.fail_on_recompile_limit_hit = True
-    info = {"torch": torch.__version__, "torchvision": torchvision.__version__, "torch_device": str(device),
-            "torch_device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-            or platform.machine(), "torch_threads": torch.get_num_threads()}
+    info = {
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "torch_device": str(device),
+        "torch_device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+    }
     entries: dict[tuple, Timed] = {}
     rows = []
     for mode, dtype in torch_configs(opts):
@@ -177,6 +197,14 @@ def prepare_torch(opts: Options, log: Callable[[str], None] = print
             except Exception as e:  # noqa: BLE001 -- a failing baseline mode must not lose the other rows
                 reason = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
         log(f"torchvision {mode} {dtype}: skipped ({reason})")
-        rows.append({"framework": "torchvision", "model": MODEL, "variant": "se", "mode": mode, "dtype": dtype,
-                        "skipped": reason})
+        rows.append(
+            {
+                "framework": "torchvision",
+                "model": MODEL,
+                "variant": "se",
+                "mode": mode,
+                "dtype": dtype,
+                "skipped": reason,
+            }
+        )
     return entries, rows, info

@@ -16,6 +16,7 @@ built from --manual_dir) against synthetic on-device input; and the per-call ove
 against the split-once jax.jit step. Prints markdown tables and writes --out (JSON). The harness
 is caco_jax/benchmark/.
 """
+
 from __future__ import annotations
 
 import argparse

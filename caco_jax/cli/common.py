@@ -4,6 +4,7 @@ Flags are ``--lower_case`` words; a switch ``--name`` has its negation ``--no_na
 error (:class:`caco_jax.errors.CacoError`) prints ``error: <message>`` and exits with its code;
 ``--debug`` (or ``CACO_JAX_DEBUG=1``) shows the traceback instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,15 @@ CONFIG_PREFIX = "--config."
 
 def add_common(p: argparse.ArgumentParser, *, compile_cache: bool = True) -> None:
     """--debug, and --compile_cache for commands that compile."""
-    p.add_argument("--debug", action="store_true",
-                   help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)")
+    p.add_argument("--debug", action="store_true", help=f"show the full traceback of an error (also: {DEBUG_ENV}=1)")
     if compile_cache:
         from caco_jax.training import compile_cache as cc
 
-        p.add_argument("--compile_cache", metavar="DIR", help="persistent XLA compilation cache directory, or "
-                       f"'off' (default: ${cc.ENV} or {cc.default_dir()})")
+        p.add_argument(
+            "--compile_cache",
+            metavar="DIR",
+            help=f"persistent XLA compilation cache directory, or 'off' (default: ${cc.ENV} or {cc.default_dir()})",
+        )
 
 
 def execute(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -82,7 +85,7 @@ def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None, overrides: boo
     while i < len(argv):
         item = argv[i]
         if item.startswith(CONFIG_PREFIX):
-            key, sep, value = item[len(CONFIG_PREFIX):].partition("=")
+            key, sep, value = item[len(CONFIG_PREFIX) :].partition("=")
             if not sep:
                 if i + 1 >= len(argv):
                     raise UsageError(f"{item} needs a value: {item}=VALUE")
@@ -112,14 +115,19 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     path = pathlib.Path(target).expanduser()
     if target.endswith(".py") or path.exists():
         if not path.is_file():
-            raise ConfigError(f"config file {path} not found; give a path to a .py config or one of the shipped "
-                              f"names: {', '.join(config_names())}")
+            raise ConfigError(
+                f"config file {path} not found; give a path to a .py config or one of the shipped "
+                f"names: {', '.join(config_names())}"
+            )
         module = _module_from_file(path)
     else:
         if target not in config_names():
             close = difflib.get_close_matches(target, config_names(), n=1)
-            raise ConfigError(f"unknown config {target!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                              + f"; shipped configs: {', '.join(config_names())}, or give a path to a .py file")
+            raise ConfigError(
+                f"unknown config {target!r}"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + f"; shipped configs: {', '.join(config_names())}, or give a path to a .py file"
+            )
         module = importlib.import_module(f"caco_jax.configs.{target}")
     if not hasattr(module, "get_config"):
         raise ConfigError(f"{spec}: a config module defines get_config()")
@@ -155,9 +163,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple
             if part not in fields:
                 where = ".".join(parts[:depth]) or "the config"
                 close = difflib.get_close_matches(part, fields, n=1)
-                raise ConfigError(f"unknown config key {key!r}: {where} has no field {part!r}"
-                                  + (f" (did you mean {'.'.join(parts[:depth] + [close[0]])!r}?)" if close else "")
-                                  + f"; its fields: {', '.join(fields)}")
+                raise ConfigError(
+                    f"unknown config key {key!r}: {where} has no field {part!r}"
+                    + (f" (did you mean {'.'.join(parts[:depth] + [close[0]])!r}?)" if close else "")
+                    + f"; its fields: {', '.join(fields)}"
+                )
             if depth < len(parts) - 1:
                 node = node[part]
         leaf = parts[-1]

@@ -12,6 +12,7 @@ flips / 90-degree rotations and reports BACC with and without. Every report give
 resample lesions, and, when the weights carry a balanced decision rule (decision.json), the figures
 under both rules.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,18 +29,30 @@ EXTERNAL = ("isic2018_test", "isic2018_validation")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", type=pathlib.Path, required=True, help="a training run (caco-jax train --workdir)")
     p.add_argument("--weights", type=pathlib.Path, help="weights directory (default: WORKDIR/best)")
-    p.add_argument("--dataset", default="own", choices=("own", *EXTERNAL),
-                   help="own: the run's dataset with its own split rule (default); or an ISIC 2018 Task 3 set")
-    p.add_argument("--split", default="test", choices=("train", "validation", "test"),
-                   help="split of the run's own dataset (default: test); ignored for the ISIC 2018 sets")
+    p.add_argument(
+        "--dataset",
+        default="own",
+        choices=("own", *EXTERNAL),
+        help="own: the run's dataset with its own split rule (default); or an ISIC 2018 Task 3 set",
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=("train", "validation", "test"),
+        help="split of the run's own dataset (default: test); ignored for the ISIC 2018 sets",
+    )
     p.add_argument("--data_dir", type=pathlib.Path, help="TFDS data_dir (default: the run's)")
     p.add_argument("--manual_dir", type=pathlib.Path, help="raw files to build --dataset from first")
     p.add_argument("--batch_size", type=int, default=0, help="default: the run's eval_batch_size")
     p.add_argument("--out", type=pathlib.Path, help="report directory (default: WORKDIR)")
     common.add_switch(p, "tta", False, "test-time augmentation: average over the 8 flips / rotations")
     common.add_switch(p, "calibration", True, "divide the logits by the temperature saved with the weights")
-    common.add_switch(p, "save_predictions", False,
-                      "also write predictions_<split>[_tta].npz (per-image logits, ids, leak flags) to --out")
+    common.add_switch(
+        p,
+        "save_predictions",
+        False,
+        "also write predictions_<split>[_tta].npz (per-image logits, ids, leak flags) to --out",
+    )
     common.add_common(p)
 
 
@@ -50,8 +63,12 @@ def _source(args: argparse.Namespace, config, data_dir: pathlib.Path):
     if args.dataset in EXTERNAL:
         if args.manual_dir:
             ham10000.prepare(args.manual_dir, data_dir, config=args.dataset, image_size=config.data.build_size)
-        return ham10000.open_source(data_dir, config=args.dataset, image_size=config.data.build_size), None, \
-            args.dataset, ham10000.TFDS_SPLIT[args.dataset]
+        return (
+            ham10000.open_source(data_dir, config=args.dataset, image_size=config.data.build_size),
+            None,
+            args.dataset,
+            ham10000.TFDS_SPLIT[args.dataset],
+        )
     if args.manual_dir:
         config.data.manual_dir = str(args.manual_dir)
     config.data.data_dir = str(data_dir)
@@ -99,18 +116,27 @@ def run(args: argparse.Namespace) -> int:
     batches = pipeline.eval_iterator(source, batch_size=batch_size, image_size=config.data.image_size)
     weights = jax.device_put(np.ones(len(class_names), np.float32), repl)
     temperature = calibration.load(weights_dir) if args.calibration else None
-    acc, loss_value = collect(steps.eval_tta if args.tta else steps.eval, params, stats, batches, weights, mesh,
-                              class_names)
+    evaluate = steps.eval_tta if args.tta else steps.eval
+    assert evaluate is not None  # built with a loss
+    acc, loss_value = collect(evaluate, params, stats, batches, weights, mesh, class_names)
     out = args.out or args.workdir
     if args.save_predictions:
         out.mkdir(parents=True, exist_ok=True)
         predictions.save(predictions.path(out, split, args.tta), *acc.logits(), source, train)
-    report = evaluation_report(acc, loss_value, temperature, groups=source.lesion_ids,
-                               rule=_decision(weights_dir))
+    report = evaluation_report(acc, loss_value, temperature, groups=source.lesion_ids, rule=_decision(weights_dir))
     temperature_source = f"from {weights_dir / calibration.CALIBRATION_FILE}" if temperature is not None else ""
-    paths = write_report(out, report, history=[], config=config, num_params=count_params(model), split=split,
-                         checkpoint=str(weights_dir), class_names=class_names, prefix=f"report_{dataset}_{split}",
-                         temperature_source=temperature_source)
+    paths = write_report(
+        out,
+        report,
+        history=[],
+        config=config,
+        num_params=count_params(model),
+        split=split,
+        checkpoint=str(weights_dir),
+        class_names=class_names,
+        prefix=f"report_{dataset}_{split}",
+        temperature_source=temperature_source,
+    )
     _print_summary(f"{dataset}/{split}", report, temperature)
     print(f"report: {paths['md']}")
     return 0
@@ -123,19 +149,28 @@ def _decision(weights_dir: pathlib.Path):
 
 
 def _print_summary(name: str, report: dict, temperature: float | None) -> None:
-    print(f"{name}: {report['num_examples']} images, accuracy {report['accuracy']:.4f}, "
-          f"BACC {report['bacc']:.4f}, paper BACC {report['paper_bacc']:.4f}")
+    print(
+        f"{name}: {report['num_examples']} images, accuracy {report['accuracy']:.4f}, "
+        f"BACC {report['bacc']:.4f}, paper BACC {report['paper_bacc']:.4f}"
+    )
     cal = report["calibration"]
-    print(f"ECE {100 * cal['uncalibrated']['ece']:.2f} % uncalibrated"
-          + (f", {100 * cal['calibrated']['ece']:.2f} % with T = {temperature:.3f}" if temperature else
-             " (no temperature for these weights)"))
+    print(
+        f"ECE {100 * cal['uncalibrated']['ece']:.2f} % uncalibrated"
+        + (
+            f", {100 * cal['calibrated']['ece']:.2f} % with T = {temperature:.3f}"
+            if temperature
+            else " (no temperature for these weights)"
+        )
+    )
     if report.get("tta"):
         tta = report["tta"]
         print(f"TTA ({tta['views']} views): BACC {tta['without']['bacc']:.4f} -> {tta['with']['bacc']:.4f}")
     balanced = report.get("balanced")
     if balanced:
-        print(f"balanced decision rule ({balanced['fit']}): accuracy {balanced['accuracy']:.4f}, "
-              f"BACC {balanced['bacc']:.4f}")
+        print(
+            f"balanced decision rule ({balanced['fit']}): accuracy {balanced['accuracy']:.4f}, "
+            f"BACC {balanced['bacc']:.4f}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

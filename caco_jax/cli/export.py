@@ -15,6 +15,7 @@ weights; ``--ca_activation`` from the run's config or the weights' metadata.
 * ``--onnx``: one ONNX file (needs the torch and onnx extras), input ``images`` float32
   (N, 3, H, W) ImageNet-normalised RGB with N dynamic, output ``logits`` (N, classes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,6 @@ from caco_jax.interop.convert import export_state_dict
 from caco_jax.interop.torch_io import save_state_dict
 from caco_jax.runs.weights import model_from_weights
 
-
 NAME = "export"
 
 
@@ -37,10 +37,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--weights", type=pathlib.Path, help="caco-jax weights directory")
     p.add_argument("--pytorch", type=pathlib.Path, metavar="FILE", help="write a PyTorch state_dict (.pth) here")
     p.add_argument("--onnx", type=pathlib.Path, metavar="FILE", help="write an ONNX model here")
-    p.add_argument("--image_size", type=int, nargs="+", default=None, metavar="PX",
-                   help="ONNX input H [W] (default: the run's data.image_size, else 224)")
-    p.add_argument("--ca_activation", choices=("swish", "hardswish"), default=None,
-                   help="coordinate attention's activation, if neither config nor metadata says")
+    p.add_argument(
+        "--image_size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="PX",
+        help="ONNX input H [W] (default: the run's data.image_size, else 224)",
+    )
+    p.add_argument(
+        "--ca_activation",
+        choices=("swish", "hardswish"),
+        default=None,
+        help="coordinate attention's activation, if neither config nor metadata says",
+    )
     common.add_common(p, compile_cache=False)
 
 
@@ -57,14 +67,18 @@ def run(args: argparse.Namespace) -> int:
         ca_activation = ca_activation or config.model.ca_activation
         weights = args.workdir / "best"
     model, _ = model_from_weights(weights, ca_activation=ca_activation, bn_momentum=bn_momentum)
-    print(f"{weights}: mobilenet_v3_{model.arch}, attention {model.attention_name!r} "
-          f"(attention_init {model.attention_init!r}, ca_activation {model.ca_activation!r}), "
-          f"{model.num_classes} classes")
+    print(
+        f"{weights}: mobilenet_v3_{model.arch}, attention {model.attention_name!r} "
+        f"(attention_init {model.attention_init!r}, ca_activation {model.ca_activation!r}), "
+        f"{model.num_classes} classes"
+    )
     if args.pytorch:
         save_state_dict(export_state_dict(model), args.pytorch)
-        print(f"wrote {args.pytorch}: load it with caco_jax.interop.torch_reference.reference_model({model.arch!r}, "
-              f"{model.attention_name!r}, num_classes={model.num_classes}, attention_init={model.attention_init!r}, "
-              f"ca_activation={model.ca_activation!r}).load_state_dict(torch.load(path), strict=True)")
+        print(
+            f"wrote {args.pytorch}: load it with caco_jax.interop.torch_reference.reference_model({model.arch!r}, "
+            f"{model.attention_name!r}, num_classes={model.num_classes}, attention_init={model.attention_init!r}, "
+            f"ca_activation={model.ca_activation!r}).load_state_dict(torch.load(path), strict=True)"
+        )
     if args.onnx:
         from caco_jax.interop.export_onnx import export_onnx
 

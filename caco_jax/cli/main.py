@@ -7,6 +7,7 @@
 Exit codes: 0 done, 1 failed, 2 bad flags or config (nothing started), 75 interrupted after a
 checkpoint (rerun to resume). ``--debug`` (or CACO_JAX_DEBUG=1) shows an error's traceback.
 """
+
 from __future__ import annotations
 
 import importlib

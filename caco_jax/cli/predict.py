@@ -20,6 +20,7 @@ probabilities are re-weighted to the prior it assumes); the default is the run's
 a Grad-CAM overlay per image (for the answered class, or --cam_class) at the image's own
 resolution.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,11 @@ def find_images(paths: list[pathlib.Path]) -> tuple[list[pathlib.Path], list[tup
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file())
             images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
-            problems += [(str(p), f"not an image file (suffix {p.suffix or 'none'}; images are {suffixes})")
-                         for p in found if p.suffix.lower() not in IMAGE_SUFFIXES]
+            problems += [
+                (str(p), f"not an image file (suffix {p.suffix or 'none'}; images are {suffixes})")
+                for p in found
+                if p.suffix.lower() not in IMAGE_SUFFIXES
+            ]
             if not found:
                 problems.append((str(path), "the folder holds no files"))
             files += images
@@ -72,8 +76,9 @@ def _cam_name(path: pathlib.Path, class_name: str, taken: set[str]) -> str:
     return name
 
 
-def load_images(predictor: Predictor, files: list[pathlib.Path]
-                ) -> tuple[list[tuple[pathlib.Path, np.ndarray]], list[tuple[str, str]]]:
+def load_images(
+    predictor: Predictor, files: list[pathlib.Path]
+) -> tuple[list[tuple[pathlib.Path, np.ndarray]], list[tuple[str, str]]]:
     """(decoded images, [(path, reason)]): one file's failure never stops the others."""
     loaded, problems = [], []
     for f in files:
@@ -88,10 +93,19 @@ def load_images(predictor: Predictor, files: list[pathlib.Path]
     return loaded, problems
 
 
-def predict(workdir: pathlib.Path, paths: list[pathlib.Path], *, top_k: int = 3, batch_size: int = 32,
-            weights: pathlib.Path | None = None, tta: bool = False, calibrate: bool = True,
-            cam_dir: pathlib.Path | None = None, cam_class: str | None = None, decision: str | None = None
-            ) -> tuple[list[dict], list[tuple[str, str]]]:
+def predict(
+    workdir: pathlib.Path,
+    paths: list[pathlib.Path],
+    *,
+    top_k: int = 3,
+    batch_size: int = 32,
+    weights: pathlib.Path | None = None,
+    tta: bool = False,
+    calibrate: bool = True,
+    cam_dir: pathlib.Path | None = None,
+    cam_class: str | None = None,
+    decision: str | None = None,
+) -> tuple[list[dict], list[tuple[str, str]]]:
     """Predictions (one dict per readable image) and problems (path, reason).
 
     Each row names its ``decision`` rule and ``prediction``; ``top`` and ``probabilities`` are
@@ -110,26 +124,38 @@ def predict(workdir: pathlib.Path, paths: list[pathlib.Path], *, top_k: int = 3,
     rows = []
     for i, (f, _) in enumerate(loaded):
         p = answer.probabilities[i]
-        order = np.argsort(-p)[:min(top_k, len(class_names))]
-        row = {"file": str(f), "decision": answer.rule, "prediction": class_names[int(answer.classes[i])],
-               "top": [{"class": class_names[k], "probability": float(p[k])} for k in order],
-               "probabilities": {c: float(v) for c, v in zip(class_names, p)},
-               "temperature": predictor.temperature, "tta": tta}
+        order = np.argsort(-p)[: min(top_k, len(class_names))]
+        row = {
+            "file": str(f),
+            "decision": answer.rule,
+            "prediction": class_names[int(answer.classes[i])],
+            "top": [{"class": class_names[k], "probability": float(p[k])} for k in order],
+            "probabilities": {c: float(v) for c, v in zip(class_names, p, strict=True)},
+            "temperature": predictor.temperature,
+            "tta": tta,
+        }
         if answer.rule != "argmax":
-            row["model_probabilities"] = {c: float(v) for c, v in zip(class_names, answer.model_probabilities[i])}
+            row["model_probabilities"] = {
+                c: float(v) for c, v in zip(class_names, answer.model_probabilities[i], strict=True)
+            }
         rows.append(row)
     if cam_dir is not None:
         write_cams(predictor, loaded, rows, cam_dir, answer.classes if target is None else target)
     return rows, problems
 
 
-def write_cams(predictor: Predictor, loaded: list[tuple[pathlib.Path, np.ndarray]], rows: list[dict],
-               cam_dir: pathlib.Path, target: np.ndarray | int) -> None:
+def write_cams(
+    predictor: Predictor,
+    loaded: list[tuple[pathlib.Path, np.ndarray]],
+    rows: list[dict],
+    cam_dir: pathlib.Path,
+    target: np.ndarray | int,
+) -> None:
     """A Grad-CAM overlay of each image (at its own resolution, upright) for ``target``."""
     cam_dir.mkdir(parents=True, exist_ok=True)
     _, classes, cams = predictor.explain(np.stack([im for _, im in loaded]), target)
     taken: set[str] = set()
-    for row, (f, _), cls, cam in zip(rows, loaded, classes, cams):
+    for row, (f, _), cls, cam in zip(rows, loaded, classes, cams, strict=True):
         name = predictor.class_names[int(cls)]
         out = cam_dir / _cam_name(f, name, taken)
         Image.fromarray(overlay(decode(f.read_bytes()), cam)).save(out)
@@ -140,24 +166,35 @@ NAME = "predict"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", type=pathlib.Path, metavar="IMAGE_OR_FOLDER",
-                   help=f"image files, or folders searched recursively for {'/'.join(SUFFIXES)} files")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        type=pathlib.Path,
+        metavar="IMAGE_OR_FOLDER",
+        help=f"image files, or folders searched recursively for {'/'.join(SUFFIXES)} files",
+    )
     p.add_argument("--workdir", type=pathlib.Path, required=True, help="a training run (caco-jax train --workdir)")
     p.add_argument("--weights", type=pathlib.Path, help="weights directory (default: WORKDIR/best)")
     p.add_argument("--top_k", type=int, default=3, help="classes listed per image (default: 3)")
-    p.add_argument("--decision", choices=RULES, default=None,
-                   help="the rule that names each answer: argmax (the most probable class) or balanced (fitted on "
-                        "the validation split at the end of training: equal recall across classes); default: the "
-                        "run's evaluation.decision, argmax for runs without one")
+    p.add_argument(
+        "--decision",
+        choices=RULES,
+        default=None,
+        help="the rule that names each answer: argmax (the most probable class) or balanced (fitted on "
+        "the validation split at the end of training: equal recall across classes); default: the "
+        "run's evaluation.decision, argmax for runs without one",
+    )
     p.add_argument("--batch_size", type=int, default=32, help="images per forward pass (default: 32)")
     p.add_argument("--csv", type=pathlib.Path, metavar="FILE", help="also write one row per image to FILE")
-    p.add_argument("--json", type=pathlib.Path, metavar="FILE",
-                   help="also write every prediction and every skipped file to FILE")
+    p.add_argument(
+        "--json", type=pathlib.Path, metavar="FILE", help="also write every prediction and every skipped file to FILE"
+    )
     common.add_switch(p, "tta", False, "average the probabilities over the 8 flips / 90-degree rotations")
     common.add_switch(p, "calibration", True, "divide the logits by the temperature saved with the weights")
     p.add_argument("--cam", type=pathlib.Path, metavar="DIR", help="write a Grad-CAM overlay of each image to DIR")
-    p.add_argument("--cam_class", metavar="CLASS",
-                   help="class the heat maps explain (default: each image's answer); needs --cam")
+    p.add_argument(
+        "--cam_class", metavar="CLASS", help="class the heat maps explain (default: each image's answer); needs --cam"
+    )
     common.add_common(p)
 
 
@@ -165,8 +202,11 @@ def print_table(rows: list[dict], top_k: int) -> None:
     """The header line (decision rule, temperature, TTA) and one line per image."""
     first = rows[0]
     t = first["temperature"]
-    print(f"decision rule {RULE_TEXT[first['decision']]}; temperature "
-          + (f"{t:.3f}" if t else "none (plain softmax)") + ("; 8-view test-time augmentation" if first["tta"] else ""))
+    print(
+        f"decision rule {RULE_TEXT[first['decision']]}; temperature "
+        + (f"{t:.3f}" if t else "none (plain softmax)")
+        + ("; 8-view test-time augmentation" if first["tta"] else "")
+    )
     width = max([len(r["file"]) for r in rows] + [4])
     print(f"{'file':<{width}}  " + "  ".join(f"top{i + 1:<13}" for i in range(top_k)))
     for r in rows:
@@ -191,9 +231,18 @@ def run(args: argparse.Namespace) -> int:
     if args.cam_class and not args.cam:
         raise UsageError("--cam_class needs --cam DIR")
     compile_cache.enable(args.compile_cache)
-    rows, problems = predict(args.workdir, args.inputs, top_k=args.top_k, batch_size=args.batch_size,
-                             weights=args.weights, tta=args.tta, calibrate=args.calibration,
-                             cam_dir=args.cam, cam_class=args.cam_class, decision=args.decision)
+    rows, problems = predict(
+        args.workdir,
+        args.inputs,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        weights=args.weights,
+        tta=args.tta,
+        calibrate=args.calibration,
+        cam_dir=args.cam,
+        cam_class=args.cam_class,
+        decision=args.decision,
+    )
     if rows:
         print_table(rows, args.top_k)
     if args.cam and rows:
@@ -203,8 +252,9 @@ def run(args: argparse.Namespace) -> int:
     if args.csv:
         write_csv(args.csv, rows)
     if args.json:
-        args.json.write_text(json.dumps({"predictions": rows, "skipped": [{"file": f, "reason": w} for f, w in problems]},
-                                        indent=2))
+        args.json.write_text(
+            json.dumps({"predictions": rows, "skipped": [{"file": f, "reason": w} for f, w in problems]}, indent=2)
+        )
     if not rows:
         print("error: no image could be read", file=sys.stderr)
     return 0 if rows else 1

@@ -20,6 +20,7 @@ Presets: ``cpu`` (112 px, 10 epochs: the paper's recipe scaled to a 2-core CPU) 
 ``--cells a,b`` runs a subset, ``--report_only`` only rebuilds the tables from what
 has finished, ``--dry_run`` prints the commands.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,6 @@ from caco_jax.experiments.grid import run_grid
 from caco_jax.experiments.summary import aggregate, compare
 from caco_jax.experiments.tables import write_results
 
-
 NAME = "reproduce"
 
 
@@ -42,18 +42,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(presets.PRESETS), default="cpu", help="the grid (default: cpu)")
     p.add_argument("--manual_dir", default="", help="raw HAM10000 (any official layout) to build from")
     p.add_argument("--data_dir", default="data/tfds", help="TFDS data_dir (the build is made once, here)")
-    p.add_argument("--pretrained", default="", help="torchvision mobilenet_v3_small ImageNet .pth (or converted dir), "
-                                                    "or 'imagenet' to fetch it")
+    p.add_argument(
+        "--pretrained",
+        default="",
+        help="torchvision mobilenet_v3_small ImageNet .pth (or converted dir), or 'imagenet' to fetch it",
+    )
     p.add_argument("--isic_dir", default="", help="ISIC 2018 Task 3 files for the external test columns")
     p.add_argument("--out", default="runs/reproduce", help="where the runs go (one folder per cell and seed)")
     p.add_argument("--docs", default="docs", help="where results_<preset>.{md,json,png} go (default: docs)")
     p.add_argument("--cells", default="", help="comma-separated subset of the preset's cells")
     p.add_argument("--seeds", default="", help="comma-separated subset of each cell's seeds (default: all planned)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra config override for every run, e.g. data.cache=True (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for every run, e.g. data.cache=True (repeatable)",
+    )
     p.add_argument("--report_only", action="store_true", help="only rebuild the tables from finished runs")
-    p.add_argument("--trained_on", default="", help="with --report_only: the machine that trained the runs, "
-                                                    "for the header (default: this one)")
+    p.add_argument(
+        "--trained_on",
+        default="",
+        help="with --report_only: the machine that trained the runs, for the header (default: this one)",
+    )
     p.add_argument("--dry_run", action="store_true", help="print each run's command and state, run nothing")
     common.add_common(p, compile_cache=False)
 
@@ -68,8 +79,10 @@ def _choices(args: argparse.Namespace) -> tuple[presets.Preset, list[str], list[
     chosen = [c for c in preset.cells if not cells or c.name in cells]
     unplanned = sorted(set(seeds) - {s for c in chosen for s in c.seeds})
     if unplanned:
-        raise UsageError(f"--seeds {unplanned} are planned in none of the chosen cells of preset {preset.name!r} "
-                         f"(their seeds: {sorted({s for c in chosen for s in c.seeds})})")
+        raise UsageError(
+            f"--seeds {unplanned} are planned in none of the chosen cells of preset {preset.name!r} "
+            f"(their seeds: {sorted({s for c in chosen for s in c.seeds})})"
+        )
     extra = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -84,16 +97,27 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     out = pathlib.Path(args.out).resolve()
     if not args.report_only:
         if not args.pretrained:
-            raise UsageError("--pretrained is required: the paper fine-tunes torchvision's ImageNet weights "
-                             "(a .pth path, or 'imagenet' to fetch it)")
+            raise UsageError(
+                "--pretrained is required: the paper fine-tunes torchvision's ImageNet weights "
+                "(a .pth path, or 'imagenet' to fetch it)"
+            )
         pretrained = args.pretrained
         if pretrained != "imagenet":
             if not pathlib.Path(pretrained).exists():
                 raise UsageError(f"--pretrained {pretrained} does not exist")
             pretrained = str(pathlib.Path(pretrained).resolve())
-        run_grid(preset, out, pretrained=pretrained, data_dir=str(pathlib.Path(args.data_dir).resolve()),
-                 manual_dir=str(pathlib.Path(args.manual_dir).resolve()) if args.manual_dir else "",
-                 isic_dir=args.isic_dir, cells=cells, seeds=seeds, dry_run=args.dry_run, extra=extra)
+        run_grid(
+            preset,
+            out,
+            pretrained=pretrained,
+            data_dir=str(pathlib.Path(args.data_dir).resolve()),
+            manual_dir=str(pathlib.Path(args.manual_dir).resolve()) if args.manual_dir else "",
+            isic_dir=args.isic_dir,
+            cells=cells,
+            seeds=seeds,
+            dry_run=args.dry_run,
+            extra=extra,
+        )
         if args.dry_run:
             return 0
     command = "caco-jax reproduce " + shlex.join(sys.argv[1:] if argv is None else argv)

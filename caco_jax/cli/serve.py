@@ -10,6 +10,7 @@ weights support (argmax, and balanced when they carry decision.json), preselecti
 each answer. Uploads live in a folder of their own, deleted after --keep_minutes and kept
 under --cache_mb in all; the folder goes when the server stops.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,15 +32,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     p.add_argument("--max_upload_mb", type=float, default=20.0, help="largest accepted file in MB (default: 20)")
-    p.add_argument("--max_megapixels", type=float, default=40.0,
-                   help="largest accepted image in megapixels (default: 40)")
-    p.add_argument("--decision", choices=RULES, default=None,
-                   help="the rule preselected on the page: argmax or balanced (default: the run's "
-                        "evaluation.decision, argmax for runs without one)")
-    p.add_argument("--keep_minutes", type=float, default=10.0,
-                   help="delete uploads and result images older than this (default: 10)")
-    p.add_argument("--cache_mb", type=float, default=256.0,
-                   help="most disk the uploads and result images may use, in MB (default: 256)")
+    p.add_argument(
+        "--max_megapixels", type=float, default=40.0, help="largest accepted image in megapixels (default: 40)"
+    )
+    p.add_argument(
+        "--decision",
+        choices=RULES,
+        default=None,
+        help="the rule preselected on the page: argmax or balanced (default: the run's "
+        "evaluation.decision, argmax for runs without one)",
+    )
+    p.add_argument(
+        "--keep_minutes",
+        type=float,
+        default=10.0,
+        help="delete uploads and result images older than this (default: 10)",
+    )
+    p.add_argument(
+        "--cache_mb",
+        type=float,
+        default=256.0,
+        help="most disk the uploads and result images may use, in MB (default: 256)",
+    )
     common.add_switch(p, "calibration", True, "divide the logits by the temperature saved with the weights")
     common.add_common(p)
 
@@ -56,10 +70,13 @@ def run(args: argparse.Namespace) -> int:
     compile_cache.enable(args.compile_cache)
     from caco_jax.serving.predictor import Predictor
 
-    predictor = Predictor(args.workdir, args.weights, calibrate=args.calibration, batch_size=1,
-                          decision=args.decision)
-    limits = app.Limits(max_bytes=int(args.max_upload_mb * 2**20), max_pixels=int(args.max_megapixels * 1e6),
-                        keep_seconds=int(args.keep_minutes * 60), cache_bytes=int(args.cache_mb * 2**20))
+    predictor = Predictor(args.workdir, args.weights, calibrate=args.calibration, batch_size=1, decision=args.decision)
+    limits = app.Limits(
+        max_bytes=int(args.max_upload_mb * 2**20),
+        max_pixels=int(args.max_megapixels * 1e6),
+        keep_seconds=int(args.keep_minutes * 60),
+        cache_bytes=int(args.cache_mb * 2**20),
+    )
     cache = app.UploadCache(keep_seconds=limits.keep_seconds, max_bytes=limits.cache_bytes)
     try:
         analyser = app.Analyser(predictor, limits, cache)
@@ -68,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
         page = app.build(analyser, description=app.describe(args.workdir, predictor))
         cache.start()
         signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: close the page and its folder
-        print(f"serving {args.workdir} on http://{args.host}:{args.port} (Ctrl-C stops); uploads in {cache.directory}",
-              flush=True)
+        print(
+            f"serving {args.workdir} on http://{args.host}:{args.port} (Ctrl-C stops); uploads in {cache.directory}",
+            flush=True,
+        )
         app.launch(page, host=args.host, port=args.port, limits=limits)
     finally:
         cache.close()

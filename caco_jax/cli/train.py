@@ -1,6 +1,7 @@
 """Train and evaluate MobileNetV3-CaCo; rerunning with the same --workdir resumes.
 
-    caco-jax train --config caco --workdir runs/caco [--config.data.manual_dir=/path/to/HAM10000] [--config.KEY=VALUE ...]
+    caco-jax train --config caco --workdir runs/caco [--config.data.manual_dir=/path/to/HAM10000]
+                   [--config.KEY=VALUE ...]
     caco-jax train --config configs/caco.py ...        # a config file (edit a copy of one to make your own)
     caco-jax train --config demo                       # synthetic data, no download: the whole pipeline in a minute
 
@@ -12,6 +13,7 @@ Python literals for numbers, tuples and booleans). The config is checked before 
 Exit codes: 0 finished, 1 failed, 2 bad flags or config, 75 stopped by a signal after saving a
 checkpoint (rerun the same command to resume).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +29,15 @@ CONFIG_OVERRIDES = True
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, metavar="NAME|PATH",
-                   help=f"shipped config ({', '.join(common.config_names())}) or a .py file; NAME:ARG passes ARG "
-                        "to get_config")
-    p.add_argument("--workdir", type=pathlib.Path,
-                   help="run directory: checkpoints, logs, report (default: runs/<config name>)")
+    p.add_argument(
+        "--config",
+        required=True,
+        metavar="NAME|PATH",
+        help=f"shipped config ({', '.join(common.config_names())}) or a .py file; NAME:ARG passes ARG to get_config",
+    )
+    p.add_argument(
+        "--workdir", type=pathlib.Path, help="run directory: checkpoints, logs, report (default: runs/<config name>)"
+    )
     p.add_argument("--check", action="store_true", help="check the config (and print it) without training")
     common.add_common(p)
 
@@ -56,8 +62,10 @@ def run(args: argparse.Namespace) -> int:
     compile_cache.enable(args.compile_cache)
     result = train_and_evaluate(config, workdir)
     if result["status"] == "interrupted":
-        print(f"interrupted at step {result['step']}; resume with: {shlex.join(['caco-jax', *sys.argv[1:]])}",
-              file=sys.stderr)
+        print(
+            f"interrupted at step {result['step']}; resume with: {shlex.join(['caco-jax', *sys.argv[1:]])}",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     if result["paths"]:
         print(f"report: {result['paths']['md']}")

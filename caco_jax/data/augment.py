@@ -21,6 +21,7 @@ The paper names the operations (random horizontal and vertical flips, rotation b
 Everything is vmapped over the batch with one key per example (no Python loop
 over examples), jit-able, shapes static.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,7 +75,7 @@ class AugmentConfig:
             raise ValueError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {self.ratio}")
 
     @classmethod
-    def from_config(cls, cfg) -> "AugmentConfig":
+    def from_config(cls, cfg) -> AugmentConfig:
         """From an ml_collections.ConfigDict (or a mapping); unknown keys raise, naming them."""
         values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
         if not isinstance(values, Mapping):
@@ -86,19 +87,26 @@ class AugmentConfig:
         return cls(**values)
 
     @classmethod
-    def none(cls) -> "AugmentConfig":
+    def none(cls) -> AugmentConfig:
         """No randomness: the whole image, resized (what evaluation sees)."""
-        return cls(hflip=False, vflip=False, rot90=False, brightness=0.0, contrast=0.0,
-                   saturation=0.0, hue=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0))
+        return cls(
+            hflip=False,
+            vflip=False,
+            rot90=False,
+            brightness=0.0,
+            contrast=0.0,
+            saturation=0.0,
+            hue=0.0,
+            scale=(1.0, 1.0),
+            ratio=(1.0, 1.0),
+        )
 
 
 # numpy constants: importing this module does not start a JAX backend.
 _MEAN = np.asarray(IMAGENET_MEAN, np.float32)
 _STD = np.asarray(IMAGENET_STD, np.float32)
 _LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as torchvision's grayscale
-_RGB_TO_YIQ = np.asarray([[0.299, 0.587, 0.114],
-                          [0.596, -0.274, -0.322],
-                          [0.211, -0.523, 0.312]], np.float32)
+_RGB_TO_YIQ = np.asarray([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
 
 
@@ -130,8 +138,15 @@ def _resized_crop(image: jax.Array, box: jax.Array, out_size: int, precision) ->
     scale = jnp.stack([out_size / h, out_size / w])
     translation = -jnp.stack([y0, x0]) * scale
     return jax.image.scale_and_translate(
-        image, (out_size, out_size, image.shape[-1]), (0, 1), scale, translation,
-        method="linear", antialias=True, precision=precision)
+        image,
+        (out_size, out_size, image.shape[-1]),
+        (0, 1),
+        scale,
+        translation,
+        method="linear",
+        antialias=True,
+        precision=precision,
+    )
 
 
 def _rotate_flip(image: jax.Array, k: jax.Array, hflip: jax.Array, vflip: jax.Array) -> jax.Array:
@@ -175,29 +190,35 @@ def _jitter(image: jax.Array, key: jax.Array, cfg: AugmentConfig) -> jax.Array:
         angle = 2 * jnp.pi * jax.random.uniform(k_h, (), minval=-cfg.hue, maxval=cfg.hue)
         cos, sin = jnp.cos(angle), jnp.sin(angle)
         one, zero = jnp.ones(()), jnp.zeros(())
-        rotate = jnp.stack([jnp.stack([one, zero, zero]),
-                            jnp.stack([zero, cos, -sin]),
-                            jnp.stack([zero, sin, cos])])  # rotates the (I, Q) chroma plane
+        rotate = jnp.stack(
+            [jnp.stack([one, zero, zero]), jnp.stack([zero, cos, -sin]), jnp.stack([zero, sin, cos])]
+        )  # rotates the (I, Q) chroma plane
         matrix = _YIQ_TO_RGB @ rotate @ _RGB_TO_YIQ
         image = jnp.clip(_mix(image, matrix.T), 0.0, 1.0)
     return image
 
 
-def augment_image(key: jax.Array, image: jax.Array, *, out_size: int, cfg: AugmentConfig,
-                  precision=jax.lax.Precision.DEFAULT) -> jax.Array:
+def augment_image(
+    key: jax.Array, image: jax.Array, *, out_size: int, cfg: AugmentConfig, precision=jax.lax.Precision.DEFAULT
+) -> jax.Array:
     """One uint8 [H, W, 3] image -> augmented float32 [out, out, 3] in [0, 1] (not normalised)."""
     k_crop, k_rot, k_h, k_v, k_jit = jax.random.split(key, 5)
     height, width = image.shape[0], image.shape[1]
     box = _crop_box(k_crop, height, width, cfg)
     image = _resized_crop(image.astype(jnp.float32) / 255.0, box, out_size, precision)
     k = jax.random.randint(k_rot, (), 0, 4) if cfg.rot90 else jnp.zeros((), jnp.int32)
-    image = _rotate_flip(image, k, jax.random.bernoulli(k_h, 0.5 if cfg.hflip else 0.0),
-                         jax.random.bernoulli(k_v, 0.5 if cfg.vflip else 0.0))
+    image = _rotate_flip(
+        image,
+        k,
+        jax.random.bernoulli(k_h, 0.5 if cfg.hflip else 0.0),
+        jax.random.bernoulli(k_v, 0.5 if cfg.vflip else 0.0),
+    )
     return _jitter(jnp.clip(image, 0.0, 1.0), k_jit, cfg)
 
 
-def augment_batch(rng: jax.Array, images: jax.Array, *, out_size: int, cfg: AugmentConfig,
-                  precision=jax.lax.Precision.DEFAULT) -> jax.Array:
+def augment_batch(
+    rng: jax.Array, images: jax.Array, *, out_size: int, cfg: AugmentConfig, precision=jax.lax.Precision.DEFAULT
+) -> jax.Array:
     """uint8 [B, H, W, 3] -> float32 [B, out_size, out_size, 3], augmented and normalised.
 
     One independent draw per example (keys split from rng). Labels are not
@@ -209,8 +230,9 @@ def augment_batch(rng: jax.Array, images: jax.Array, *, out_size: int, cfg: Augm
     if cfg == AugmentConfig.none() and images.shape[1:3] == (out_size, out_size):
         return normalize(images)  # nothing random and nothing to resample: the identity, skipped
     keys = jax.random.split(rng, images.shape[0])
-    augmented = jax.vmap(
-        lambda k, x: augment_image(k, x, out_size=out_size, cfg=cfg, precision=precision))(keys, images)
+    augmented = jax.vmap(lambda k, x: augment_image(k, x, out_size=out_size, cfg=cfg, precision=precision))(
+        keys, images
+    )
     return (augmented - _MEAN) / _STD
 
 

@@ -1,4 +1,5 @@
 """HAM10000 class vocabulary and the constants every module agrees on."""
+
 from __future__ import annotations
 
 # Fixed label order (alphabetical dx codes, as in the HAM10000 metadata).

@@ -1,4 +1,5 @@
 """Errors raised for problems with the user's data (not bugs in caco-jax)."""
+
 from __future__ import annotations
 
 from caco_jax.errors import CacoError

@@ -11,6 +11,7 @@ empty), so splits, the grain pipeline and training work unchanged: train with
 ``--config.data.name=folder --config.data.manual_dir=my_lesions``. Splits are computed
 at load time, stratified by class; every image is its own group (no lesion ids).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,10 @@ def scan(root: os.PathLike | str) -> tuple[tuple[str, ...], list[tuple[pathlib.P
         raise ManualDirError(f"image folder {root} does not exist (expected one sub-folder of images per class)")
     classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
     if len(classes) < 2:
-        raise ManualDirError(f"{root} has {len(classes)} class folder(s) {list(classes)}; a classifier needs at "
-                             "least two sub-folders, one per class, each holding that class's images")
+        raise ManualDirError(
+            f"{root} has {len(classes)} class folder(s) {list(classes)}; a classifier needs at "
+            "least two sub-folders, one per class, each holding that class's images"
+        )
     items: list[tuple[pathlib.Path, int]] = []
     for label, name in enumerate(classes):
         files = sorted(p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -68,8 +71,13 @@ def make_config(root: os.PathLike | str, image_size: int | None) -> FolderConfig
     slug = re.sub(r"[^a-z0-9]+", "_", root.name.lower()).strip("_") or "folder"
     digest = hashlib.sha1(str(root).encode()).hexdigest()[:8]
     size = "original" if image_size is None else f"{int(image_size)}px"
-    return FolderConfig(name=f"{slug}_{digest}_{size}", description=f"{root}, {len(classes)} classes",
-                        root=str(root), class_names=classes, image_size=image_size)
+    return FolderConfig(
+        name=f"{slug}_{digest}_{size}",
+        description=f"{root}, {len(classes)} classes",
+        root=str(root),
+        class_names=classes,
+        image_size=image_size,
+    )
 
 
 class ImageFolder(tfds.core.GeneratorBasedBuilder):
@@ -113,31 +121,55 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
                 corrupt.append(str(path))
                 continue
             shapes[f"{h}x{w}"] = shapes.get(f"{h}x{w}", 0) + 1
-            yield image_id, {"image": data, "label": label, "image_id": image_id, "lesion_id": image_id,
-                             "dx_type": "", "age": np.float32(np.nan), "sex": "", "localization": ""}
+            yield (
+                image_id,
+                {
+                    "image": data,
+                    "label": label,
+                    "image_id": image_id,
+                    "lesion_id": image_id,
+                    "dx_type": "",
+                    "age": np.float32(np.nan),
+                    "sex": "",
+                    "localization": "",
+                },
+            )
         if len(corrupt) == len(items):
             raise CorruptImageError(f"none of the {len(items)} images under {root} decodes")
-        self.info.metadata.update({"root": str(root), "image_shapes": dict(sorted(shapes.items())),
-                                   "skipped_corrupt": corrupt})
+        self.info.metadata.update(
+            {"root": str(root), "image_shapes": dict(sorted(shapes.items())), "skipped_corrupt": corrupt}
+        )
 
 
-def builder(root: os.PathLike | str, data_dir: os.PathLike | str, *, image_size: int | None = 225,
-            **options) -> ImageFolder:
+def builder(
+    root: os.PathLike | str, data_dir: os.PathLike | str, *, image_size: int | None = 225, **options
+) -> ImageFolder:
     """The builder of folder ``root`` at ``image_size`` under ``data_dir`` (nothing is built)."""
-    return ImageFolder(config=make_config(root, image_size), data_dir=os.fspath(pathlib.Path(data_dir).expanduser()),
-                       **options)
+    return ImageFolder(
+        config=make_config(root, image_size), data_dir=os.fspath(pathlib.Path(data_dir).expanduser()), **options
+    )
 
 
-def prepare(root: os.PathLike | str, data_dir: os.PathLike | str, *, image_size: int | None = 225,
-            on_corrupt: str = "skip", progress: bool = True) -> ImageFolder:
+def prepare(
+    root: os.PathLike | str,
+    data_dir: os.PathLike | str,
+    *,
+    image_size: int | None = 225,
+    on_corrupt: str = "skip",
+    progress: bool = True,
+) -> ImageFolder:
     """Builds ``root`` into ``data_dir`` once (a complete build is reused); returns the builder."""
     made = builder(root, data_dir, image_size=image_size, on_corrupt=on_corrupt, progress=progress)
     if made.is_prepared():
         return made
     download_config = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
     with tempfile.TemporaryDirectory(prefix="caco_tfds_downloads_") as downloads:
-        made.download_and_prepare(download_dir=downloads, download_config=download_config,
-                                  file_format="array_record")
-    log.info("built %s: %d images in %d classes at %s", made.builder_config.name,
-             made.info.splits[SPLIT].num_examples, len(made.builder_config.class_names), made.data_path)
+        made.download_and_prepare(download_dir=downloads, download_config=download_config, file_format="array_record")
+    log.info(
+        "built %s: %d images in %d classes at %s",
+        made.builder_config.name,
+        made.info.splits[SPLIT].num_examples,
+        len(made.builder_config.class_names),
+        made.data_path,
+    )
     return made

@@ -12,6 +12,7 @@ run-time choices that need no rebuild.
 
     builder = prepare("~/HAM10000", "~/tensorflow_datasets")   # idempotent
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -21,6 +22,7 @@ import os
 import pathlib
 import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -53,16 +55,18 @@ def features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
     """What every image-dataset build of this project stores (HAM10000's, a folder dataset's): the
     pipeline, the splits and the reports read these fields, so a new dataset kind writes the same."""
     text = tfds.features.Text()
-    return tfds.features.FeaturesDict({
-        "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
-        "label": tfds.features.ClassLabel(names=list(class_names)),
-        "image_id": text,
-        "lesion_id": text,
-        "dx_type": text,
-        "age": tfds.features.Scalar(dtype=np.float32, doc="years; NaN when unknown"),
-        "sex": text,
-        "localization": text,
-    })
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+            "label": tfds.features.ClassLabel(names=list(class_names)),
+            "image_id": text,
+            "lesion_id": text,
+            "dx_type": text,
+            "age": tfds.features.Scalar(dtype=np.float32, doc="years; NaN when unknown"),
+            "sex": text,
+            "localization": text,
+        }
+    )
 
 
 @dataclasses.dataclass
@@ -150,8 +154,10 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
             raise ManualDirError(f"{err}") from None
         config = self.builder_config
         manifest = layouts.collect(
-            manual_dir, config.dataset,
-            skip_missing=self._skip_missing, skip_unlisted=self._skip_unlisted,
+            manual_dir,
+            config.dataset,
+            skip_missing=self._skip_missing,
+            skip_unlisted=self._skip_unlisted,
         )
         return {TFDS_SPLIT[config.dataset]: self._generate_examples(manifest)}
 
@@ -174,14 +180,18 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
                 log.warning("skipping corrupt image %s: %s", ref, err)
                 return None
 
-        bar = tqdm.tqdm(total=len(manifest.items), desc=f"Encoding {manifest.dataset} images",
-                        unit="img", disable=not self._progress)
+        bar = tqdm.tqdm(
+            total=len(manifest.items),
+            desc=f"Encoding {manifest.dataset} images",
+            unit="img",
+            disable=not self._progress,
+        )
         chunk = 8 * self._num_threads  # bounded: never more than a chunk of images in memory
         try:
             with bar, concurrent.futures.ThreadPoolExecutor(self._num_threads) as pool:
                 for start in range(0, len(manifest.items), chunk):
-                    items = manifest.items[start:start + chunk]
-                    for (row, _), result in zip(items, pool.map(encode, items)):
+                    items = manifest.items[start : start + chunk]
+                    for (row, _), result in zip(items, pool.map(encode, items), strict=True):
                         bar.update()
                         if result is None:
                             corrupt.append(row.image_id)
@@ -195,15 +205,17 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
             log.warning("skipped %d corrupt image(s): %s", len(corrupt), ", ".join(corrupt[:20]))
         if len(corrupt) == len(manifest.items):
             raise CorruptImageError(f"none of the {len(corrupt)} images of {manifest.dataset} decodes")
-        self.info.metadata.update({
-            "dataset": manifest.dataset,
-            "image_size": size,
-            "tables": manifest.tables,
-            "skipped_corrupt": corrupt,
-            "skipped_missing": manifest.missing,
-            "skipped_unlisted": manifest.unlisted,
-            "image_shapes": {f"{h}x{w}": n for (h, w), n in sorted(shapes.items())},
-        })
+        self.info.metadata.update(
+            {
+                "dataset": manifest.dataset,
+                "image_size": size,
+                "tables": manifest.tables,
+                "skipped_corrupt": corrupt,
+                "skipped_missing": manifest.missing,
+                "skipped_unlisted": manifest.unlisted,
+                "image_shapes": {f"{h}x{w}": n for (h, w), n in sorted(shapes.items())},
+            }
+        )
 
 
 def _example(row, jpeg: bytes) -> dict:
@@ -257,8 +269,15 @@ def prepare(
     A failed build leaves nothing that looks complete: TFDS writes into an
     `incomplete.*` folder and renames it only on success.
     """
-    ham = builder(data_dir, config=config, image_size=image_size, skip_missing=skip_missing,
-                  skip_unlisted=skip_unlisted, on_corrupt=on_corrupt, progress=progress)
+    ham = builder(
+        data_dir,
+        config=config,
+        image_size=image_size,
+        skip_missing=skip_missing,
+        skip_unlisted=skip_unlisted,
+        on_corrupt=on_corrupt,
+        progress=progress,
+    )
     if ham.is_prepared() and not overwrite:
         log.info("reusing the complete build at %s", ham.data_path)
         return ham
@@ -276,15 +295,21 @@ def prepare(
     tfds.display_progress_bar(False)  # our own bar has a total; TFDS's would not
     try:
         with tempfile.TemporaryDirectory(prefix="caco_tfds_downloads_") as downloads:
-            ham.download_and_prepare(download_dir=downloads, download_config=download_config,
-                                     file_format="array_record")
+            ham.download_and_prepare(
+                download_dir=downloads, download_config=download_config, file_format="array_record"
+            )
     finally:
         tfds.display_progress_bar(was_active)
     meta = ham.info.metadata
-    log.info("built %s: %d images at %s (skipped: %d corrupt, %d missing, %d unlisted)",
-             ham.builder_config.name, ham.info.splits[TFDS_SPLIT[config]].num_examples,
-             ham.data_path, len(meta["skipped_corrupt"]), len(meta["skipped_missing"]),
-             len(meta["skipped_unlisted"]))
+    log.info(
+        "built %s: %d images at %s (skipped: %d corrupt, %d missing, %d unlisted)",
+        ham.builder_config.name,
+        ham.info.splits[TFDS_SPLIT[config]].num_examples,
+        ham.data_path,
+        len(meta["skipped_corrupt"]),
+        len(meta["skipped_missing"]),
+        len(meta["skipped_unlisted"]),
+    )
     return ham
 
 
@@ -310,15 +335,17 @@ def not_built(data_dir: pathlib.Path, ham: Ham10000) -> DataNotBuiltError:
     )
 
 
-def open_source(data_dir: os.PathLike | str, *, config: str = "ham10000",
-                image_size: int | None = DEFAULT_IMAGE_SIZE) -> records.Source:
+def open_source(
+    data_dir: os.PathLike | str, *, config: str = "ham10000", image_size: int | None = DEFAULT_IMAGE_SIZE
+) -> records.Source:
     """Every image of the build of release ``config`` stored at ``image_size`` in ``data_dir``."""
     data_dir = pathlib.Path(data_dir).expanduser()
     ham = builder(data_dir, config=config, image_size=image_size)
     return records.open_source(ham, not_built=not_built(data_dir, ham) if not ham.is_prepared() else None)
 
 
-def open_splits(data_dir: os.PathLike | str, *, image_size: int | None = DEFAULT_IMAGE_SIZE,
-                **split: object) -> dict[str, records.Source]:
+def open_splits(
+    data_dir: os.PathLike | str, *, image_size: int | None = DEFAULT_IMAGE_SIZE, **split: Any
+) -> dict[str, records.Source]:
     """The train / validation / test Sources of the HAM10000 build (``records.split_source``'s keywords)."""
-    return records.split_source(open_source(data_dir, image_size=image_size), **split)  # type: ignore[arg-type]
+    return records.split_source(open_source(data_dir, image_size=image_size), **split)

@@ -11,6 +11,7 @@ model sees what a person sees in an image viewer:
 * every refusal is an :class:`UnreadableImage` (a ``caco_jax.errors.ImageError``) whose message
   is one plain reason, for the caller to put after the file's name.
 """
+
 from __future__ import annotations
 
 import io
@@ -23,7 +24,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from caco_jax.errors import ImageError
 
 JPEG_QUALITY = 95
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # 89.5 megapixels (Pillow's own warning threshold)
+# 89.5 megapixels: Pillow's own warning threshold (its default value, should an importer have switched it off)
+MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
 SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 FORMATS = "JPEG, PNG, BMP, GIF, TIFF or WebP"
 _ORIENTATION = 0x0112  # EXIF tag
@@ -62,8 +64,10 @@ def _megapixels(pixels: float) -> str:
 
 
 def _too_large(width: int, height: int, max_pixels: int) -> ImageTooLarge:
-    return ImageTooLarge(f"{width} x {height} pixels ({_megapixels(width * height)}) is too large; "
-                         f"the limit is {_megapixels(max_pixels)}")
+    return ImageTooLarge(
+        f"{width} x {height} pixels ({_megapixels(width * height)}) is too large; "
+        f"the limit is {_megapixels(max_pixels)}"
+    )
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:
@@ -85,8 +89,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         raise _too_large(width, height, max_pixels)
     frames = getattr(image, "n_frames", 1)
     if frames > 1:
-        raise UnsupportedImage(f"an animation or multi-page image ({frames} frames): save the frame to "
-                               "classify as a still JPEG or PNG")
+        raise UnsupportedImage(
+            f"an animation or multi-page image ({frames} frames): save the frame to classify as a still JPEG or PNG"
+        )
     return image
 
 
@@ -100,8 +105,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         grey = ((np.clip(values, 0, 65535) * 255 + 32767) // 65535).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
     if mode == "F":
-        raise UnsupportedImage("floating-point pixels (mode F) are not supported: save it as an 8- or "
-                               "16-bit image")
+        raise UnsupportedImage("floating-point pixels (mode F) are not supported: save it as an 8- or 16-bit image")
     if mode in _ALPHA or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -147,7 +151,7 @@ def decode(data: bytes, size: tuple[int, int] | None = None, *, max_pixels: int 
     """
     image = _load(data, max_pixels, size)[0]
     if size is not None and image.size != (size[1], size[0]):
-        image = image.resize((size[1], size[0]), Image.BILINEAR)
+        image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
 
 
@@ -166,7 +170,7 @@ def shrink(data: bytes, short_side: int | None, *, max_pixels: int = MAX_PIXELS)
         return data, (height, width)
     if scale < 1.0:
         width, height = max(1, round(width * scale)), max(1, round(height * scale))
-        image = image.resize((width, height), Image.BICUBIC, reducing_gap=None)
+        image = image.resize((width, height), Image.Resampling.BICUBIC, reducing_gap=None)
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=JPEG_QUALITY)
     return out.getvalue(), (height, width)

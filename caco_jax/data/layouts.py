@@ -5,6 +5,7 @@ does any other arrangement: an image is `<image_id>.jpg` (or .jpeg/.png) anywher
 below the folder, or inside any zip below it; a metadata table is found by its
 official file name anywhere below it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,8 +47,10 @@ TABLE_SUFFIXES = (".csv", ".tab", ".txt")
 
 # dataset -> (candidate label tables in order of preference, optional lesion table)
 _TABLES: dict[str, tuple[tuple[str, ...], str | None]] = {
-    "ham10000": (("ham10000_metadata", "isic2018_task3_training_groundtruth"),
-                 "isic2018_task3_training_lesiongroupings"),
+    "ham10000": (
+        ("ham10000_metadata", "isic2018_task3_training_groundtruth"),
+        "isic2018_task3_training_lesiongroupings",
+    ),
     "isic2018_test": (("isic2018_task3_test_groundtruth",), None),
     "isic2018_validation": (("isic2018_task3_validation_groundtruth",), None),
 }
@@ -223,14 +226,16 @@ def collect(
     if lesion_stem and not any(row.lesion_id for row in rows):
         lesion_table = _table(inventory, (lesion_stem,))
         if lesion_table is not None:
-            groupings = metadata_lib.lesion_groupings(
-                reader.read(lesion_table).decode("utf-8-sig"), lesion_table.name)
+            groupings = metadata_lib.lesion_groupings(reader.read(lesion_table).decode("utf-8-sig"), lesion_table.name)
             rows = metadata_lib.with_groupings(rows, groupings)
             tables.append(str(lesion_table))
         else:
-            log.warning("%s has no lesion ids and no %s was found: every image counts as its own "
-                        "lesion, so lesion-grouped splits cannot keep a lesion's images together",
-                        table, lesion_stem)
+            log.warning(
+                "%s has no lesion ids and no %s was found: every image counts as its own "
+                "lesion, so lesion-grouped splits cannot keep a lesion's images together",
+                table,
+                lesion_stem,
+            )
     reader.close()
 
     missing = sorted(row.image_id for row in rows if row.image_id not in inventory.images)
@@ -242,9 +247,9 @@ def collect(
         )
     listed = {row.image_id for row in rows}
     unlisted = sorted(
-        image_id for image_id, ref in inventory.images.items()
-        if image_id not in listed and image_set(str(ref)) == dataset
-        and ref.name.lower().endswith((".jpg", ".jpeg"))
+        image_id
+        for image_id, ref in inventory.images.items()
+        if image_id not in listed and image_set(str(ref)) == dataset and ref.name.lower().endswith((".jpg", ".jpeg"))
     )
     if unlisted and not skip_unlisted:
         raise MetadataError(
@@ -262,5 +267,11 @@ def collect(
     )
     if not items:
         raise ManualDirError(f"no image of {table.name} was found under {inventory.root}.\n\n{INSTRUCTIONS}")
-    return Manifest(dataset=dataset, items=items, tables=tables, missing=missing,
-                    unlisted=unlisted, duplicate_files=inventory.duplicate_files)
+    return Manifest(
+        dataset=dataset,
+        items=items,
+        tables=tables,
+        missing=missing,
+        unlisted=unlisted,
+        duplicate_files=inventory.duplicate_files,
+    )

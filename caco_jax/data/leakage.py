@@ -6,6 +6,7 @@ photographed more than once), and the same source photograph is in training, as
 itself or as an offline copy (``same_source``: augmentation before the split). A
 same-source leak is also a same-lesion leak.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -36,16 +37,20 @@ def summary(train: Any, test: Any) -> dict[str, Any]:
     for k, name in enumerate(test.class_names):
         rows = labels == k
         n = int(rows.sum())
-        out["per_class"][name] = {"num_test": n, **{
-            kind: (float(leaks[kind][rows].mean()) if n else None) for kind in KINDS}}
+        out["per_class"][name] = {
+            "num_test": n,
+            **{kind: (float(leaks[kind][rows].mean()) if n else None) for kind in KINDS},
+        }
     return out
 
 
 def table(summaries: dict[str, dict[str, Any]], class_names: list[str] | tuple[str, ...]) -> list[str]:
     """Markdown rows: one line per protocol, the share (%) of leaked test images overall and per class,
     as 'same lesion / same photograph'."""
-    lines = ["| protocol | test images | all | " + " | ".join(class_names) + " |",
-             "|---|---:|---:|" + "---:|" * len(class_names)]
+    lines = [
+        "| protocol | test images | all | " + " | ".join(class_names) + " |",
+        "|---|---:|---:|" + "---:|" * len(class_names),
+    ]
 
     def cell(row: dict[str, Any]) -> str:
         if row["same_lesion"] is None:
@@ -53,6 +58,9 @@ def table(summaries: dict[str, dict[str, Any]], class_names: list[str] | tuple[s
         return f"{100 * row['same_lesion']:.1f} / {100 * row['same_source']:.1f}"
 
     for name, s in summaries.items():
-        lines.append(f"| {name} | {s['num_test']} | {cell(s)} | "
-                     + " | ".join(cell(s["per_class"][c]) for c in class_names) + " |")
+        lines.append(
+            f"| {name} | {s['num_test']} | {cell(s)} | "
+            + " | ".join(cell(s["per_class"][c]) for c in class_names)
+            + " |"
+        )
     return lines

@@ -12,6 +12,7 @@ Two table formats exist and both are recognised by their header:
 
 Every problem raises `MetadataError` naming the file, line and image.
 """
+
 from __future__ import annotations
 
 import csv
@@ -25,8 +26,13 @@ from caco_jax.data.errors import MetadataError
 
 # ISIC one-hot column -> HAM10000 dx code.
 ISIC_COLUMNS: dict[str, str] = {
-    "MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec",
-    "BKL": "bkl", "DF": "df", "VASC": "vasc",
+    "MEL": "mel",
+    "NV": "nv",
+    "BCC": "bcc",
+    "AKIEC": "akiec",
+    "BKL": "bkl",
+    "DF": "df",
+    "VASC": "vasc",
 }
 # ISIC `diagnosis_confirm_type` -> HAM10000 `dx_type`.
 CONFIRM_TYPES: dict[str, str] = {
@@ -69,10 +75,8 @@ def _records(text: str, name: str) -> tuple[dict[str, str], Iterator[tuple[int, 
             if not any(v.strip() for v in values):
                 continue
             if len(values) != len(header):
-                raise MetadataError(
-                    f"{name}:{reader.line_num}: {len(values)} fields, header has {len(header)}"
-                )
-            yield reader.line_num, {h.lower(): v.strip() for h, v in zip(header, values)}
+                raise MetadataError(f"{name}:{reader.line_num}: {len(values)} fields, header has {len(header)}")
+            yield reader.line_num, {h.lower(): v.strip() for h, v in zip(header, values, strict=True)}
 
     return columns, rows()
 
@@ -116,8 +120,7 @@ def _ham_row(record: dict[str, str], where: str) -> Row:
     dx = record["dx"].lower()
     if dx not in CLASS_NAMES:
         raise MetadataError(
-            f"{where}: image {image_id} has unknown dx {record['dx']!r}; "
-            f"expected one of {', '.join(CLASS_NAMES)}"
+            f"{where}: image {image_id} has unknown dx {record['dx']!r}; expected one of {', '.join(CLASS_NAMES)}"
         )
     return Row(
         image_id=image_id,
@@ -160,7 +163,7 @@ def lesion_groupings(text: str, name: str) -> dict[str, tuple[str, str]]:
     if "image" not in columns or "lesion_id" not in columns:
         raise MetadataError(f"{name}: expected columns image, lesion_id, diagnosis_confirm_type")
     out: dict[str, tuple[str, str]] = {}
-    for line, record in records:
+    for _line, record in records:
         confirm = record.get("diagnosis_confirm_type", "")
         out[record["image"]] = (record["lesion_id"], CONFIRM_TYPES.get(confirm.lower(), confirm))
     return out
@@ -171,8 +174,7 @@ def with_groupings(rows: Iterable[Row], groupings: dict[str, tuple[str, str]]) -
     out = []
     for row in rows:
         lesion_id, dx_type = groupings.get(row.image_id, (row.lesion_id, row.dx_type))
-        out.append(dataclasses.replace(row, lesion_id=lesion_id or row.lesion_id,
-                                       dx_type=dx_type or row.dx_type))
+        out.append(dataclasses.replace(row, lesion_id=lesion_id or row.lesion_id, dx_type=dx_type or row.dx_type))
     return out
 
 

@@ -11,6 +11,7 @@ Modes: ``balance`` tops every class up to ``target`` images (classes already at 
 above it get no copies; copies are spread round-robin over the class's images),
 ``multiple`` gives every image ``multiple`` copies.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,13 +38,14 @@ class OfflineCopies:
         if self.mode not in MODES:
             raise ValueError(f"data.offline.mode must be one of {MODES}, got {self.mode!r}")
         if self.mode == "balance" and self.target < 1:
-            raise ValueError(f"data.offline.mode=balance needs data.offline.target >= 1 (images per class), "
-                             f"got {self.target}")
+            raise ValueError(
+                f"data.offline.mode=balance needs data.offline.target >= 1 (images per class), got {self.target}"
+            )
         if self.mode == "multiple" and self.multiple < 1:
             raise ValueError(f"data.offline.mode=multiple needs data.offline.multiple >= 1, got {self.multiple}")
 
     @classmethod
-    def from_config(cls, cfg) -> "OfflineCopies":
+    def from_config(cls, cfg) -> OfflineCopies:
         values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -56,7 +58,7 @@ class OfflineCopies:
         return self.mode != "none"
 
 
-def plan(labels: Sequence[int], copies: OfflineCopies) -> tuple[np.ndarray, np.ndarray]:
+def plan(labels: Sequence[int] | np.ndarray, copies: OfflineCopies) -> tuple[np.ndarray, np.ndarray]:
     """(source positions, copy numbers) of the expanded dataset: every original (copy 0) in
     order, then the copies (copy >= 1), class by class."""
     labels = np.asarray(labels, np.int64)
@@ -105,8 +107,8 @@ def transform(image: np.ndarray, image_id: str, copy: int, seed: int = 0) -> np.
     h, w = out.shape[:2]
     ch, cw = max(1, round(h * np.sqrt(area))), max(1, round(w * np.sqrt(area)))
     y0, x0 = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-    crop = np.ascontiguousarray(out[y0:y0 + ch, x0:x0 + cw])
-    resized = np.asarray(Image.fromarray(crop).resize((width, height), Image.BILINEAR), np.float32) / 255.0
+    crop = np.ascontiguousarray(out[y0 : y0 + ch, x0 : x0 + cw])
+    resized = np.asarray(Image.fromarray(crop).resize((width, height), Image.Resampling.BILINEAR), np.float32) / 255.0
     brightness, contrast, saturation = rng.uniform(0.8, 1.2, size=3)
     resized = np.clip(resized * brightness, 0.0, 1.0)
     luma = resized @ np.asarray([0.299, 0.587, 0.114], np.float32)

@@ -12,6 +12,7 @@ augmentation and normalisation run on the accelerator inside the jitted step
     state = it.get_state(); ...; it.set_state(state)  # exact resume
     for batch in eval_iterator(sources["test"], batch_size=128, image_size=224): ...
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -30,9 +31,11 @@ def steps_per_epoch(source: Source, batch_size: int) -> int:
     return steps
 
 
-def _load(source: Source, positions: Sequence[int], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _load(
+    source: Source, positions: Sequence[int] | np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     positions = list(positions)
-    image = source.decode(positions, size) if positions else None
+    image = source.decode(positions, size) if positions else np.zeros((0, *size, 3), np.uint8)
     return image, source.labels[positions].astype(np.int32)
 
 
@@ -61,9 +64,17 @@ class _TrainBatch:
     With `decoded` (from `decode_all`) batches are gathered from memory instead.
     """
 
-    def __init__(self, source: Source, batch_size: int, size: tuple[int, int], seed: int,
-                 decoded: np.ndarray | None = None, process_index: int = 0, process_count: int = 1,
-                 sampling: str = "uniform"):
+    def __init__(
+        self,
+        source: Source,
+        batch_size: int,
+        size: tuple[int, int],
+        seed: int,
+        decoded: np.ndarray | None = None,
+        process_index: int = 0,
+        process_count: int = 1,
+        sampling: str = "uniform",
+    ):
         self.source, self.batch_size, self.size, self.seed = source, batch_size, size, seed
         self.steps = steps_per_epoch(source, batch_size)
         self.decoded = decoded
@@ -82,7 +93,7 @@ class _TrainBatch:
 
     def __call__(self, index: int, _) -> dict[str, np.ndarray]:
         epoch, step = divmod(index, self.steps)
-        positions = self.permutation(epoch)[step * self.batch_size:(step + 1) * self.batch_size][self.rows]
+        positions = self.permutation(epoch)[step * self.batch_size : (step + 1) * self.batch_size][self.rows]
         if self.decoded is not None:
             return {"image": self.decoded[positions], "label": self.source.labels[positions].astype(np.int32)}
         image, label = _load(self.source, positions, self.size)
@@ -114,8 +125,7 @@ def train_dataset(
     ds = grain.MapDataset.range(batches.steps).repeat().map_with_index(batches)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if cache else num_threads, prefetch_buffer_size=prefetch))
     if num_workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                         per_worker_buffer_size=prefetch))
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch))
     return ds
 
 
@@ -154,10 +164,21 @@ def train_iterator(
     batch_size / process_count rows of each (`process_rows`).
     Scripts that use num_workers > 0 need a `__main__` guard and parsed absl flags.
     """
-    return iter(train_dataset(source, batch_size=batch_size, load_size=load_size, seed=seed,
-                              num_workers=num_workers, num_threads=num_threads, prefetch=prefetch,
-                              cache=cache, process_index=process_index, process_count=process_count,
-                              sampling=sampling))
+    return iter(
+        train_dataset(
+            source,
+            batch_size=batch_size,
+            load_size=load_size,
+            seed=seed,
+            num_workers=num_workers,
+            num_threads=num_threads,
+            prefetch=prefetch,
+            cache=cache,
+            process_index=process_index,
+            process_count=process_count,
+            sampling=sampling,
+        )
+    )
 
 
 def process_rows(batch_size: int, process_index: int = 0, process_count: int = 1) -> slice:
@@ -218,8 +239,11 @@ class EvalSet:
             image = np.zeros((local, *self.images.shape[1:]), np.uint8)
             label = np.zeros((local,), np.int32)
             mask = np.zeros((local,), bool)
-            image[:n], label[:n], mask[:n] = self.images[positions.start:positions.stop], \
-                self.labels[positions.start:positions.stop], True
+            image[:n], label[:n], mask[:n] = (
+                self.images[positions.start : positions.stop],
+                self.labels[positions.start : positions.stop],
+                True,
+            )
             yield {"image": image, "label": label, "mask": mask}
 
 
@@ -250,9 +274,9 @@ def eval_iterator(
         raise ValueError(f"{source!r} is empty")
     rows = process_rows(batch_size, process_index, process_count)
     ds = grain.MapDataset.range(eval_batches(source, batch_size)).map(
-        _EvalBatch(source, batch_size, _hw(image_size), rows))
+        _EvalBatch(source, batch_size, _hw(image_size), rows)
+    )
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
     if num_workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
-                                                         per_worker_buffer_size=prefetch))
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch))
     return iter(ds)

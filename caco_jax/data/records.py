@@ -1,9 +1,11 @@
 """Random access to the examples of a TFDS build: :class:`Source` (one split's records, labels and
 ids, offline copies included), opening a build and splitting it at load time, decoding images."""
+
 from __future__ import annotations
 
 import concurrent.futures
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -29,7 +31,7 @@ def parse_record(raw: bytes, fields: Sequence[str] = FIELDS) -> dict:
     JPEG. `open_source` checks the two agree once. `fields` picks what to read.
     """
     feature = tf_example_pb2.Example.FromString(raw).features.feature
-    out = {}
+    out: dict[str, Any] = {}
     for name in fields:
         if name == "label":
             out[name] = int(feature[name].int64_list.value[0])
@@ -51,10 +53,21 @@ class Source:
     split's columns, in order, without reading records.
     """
 
-    def __init__(self, base, indices: np.ndarray, *, labels: np.ndarray, image_ids: np.ndarray,
-                 lesion_ids: np.ndarray, name: str, class_names: Sequence[str],
-                 image_shapes: dict[str, int] | None = None, copies: np.ndarray | None = None,
-                 source_ids: np.ndarray | None = None, copy_seed: int = 0):
+    def __init__(
+        self,
+        base,
+        indices: np.ndarray,
+        *,
+        labels: np.ndarray,
+        image_ids: np.ndarray,
+        lesion_ids: np.ndarray,
+        name: str,
+        class_names: Sequence[str],
+        image_shapes: dict[str, int] | None = None,
+        copies: np.ndarray | None = None,
+        source_ids: np.ndarray | None = None,
+        copy_seed: int = 0,
+    ):
         self._base = base  # TFDS array_record source returning raw serialized examples
         self.class_names = tuple(class_names)  # the dataset's label vocabulary, in label order
         self.indices = np.asarray(indices, np.int64)
@@ -88,30 +101,49 @@ class Source:
         transformed where they are offline copies."""
         records = self.read(positions, ("image",))
         out = np.empty((len(records), *size, 3), np.uint8)
-        for i, (position, record) in enumerate(zip(positions, records)):
+        for i, (position, record) in enumerate(zip(positions, records, strict=True)):
             image = images.decode(record["image"], size)
             copy = int(self.copies[position])
             out[i] = offline.transform(image, str(self.source_ids[position]), copy, self.copy_seed) if copy else image
         return out
 
-    def subset(self, positions: np.ndarray, name: str) -> "Source":
+    def subset(self, positions: np.ndarray, name: str) -> Source:
         """The examples at `positions` (of this source), as a new Source."""
         positions = np.asarray(positions, np.int64)
-        return Source(self._base, self.indices[positions], labels=self.labels[positions],
-                      image_ids=self.image_ids[positions], lesion_ids=self.lesion_ids[positions],
-                      name=name, class_names=self.class_names, image_shapes=self.image_shapes,
-                      copies=self.copies[positions], source_ids=self.source_ids[positions],
-                      copy_seed=self.copy_seed)
+        return Source(
+            self._base,
+            self.indices[positions],
+            labels=self.labels[positions],
+            image_ids=self.image_ids[positions],
+            lesion_ids=self.lesion_ids[positions],
+            name=name,
+            class_names=self.class_names,
+            image_shapes=self.image_shapes,
+            copies=self.copies[positions],
+            source_ids=self.source_ids[positions],
+            copy_seed=self.copy_seed,
+        )
 
-    def with_copies(self, copies: offline.OfflineCopies) -> "Source":
+    def with_copies(self, copies: offline.OfflineCopies) -> Source:
         """This source plus its offline copies (`offline.plan`); the copies keep their source's
         label and lesion_id and get image_ids `<image_id>#copy<k>`."""
         positions, numbers = offline.plan(self.labels, copies)
-        ids = np.asarray([offline.copy_id(str(self.image_ids[p]), int(k)) for p, k in zip(positions, numbers)])
-        return Source(self._base, self.indices[positions], labels=self.labels[positions], image_ids=ids,
-                      lesion_ids=self.lesion_ids[positions], name=f"{self.name}+{copies.mode}",
-                      class_names=self.class_names, image_shapes=self.image_shapes, copies=numbers,
-                      source_ids=self.source_ids[positions], copy_seed=copies.seed)
+        ids = np.asarray(
+            [offline.copy_id(str(self.image_ids[p]), int(k)) for p, k in zip(positions, numbers, strict=True)]
+        )
+        return Source(
+            self._base,
+            self.indices[positions],
+            labels=self.labels[positions],
+            image_ids=ids,
+            lesion_ids=self.lesion_ids[positions],
+            name=f"{self.name}+{copies.mode}",
+            class_names=self.class_names,
+            image_shapes=self.image_shapes,
+            copies=numbers,
+            source_ids=self.source_ids[positions],
+            copy_seed=copies.seed,
+        )
 
     def __repr__(self) -> str:
         return f"Source({self.name!r}, {len(self)} examples)"
@@ -128,21 +160,37 @@ def open_source(builder, *, not_built: Exception | None = None) -> Source:
     split = next(iter(builder.info.splits))
     class_names = tuple(builder.info.features["label"].names)
     base = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    full = Source(base, np.arange(len(base)), labels=np.zeros(len(base)), image_ids=np.zeros(len(base)),
-                  lesion_ids=np.zeros(len(base)), name=f"{builder.builder_config.name}/{split}",
-                  class_names=class_names)
+    full = Source(
+        base,
+        np.arange(len(base)),
+        labels=np.zeros(len(base)),
+        image_ids=np.zeros(len(base)),
+        lesion_ids=np.zeros(len(base)),
+        name=f"{builder.builder_config.name}/{split}",
+        class_names=class_names,
+    )
     columns = ("label", "image_id", "lesion_id")
-    records = [r for start in range(0, len(full), 1024)
-               for r in full.read(range(start, min(start + 1024, len(full))), columns)]
+    records = [
+        r for start in range(0, len(full), 1024) for r in full.read(range(start, min(start + 1024, len(full))), columns)
+    ]
     reference = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})[0]
     first = full[0]
-    if (first["image"] != reference["image"] or first["label"] != reference["label"]
-            or first["image_id"] != reference["image_id"].decode()):
+    if (
+        first["image"] != reference["image"]
+        or first["label"] != reference["label"]
+        or first["image_id"] != reference["image_id"].decode()
+    ):
         raise RuntimeError("parse_record disagrees with TFDS's decoding: has the feature layout changed?")
-    return Source(base, np.arange(len(base)), labels=np.asarray([r["label"] for r in records]),
-                  image_ids=np.asarray([r["image_id"] for r in records]),
-                  lesion_ids=np.asarray([r["lesion_id"] for r in records]), name=full.name,
-                  class_names=class_names, image_shapes=dict(builder.info.metadata.get("image_shapes", {})))
+    return Source(
+        base,
+        np.arange(len(base)),
+        labels=np.asarray([r["label"] for r in records]),
+        image_ids=np.asarray([r["image_id"] for r in records]),
+        lesion_ids=np.asarray([r["lesion_id"] for r in records]),
+        name=full.name,
+        class_names=class_names,
+        image_shapes=dict(builder.info.metadata.get("image_shapes", {})),
+    )
 
 
 def split_source(
@@ -162,8 +210,9 @@ def split_source(
     """
     if copies is not None and copies.enabled:
         source = source.with_copies(copies)
-    parts = splits.split(source.labels, source.lesion_ids, source.image_ids,
-                         by=split_by, fractions=fractions, seed=seed)
+    parts = splits.split(
+        source.labels, source.lesion_ids, source.image_ids, by=split_by, fractions=fractions, seed=seed
+    )
     return {name: source.subset(idx, f"{source.name}:{name}") for name, idx in parts.items()}
 
 
@@ -181,7 +230,7 @@ def stored_size(source: Source) -> tuple[int, int]:
     """
     if not source.image_shapes:
         raise ValueError(f"{source!r} does not record its stored image sizes")
-    shape = max(source.image_shapes, key=source.image_shapes.get)
+    shape = max(source.image_shapes, key=lambda s: source.image_shapes[s])
     height, width = shape.split("x")
     return int(height), int(width)
 

@@ -6,6 +6,7 @@ files are. Its class names come from its build (``Source.class_names``) and flow
 head, the losses, the metrics and the reports. ``ham10000`` (any official layout, or synthetic
 data for the demo) and ``folder`` (one sub-folder of images per class) are the two here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -52,8 +53,11 @@ def split_options(config: Any) -> dict[str, Any]:
     """The ``records.split_source`` keywords a run's config fixes: split rule, seed, offline copies
     (configs saved before ``data.offline`` existed had none)."""
     copies = config.data.get("offline")
-    return {"split_by": config.data.split_by, "seed": config.data.split_seed,
-            "copies": offline.OfflineCopies.from_config(copies) if copies else None}
+    return {
+        "split_by": config.data.split_by,
+        "seed": config.data.split_seed,
+        "copies": offline.OfflineCopies.from_config(copies) if copies else None,
+    }
 
 
 def data_location(config: Any, workdir: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path | None]:
@@ -74,13 +78,21 @@ def open_data(config: Any, workdir: pathlib.Path) -> dict[str, records.Source]:
     return get(config.data.name).open(config, pathlib.Path(workdir))
 
 
-@register("ham10000", "HAM10000 from any official layout (Kaggle, Dataverse, ISIC 2018), or synthetic "
-                      "HAM10000-like images (data.synthetic_images > 0)")
+@register(
+    "ham10000",
+    "HAM10000 from any official layout (Kaggle, Dataverse, ISIC 2018), or synthetic "
+    "HAM10000-like images (data.synthetic_images > 0)",
+)
 def _open_ham10000(config: Any, workdir: pathlib.Path) -> dict[str, records.Source]:
     from caco_jax.data import ham10000, synthetic
 
     data_dir, manual_dir = data_location(config, workdir)
-    if config.data.synthetic_images > 0 and not (manual_dir / "HAM10000_metadata.csv").is_file():
+    # (with synthetic_images > 0, data_location always gives a manual_dir)
+    if (
+        config.data.synthetic_images > 0
+        and manual_dir is not None
+        and not (manual_dir / "HAM10000_metadata.csv").is_file()
+    ):
         log.info("writing %d synthetic HAM10000-like images to %s", config.data.synthetic_images, manual_dir)
         synthetic.write_manual_dir(manual_dir, num_images=config.data.synthetic_images, seed=config.seed)
     if manual_dir is not None:
@@ -94,7 +106,9 @@ def _open_folder(config: Any, workdir: pathlib.Path) -> dict[str, records.Source
 
     data_dir, manual_dir = data_location(config, workdir)
     if manual_dir is None or config.data.synthetic_images > 0:
-        raise ConfigError("data.name=folder reads your own images: set --config.data.manual_dir=/path/to/folder "
-                          "(one sub-folder per class) and leave data.synthetic_images at 0")
+        raise ConfigError(
+            "data.name=folder reads your own images: set --config.data.manual_dir=/path/to/folder "
+            "(one sub-folder per class) and leave data.synthetic_images at 0"
+        )
     built = folder.prepare(manual_dir, data_dir, image_size=config.data.build_size, progress=config.progress_bar)
     return records.split_source(records.open_source(built), **split_options(config))

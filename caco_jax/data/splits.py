@@ -15,6 +15,7 @@ exactly; with lesions each split is within two lesion sizes of its target. The
 result depends only on (group id, label) pairs, not on row order or the numpy
 version.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,20 +40,22 @@ def _targets(total: int, fractions: np.ndarray) -> np.ndarray:
     return out
 
 
-def group_keys(lesion_ids: Sequence[str], image_ids: Sequence[str], by: str = "lesion") -> list[str]:
+def group_keys(
+    lesion_ids: Sequence[str] | np.ndarray, image_ids: Sequence[str] | np.ndarray, by: str = "lesion"
+) -> list[str]:
     """Group id of every image: its lesion_id (its image_id where that is empty), or its image_id."""
     if by not in SPLIT_BY:
         raise ValueError(f"split_by must be one of {SPLIT_BY}, got {by!r}")
     if by == "image":
         return [str(i) for i in image_ids]
-    return [str(lesion) or f"image:{image}" for lesion, image in zip(lesion_ids, image_ids)]
+    return [str(lesion) or f"image:{image}" for lesion, image in zip(lesion_ids, image_ids, strict=True)]
 
 
 def stratified_group_split(
     labels: Sequence[int] | np.ndarray,
     groups: Sequence[str],
     *,
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    fractions: Sequence[float] | np.ndarray = (0.8, 0.1, 0.1),
     seed: int = 0,
     names: Sequence[str] = SPLIT_NAMES,
 ) -> dict[str, np.ndarray]:
@@ -79,14 +82,14 @@ def stratified_group_split(
             label = int(values[np.argmax(counts)])
         by_class.setdefault(label, []).append(group)
 
-    assignment = {name: [] for name in names}
+    assignment: dict[str, list[int]] = {name: [] for name in names}
     usable = fractions > 0
     for label in sorted(by_class):
         class_groups = sorted(by_class[label], key=lambda g: (_order_key(seed, g), g))
         sizes = [len(members[g]) for g in class_groups]
         target = _targets(sum(sizes), fractions)
         count = np.zeros(len(names), np.int64)
-        for group, size in zip(class_groups, sizes):
+        for group, size in zip(class_groups, sizes, strict=True):
             deficit = np.where(usable, target - count, np.iinfo(np.int64).min)
             split = int(np.argmax(deficit))  # ties: the earlier split
             count[split] += size
@@ -96,15 +99,14 @@ def stratified_group_split(
 
 def split(
     labels: Sequence[int] | np.ndarray,
-    lesion_ids: Sequence[str],
-    image_ids: Sequence[str],
+    lesion_ids: Sequence[str] | np.ndarray,
+    image_ids: Sequence[str] | np.ndarray,
     *,
     by: str = "lesion",
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
+    fractions: Sequence[float] | np.ndarray = (0.8, 0.1, 0.1),
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
     """HAM10000 train/validation/test indices by 'lesion' (default) or 'image'."""
     if len(set(image_ids)) != len(image_ids):
         raise ValueError("image_ids are not unique")
-    return stratified_group_split(labels, group_keys(lesion_ids, image_ids, by),
-                                  fractions=fractions, seed=seed)
+    return stratified_group_split(labels, group_keys(lesion_ids, image_ids, by), fractions=fractions, seed=seed)

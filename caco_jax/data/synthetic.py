@@ -14,11 +14,13 @@ above chance), in HAM10000's class proportions, with several images per lesion:
 
     python tools/make_synthetic.py --out_dir /tmp/ham_synth --num_images 400
 """
+
 from __future__ import annotations
 
 import csv
 import os
 import pathlib
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -26,12 +28,31 @@ from PIL import Image
 from caco_jax.data.classes import CLASS_NAMES, HAM10000_COUNTS
 
 METADATA_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
-_SKIN = np.array([[232, 190, 165], [214, 170, 140], [198, 150, 120], [240, 205, 185], [180, 130, 100]],
-                 np.float32)
-_LOCALIZATIONS = ("back", "lower extremity", "trunk", "upper extremity", "abdomen", "face",
-                  "chest", "foot", "neck", "scalp", "hand", "ear", "unknown")
-_DX_TYPES = {"akiec": "histo", "bcc": "histo", "bkl": "histo", "df": "consensus",
-             "mel": "histo", "nv": "follow_up", "vasc": "consensus"}
+_SKIN = np.array([[232, 190, 165], [214, 170, 140], [198, 150, 120], [240, 205, 185], [180, 130, 100]], np.float32)
+_LOCALIZATIONS = (
+    "back",
+    "lower extremity",
+    "trunk",
+    "upper extremity",
+    "abdomen",
+    "face",
+    "chest",
+    "foot",
+    "neck",
+    "scalp",
+    "hand",
+    "ear",
+    "unknown",
+)
+_DX_TYPES = {
+    "akiec": "histo",
+    "bcc": "histo",
+    "bkl": "histo",
+    "df": "consensus",
+    "mel": "histo",
+    "nv": "follow_up",
+    "vasc": "consensus",
+}
 _IMAGES_PER_LESION = (1, 1, 1, 1, 2, 2, 3, 4)  # HAM10000: 1.34 images per lesion on average
 
 
@@ -51,8 +72,9 @@ def class_counts(num_images: int, min_per_class: int = 12) -> np.ndarray:
 
 def _lesion_params(dx: str, rng: np.random.Generator) -> dict:
     """What stays fixed across the images of one lesion."""
-    radius = {"df": 0.16, "mel": 0.36, "nv": 0.24, "bkl": 0.3, "bcc": 0.24,
-              "akiec": 0.3, "vasc": 0.22}[dx] * rng.uniform(0.85, 1.15)
+    radius = {"df": 0.16, "mel": 0.36, "nv": 0.24, "bkl": 0.3, "bcc": 0.24, "akiec": 0.3, "vasc": 0.22}[
+        dx
+    ] * rng.uniform(0.85, 1.15)
     irregular = {"mel": 0.16, "akiec": 0.11, "bkl": 0.08, "vasc": 0.05}.get(dx, 0.03)
     return {
         "skin": _SKIN[rng.integers(len(_SKIN))] + rng.normal(0, 6, 3),
@@ -91,22 +113,26 @@ def _render(dx: str, lesion: dict, height: int, width: int, rng: np.random.Gener
     skin = lesion["skin"].astype(np.float32) * vignette[..., None] + 4 * _noise(rng, (height, width, 1))
 
     colour = {
-        "akiec": [200, 95, 95], "bcc": [235, 170, 185], "bkl": [185, 140, 95], "df": [120, 75, 50],
-        "mel": [60, 35, 30], "nv": [135, 85, 55], "vasc": [150, 25, 60],
+        "akiec": [200, 95, 95],
+        "bcc": [235, 170, 185],
+        "bkl": [185, 140, 95],
+        "df": [120, 75, 50],
+        "mel": [60, 35, 30],
+        "nv": [135, 85, 55],
+        "vasc": [150, 25, 60],
     }[dx]
-    lesion_rgb = np.broadcast_to(np.asarray(colour, np.float32) + lesion["colour_shift"],
-                                 (height, width, 3)).copy()
+    lesion_rgb = np.broadcast_to(np.asarray(colour, np.float32) + lesion["colour_shift"], (height, width, 3)).copy()
     if dx == "mel":  # blue-grey veil and black blotches
         phase = tex.uniform(0, 2 * np.pi, 2)
         veil = np.sin(xx / scale * 9 + phase[0]) * np.cos(yy / scale * 7 + phase[1]) > 0.2
         lesion_rgb[veil] = [90, 100, 130]
         lesion_rgb[(rel[..., 0] < 0.45)] *= 0.55
     elif dx == "nv":  # darker even centre
-        lesion_rgb *= (1.0 - 0.2 * np.clip(1 - rel, 0, 1))
+        lesion_rgb *= 1.0 - 0.2 * np.clip(1 - rel, 0, 1)
     elif dx == "bkl":  # cerebriform stripes
         angle = tex.uniform(0, np.pi)
         stripes = np.sin((np.cos(angle) * xx + np.sin(angle) * yy) / scale * 60)
-        lesion_rgb += (stripes[..., None] * 25)
+        lesion_rgb += stripes[..., None] * 25
     elif dx == "df":  # pale centre inside a brown ring
         centre = np.clip((0.55 - rel) / 0.15, 0, 1)
         lesion_rgb = lesion_rgb * (1 - centre) + np.asarray([225, 200, 185], np.float32) * centre
@@ -154,9 +180,9 @@ def write_manual_dir(
     width, height = image_size
     rng = np.random.default_rng(seed)
     counts = class_counts(num_images)
-    rows = []
+    rows: list[dict[str, Any]] = []
     lesion_no = 0
-    for dx, count in zip(CLASS_NAMES, counts):
+    for dx, count in zip(CLASS_NAMES, counts, strict=True):
         left = int(count)
         while left:
             n = min(left, int(rng.choice(_IMAGES_PER_LESION)))
@@ -167,19 +193,26 @@ def write_manual_dir(
             sex = str(rng.choice(["male", "female", "unknown"], p=[0.54, 0.45, 0.01]))
             localization = str(rng.choice(_LOCALIZATIONS))
             for _ in range(n):
-                rows.append({"lesion_id": f"HAM_{lesion_no:07d}", "dx": dx, "dx_type": _DX_TYPES[dx],
-                             "age": age, "sex": sex, "localization": localization,
-                             "_lesion": lesion})
+                rows.append(
+                    {
+                        "lesion_id": f"HAM_{lesion_no:07d}",
+                        "dx": dx,
+                        "dx_type": _DX_TYPES[dx],
+                        "age": age,
+                        "sex": sex,
+                        "localization": localization,
+                        "_lesion": lesion,
+                    }
+                )
     image_numbers = rng.permutation(len(rows)) + 24306  # HAM10000's ids start at ISIC_0024306
-    for row, number in zip(rows, image_numbers):
+    for row, number in zip(rows, image_numbers, strict=True):
         row["image_id"] = f"ISIC_{int(number):07d}"
     parts = [out / "HAM10000_images_part_1", out / "HAM10000_images_part_2"]
     for part in parts:
         part.mkdir(parents=True, exist_ok=True)
     half = len(rows) // 2
     for i, row in enumerate(sorted(rows, key=lambda r: r["image_id"])):
-        image = _render(row["dx"], row.pop("_lesion"), height, width,
-                        np.random.default_rng([seed, i]))
+        image = _render(row["dx"], row.pop("_lesion"), height, width, np.random.default_rng([seed, i]))
         Image.fromarray(image).save(parts[i >= half] / f"{row['image_id']}.jpg", quality=quality)
     with open(out / "HAM10000_metadata.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=METADATA_COLUMNS)

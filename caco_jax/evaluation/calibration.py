@@ -9,6 +9,7 @@ is. The fitted value is stored as ``calibration.json`` beside the weights it bel
 With test-time augmentation the temperature applies to each view's logits before the
 views' probabilities are averaged (:func:`probabilities`).
 """
+
 from __future__ import annotations
 
 import json
@@ -85,9 +86,15 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, num_bins: int = NUM_
     for b in range(num_bins):
         sel = index == b
         n = int(sel.sum())
-        bins.append({"lo": b / num_bins, "hi": (b + 1) / num_bins, "count": n,
-                     "confidence": float(confidence[sel].mean()) if n else None,
-                     "accuracy": float(correct[sel].mean()) if n else None})
+        bins.append(
+            {
+                "lo": b / num_bins,
+                "hi": (b + 1) / num_bins,
+                "count": n,
+                "confidence": float(confidence[sel].mean()) if n else None,
+                "accuracy": float(correct[sel].mean()) if n else None,
+            }
+        )
     return bins
 
 
@@ -108,9 +115,11 @@ def summary(logits: np.ndarray, labels: np.ndarray, temperature: float | None) -
             out[name] = None
             continue
         probs = probabilities(logits, t)
-        out[name] = {"ece": expected_calibration_error(probs, labels),
-                     "nll": float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-300)).mean()),
-                     "bins": reliability_bins(probs, labels)}
+        out[name] = {
+            "ece": expected_calibration_error(probs, labels),
+            "nll": float(-np.log(np.maximum(probs[np.arange(len(labels)), labels], 1e-300)).mean()),
+            "bins": reliability_bins(probs, labels),
+        }
     return out
 
 

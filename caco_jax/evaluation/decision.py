@@ -16,6 +16,7 @@ A fitted rule is saved as ``decision.json`` beside the weights and the temperatu
 The offsets act on ``logits / T``; ``balanced_probabilities`` is the softmax of the
 shifted values: class probabilities under the prior the rule assumes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,8 +70,13 @@ class DecisionRule:
         return e / e.sum(axis=-1, keepdims=True)
 
     def to_json(self) -> dict[str, Any]:
-        return {"fit": self.fit, "offsets": list(self.offsets), "tau": self.tau,
-                "prior": None if self.prior is None else list(self.prior), **self.info}
+        return {
+            "fit": self.fit,
+            "offsets": list(self.offsets),
+            "tau": self.tau,
+            "prior": None if self.prior is None else list(self.prior),
+            **self.info,
+        }
 
 
 def _plateau_centre(values: np.ndarray, grid: np.ndarray) -> float:
@@ -87,8 +93,9 @@ def _plateau_centre(values: np.ndarray, grid: np.ndarray) -> float:
     return float(grid[(lo + hi) // 2])
 
 
-def fit_logit_adjustment(logp: np.ndarray, labels: np.ndarray, prior: Sequence[float],
-                         grid: np.ndarray = TAU_GRID) -> DecisionRule:
+def fit_logit_adjustment(
+    logp: np.ndarray, labels: np.ndarray, prior: Sequence[float] | np.ndarray, grid: np.ndarray = TAU_GRID
+) -> DecisionRule:
     """tau maximising validation BACC of argmax(logp - tau * log prior)."""
     prior = np.asarray(prior, np.float64)
     if np.any(prior <= 0):
@@ -96,12 +103,22 @@ def fit_logit_adjustment(logp: np.ndarray, labels: np.ndarray, prior: Sequence[f
     log_prior = np.log(prior / prior.sum())
     scores = [balanced_accuracy((logp - t * log_prior).argmax(-1), labels, len(prior)) for t in grid]
     tau = _plateau_centre(np.asarray(scores), grid)
-    return DecisionRule("logit_adjustment", tuple(float(x) for x in -tau * log_prior), tau=tau,
-                        prior=tuple(float(x) for x in prior / prior.sum()))
+    return DecisionRule(
+        "logit_adjustment",
+        tuple(float(x) for x in -tau * log_prior),
+        tau=tau,
+        prior=tuple(float(x) for x in prior / prior.sum()),
+    )
 
 
-def fit_offsets(logp: np.ndarray, labels: np.ndarray, prior: Sequence[float], *, passes: int = 3,
-                grid: np.ndarray = OFFSET_GRID) -> DecisionRule:
+def fit_offsets(
+    logp: np.ndarray,
+    labels: np.ndarray,
+    prior: Sequence[float] | np.ndarray,
+    *,
+    passes: int = 3,
+    grid: np.ndarray = OFFSET_GRID,
+) -> DecisionRule:
     """Per-class offsets by coordinate ascent on validation BACC, from the logit-adjustment
     solution; each coordinate moves to the centre of its best plateau (relative to class 0's)."""
     start = fit_logit_adjustment(logp, labels, prior)
@@ -116,8 +133,14 @@ def fit_offsets(logp: np.ndarray, labels: np.ndarray, prior: Sequence[float], *,
     return DecisionRule("offsets", tuple(float(x) for x in offsets), tau=start.tau, prior=start.prior)
 
 
-def fit(logits: np.ndarray, labels: np.ndarray, prior: Sequence[float], *, temperature: float = 1.0,
-        how: str = "logit_adjustment") -> DecisionRule:
+def fit(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    prior: Sequence[float] | np.ndarray,
+    *,
+    temperature: float = 1.0,
+    how: str = "logit_adjustment",
+) -> DecisionRule:
     """A balanced rule fitted on (validation) logits, with its validation BACC against argmax in ``info``."""
     if how not in FITS:
         raise ValueError(f"unknown decision fit {how!r}; expected one of {FITS}")
@@ -125,9 +148,15 @@ def fit(logits: np.ndarray, labels: np.ndarray, prior: Sequence[float], *, tempe
     logp = log_scores(logits, temperature)
     rule = (fit_logit_adjustment if how == "logit_adjustment" else fit_offsets)(logp, labels, prior)
     num_classes = logp.shape[1]
-    info = {"fitted_on": "validation", "num_examples": int(len(labels)), "temperature": temperature,
-            "val_bacc": {"argmax": balanced_accuracy(logp.argmax(-1), labels, num_classes),
-                         "balanced": balanced_accuracy(rule.predict(logits, temperature), labels, num_classes)}}
+    info = {
+        "fitted_on": "validation",
+        "num_examples": int(len(labels)),
+        "temperature": temperature,
+        "val_bacc": {
+            "argmax": balanced_accuracy(logp.argmax(-1), labels, num_classes),
+            "balanced": balanced_accuracy(rule.predict(logits, temperature), labels, num_classes),
+        },
+    }
     return dataclasses.replace(rule, info=info)
 
 
@@ -147,8 +176,15 @@ def load(directory: str | pathlib.Path) -> DecisionRule | None:
     try:
         data = json.loads(path.read_text())
         info = {k: v for k, v in data.items() if k not in ("fit", "offsets", "tau", "prior")}
-        return DecisionRule(data["fit"], tuple(float(x) for x in data["offsets"]), tau=data.get("tau"),
-                            prior=None if data.get("prior") is None else tuple(data["prior"]), info=info)
+        return DecisionRule(
+            data["fit"],
+            tuple(float(x) for x in data["offsets"]),
+            tau=data.get("tau"),
+            prior=None if data.get("prior") is None else tuple(data["prior"]),
+            info=info,
+        )
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path} is not a decision rule ({err}); delete it or refit it by rerunning "
-                         "the training command on the finished run") from err
+        raise ValueError(
+            f"{path} is not a decision rule ({err}); delete it or refit it by rerunning "
+            "the training command on the finished run"
+        ) from err

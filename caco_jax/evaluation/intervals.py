@@ -12,6 +12,7 @@ all metrics are weighted sums computed for all resamples at once.
 ``paired`` compares two sets of predictions on the same test images (aligned by
 image_id) under the same resamples: the difference of each metric with its interval.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -24,7 +25,9 @@ DEFAULT_RESAMPLES = 2000
 LEVEL = 0.95
 
 
-def lesion_weights(groups: Sequence[str], num_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
+def lesion_weights(
+    groups: Sequence[str] | np.ndarray, num_resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> np.ndarray:
     """[R, N] image weights: image i weighs as often as its lesion was drawn in resample r."""
     _, cluster = np.unique(np.asarray(groups, str), return_inverse=True)
     k = cluster.max() + 1 if len(cluster) else 0
@@ -64,8 +67,9 @@ def _weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray)
         return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
 
 
-def metric_samples(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray,
-                   predicted: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def metric_samples(
+    probs: np.ndarray, labels: np.ndarray, weights: np.ndarray, predicted: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Every metric under every resample: accuracy, bacc, macro_auc [R]; recall [R, C].
     ``predicted`` defaults to argmax(probs); AUC always ranks by ``probs``."""
     probs = np.asarray(probs, np.float64)
@@ -76,12 +80,19 @@ def metric_samples(probs: np.ndarray, labels: np.ndarray, weights: np.ndarray,
     accuracy = (weights * (predicted == labels)).sum(axis=1) / np.where(total > 0, total, 1)
     recall = _recalls(predicted, labels, weights, num_classes)
     present = [k for k in range(num_classes) if np.any(labels == k)]
-    aucs = np.stack([_weighted_auc(probs[:, k], labels == k, weights) for k in present], axis=1) \
-        if present else np.full((len(weights), 1), np.nan)
+    aucs = (
+        np.stack([_weighted_auc(probs[:, k], labels == k, weights) for k in present], axis=1)
+        if present
+        else np.full((len(weights), 1), np.nan)
+    )
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a resample without some class: NaN, not a warning
-        return {"accuracy": accuracy, "bacc": np.nanmean(recall[:, present], axis=1) if present else accuracy * np.nan,
-                "macro_auc": np.nanmean(aucs, axis=1), "recall": recall}
+        return {
+            "accuracy": accuracy,
+            "bacc": np.nanmean(recall[:, present], axis=1) if present else accuracy * np.nan,
+            "macro_auc": np.nanmean(aucs, axis=1),
+            "recall": recall,
+        }
 
 
 def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float] | None:
@@ -100,32 +111,53 @@ def summarise(samples: dict[str, np.ndarray], class_names: Sequence[str], level:
     return out
 
 
-def bootstrap(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str], class_names: Sequence[str], *,
-              predicted: np.ndarray | None = None, num_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-              level: float = LEVEL) -> dict[str, Any]:
+def bootstrap(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    groups: Sequence[str] | np.ndarray,
+    class_names: Sequence[str],
+    *,
+    predicted: np.ndarray | None = None,
+    num_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> dict[str, Any]:
     """95 % intervals of accuracy, BACC, macro AUC and per-class recall, resampling ``groups``
     (lesion ids); with the method in the result, for reports."""
     weights = lesion_weights(groups, num_resamples, seed)
     out = summarise(metric_samples(probs, labels, weights, predicted), class_names, level)
-    out["method"] = {"resamples": num_resamples, "level": level, "unit": "lesion",
-                     "num_units": int(len(np.unique(np.asarray(groups, str))))}
+    out["method"] = {
+        "resamples": num_resamples,
+        "level": level,
+        "unit": "lesion",
+        "num_units": int(len(np.unique(np.asarray(groups, str)))),
+    }
     return out
 
 
-def align(a_ids: Sequence[str], b_ids: Sequence[str]) -> np.ndarray:
+def align(a_ids: Sequence[str] | np.ndarray, b_ids: Sequence[str] | np.ndarray) -> np.ndarray:
     """Positions in b of a's image ids (every id of a must be in b exactly once)."""
     b_pos = {str(x): i for i, x in enumerate(b_ids)}
     if len(b_pos) != len(b_ids):
         raise ValueError("duplicate image ids in the second set of predictions")
     missing = [str(x) for x in a_ids if str(x) not in b_pos]
     if missing or len(a_ids) != len(b_ids):
-        raise ValueError(f"the two sets of predictions are not on the same images ({len(a_ids)} vs {len(b_ids)}; "
-                         f"e.g. {missing[:3]} missing): compare runs on the same split")
+        raise ValueError(
+            f"the two sets of predictions are not on the same images ({len(a_ids)} vs {len(b_ids)}; "
+            f"e.g. {missing[:3]} missing): compare runs on the same split"
+        )
     return np.asarray([b_pos[str(x)] for x in a_ids])
 
 
-def paired(a: dict[str, np.ndarray], b: dict[str, np.ndarray], groups: Sequence[str], *,
-           num_resamples: int = DEFAULT_RESAMPLES, seed: int = 0, level: float = LEVEL) -> dict[str, Any]:
+def paired(
+    a: dict[str, np.ndarray] | list[dict[str, np.ndarray]],
+    b: dict[str, np.ndarray] | list[dict[str, np.ndarray]],
+    groups: Sequence[str] | np.ndarray,
+    *,
+    num_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> dict[str, Any]:
     """Metric of a minus metric of b on the same images, resampled together.
 
     ``a`` and ``b``: {'probs' [N, C], 'labels' [N], optionally 'predicted' [N]} in the same row
@@ -140,19 +172,26 @@ def paired(a: dict[str, np.ndarray], b: dict[str, np.ndarray], groups: Sequence[
     for key in _SCALARS:
         diff = sa[key] - sb[key]
         finite = diff[np.isfinite(diff)]
-        out[key] = {"difference": float(pa[key][0] - pb[key][0]), "interval": interval(diff, level),
-                    "share_above_zero": float(np.mean(finite > 0)) if finite.size else None}
-    out["method"] = {"resamples": num_resamples, "level": level, "unit": "lesion",
-                     "runs": [len(a_runs), len(b_runs)]}
+        out[key] = {
+            "difference": float(pa[key][0] - pb[key][0]),
+            "interval": interval(diff, level),
+            "share_above_zero": float(np.mean(finite > 0)) if finite.size else None,
+        }
+    out["method"] = {"resamples": num_resamples, "level": level, "unit": "lesion", "runs": [len(a_runs), len(b_runs)]}
     return out
 
 
 _SCALARS = ("accuracy", "bacc", "macro_auc")
 
 
-def mean_over_runs(runs: list[dict[str, np.ndarray]], groups: Sequence[str], *,
-                   num_resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                   level: float = LEVEL) -> dict[str, dict[str, Any]]:
+def mean_over_runs(
+    runs: list[dict[str, np.ndarray]],
+    groups: Sequence[str] | np.ndarray,
+    *,
+    num_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> dict[str, dict[str, Any]]:
     """Mean over ``runs`` (seeds, on the same images in the same order; dicts as in :func:`paired`) of
     accuracy, BACC and macro AUC, each with the lesion-bootstrap interval of that mean (the test
     split's sampling noise; the seeds' own spread is reported separately)."""

@@ -9,6 +9,7 @@
   classes absent from the data are excluded from every macro mean (docs/model.md, Metrics).
 * :class:`EvalAccumulator`: collects evaluation logits and builds the report.
 """
+
 # No ``from __future__ import annotations`` here: clu's Collection reads the metric
 # classes from ``__annotations__``, which must hold classes, not strings.
 from collections.abc import Sequence
@@ -161,10 +162,8 @@ def classification_report(
         }
         present.append(bool(support[k] > 0))
 
-    kept = [per_class[n] for n, p in zip(class_names, present) if p]
-    paper_terms = [
-        (c["sensitivity"] + c["specificity"]) / 2.0 if c["specificity"] is not None else None for c in kept
-    ]
+    kept = [per_class[n] for n, p in zip(class_names, present, strict=True) if p]
+    paper_terms = [(c["sensitivity"] + c["specificity"]) / 2.0 if c["specificity"] is not None else None for c in kept]
     report: dict[str, Any] = {
         "num_examples": total,
         "accuracy": _ratio(tp.sum(), total),
@@ -173,7 +172,7 @@ def classification_report(
         "macro_specificity": _mean([c["specificity"] for c in kept]),
         "macro_f1": _mean([c["f1"] for c in kept]),
         "macro_auc": _mean([c["auc"] for c in kept]) if probs is not None else None,
-        "absent_classes": [n for n, p in zip(class_names, present) if not p],
+        "absent_classes": [n for n, p in zip(class_names, present, strict=True) if not p],
         "class_names": list(class_names),
         "per_class": per_class,
         "confusion": cm.tolist(),
@@ -210,7 +209,7 @@ class EvalAccumulator:
         zs, ys = [], []
         for logits, y, m in self._batches:
             z = np.asarray(logits, np.float64)
-            z = z.reshape(-1, *z.shape[-(z.ndim - 1):])
+            z = z.reshape(-1, *z.shape[-(z.ndim - 1) :])
             y = np.asarray(y).reshape(-1).astype(np.int64)
             if m is not None:
                 keep = np.asarray(m).reshape(-1) > 0

@@ -5,6 +5,7 @@ Tables 2 (SE, with and without ImageNet pretraining), 4 (CaCo with each loss) an
 paper's own figure; it defines BACC as (sensitivity + specificity) / 2, which its
 numbers do not obviously follow. The paper does not say how it counted parameters.
 """
+
 from __future__ import annotations
 
 import dataclasses

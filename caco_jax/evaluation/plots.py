@@ -5,6 +5,7 @@ nothing touches pyplot's global state or needs a display. The pixel size of ever
 file is ``figsize * dpi`` exactly (no tight bounding box), e.g. 1200 x 520 for the
 confusion matrix and 1200 x 450 for the curves with the defaults.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,9 @@ def _matrix_panel(ax: Any, values: np.ndarray, class_names: Sequence[str], title
     for i in range(n):
         for j in range(n):
             text = "-" if np.isnan(values[i, j]) else format(values[i, j], fmt)
-            ax.text(j, i, text, ha="center", va="center", fontsize=8,
-                    color="white" if shown[i, j] > threshold else "black")
+            ax.text(
+                j, i, text, ha="center", va="center", fontsize=8, color="white" if shown[i, j] > threshold else "black"
+            )
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
 
 
@@ -134,8 +136,7 @@ def plot_curves(
             if xs:
                 metric = key.split("_", 1)[-1] if key.split("_", 1)[0] in _SPLIT_STYLES else key
                 colour = colours.setdefault(metric, f"C{len(colours)}")
-                ax.plot(xs, ys, _line_style(key), color=colour,
-                        marker="o" if len(xs) < 2 else None, label=key)
+                ax.plot(xs, ys, _line_style(key), color=colour, marker="o" if len(xs) < 2 else None, label=key)
                 drawn += 1
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -175,12 +176,21 @@ def plot_reliability(
         acc = [b["accuracy"] or 0.0 for b in bins]
         conf = [b["confidence"] if b["confidence"] is not None else (b["lo"] + b["hi"]) / 2 for b in bins]
         filled = [b["count"] > 0 for b in bins]
-        x = [c for c, f in zip(centres, filled) if f]
-        a = [v for v, f in zip(acc, filled) if f]
-        cf = [v for v, f in zip(conf, filled) if f]
+        x = [c for c, f in zip(centres, filled, strict=True) if f]
+        a = [v for v, f in zip(acc, filled, strict=True) if f]
+        cf = [v for v, f in zip(conf, filled, strict=True) if f]
         ax.bar(x, a, width=width, color="C0", edgecolor="white", label="accuracy")
-        ax.bar(x, [abs(u - v) for u, v in zip(cf, a)], bottom=[min(u, v) for u, v in zip(cf, a)], width=width,
-               facecolor=(0.84, 0.15, 0.16, 0.25), edgecolor="C3", hatch="//", lw=0.8, label="gap to confidence")
+        ax.bar(
+            x,
+            [abs(u - v) for u, v in zip(cf, a, strict=True)],
+            bottom=[min(u, v) for u, v in zip(cf, a, strict=True)],
+            width=width,
+            facecolor=(0.84, 0.15, 0.16, 0.25),
+            edgecolor="C3",
+            hatch="//",
+            lw=0.8,
+            label="gap to confidence",
+        )
         ax.plot(x, cf, "_", color="k", ms=12, mew=2, label="mean confidence")
         ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
         ax.set_xlim(0, 1)
@@ -241,13 +251,20 @@ def plot_gallery(
                 ax.set_ylabel(row_names[r], fontsize=10)
     if title:
         fig.suptitle(title)
-    fig.subplots_adjust(left=0.5 / (1.0 + cols * cell * aspect), right=0.99, bottom=0.02, top=1 - 0.75 / fig.get_figheight(),
-                        wspace=0.05, hspace=0.35)
+    fig.subplots_adjust(
+        left=0.5 / (1.0 + cols * cell * aspect),
+        right=0.99,
+        bottom=0.02,
+        top=1 - 0.75 / fig.get_figheight(),
+        wspace=0.05,
+        hspace=0.35,
+    )
     return _save(fig, path, dpi)
 
 
-def plot_results(rows: Sequence[Mapping[str, Any]], path: str | pathlib.Path, *, title: str = "",
-                 dpi: int = DPI) -> pathlib.Path:
+def plot_results(
+    rows: Sequence[Mapping[str, Any]], path: str | pathlib.Path, *, title: str = "", dpi: int = DPI
+) -> pathlib.Path:
     """Test BACC per grid cell (mean recall: a bar with +- std over seeds, every seed as a dot), our BACC
     in the paper's formula (a diamond) and the paper's BACC (a cross), one row per cell
     (``caco-jax reproduce``)."""
@@ -264,12 +281,26 @@ def plot_results(rows: Sequence[Mapping[str, Any]], path: str | pathlib.Path, *,
             ax.plot(seeds, [y] * len(seeds), "o", color="black", markersize=3)
         ours_paper_formula = (row.get("paper_bacc") or (None, None))[0]
         if ours_paper_formula is not None:
-            ax.plot([100 * ours_paper_formula], [y], "D", mfc="none", color="#4c78a8", markersize=6,
-                    label=None if legend_has["ours"] else "ours, paper's formula")
+            ax.plot(
+                [100 * ours_paper_formula],
+                [y],
+                "D",
+                mfc="none",
+                color="#4c78a8",
+                markersize=6,
+                label=None if legend_has["ours"] else "ours, paper's formula",
+            )
             legend_has["ours"] = True
         if row.get("paper"):
-            ax.plot([row["paper"][1]], [y], "x", color="#e45756", markersize=8, mew=2,
-                    label=None if legend_has["paper"] else "paper (its formula, its split)")
+            ax.plot(
+                [row["paper"][1]],
+                [y],
+                "x",
+                color="#e45756",
+                markersize=8,
+                mew=2,
+                label=None if legend_has["paper"] else "paper (its formula, its split)",
+            )
             legend_has["paper"] = True
     ax.set_yticks(range(len(rows)), labels=[r["cell"] for r in reversed(rows)])
     ax.set_xlabel("test BACC %: bars mean per-class recall; diamonds and crosses mean (sens. + spec.) / 2")

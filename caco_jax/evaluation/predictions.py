@@ -7,6 +7,7 @@ test-time-augmentation views; no temperature applied), ``labels`` int64 [N],
 from; the image itself otherwise), the leak flags ``same_lesion`` / ``same_source``
 (against the training split) and ``class_names``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,31 +33,40 @@ class Predictions:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, rows: np.ndarray) -> "Predictions":
+    def subset(self, rows: np.ndarray) -> Predictions:
         """The images where ``rows`` (bool mask or indices) holds."""
-        return dataclasses.replace(self, **{f.name: getattr(self, f.name)[rows]
-                                            for f in dataclasses.fields(self) if f.name != "class_names"})
+        return dataclasses.replace(
+            self, **{f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self) if f.name != "class_names"}
+        )
 
 
 def path(workdir: str | pathlib.Path, split: str, tta: bool = False) -> pathlib.Path:
     return pathlib.Path(workdir) / f"predictions_{split}{'_tta' if tta else ''}.npz"
 
 
-def save(file: str | pathlib.Path, logits: np.ndarray, labels: np.ndarray, source: Any,
-         train: Any | None = None) -> pathlib.Path:
+def save(
+    file: str | pathlib.Path, logits: np.ndarray, labels: np.ndarray, source: Any, train: Any | None = None
+) -> pathlib.Path:
     """Writes one split's predictions; ``source`` is the split's
     :class:`~caco_jax.data.records.Source` (row order = the logits'), ``train`` the training split
     (for the leak flags; without it they are all False)."""
     file = pathlib.Path(file)
     if len(logits) != len(source):
         raise ValueError(f"{len(logits)} rows of logits for a split of {len(source)} images")
-    leaks = leakage.flags(train, source) if train is not None else {k: np.zeros(len(source), bool)
-                                                                    for k in leakage.KINDS}
+    leaks = (
+        leakage.flags(train, source) if train is not None else {k: np.zeros(len(source), bool) for k in leakage.KINDS}
+    )
     tmp = file.with_name(file.name + ".tmp.npz")
-    np.savez_compressed(tmp, logits=np.asarray(logits, np.float32), labels=np.asarray(labels, np.int64),
-                        image_id=np.asarray(source.image_ids, str), lesion_id=np.asarray(source.lesion_ids, str),
-                        source_id=np.asarray(source.source_ids, str), class_names=np.asarray(source.class_names, str),
-                        **leaks)
+    np.savez_compressed(
+        tmp,
+        logits=np.asarray(logits, np.float32),
+        labels=np.asarray(labels, np.int64),
+        image_id=np.asarray(source.image_ids, str),
+        lesion_id=np.asarray(source.lesion_ids, str),
+        source_id=np.asarray(source.source_ids, str),
+        class_names=np.asarray(source.class_names, str),
+        **leaks,
+    )
     tmp.replace(file)
     return file
 
@@ -65,13 +75,16 @@ def load(file: str | pathlib.Path) -> Predictions:
     """A saved predictions file; a clear error when it is missing or not one."""
     file = pathlib.Path(file)
     if not file.is_file():
-        raise FileNotFoundError(f"{file} not found: a training run writes predictions_<split>.npz at its end "
-                                "(runs older than this file format have none: rerun caco-jax evaluate "
-                                "--save_predictions on them)")
+        raise FileNotFoundError(
+            f"{file} not found: a training run writes predictions_<split>.npz at its end "
+            "(runs older than this file format have none: rerun caco-jax evaluate "
+            "--save_predictions on them)"
+        )
     with np.load(file, allow_pickle=False) as data:
         missing = [f.name for f in dataclasses.fields(Predictions) if f.name not in data]
         if missing:
             raise ValueError(f"{file} lacks {missing}: not a caco-jax predictions file")
-        return Predictions(**{f.name: data[f.name] for f in dataclasses.fields(Predictions)
-                              if f.name != "class_names"},
-                           class_names=tuple(str(c) for c in data["class_names"]))
+        return Predictions(
+            **{f.name: data[f.name] for f in dataclasses.fields(Predictions) if f.name != "class_names"},
+            class_names=tuple(str(c) for c in data["class_names"]),
+        )

@@ -1,5 +1,6 @@
 """Evaluation reports: the classification report of accumulated logits (with calibration and
 test-time augmentation) and its markdown + JSON + plots beside the paper's figures."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +15,15 @@ from caco_jax.evaluation import calibration, decision, intervals, paper, plots
 from caco_jax.evaluation.metrics import EvalAccumulator, report_from_probabilities
 
 
-def evaluation_report(acc: EvalAccumulator, loss: float | None, temperature: float | None = None, *,
-                      groups: Sequence[str] | None = None, rule: decision.DecisionRule | None = None,
-                      resamples: int = intervals.DEFAULT_RESAMPLES) -> dict[str, Any]:
+def evaluation_report(
+    acc: EvalAccumulator,
+    loss: float | None,
+    temperature: float | None = None,
+    *,
+    groups: Sequence[str] | np.ndarray | None = None,
+    rule: decision.DecisionRule | None = None,
+    resamples: int = intervals.DEFAULT_RESAMPLES,
+) -> dict[str, Any]:
     """The classification report of the accumulated logits, divided by ``temperature`` when given,
     averaged over the views when they are test-time-augmentation views ([N, V, C]), with:
 
@@ -33,24 +40,34 @@ def evaluation_report(acc: EvalAccumulator, loss: float | None, temperature: flo
     report["temperature"] = temperature
     report["calibration"] = calibration.summary(logits, labels, temperature) if len(labels) else None
     if logits.ndim == 3:
-        plain = report_from_probabilities(calibration.probabilities(logits[:, 0], temperature or 1.0), labels,
-                                          acc.class_names)
-        report["tta"] = {"views": int(logits.shape[1]),
-                         "without": {"accuracy": plain["accuracy"], "bacc": plain["bacc"]},
-                         "with": {"accuracy": report["accuracy"], "bacc": report["bacc"]}}
+        plain = report_from_probabilities(
+            calibration.probabilities(logits[:, 0], temperature or 1.0), labels, acc.class_names
+        )
+        report["tta"] = {
+            "views": int(logits.shape[1]),
+            "without": {"accuracy": plain["accuracy"], "bacc": plain["bacc"]},
+            "with": {"accuracy": report["accuracy"], "bacc": report["bacc"]},
+        }
     probs = calibration.probabilities(logits, temperature or 1.0)
     if groups is not None and len(labels):
         report["intervals"] = intervals.bootstrap(probs, labels, groups, acc.class_names, num_resamples=resamples)
     if rule is not None and len(labels):
         predicted = rule.predict(logits, temperature or 1.0)
         names = acc.class_names
-        recall = {n: (float(np.mean(predicted[labels == k] == k)) if np.any(labels == k) else None)
-                  for k, n in enumerate(names)}
+        recall = {
+            n: (float(np.mean(predicted[labels == k] == k)) if np.any(labels == k) else None)
+            for k, n in enumerate(names)
+        }
         report["balanced"] = {
-            "fit": rule.fit, "tau": rule.tau, "accuracy": float(np.mean(predicted == labels)),
-            "bacc": decision.balanced_accuracy(predicted, labels, len(names)), "recall": recall,
-            "intervals": intervals.bootstrap(probs, labels, groups, names, predicted=predicted,
-                                             num_resamples=resamples) if groups is not None else None}
+            "fit": rule.fit,
+            "tau": rule.tau,
+            "accuracy": float(np.mean(predicted == labels)),
+            "bacc": decision.balanced_accuracy(predicted, labels, len(names)),
+            "recall": recall,
+            "intervals": intervals.bootstrap(probs, labels, groups, names, predicted=predicted, num_resamples=resamples)
+            if groups is not None
+            else None,
+        }
     return report
 
 
@@ -81,10 +98,14 @@ def _tta_lines(report: Mapping[str, Any]) -> list[str]:
         return f"{100 * (with_[key] - without[key]):+.2f}"
 
     return [
-        "", "## Test-time augmentation", "",
+        "",
+        "## Test-time augmentation",
+        "",
         f"Class probabilities averaged over the {tta['views']} dihedral views of each image (rotations by "
-        "0/90/180/270 degrees, each with and without a left-right flip).", "",
-        "| | accuracy % | BACC % |", "|---|---:|---:|",
+        "0/90/180/270 degrees, each with and without a left-right flip).",
+        "",
+        "| | accuracy % | BACC % |",
+        "|---|---:|---:|",
         f"| plain image | {_pct(without['accuracy'])} | {_pct(without['bacc'])} |",
         f"| {tta['views']}-view average | {_pct(with_['accuracy'])} | {_pct(with_['bacc'])} |",
         f"| change (points) | {change('accuracy')} | {change('bacc')} |",
@@ -96,19 +117,26 @@ def _calibration_lines(report: Mapping[str, Any], source: str, figure: pathlib.P
     if not cal:
         return []
     t = cal["temperature"]
-    text = (f"Expected calibration error (ECE: {cal['num_bins']} equal-width bins of the top-1 probability, the gap "
-            "between accuracy and mean confidence weighted by each bin's share of the images) and negative "
-            "log-likelihood" + (", both of the test-time-augmentation average" if report.get("tta") else "") + ". ")
+    text = (
+        f"Expected calibration error (ECE: {cal['num_bins']} equal-width bins of the top-1 probability, the gap "
+        "between accuracy and mean confidence weighted by each bin's share of the images) and negative "
+        "log-likelihood" + (", both of the test-time-augmentation average" if report.get("tta") else "") + ". "
+    )
     if t is None:
         text += "No temperature for these weights: the probabilities are the plain softmax."
     else:
         text += f"Temperature scaling divides the logits by T = {t:.3f}" + (f" ({source})" if source else "") + "."
         if t in calibration.T_RANGE:
-            text += (f" T is at an end of the searched range {calibration.T_RANGE}: the best value lies beyond it "
-                     "(typically a model barely trained).")
+            text += (
+                f" T is at an end of the searched range {calibration.T_RANGE}: the best value lies beyond it "
+                "(typically a model barely trained)."
+            )
     lines = ["", "## Calibration", "", text]
     lines += ["", "| | ECE % | NLL |", "|---|---:|---:|"]
-    for name, label in (("uncalibrated", "uncalibrated (T = 1)"), ("calibrated", f"temperature-scaled (T = {t or 1:.3f})")):
+    for name, label in (
+        ("uncalibrated", "uncalibrated (T = 1)"),
+        ("calibrated", f"temperature-scaled (T = {t or 1:.3f})"),
+    ):
         if cal.get(name):
             lines.append(f"| {label} | {100 * cal[name]['ece']:.2f} | {cal[name]['nll']:.4f} |")
     if figure is not None:
@@ -125,28 +153,39 @@ def _ci(report: Mapping[str, Any], key: str, cls: str | None = None) -> str:
     return "" if not value else f" [{100 * value[0]:.1f}, {100 * value[1]:.1f}]"
 
 
-def _plots(workdir: pathlib.Path, report: Mapping[str, Any], history: Sequence[Mapping[str, Any]], split: str,
-           class_names: Sequence[str], prefix: str, gallery: pathlib.Path | None) -> dict[str, pathlib.Path]:
+def _plots(
+    workdir: pathlib.Path,
+    report: Mapping[str, Any],
+    history: Sequence[Mapping[str, Any]],
+    split: str,
+    class_names: Sequence[str],
+    prefix: str,
+    gallery: pathlib.Path | None,
+) -> dict[str, pathlib.Path]:
     paths = {
         "json": workdir / f"{prefix}.json",
         "md": workdir / f"{prefix}.md",
         "confusion": plots.plot_confusion_matrix(
-            np.asarray(report["confusion"]), class_names, workdir / f"{prefix}_confusion_{split}.png",
-            title=f"{split} split ({report['num_examples']} images)"),
+            np.asarray(report["confusion"]),
+            class_names,
+            workdir / f"{prefix}_confusion_{split}.png",
+            title=f"{split} split ({report['num_examples']} images)",
+        ),
     }
     if history:
         paths["curves"] = plots.plot_curves(list(history), workdir / "curves.png")
     if report.get("calibration"):
-        paths["reliability"] = plots.plot_reliability(report["calibration"],
-                                                      workdir / f"{prefix}_reliability_{split}.png",
-                                                      title=f"{split} split")
+        paths["reliability"] = plots.plot_reliability(
+            report["calibration"], workdir / f"{prefix}_reliability_{split}.png", title=f"{split} split"
+        )
     if gallery is not None:
         paths["gallery"] = pathlib.Path(gallery)
     return paths
 
 
-def _summary_lines(report: Mapping[str, Any], config: Any, num_params: int,
-                   figures: paper.PaperRow | None) -> list[str]:
+def _summary_lines(
+    report: Mapping[str, Any], config: Any, num_params: int, figures: paper.PaperRow | None
+) -> list[str]:
     auc = report.get("macro_auc")
     auc_ci = report.get("intervals", {}).get("macro_auc") if report.get("intervals") else None
     auc_text = "-" if auc is None else f"{auc:.4f}" + (f" [{auc_ci[0]:.3f}, {auc_ci[1]:.3f}]" if auc_ci else "")
@@ -162,30 +201,46 @@ def _summary_lines(report: Mapping[str, Any], config: Any, num_params: int,
     elif config.data.name != "ham10000":
         lines.append(f"| paper | not comparable: dataset {config.data.name!r}, not HAM10000 | | | | |")
     elif figures is not None:
-        lines.append(f"| paper ({figures.table}) | {figures.accuracy:.2f} | {figures.bacc:.2f} (definition "
-                     f"unclear) | - | - | {figures.params_m:.2f} M |")
+        lines.append(
+            f"| paper ({figures.table}) | {figures.accuracy:.2f} | {figures.bacc:.2f} (definition "
+            f"unclear) | - | - | {figures.params_m:.2f} M |"
+        )
     else:
         lines.append("| paper | no matching row for this configuration | | | | |")
-    lines += ["", "BACC here is the ISIC definition (mean per-class recall, as scikit-learn). The paper writes "
-                  "BACC = (sensitivity + specificity) / 2; that number is reported separately as *paper BACC*."]
+    lines += [
+        "",
+        "BACC here is the ISIC definition (mean per-class recall, as scikit-learn). The paper writes "
+        "BACC = (sensitivity + specificity) / 2; that number is reported separately as *paper BACC*.",
+    ]
     if report.get("intervals"):
         method = report["intervals"]["method"]
-        lines += ["", f"In brackets: 95 % bootstrap intervals ({method['resamples']} resamples of the split's "
-                      f"{method['num_units']} lesions, all photographs of a drawn lesion together)."]
+        lines += [
+            "",
+            f"In brackets: 95 % bootstrap intervals ({method['resamples']} resamples of the split's "
+            f"{method['num_units']} lesions, all photographs of a drawn lesion together).",
+        ]
     return lines
 
 
 def _class_lines(report: Mapping[str, Any], class_names: Sequence[str]) -> list[str]:
-    lines = ["", "| class | support | sensitivity (recall) | specificity | precision | F1 | AUC |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        "| class | support | sensitivity (recall) | specificity | precision | F1 | AUC |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for name in class_names:
         row = report["per_class"][name]
         auc = row.get("auc")
-        lines.append(f"| {name} | {row['support']} | {_pct(row['sensitivity'])}{_ci(report, '', name)} | "
-                     f"{_pct(row['specificity'])} | {_pct(row['precision'])} | {_pct(row['f1'])} | "
-                     f"{'-' if auc is None else f'{auc:.4f}'} |")
+        lines.append(
+            f"| {name} | {row['support']} | {_pct(row['sensitivity'])}{_ci(report, '', name)} | "
+            f"{_pct(row['specificity'])} | {_pct(row['precision'])} | {_pct(row['f1'])} | "
+            f"{'-' if auc is None else f'{auc:.4f}'} |"
+        )
     if report.get("absent_classes"):
-        lines += ["", f"Classes absent from this split (excluded from the means): {', '.join(report['absent_classes'])}."]
+        lines += [
+            "",
+            f"Classes absent from this split (excluded from the means): {', '.join(report['absent_classes'])}.",
+        ]
     return lines
 
 
@@ -193,24 +248,33 @@ def _balanced_lines(report: Mapping[str, Any], class_names: Sequence[str]) -> li
     balanced = report.get("balanced")
     if not balanced:
         return []
-    how = (f"logit adjustment, tau = {balanced['tau']:.2f}" if balanced["fit"] == "logit_adjustment"
-           else "per-class offsets")
+    how = (
+        f"logit adjustment, tau = {balanced['tau']:.2f}"
+        if balanced["fit"] == "logit_adjustment"
+        else "per-class offsets"
+    )
     iv = balanced.get("intervals") or {}
 
     def ci(value: tuple[float, float] | None) -> str:
         return "" if not value else f" [{100 * value[0]:.1f}, {100 * value[1]:.1f}]"
 
-    lines = ["", "## Decision rules", "",
-             f"The balanced rule ({how}; fitted on the validation split to maximise its BACC) adds a per-class "
-             "offset to the log-probabilities before the argmax: it trades accuracy on the common classes for "
-             "recall on the rare ones. `--decision balanced` makes evaluate, predict and the web page use it.", "",
-             "| rule | accuracy % | BACC % | " + " | ".join(f"{n} recall %" for n in class_names) + " |",
-             "|---|---:|---:|" + "---:|" * len(class_names),
-             f"| argmax | {_pct(report['accuracy'])}{_ci(report, 'accuracy')} | {_pct(report['bacc'])}"
-             f"{_ci(report, 'bacc')} | " + " | ".join(_pct(report["per_class"][n]["sensitivity"]) for n in class_names)
-             + " |",
-             f"| balanced | {_pct(balanced['accuracy'])}{ci(iv.get('accuracy'))} | {_pct(balanced['bacc'])}"
-             f"{ci(iv.get('bacc'))} | " + " | ".join(_pct(balanced["recall"][n]) for n in class_names) + " |"]
+    lines = [
+        "",
+        "## Decision rules",
+        "",
+        f"The balanced rule ({how}; fitted on the validation split to maximise its BACC) adds a per-class "
+        "offset to the log-probabilities before the argmax: it trades accuracy on the common classes for "
+        "recall on the rare ones. `--decision balanced` makes evaluate, predict and the web page use it.",
+        "",
+        "| rule | accuracy % | BACC % | " + " | ".join(f"{n} recall %" for n in class_names) + " |",
+        "|---|---:|---:|" + "---:|" * len(class_names),
+        f"| argmax | {_pct(report['accuracy'])}{_ci(report, 'accuracy')} | {_pct(report['bacc'])}"
+        f"{_ci(report, 'bacc')} | "
+        + " | ".join(_pct(report["per_class"][n]["sensitivity"]) for n in class_names)
+        + " |",
+        f"| balanced | {_pct(balanced['accuracy'])}{ci(iv.get('accuracy'))} | {_pct(balanced['bacc'])}"
+        f"{ci(iv.get('bacc'))} | " + " | ".join(_pct(balanced["recall"][n]) for n in class_names) + " |",
+    ]
     return lines
 
 
@@ -247,9 +311,12 @@ def write_report(
         "temperature_source": temperature_source or None,
     }
     paths["json"].write_text(json.dumps(payload, indent=2, default=float))
-    lines = [f"# caco-jax report: MobileNetV3-{attention} ({config.model.arch}), loss {loss}", "",
-             f"Split **{split}** ({report['num_examples']} images), weights `{checkpoint}`. "
-             f"{_prediction_note(report)}", ""]
+    lines = [
+        f"# caco-jax report: MobileNetV3-{attention} ({config.model.arch}), loss {loss}",
+        "",
+        f"Split **{split}** ({report['num_examples']} images), weights `{checkpoint}`. {_prediction_note(report)}",
+        "",
+    ]
     lines += _summary_lines(report, config, num_params, figures)
     lines += _class_lines(report, class_names)
     lines += ["", f"![confusion matrix]({paths['confusion'].name})"]
@@ -257,11 +324,16 @@ def write_report(
     lines += _tta_lines(report)
     lines += _calibration_lines(report, temperature_source, paths.get("reliability"))
     if "gallery" in paths:
-        lines += ["", "## Where the model looked (Grad-CAM)", "",
-                  "Test images of each true class (rows): the most and least confident correct and wrong "
-                  "predictions, each shown as the network input and its Grad-CAM heat map for the predicted "
-                  "class (red: evidence for it). Empty cells: no such image.", "",
-                  f"![Grad-CAM gallery]({paths['gallery'].name})"]
+        lines += [
+            "",
+            "## Where the model looked (Grad-CAM)",
+            "",
+            "Test images of each true class (rows): the most and least confident correct and wrong "
+            "predictions, each shown as the network input and its Grad-CAM heat map for the predicted "
+            "class (red: evidence for it). Empty cells: no such image.",
+            "",
+            f"![Grad-CAM gallery]({paths['gallery'].name})",
+        ]
     if "curves" in paths:
         lines += ["", f"![training curves]({paths['curves'].name})"]
     paths["md"].write_text("\n".join(lines) + "\n")

@@ -5,6 +5,7 @@ clean parts of its test split.
 Everything is computed from ``predictions_{validation,test}[_tta].npz`` and the weights' metadata
 (temperature, training class counts), so a rule or an interval added later applies to old runs.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,15 @@ RULES = ("argmax", "balanced", "offsets")  # balanced = the logit-adjustment fit
 PARTS = ("clean", "same_lesion", "same_source")  # test images with no leak / a same-lesion photo / the same photo
 
 
-def figures(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str], class_names: Sequence[str], *,
-            predicted: np.ndarray | None = None, resamples: int = intervals.DEFAULT_RESAMPLES) -> dict[str, Any]:
+def figures(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    groups: Sequence[str] | np.ndarray,
+    class_names: Sequence[str],
+    *,
+    predicted: np.ndarray | None = None,
+    resamples: int = intervals.DEFAULT_RESAMPLES,
+) -> dict[str, Any]:
     """accuracy, bacc, macro_auc, per-class recall and their 95 % lesion-bootstrap intervals (``ci``)."""
     labels = np.asarray(labels, np.int64)
     predicted = probs.argmax(axis=1) if predicted is None else np.asarray(predicted)
@@ -30,12 +38,17 @@ def figures(probs: np.ndarray, labels: np.ndarray, groups: Sequence[str], class_
     cm = np.zeros((c, c), np.int64)
     np.add.at(cm, (labels, predicted), 1)
     report = classification_report(cm, probs=probs, labels=labels, class_names=class_names)
-    out = {"num_examples": int(len(labels)), "accuracy": report["accuracy"], "bacc": report["bacc"],
-           "macro_auc": report["macro_auc"],
-           "recall": {n: report["per_class"][n]["sensitivity"] for n in class_names}}
+    out = {
+        "num_examples": int(len(labels)),
+        "accuracy": report["accuracy"],
+        "bacc": report["bacc"],
+        "macro_auc": report["macro_auc"],
+        "recall": {n: report["per_class"][n]["sensitivity"] for n in class_names},
+    }
     if len(labels) and resamples:
-        out["ci"] = intervals.bootstrap(probs, labels, groups, class_names, predicted=predicted,
-                                        num_resamples=resamples)
+        out["ci"] = intervals.bootstrap(
+            probs, labels, groups, class_names, predicted=predicted, num_resamples=resamples
+        )
     return out
 
 
@@ -50,9 +63,11 @@ def _prior(workdir: pathlib.Path, val: predictions.Predictions) -> np.ndarray:
 def rules(workdir: pathlib.Path, val: predictions.Predictions, temperature: float) -> dict[str, Any]:
     """The balanced rules fitted on the validation predictions (None for argmax)."""
     prior = _prior(workdir, val)
-    return {"argmax": None,
-            "balanced": decision.fit(val.logits, val.labels, prior, temperature=temperature),
-            "offsets": decision.fit(val.logits, val.labels, prior, temperature=temperature, how="offsets")}
+    return {
+        "argmax": None,
+        "balanced": decision.fit(val.logits, val.labels, prior, temperature=temperature),
+        "offsets": decision.fit(val.logits, val.labels, prior, temperature=temperature, how="offsets"),
+    }
 
 
 def run_figures(workdir: str | pathlib.Path, resamples: int = intervals.DEFAULT_RESAMPLES) -> dict[str, Any] | None:
@@ -71,15 +86,25 @@ def run_figures(workdir: str | pathlib.Path, resamples: int = intervals.DEFAULT_
         test = predictions.load(predictions.path(workdir, "test", tta))
         fitted = rules(workdir, val, temperature)
         probs = calibration.probabilities(test.logits, temperature)
-        out[variant] = {name: figures(probs, test.labels, test.lesion_id, test.class_names,
-                                      predicted=None if rule is None else rule.predict(test.logits, temperature),
-                                      resamples=resamples) for name, rule in fitted.items()}
+        out[variant] = {
+            name: figures(
+                probs,
+                test.labels,
+                test.lesion_id,
+                test.class_names,
+                predicted=None if rule is None else rule.predict(test.logits, temperature),
+                resamples=resamples,
+            )
+            for name, rule in fitted.items()
+        }
         out[variant]["balanced"]["tau"] = fitted["balanced"].tau
     test = predictions.load(predictions.path(workdir, "test"))
     probs = calibration.probabilities(test.logits, temperature)
     masks = {"clean": ~test.same_lesion, "same_lesion": test.same_lesion, "same_source": test.same_source}
-    out["parts"] = {part: figures(probs[m], test.labels[m], test.lesion_id[m], test.class_names, resamples=resamples)
-                    for part, m in masks.items()}
+    out["parts"] = {
+        part: figures(probs[m], test.labels[m], test.lesion_id[m], test.class_names, resamples=resamples)
+        for part, m in masks.items()
+    }
     return out
 
 
@@ -93,8 +118,13 @@ def run_probs(workdir: str | pathlib.Path, *, tta: bool = False, rule: str = "ar
     if rule != "argmax":
         fitted = rules(workdir, predictions.load(predictions.path(workdir, "validation", tta)), temperature)[rule]
         predicted = fitted.predict(test.logits, temperature)
-    return {"probs": probs, "labels": test.labels, "predicted": predicted, "image_id": test.image_id,
-            "lesion_id": test.lesion_id}
+    return {
+        "probs": probs,
+        "labels": test.labels,
+        "predicted": predicted,
+        "image_id": test.image_id,
+        "lesion_id": test.lesion_id,
+    }
 
 
 def _aligned(dirs: Sequence[pathlib.Path], rule: str, tta: bool) -> list[dict[str, np.ndarray]]:
@@ -106,17 +136,29 @@ def _aligned(dirs: Sequence[pathlib.Path], rule: str, tta: bool) -> list[dict[st
     return runs
 
 
-def cell_figures(dirs: Sequence[pathlib.Path], *, rule: str = "argmax", tta: bool = False,
-                 resamples: int = intervals.DEFAULT_RESAMPLES) -> dict[str, dict[str, Any]]:
+def cell_figures(
+    dirs: Sequence[pathlib.Path],
+    *,
+    rule: str = "argmax",
+    tta: bool = False,
+    resamples: int = intervals.DEFAULT_RESAMPLES,
+) -> dict[str, dict[str, Any]]:
     """Mean over a cell's runs (seeds, same test split) of accuracy / BACC / macro AUC under ``rule``
     (argmax | balanced | offsets), with or without TTA, each with its lesion-bootstrap interval."""
     runs = _aligned(dirs, rule, tta)
     return intervals.mean_over_runs(runs, runs[0]["lesion_id"], num_resamples=resamples)
 
 
-def compare(a_dirs: Sequence[pathlib.Path], b_dirs: Sequence[pathlib.Path], *, a_rule: str = "argmax",
-            b_rule: str = "argmax", a_tta: bool = False, b_tta: bool = False,
-            resamples: int = intervals.DEFAULT_RESAMPLES) -> dict[str, Any]:
+def compare(
+    a_dirs: Sequence[pathlib.Path],
+    b_dirs: Sequence[pathlib.Path],
+    *,
+    a_rule: str = "argmax",
+    b_rule: str = "argmax",
+    a_tta: bool = False,
+    b_tta: bool = False,
+    resamples: int = intervals.DEFAULT_RESAMPLES,
+) -> dict[str, Any]:
     """Mean over a's runs minus mean over b's runs of accuracy / BACC / macro AUC on the same test images,
     with the lesion-bootstrap interval of the difference (``intervals.paired``)."""
     a, b = _aligned(a_dirs, a_rule, a_tta), _aligned(b_dirs, b_rule, b_tta)

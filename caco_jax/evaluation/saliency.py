@@ -9,6 +9,7 @@ its share of the linearised score. The map is upsampled to the input (bilinear) 
 scaled to [0, 1] per image (min to max), so it shows where the evidence is relative to
 the rest of that image, not how strong it is.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -51,14 +52,18 @@ def overlay(image: np.ndarray, cam: np.ndarray, *, alpha: float = 0.45, colormap
     height, width = image.shape[:2]
     cam = np.asarray(cam, np.float32)
     if cam.shape != (height, width):
-        cam = np.asarray(Image.fromarray(cam).resize((width, height), Image.BILINEAR))
+        cam = np.asarray(Image.fromarray(cam).resize((width, height), Image.Resampling.BILINEAR))
     heat = colormaps[colormap](np.clip(cam, 0.0, 1.0))[..., :3] * 255.0
     weight = alpha * np.clip(cam, 0.0, 1.0)[..., None] ** 0.5  # cold regions stay close to the image
     return np.clip(image * (1 - weight) + heat * weight, 0, 255).astype(np.uint8)
 
 
-GALLERY_KINDS: tuple[str, ...] = ("most confident correct", "least confident correct",
-                                  "most confident wrong", "least confident wrong")
+GALLERY_KINDS: tuple[str, ...] = (
+    "most confident correct",
+    "least confident correct",
+    "most confident wrong",
+    "least confident wrong",
+)
 
 
 def select_gallery(probs: np.ndarray, labels: np.ndarray) -> list[list[int | None]]:

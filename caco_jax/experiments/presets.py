@@ -5,6 +5,7 @@ reading of the paper's protocol: 224 px, 100 epochs, 3 seeds; for a GPU), ``leak
 ``leakage`` (three data protocols, issue 19), ``recipe_cpu`` / ``recipe`` (configs/recipe.py against
 the paper's recipe, with each training-time part taken out).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,9 @@ class Cell:
         whatever the data protocol (the paper's own is what the leakage grid asks about)."""
         if self.get("loss.ldam_s") is not None:
             return None
-        row = paper.row(self.get("model.attention"), self.get("loss.name"), self.get("model.pretrained", True) is not False)
+        row = paper.row(
+            self.get("model.attention"), self.get("loss.name"), self.get("model.pretrained", True) is not False
+        )
         return None if row is None else (row.accuracy, row.bacc)
 
 
@@ -60,6 +63,11 @@ class Preset:
     sections: tuple[str, ...] = ()  # extra tables: "leakage" (protocols, leaked / clean parts), "recipe"
 
 
+def _init(kind: str) -> dict[str, Any]:
+    """The override of model.attention_init (a dotted key, so not a keyword argument of _c)."""
+    return {"model.attention_init": kind}
+
+
 def _c(name: str, attention: str, loss: str, seeds: Sequence[int] = (0,), note: str = "", **extra: Any) -> Cell:
     return Cell(name, {"model.attention": attention, "loss.name": loss, **extra}, tuple(seeds), note)
 
@@ -70,9 +78,11 @@ _AUGMENT_THEN_SPLIT = {"data.offline.mode": "balance", "data.offline.target": 15
 
 
 def _leakage_cells() -> tuple[Cell, ...]:
-    protocols = (("lesion", {"data.split_by": "lesion"}, "lesion-grouped split (no leak)"),
-                 ("image", {"data.split_by": "image"}, "image-level split: lesions leak"),
-                 ("augment", _AUGMENT_THEN_SPLIT, "offline copies, then an image-level split"))
+    protocols = (
+        ("lesion", {"data.split_by": "lesion"}, "lesion-grouped split (no leak)"),
+        ("image", {"data.split_by": "image"}, "image-level split: lesions leak"),
+        ("augment", _AUGMENT_THEN_SPLIT, "offline copies, then an image-level split"),
+    )
     cells = []
     for name, extra, note in protocols:
         cells.append(_c(f"{name}_caco_joint", "caco", "joint", (0, 1, 2), f"{note}; the paper's model", **extra))
@@ -81,8 +91,14 @@ def _leakage_cells() -> tuple[Cell, ...]:
 
 
 # Online augmentation of the CPU leakage grid: the 8 flips / rotations, nothing that changes pixels.
-_DIHEDRAL_ONLY = {"data.augment.scale": (1.0, 1.0), "data.augment.ratio": (1.0, 1.0), "data.augment.brightness": 0.0,
-                  "data.augment.contrast": 0.0, "data.augment.saturation": 0.0, "data.augment.hue": 0.0}
+_DIHEDRAL_ONLY = {
+    "data.augment.scale": (1.0, 1.0),
+    "data.augment.ratio": (1.0, 1.0),
+    "data.augment.brightness": 0.0,
+    "data.augment.contrast": 0.0,
+    "data.augment.saturation": 0.0,
+    "data.augment.hue": 0.0,
+}
 
 _RECIPE = "recipe"
 
@@ -93,36 +109,55 @@ def _recipe_cells(seeds: Sequence[int] = (0, 1, 2), ema: float = 0.99) -> tuple[
     seeds = tuple(seeds)
     parts = (
         ("recipe_no_ls", {"loss.label_smoothing": 0.0}, "recipe without label smoothing"),
-        ("recipe_joint", {"loss.name": "joint", "loss.label_smoothing": 0.0},
-         "recipe with the paper's joint loss instead of CE + label smoothing"),
-        ("recipe_constant_lr", {"optimizer.schedule": "constant", "optimizer.warmup_epochs": 0.0},
-         "recipe with the paper's constant learning rate"),
+        (
+            "recipe_joint",
+            {"loss.name": "joint", "loss.label_smoothing": 0.0},
+            "recipe with the paper's joint loss instead of CE + label smoothing",
+        ),
+        (
+            "recipe_constant_lr",
+            {"optimizer.schedule": "constant", "optimizer.warmup_epochs": 0.0},
+            "recipe with the paper's constant learning rate",
+        ),
         ("recipe_no_ema", {"optimizer.ema_decay": 0.0}, "recipe without the weights' moving average"),
         ("recipe_uniform", {"data.sampling": "uniform"}, "recipe with uniform sampling"),
     )
     return (
-        Cell("paper", {"model.attention": "caco", "loss.name": "joint", "evaluation.tta": True}, seeds,
-             "the paper's recipe (configs/caco.py)"),
+        Cell(
+            "paper",
+            {"model.attention": "caco", "loss.name": "joint", "evaluation.tta": True},
+            seeds,
+            "the paper's recipe (configs/caco.py)",
+        ),
         Cell("recipe", {"optimizer.ema_decay": ema}, seeds, "configs/recipe.py", _RECIPE),
         *(Cell(name, {"optimizer.ema_decay": ema, **extra}, seeds, note, _RECIPE) for name, extra, note in parts),
     )
 
 
 _LEAKAGE_COMPARISONS = tuple(
-    Comparison(f"{p}_caco_joint", f"{p}_se_ce", f"{p} protocol: the paper's model against SE + CE on the same test images")
-    for p in ("lesion", "image", "augment"))
+    Comparison(
+        f"{p}_caco_joint", f"{p}_se_ce", f"{p} protocol: the paper's model against SE + CE on the same test images"
+    )
+    for p in ("lesion", "image", "augment")
+)
 
 
 def _recipe_comparisons() -> tuple[Comparison, ...]:
-    full = dict(a_rule="balanced", a_tta=True)
+    full: dict[str, Any] = {"a_rule": "balanced", "a_tta": True}
     return (
         Comparison("recipe", "paper", "The recipe as shipped (balanced rule, TTA) against the paper's recipe", **full),
         Comparison("recipe", "paper", "The recipe's training alone (argmax, no TTA) against the paper's recipe"),
         Comparison("paper", "paper", "The balanced rule alone, on the paper's recipe", a_rule="balanced"),
-        *(Comparison("recipe", name, f"What {what} adds to the recipe", **full, b_rule="balanced", b_tta=True)
-          for name, what in (("recipe_no_ls", "label smoothing"), ("recipe_joint", "CE + label smoothing "
-                             "(against the joint loss)"), ("recipe_constant_lr", "warmup + cosine decay"),
-                             ("recipe_no_ema", "the moving average"), ("recipe_uniform", "sqrt sampling"))),
+        *(
+            Comparison("recipe", name, f"What {what} adds to the recipe", **full, b_rule="balanced", b_tta=True)
+            for name, what in (
+                ("recipe_no_ls", "label smoothing"),
+                ("recipe_joint", "CE + label smoothing (against the joint loss)"),
+                ("recipe_constant_lr", "warmup + cosine decay"),
+                ("recipe_no_ema", "the moving average"),
+                ("recipe_uniform", "sqrt sampling"),
+            )
+        ),
     )
 
 
@@ -131,23 +166,48 @@ PRESETS: dict[str, Preset] = {
         "cpu",
         "The paper's recipe (ImageNet backbone, AdamW 5e-4 / 5e-2 constant, batch 128, lesion-grouped 8:1:1 "
         "split) at 112 px for 10 epochs: what a 2-core CPU affords.",
-        {"data.image_size": 112, "num_epochs": 10, "batch_size": 128, "data.split_by": "lesion",
-         "checkpoint.keep": 10},
+        {"data.image_size": 112, "num_epochs": 10, "batch_size": 128, "data.split_by": "lesion", "checkpoint.keep": 10},
         (
             _c("se_ce", "se", "ce", (0, 1), "torchvision's MobileNetV3-Small (paper Table 2)"),
             _c("caco_ce", "caco", "ce", note="CaCo, preserving init (ours)"),
-            _c("caco_ce_plain", "caco", "ce", note="CaCo, plain init (the paper, most likely)",
-               **{"model.attention_init": "plain"}),
-            _c("caco_ce_preserve_channel", "caco", "ce", note="plain coordinate attention, gained max branch",
-               **{"model.attention_init": "preserve_channel"}),
-            _c("caco_ce_preserve_coord", "caco", "ce", note="gained coordinate attention, plain max branch",
-               **{"model.attention_init": "preserve_coord"}),
+            _c(
+                "caco_ce_plain",
+                "caco",
+                "ce",
+                note="CaCo, plain init (the paper, most likely)",
+                **_init("plain"),
+            ),
+            _c(
+                "caco_ce_preserve_channel",
+                "caco",
+                "ce",
+                note="plain coordinate attention, gained max branch",
+                **_init("preserve_channel"),
+            ),
+            _c(
+                "caco_ce_preserve_coord",
+                "caco",
+                "ce",
+                note="gained coordinate attention, plain max branch",
+                **_init("preserve_coord"),
+            ),
             _c("caco_joint", "caco", "joint", (0, 1), "the paper's model, preserving init"),
-            _c("caco_joint_plain", "caco", "joint", note="the paper's model, plain init",
-               **{"model.attention_init": "plain"}),
+            _c(
+                "caco_joint_plain",
+                "caco",
+                "joint",
+                note="the paper's model, plain init",
+                **_init("plain"),
+            ),
             _c("se_joint", "se", "joint", note="SE with the joint loss"),
-            _c("caco_joint_s30", "caco", "joint", (0, 1), "LDAM scale s = 30 (official) instead of 1",
-               **{"loss.ldam_s": 30.0}),
+            _c(
+                "caco_joint_s30",
+                "caco",
+                "joint",
+                (0, 1),
+                "LDAM scale s = 30 (official) instead of 1",
+                **{"loss.ldam_s": 30.0},
+            ),
         ),
     ),
     "paper": Preset(
@@ -164,8 +224,14 @@ PRESETS: dict[str, Preset] = {
             _c("caco_focal", "caco", "focal", (0, 1, 2), "Table 4"),
             _c("caco_ldam", "caco", "ldam", (0, 1, 2), "Table 4"),
             _c("caco_joint", "caco", "joint", (0, 1, 2), "Table 4 / 5: the paper's model"),
-            _c("caco_joint_plain", "caco", "joint", (0, 1, 2), "the paper's model, plain init",
-               **{"model.attention_init": "plain"}),
+            _c(
+                "caco_joint_plain",
+                "caco",
+                "joint",
+                (0, 1, 2),
+                "the paper's model, plain init",
+                **_init("plain"),
+            ),
             _c("cbam_ce", "cbam", "ce", (0, 1, 2), "Table 5 (cross-entropy, as the paper's ablation)"),
             _c("seco_ce", "seco", "ce", (0, 1, 2), "Table 5 (cross-entropy)"),
             _c("eca_ce", "eca", "ce", (0, 1, 2), "Table 5 (cross-entropy)"),
@@ -173,12 +239,20 @@ PRESETS: dict[str, Preset] = {
             _c("cbam_joint", "cbam", "joint", (0, 1, 2), "ours: attention ablation, joint loss"),
             _c("seco_joint", "seco", "joint", (0, 1, 2), "ours: attention ablation, joint loss"),
             _c("eca_joint", "eca", "joint", (0, 1, 2), "ours: attention ablation, joint loss"),
-            _c("caco_joint_imagesplit", "caco", "joint", (0, 1, 2), "image-level split: lesions leak",
-               **{"data.split_by": "image"}),
+            _c(
+                "caco_joint_imagesplit",
+                "caco",
+                "joint",
+                (0, 1, 2),
+                "image-level split: lesions leak",
+                **{"data.split_by": "image"},
+            ),
         ),
-        (Comparison("caco_joint", "se_ce", "Is the paper's model (CaCo + joint loss) better than SE + CE?"),
-         Comparison("caco_ce", "se_ce", "Is CaCo better than SE (both cross-entropy)?"),
-         Comparison("caco_joint", "caco_ce", "Is the joint loss better than cross-entropy (both CaCo)?")),
+        (
+            Comparison("caco_joint", "se_ce", "Is the paper's model (CaCo + joint loss) better than SE + CE?"),
+            Comparison("caco_ce", "se_ce", "Is CaCo better than SE (both cross-entropy)?"),
+            Comparison("caco_joint", "caco_ce", "Is the joint loss better than cross-entropy (both CaCo)?"),
+        ),
     ),
     "leakage_cpu": Preset(
         "leakage_cpu",
@@ -187,8 +261,14 @@ PRESETS: dict[str, Preset] = {
         "cross-entropy on one, at 64 px for 30 epochs with lossless online augmentation only (flips and 90-degree "
         "rotations: the paper lists its augmentations as an offline step): long enough on a 2-core CPU for "
         "training accuracy to pass 95 %, so that memorised training images can show in the test figures.",
-        {"data.image_size": 64, "num_epochs": 30, "batch_size": 128, "checkpoint.keep": 2,
-         "checkpoint.every_epochs": 2, **_DIHEDRAL_ONLY},
+        {
+            "data.image_size": 64,
+            "num_epochs": 30,
+            "batch_size": 128,
+            "checkpoint.keep": 2,
+            "checkpoint.every_epochs": 2,
+            **_DIHEDRAL_ONLY,
+        },
         _leakage_cells(),
         _LEAKAGE_COMPARISONS,
         ("leakage",),
@@ -205,8 +285,7 @@ PRESETS: dict[str, Preset] = {
         "recipe_cpu",
         "Beyond the paper: configs/recipe.py against the paper's recipe on the CPU protocol (112 px, 10 epochs, "
         "lesion-grouped split), three seeds, with each training-time part of the recipe taken out in turn.",
-        {"data.image_size": 112, "num_epochs": 10, "batch_size": 128, "data.split_by": "lesion",
-         "checkpoint.keep": 2},
+        {"data.image_size": 112, "num_epochs": 10, "batch_size": 128, "data.split_by": "lesion", "checkpoint.keep": 2},
         _recipe_cells(),
         _recipe_comparisons(),
         ("recipe",),

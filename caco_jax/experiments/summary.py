@@ -1,6 +1,7 @@
 """The figures of a preset's finished runs: per run, per cell (mean and spread over seeds, with the
 lesion-bootstrap interval of the mean) and per paired comparison, from each run's report, metrics log and
 saved predictions."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,17 @@ from caco_jax.evaluation import run_figures
 from caco_jax.experiments.grid import run_dir
 from caco_jax.experiments.presets import Cell, Comparison, Preset
 
-SCALARS = ("accuracy", "bacc", "paper_bacc", "macro_auc", "mel_sensitivity", "train_seconds", "isic_accuracy",
-           "isic_bacc", "isic_macro_auc")
+SCALARS = (
+    "accuracy",
+    "bacc",
+    "paper_bacc",
+    "macro_auc",
+    "mel_sensitivity",
+    "train_seconds",
+    "isic_accuracy",
+    "isic_bacc",
+    "isic_macro_auc",
+)
 # The decision rule x test-time augmentation combinations a cell is reported under.
 VIEWS = (("argmax", False), ("balanced", False), ("offsets", False), ("argmax", True), ("balanced", True))
 
@@ -36,12 +46,19 @@ def summarise_run(workdir: pathlib.Path, resamples: int = 1000) -> dict[str, Any
     m = report["metrics"]
     history = epoch_rows(workdir)
     seconds = sum(r.get("epoch_seconds", 0.0) + r.get("val_seconds", 0.0) for r in history)
-    out = {"accuracy": m["accuracy"], "bacc": m["bacc"], "paper_bacc": m["paper_bacc"], "macro_auc": m.get("macro_auc"),
-           "mel_sensitivity": m["per_class"]["mel"]["sensitivity"] if "mel" in m["per_class"] else None,
-           "params": report["model"]["params"], "train_seconds": seconds, "epochs": len(history),
-           "best_epoch": 1 + max(range(len(history)), key=lambda i: history[i]["val_bacc"]) if history else None,
-           "final_train_accuracy": history[-1].get("train_accuracy") if history else None,
-           "leakage": m.get("leakage")}
+    out = {
+        "accuracy": m["accuracy"],
+        "bacc": m["bacc"],
+        "paper_bacc": m["paper_bacc"],
+        "macro_auc": m.get("macro_auc"),
+        "mel_sensitivity": m["per_class"]["mel"]["sensitivity"] if "mel" in m["per_class"] else None,
+        "params": report["model"]["params"],
+        "train_seconds": seconds,
+        "epochs": len(history),
+        "best_epoch": 1 + max(range(len(history)), key=lambda i: history[i]["val_bacc"]) if history else None,
+        "final_train_accuracy": history[-1].get("train_accuracy") if history else None,
+        "leakage": m.get("leakage"),
+    }
     external = workdir / "report_isic2018_test_test.json"
     if external.is_file():
         e = json.loads(external.read_text())["metrics"]
@@ -59,8 +76,11 @@ def stats(values: list[float | None]) -> tuple[float | None, float | None]:
 
 
 def _finished(preset: Preset, cell: Cell, out: pathlib.Path) -> dict[int, pathlib.Path]:
-    return {seed: run_dir(out, preset, cell, seed) for seed in cell.seeds
-            if (run_dir(out, preset, cell, seed) / "report.json").is_file()}
+    return {
+        seed: run_dir(out, preset, cell, seed)
+        for seed in cell.seeds
+        if (run_dir(out, preset, cell, seed) / "report.json").is_file()
+    }
 
 
 def _views(dirs: list[pathlib.Path], runs: list[dict[str, Any]], resamples: int) -> dict[str, Any]:
@@ -69,8 +89,9 @@ def _views(dirs: list[pathlib.Path], runs: list[dict[str, Any]], resamples: int)
     for rule, tta in VIEWS:
         variant = "tta" if tta else "plain"
         if runs and all(r["figures"] and r["figures"].get(variant) for r in runs):
-            views[f"{rule}{'_tta' if tta else ''}"] = run_figures.cell_figures(dirs, rule=rule, tta=tta,
-                                                                               resamples=resamples)
+            views[f"{rule}{'_tta' if tta else ''}"] = run_figures.cell_figures(
+                dirs, rule=rule, tta=tta, resamples=resamples
+            )
     return views
 
 
@@ -81,8 +102,11 @@ def _parts(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     out = {}
     for part in run_figures.PARTS:
         figs = [r["figures"]["parts"][part] for r in runs]
-        out[part] = {"num_examples": figs[0]["num_examples"], "accuracy": stats([f["accuracy"] for f in figs]),
-                     "bacc": stats([f["bacc"] for f in figs])}
+        out[part] = {
+            "num_examples": figs[0]["num_examples"],
+            "accuracy": stats([f["accuracy"] for f in figs]),
+            "bacc": stats([f["bacc"] for f in figs]),
+        }
     return out
 
 
@@ -92,9 +116,15 @@ def aggregate(preset: Preset, out: pathlib.Path, resamples: int = 1000) -> list[
     for cell in preset.cells:
         dirs = _finished(preset, cell, out)
         runs = {seed: summarise_run(d, resamples) for seed, d in dirs.items()}
-        row: dict[str, Any] = {"cell": cell.name, "note": cell.note, "overrides": cell.overrides,
-                               "seeds": sorted(runs), "planned_seeds": list(cell.seeds), "runs": runs,
-                               "paper": cell.paper()}
+        row: dict[str, Any] = {
+            "cell": cell.name,
+            "note": cell.note,
+            "overrides": cell.overrides,
+            "seeds": sorted(runs),
+            "planned_seeds": list(cell.seeds),
+            "runs": runs,
+            "paper": cell.paper(),
+        }
         for key in SCALARS:
             row[key] = stats([r.get(key) for r in runs.values()])
         row["params"] = next((r["params"] for r in runs.values()), None)
@@ -110,18 +140,32 @@ def compare(preset: Preset, out: pathlib.Path, comparison: Comparison, resamples
     """A paired comparison of two cells over their finished seeds; ``available`` False (with the reason)
     when either cell lacks finished runs with saved predictions."""
     cells = {c.name: c for c in preset.cells}
-    dirs = {name: [d for d in _finished(preset, cells[name], out).values()
-                   if (d / "predictions_test.npz").is_file()] for name in (comparison.a, comparison.b)}
-    result: dict[str, Any] = {"a": comparison.a, "b": comparison.b, "question": comparison.question,
-                              "a_rule": comparison.a_rule, "b_rule": comparison.b_rule,
-                              "a_tta": comparison.a_tta, "b_tta": comparison.b_tta}
+    dirs = {
+        name: [d for d in _finished(preset, cells[name], out).values() if (d / "predictions_test.npz").is_file()]
+        for name in (comparison.a, comparison.b)
+    }
+    result: dict[str, Any] = {
+        "a": comparison.a,
+        "b": comparison.b,
+        "question": comparison.question,
+        "a_rule": comparison.a_rule,
+        "b_rule": comparison.b_rule,
+        "a_tta": comparison.a_tta,
+        "b_tta": comparison.b_tta,
+    }
     missing = [name for name, found in dirs.items() if not found]
     if missing:
         return result | {"available": False, "reason": f"no finished run with saved predictions in {missing}"}
     try:
-        figures = run_figures.compare(dirs[comparison.a], dirs[comparison.b], a_rule=comparison.a_rule,
-                                      b_rule=comparison.b_rule, a_tta=comparison.a_tta, b_tta=comparison.b_tta,
-                                      resamples=resamples)
+        figures = run_figures.compare(
+            dirs[comparison.a],
+            dirs[comparison.b],
+            a_rule=comparison.a_rule,
+            b_rule=comparison.b_rule,
+            a_tta=comparison.a_tta,
+            b_tta=comparison.b_tta,
+            resamples=resamples,
+        )
     except (FileNotFoundError, ValueError) as err:
         return result | {"available": False, "reason": str(err)}
     return result | {"available": True, "seeds": [len(dirs[comparison.a]), len(dirs[comparison.b])], **figures}

@@ -1,6 +1,7 @@
 """The result tables of a preset, written to ``docs/results_<preset>.{md,json,png}``: per cell, mean and
 spread over seeds with the lesion-bootstrap interval of the mean, beside the paper's figures; paired
 comparisons; and the preset's own sections (the leakage protocols, the recipe's ablation)."""
+
 from __future__ import annotations
 
 import datetime
@@ -58,34 +59,47 @@ def _versions() -> str:
 
 def _header(preset: Preset, command: str, trained_on: str) -> list[str]:
     return [
-        f"# caco-jax on HAM10000: preset `{preset.name}`", "", preset.description, "",
+        f"# caco-jax on HAM10000: preset `{preset.name}`",
+        "",
+        preset.description,
+        "",
         f"- command: `{command}`",
         f"- written: {datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds')}",
         *([f"- runs trained on: {trained_on}"] if trained_on else []),
         f"- {'tables written on' if trained_on else 'machine'}: {_machine()}",
-        f"- versions{' (of the tables)' if trained_on else ''}: {_versions()}", "",
+        f"- versions{' (of the tables)' if trained_on else ''}: {_versions()}",
+        "",
         "Test split, best-validation-BACC weights of each run: mean ± standard deviation over seeds (with 2+ seeds), "
         "then in brackets the 95 % interval of that mean over the test split's sampling (2,000 bootstrap resamples "
         "of its lesions, every photograph of a drawn lesion together; only for runs that saved their predictions). "
         "BACC is mean per-class recall; *paper BACC* is the paper's formula, mean of (sensitivity + specificity) / 2. "
         "The paper's columns are its reported HAM10000 test figures for the same model and loss (its split and "
-        "input size are not published: see the discussion).", "",
+        "input size are not published: see the discussion).",
+        "",
     ]
 
 
 def _main_table(rows: list[dict[str, Any]]) -> list[str]:
     external = any(r["isic_bacc"][0] is not None for r in rows)
-    lines = ["| cell | seeds | accuracy % | BACC % | paper BACC % | macro AUC | mel sens. % | params | train min"
-             + (" | ISIC acc % | ISIC BACC %" if external else "") + " | paper acc % | paper BACC % | note |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:" + ("|---:|---:" if external else "") + "|---:|---:|---|"]
+    lines = [
+        "| cell | seeds | accuracy % | BACC % | paper BACC % | macro AUC | mel sens. % | params | train min"
+        + (" | ISIC acc % | ISIC BACC %" if external else "")
+        + " | paper acc % | paper BACC % | note |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:" + ("|---:|---:" if external else "") + "|---:|---:|---|",
+    ]
     for r in rows:
         seeds = ",".join(map(str, r["seeds"])) or "-"
         if r["seeds"] != r["planned_seeds"]:
             seeds += f" (of {','.join(map(str, r['planned_seeds']))})"
         auc_mean, auc_std = r["macro_auc"]
         auc_iv = _interval(r, "macro_auc")
-        auc = "-" if auc_mean is None else f"{auc_mean:.3f}" + (f" ± {auc_std:.3f}" if auc_std else "") + (
-            f" [{auc_iv[0]:.3f}, {auc_iv[1]:.3f}]" if auc_iv else "")
+        auc = (
+            "-"
+            if auc_mean is None
+            else f"{auc_mean:.3f}"
+            + (f" ± {auc_std:.3f}" if auc_std else "")
+            + (f" [{auc_iv[0]:.3f}, {auc_iv[1]:.3f}]" if auc_iv else "")
+        )
         minutes = "-" if r["train_seconds"][0] is None else f"{r['train_seconds'][0] / 60:.1f}"
         params = "-" if r["params"] is None else f"{r['params'] / 1e6:.3f} M"
         paper = r["paper"]
@@ -94,7 +108,8 @@ def _main_table(rows: list[dict[str, Any]]) -> list[str]:
             f"{_pct(r['bacc'], _interval(r, 'bacc'))} | {_pct(r['paper_bacc'])} | {auc} | "
             f"{_pct(r['mel_sensitivity'])} | {params} | {minutes}"
             + (f" | {_pct(r['isic_accuracy'])} | {_pct(r['isic_bacc'])}" if external else "")
-            + f" | {paper[0] if paper else '-'} | {paper[1] if paper else '-'} | {r['note']} |")
+            + f" | {paper[0] if paper else '-'} | {paper[1] if paper else '-'} | {r['note']} |"
+        )
     if not external:
         lines += ["", "External evaluation (ISIC 2018 Task 3 test): not run (no `--isic_dir` given)."]
     return lines
@@ -104,95 +119,139 @@ def _rule(rule: str, tta: bool) -> str:
     return rule + (" + TTA" if tta else "")
 
 
+def _difference(comparison: dict[str, Any], key: str) -> str:
+    d, iv = comparison[key]["difference"], comparison[key]["interval"]
+    return f"{100 * d:+.1f}" + (f" [{100 * iv[0]:+.1f}, {100 * iv[1]:+.1f}]" if iv else "")
+
+
 def _comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
     if not comparisons:
         return []
-    lines = ["", "## Paired comparisons", "",
-             "Each row: the mean over seeds of cell *a* minus that of cell *b*, on the same test images, in points "
-             "(percent for accuracy and BACC, AUC x 100), with the 95 % interval of the difference when both are "
-             "resampled together by lesion; *P(a > b)* is the share of resamples in which a wins. An interval that "
-             "contains 0 means this test split cannot tell the two apart.", "",
-             "| question | a (rule) | b (rule) | seeds | BACC a - b | accuracy a - b | macro AUC a - b | P(a > b), BACC |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
+    lines = [
+        "",
+        "## Paired comparisons",
+        "",
+        "Each row: the mean over seeds of cell *a* minus that of cell *b*, on the same test images, in points "
+        "(percent for accuracy and BACC, AUC x 100), with the 95 % interval of the difference when both are "
+        "resampled together by lesion; *P(a > b)* is the share of resamples in which a wins. An interval that "
+        "contains 0 means this test split cannot tell the two apart.",
+        "",
+        "| question | a (rule) | b (rule) | seeds | BACC a - b | accuracy a - b | macro AUC a - b | P(a > b), BACC |",
+        "|---|---|---|---|---:|---:|---:|---:|",
+    ]
     for c in comparisons:
-        head = f"| {c['question']} | {c['a']} ({_rule(c['a_rule'], c['a_tta'])}) | {c['b']} ({_rule(c['b_rule'], c['b_tta'])}) |"
+        head = (
+            f"| {c['question']} | {c['a']} ({_rule(c['a_rule'], c['a_tta'])}) "
+            f"| {c['b']} ({_rule(c['b_rule'], c['b_tta'])}) |"
+        )
         if not c["available"]:
             lines.append(head + f" - | not available: {c['reason']} | | | |")
             continue
-
-        def diff(key: str) -> str:
-            d, iv = c[key]["difference"], c[key]["interval"]
-            return f"{100 * d:+.1f}" + (f" [{100 * iv[0]:+.1f}, {100 * iv[1]:+.1f}]" if iv else "")
-
         share = c["bacc"]["share_above_zero"]
-        lines.append(head + f" {c['seeds'][0]} vs {c['seeds'][1]} | {diff('bacc')} | {diff('accuracy')} | "
-                            f"{diff('macro_auc')} | {'-' if share is None else f'{share:.2f}'} |")
+        lines.append(
+            head + f" {c['seeds'][0]} vs {c['seeds'][1]} | {_difference(c, 'bacc')} | "
+            f"{_difference(c, 'accuracy')} | {_difference(c, 'macro_auc')} | "
+            f"{'-' if share is None else f'{share:.2f}'} |"
+        )
     return lines
+
+
+def _part_cell(parts: dict[str, Any], part: str) -> str:
+    p = parts[part]
+    if not p["num_examples"]:
+        return "n = 0"
+    return f"{_pct(p['accuracy'])} / {_pct(p['bacc'])} (n = {p['num_examples']})"
 
 
 def _leakage_lines(rows: list[dict[str, Any]]) -> list[str]:
     protocols = {r["cell"].split("_")[0]: r["leakage"] for r in rows if r.get("leakage")}
     class_names = next((list(s["per_class"]) for s in protocols.values()), [])
-    lines = ["", "## The leak of each protocol", "",
-             "Share of test images (%) that have a photograph of the same lesion in the training split / that have "
-             "the same photograph (itself or an offline copy) in the training split, overall and per class."]
+    lines = [
+        "",
+        "## The leak of each protocol",
+        "",
+        "Share of test images (%) that have a photograph of the same lesion in the training split / that have "
+        "the same photograph (itself or an offline copy) in the training split, overall and per class.",
+    ]
     if protocols:
         lines += [""] + leakage.table(protocols, class_names)
-    lines += ["", "## Test figures on the leaked and the clean parts of each test split", "",
-              "*clean*: no photograph of the lesion in training; *same lesion*: another photograph of the lesion "
-              "(or a copy) in training; *same photo*: the photograph itself, as an offline copy, in training. "
-              "Accuracy / BACC %, mean ± std over seeds; n = test images in the part. Training accuracy is that of "
-              "the last epoch (augmented batches).", "",
-              "| cell | seeds | train acc % | all: acc / BACC | clean | same lesion | same photo | paper acc / BACC |",
-              "|---|---|---:|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Test figures on the leaked and the clean parts of each test split",
+        "",
+        "*clean*: no photograph of the lesion in training; *same lesion*: another photograph of the lesion "
+        "(or a copy) in training; *same photo*: the photograph itself, as an offline copy, in training. "
+        "Accuracy / BACC %, mean ± std over seeds; n = test images in the part. Training accuracy is that of "
+        "the last epoch (augmented batches).",
+        "",
+        "| cell | seeds | train acc % | all: acc / BACC | clean | same lesion | same photo | paper acc / BACC |",
+        "|---|---|---:|---|---|---|---|---|",
+    ]
     for r in rows:
         parts = r.get("parts")
         if not parts:
             continue
-
-        def cell(part: str) -> str:
-            p = parts[part]
-            if not p["num_examples"]:
-                return "n = 0"
-            return f"{_pct(p['accuracy'])} / {_pct(p['bacc'])} (n = {p['num_examples']})"
-
         paper = r["paper"]
-        lines.append(f"| {r['cell']} | {','.join(map(str, r['seeds']))} | {_pct(r['final_train_accuracy'])} | "
-                     f"{_pct(r['accuracy'])} / {_pct(r['bacc'])} | {cell('clean')} | {cell('same_lesion')} | "
-                     f"{cell('same_source')} | {f'{paper[0]} / {paper[1]}' if paper else '-'} |")
+        lines.append(
+            f"| {r['cell']} | {','.join(map(str, r['seeds']))} | {_pct(r['final_train_accuracy'])} | "
+            f"{_pct(r['accuracy'])} / {_pct(r['bacc'])} | {_part_cell(parts, 'clean')} | "
+            f"{_part_cell(parts, 'same_lesion')} | {_part_cell(parts, 'same_source')} | "
+            f"{f'{paper[0]} / {paper[1]}' if paper else '-'} |"
+        )
     return lines
 
 
+def _view_cell(views: dict[str, Any], key: str) -> str:
+    if key not in views:
+        return "-"
+    f = views[key]
+    return f"{100 * f['accuracy']['value']:.1f} / {100 * f['bacc']['value']:.1f}" + (
+        f" [{100 * f['bacc']['interval'][0]:.1f}, {100 * f['bacc']['interval'][1]:.1f}]"
+        if f["bacc"]["interval"]
+        else ""
+    )
+
+
 def _recipe_lines(rows: list[dict[str, Any]]) -> list[str]:
-    views = (("argmax", "argmax"), ("balanced", "balanced rule"), ("offsets", "per-class offsets"),
-             ("argmax_tta", "TTA"), ("balanced_tta", "TTA + balanced rule"))
-    lines = ["", "## The recipe's parts: decision rules and test-time augmentation", "",
-             "Every run evaluated under each decision rule (fitted on its validation split) with and without TTA "
-             "(the 8 flips and 90-degree rotations): accuracy / BACC %, mean over seeds with the interval of the "
-             "mean; macro AUC does not depend on the rule.", "",
-             "| cell | seeds | " + " | ".join(name for _, name in views) + " | macro AUC (plain / TTA) |",
-             "|---|---|" + "---|" * len(views) + "---|"]
+    views = (
+        ("argmax", "argmax"),
+        ("balanced", "balanced rule"),
+        ("offsets", "per-class offsets"),
+        ("argmax_tta", "TTA"),
+        ("balanced_tta", "TTA + balanced rule"),
+    )
+    lines = [
+        "",
+        "## The recipe's parts: decision rules and test-time augmentation",
+        "",
+        "Every run evaluated under each decision rule (fitted on its validation split) with and without TTA "
+        "(the 8 flips and 90-degree rotations): accuracy / BACC %, mean over seeds with the interval of the "
+        "mean; macro AUC does not depend on the rule.",
+        "",
+        "| cell | seeds | " + " | ".join(name for _, name in views) + " | macro AUC (plain / TTA) |",
+        "|---|---|" + "---|" * len(views) + "---|",
+    ]
     for r in rows:
         v = r.get("views") or {}
         if not v:
             continue
-
-        def fig(key: str) -> str:
-            if key not in v:
-                return "-"
-            f = v[key]
-            return (f"{100 * f['accuracy']['value']:.1f} / {100 * f['bacc']['value']:.1f}"
-                    + (f" [{100 * f['bacc']['interval'][0]:.1f}, {100 * f['bacc']['interval'][1]:.1f}]"
-                       if f["bacc"]["interval"] else ""))
-
         auc = [f"{v[k]['macro_auc']['value']:.3f}" if k in v else "-" for k in ("argmax", "argmax_tta")]
-        lines.append(f"| {r['cell']} | {','.join(map(str, r['seeds']))} | " + " | ".join(fig(k) for k, _ in views)
-                     + f" | {auc[0]} / {auc[1]} |")
+        lines.append(
+            f"| {r['cell']} | {','.join(map(str, r['seeds']))} | "
+            + " | ".join(_view_cell(v, k) for k, _ in views)
+            + f" | {auc[0]} / {auc[1]} |"
+        )
     return lines
 
 
-def write_results(preset: Preset, rows: list[dict[str, Any]], docs: pathlib.Path, command: str,
-                  trained_on: str = "", comparisons: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def write_results(
+    preset: Preset,
+    rows: list[dict[str, Any]],
+    docs: pathlib.Path,
+    command: str,
+    trained_on: str = "",
+    comparisons: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """docs/results_<preset>.md, .json and .png; returns the paths. ``trained_on`` names the machine that
     trained the runs when it is not the one writing the tables (``--report_only`` elsewhere)."""
     from caco_jax.evaluation import plots
@@ -210,8 +269,18 @@ def write_results(preset: Preset, rows: list[dict[str, Any]], docs: pathlib.Path
     if discussion.is_file():
         lines += [discussion.read_text().strip(), ""]
     stem.with_suffix(".md").write_text("\n".join(lines))
-    stem.with_suffix(".json").write_text(json.dumps({"preset": preset.name, "command": command,
-                                                     "trained_on": trained_on or _machine(), "rows": rows,
-                                                     "comparisons": comparisons}, indent=2, default=str))
+    stem.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "preset": preset.name,
+                "command": command,
+                "trained_on": trained_on or _machine(),
+                "rows": rows,
+                "comparisons": comparisons,
+            },
+            indent=2,
+            default=str,
+        )
+    )
     plots.plot_results(rows, stem.with_suffix(".png"), title=f"preset {preset.name}: test BACC per cell")
     return {"md": stem.with_suffix(".md"), "json": stem.with_suffix(".json"), "png": stem.with_suffix(".png")}

@@ -28,23 +28,23 @@ whose class count differs), and any other key, a shape mismatch or a missing ten
 raises an error naming it and saying what to do. What stays at initialisation is listed
 with the reason.
 """
-from __future__ import annotations
 
-import re
+from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 from flax import nnx
 
 from caco_jax.errors import WeightsError
+from caco_jax.interop.torch_io import load_state_dict
 from caco_jax.models.attention import ATTENTION_BLOCKS, ATTENTION_INITS, attention_block, layout, why_new
 from caco_jax.models.layers import BatchNorm, Conv2d
 from caco_jax.models.mobilenetv3 import ARCHS, MobileNetV3
-from caco_jax.interop.torch_io import load_state_dict
 
 Path = tuple[Any, ...]
 
@@ -102,8 +102,15 @@ def _same(w: np.ndarray) -> np.ndarray:
     return w
 
 
-_INVERSE = {_conv: lambda k: np.transpose(k, (3, 2, 0, 1)), _pointwise: lambda k: np.transpose(k)[:, :, None, None],
-            _linear: np.transpose, _same: lambda v: v}
+Transform = Callable[[np.ndarray], np.ndarray]
+
+# PyTorch layout -> ours (the key), and back (the value).
+_INVERSE: dict[Transform, Transform] = {
+    _conv: lambda k: np.transpose(k, (3, 2, 0, 1)),
+    _pointwise: lambda k: np.transpose(k)[:, :, None, None],
+    _linear: np.transpose,
+    _same: lambda v: v,
+}
 
 
 def _conv_bn(torch_prefix: str, path: Path) -> dict[str, tuple[Path, Any]]:
@@ -121,8 +128,8 @@ def key_map(model: MobileNetV3) -> tuple[dict[str, tuple[Path, Any]], dict[str, 
     spec = ARCHS[model.arch]
     mapping = _conv_bn("features.0", ("stem",))
     skipped: dict[str, str] = {}
-    block = attention_block(model.attention_name)
-    se_path = None if block is None or block.se_mlp_path is None else ("attention", *block.se_mlp_path)
+    attention = attention_block(model.attention_name)
+    se_path = None if attention is None or attention.se_mlp_path is None else ("attention", *attention.se_mlp_path)
     width = spec.stem
     for i, block in enumerate(spec.blocks, start=1):
         j = 0
@@ -179,7 +186,7 @@ def attention_keys(block: nnx.Module, torch_prefix: str, path: Path) -> dict[str
             renamed = getattr(nodes[sub[:depth]], "torch_names", {}).get(child, child)
             if renamed:
                 parts.append(str(renamed))
-        name, fn = _torch_leaf(nodes[sub[:-1]], sub[-1])
+        name, fn = _torch_leaf(nodes[sub[:-1]], str(sub[-1]))
         out[".".join(p for p in (torch_prefix, *parts, name) if p)] = (path + sub, fn)
     return out
 
@@ -233,7 +240,7 @@ def _why_initialised(path: Path, head_reason: str | None, attention: str) -> str
     if path[0] in ("head", "classifier"):
         return head_reason or "not in the checkpoint"
     if "attention" in path:
-        inside = tuple(map(str, path[path.index("attention") + 1:]))
+        inside = tuple(map(str, path[path.index("attention") + 1 :]))
         return why_new(attention, inside) or "this attention block has no ImageNet counterpart"
     return "not in the checkpoint"
 
@@ -269,19 +276,23 @@ def _guess_variant(keys: list[str]) -> str | None:
 def _unknown_hint(model: MobileNetV3, unknown: list[str], keys: list[str]) -> str:
     """What to do about ``unknown`` keys (of a checkpoint with ``keys``)."""
     if all(k.endswith(("max_gain", ".gain")) for k in unknown):
-        return ("these are attention gains, which only a preserving attention_init has: build the model with the "
-                f"attention_init the checkpoint was saved with (this one has {model.attention_init!r})")
+        return (
+            "these are attention gains, which only a preserving attention_init has: build the model with the "
+            f"attention_init the checkpoint was saved with (this one has {model.attention_init!r})"
+        )
     variant = _guess_variant(keys)
     if variant and variant != model.attention_name:
-        return (f"they look like the reference layout of attention {variant!r}: build the model with that "
-                f"attention (this one has {model.attention_name!r})")
-    return (f"is this a mobilenet_v3_{model.arch} state_dict? (strip a 'module.' prefix from DataParallel "
-            "checkpoints first)")
+        return (
+            f"they look like the reference layout of attention {variant!r}: build the model with that "
+            f"attention (this one has {model.attention_name!r})"
+        )
+    return (
+        f"is this a mobilenet_v3_{model.arch} state_dict? (strip a 'module.' prefix from DataParallel "
+        "checkpoints first)"
+    )
 
 
-def load_torchvision(
-    model: MobileNetV3, state_dict: Mapping[str, Any] | str | os.PathLike
-) -> ConversionReport:
+def load_torchvision(model: MobileNetV3, state_dict: Mapping[str, Any] | str | os.PathLike) -> ConversionReport:
     """Loads a PyTorch MobileNetV3 state_dict (dict or ``.pth`` path) into ``model`` in place.
 
     Either layout (module docstring): a torchvision checkpoint, or one of the reference
@@ -345,8 +356,10 @@ def _check_keys(model: MobileNetV3, sd: Mapping[str, Any], keys: _Keys) -> None:
     if missing:
         hint = ""
         if all(k.endswith(("max_gain", ".gain")) for k in missing):
-            hint = (f"; the checkpoint has no attention gains: it was saved from a model with another "
-                    f"attention_init (this one has {model.attention_init!r}, e.g. 'plain' has none)")
+            hint = (
+                f"; the checkpoint has no attention gains: it was saved from a model with another "
+                f"attention_init (this one has {model.attention_init!r}, e.g. 'plain' has none)"
+            )
         what = "backbone " if keys.layout == "torchvision" else ""
         raise ConversionError(
             f"checkpoint lacks {len(missing)} {what}tensor(s) of the {keys.layout} mobilenet_v3_{model.arch} with "
@@ -354,8 +367,9 @@ def _check_keys(model: MobileNetV3, sd: Mapping[str, Any], keys: _Keys) -> None:
         )
 
 
-def _load_tensors(model: MobileNetV3, sd: Mapping[str, np.ndarray], keys: _Keys, pure: dict,
-                  report: ConversionReport) -> str | None:
+def _load_tensors(
+    model: MobileNetV3, sd: Mapping[str, np.ndarray], keys: _Keys, pure: dict, report: ConversionReport
+) -> str | None:
     """Writes every tensor of ``sd`` into ``pure`` (our layout and dtype), or records why it is skipped;
     returns why the head stays at initialisation (None when the checkpoint's head loads).
 
@@ -391,8 +405,9 @@ def _load_tensors(model: MobileNetV3, sd: Mapping[str, np.ndarray], keys: _Keys,
     return head_reason
 
 
-def _list_initialised(model: MobileNetV3, pure: Mapping, keys: _Keys, report: ConversionReport,
-                      head_reason: str | None) -> None:
+def _list_initialised(
+    model: MobileNetV3, pure: Mapping, keys: _Keys, report: ConversionReport, head_reason: str | None
+) -> None:
     """Sets the report's parameter total and lists, with the reason, every array left at initialisation."""
     loaded_paths = {keys.mapping[k][0] for k in report.loaded}
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))

@@ -16,6 +16,7 @@ rejects our ``rngs=`` call, it writes a separate ``.onnx.data`` file, and its gr
 the nodes: caco-jax's matmuls, unfolded BatchNorm, transposes) ran batch 1 about 2x slower
 in onnxruntime on our CPU.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,9 @@ OUTPUT_NAME = "logits"
 DEFAULT_OPSET = 18
 
 
-def export_onnx(model: Any, path: str | os.PathLike, *, image_size: int | tuple[int, int] = 224,
-                opset: int = DEFAULT_OPSET) -> pathlib.Path:
+def export_onnx(
+    model: Any, path: str | os.PathLike, *, image_size: int | tuple[int, int] = 224, opset: int = DEFAULT_OPSET
+) -> pathlib.Path:
     """Writes caco-jax ``model`` (any attention variant, arch small or large) as one ONNX file.
 
     The batch dimension is dynamic; ``image_size`` (int or (H, W)) is fixed. Needs torch
@@ -50,9 +52,16 @@ def export_onnx(model: Any, path: str | os.PathLike, *, image_size: int | tuple[
     ref = to_torch(model)  # eval mode, float32
     example = torch.zeros(2, 3, h, w)
     torch.onnx.export(
-        ref, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, opset_version=opset, dynamo=True,
-        external_data=False, verbose=False,
+        ref,
+        (example,),
+        str(path),
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
     )
     return path
 
@@ -73,8 +82,9 @@ def run_onnx(session: Any, images_nhwc: np.ndarray) -> np.ndarray:
     return session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
 
 
-def ort_latency(model: Any, *, image_size: int = 224, calls: int = 50, warmup: int = 5,
-                threads: int = 0) -> dict[str, Any]:
+def ort_latency(
+    model: Any, *, image_size: int = 224, calls: int = 50, warmup: int = 5, threads: int = 0
+) -> dict[str, Any]:
     """onnxruntime CPU batch-1 latency of ``model`` exported by :func:`export_onnx`.
 
     Returns ``{"latency_ms": {"median", "min", "max"}, "export_s", "threads", "onnxruntime"}``,
@@ -96,8 +106,9 @@ def ort_latency(model: Any, *, image_size: int = 224, calls: int = 50, warmup: i
     return session_latency(session, image_size=image_size, calls=calls, warmup=warmup) | {"export_s": export_s}
 
 
-def session_latency(session: Any, *, image_size: int | tuple[int, int] = 224, calls: int = 50,
-                    warmup: int = 5) -> dict[str, Any]:
+def session_latency(
+    session: Any, *, image_size: int | tuple[int, int] = 224, calls: int = 50, warmup: int = 5
+) -> dict[str, Any]:
     """Batch-1 latency of an onnxruntime session: median / min / max ms over ``calls`` after ``warmup``."""
     import onnxruntime as ort
 
@@ -111,12 +122,22 @@ def session_latency(session: Any, *, image_size: int | tuple[int, int] = 224, ca
         run_onnx(session, x)
         ms.append(1e3 * (time.perf_counter() - start))
     threads = session.get_session_options().intra_op_num_threads
-    return {"latency_ms": {"median": statistics.median(ms), "min": min(ms), "max": max(ms)},
-            "threads": threads or "default", "onnxruntime": ort.__version__}
+    return {
+        "latency_ms": {"median": statistics.median(ms), "min": min(ms), "max": max(ms)},
+        "threads": threads or "default",
+        "onnxruntime": ort.__version__,
+    }
 
 
-def ort_latency_rows(arch: str, variants: Sequence[str], *, image_size: int = 224, calls: int = 50,
-                     threads: int = 0, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def ort_latency_rows(
+    arch: str,
+    variants: Sequence[str],
+    *,
+    image_size: int = 224,
+    calls: int = 50,
+    threads: int = 0,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
     """One :func:`ort_latency` row per attention variant (randomly initialised 7-class models): the
     benchmark's onnxruntime rows (caco-jax benchmark --onnx)."""
     from caco_jax.data.classes import NUM_CLASSES
@@ -126,7 +147,9 @@ def ort_latency_rows(arch: str, variants: Sequence[str], *, image_size: int = 22
     for variant in variants:
         head = {"framework": "onnxruntime", "variant": variant, "model": f"mobilenetv3_{arch}-{variant}"}
         if arch not in ("small", "large"):
-            rows.append(head | {"skipped": f"no ONNX export for arch {arch!r} (torchvision has no mobilenet_v3_{arch})"})
+            rows.append(
+                head | {"skipped": f"no ONNX export for arch {arch!r} (torchvision has no mobilenet_v3_{arch})"}
+            )
             continue
         log(f"onnxruntime {variant}: exporting and timing batch 1 ...")
         model = create_model(arch=arch, attention=variant, num_classes=NUM_CLASSES, dropout=0.0)
@@ -136,9 +159,13 @@ def ort_latency_rows(arch: str, variants: Sequence[str], *, image_size: int = 22
 
 def format_rows(rows: Sequence[dict[str, Any]], jax_latency_ms: dict[str, float] | None = None) -> list[str]:
     """Markdown lines for :func:`ort_latency_rows` (beside caco-jax's float32 batch-1 latency, if given)."""
-    lines = ["", "onnxruntime (CPU), batch 1, the ONNX export of each variant:", "",
-             "| model | onnxruntime batch-1 ms median (min-max) | threads | caco-jax batch-1 ms (float32) | note |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "onnxruntime (CPU), batch 1, the ONNX export of each variant:",
+        "",
+        "| model | onnxruntime batch-1 ms median (min-max) | threads | caco-jax batch-1 ms (float32) | note |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         jax_ms = (jax_latency_ms or {}).get(r["variant"])
         jax_text = "-" if jax_ms is None else f"{jax_ms:.2f}"
@@ -146,6 +173,8 @@ def format_rows(rows: Sequence[dict[str, Any]], jax_latency_ms: dict[str, float]
             lines.append(f"| {r['model']} | - | - | {jax_text} | skipped: {r['skipped']} |")
         else:
             ms = r["latency_ms"]
-            lines.append(f"| {r['model']} | {ms['median']:.2f} ({ms['min']:.2f}-{ms['max']:.2f}) | {r['threads']} | "
-                         f"{jax_text} | export {r['export_s']:.1f} s |")
+            lines.append(
+                f"| {r['model']} | {ms['median']:.2f} ({ms['min']:.2f}-{ms['max']:.2f}) | {r['threads']} | "
+                f"{jax_text} | export {r['export_s']:.1f} s |"
+            )
     return lines

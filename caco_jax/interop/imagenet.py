@@ -17,6 +17,7 @@ Where things are, in order of precedence:
 
 Without a network the error names the URL to fetch by hand and the two ways to use the file.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -53,8 +54,10 @@ def file_name(arch: str) -> str:
     """torchvision's ImageNet file name for ``arch`` ('small', 'large' or 'mobilenet_v3_small', ...)."""
     key = arch.removeprefix("mobilenet_v3_")
     if key not in FILES:
-        raise UsageError(f"torchvision has no ImageNet weights for arch {arch!r} (it has: {', '.join(sorted(FILES))}); "
-                         "use another arch, a .pth file, or '' (from scratch) for model.pretrained")
+        raise UsageError(
+            f"torchvision has no ImageNet weights for arch {arch!r} (it has: {', '.join(sorted(FILES))}); "
+            "use another arch, a .pth file, or '' (from scratch) for model.pretrained"
+        )
     return FILES[key]
 
 
@@ -90,8 +93,14 @@ def sha256_of(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def fetch(arch: str, *, cache_dir: str | os.PathLike | None = None, base_url: str | None = None,
-          progress: bool = True, timeout: float = TIMEOUT_S) -> pathlib.Path:
+def fetch(
+    arch: str,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    base_url: str | None = None,
+    progress: bool = True,
+    timeout: float = TIMEOUT_S,
+) -> pathlib.Path:
     """Path of torchvision's ImageNet weights for ``arch`` in the cache, downloaded and checked if needed.
 
     A cached file whose SHA-256 does not start with its name's prefix is deleted and fetched
@@ -105,8 +114,10 @@ def fetch(arch: str, *, cache_dir: str | os.PathLike | None = None, base_url: st
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise DownloadError(f"cannot create the weights cache {folder} ({err}): set {CACHE_ENV} to a writable "
-                            f"folder, or fetch {url} by hand and pass --config.model.pretrained=/path/to/{name}") from err
+        raise DownloadError(
+            f"cannot create the weights cache {folder} ({err}): set {CACHE_ENV} to a writable "
+            f"folder, or fetch {url} by hand and pass --config.model.pretrained=/path/to/{name}"
+        ) from err
     with _exclusive(folder / f"{name}.lock"):
         if _cached_and_intact(dest):
             return dest
@@ -125,8 +136,12 @@ def _cached_and_intact(dest: pathlib.Path) -> bool:
     expected, actual = hash_prefix(dest.name), sha256_of(dest)
     if actual.startswith(expected):
         return True
-    _log.warning("cached %s is damaged (SHA-256 %s..., expected %s...): downloading it again",
-                 dest, actual[:len(expected)], expected)
+    _log.warning(
+        "cached %s is damaged (SHA-256 %s..., expected %s...): downloading it again",
+        dest,
+        actual[: len(expected)],
+        expected,
+    )
     dest.unlink()
     return False
 
@@ -174,23 +189,34 @@ def _download(url: str, part: pathlib.Path, dest: pathlib.Path, *, progress: boo
     raise DownloadError(_manual_message(url, part, dest, "the server refused every byte range"))
 
 
-def _receive(response: http.client.HTTPResponse, part: pathlib.Path, offset: int, *, desc: str,
-             progress: bool) -> None:
+def _receive(response: http.client.HTTPResponse, part: pathlib.Path, offset: int, *, desc: str, progress: bool) -> None:
     """Streams the body into ``part``: appended after a matching 206, from the start otherwise."""
     resumed = offset > 0 and response.status == 206
     if resumed and _content_range_start(response.headers.get("Content-Range")) != offset:
         part.unlink()
-        raise OSError(f"the server answered bytes={offset}- with {response.headers.get('Content-Range')!r}; "
-                      "the partial download was discarded")
+        raise OSError(
+            f"the server answered bytes={offset}- with {response.headers.get('Content-Range')!r}; "
+            "the partial download was discarded"
+        )
     if not resumed:
         offset = 0  # a plain 200 (the server ignores Range): start over
         if part.exists():
             _log.info("the server does not resume downloads: restarting %s", part.name)
     length = response.headers.get("Content-Length")
     total = offset + int(length) if length and length.isdigit() else None
-    with open(part, "ab" if resumed else "wb") as fh, tqdm(
-            total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=desc,
-            disable=not progress, dynamic_ncols=True) as bar:
+    with (
+        open(part, "ab" if resumed else "wb") as fh,
+        tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=desc,
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar,
+    ):
         _copy(response, fh, bar)
     size = part.stat().st_size
     if total is not None and size < total:
@@ -221,18 +247,24 @@ def _verify(part: pathlib.Path, expected: str, url: str) -> None:
     if not actual.startswith(expected):
         part.unlink()
         raise DownloadError(
-            f"{url} sent a file whose SHA-256 starts with {actual[:len(expected)]}, not {expected} as its name "
+            f"{url} sent a file whose SHA-256 starts with {actual[: len(expected)]}, not {expected} as its name "
             "says (a proxy, captive portal or damaged mirror?); it was deleted. Rerun to download it again, or "
             f"fetch it by hand, check that `sha256sum` starts with {expected}, and pass "
-            "--config.model.pretrained=/path/to/file.pth")
+            "--config.model.pretrained=/path/to/file.pth"
+        )
 
 
 def _manual_message(url: str, part: pathlib.Path, dest: pathlib.Path, reason: str) -> str:
     """What to do when ``url`` cannot be downloaded from here."""
     kept = part.stat().st_size if part.is_file() else 0
-    resume = (f"a rerun resumes the partial download ({kept} bytes kept in {part})" if kept
-              else "a rerun tries again and resumes any partial download")
-    return (f"could not download {url} ({reason}). Fetch that URL by hand on a machine with internet "
-            f"(e.g. curl -fLO {url}), then either put the file at {dest} (it is checked and used from there) or "
-            f"pass it directly: --config.model.pretrained=/path/to/{dest.name} (caco-jax convert: --pth "
-            f"/path/to/{dest.name}); {URL_ENV} can point at a mirror. Once online, {resume}.")
+    resume = (
+        f"a rerun resumes the partial download ({kept} bytes kept in {part})"
+        if kept
+        else "a rerun tries again and resumes any partial download"
+    )
+    return (
+        f"could not download {url} ({reason}). Fetch that URL by hand on a machine with internet "
+        f"(e.g. curl -fLO {url}), then either put the file at {dest} (it is checked and used from there) or "
+        f"pass it directly: --config.model.pretrained=/path/to/{dest.name} (caco-jax convert: --pth "
+        f"/path/to/{dest.name}); {URL_ENV} can point at a mirror. Once online, {resume}."
+    )

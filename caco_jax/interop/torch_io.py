@@ -8,6 +8,7 @@ torchvision checkpoints without installing PyTorch (a multi-GB dependency).
 Only plain state_dicts of dense tensors are supported; anything else raises an error
 that says so. Writing uses torch itself (only needed to go back to PyTorch).
 """
+
 from __future__ import annotations
 
 import collections

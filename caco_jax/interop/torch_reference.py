@@ -23,6 +23,7 @@ Also here: the losses written from the official formulas (the focal loss of Lin 
 the tests compare with ``caco_jax.training.losses``, and :func:`make_torch_loss`, the PyTorch
 counterpart of ``caco_jax.training.losses.make_loss``.
 """
+
 from __future__ import annotations
 
 import math
@@ -278,8 +279,13 @@ def to_torch(model: Any, *, dtype: torch.dtype = torch.float32) -> tv_mobilenetv
     from caco_jax.interop.convert import export_state_dict
 
     ref = reference_model(
-        model.arch, model.attention_name, num_classes=model.num_classes, attention_init=model.attention_init,
-        ca_activation=model.ca_activation, dropout=model.dropout.rate, bn_momentum=model.bn_momentum,
+        model.arch,
+        model.attention_name,
+        num_classes=model.num_classes,
+        attention_init=model.attention_init,
+        ca_activation=model.ca_activation,
+        dropout=model.dropout.rate,
+        bn_momentum=model.bn_momentum,
     )
     state = {k: torch.from_numpy(np.array(v)) for k, v in export_state_dict(model).items()}
     ref.load_state_dict(state, strict=True)
@@ -289,8 +295,9 @@ def to_torch(model: Any, *, dtype: torch.dtype = torch.float32) -> tv_mobilenetv
 # --------------------------------------------------------------------------- losses (official formulas)
 
 
-def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: Any = None,
-               weight: Tensor | None = None) -> Tensor:
+def focal_loss(
+    logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: Any = None, weight: Tensor | None = None
+) -> Tensor:
     """Softmax focal loss (Lin et al. 2017): -alpha_t (1 - p_t)^gamma log p_t, p_t the plain softmax
     probability of the true class; mean weighted by ``weight[target]`` (as torch's cross-entropy)."""
     logpt = F.log_softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
@@ -348,7 +355,21 @@ def make_torch_loss(cfg: Any, class_counts: Any) -> Callable[[Tensor, Tensor, Te
 
 
 __all__ = [
-    "CBAM", "ECA", "CaCo", "ChannelAttention", "CoordinateAttention", "LDAMLoss", "PointwiseMLP", "SeCo",
-    "SpatialAttention", "SqueezeExcitation", "TORCH_BLOCKS", "drw_weights", "focal_loss", "make_block",
-    "make_torch_loss", "reference_model", "to_torch",
+    "CBAM",
+    "ECA",
+    "CaCo",
+    "ChannelAttention",
+    "CoordinateAttention",
+    "LDAMLoss",
+    "PointwiseMLP",
+    "SeCo",
+    "SpatialAttention",
+    "SqueezeExcitation",
+    "TORCH_BLOCKS",
+    "drw_weights",
+    "focal_loss",
+    "make_block",
+    "make_torch_loss",
+    "reference_model",
+    "to_torch",
 ]

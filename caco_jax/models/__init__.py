@@ -1,4 +1,5 @@
 """Flax NNX MobileNetV3 family with a pluggable attention slot."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -59,12 +59,13 @@ Initialisation of the parts SE does not have (``AttentionOptions.init``):
   gains of the gated outputs (coordinate / spatial attention): the ablation that
   measures each cause on its own.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-from typing import ClassVar
+from typing import Any, ClassVar, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -98,8 +99,17 @@ class AttentionOptions:
         return self.init in ("preserve", "preserve_coord")
 
 
+class AttentionBlockClass(Protocol):
+    """What :func:`register` asks of a block class: its constructor and the two class attributes."""
+
+    se_mlp_path: tuple[str, ...] | None
+    new_parts: dict[str, str]
+
+    def __call__(self, channels: int, squeeze: int, options: AttentionOptions, *, rngs: nnx.Rngs) -> nnx.Module: ...
+
+
 # The attention slot's choices: name -> block class (None: no attention), filled by @register.
-ATTENTION_BLOCKS: dict[str, type[nnx.Module] | None] = {}
+ATTENTION_BLOCKS: dict[str, AttentionBlockClass | None] = {}
 
 
 def register(name: str):
@@ -109,7 +119,7 @@ def register(name: str):
     without an ImageNet counterpart, and why); its PyTorch twin is registered in
     ``caco_jax.interop.torch_reference`` under the same name."""
 
-    def deco(cls: type[nnx.Module]) -> type[nnx.Module]:
+    def deco(cls: Any) -> Any:  # any class with the attributes below (checked here, when it is registered)
         for attr in ("se_mlp_path", "new_parts"):
             if not hasattr(cls, attr):
                 raise TypeError(f"attention block {cls.__name__} must declare {attr}")
@@ -205,9 +215,7 @@ class SpatialAttention(nnx.Module):
         self.gain = _zero_gain(channels) if options.gain_gated_output else None
 
     def __call__(self, x: Array) -> Array:
-        pooled = jnp.concatenate(
-            [_max(x, axis=-1)[..., None], jnp.mean(x, axis=-1, keepdims=True)], axis=-1
-        )
+        pooled = jnp.concatenate([_max(x, axis=-1)[..., None], jnp.mean(x, axis=-1, keepdims=True)], axis=-1)
         return _gated(x, jax.nn.sigmoid(self.bn(self.conv(pooled))), self.gain)
 
 
@@ -249,14 +257,13 @@ class ECA(nnx.Module):
     se_mlp_path: ClassVar[tuple[str, ...] | None] = None
     new_parts: ClassVar[dict[str, str]] = {"kernel": "ECA's 1-D conv has no ImageNet counterpart"}
 
-    def __init__(self, channels: int, squeeze: int, options: AttentionOptions, *, gamma: int = 2, b: int = 1,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, channels: int, squeeze: int, options: AttentionOptions, *, gamma: int = 2, b: int = 1, rngs: nnx.Rngs
+    ):
         k = int(abs((math.log2(channels) + b) / gamma))
         self.kernel_size = k if k % 2 else k + 1
         bound = 1.0 / math.sqrt(self.kernel_size)  # torch Conv1d default (kaiming_uniform a=sqrt(5))
-        self.kernel = nnx.Param(
-            jax.random.uniform(rngs.params(), (self.kernel_size,), jnp.float32, -bound, bound)
-        )
+        self.kernel = nnx.Param(jax.random.uniform(rngs.params(), (self.kernel_size,), jnp.float32, -bound, bound))
 
     def __call__(self, x: Array) -> Array:
         y = _avg_pool(x)
@@ -324,7 +331,7 @@ ATTENTION_BLOCKS["none"] = None  # no attention block at all
 ATTENTIONS: tuple[str, ...] = tuple(ATTENTION_BLOCKS)  # the built-in names (the registry may grow)
 
 
-def attention_block(name: str) -> type[nnx.Module] | None:
+def attention_block(name: str) -> AttentionBlockClass | None:
     """The block class registered as ``name`` (None for 'none'); the error lists the names."""
     try:
         return ATTENTION_BLOCKS[name]
@@ -332,8 +339,9 @@ def attention_block(name: str) -> type[nnx.Module] | None:
         raise ValueError(f"unknown attention {name!r}; expected one of {tuple(ATTENTION_BLOCKS)}") from None
 
 
-def make_attention(name: str, channels: int, squeeze: int, options: AttentionOptions | None = None, *,
-                   rngs: nnx.Rngs) -> nnx.Module | None:
+def make_attention(
+    name: str, channels: int, squeeze: int, options: AttentionOptions | None = None, *, rngs: nnx.Rngs
+) -> nnx.Module | None:
     """Builds the attention block named ``name`` for ``channels`` (None for 'none')."""
     block = attention_block(name)
     return None if block is None else block(channels, squeeze, options or AttentionOptions(), rngs=rngs)

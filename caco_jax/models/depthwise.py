@@ -19,9 +19,11 @@ HWIO kernel ``(k, k, 1, C)``, exactly ``nnx.Conv``'s), so checkpoints do not car
 the CPU, ``conv`` elsewhere (on a GPU only compile times have been measured so far, not
 step times, so cuDNN's grouped convolution stays the choice there).
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -52,8 +54,9 @@ def _out_size(n: int, k: int, stride: int) -> int:
 def _tap(xp: Array, i: int, j: int, stride: int, out_h: int, out_w: int) -> Array:
     """xp[:, i + stride*oh, j + stride*ow, :] for all (oh, ow): one tap's input window."""
     b, c = xp.shape[0], xp.shape[-1]
-    return lax.slice(xp, (0, i, j, 0), (b, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c),
-                     (1, stride, stride, 1))
+    return lax.slice(
+        xp, (0, i, j, 0), (b, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c), (1, stride, stride, 1)
+    )
 
 
 def _tap_sum(xp: Array, kernel: Array, stride: int, out_h: int, out_w: int) -> Array:
@@ -64,6 +67,7 @@ def _tap_sum(xp: Array, kernel: Array, stride: int, out_h: int, out_w: int) -> A
         for j in range(k):
             t = _tap(xp, i, j, stride, out_h, out_w) * kernel[i, j, 0]
             y = t if y is None else y + t
+    assert y is not None, "an empty kernel"
     return y
 
 
@@ -79,8 +83,14 @@ def _shifts(x: Array, kernel: Array, stride: int) -> Array:
 
 def _conv(x: Array, kernel: Array, stride: int) -> Array:
     p = (kernel.shape[0] - 1) // 2
-    return lax.conv_general_dilated(x, kernel, (stride, stride), ((p, p), (p, p)),
-                                    dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=x.shape[-1])
+    return lax.conv_general_dilated(
+        x,
+        kernel,
+        (stride, stride),
+        ((p, p), (p, p)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        feature_group_count=x.shape[-1],
+    )
 
 
 def batch_chunk(x: Array) -> int:
@@ -104,8 +114,11 @@ def _kernel_grad(xp: Array, g: Array, k: int, stride: int) -> Array:
     def body(acc: Array, xg: tuple[Array, Array]) -> tuple[Array, None]:
         xb, gb = xg
         gb = gb.astype(jnp.float32)
-        taps = [jnp.sum(_tap(xb, i, j, stride, out_h, out_w).astype(jnp.float32) * gb, axis=(0, 1, 2))
-                for i in range(k) for j in range(k)]
+        taps = [
+            jnp.sum(_tap(xb, i, j, stride, out_h, out_w).astype(jnp.float32) * gb, axis=(0, 1, 2))
+            for i in range(k)
+            for j in range(k)
+        ]
         return acc + jnp.stack(taps), None
 
     total, _ = lax.scan(body, jnp.zeros((k * k, xp.shape[-1]), jnp.float32), (xs, gs))
@@ -130,10 +143,16 @@ def _shifts_vjp_bwd(stride: int, res: tuple[Array, Array], g: Array) -> tuple[Ar
     # Input gradient: dilate g by the stride and pad it so that a stride-1 tap sum with the
     # flipped kernel lands every tap's contribution where the forward pass read it.
     zero = jnp.zeros((), g.dtype)
-    gd = lax.pad(g, zero, ((0, 0, 0),
-                           (k - 1 - p, h + p - stride * (out_h - 1) - 1, stride - 1),
-                           (k - 1 - p, w + p - stride * (out_w - 1) - 1, stride - 1),
-                           (0, 0, 0)))
+    gd = lax.pad(
+        g,
+        zero,
+        (
+            (0, 0, 0),
+            (k - 1 - p, h + p - stride * (out_h - 1) - 1, stride - 1),
+            (k - 1 - p, w + p - stride * (out_w - 1) - 1, stride - 1),
+            (0, 0, 0),
+        ),
+    )
     dx = _tap_sum(gd, kernel[::-1, ::-1], 1, h, w)
     dk = _kernel_grad(_pad(x, k), g, k, stride)
     return dx.astype(x.dtype), dk.astype(kernel.dtype)
@@ -141,7 +160,7 @@ def _shifts_vjp_bwd(stride: int, res: tuple[Array, Array], g: Array) -> tuple[Ar
 
 _shifts_vjp.defvjp(_shifts_vjp_fwd, _shifts_vjp_bwd)
 
-_IMPLS = {"conv": _conv, "shifts": _shifts, "shifts_vjp": _shifts_vjp}
+_IMPLS: dict[str, Callable[[Array, Array, int], Array]] = {"conv": _conv, "shifts": _shifts, "shifts_vjp": _shifts_vjp}
 
 
 def depthwise_conv(x: Array, kernel: Array, *, stride: int = 1, impl: str = "auto") -> Array:

@@ -11,6 +11,7 @@ the same outputs:
 * explicit symmetric padding ``(k - 1) // 2`` (never ``'SAME'``, which pads
   asymmetrically for stride 2 and breaks parity).
 """
+
 from __future__ import annotations
 
 import functools
@@ -185,11 +186,23 @@ class Conv2d(nnx.Module):
       patches with the output gradient (:func:`dense_conv`).
     """
 
-    def __init__(self, in_features: int, out_features: int, kernel_size: int, *, stride: int = 1,
-                 groups: int = 1, impl: str = "auto", dtype: Dtype | None = None, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        groups: int = 1,
+        impl: str = "auto",
+        dtype: Dtype | None = None,
+        rngs: nnx.Rngs,
+    ):
         if groups not in (1, in_features) or (groups > 1 and out_features != in_features):
-            raise ValueError(f"groups must be 1 or in_features == out_features (depthwise), got groups={groups} "
-                             f"for {in_features} -> {out_features}")
+            raise ValueError(
+                f"groups must be 1 or in_features == out_features (depthwise), got groups={groups} "
+                f"for {in_features} -> {out_features}"
+            )
         shape = (kernel_size, kernel_size, in_features // groups, out_features)
         self.kernel = nnx.Param(torch_conv_init(rngs.params(), shape))
         self.stride = stride
@@ -242,8 +255,9 @@ pointwise.defvjp(_pointwise_fwd, _pointwise_bwd)
 
 def _xla_conv(x: Array, kernel: Array, stride: int) -> Array:
     p = (kernel.shape[0] - 1) // 2
-    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((p, p), (p, p)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -271,8 +285,9 @@ def _dense_conv_bwd(stride: int, res: tuple[Array, Array], g: Array) -> tuple[Ar
 
     def body(acc: Array, xg: tuple[Array, Array]) -> tuple[Array, None]:
         cols = patches(xg[0], k, stride)
-        return acc + jnp.dot(cols.reshape(-1, cols.shape[-1]).T, xg[1].reshape(-1, g.shape[-1]),
-                             preferred_element_type=jnp.float32), None
+        return acc + jnp.dot(
+            cols.reshape(-1, cols.shape[-1]).T, xg[1].reshape(-1, g.shape[-1]), preferred_element_type=jnp.float32
+        ), None
 
     g_kernel, _ = jax.lax.scan(body, jnp.zeros((k * k * x.shape[-1], g.shape[-1]), jnp.float32), (xs, gs))
     return g_x, g_kernel.reshape(kernel.shape).astype(kernel.dtype)
@@ -287,8 +302,13 @@ def patches(x: Array, kernel_size: int, stride: int) -> Array:
     b, h, w, c = x.shape
     out_h, out_w = (h + 2 * p - k) // stride + 1, (w + 2 * p - k) // stride + 1
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-    taps = [jax.lax.slice(xp, (0, i, j, 0), (b, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c),
-                          (1, stride, stride, 1)) for i in range(k) for j in range(k)]
+    taps = [
+        jax.lax.slice(
+            xp, (0, i, j, 0), (b, i + stride * (out_h - 1) + 1, j + stride * (out_w - 1) + 1, c), (1, stride, stride, 1)
+        )
+        for i in range(k)
+        for j in range(k)
+    ]
     return jnp.concatenate(taps, axis=-1)
 
 
@@ -312,8 +332,9 @@ class ConvBNAct(nnx.Module):
         dtype: Dtype | None = None,
         rngs: nnx.Rngs,
     ):
-        self.conv = Conv2d(in_features, out_features, kernel_size, stride=stride, groups=groups, impl=depthwise,
-                           dtype=dtype, rngs=rngs)
+        self.conv = Conv2d(
+            in_features, out_features, kernel_size, stride=stride, groups=groups, impl=depthwise, dtype=dtype, rngs=rngs
+        )
         self.bn = BatchNorm(out_features, dtype=dtype)
         self.act_name = act
 

@@ -6,6 +6,7 @@ paper's table and torchvision's ``_mobilenet_v3_conf``. ``attention`` in a row
 marks the blocks where torchvision places squeeze-excitation; the model's
 ``attention`` argument decides what goes there (see ``attention.py``).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -104,18 +105,21 @@ class InvertedResidual(nnx.Module):
         e = spec.expanded
         dtype = options.dtype
         self.expand = (
-            ConvBNAct(in_features, e, 1, act=spec.activation, dtype=dtype, rngs=rngs)
-            if e != in_features
-            else None
+            ConvBNAct(in_features, e, 1, act=spec.activation, dtype=dtype, rngs=rngs) if e != in_features else None
         )
         self.depthwise = ConvBNAct(
-            e, e, spec.kernel, stride=spec.stride, groups=e, act=spec.activation, depthwise=depthwise, dtype=dtype,
+            e,
+            e,
+            spec.kernel,
+            stride=spec.stride,
+            groups=e,
+            act=spec.activation,
+            depthwise=depthwise,
+            dtype=dtype,
             rngs=rngs,
         )
         self.attention = (
-            make_attention(attention, e, make_divisible(e // 4, 8), options, rngs=rngs)
-            if spec.attention
-            else None
+            make_attention(attention, e, make_divisible(e // 4, 8), options, rngs=rngs) if spec.attention else None
         )
         self.project = ConvBNAct(e, spec.out, 1, dtype=dtype, rngs=rngs)
         self.use_residual = spec.stride == 1 and in_features == spec.out
@@ -178,7 +182,12 @@ class MobileNetV3(nnx.Module):
         for b in spec.blocks:
             blocks.append(
                 InvertedResidual(
-                    width, b, attention=attention, options=options, depthwise=depthwise, rngs=rngs,
+                    width,
+                    b,
+                    attention=attention,
+                    options=options,
+                    depthwise=depthwise,
+                    rngs=rngs,
                 )
             )
             width = b.out
@@ -187,9 +196,7 @@ class MobileNetV3(nnx.Module):
         linear_init = nnx.initializers.normal(0.01)
         self.head = nnx.Linear(spec.last_conv, spec.last_channel, kernel_init=linear_init, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
-        self.classifier = nnx.Linear(
-            spec.last_channel, num_classes, kernel_init=linear_init, dtype=dtype, rngs=rngs
-        )
+        self.classifier = nnx.Linear(spec.last_channel, num_classes, kernel_init=linear_init, dtype=dtype, rngs=rngs)
         if not 0.0 < bn_momentum <= 1.0:
             raise ValueError(f"bn_momentum must be in (0, 1], got {bn_momentum}")
         for _, module in nnx.iter_modules(self):

@@ -10,6 +10,7 @@
   and every read it abandons (a full disk gave 1,893 lines, a damaged checkpoint hundreds of
   'Event loop is closed'); the error itself still reaches the caller, which reports it once.
 """
+
 from __future__ import annotations
 
 import logging
@@ -72,7 +73,7 @@ def reason(err: BaseException, limit: int = 240) -> str:
     if code:  # tensorstore's I/O errors end with the OS error: say that, the path is named elsewhere
         return f"{os.strerror(int(code.group(1)))} [errno {code.group(1)}]"
     text = text.split(" [tensorstore_spec=")[0]
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def write_failure(what: str, path: str | os.PathLike, err: BaseException, needed: int | None = None) -> str:
@@ -107,8 +108,12 @@ def _late_read_error(value: BaseException | None, where: object = None) -> bool:
     and each prints a traceback ('Event loop is closed' from a tensorstore callback,
     'Exception ignored in <coroutine>' for orbax's read coroutines)."""
     tb = getattr(value, "__traceback__", None)
-    if (isinstance(value, RuntimeError) and "Event loop is closed" in str(value) and tb is not None
-            and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"):  # raised into a callback, not by our code
+    if (
+        isinstance(value, RuntimeError)
+        and "Event loop is closed" in str(value)
+        and tb is not None
+        and tb.tb_frame.f_code.co_name == "call_soon_threadsafe"
+    ):  # raised into a callback, not by our code
         return True
     code = getattr(where, "cr_code", None)
     return code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename

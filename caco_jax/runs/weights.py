@@ -4,6 +4,7 @@ Weights are stored as a flat ``{"blocks/0/expand/conv/kernel": array, ...}`` dic
 NNX parameter and BatchNorm-statistic paths joined by '/'), which orbax handles
 without any knowledge of NNX and which reads like the model's structure.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,7 @@ from flax import nnx
 from caco_jax.data.classes import CLASS_NAMES
 from caco_jax.errors import CacoError, RunDirError, WeightsError
 from caco_jax.interop.convert import load_torchvision
-from caco_jax.models import MobileNetV3, model_from_config
-from caco_jax.models import attention
+from caco_jax.models import MobileNetV3, attention, model_from_config
 from caco_jax.models.mobilenetv3 import ARCHS
 from caco_jax.runs import faults
 from caco_jax.runs.workspace import load_config
@@ -52,19 +52,26 @@ def assign_weights(model: nnx.Module, flat: Mapping[str, Any], *, source: str) -
     unexpected = sorted(set(flat) - set(expected))
     wrong = sorted(k for k in expected.keys() & flat.keys() if tuple(np.shape(flat[k])) != expected[k])
     if missing or unexpected or wrong:
-        details = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else "",
-                   "shape mismatch " + ", ".join(f"{k}: {np.shape(flat[k])} vs {expected[k]}" for k in wrong[:5])
-                   if wrong else ""]
+        details = [
+            f"missing {missing[:5]}" if missing else "",
+            f"unexpected {unexpected[:5]}" if unexpected else "",
+            "shape mismatch " + ", ".join(f"{k}: {np.shape(flat[k])} vs {expected[k]}" for k in wrong[:5])
+            if wrong
+            else "",
+        ]
         raise WeightsError(
             f"weights in {source} do not fit this model ({'; '.join(d for d in details if d)}); "
             "were they saved for another arch, attention or class count?"
         )
-    nnx.replace_by_pure_dict(state, unflatten({k: jax.numpy.asarray(v) for k, v in flat.items()}, template,
-                                              source=source))
+    nnx.replace_by_pure_dict(
+        state, unflatten({k: jax.numpy.asarray(v) for k, v in flat.items()}, template, source=source)
+    )
     nnx.update(model, state)
 
 
-def save_weights(model: nnx.Module, directory: str | os.PathLike, *, metadata: Mapping[str, Any] | None = None) -> pathlib.Path:
+def save_weights(
+    model: nnx.Module, directory: str | os.PathLike, *, metadata: Mapping[str, Any] | None = None
+) -> pathlib.Path:
     """Saves the model's weights as an orbax checkpoint in ``directory`` (plus a JSON sidecar)."""
     writer = WeightsWriter(directory)
     writer.save(model_weights(model), metadata)
@@ -88,17 +95,21 @@ class WeightsWriter:
         self._old = self.directory.with_name(self.directory.name + ".old")
         self._active = jax.process_index() == 0
         faults.quiet_orbax()
-        self._checkpointer = ocp.AsyncCheckpointer(
-            ocp.StandardCheckpointHandler(),
-            multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0}),
-        ) if self._active else None
+        self._checkpointer = (
+            ocp.AsyncCheckpointer(
+                ocp.StandardCheckpointHandler(),
+                multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0}),
+            )
+            if self._active
+            else None
+        )
         self._pending = False
         self._pending_step: int | None = None
         self._bytes = 0
 
     def save(self, flat: Mapping[str, np.ndarray], metadata: Mapping[str, Any] | None = None) -> None:
         """Starts writing ``flat`` (host arrays) and ``metadata``; returns before the files are written."""
-        if not self._active:
+        if self._checkpointer is None:  # not the first process: it writes nothing
             return
         self.wait()
         try:
@@ -117,7 +128,7 @@ class WeightsWriter:
     def wait(self, *, upto: int | None = None) -> None:
         """Blocks until the last save is on disk, then moves it into place; with ``upto``, only if
         its metadata's ``step`` is at most that (the step of the newest committed checkpoint)."""
-        if not self._pending:
+        if not self._pending or self._checkpointer is None:
             return
         if upto is not None and self._pending_step is not None and self._pending_step > upto:
             return
@@ -125,8 +136,10 @@ class WeightsWriter:
         try:
             self._checkpointer.wait_until_finished()
         except Exception as err:  # orbax wraps OSError in ValueError
-            raise WeightsSaveError(faults.write_failure("the best weights", self._partial, err, self._bytes)
-                                   + f"; {self.directory} still holds the previous best weights") from err
+            raise WeightsSaveError(
+                faults.write_failure("the best weights", self._partial, err, self._bytes)
+                + f"; {self.directory} still holds the previous best weights"
+            ) from err
         faults.point("best.promote")
         self._promote(self._partial)
 
@@ -151,8 +164,9 @@ class WeightsWriter:
         if self._checkpointer is not None:
             self._checkpointer.close()
 
-    def reconcile(self, record: Mapping[str, Any] | None, flat: Mapping[str, np.ndarray] | None,
-                  checkpoint: str, step: int) -> str | None:
+    def reconcile(
+        self, record: Mapping[str, Any] | None, flat: Mapping[str, np.ndarray] | None, checkpoint: str, step: int
+    ) -> str | None:
         """Makes ``directory`` hold the best weights a resumed checkpoint records, and returns what was done.
 
         ``record`` is the best-weights metadata of the checkpoint of ``step`` (their ``step``
@@ -167,8 +181,14 @@ class WeightsWriter:
             stale = [p for p, s in copies.items() if p.exists() and (s is None or s > step)]
             for p in stale:
                 shutil.rmtree(p)
-            return (f"removed best weights written after {checkpoint}, which records none yet: "
-                    + ", ".join(p.name for p in stale)) if stale else None
+            return (
+                (
+                    f"removed best weights written after {checkpoint}, which records none yet: "
+                    + ", ".join(p.name for p in stale)
+                )
+                if stale
+                else None
+            )
         wanted = record.get("step")
         done = None
         if copies[self.directory] != wanted:
@@ -181,8 +201,10 @@ class WeightsWriter:
                 self.wait()
                 done = f"best weights of epoch {record.get('epoch')} rewritten into {self.directory} from {checkpoint}"
             else:
-                return (f"{checkpoint} records best weights of step {wanted} but stores none; "
-                        f"{self.directory} holds step {copies[self.directory]}")
+                return (
+                    f"{checkpoint} records best weights of step {wanted} but stores none; "
+                    f"{self.directory} holds step {copies[self.directory]}"
+                )
         for p in (self._partial, self._old):
             if p.exists():
                 shutil.rmtree(p)
@@ -219,7 +241,7 @@ def read_weights(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], d
     return {k: np.asarray(v) for k, v in flat.items()}, meta
 
 
-def load_pretrained(model: nnx.Module, path: str | os.PathLike) -> str:
+def load_pretrained(model: MobileNetV3, path: str | os.PathLike) -> str:
     """Initialises ``model`` from ``path`` and returns a summary of what was loaded.
 
     ``path`` is a torchvision ``.pth`` state_dict (full or backbone-only; converted on
@@ -265,13 +287,19 @@ def infer_model_config(flat: Mapping[str, Any]) -> dict[str, Any]:
     found = attention.identify(next(iter(per_block.values()), set()))
     if found is None:
         parts = sorted({p.split("/")[0] for p in next(iter(per_block.values()), set())})
-        raise WeightsError(f"these weights hold an attention block with parts {parts} that no registered "
-                           f"attention lays out (registered: {', '.join(attention.ATTENTION_BLOCKS)})")
-    return {"arch": archs[0], "attention": found[0], "attention_init": found[1],
-            "num_classes": int(np.shape(flat["classifier/kernel"])[-1])}
+        raise WeightsError(
+            f"these weights hold an attention block with parts {parts} that no registered "
+            f"attention lays out (registered: {', '.join(attention.ATTENTION_BLOCKS)})"
+        )
+    return {
+        "arch": archs[0],
+        "attention": found[0],
+        "attention_init": found[1],
+        "num_classes": int(np.shape(flat["classifier/kernel"])[-1]),
+    }
 
 
-def model_from_weights(directory: str | os.PathLike, **overrides: Any) -> tuple[nnx.Module, dict[str, Any]]:
+def model_from_weights(directory: str | os.PathLike, **overrides: Any) -> tuple[MobileNetV3, dict[str, Any]]:
     """(model holding the weights of a :func:`save_weights` directory, its metadata).
 
     The architecture, attention, attention init and class count come from the weights

@@ -1,7 +1,9 @@
 """A run's workdir: the config it was trained with (``config.json``)."""
+
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import ml_collections
@@ -18,7 +20,7 @@ def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pat
     return path
 
 
-def load_config(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     """The config a training run saved in its workdir."""
     path = pathlib.Path(workdir) / "config.json"
     if not path.is_file():

@@ -11,6 +11,7 @@ decision rule (argmax or the run's fitted balanced rule), named on the page. Upl
 the images sent back live in the page's own folder, swept after every request and every
 minute: nothing older than ``Limits.keep_seconds`` and never more than ``Limits.cache_bytes``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,22 +69,28 @@ def read_upload(path: str | os.PathLike | None, limits: Limits) -> tuple[bytes, 
     try:
         size = path.stat().st_size
         if size > limits.max_bytes:
-            raise UploadError(f"{path.name} is {size / 2**20:.1f} MB; the limit is {limits.max_bytes / 2**20:.0f} MB. "
-                              "Please upload a smaller image.")
+            raise UploadError(
+                f"{path.name} is {size / 2**20:.1f} MB; the limit is {limits.max_bytes / 2**20:.0f} MB. "
+                "Please upload a smaller image."
+            )
         data = path.read_bytes()
     except OSError:
-        raise UploadError(f"{path.name} is no longer on the server (uploads are kept "
-                          f"{limits.keep_seconds // 60} minutes); please upload it again.") from None
+        raise UploadError(
+            f"{path.name} is no longer on the server (uploads are kept "
+            f"{limits.keep_seconds // 60} minutes); please upload it again."
+        ) from None
     if not data:
         raise UploadError(f"{path.name} is empty (0 bytes).")
     try:
         image = open_image(data, max_pixels=limits.max_pixels)
     except UnreadableImage as err:
-        raise UploadError(f"{path.name}: {_sentence(str(err))} Upload a JPEG, PNG, BMP, TIFF or WebP photograph "
-                          "of the lesion.") from None
+        raise UploadError(
+            f"{path.name}: {_sentence(str(err))} Upload a JPEG, PNG, BMP, TIFF or WebP photograph of the lesion."
+        ) from None
     except MemoryError:
-        raise UploadError(f"{path.name} is too large to decode on this server. Please upload a smaller "
-                          "image.") from None
+        raise UploadError(
+            f"{path.name} is too large to decode on this server. Please upload a smaller image."
+        ) from None
     return data, np.asarray(image, np.uint8)
 
 
@@ -99,7 +106,7 @@ def _display(image: np.ndarray) -> np.ndarray:
     if scale >= 1:
         return image
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
 
 
 class Analyser:
@@ -117,8 +124,9 @@ class Analyser:
         self.predictor.decide(blank)
         self.predictor.explain(blank)
 
-    def __call__(self, path: str | None, explain: str = PREDICTED, tta: bool = False, rule: str | None = None
-                 ) -> tuple[dict[str, float] | None, np.ndarray | None, np.ndarray | None, str]:
+    def __call__(
+        self, path: str | None, explain: str = PREDICTED, tta: bool = False, rule: str | None = None
+    ) -> tuple[dict[str, float] | None, np.ndarray | None, np.ndarray | None, str]:
         """(probabilities by class, the image, its Grad-CAM overlay, a markdown message)."""
         try:
             return self._analyse(path, explain, tta, rule or self.predictor.decision)
@@ -131,32 +139,47 @@ class Analyser:
             if self.cache is not None:
                 self.cache.sweep()
 
-    def _analyse(self, path: str | None, explain: str, tta: bool, rule: str
-                 ) -> tuple[dict[str, float], np.ndarray, np.ndarray, str]:
+    def _analyse(
+        self, path: str | None, explain: str, tta: bool, rule: str
+    ) -> tuple[dict[str, float], np.ndarray, np.ndarray, str]:
         data, original = read_upload(path, self.limits)
         names = self.predictor.class_names
         if explain not in (PREDICTED, *names):
             raise UploadError(f"Unknown class {explain!r}; choose one of: {', '.join(names)}.")
         if rule not in self.predictor.rules:
-            raise UploadError(f"The {rule!r} decision rule is not available for this model; choose one of: "
-                              f"{', '.join(self.predictor.rules)}.")
+            raise UploadError(
+                f"The {rule!r} decision rule is not available for this model; choose one of: "
+                f"{', '.join(self.predictor.rules)}."
+            )
         square = self.predictor.prepare(data, max_pixels=self.limits.max_pixels)  # what evaluation feeds the model
         answer = self.predictor.decide(square[None], tta=tta, rule=rule)
         answered = int(answer.classes[0])
-        _, classes, cams = self.predictor.explain(square[None], answered if explain == PREDICTED else names.index(explain))
+        _, classes, cams = self.predictor.explain(
+            square[None], answered if explain == PREDICTED else names.index(explain)
+        )
         probs = answer.probabilities[0]
         shown = _display(original)
         t = self.predictor.temperature
         lines = [
             f"- Answer: **{names[answered]}** ({probs[answered]:.1%}).",
             f"- Decision rule: {RULE_TEXT[rule]}.",
-            (f"- Heat map: where the image supports **{names[int(classes[0])]}** (red: most, relative to the rest "
-             "of the image)."),
+            (
+                f"- Heat map: where the image supports **{names[int(classes[0])]}** (red: most, relative to the rest "
+                "of the image)."
+            ),
             ("- Probabilities: averaged over 8 flips and 90-degree rotations; " if tta else "- Probabilities: ")
-            + (f"temperature-scaled (T = {t:.2f}, fitted on the validation split)." if t else "no temperature scaling."),
-            "", REMINDER,
+            + (
+                f"temperature-scaled (T = {t:.2f}, fitted on the validation split)." if t else "no temperature scaling."
+            ),
+            "",
+            REMINDER,
         ]
-        return ({n: float(p) for n, p in zip(names, probs)}, shown, overlay(shown, cams[0]), "\n".join(lines))
+        return (
+            {n: float(p) for n, p in zip(names, probs, strict=True)},
+            shown,
+            overlay(shown, cams[0]),
+            "\n".join(lines),
+        )
 
 
 class UploadCache:
@@ -164,8 +187,14 @@ class UploadCache:
     deletes what is older than ``keep_seconds``, then the oldest files until at most ``max_bytes``
     remain. Runs after every request and every ``every`` seconds (:meth:`start`)."""
 
-    def __init__(self, directory: str | os.PathLike | None = None, *, keep_seconds: int = 600,
-                 max_bytes: int = 256 * 1024 * 1024, every: float = 60.0):
+    def __init__(
+        self,
+        directory: str | os.PathLike | None = None,
+        *,
+        keep_seconds: int = 600,
+        max_bytes: int = 256 * 1024 * 1024,
+        every: float = 60.0,
+    ):
         self.directory = pathlib.Path(directory or tempfile.mkdtemp(prefix="caco-jax-page-")).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.keep_seconds, self.max_bytes, self.every = keep_seconds, max_bytes, every
@@ -182,8 +211,9 @@ class UploadCache:
         """Deletes expired files, then the oldest beyond the byte budget; returns how many went."""
         with self._lock:
             now, removed = time.time(), 0
-            entries = sorted(((_mtime(p), _size(p), p) for p in self.directory.rglob("*") if p.is_file()),
-                             key=lambda e: e[0])
+            entries = sorted(
+                ((_mtime(p), _size(p), p) for p in self.directory.rglob("*") if p.is_file()), key=lambda e: e[0]
+            )
             total = sum(size for _, size, _ in entries)
             for mtime, size, path in entries:
                 if now - mtime <= self.keep_seconds and total <= self.max_bytes:
@@ -198,6 +228,7 @@ class UploadCache:
 
     def start(self) -> None:
         """Sweeps every ``every`` seconds in a daemon thread (idle pages stay bounded too)."""
+
         def loop() -> None:
             while not self._stop.wait(self.every):
                 self.sweep()
@@ -236,12 +267,15 @@ def describe(workdir: str | os.PathLike, predictor: Predictor) -> str:
         data = "HAM10000 dermoscopy images"
     else:
         data = f"the image folders of {config.data.manual_dir}"
-    return (f"Model: MobileNetV3-{config.model.attention} ({config.model.arch}, {predictor.image_size} px input) "
-            f"trained on {data}; classes: {', '.join(predictor.class_names)}.")
+    return (
+        f"Model: MobileNetV3-{config.model.attention} ({config.model.arch}, {predictor.image_size} px input) "
+        f"trained on {data}; classes: {', '.join(predictor.class_names)}."
+    )
 
 
-def build(analyser: Analyser, *, title: str = "caco-jax: skin-lesion classifier (research tool)",
-          description: str = "") -> Any:
+def build(
+    analyser: Analyser, *, title: str = "caco-jax: skin-lesion classifier (research tool)", description: str = ""
+) -> Any:
     """The Gradio Blocks page around ``analyser`` (its uploads go to ``analyser.cache``'s folder)."""
     import gradio as gr
 
@@ -257,14 +291,20 @@ def build(analyser: Analyser, *, title: str = "caco-jax: skin-lesion classifier 
                 upload = gr.File(label="Dermoscopy image (JPEG, PNG, ...)", type="filepath", elem_id="upload")
                 explain = gr.Dropdown([PREDICTED, *names], value=PREDICTED, label="Heat map for")
                 tta = gr.Checkbox(False, label="Test-time augmentation (average over 8 flips / rotations)")
-                rule = gr.Radio(list(analyser.predictor.rules), value=analyser.predictor.decision,
-                                label="Decision rule", elem_id="decision",
-                                info="argmax: the most probable class; balanced: equal recall across classes "
-                                     "(fitted on the validation split)")
+                rule = gr.Radio(
+                    list(analyser.predictor.rules),
+                    value=analyser.predictor.decision,
+                    label="Decision rule",
+                    elem_id="decision",
+                    info="argmax: the most probable class; balanced: equal recall across classes "
+                    "(fitted on the validation split)",
+                )
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")
             with gr.Column(scale=2):
                 message = gr.Markdown("Drop an image to start.", elem_id="message")
-                probabilities = gr.Label(num_top_classes=len(names), label="Class probabilities", elem_id="probabilities")
+                probabilities = gr.Label(
+                    num_top_classes=len(names), label="Class probabilities", elem_id="probabilities"
+                )
         with gr.Row():
             image = gr.Image(label="Your image", type="numpy", interactive=False, format="png")
             heat = gr.Image(label="Grad-CAM overlay", type="numpy", interactive=False, format="png", elem_id="gradcam")
@@ -275,14 +315,27 @@ def build(analyser: Analyser, *, title: str = "caco-jax: skin-lesion classifier 
     return page
 
 
-def launch(page: Any, *, host: str = "127.0.0.1", port: int = 7860, limits: Limits = Limits(),
-           block: bool = True) -> Any:
+def launch(
+    page: Any, *, host: str = "127.0.0.1", port: int = 7860, limits: Limits = Limits(), block: bool = True
+) -> Any:
     """Serves the page on host:port (localhost by default; never a public share link). System fonts
     only, so the page loads nothing from outside."""
     import gradio as gr
 
-    theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                              font_mono=["ui-monospace", "monospace"])
-    return page.launch(server_name=host, server_port=port, share=False, max_file_size=limits.max_bytes,
-                       show_error=True, prevent_thread_lock=not block, quiet=not block, theme=theme,
-                       inbrowser=False, ssr_mode=False, mcp_server=False, enable_monitoring=False)
+    theme = gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"]
+    )
+    return page.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        max_file_size=limits.max_bytes,
+        show_error=True,
+        prevent_thread_lock=not block,
+        quiet=not block,
+        theme=theme,
+        inbrowser=False,
+        ssr_mode=False,
+        mcp_server=False,
+        enable_monitoring=False,
+    )

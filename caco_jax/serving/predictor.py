@@ -5,6 +5,7 @@ class under the training data's class frequencies) or ``balanced`` (the rule fit
 validation split at the end of training and saved as ``decision.json`` beside the weights; it
 shifts the log-probabilities per class, trading some accuracy for recall on rare classes).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,7 @@ from caco_jax.training.steps import ModelDef, build_steps
 RULE_TEXT = {
     "argmax": "argmax: the most probable class under the training data's class frequencies",
     "balanced": "balanced: the rule fitted on the validation split for equal recall across classes "
-                "(probabilities re-weighted to the prior it assumes)",
+    "(probabilities re-weighted to the prior it assumes)",
 }
 
 
@@ -51,8 +52,15 @@ class Predictor:
     whose config predates it); 'balanced' needs the weights' ``decision.json``.
     """
 
-    def __init__(self, workdir: str | pathlib.Path, weights: str | pathlib.Path | None = None, *,
-                 calibrate: bool = True, batch_size: int = 32, decision: str | None = None):
+    def __init__(
+        self,
+        workdir: str | pathlib.Path,
+        weights: str | pathlib.Path | None = None,
+        *,
+        calibrate: bool = True,
+        batch_size: int = 32,
+        decision: str | None = None,
+    ):
         config, model, meta, self.weights_dir = load_trained(workdir, weights)
         self.class_names: tuple[str, ...] = tuple(meta["class_names"])
         self.image_size: int = int(config.data.image_size)
@@ -64,8 +72,9 @@ class Predictor:
         model_def = ModelDef(model)
         self.mesh = parallel.make_mesh(1)
         self.steps = build_steps(model_def, self.mesh)
-        self._params, self._stats = jax.device_put((model_def.init_params, model_def.init_batch_stats),
-                                                   parallel.replicated(self.mesh))
+        self._params, self._stats = jax.device_put(
+            (model_def.init_params, model_def.init_batch_stats), parallel.replicated(self.mesh)
+        )
 
     @property
     def rules(self) -> tuple[str, ...]:
@@ -79,7 +88,8 @@ class Predictor:
             raise UsageError(
                 f"the balanced decision rule needs {self.weights_dir / decision.DECISION_FILE}, which these weights "
                 "lack: it is fitted on the validation split at the end of training by this version of caco-jax "
-                "(train the run again, or rerun its training command to finish it), or use --decision argmax")
+                "(train the run again, or rerun its training command to finish it), or use --decision argmax"
+            )
         return rule
 
     @property
@@ -93,13 +103,12 @@ class Predictor:
     def _chunks(self, images: np.ndarray):
         images = np.asarray(images, np.uint8)
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
+            chunk = images[start : start + self.batch_size]
             padded = np.zeros((self.batch_size, *images.shape[1:]), np.uint8)
-            padded[:len(chunk)] = chunk
+            padded[: len(chunk)] = chunk
             yield start, len(chunk), padded
 
-    def probabilities(self, images: np.ndarray, *, tta: bool = False, temperature: float | None = None
-                      ) -> np.ndarray:
+    def probabilities(self, images: np.ndarray, *, tta: bool = False, temperature: float | None = None) -> np.ndarray:
         """float [N, C] softmax(logits / T) (T: ``temperature``, else the saved one, else 1); with ``tta``
         the mean over the 8 dihedral views."""
         step = self.steps.predict_tta if tta else self.steps.predict
@@ -118,14 +127,16 @@ class Predictor:
         if rule == "argmax":
             return Decision(rule, model.argmax(-1), model, model)
         fitted = self.balanced_rule
+        assert fitted is not None  # _check_rule accepts 'balanced' only when there is one
         t_fit = float(fitted.info.get("temperature") or 1.0)
         at_fit = model if np.isclose(t_fit, float(self._t)) else self.probabilities(images, tta=tta, temperature=t_fit)
         # log p at T_fit equals log_scores(logits, T_fit): the rule's own input, up to float32 rounding
         scores = np.log(np.maximum(np.asarray(at_fit, np.float64), 1e-300))
         return Decision(rule, fitted.predict(scores, 1.0), fitted.balanced_probabilities(scores, 1.0), model)
 
-    def explain(self, images: np.ndarray, target: Sequence[int] | int | None = None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def explain(
+        self, images: np.ndarray, target: Sequence[int] | np.ndarray | int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(probabilities [N, C] of the plain image, explained class [N], Grad-CAM [N, S, S] in [0, 1]).
 
         ``target``: the class to explain (an index, one per image, or None for the most probable one)."""
@@ -136,7 +147,7 @@ class Predictor:
         probs, classes, cams = [], [], []
         for start, n, padded in self._chunks(images):
             t = np.full((self.batch_size,), -1, np.int32)
-            t[:n] = targets[start:start + n]
+            t[:n] = targets[start : start + n]
             out = self.steps.cam(self._params, self._stats, padded, t, self._t)
             probs.append(np.asarray(out["probs"])[:n])
             classes.append(np.asarray(out["class"])[:n])

@@ -17,6 +17,7 @@ fails (full disk, no permission) raises :class:`CheckpointSaveError` at once: be
 writing when the disk cannot hold it, else as soon as the background write reports it
 (:meth:`Checkpointer.poll`, every step).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,7 +70,7 @@ def _host(x: Any) -> np.ndarray:
 def checksums(flat: Mapping[str, Any]) -> dict[str, int]:
     """CRC-32 of each array's bytes: orbax's zstd frames carry no checksum, so overwritten bytes
     can otherwise restore as silently wrong numbers."""
-    return {k: zlib.crc32(memoryview(_host(v)).cast("B")) for k, v in flat.items()}
+    return {k: zlib.crc32(_host(v).data.cast("B")) for k, v in flat.items()}
 
 
 def _verify(flat: Mapping[str, Any], expected: Mapping[str, int] | None, item: str) -> None:
@@ -117,8 +118,14 @@ class Checkpointer:
         """Steps of the kept checkpoints, oldest first."""
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: PyTree, data_state: Any, meta: dict[str, Any],
-             best: Mapping[str, np.ndarray] | None = None) -> None:
+    def save(
+        self,
+        step: int,
+        state: PyTree,
+        data_state: Any,
+        meta: dict[str, Any],
+        best: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
         """Starts an (asynchronous) save; device arrays are copied before it returns. Raises
         :class:`CheckpointSaveError` when the previous save failed or this one cannot fit."""
         self.wait()
@@ -130,8 +137,11 @@ class Checkpointer:
         free = faults.free_bytes(self.directory)
         if free is not None and free < self._needed:
             raise CheckpointSaveError(self._stopped(step, OSError("not enough free space")))
-        items = {"state": ocp.args.StandardSave(flat), "data": ocp.args.JsonSave(_jsonable(data_state)),
-                 "meta": ocp.args.JsonSave(dict(meta) | {"checksums": sums})}
+        items = {
+            "state": ocp.args.StandardSave(flat),
+            "data": ocp.args.JsonSave(_jsonable(data_state)),
+            "meta": ocp.args.JsonSave(dict(meta) | {"checksums": sums}),
+        }
         if best is not None:
             items["best"] = ocp.args.StandardSave(dict(best))
         try:
@@ -143,11 +153,16 @@ class Checkpointer:
 
     def _stopped(self, step: int, err: BaseException) -> str:
         latest = self.latest_step()
-        keep = (f"Checkpoint {latest} (with the best weights it records) is intact: free some space (or fix "
-                "the permissions) and rerun the same command to resume from it" if latest is not None and latest != step
-                else "No checkpoint was written yet: free some space (or fix the permissions) and rerun the same "
-                "command")
-        return faults.write_failure(f"checkpoint {step}", self.directory, err, self._needed) + f"; training stopped. {keep}"
+        keep = (
+            f"Checkpoint {latest} (with the best weights it records) is intact: free some space (or fix "
+            "the permissions) and rerun the same command to resume from it"
+            if latest is not None and latest != step
+            else "No checkpoint was written yet: free some space (or fix the permissions) and rerun the same command"
+        )
+        return (
+            faults.write_failure(f"checkpoint {step}", self.directory, err, self._needed)
+            + f"; training stopped. {keep}"
+        )
 
     def poll(self, *, block: bool = False) -> int | None:
         """The step of the pending save, once, when it has committed; raises :class:`CheckpointSaveError`
@@ -187,7 +202,9 @@ class Checkpointer:
                 raise CheckpointDamaged("its metadata has no history list")
             items = {"state": ocp.args.StandardRestore(abstract), "data": ocp.args.JsonRestore()}
             if meta.get("best") is not None and best_like is not None:
-                items["best"] = ocp.args.StandardRestore({k: np.zeros(np.shape(v), v.dtype) for k, v in best_like.items()})
+                items["best"] = ocp.args.StandardRestore(
+                    {k: np.zeros(np.shape(v), v.dtype) for k, v in best_like.items()}
+                )
             out = self._manager.restore(step, args=ocp.args.Composite(**items))
             sums = meta.pop("checksums", {})
             _verify(out["state"], sums.get("state"), "state")
@@ -202,9 +219,14 @@ class Checkpointer:
             raise CheckpointDamaged(faults.reason(err)) from err
         return Restored(step, state, _from_jsonable(out["data"]), meta, best)
 
-    def restore_newest(self, like: PyTree, best_like: Mapping[str, np.ndarray] | None = None, *,
-                       accept: Callable[[Restored], None] = lambda r: None,
-                       log: Callable[[str], None] = print) -> Restored | None:
+    def restore_newest(
+        self,
+        like: PyTree,
+        best_like: Mapping[str, np.ndarray] | None = None,
+        *,
+        accept: Callable[[Restored], None] = lambda r: None,
+        log: Callable[[str], None] = print,
+    ) -> Restored | None:
         """The newest checkpoint that restores (and that ``accept`` takes without raising), or None if
         there is none. Each damaged one newer than it is moved to ``checkpoints_damaged/`` with one
         log line; if every checkpoint is damaged, nothing is moved and :class:`CheckpointDamaged` lists them."""
@@ -227,8 +249,10 @@ class Checkpointer:
             return restored
         if damaged:
             listed = "; ".join(f"checkpoint {s}: {why}" for s, why in damaged)
-            raise CheckpointDamaged(f"no checkpoint in {self.directory} can be restored ({listed}). Move the "
-                                    "folder aside to start this run afresh, or use another --workdir")
+            raise CheckpointDamaged(
+                f"no checkpoint in {self.directory} can be restored ({listed}). Move the "
+                "folder aside to start this run afresh, or use another --workdir"
+            )
         return None
 
     def quarantine(self, step: int) -> pathlib.Path:

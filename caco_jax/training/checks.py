@@ -4,6 +4,7 @@
 range, a path that does not exist) and raises one :class:`~caco_jax.errors.ConfigError` that
 lists them as the ``--config.KEY=VALUE`` flags to fix.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -25,8 +26,14 @@ def _choice(options: Any) -> Callable[[Any], str | None]:
     return lambda v: None if v in options else f"must be one of {', '.join(map(str, names))}"
 
 
-def _range(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-           hi_open: bool = False, integer: bool = False) -> Callable[[Any], str | None]:
+def _range(
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+    integer: bool = False,
+) -> Callable[[Any], str | None]:
     def check(v: Any) -> str | None:
         if isinstance(v, bool) or not isinstance(v, int | float) or (integer and not isinstance(v, int)):
             return f"must be {'an integer' if integer else 'a number'}"
@@ -43,35 +50,59 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
     from caco_jax.data import registry
     from caco_jax.data.pipeline import SAMPLING
     from caco_jax.data.splits import SPLIT_BY
+    from caco_jax.evaluation.decision import FITS, RULES
     from caco_jax.models import ARCHS, ATTENTION_INITS, DTYPES
     from caco_jax.models.attention import ATTENTION_BLOCKS
     from caco_jax.models.depthwise import DEPTHWISE_IMPLS
     from caco_jax.training.losses import LOSSES
-    from caco_jax.evaluation.decision import FITS, RULES
 
     count, positive = _range(1, integer=True), _range(0, lo_open=True)
     unit = _range(0.0, 1.0, hi_open=True)
     return {
-        "model.arch": _choice(ARCHS), "model.attention": _choice(ATTENTION_BLOCKS),
-        "model.ca_activation": _choice(("swish", "hardswish")), "model.attention_init": _choice(ATTENTION_INITS),
-        "model.dropout": unit, "model.bn_momentum": _range(0, 1, lo_open=True), "model.dtype": _choice(DTYPES),
+        "model.arch": _choice(ARCHS),
+        "model.attention": _choice(ATTENTION_BLOCKS),
+        "model.ca_activation": _choice(("swish", "hardswish")),
+        "model.attention_init": _choice(ATTENTION_INITS),
+        "model.dropout": unit,
+        "model.bn_momentum": _range(0, 1, lo_open=True),
+        "model.dtype": _choice(DTYPES),
         "model.depthwise": _choice(DEPTHWISE_IMPLS),
-        "data.name": _choice(registry.DATASETS), "data.build_size": count,
-        "data.synthetic_images": _range(0, integer=True), "data.split_by": _choice(SPLIT_BY),
-        "data.split_seed": _range(0, integer=True), "data.image_size": _range(8, integer=True),
-        "data.load_size": _range(0, integer=True), "data.num_workers": _range(0, integer=True),
+        "data.name": _choice(registry.DATASETS),
+        "data.build_size": count,
+        "data.synthetic_images": _range(0, integer=True),
+        "data.split_by": _choice(SPLIT_BY),
+        "data.split_seed": _range(0, integer=True),
+        "data.image_size": _range(8, integer=True),
+        "data.load_size": _range(0, integer=True),
+        "data.num_workers": _range(0, integer=True),
         "data.sampling": _choice(SAMPLING),
-        "loss.name": _choice(LOSSES), "loss.label_smoothing": unit, "loss.focal_gamma": _range(0),
-        "loss.ldam_max_m": positive, "loss.ldam_s": positive, "loss.joint_a": _range(0, 1),
-        "loss.drw_epoch": _range(-1, integer=True), "loss.drw_beta": unit,
-        "optimizer.learning_rate": positive, "optimizer.weight_decay": _range(0),
-        "optimizer.weight_decay_mask": _choice(("all", "exclude_norm_bias")), "optimizer.b1": unit,
-        "optimizer.b2": unit, "optimizer.eps": positive, "optimizer.schedule": _choice(("constant", "cosine")),
-        "optimizer.warmup_epochs": _range(0), "optimizer.ema_decay": unit,
-        "batch_size": count, "eval_batch_size": count, "num_epochs": count, "num_devices": _range(0, integer=True),
-        "checkpoint.every_epochs": count, "checkpoint.every_steps": _range(0, integer=True),
-        "checkpoint.keep": count, "log_every_steps": count,
-        "evaluation.decision_fit": _choice(FITS), "evaluation.decision": _choice(RULES),
+        "loss.name": _choice(LOSSES),
+        "loss.label_smoothing": unit,
+        "loss.focal_gamma": _range(0),
+        "loss.ldam_max_m": positive,
+        "loss.ldam_s": positive,
+        "loss.joint_a": _range(0, 1),
+        "loss.drw_epoch": _range(-1, integer=True),
+        "loss.drw_beta": unit,
+        "optimizer.learning_rate": positive,
+        "optimizer.weight_decay": _range(0),
+        "optimizer.weight_decay_mask": _choice(("all", "exclude_norm_bias")),
+        "optimizer.b1": unit,
+        "optimizer.b2": unit,
+        "optimizer.eps": positive,
+        "optimizer.schedule": _choice(("constant", "cosine")),
+        "optimizer.warmup_epochs": _range(0),
+        "optimizer.ema_decay": unit,
+        "batch_size": count,
+        "eval_batch_size": count,
+        "num_epochs": count,
+        "num_devices": _range(0, integer=True),
+        "checkpoint.every_epochs": count,
+        "checkpoint.every_steps": _range(0, integer=True),
+        "checkpoint.keep": count,
+        "log_every_steps": count,
+        "evaluation.decision_fit": _choice(FITS),
+        "evaluation.decision": _choice(RULES),
     }
 
 
@@ -87,26 +118,37 @@ def _cross_checks(config: Any) -> list[str]:
         except (ValueError, TypeError) as err:
             problems.append(f"--config.{key}.*: {err}")
     if config.data.cache and config.data.num_workers > 0:
-        problems.append("--config.data.cache=True serves batches from memory in this process: set "
-                        "--config.data.num_workers=0")
+        problems.append(
+            "--config.data.cache=True serves batches from memory in this process: set --config.data.num_workers=0"
+        )
     if config.optimizer.warmup_epochs >= config.num_epochs:
-        problems.append(f"--config.optimizer.warmup_epochs={config.optimizer.warmup_epochs}: must be below "
-                        f"num_epochs ({config.num_epochs})")
+        problems.append(
+            f"--config.optimizer.warmup_epochs={config.optimizer.warmup_epochs}: must be below "
+            f"num_epochs ({config.num_epochs})"
+        )
     if config.loss.drw_epoch >= config.num_epochs:
-        problems.append(f"--config.loss.drw_epoch={config.loss.drw_epoch}: deferred re-weighting would never "
-                        f"start (num_epochs {config.num_epochs}); use -1 to switch it off")
+        problems.append(
+            f"--config.loss.drw_epoch={config.loss.drw_epoch}: deferred re-weighting would never "
+            f"start (num_epochs {config.num_epochs}); use -1 to switch it off"
+        )
     pretrained = config.model.pretrained
     if pretrained == "imagenet" and config.model.arch not in ("small", "large"):
-        problems.append(f"--config.model.pretrained=imagenet: torchvision has ImageNet weights for the small and "
-                        f"large MobileNetV3 only, not arch {config.model.arch!r}")
+        problems.append(
+            f"--config.model.pretrained=imagenet: torchvision has ImageNet weights for the small and "
+            f"large MobileNetV3 only, not arch {config.model.arch!r}"
+        )
     if pretrained and pretrained != "imagenet" and not pathlib.Path(pretrained).expanduser().exists():
-        problems.append(f"--config.model.pretrained={pretrained}: no such file or directory; give a torchvision "
-                        "mobilenet_v3 .pth, a directory from caco-jax convert, 'imagenet' (fetched once and "
-                        "checked) or '' (from scratch)")
+        problems.append(
+            f"--config.model.pretrained={pretrained}: no such file or directory; give a torchvision "
+            "mobilenet_v3 .pth, a directory from caco-jax convert, 'imagenet' (fetched once and "
+            "checked) or '' (from scratch)"
+        )
     manual = config.data.manual_dir
     if manual and config.data.synthetic_images == 0 and not pathlib.Path(manual).expanduser().exists():
-        problems.append(f"--config.data.manual_dir={manual}: no such folder (the downloaded HAM10000 files, or "
-                        "your class folders for data.name=folder)")
+        problems.append(
+            f"--config.data.manual_dir={manual}: no such folder (the downloaded HAM10000 files, or "
+            "your class folders for data.name=folder)"
+        )
     return problems
 
 
@@ -127,5 +169,9 @@ def check_config(config: Any) -> None:
     except (TypeError, KeyError, AttributeError):
         pass  # a field these checks read is already reported above
     if problems:
-        raise ConfigError("the config has " + (f"{len(problems)} problems" if len(problems) > 1 else "a problem")
-                          + ":\n  " + "\n  ".join(problems))
+        raise ConfigError(
+            "the config has "
+            + (f"{len(problems)} problems" if len(problems) > 1 else "a problem")
+            + ":\n  "
+            + "\n  ".join(problems)
+        )

@@ -7,6 +7,7 @@ script, the ``CACO_JAX_COMPILE_CACHE`` environment variable, then
 ``$XDG_CACHE_HOME/caco_jax/jax`` (``~/.cache/caco_jax/jax``). The value ``off`` (or
 ``0``, ``none``, ``false``) switches it off.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Running a jitted evaluation step over a whole split: logits gathered on the host, one sync."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -25,7 +26,7 @@ def collect(
     params: Any,
     batch_stats: Any,
     batches: Iterable[Mapping[str, np.ndarray]],
-    class_weights: np.ndarray,
+    class_weights: np.ndarray | jax.Array,
     mesh: Mesh,
     class_names: Sequence[str],
 ) -> tuple[EvalAccumulator, float | None]:
@@ -50,7 +51,7 @@ def run_eval(
     params: Any,
     batch_stats: Any,
     batches: Iterable[Mapping[str, np.ndarray]],
-    class_weights: np.ndarray,
+    class_weights: np.ndarray | jax.Array,
     mesh: Mesh,
     class_names: Sequence[str],
     *,

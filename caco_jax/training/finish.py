@@ -1,6 +1,7 @@
 """The end of a training run: the best-validation weights on the validation and test splits, a
 temperature and a balanced decision rule fitted on validation (saved beside the weights), the
 per-image predictions, and the report with its Grad-CAM gallery."""
+
 from __future__ import annotations
 
 import pathlib
@@ -24,31 +25,41 @@ def fit_calibration(run: Run, logits: np.ndarray, labels: np.ndarray, weights_di
     """Fits the temperature on the validation split's logits; saved beside the weights it belongs to."""
     temperature = calibration.fit_temperature(logits, labels)
     before = calibration.summary(logits, labels, temperature)
-    info = {"fitted_on": "validation", "num_examples": int(len(labels)),
-            "nll": {"uncalibrated": before["uncalibrated"]["nll"], "calibrated": before["calibrated"]["nll"]},
-            "ece": {"uncalibrated": before["uncalibrated"]["ece"], "calibrated": before["calibrated"]["ece"]}}
+    info: dict[str, Any] = {
+        "fitted_on": "validation",
+        "num_examples": int(len(labels)),
+        "nll": {"uncalibrated": before["uncalibrated"]["nll"], "calibrated": before["calibrated"]["nll"]},
+        "ece": {"uncalibrated": before["uncalibrated"]["ece"], "calibrated": before["calibrated"]["ece"]},
+    }
     if weights_dir is not None and jax.process_index() == 0:
         calibration.save(weights_dir, temperature, **info)
-    run.runlog.info(f"temperature {temperature:.3f} fitted on the validation split ({len(labels)} images): ECE "
-                    f"{100 * info['ece']['uncalibrated']:.2f} % -> {100 * info['ece']['calibrated']:.2f} %")
+    run.runlog.info(
+        f"temperature {temperature:.3f} fitted on the validation split ({len(labels)} images): ECE "
+        f"{100 * info['ece']['uncalibrated']:.2f} % -> {100 * info['ece']['calibrated']:.2f} %"
+    )
     return temperature
 
 
-def fit_decision(run: Run, logits: np.ndarray, labels: np.ndarray, temperature: float,
-                 weights_dir: pathlib.Path | None) -> decision.DecisionRule:
+def fit_decision(
+    run: Run, logits: np.ndarray, labels: np.ndarray, temperature: float, weights_dir: pathlib.Path | None
+) -> decision.DecisionRule:
     """The balanced decision rule fitted on the validation split; saved beside the weights."""
     rule = decision.fit(logits, labels, run.counts, temperature=temperature, how=run.config.evaluation.decision_fit)
     if weights_dir is not None and jax.process_index() == 0:
         decision.save(weights_dir, rule)
     val = rule.info["val_bacc"]
-    run.runlog.info(f"balanced decision rule ({rule.fit}" + (f", tau {rule.tau:.2f}" if rule.tau is not None else "")
-                    + f") fitted on the validation split: BACC {100 * val['argmax']:.2f} % (argmax) -> "
-                    f"{100 * val['balanced']:.2f} %")
+    run.runlog.info(
+        f"balanced decision rule ({rule.fit}"
+        + (f", tau {rule.tau:.2f}" if rule.tau is not None else "")
+        + f") fitted on the validation split: BACC {100 * val['argmax']:.2f} % (argmax) -> "
+        f"{100 * val['balanced']:.2f} %"
+    )
     return rule
 
 
-def cam_gallery(run: Run, params: Any, stats: Any, probs: np.ndarray, labels: np.ndarray,
-                temperature: float) -> pathlib.Path | None:
+def cam_gallery(
+    run: Run, params: Any, stats: Any, probs: np.ndarray, labels: np.ndarray, temperature: float
+) -> pathlib.Path | None:
     """A PNG of Grad-CAM overlays of test images: per true class, the most and least confident
     correct and wrong predictions (``saliency.select_gallery``). One small batch through the cam step."""
     if jax.process_count() > 1 or len(labels) == 0:
@@ -60,22 +71,36 @@ def cam_gallery(run: Run, params: Any, stats: Any, probs: np.ndarray, labels: np
     n_dev = run.mesh.devices.size
     batch = -(-(4 * len(run.class_names)) // n_dev) * n_dev  # one fixed shape per model: one compilation
     padded = np.zeros((batch, size, size, 3), np.uint8)
-    padded[:len(chosen)] = images
+    padded[: len(chosen)] = images
     inputs = parallel.to_global({"image": padded, "target": np.full((batch,), -1, np.int32)}, run.mesh)
     out = run.steps.cam(params, stats, inputs["image"], inputs["target"], np.float32(temperature))
     cams = np.asarray(host_array(out["cam"]))
     where = {i: k for k, i in enumerate(chosen)}
     cells = []
     for row in rows:
-        cells.append([None if i is None else (
-            np.concatenate([images[where[i]], saliency.overlay(images[where[i]], cams[where[i]])], axis=1),
-            f"{run.class_names[int(probs[i].argmax())]} {probs[i].max():.0%}") for i in row])
-    return plots.plot_gallery(cells, run.class_names, saliency.GALLERY_KINDS, run.workdir / "report_gradcam_test.png",
-                              title="test split: Grad-CAM for the predicted class (image | heat map)")
+        cells.append(
+            [
+                None
+                if i is None
+                else (
+                    np.concatenate([images[where[i]], saliency.overlay(images[where[i]], cams[where[i]])], axis=1),
+                    f"{run.class_names[int(probs[i].argmax())]} {probs[i].max():.0%}",
+                )
+                for i in row
+            ]
+        )
+    return plots.plot_gallery(
+        cells,
+        run.class_names,
+        saliency.GALLERY_KINDS,
+        run.workdir / "report_gradcam_test.png",
+        title="test split: Grad-CAM for the predicted class (image | heat map)",
+    )
 
 
-def final_test(run: Run, state: TrainState, best: WeightsWriter, history: list[dict[str, Any]],
-               validation: pipeline.EvalSet) -> tuple[dict, dict]:
+def final_test(
+    run: Run, state: TrainState, best: WeightsWriter, history: list[dict[str, Any]], validation: pipeline.EvalSet
+) -> tuple[dict, dict]:
     """The best-validation weights (else the final state) on the test split, with a temperature
     fitted on the validation split and a Grad-CAM gallery; writes the report."""
     best.wait()
@@ -92,19 +117,21 @@ def final_test(run: Run, state: TrainState, best: WeightsWriter, history: list[d
     else:
         params, stats = state.eval_weights()
     weights = run.class_weights(run.config.num_epochs - 1)
-    val_acc, _ = collect(run.steps.eval, params, stats, run.local_batches(validation), weights, run.mesh,
-                         run.class_names)
+    evaluate, evaluate_tta = run.steps.eval, run.steps.eval_tta
+    assert evaluate is not None and evaluate_tta is not None  # setup builds the steps with a loss
+    val_acc, _ = collect(evaluate, params, stats, run.local_batches(validation), weights, run.mesh, run.class_names)
     temperature = fit_calibration(run, *val_acc.logits(), weights_dir)
     rule = fit_decision(run, *val_acc.logits(), temperature, weights_dir)
     test = run.splits["test"]
-    acc, loss = collect(run.steps.eval, params, stats, run.local_batches(test), weights, run.mesh, run.class_names)
+    acc, loss = collect(evaluate, params, stats, run.local_batches(test), weights, run.mesh, run.class_names)
     report = evaluation_report(acc, loss, temperature, groups=test.lesion_ids, rule=rule)
     report["leakage"] = leakage.summary(run.splits["train"], test)
     views = {}  # every process takes part in the collectives; the first writes
     if run.config.evaluation.tta:
         for name, source in (("validation", validation), ("test", test)):
-            views[name] = collect(run.steps.eval_tta, params, stats, run.local_batches(source), weights, run.mesh,
-                                  run.class_names)[0]
+            views[name] = collect(
+                evaluate_tta, params, stats, run.local_batches(source), weights, run.mesh, run.class_names
+            )[0]
     if not run.runlog.files:  # multi-host: the first process writes the report
         return report, {}
     train = run.splits["train"]
@@ -115,7 +142,16 @@ def final_test(run: Run, state: TrainState, best: WeightsWriter, history: list[d
             predictions.save(predictions.path(run.workdir, name, tta=True), *views[name].logits(), source, train)
     probs, labels, _ = acc.arrays(temperature)
     gallery = cam_gallery(run, params, stats, probs, labels, temperature)
-    paths = write_report(run.workdir, report, history=history, config=run.config, num_params=run.num_params,
-                         split="test", checkpoint=str(weights_dir or "final state"), class_names=run.class_names,
-                         temperature_source="fitted on the validation split", gallery=gallery)
+    paths = write_report(
+        run.workdir,
+        report,
+        history=history,
+        config=run.config,
+        num_params=run.num_params,
+        split="test",
+        checkpoint=str(weights_dir or "final state"),
+        class_names=run.class_names,
+        temperature_source="fitted on the validation split",
+        gallery=gallery,
+    )
     return report, paths

@@ -8,6 +8,7 @@ automatic resume from the same workdir, SIGTERM -> checkpoint and clean exit, an
 the end a temperature fitted on the validation split and a report on the test split
 (with calibration and a Grad-CAM gallery).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,24 +25,38 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
-from caco_jax.training import parallel
-from caco_jax.training.checkpoints import Checkpointer
 from caco_jax.data import pipeline
 from caco_jax.evaluation.metrics import TrainMetrics
-from caco_jax.training.steps import TrainState, all_finite, init_state
 from caco_jax.runs import faults
 from caco_jax.runs.weights import WeightsWriter, read_weights, state_weights
 from caco_jax.runs.workspace import save_config
+from caco_jax.training import parallel
+from caco_jax.training.checkpoints import Checkpointer
 from caco_jax.training.finish import final_test
 from caco_jax.training.run import Run, setup
+from caco_jax.training.steps import TrainState, all_finite, init_state
 
 log = logging.getLogger("caco_jax.training.loop")
 
 # Config fields a resumed run must share with the run that wrote the checkpoint.
-_RESUME_KEYS = ("model.arch", "model.attention", "model.ca_activation", "model.attention_init", "data.name",
-                "data.split_by", "data.split_seed", "data.offline.mode", "data.offline.target",
-                "data.offline.multiple", "data.offline.seed", "data.sampling", "data.image_size", "batch_size",
-                "optimizer.ema_decay", "seed")
+_RESUME_KEYS = (
+    "model.arch",
+    "model.attention",
+    "model.ca_activation",
+    "model.attention_init",
+    "data.name",
+    "data.split_by",
+    "data.split_seed",
+    "data.offline.mode",
+    "data.offline.target",
+    "data.offline.multiple",
+    "data.offline.seed",
+    "data.sampling",
+    "data.image_size",
+    "batch_size",
+    "optimizer.ema_decay",
+    "seed",
+)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -111,16 +126,16 @@ class Progress:
         return {"history": self.history, "best_bacc": self.best_bacc, "epoch": epoch, "best": self.best}
 
 
-def restore_or_init(run: Run, ckpt: Checkpointer, train_iter: Any, best: WeightsWriter
-                    ) -> tuple[TrainState, Progress]:
+def restore_or_init(run: Run, ckpt: Checkpointer, train_iter: Any, best: WeightsWriter) -> tuple[TrainState, Progress]:
     """The newest checkpoint of the workdir that restores (state, data position, history, best
     weights, which go back into ``best/``), or a fresh start. Damaged checkpoints are skipped."""
     progress = Progress()
-    fresh = jax.device_put(init_state(run.model_def, run.tx, run.config.seed, ema=run.config.optimizer.ema_decay > 0),
-                           parallel.replicated(run.mesh))
+    fresh = jax.device_put(
+        init_state(run.model_def, run.tx, run.config.seed, ema=run.config.optimizer.ema_decay > 0),
+        parallel.replicated(run.mesh),
+    )
     template = state_weights(*fresh.eval_weights())
-    restored = ckpt.restore_newest(fresh, template, accept=lambda r: train_iter.set_state(r.data),
-                                   log=run.runlog.info)
+    restored = ckpt.restore_newest(fresh, template, accept=lambda r: train_iter.set_state(r.data), log=run.runlog.info)
     if restored is None:
         return fresh, progress
     start, meta = restored.step, restored.meta
@@ -164,12 +179,16 @@ def _flush(run: Run, progress: Progress, step: int) -> dict[str, float]:
     progress.pending.clear()
     values = {k: float(v) for k, v in merged.compute().items()}
     if not math.isfinite(values["loss"]):
-        where = (f"the last good checkpoint ({run.workdir / 'checkpoints'}/{progress.last_saved}) is intact"
-                 if progress.last_saved is not None else "no checkpoint had been written yet")
+        where = (
+            f"the last good checkpoint ({run.workdir / 'checkpoints'}/{progress.last_saved}) is intact"
+            if progress.last_saved is not None
+            else "no checkpoint had been written yet"
+        )
         raise NonFiniteLossError(
             f"training loss is {values['loss']} at step {step} (epoch {step // run.steps_per_epoch}); stopped. "
             f"{where}: lower --config.optimizer.learning_rate, use --config.model.dtype=float32, or check the data, "
-            "then rerun the same command")
+            "then rerun the same command"
+        )
     return values
 
 
@@ -181,11 +200,13 @@ def log_progress(run: Run, progress: Progress, step: int, bar: tqdm) -> None:
     bar.set_postfix(loss=f"{values['loss']:.4f}", img_s=f"{rate:.0f}")
 
 
-def end_of_epoch(run: Run, state: TrainState, progress: Progress, step: int, validation: pipeline.EvalSet,
-                 best: WeightsWriter) -> None:
+def end_of_epoch(
+    run: Run, state: TrainState, progress: Progress, step: int, validation: pipeline.EvalSet, best: WeightsWriter
+) -> None:
     """Validation, the epoch's history row and logs, and (in the background) the best weights."""
     epoch = step // run.steps_per_epoch - 1
     _flush(run, progress, step)
+    assert progress.epoch_metrics is not None  # an epoch has at least one step
     train = {k: float(v) for k, v in progress.epoch_metrics.compute().items()}
     t0, n0 = progress.epoch_start
     train_seconds = time.perf_counter() - t0
@@ -194,19 +215,31 @@ def end_of_epoch(run: Run, state: TrainState, progress: Progress, step: int, val
     val = run.evaluate(params, stats, validation, epoch)
     val_seconds = time.perf_counter() - tv
     row = {
-        "epoch": epoch + 1, "step": step, "train_loss": train["loss"], "train_accuracy": train["accuracy"],
-        "val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_bacc": val["bacc"],
-        "val_paper_bacc": val["paper_bacc"], "val_macro_auc": val.get("macro_auc"),
-        "epoch_seconds": train_seconds, "val_seconds": val_seconds,
+        "epoch": epoch + 1,
+        "step": step,
+        "train_loss": train["loss"],
+        "train_accuracy": train["accuracy"],
+        "val_loss": val["loss"],
+        "val_accuracy": val["accuracy"],
+        "val_bacc": val["bacc"],
+        "val_paper_bacc": val["paper_bacc"],
+        "val_macro_auc": val.get("macro_auc"),
+        "epoch_seconds": train_seconds,
+        "val_seconds": val_seconds,
         "images_per_sec": (step - n0) * run.config.batch_size / train_seconds if train_seconds > 0 else 0.0,
     }
     ts = time.perf_counter()
     if row["val_bacc"] > progress.best_bacc:
         progress.best_bacc = row["val_bacc"]
         progress.best = {
-            "epoch": epoch + 1, "step": step, "val_bacc": row["val_bacc"], "val_accuracy": row["val_accuracy"],
-            "train_class_counts": run.counts.tolist(), "class_names": list(run.class_names),
-            "source": f"best validation BACC of {run.workdir}"}
+            "epoch": epoch + 1,
+            "step": step,
+            "val_bacc": row["val_bacc"],
+            "val_accuracy": row["val_accuracy"],
+            "train_class_counts": run.counts.tolist(),
+            "class_names": list(run.class_names),
+            "source": f"best validation BACC of {run.workdir}",
+        }
         progress.best_weights = state_weights(params, stats)  # host copies: every checkpoint holds them
         best.save(progress.best_weights, progress.best)
     row["save_seconds"] = time.perf_counter() - ts
@@ -216,7 +249,8 @@ def end_of_epoch(run: Run, state: TrainState, progress: Progress, step: int, val
         f"epoch {epoch + 1}/{run.config.num_epochs}: train loss {row['train_loss']:.4f} acc "
         f"{row['train_accuracy']:.4f} | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} "
         f"BACC {row['val_bacc']:.4f} | {row['images_per_sec']:.0f} img/s | host: validation "
-        f"{row['val_seconds']:.1f} s, best save {row['save_seconds']:.2f} s")
+        f"{row['val_seconds']:.1f} s, best save {row['save_seconds']:.2f} s"
+    )
     progress.epoch_metrics = None
     progress.epoch_start = (time.perf_counter(), step)
 
@@ -230,8 +264,9 @@ def committed(ckpt: Checkpointer, best: WeightsWriter, *, block: bool = False) -
         best.wait(upto=step)
 
 
-def save_checkpoint(run: Run, ckpt: Checkpointer, best: WeightsWriter, state: TrainState, train_iter: Any,
-                    progress: Progress, step: int) -> None:
+def save_checkpoint(
+    run: Run, ckpt: Checkpointer, best: WeightsWriter, state: TrainState, train_iter: Any, progress: Progress, step: int
+) -> None:
     """A checkpoint of everything, the best weights so far included (asynchronous); never of
     non-finite parameters."""
     if progress.last_saved == step:
@@ -241,14 +276,22 @@ def save_checkpoint(run: Run, ckpt: Checkpointer, best: WeightsWriter, state: Tr
         raise NonFiniteLossError(
             f"parameters became non-finite by step {step} (epoch {epoch}); not saved, so the last good "
             f"checkpoint ({ckpt.directory}/{progress.last_saved}) stays the newest: lower "
-            "--config.optimizer.learning_rate and rerun the same command")
+            "--config.optimizer.learning_rate and rerun the same command"
+        )
     committed(ckpt, best, block=True)
     ckpt.save(step, state, train_iter.get_state(), progress.meta(epoch), best=progress.best_weights)
     progress.last_saved = step
 
 
-def train_loop(run: Run, ckpt: Checkpointer, best: WeightsWriter, state: TrainState, progress: Progress,
-               train_iter: Any, validation: pipeline.EvalSet) -> tuple[TrainState, int, str]:
+def train_loop(
+    run: Run,
+    ckpt: Checkpointer,
+    best: WeightsWriter,
+    state: TrainState,
+    progress: Progress,
+    train_iter: Any,
+    validation: pipeline.EvalSet,
+) -> tuple[TrainState, int, str]:
     """Steps until the end of training or a stop signal: (state, step, 'finished' | 'interrupted').
 
     The best weights of a new best epoch go to ``best.partial`` at once and into every later
@@ -257,37 +300,51 @@ def train_loop(run: Run, ckpt: Checkpointer, best: WeightsWriter, state: TrainSt
     step = int(progress.last_saved or 0)
     progress.epoch_start = (time.perf_counter(), step)
     class_weights = None
-    bar = tqdm(total=run.total_steps, initial=step, unit="step", dynamic_ncols=True, disable=not config.progress_bar,
-               desc="train")
+    train_step = run.steps.train
+    assert train_step is not None  # setup builds the steps with an optimiser
+    bar = tqdm(
+        total=run.total_steps,
+        initial=step,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not config.progress_bar,
+        desc="train",
+    )
     try:
         with _Stop() as stop:
             while step < run.total_steps:
                 if class_weights is None or step % run.steps_per_epoch == 0:
                     class_weights = run.class_weights(step // run.steps_per_epoch)
                 batch = parallel.to_global(next(train_iter), run.mesh)
-                state, metrics = run.steps.train(state, batch, class_weights)
+                state, metrics = train_step(state, batch, class_weights)
                 step += 1
                 bar.update(1)
                 progress.pending.append(metrics)
-                progress.epoch_metrics = metrics if progress.epoch_metrics is None else progress.epoch_metrics.merge(
-                    metrics)
+                progress.epoch_metrics = (
+                    metrics if progress.epoch_metrics is None else progress.epoch_metrics.merge(metrics)
+                )
                 committed(ckpt, best)
                 epoch_done = step % run.steps_per_epoch == 0
                 if step % config.log_every_steps == 0:
                     log_progress(run, progress, step, bar)
                 if epoch_done:  # before any checkpoint of this step, so a resumed run never skips it
                     end_of_epoch(run, state, progress, step, validation, best)
-                due = ((epoch_done and (step // run.steps_per_epoch) % config.checkpoint.every_epochs == 0)
-                       or (config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0)
-                       or step == run.total_steps or stop.signal is not None)
+                due = (
+                    (epoch_done and (step // run.steps_per_epoch) % config.checkpoint.every_epochs == 0)
+                    or (config.checkpoint.every_steps and step % config.checkpoint.every_steps == 0)
+                    or step == run.total_steps
+                    or stop.signal is not None
+                )
                 if due:
                     _flush(run, progress, step)
                     save_checkpoint(run, ckpt, best, state, train_iter, progress, step)
                 if stop.signal is not None:
                     committed(ckpt, best, block=True)
                     best.wait()
-                    run.runlog.info(f"stopped by signal {stop.signal} at step {step}; checkpoint saved in "
-                                    f"{ckpt.directory}; rerun the same command to resume")
+                    run.runlog.info(
+                        f"stopped by signal {stop.signal} at step {step}; checkpoint saved in "
+                        f"{ckpt.directory}; rerun the same command to resume"
+                    )
                     return state, step, "interrupted"
         committed(ckpt, best, block=True)
         best.wait()
@@ -311,17 +368,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     run = setup(config, workdir)
     where = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     train_iter = pipeline.train_iterator(
-        run.splits["train"], batch_size=config.batch_size, load_size=config.data.load_size or None,
-        seed=config.seed, num_workers=config.data.num_workers, cache=config.data.cache,
-        sampling=config.data.sampling, **where)
+        run.splits["train"],
+        batch_size=config.batch_size,
+        load_size=config.data.load_size or None,
+        seed=config.seed,
+        num_workers=config.data.num_workers,
+        cache=config.data.cache,
+        sampling=config.data.sampling,
+        **where,
+    )
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
     best = WeightsWriter(workdir / "best")
     try:
         state, progress = restore_or_init(run, ckpt, train_iter, best)
         t_val = time.perf_counter()
         validation = pipeline.EvalSet(run.splits["validation"], config.data.image_size)  # decoded once per run
-        run.runlog.info(f"validation split decoded once: {len(validation)} images in "
-                        f"{time.perf_counter() - t_val:.1f} s")
+        run.runlog.info(
+            f"validation split decoded once: {len(validation)} images in {time.perf_counter() - t_val:.1f} s"
+        )
         state, step, status = train_loop(run, ckpt, best, state, progress, train_iter, validation)
     except BaseException:
         with contextlib.suppress(Exception):  # the error on its way out is the one to report
@@ -335,7 +399,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     run.runlog.info("training finished; evaluating the best checkpoint on the test split")
     report, paths = final_test(run, state, best, progress.history, validation)
     best.close()
-    run.runlog.info(f"test: accuracy {report['accuracy']:.4f}, BACC {report['bacc']:.4f}; report: "
-                    f"{paths.get('md', 'written by process 0')}")
+    run.runlog.info(
+        f"test: accuracy {report['accuracy']:.4f}, BACC {report['bacc']:.4f}; report: "
+        f"{paths.get('md', 'written by process 0')}"
+    )
     run.runlog.close()
     return {"status": status, "step": step, "history": progress.history, "report": report, "paths": paths}

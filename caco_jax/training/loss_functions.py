@@ -37,6 +37,7 @@ Formulas
 
 The registered, configurable losses built from these are in ``caco_jax.training.losses``.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -52,9 +53,7 @@ DEFAULT_LDAM_S: float = 1.0  # our plain linear head's scale (docs/model.md, Los
 
 
 # --------------------------------------------------------------------------- helpers
-def _prepare(
-    logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None
-) -> tuple[Array, Array, Array]:
+def _prepare(logits: ArrayLike, labels: ArrayLike, mask: ArrayLike | None) -> tuple[Array, Array, Array]:
     """Float32 logits, int labels and a float mask with masked rows sanitised."""
     logits = jnp.asarray(logits, jnp.float32)
     labels = jnp.asarray(labels).astype(jnp.int32)

@@ -6,10 +6,11 @@ formulas are in ``caco_jax.training.loss_functions``) and ``torch_formula()``, t
 tests hold it to. Its config fields go in ``configs/default.py``. The LDAM scale ``s`` defaults to 1,
 not the official 30 (measured: docs/model.md, Losses).
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,13 @@ TorchLoss = Any  # (logits, target, class_weights=None) -> torch scalar
 
 
 # --------------------------------------------------------------------------- registry
-LOSSES: dict[str, type] = {}
+class LossClass(Protocol):
+    """What :func:`make_loss` asks of a registered loss class (its instances are the loss functions)."""
+
+    def from_config(self, cfg: Any, class_counts: np.ndarray | None, num_classes: int) -> Any: ...
+
+
+LOSSES: dict[str, LossClass] = {}
 
 
 def register(name: str):
@@ -39,7 +46,7 @@ def register(name: str):
     ``from_config(cfg, class_counts, num_classes)``, ``__call__(logits, labels, class_weights=None,
     mask=None)`` and ``torch_formula()`` (the PyTorch formula the tests compare it with)."""
 
-    def deco(cls: type) -> type:
+    def deco(cls: Any) -> Any:  # any class with the methods below (checked here, when it is registered)
         for attr in ("from_config", "torch_formula"):
             if not hasattr(cls, attr):
                 raise TypeError(f"loss {cls.__name__} must define {attr}")
@@ -73,19 +80,21 @@ class CrossEntropy:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
     @classmethod
-    def from_config(cls, cfg: Any, class_counts: np.ndarray | None, num_classes: int) -> "CrossEntropy":
+    def from_config(cls, cfg: Any, class_counts: np.ndarray | None, num_classes: int) -> CrossEntropy:
         return cls(label_smoothing=float(cfg.label_smoothing))
 
     def __call__(self, logits, labels, class_weights=None, mask=None) -> Array:
-        return cross_entropy(logits, labels, label_smoothing=self.label_smoothing, class_weights=class_weights,
-                             mask=mask)
+        return cross_entropy(
+            logits, labels, label_smoothing=self.label_smoothing, class_weights=class_weights, mask=mask
+        )
 
     def torch_formula(self) -> TorchLoss:
         """The PyTorch formula the tests hold this loss to: torch's own cross-entropy."""
         import torch.nn.functional as F
 
-        return lambda logits, target, w=None: F.cross_entropy(logits, target, weight=w,
-                                                              label_smoothing=self.label_smoothing)
+        return lambda logits, target, w=None: F.cross_entropy(
+            logits, target, weight=w, label_smoothing=self.label_smoothing
+        )
 
 
 @register("focal")
@@ -101,7 +110,7 @@ class Focal:
             raise ValueError(f"focal_gamma must be >= 0, got {self.gamma}")
 
     @classmethod
-    def from_config(cls, cfg: Any, class_counts: np.ndarray | None, num_classes: int) -> "Focal":
+    def from_config(cls, cfg: Any, class_counts: np.ndarray | None, num_classes: int) -> Focal:
         return cls(gamma=float(cfg.focal_gamma), alpha=_alpha(cfg.focal_alpha, num_classes))
 
     def __call__(self, logits, labels, class_weights=None, mask=None) -> Array:
@@ -129,23 +138,26 @@ class LDAM:
             raise ValueError(f"ldam_s must be > 0, got {self.s}")
 
     @classmethod
-    def from_config(cls, cfg: Any, class_counts: np.ndarray | None, num_classes: int) -> "LDAM":
+    def from_config(cls, cfg: Any, class_counts: np.ndarray | None, num_classes: int) -> LDAM:
         max_m = float(cfg.ldam_max_m)
         if max_m < 0:
             raise ValueError(f"ldam_max_m must be >= 0, got {max_m}")
         margins = tuple(float(x) for x in np.asarray(ldam_margins(class_counts, max_m)))
+        assert class_counts is not None  # ldam_margins refuses missing counts
         return cls(margins=margins, s=float(cfg.ldam_s), counts=tuple(float(c) for c in class_counts))
 
     def __call__(self, logits, labels, class_weights=None, mask=None) -> Array:
-        return ldam_loss(logits, labels, jnp.asarray(self.margins, jnp.float32), s=self.s,
-                         class_weights=class_weights, mask=mask)
+        return ldam_loss(
+            logits, labels, jnp.asarray(self.margins, jnp.float32), s=self.s, class_weights=class_weights, mask=mask
+        )
 
     def torch_formula(self) -> TorchLoss:
         """The official LDAM-DRW code's ``LDAMLoss`` (``torch_reference.LDAMLoss``) on the same counts."""
         from caco_jax.interop.torch_reference import LDAMLoss
 
-        return lambda logits, target, w=None: LDAMLoss(self.counts, max_m=max(self.margins), weight=w,
-                                                       s=self.s)(logits, target)
+        return lambda logits, target, w=None: LDAMLoss(self.counts, max_m=max(self.margins), weight=w, s=self.s)(
+            logits, target
+        )
 
 
 @register("joint")
@@ -162,20 +174,22 @@ class Joint:
             raise ValueError(f"joint_a must be in [0, 1], got {self.a}")
 
     @classmethod
-    def from_config(cls, cfg: Any, class_counts: np.ndarray | None, num_classes: int) -> "Joint":
-        return cls(focal=Focal.from_config(cfg, class_counts, num_classes),
-                   ldam=LDAM.from_config(cfg, class_counts, num_classes), a=float(cfg.joint_a))
+    def from_config(cls, cfg: Any, class_counts: np.ndarray | None, num_classes: int) -> Joint:
+        return cls(
+            focal=Focal.from_config(cfg, class_counts, num_classes),
+            ldam=LDAM.from_config(cfg, class_counts, num_classes),
+            a=float(cfg.joint_a),
+        )
 
     def __call__(self, logits, labels, class_weights=None, mask=None) -> Array:
         return self.a * self.focal(logits, labels, class_weights, mask) + (1.0 - self.a) * self.ldam(
-            logits, labels, class_weights, mask)
+            logits, labels, class_weights, mask
+        )
 
     def torch_formula(self) -> TorchLoss:
         """``a * focal + (1 - a) * LDAM`` of the two PyTorch formulas."""
         focal, ldam = self.focal.torch_formula(), self.ldam.torch_formula()
         return lambda logits, target, w=None: self.a * focal(logits, target, w) + (1 - self.a) * ldam(logits, target, w)
-
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,8 +212,13 @@ class Loss:
     def name(self) -> str:
         return self.fn.name
 
-    def __call__(self, logits: ArrayLike, labels: ArrayLike, class_weights: ArrayLike | None = None,
-                 mask: ArrayLike | None = None) -> Array:
+    def __call__(
+        self,
+        logits: ArrayLike,
+        labels: ArrayLike,
+        class_weights: ArrayLike | None = None,
+        mask: ArrayLike | None = None,
+    ) -> Array:
         return self.fn(logits, labels, class_weights, mask)
 
     @property
@@ -224,9 +243,12 @@ def make_loss(cfg: Any, class_counts: ArrayLike | None, num_classes: int | None 
     if name not in LOSSES:
         raise ValueError(f"unknown loss name {cfg.name!r}; allowed: {', '.join(LOSSES)}")
     counts = None if class_counts is None else np.asarray(class_counts).reshape(-1)
-    if counts is None and num_classes is None:
+    if counts is not None:
+        n = len(counts)
+    elif num_classes is not None:
+        n = int(num_classes)
+    else:
         raise ValueError("make_loss needs the training class counts or num_classes")
-    n = len(counts) if counts is not None else int(num_classes)
     fn = LOSSES[name].from_config(cfg, counts, n)
     drw_epoch = int(cfg.drw_epoch)
     drw = tuple(float(x) for x in drw_weights(counts, float(cfg.drw_beta))) if drw_epoch >= 0 else None

@@ -7,6 +7,7 @@ global (all-reduced) and the gradient is the global-batch gradient, exactly as o
 one device. Multi-host: call :func:`initialize_distributed` first; each process
 then reads and feeds only its own rows of every global batch.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -19,8 +20,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 AXIS = "data"
 
 
-def initialize_distributed(enabled: bool, *, coordinator_address: str = "", num_processes: int = 0,
-                           process_id: int = -1) -> None:
+def initialize_distributed(
+    enabled: bool, *, coordinator_address: str = "", num_processes: int = 0, process_id: int = -1
+) -> None:
     """Multi-host setup: ``jax.distributed.initialize``, before anything else touches JAX.
 
     With empty / 0 / -1 arguments the cluster is read from the environment (SLURM, Open
@@ -29,9 +31,11 @@ def initialize_distributed(enabled: bool, *, coordinator_address: str = "", num_
     if not enabled:
         return
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices only; GPUs use NCCL
-    jax.distributed.initialize(coordinator_address=coordinator_address or None,
-                               num_processes=num_processes or None,
-                               process_id=None if process_id < 0 else process_id)
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address or None,
+        num_processes=num_processes or None,
+        process_id=None if process_id < 0 else process_id,
+    )
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:

@@ -1,5 +1,6 @@
 """What a training run is built from: data, model (pretrained if configured), loss, optimiser and
 jitted steps (:func:`setup`), read by the loop's phases and the end-of-run evaluation."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,16 +49,25 @@ class Run:
         where = {"process_index": jax.process_index(), "process_count": jax.process_count()}
         if isinstance(source, pipeline.EvalSet):
             return source.batches(self.config.eval_batch_size, **where)
-        return pipeline.eval_iterator(source, batch_size=self.config.eval_batch_size,
-                                      image_size=self.config.data.image_size, **where)
+        return pipeline.eval_iterator(
+            source, batch_size=self.config.eval_batch_size, image_size=self.config.data.image_size, **where
+        )
 
     def class_weights(self, epoch: int) -> jax.Array:
         """The loss's class weights for ``epoch`` (0-based), replicated over the mesh."""
         return jax.device_put(self.loss.class_weights(epoch), parallel.replicated(self.mesh))
 
     def evaluate(self, params: Any, batch_stats: Any, source: Any, epoch: int) -> dict[str, Any]:
-        return run_eval(self.steps.eval, params, batch_stats, self.local_batches(source), self.class_weights(epoch),
-                        self.mesh, self.class_names)
+        assert self.steps.eval is not None  # setup builds the steps with a loss
+        return run_eval(
+            self.steps.eval,
+            params,
+            batch_stats,
+            self.local_batches(source),
+            self.class_weights(epoch),
+            self.mesh,
+            self.class_names,
+        )
 
 
 def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
@@ -69,8 +79,10 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     class_names = splits["train"].class_names
     counts = records.class_counts(splits["train"])
     if len(splits["train"]) < config.batch_size:
-        raise ValueError(f"the training split has {len(splits['train'])} images, fewer than one batch of "
-                         f"{config.batch_size}; lower --config.batch_size")
+        raise ValueError(
+            f"the training split has {len(splits['train'])} images, fewer than one batch of "
+            f"{config.batch_size}; lower --config.batch_size"
+        )
     steps_per_epoch = pipeline.steps_per_epoch(splits["train"], config.batch_size)
     loss = make_loss(config.loss, counts)
     model = model_from_config(config.model, num_classes=len(class_names), seed=config.seed)
@@ -78,14 +90,39 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
     if config.model.pretrained:
         runlog.info(load_pretrained(model, config.model.pretrained))
     num_params = count_params(model)
-    runlog.info(f"model: MobileNetV3-{config.model.attention} ({config.model.arch}), {num_params:,} parameters, "
-                f"{len(class_names)} classes")
+    runlog.info(
+        f"model: MobileNetV3-{config.model.attention} ({config.model.arch}), {num_params:,} parameters, "
+        f"{len(class_names)} classes"
+    )
     model_def = ModelDef(model)
     if runlog.files:
         (workdir / "parameters.txt").write_text(
-            parameter_overview.get_parameter_overview(model_def.init_params, include_stats=False) + "\n")
+            parameter_overview.get_parameter_overview(model_def.init_params, include_stats=False) + "\n"
+        )
     tx = make_optimizer(config.optimizer, model_def.init_params, steps_per_epoch, config.num_epochs)
-    steps = build_steps(model_def, mesh, tx=tx, loss=loss, aug=AugmentConfig.from_config(config.data.augment),
-                        image_size=config.data.image_size, ema_decay=config.optimizer.ema_decay)
-    return Run(config, workdir, mesh, splits, class_names, counts, loss, model, model_def, tx, steps,
-               steps_per_epoch, steps_per_epoch * config.num_epochs, num_params, runlog)
+    steps = build_steps(
+        model_def,
+        mesh,
+        tx=tx,
+        loss=loss,
+        aug=AugmentConfig.from_config(config.data.augment),
+        image_size=config.data.image_size,
+        ema_decay=config.optimizer.ema_decay,
+    )
+    return Run(
+        config,
+        workdir,
+        mesh,
+        splits,
+        class_names,
+        counts,
+        loss,
+        model,
+        model_def,
+        tx,
+        steps,
+        steps_per_epoch,
+        steps_per_epoch * config.num_epochs,
+        num_params,
+        runlog,
+    )

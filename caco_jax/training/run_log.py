@@ -1,4 +1,5 @@
 """Run logging: console + ``train.log``, ``metrics.jsonl`` and TensorBoard event files."""
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ The NNX model is split once (``nnx.split``) into a static graph and plain pytree
 parameters and BatchNorm statistics; the steps are pure functions of those pytrees,
 so ``jax.jit`` never walks the module graph at call time and the state can be donated.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,9 +18,9 @@ import optax
 from flax import nnx
 
 from caco_jax.data.augment import AugmentConfig, augment_batch, mix_batch, normalize
-from caco_jax.training.losses import Loss
 from caco_jax.evaluation.metrics import TrainMetrics
 from caco_jax.evaluation.saliency import grad_cam
+from caco_jax.training.losses import Loss
 
 PyTree = Any
 
@@ -46,9 +47,12 @@ class TrainState:
 class ModelDef:
     """The static half of an NNX model: train/eval graphs and ``apply``."""
 
+    train_graph: nnx.GraphDef[nnx.Module]
+
     def __init__(self, model: nnx.Module):
         model.train()
-        self.train_graph, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+        # flax types split() with two or more filters as a variadic tuple; two filters give exactly three parts
+        self.train_graph, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)  # type: ignore[misc]
         model.eval()
         self.eval_graph = nnx.graphdef(model)
         self.init_params = nnx.to_pure_dict(params)
@@ -60,7 +64,12 @@ class ModelDef:
         """Logits and (in training) the updated BatchNorm statistics."""
         graph = self.train_graph if train else self.eval_graph
         model = nnx.merge(graph, params, batch_stats)
-        logits = model(images, rngs=nnx.Rngs(dropout=rng) if train else None)
+        rngs = None
+        if train:
+            if rng is None:
+                raise ValueError("apply(train=True) needs rng, the dropout key")
+            rngs = nnx.Rngs(dropout=rng)
+        logits = model(images, rngs=rngs)
         new_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)) if train else batch_stats
         return logits, new_stats
 
@@ -125,7 +134,11 @@ def ema_update(ema: PyTree, new: PyTree, step: jax.Array, decay: float) -> PyTre
 
 
 def make_train_step(
-    model_def: ModelDef, tx: optax.GradientTransformation, loss: Loss, aug: AugmentConfig, image_size: int,
+    model_def: ModelDef,
+    tx: optax.GradientTransformation,
+    loss: Loss,
+    aug: AugmentConfig,
+    image_size: int,
     ema_decay: float = 0.0,
 ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, TrainMetrics]]:
     """One optimiser step on a uint8 batch: augment (and mix) on device, forward, backward, AdamW,
@@ -155,8 +168,9 @@ def make_train_step(
             if ema is None:
                 raise ValueError("ema_decay > 0 needs a train state made with init_state(..., ema=True)")
             ema = ema_update(ema, {"params": params, "batch_stats": stats}, state.step, ema_decay)
-        new_state = state.replace(step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state,
-                                  ema=ema)
+        new_state = dataclasses.replace(
+            state, step=state.step + 1, params=params, batch_stats=stats, opt_state=opt_state, ema=ema
+        )
         return new_state, metrics
 
     return train_step
@@ -206,8 +220,12 @@ def make_eval_step(
         else:
             logits, _ = model_def.apply(params, batch_stats, normalize(batch["image"]), train=False)
             plain = logits
-        return {"logits": logits, "loss": loss(plain, batch["label"], class_weights, mask=batch["mask"]),
-                "label": batch["label"], "mask": batch["mask"]}
+        return {
+            "logits": logits,
+            "loss": loss(plain, batch["label"], class_weights, mask=batch["mask"]),
+            "label": batch["label"],
+            "mask": batch["mask"],
+        }
 
     return eval_step
 
@@ -256,14 +274,21 @@ class Steps:
     train: Callable[..., Any] | None
     eval: Callable[..., Any] | None
     predict: Callable[..., Any]
+    predict_tta: Callable[..., Any]
+    cam: Callable[..., Any]
     eval_tta: Callable[..., Any] | None = None
-    predict_tta: Callable[..., Any] | None = None
-    cam: Callable[..., Any] | None = None
 
 
-def build_steps(model_def: ModelDef, mesh: Any, *, tx: optax.GradientTransformation | None = None,
-                loss: Loss | None = None, aug: AugmentConfig | None = None, image_size: int | None = None,
-                ema_decay: float = 0.0) -> Steps:
+def build_steps(
+    model_def: ModelDef,
+    mesh: Any,
+    *,
+    tx: optax.GradientTransformation | None = None,
+    loss: Loss | None = None,
+    aug: AugmentConfig | None = None,
+    image_size: int | None = None,
+    ema_decay: float = 0.0,
+) -> Steps:
     """The one place the steps are jitted, with their shardings and donation (train, evaluate,
     predict, the web app and the benchmark all use it)."""
     from caco_jax.training import parallel
@@ -273,17 +298,21 @@ def build_steps(model_def: ModelDef, mesh: Any, *, tx: optax.GradientTransformat
     if tx is not None:
         if loss is None or aug is None or image_size is None:
             raise ValueError("a train step needs loss, aug and image_size")
-        train = jax.jit(make_train_step(model_def, tx, loss, aug, image_size, ema_decay),
-                        in_shardings=(repl, data, repl),
-                        out_shardings=(repl, repl), donate_argnums=(0,))
+        train = jax.jit(
+            make_train_step(model_def, tx, loss, aug, image_size, ema_decay),
+            in_shardings=(repl, data, repl),
+            out_shardings=(repl, repl),
+            donate_argnums=(0,),
+        )
     evaluate = evaluate_tta = None
     if loss is not None:
         evaluate, evaluate_tta = (
-            jax.jit(make_eval_step(model_def, loss, tta=tta), in_shardings=(repl, repl, data, repl),
-                    out_shardings=repl) for tta in (False, True))
+            jax.jit(make_eval_step(model_def, loss, tta=tta), in_shardings=(repl, repl, data, repl), out_shardings=repl)
+            for tta in (False, True)
+        )
     predict, predict_tta = (
         jax.jit(make_predict_step(model_def, tta=tta), in_shardings=(repl, repl, data, repl), out_shardings=repl)
-        for tta in (False, True))
+        for tta in (False, True)
+    )
     cam = jax.jit(make_cam_step(model_def), in_shardings=(repl, repl, data, data, repl), out_shardings=repl)
-    return Steps(train=train, eval=evaluate, predict=predict, eval_tta=evaluate_tta, predict_tta=predict_tta,
-                 cam=cam)
+    return Steps(train=train, eval=evaluate, predict=predict, eval_tta=evaluate_tta, predict_tta=predict_tta, cam=cam)

@@ -7,6 +7,7 @@ small files (report, predictions, logs, config, metrics, figures), then, while t
 best/ weights of finished runs and the latest checkpoint of unfinished ones. Never a finished run's
 checkpoints, a demo run's synthetic data, or its TFDS build.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,11 @@ def run_groups(workdir: pathlib.Path) -> dict[str, list[pathlib.Path]]:
     finished = (workdir / "report.json").is_file()
     weights_dir = workdir / "best" / "weights"
     weights = _files(weights_dir) if weights_dir.is_dir() else []
-    small = [p for p in _files(workdir) if p.relative_to(workdir).parts[0] not in SKIPPED_DIRS
-             and weights_dir not in p.parents]
+    small = [
+        p
+        for p in _files(workdir)
+        if p.relative_to(workdir).parts[0] not in SKIPPED_DIRS and weights_dir not in p.parents
+    ]
     latest = None if finished else latest_checkpoint(workdir)
     checkpoint = _files(latest) + ([] if (latest / "best").is_dir() else weights) if latest else []
     return {"small": small, "weights": weights if finished else [], "checkpoint": checkpoint}
@@ -85,8 +89,13 @@ def select(workdirs: dict[str, pathlib.Path], cap_bytes: int) -> tuple[list[tupl
     return chosen, manifest
 
 
-def write(out_dir: pathlib.Path, files: Sequence[tuple[pathlib.Path, str]], meta: dict[str, Any],
-          done: Sequence[str], part_bytes: int) -> list[pathlib.Path]:
+def write(
+    out_dir: pathlib.Path,
+    files: Sequence[tuple[pathlib.Path, str]],
+    meta: dict[str, Any],
+    done: Sequence[str],
+    part_bytes: int,
+) -> list[pathlib.Path]:
     """Writes ``out_dir/campaign.tar.gz``, or ``campaign.tar.gz.00``, ``.01``, ... when it is larger than
     ``part_bytes`` (the pieces concatenated are the archive); returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,8 +163,9 @@ def run_members(tar: tarfile.TarFile) -> dict[str, list[tarfile.TarInfo]]:
     return out
 
 
-def extract_runs(tar: tarfile.TarFile, runs_root: pathlib.Path, *, replace: bool,
-                 log: Callable[[str], None] = print) -> list[str]:
+def extract_runs(
+    tar: tarfile.TarFile, runs_root: pathlib.Path, *, replace: bool, log: Callable[[str], None] = print
+) -> list[str]:
     """Unpacks the archive's runs under ``runs_root``, each whole: a finished one, or an unfinished one with
     its checkpoint (one without is useless to resume, and left out). ``replace=False`` (resuming a slot)
     keeps a run already here; ``replace=True`` (merging) writes over it, unless it finished here and the

@@ -2,6 +2,7 @@
 it lacks (.whl/), the pretrained backbone (weights/), the HAM10000 build (data/tfds), and a resume bundle
 (.campaign/resume.tar.gz: the finished runs' names and, if they fit, unfinished runs' latest checkpoints).
 Everything that travels (the working tree and the carried folders) must stay under the tool's 64 MiB."""
+
 from __future__ import annotations
 
 import pathlib
@@ -21,8 +22,12 @@ PRETRAINED = "mobilenet_v3_small-047dcff4-features.pth"
 
 def tree_bytes(repo: pathlib.Path) -> int:
     """Bytes of the working tree that travels: tracked files and untracked ones git does not ignore."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=repo,
-                         capture_output=True, check=True).stdout.decode()
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=repo,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     paths = (repo / name for name in out.split("\0") if name)
     return sum(p.lstat().st_size for p in paths if p.is_file() or p.is_symlink())
 
@@ -59,19 +64,30 @@ def resume_bundle(runs_root: pathlib.Path, dest: pathlib.Path, room: int, log: C
     unfinished = {k: d for k, d in runs.items() if k not in done and archive.latest_checkpoint(d)}
     files, manifest = archive.select(unfinished, room)
     for item in manifest["left_out"]:
-        log(f"resume bundle: {item['run']} left out ({item['bytes'] / MiB:.1f} MiB over the room left): "
-            "it restarts from its first epoch on the GPU")
+        log(
+            f"resume bundle: {item['run']} left out ({item['bytes'] / MiB:.1f} MiB over the room left): "
+            "it restarts from its first epoch on the GPU"
+        )
     resumable = [k for k, v in manifest["runs"].items() if "checkpoint" in v.get("packed", [])]
     files = [(p, a) for p, a in files if a.split("/", 3)[1] + "/" + a.split("/", 3)[2] in resumable]
     archive.write(dest.parent, files, {"manifest.json": manifest}, done, part_bytes=LIMIT)
     (dest.parent / archive.NAME).rename(dest)
-    log(f"resume bundle: {dest} ({dest.stat().st_size / MiB:.2f} MiB): {len(done)} finished runs named, "
-        f"{len(resumable)} unfinished with their checkpoint")
+    log(
+        f"resume bundle: {dest} ({dest.stat().st_size / MiB:.2f} MiB): {len(done)} finished runs named, "
+        f"{len(resumable)} unfinished with their checkpoint"
+    )
     return dest.stat().st_size
 
 
-def prepare(repo: pathlib.Path, *, wheels: pathlib.Path, pretrained: pathlib.Path, data_dir: pathlib.Path,
-            runs_root: pathlib.Path, log: Callable[[str], None] = print) -> dict[str, Any]:
+def prepare(
+    repo: pathlib.Path,
+    *,
+    wheels: pathlib.Path,
+    pretrained: pathlib.Path,
+    data_dir: pathlib.Path,
+    runs_root: pathlib.Path,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Fills the carried folders and checks the total against 64 MiB; returns the sizes and the carry list."""
     n = sync_wheels(wheels, repo / ".whl")
     (repo / "weights").mkdir(exist_ok=True)
@@ -80,8 +96,10 @@ def prepare(repo: pathlib.Path, *, wheels: pathlib.Path, pretrained: pathlib.Pat
     if not (repo / "weights" / pretrained.name).is_file():
         shutil.copy2(pretrained, repo / "weights" / pretrained.name)
     if not data_built(data_dir):
-        raise FileNotFoundError(f"no HAM10000 build in {data_dir}: caco-jax prepare-data --manual_dir "
-                                f"../shared/data/ham10000_real --data_dir {data_dir}")
+        raise FileNotFoundError(
+            f"no HAM10000 build in {data_dir}: caco-jax prepare-data --manual_dir "
+            f"../shared/data/ham10000_real --data_dir {data_dir}"
+        )
     if data_dir.resolve() != (repo / "data" / "tfds").resolve():
         raise ValueError(f"the build must be in {repo / 'data' / 'tfds'} (the carried folder), not {data_dir}")
     bundle = repo / ".campaign" / "resume.tar.gz"

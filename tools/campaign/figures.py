@@ -1,5 +1,6 @@
 """What the phases measured, as small JSON-ready dicts: the probe run's pace and projection, the benchmark's
 rows (and the faster depthwise implementation per model and dtype), and the machine's name."""
+
 from __future__ import annotations
 
 import itertools
@@ -23,11 +24,17 @@ def probe_figures(rows: Sequence[dict[str, Any]], started: float, epochs: int) -
     epoch_s = statistics.median(gaps) if gaps else first
     startup_s = max(0.0, times[0] - started - epoch_s)
     rates = [r.get("images_per_sec", 0.0) for r in (rows[1:] or rows)]
-    return {"epochs_measured": len(rows), "startup_s": startup_s, "epoch_s": epoch_s,
-            "first_epoch_s": times[0] - started, "train_images_per_s": statistics.median(rates),
-            "projected_epochs": epochs, "projected_s": startup_s + epochs * epoch_s,
-            "projected_100_epochs_s": startup_s + 100 * epoch_s,
-            "note": "projection excludes the final test evaluation and report (seconds)"}
+    return {
+        "epochs_measured": len(rows),
+        "startup_s": startup_s,
+        "epoch_s": epoch_s,
+        "first_epoch_s": times[0] - started,
+        "train_images_per_s": statistics.median(rates),
+        "projected_epochs": epochs,
+        "projected_s": startup_s + epochs * epoch_s,
+        "projected_100_epochs_s": startup_s + 100 * epoch_s,
+        "note": "projection excludes the final test evaluation and report (seconds)",
+    }
 
 
 def pace_of(probe: dict[str, Any] | None) -> Pace | None:
@@ -48,12 +55,23 @@ def bench_rows(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         for r in result.get("rows", []):
             if "skipped" in r:
                 continue
-            out.append({"run": tag, "batch_size": batch, "framework": r.get("framework"), "model": r.get("model"),
-                        "mode": r.get("mode"), "variant": r.get("variant"), "dtype": r.get("dtype"),
-                        "depthwise": r.get("depthwise"), "train_images_per_s": _median(r.get("images_per_s")),
-                        "eval_images_per_s": _median(r.get("eval_images_per_s")),
-                        "latency_ms": _median(r.get("latency_ms")), "compile_s": r.get("compile_s"),
-                        "vs_torch_eager_train": _median(r.get("vs_torch_eager", {}).get("train"))})
+            out.append(
+                {
+                    "run": tag,
+                    "batch_size": batch,
+                    "framework": r.get("framework"),
+                    "model": r.get("model"),
+                    "mode": r.get("mode"),
+                    "variant": r.get("variant"),
+                    "dtype": r.get("dtype"),
+                    "depthwise": r.get("depthwise"),
+                    "train_images_per_s": _median(r.get("images_per_s")),
+                    "eval_images_per_s": _median(r.get("eval_images_per_s")),
+                    "latency_ms": _median(r.get("latency_ms")),
+                    "compile_s": r.get("compile_s"),
+                    "vs_torch_eager_train": _median(r.get("vs_torch_eager", {}).get("train")),
+                }
+            )
     return out
 
 
@@ -63,8 +81,9 @@ def depthwise_choice(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     table: dict[str, dict[str, float]] = {}
     for r in rows:
         if r["framework"] == "caco-jax" and r["train_images_per_s"]:
-            table.setdefault(f"{r['variant']} {r['dtype']} batch {r['batch_size']}", {})[r["depthwise"]] = \
-                r["train_images_per_s"]
+            table.setdefault(f"{r['variant']} {r['dtype']} batch {r['batch_size']}", {})[r["depthwise"]] = r[
+                "train_images_per_s"
+            ]
     return {k: v | {"faster": max(v, key=v.__getitem__)} for k, v in table.items() if len(v) > 1}
 
 
@@ -86,8 +105,13 @@ def salvage(log_text: str, reason: str) -> dict[str, Any]:
             compile_s[current] = float(m.group(1))
         elif m := _RATE.match(line):
             rates[m.group(1)] = float(m.group(2))
-    return {"partial": True, "reason": reason, "compile_s": compile_s, "train_images_per_s": rates,
-            "log_tail": log_text.splitlines()[-40:]}
+    return {
+        "partial": True,
+        "reason": reason,
+        "compile_s": compile_s,
+        "train_images_per_s": rates,
+        "log_tail": log_text.splitlines()[-40:],
+    }
 
 
 def gpu_name(env: dict[str, Any]) -> str:
@@ -114,10 +138,17 @@ def trained_on(env: dict[str, Any], parallel: int | None) -> str:
     count = max(1, len(env.get("nvidia_smi") or []) or jax_info.get("device_count", 1))
     v = env.get("versions", {})
     cuda = jax_info.get("cuda") or (env.get("torch", {}).get("cuda") if jax_info.get("platform") == "gpu" else None)
-    soft = [f"jax {v['jax']}" if v.get("jax") else "", f"flax {v['flax']}" if v.get("flax") else "",
-            f"CUDA {cuda}" if cuda else ""]
+    soft = [
+        f"jax {v['jax']}" if v.get("jax") else "",
+        f"flax {v['flax']}" if v.get("flax") else "",
+        f"CUDA {cuda}" if cuda else "",
+    ]
     share = ""
     if parallel:
         share = f", up to {parallel} runs at a time" if parallel > 1 else ", one run at a time"
-    return (f"{count} x {gpu_name(env)}" + (f" ({', '.join(x for x in soft if x)})" if any(soft) else "")
-            + share + " (tools/gpu_campaign.py)")
+    return (
+        f"{count} x {gpu_name(env)}"
+        + (f" ({', '.join(x for x in soft if x)})" if any(soft) else "")
+        + share
+        + " (tools/gpu_campaign.py)"
+    )

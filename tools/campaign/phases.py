@@ -1,5 +1,6 @@
 """The campaign's phases, in order, each under its own deadline: the environment, the lean benchmark, one
 paper-recipe run alone, then the pending grid runs side by side until the end of the budget; then the pack."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,10 @@ from campaign.procs import Clock, Log, Proc, child_env, run_until, stop_all
 PHASES = ("env", "bench", "probe", "grid")
 # Extra benchmark invocations, run only while the benchmark's share of the budget lasts: flags appended to
 # the main invocation's (argparse keeps the last value of a repeated flag).
-BENCH_EXTRAS = {"shifts_vjp": ["--variants", "caco", "--depthwise", "shifts_vjp", "--no_torch"],
-                "b256": ["--batch_size", "256"]}
+BENCH_EXTRAS = {
+    "shifts_vjp": ["--variants", "caco", "--depthwise", "shifts_vjp", "--no_torch"],
+    "b256": ["--batch_size", "256"],
+}
 
 
 @dataclasses.dataclass
@@ -49,9 +52,17 @@ class Campaign:
 
     def specs(self) -> list[plan.RunSpec]:
         a = self.args
-        return plan.plan_runs(plan.load_presets(a.presets, a.preset_module), self.runs_root,
-                              pretrained=a.pretrained, data_dir=a.data_dir, manual_dir=a.manual_dir,
-                              extra=a.extra, config=a.config, known_done=self.known_done, log=self.log)
+        return plan.plan_runs(
+            plan.load_presets(a.presets, a.preset_module),
+            self.runs_root,
+            pretrained=a.pretrained,
+            data_dir=a.data_dir,
+            manual_dir=a.manual_dir,
+            extra=a.extra,
+            config=a.config,
+            known_done=self.known_done,
+            log=self.log,
+        )
 
 
 def bench_commands(c: Campaign) -> list[tuple[str, list[str]]]:
@@ -67,8 +78,13 @@ def bench_commands(c: Campaign) -> list[tuple[str, list[str]]]:
 def phase_env(c: Campaign) -> None:
     """The environment, recorded by tools/campaign/envinfo.py in its own process."""
     path = c.out / "env.json"
-    proc = Proc("env", [sys.executable, str(c.repo / "tools" / "campaign" / "envinfo.py"), str(path)],
-                c.out / "campaign.log", c.env(), c.repo)
+    proc = Proc(
+        "env",
+        [sys.executable, str(c.repo / "tools" / "campaign" / "envinfo.py"), str(path)],
+        c.out / "campaign.log",
+        c.env(),
+        c.repo,
+    )
     rc = run_until(proc, c.clock, c.clock.deadline(c.args.env_s), c.args.grace, c.log, poll_s=0.2)
     c.meta["env.json"] = json.loads(path.read_text()) if path.is_file() else {"error": f"exit {rc}"}
 
@@ -119,11 +135,25 @@ def probe_spec(c: Campaign, specs: Sequence[plan.RunSpec]) -> tuple[plan.RunSpec
     workdir = c.work / "probe"
     shutil.rmtree(workdir, ignore_errors=True)
     a = c.args
-    values = grid.overrides(preset, cell, cell.seeds[0], pretrained=a.pretrained, data_dir=a.data_dir,
-                            manual_dir=a.manual_dir, extra=a.extra)
+    values = grid.overrides(
+        preset,
+        cell,
+        cell.seeds[0],
+        pretrained=a.pretrained,
+        data_dir=a.data_dir,
+        manual_dir=a.manual_dir,
+        extra=a.extra,
+    )
     cmd = grid.train_command(workdir, values, a.config or cell.config)
-    return plan.RunSpec(preset.name, cell.name, cell.seeds[0], workdir, tuple(cmd), "new",
-                        int(values.get("num_epochs", plan.DEFAULT_EPOCHS))), True
+    return plan.RunSpec(
+        preset.name,
+        cell.name,
+        cell.seeds[0],
+        workdir,
+        tuple(cmd),
+        "new",
+        int(values.get("num_epochs", plan.DEFAULT_EPOCHS)),
+    ), True
 
 
 def phase_probe(c: Campaign) -> None:
@@ -134,14 +164,23 @@ def phase_probe(c: Campaign) -> None:
         c.log("probe: nothing to run")
         return
     end = c.clock.deadline(c.args.probe_share * c.args.budget)
-    c.log(f"probe: {spec.key} alone ({'scratch copy' if scratch else spec.state}), until {c.args.probe_epochs} "
-          f"epochs or {end:.0f} s: {shlex.join(spec.command[1:])}")
+    c.log(
+        f"probe: {spec.key} alone ({'scratch copy' if scratch else spec.state}), until {c.args.probe_epochs} "
+        f"epochs or {end:.0f} s: {shlex.join(spec.command[1:])}"
+    )
     started = time.time()
     if not scratch:
         c.touched[spec.key] = spec.workdir
     proc = Proc(f"probe {spec.key}", spec.command, spec.workdir / "reproduce.log", c.env(), c.repo)
-    rc = run_until(proc, c.clock, end, c.args.grace, c.log, poll_s=c.args.poll,
-                   stop_when=lambda: len(plan.epoch_rows(spec.workdir, started)) >= c.args.probe_epochs)
+    rc = run_until(
+        proc,
+        c.clock,
+        end,
+        c.args.grace,
+        c.log,
+        poll_s=c.args.poll,
+        stop_when=lambda: len(plan.epoch_rows(spec.workdir, started)) >= c.args.probe_epochs,
+    )
     probe = figures.probe_figures(plan.epoch_rows(spec.workdir, started), started, spec.epochs)
     c.summary["probe"] = probe | {"run": spec.key, "scratch": scratch, "rc": rc, "seconds": time.time() - started}
     c.log(f"probe: exit {rc}; " + ", ".join(f"{k} {v:.1f}" for k, v in probe.items() if isinstance(v, float)))
@@ -167,8 +206,10 @@ def phase_grid(c: Campaign) -> None:
     running: dict[str, tuple[Proc, plan.RunSpec]] = {}
     codes: dict[str, int] = {}
     started: dict[str, tuple[float, pathlib.Path]] = {}
-    c.log(f"grid: {len(queue)} pending run(s), {a.parallel} side by side, start policy {a.start_policy}"
-          + (f" (alone: {pace.startup_s:.0f} s start-up, {pace.epoch_s:.1f} s per epoch)" if pace else ""))
+    c.log(
+        f"grid: {len(queue)} pending run(s), {a.parallel} side by side, start policy {a.start_policy}"
+        + (f" (alone: {pace.startup_s:.0f} s start-up, {pace.epoch_s:.1f} s per epoch)" if pace else "")
+    )
     while c.clock.left() > 0:
         for key, (proc, _) in list(running.items()):
             if proc.poll() is not None:
@@ -183,8 +224,7 @@ def phase_grid(c: Campaign) -> None:
             running[spec.key] = (Proc(spec.key, spec.command, spec.workdir / "reproduce.log", env, c.repo), spec)
             c.touched[spec.key] = spec.workdir
             started[spec.key] = (time.time(), spec.workdir)
-            c.log(f"{spec.key}: started ({spec.state}, {plan.epochs_left(spec)} epochs left), "
-                  f"{len(running)} running")
+            c.log(f"{spec.key}: started ({spec.state}, {plan.epochs_left(spec)} epochs left), {len(running)} running")
         if not running:
             c.log("grid: " + (f"nothing pending fits in the {c.clock.left():.0f} s left" if queue else "all done"))
             break
@@ -212,8 +252,10 @@ def phase_pack(c: Campaign) -> list[pathlib.Path]:
     files, manifest = archive.select(c.touched, int(c.args.archive_mb * archive.MiB))
     c.summary["archive"] = {"runs": manifest["runs"], "left_out": manifest["left_out"], "done": len(done)}
     for item in manifest["left_out"]:
-        c.log(f"archive: {item['run']} {item['kind']} left out ({item['bytes'] / archive.MiB:.1f} MiB over "
-              f"--archive_mb {c.args.archive_mb})")
+        c.log(
+            f"archive: {item['run']} {item['kind']} left out ({item['bytes'] / archive.MiB:.1f} MiB over "
+            f"--archive_mb {c.args.archive_mb})"
+        )
     c.log(f"pack: {len(c.touched)} run(s), {len(done)} finished in all; {c.clock.now():.0f} s of {c.args.budget}")
     files.append((c.out / "campaign.log", "meta/campaign.log"))
     meta = {**c.meta, "campaign.json": c.summary, "manifest.json": manifest}

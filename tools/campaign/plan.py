@@ -3,6 +3,7 @@
 Everything a run is (its folder, its config overrides, its ``caco-jax train`` command, whether it is
 new, partial or done) comes from ``caco_jax.experiments.grid``, as ``caco-jax reproduce`` would use it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from caco_jax.errors import CacoError, UsageError
-from caco_jax.experiments import grid
-from caco_jax.experiments import presets as presets_lib
+from caco_jax.experiments import grid, presets as presets_lib
 from caco_jax.experiments.presets import Preset
 
 DEFAULT_PRESETS = ("paper", "leakage", "recipe")
@@ -55,9 +55,18 @@ def load_presets(names: Sequence[str], module: str = "") -> list[Preset]:
     return [table[n] for n in names]
 
 
-def plan_runs(chosen: Sequence[Preset], runs_root: pathlib.Path, *, pretrained: str, data_dir: str,
-              manual_dir: str = "", extra: dict[str, Any] | None = None, config: str = "",
-              known_done: Collection[str] = (), log: Callable[[str], None] = print) -> list[RunSpec]:
+def plan_runs(
+    chosen: Sequence[Preset],
+    runs_root: pathlib.Path,
+    *,
+    pretrained: str,
+    data_dir: str,
+    manual_dir: str = "",
+    extra: dict[str, Any] | None = None,
+    config: str = "",
+    known_done: Collection[str] = (),
+    log: Callable[[str], None] = print,
+) -> list[RunSpec]:
     """Every run of the presets, in priority order: partial runs first (their progress is kept), then by
     seed (all seed-0 cells of the first preset, of the second, ..., then seed 1 ...), then preset and cell
     order. ``known_done`` holds keys (``preset/cell_sN``) finished elsewhere (an earlier slot)."""
@@ -66,17 +75,24 @@ def plan_runs(chosen: Sequence[Preset], runs_root: pathlib.Path, *, pretrained: 
         for c_rank, cell in enumerate(preset.cells):
             for s_rank, seed in enumerate(cell.seeds):
                 workdir = grid.run_dir(runs_root, preset, cell, seed)
-                values = grid.overrides(preset, cell, seed, pretrained=pretrained, data_dir=data_dir,
-                                        manual_dir=manual_dir, extra=extra)
+                values = grid.overrides(
+                    preset, cell, seed, pretrained=pretrained, data_dir=data_dir, manual_dir=manual_dir, extra=extra
+                )
                 key = f"{preset.name}/{cell.name}_s{seed}"
                 try:
                     state = "done" if key in known_done else grid.status(workdir, values)
                 except CacoError as e:
                     log(f"skipping {key}: {e}")
                     continue
-                spec = RunSpec(preset.name, cell.name, seed, workdir,
-                               tuple(grid.train_command(workdir, values, config or cell.config)), state,
-                               int(values.get("num_epochs", DEFAULT_EPOCHS)))
+                spec = RunSpec(
+                    preset.name,
+                    cell.name,
+                    seed,
+                    workdir,
+                    tuple(grid.train_command(workdir, values, config or cell.config)),
+                    state,
+                    int(values.get("num_epochs", DEFAULT_EPOCHS)),
+                )
                 ranked.append(((state != "partial", s_rank, p_rank, c_rank), spec))
     return [spec for _, spec in sorted(ranked, key=lambda item: item[0])]
 
@@ -136,8 +152,14 @@ def fits(spec: RunSpec, pace: Pace | None, seconds_left: float, observed: Sequen
 POLICIES = ("fits", "strict", "always")
 
 
-def choose(queue: Sequence[RunSpec], pace: Pace | None, seconds_left: float, observed: Sequence[float], running: int,
-           policy: str = "fits") -> RunSpec | None:
+def choose(
+    queue: Sequence[RunSpec],
+    pace: Pace | None,
+    seconds_left: float,
+    observed: Sequence[float],
+    running: int,
+    policy: str = "fits",
+) -> RunSpec | None:
     """The next run to start, or None. ``always``: the first in the queue; ``strict``: the first that fits;
     ``fits``: the first that fits, else (with nothing running, so that the card never idles) the first."""
     if not queue:

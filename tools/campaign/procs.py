@@ -1,5 +1,6 @@
 """The campaign's clock and log, and its subprocesses: each started in its own process group, stopped
 at a deadline with SIGTERM (training saves a checkpoint and exits 75), then SIGKILL after a grace period."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -57,16 +58,18 @@ class Log:
 class Proc:
     """A subprocess with its output appended to ``log_path``, in its own process group."""
 
-    def __init__(self, name: str, cmd: Sequence[str], log_path: pathlib.Path, env: dict[str, str],
-                 cwd: pathlib.Path) -> None:
+    def __init__(
+        self, name: str, cmd: Sequence[str], log_path: pathlib.Path, env: dict[str, str], cwd: pathlib.Path
+    ) -> None:
         self.name, self.cmd = name, list(cmd)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._out = open(log_path, "a")  # noqa: SIM115 -- closed in finish()
         self._out.write(f"$ {' '.join(self.cmd)}\n")
         self._out.flush()
         self.started = time.time()
-        self.popen = subprocess.Popen(self.cmd, stdout=self._out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                      process_group=0)
+        self.popen = subprocess.Popen(
+            self.cmd, stdout=self._out, stderr=subprocess.STDOUT, env=env, cwd=cwd, process_group=0
+        )
         self.terminated_at: float | None = None
         self.rc: int | None = None
 
@@ -110,8 +113,15 @@ def stop_all(procs: Sequence[Proc], grace_s: float, log: Callable[[str], None], 
             p.kill()
 
 
-def run_until(proc: Proc, clock: Clock, deadline: float, grace_s: float, log: Callable[[str], None],
-              stop_when: Callable[[], bool] | None = None, poll_s: float = 1.0) -> int:
+def run_until(
+    proc: Proc,
+    clock: Clock,
+    deadline: float,
+    grace_s: float,
+    log: Callable[[str], None],
+    stop_when: Callable[[], bool] | None = None,
+    poll_s: float = 1.0,
+) -> int:
     """Waits for ``proc`` until it exits, ``stop_when()`` is true, the campaign time ``deadline`` or a signal;
     returns its exit code (negative: the signal that ended it)."""
     while proc.poll() is None:
