@@ -235,6 +235,7 @@ def _campaign(tmp_path: pathlib.Path, name: str, budget: float, *extra: str) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.heavy  # two budgeted slots of 100-120 s by design; its parts have fast tests above
 def test_a_tiny_campaign_runs_its_phases_in_budget_stops_resumes_and_merges(tmp_path):
     from caco_jax.data import ham10000, synthetic
 
