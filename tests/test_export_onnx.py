@@ -61,9 +61,7 @@ def exported(tmp_path_factory) -> dict:
 _DEFAULT = ("se", "caco", "cbam")
 
 
-@pytest.mark.parametrize(
-    "name", [n if n in _DEFAULT else pytest.param(n, marks=pytest.mark.heavy) for n in VARIANTS]
-)
+@pytest.mark.parametrize("name", [n if n in _DEFAULT else pytest.param(n, marks=pytest.mark.heavy) for n in VARIANTS])
 def test_onnx_runtime_matches_caco_jax(name, exported):
     c = wm.case(name)
     session = onnx_session(exported(name))

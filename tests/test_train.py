@@ -332,8 +332,10 @@ def scripted_reference(synthetic_tfds: pathlib.Path, tmp_path_factory: pytest.Te
     [
         "best.promote:2",
         # tests/test_checkpoints.py kills at every point in-process; these repeat it with a real kill -9
-        *(pytest.param(p, marks=pytest.mark.heavy) for p in ("best.write:2", "checkpoint.write:2",
-                                                             "checkpoint.committed:2", "best.swap:1")),
+        *(
+            pytest.param(p, marks=pytest.mark.heavy)
+            for p in ("best.write:2", "checkpoint.write:2", "checkpoint.committed:2", "best.swap:1")
+        ),
     ],
 )
 def test_a_kill_9_at_each_point_of_the_save_sequence_keeps_the_best_weights(
