@@ -15,6 +15,7 @@ import importlib.util
 import logging
 import os
 import pathlib
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -70,6 +71,7 @@ def main(module: ModuleType, argv: Sequence[str] | None = None, prog: str | None
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    args.command_line = shlex.join([*prog.split(), *(sys.argv[1:] if argv is None else argv)])
     logging.getLogger("caco_jax").setLevel(logging.INFO)
     return execute(module.run, args)
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import shlex
 import sys
 
 from caco_jax.cli import common
@@ -92,7 +91,7 @@ def _choices(args: argparse.Namespace) -> tuple[presets.Preset, list[str], list[
     return preset, cells, seeds, extra
 
 
-def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+def run(args: argparse.Namespace) -> int:
     preset, cells, seeds, extra = _choices(args)
     out = pathlib.Path(args.out).resolve()
     if not args.report_only:
@@ -120,7 +119,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         )
         if args.dry_run:
             return 0
-    command = "caco-jax reproduce " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = getattr(args, "command_line", "caco-jax reproduce")
     rows = aggregate(preset, out)
     comparisons = [compare(preset, out, c) for c in preset.comparisons]
     paths = write_results(preset, rows, pathlib.Path(args.docs), command, args.trained_on, comparisons)

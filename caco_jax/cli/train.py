@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import shlex
 import sys
 
 from caco_jax.cli import common
@@ -63,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     result = train_and_evaluate(config, workdir)
     if result["status"] == "interrupted":
         print(
-            f"interrupted at step {result['step']}; resume with: {shlex.join(['caco-jax', *sys.argv[1:]])}",
+            f"interrupted at step {result['step']}; resume with: {args.command_line}",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
