@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from caco_jax.interop.convert import attention_keys, export_block
+from caco_jax.interop.convert import export_block
+from caco_jax.interop.key_maps import attention_keys
 from caco_jax.models.attention import (
     ATTENTIONS,
     CBAM,

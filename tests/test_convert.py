@@ -16,12 +16,8 @@ import pytest
 from flax import nnx
 
 import jitted
-from caco_jax.interop.convert import (
-    ConversionError,
-    export_torchvision,
-    key_map,
-    load_torchvision,
-)
+from caco_jax.interop.convert import ConversionError, export_torchvision, load_torchvision
+from caco_jax.interop.key_maps import key_map
 from caco_jax.interop.torch_io import load_state_dict
 from caco_jax.models import ATTENTIONS, MobileNetV3, create_model
 from caco_jax.runs.weights import model_weights

@@ -30,7 +30,8 @@ from flax import nnx
 
 import jitted
 from caco_jax.data.classes import IMAGENET_MEAN, IMAGENET_STD
-from caco_jax.interop.convert import key_map, load_torchvision
+from caco_jax.interop.convert import load_torchvision
+from caco_jax.interop.key_maps import key_map
 from caco_jax.models import MobileNetV3, count_params
 
 torch = pytest.importorskip("torch")

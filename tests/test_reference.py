@@ -1,7 +1,7 @@
 """caco_jax.interop.torch_reference: the PyTorch twin of every variant, conversion both ways, whole-model parity.
 
 * The reference of every variant and init has caco-jax's parameters, one for one (names
-  by caco_jax.interop.convert.reference_key_map, shapes, count), and ``se``'s is torchvision's
+  by caco_jax.interop.key_maps.reference_key_map, shapes, count), and ``se``'s is torchvision's
   ``mobilenet_v3_small`` / ``_large`` itself.
 * Conversion both ways is exact for every variant and init: a random reference
   state_dict -> caco-jax (a model of NaNs: anything missed would poison it) -> exported
@@ -29,7 +29,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from caco_jax.interop.convert import ConversionError, export_state_dict, load_torchvision, reference_key_map
+from caco_jax.interop.convert import ConversionError, export_state_dict, load_torchvision
+from caco_jax.interop.key_maps import reference_key_map
 from caco_jax.models import ATTENTION_INITS, ATTENTIONS, MobileNetV3, count_params
 
 torch = pytest.importorskip("torch")

@@ -1,0 +1,126 @@
+"""Resuming a run: the config fields it must share with the checkpoint, what the loop carries
+besides the train state (:class:`Progress`), and restoring both from the newest good checkpoint
+(the best weights going back into ``best/``)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+
+from caco_jax.errors import ConfigError
+from caco_jax.evaluation.metrics import TrainMetrics
+from caco_jax.runs.weights import WeightsWriter, read_weights, state_weights
+from caco_jax.training import parallel
+from caco_jax.training.checkpoints import Checkpointer
+from caco_jax.training.run import Run
+from caco_jax.training.steps import TrainState, init_state
+
+# Config fields a resumed run must share with the run that wrote the checkpoint.
+_RESUME_KEYS = (
+    "model.arch",
+    "model.attention",
+    "model.ca_activation",
+    "model.attention_init",
+    "data.name",
+    "data.split_by",
+    "data.split_seed",
+    "data.offline.mode",
+    "data.offline.target",
+    "data.offline.multiple",
+    "data.offline.seed",
+    "data.sampling",
+    "data.image_size",
+    "batch_size",
+    "optimizer.ema_decay",
+    "seed",
+)
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = cfg[part]
+    return cfg
+
+
+def check_resume_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    saved = workdir / "config.json"
+    if not saved.is_file():
+        return
+    old = ml_collections.ConfigDict(json.loads(saved.read_text()))
+    diffs = []
+    for key in _RESUME_KEYS:
+        with contextlib.suppress(KeyError, AttributeError):
+            if _get(old, key) != _get(config, key):
+                diffs.append(f"{key}: checkpoint {_get(old, key)!r}, now {_get(config, key)!r}")
+    if diffs:
+        raise ConfigError(
+            f"{workdir} holds a run with a different setup ({'; '.join(diffs)}); resume with the original "
+            "values or start a new --workdir"
+        )
+
+
+@dataclasses.dataclass
+class Progress:
+    """What the loop carries besides the train state (saved in every checkpoint's metadata)."""
+
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best_bacc: float = -math.inf
+    best: dict[str, Any] | None = None  # metadata of the best weights so far (epoch, step, val_bacc, ...)
+    best_weights: dict[str, Any] | None = None  # those weights (host arrays), saved in every checkpoint
+    last_saved: int | None = None  # step of the newest complete checkpoint
+    pending: list[TrainMetrics] = dataclasses.field(default_factory=list)  # since the last log
+    epoch_metrics: TrainMetrics | None = None
+    epoch_start: tuple[float, int] = (0.0, 0)  # (time, step) the epoch began
+
+    def meta(self, epoch: int) -> dict[str, Any]:
+        return {"history": self.history, "best_bacc": self.best_bacc, "epoch": epoch, "best": self.best}
+
+
+def restore_or_init(run: Run, ckpt: Checkpointer, train_iter: Any, best: WeightsWriter) -> tuple[TrainState, Progress]:
+    """The newest checkpoint of the workdir that restores (state, data position, history, best
+    weights, which go back into ``best/``), or a fresh start. Damaged checkpoints are skipped."""
+    progress = Progress()
+    fresh = jax.device_put(
+        init_state(run.model_def, run.tx, run.config.seed, ema=run.config.optimizer.ema_decay > 0),
+        parallel.replicated(run.mesh),
+    )
+    template = state_weights(*fresh.eval_weights())
+    restored = ckpt.restore_newest(fresh, template, accept=lambda r: train_iter.set_state(r.data), log=run.runlog.info)
+    if restored is None:
+        return fresh, progress
+    start, meta = restored.step, restored.meta
+    run.runlog.forget_after(start)  # rows logged after the checkpoint are about to be logged again
+    progress.history, progress.best_bacc, progress.last_saved = meta["history"], meta["best_bacc"], start
+    if "best" in meta:
+        progress.best, progress.best_weights = meta["best"], restored.best
+        done = best.reconcile(progress.best, progress.best_weights, f"checkpoint {start}", start)
+        if done:
+            run.runlog.info(done)
+    else:
+        progress.best, progress.best_weights = _legacy_best(best, progress.best_bacc, start)
+    run.runlog.info(f"resumed from {ckpt.directory}/{start} (epoch {start // run.steps_per_epoch})")
+    return restored.state, progress
+
+
+def _legacy_best(best: WeightsWriter, best_bacc: float, start: int) -> tuple[dict | None, dict | None]:
+    """For a checkpoint written before checkpoints held the best weights: a complete ``best.partial``
+    with its best score goes into place (it never had been), then the weights in ``best/`` with that
+    score become the run's best (metadata, weights), so later checkpoints hold them."""
+    partial = best.directory.with_name(best.directory.name + ".partial")
+    with contextlib.suppress(OSError, ValueError):
+        if (partial / "weights" / "_METADATA").is_file():
+            meta = json.loads((partial / "caco_jax_weights.json").read_text())
+            if meta.get("val_bacc") == best_bacc and meta.get("step", start + 1) <= start:
+                best.reconcile(meta, None, f"checkpoint {start}", start)
+    if (best.directory / "weights").is_dir() and jax.process_count() == 1:
+        flat, meta = read_weights(best.directory)
+        if meta.get("val_bacc") == best_bacc:
+            return meta, flat
+    return None, None
