@@ -61,3 +61,16 @@ def test_a_non_editable_install_finds_its_configs_from_any_directory(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.splitlines()[0].startswith(str(target))  # the installed copy, not the checkout
     assert "config OK" in run.stdout
+
+
+def test_library_modules_and_functions_stay_small():
+    """No library file over 400 lines and no function over 80 (the architecture's rule of thumb)."""
+    import ast
+
+    for path in sorted((ROOT / "caco_jax").rglob("*.py")):
+        text = path.read_text()
+        assert text.count("\n") <= 400, f"{path.relative_to(ROOT)} has {text.count(chr(10))} lines"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 80, f"{path.relative_to(ROOT)}:{node.lineno} {node.name} is {length} lines"
