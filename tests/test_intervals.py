@@ -90,3 +90,9 @@ def test_align_refuses_different_images():
     with pytest.raises(ValueError, match="not on the same images"):
         intervals.align(["a", "b"], ["a", "c"])
     assert intervals.align(["b", "a"], ["a", "b"]).tolist() == [1, 0]
+
+
+def test_images_without_a_lesion_id_are_lesions_of_their_own():
+    weights = intervals.lesion_weights(["", "", "L1", "L1"], num_resamples=200, seed=0)
+    assert np.array_equal(weights[:, 2], weights[:, 3])  # one lesion: drawn together
+    assert not np.array_equal(weights[:, 0], weights[:, 1])  # no lesion id: drawn on their own

@@ -28,8 +28,11 @@ LEVEL = 0.95
 def lesion_weights(
     groups: Sequence[str] | np.ndarray, num_resamples: int = DEFAULT_RESAMPLES, seed: int = 0
 ) -> np.ndarray:
-    """[R, N] image weights: image i weighs as often as its lesion was drawn in resample r."""
-    _, cluster = np.unique(np.asarray(groups, str), return_inverse=True)
+    """[R, N] image weights: image i weighs as often as its lesion was drawn in resample r. An image
+    without a lesion id (an empty string, e.g. an external test set) is a lesion of its own."""
+    ids = np.asarray(groups, str)
+    ids = np.where(ids == "", np.char.add("\x00image:", np.arange(len(ids)).astype(str)), ids)
+    _, cluster = np.unique(ids, return_inverse=True)
     k = cluster.max() + 1 if len(cluster) else 0
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, k, size=(num_resamples, k))
