@@ -368,7 +368,7 @@ def test_only_the_echoes_of_abandoned_reads_are_silenced(capsys):
 def test_a_checkpoint_from_before_best_weights_were_checkpointed_adopts_them(tmp_path):
     """Old runs (no 'best' item): the never-moved best.partial with the checkpoint's score goes into
     place and becomes the run's best, so the next checkpoints hold it."""
-    from caco_jax.training.loop import _legacy_best
+    from caco_jax.training.resume import _legacy_best
 
     best = WeightsWriter(tmp_path / "best")
     best.save(weights_at(1), record_at(1))
