@@ -98,6 +98,12 @@ def run_figures(workdir: str | pathlib.Path, resamples: int = intervals.DEFAULT_
             for name, rule in fitted.items()
         }
         out[variant]["balanced"]["tau"] = fitted["balanced"].tau
+        for name, rule in fitted.items():  # what a choice made on validation sees (in-sample for the fitted rules)
+            if rule is None:
+                val_pred = calibration.probabilities(val.logits, temperature).argmax(-1)
+            else:
+                val_pred = rule.predict(val.logits, temperature)
+            out[variant][name]["val_bacc"] = decision.balanced_accuracy(val_pred, val.labels, len(val.class_names))
     test = predictions.load(predictions.path(workdir, "test"))
     probs = calibration.probabilities(test.logits, temperature)
     masks = {"clean": ~test.same_lesion, "same_lesion": test.same_lesion, "same_source": test.same_source}

@@ -89,9 +89,9 @@ def _views(dirs: list[pathlib.Path], runs: list[dict[str, Any]], resamples: int)
     for rule, tta in VIEWS:
         variant = "tta" if tta else "plain"
         if runs and all(r["figures"] and r["figures"].get(variant) for r in runs):
-            views[f"{rule}{'_tta' if tta else ''}"] = run_figures.cell_figures(
-                dirs, rule=rule, tta=tta, resamples=resamples
-            )
+            view: dict[str, Any] = dict(run_figures.cell_figures(dirs, rule=rule, tta=tta, resamples=resamples))
+            view["val_bacc"] = stats([r["figures"][variant][rule].get("val_bacc") for r in runs])
+            views[f"{rule}{'_tta' if tta else ''}"] = view
     return views
 
 
