@@ -8,6 +8,7 @@ Everything is computed from ``predictions_{validation,test}[_tta].npz`` and the 
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 from collections.abc import Sequence
@@ -70,6 +71,13 @@ def rules(workdir: pathlib.Path, val: predictions.Predictions, temperature: floa
     }
 
 
+@functools.lru_cache(maxsize=512)
+def fitted_rules(workdir: pathlib.Path, tta: bool, temperature: float) -> dict[str, Any]:
+    """``rules`` of a finished run's validation predictions, fitted once per process: the tables
+    ask for the same run's rules once per view and per comparison."""
+    return rules(workdir, predictions.load(predictions.path(workdir, "validation", tta)), temperature)
+
+
 def run_figures(workdir: str | pathlib.Path, resamples: int = intervals.DEFAULT_RESAMPLES) -> dict[str, Any] | None:
     """{'plain': {rule: figures}, 'tta': {rule: figures} or None, 'parts': {part: figures},
     'temperature', 'tau'} of a run's test split; None for a run without saved predictions."""
@@ -84,7 +92,7 @@ def run_figures(workdir: str | pathlib.Path, resamples: int = intervals.DEFAULT_
             continue
         val = predictions.load(predictions.path(workdir, "validation", tta))
         test = predictions.load(predictions.path(workdir, "test", tta))
-        fitted = rules(workdir, val, temperature)
+        fitted = fitted_rules(workdir, tta, temperature)
         probs = calibration.probabilities(test.logits, temperature)
         out[variant] = {
             name: figures(
@@ -122,7 +130,7 @@ def run_probs(workdir: str | pathlib.Path, *, tta: bool = False, rule: str = "ar
     probs = calibration.probabilities(test.logits, temperature)
     predicted = probs.argmax(axis=1)
     if rule != "argmax":
-        fitted = rules(workdir, predictions.load(predictions.path(workdir, "validation", tta)), temperature)[rule]
+        fitted = fitted_rules(workdir, tta, temperature)[rule]
         predicted = fitted.predict(test.logits, temperature)
     return {
         "probs": probs,
