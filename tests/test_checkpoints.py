@@ -184,16 +184,26 @@ def _truncate(step_dir):
 
 
 def _overwrite(step_dir):
-    """Same size, bytes replaced mid-file: zstd decodes it; only the checksums notice."""
+    """Same size, 64 bytes replaced mid-file (seeded): inside a zstd frame they may break decoding (the
+    array store's reader says so) or decode to other values (the checksums say so); both are damage."""
     f = _largest_state_file(step_dir)
     data = bytearray(f.read_bytes())
-    data[len(data) // 2 : len(data) // 2 + 64] = os.urandom(64)
+    data[len(data) // 2 : len(data) // 2 + 64] = np.random.default_rng(0).bytes(64)
     f.write_bytes(bytes(data))
+
+
+def _swap_state(step_dir):
+    """The arrays of checkpoint 20 under checkpoint 30's record: every file decodes, only the checksums
+    (recorded for epoch 3's values) can tell."""
+    shutil.rmtree(step_dir / "state")
+    shutil.copytree(step_dir.parent / "20" / "state", step_dir / "state")
 
 
 DAMAGE = {
     "truncated array file": (_truncate, "not valid for value of size 100"),
-    "overwritten array bytes": (_overwrite, "checksum"),
+    # Either the decoder or the checksums notice, whichever comes first: the promise is the same.
+    "overwritten array bytes": (_overwrite, ""),
+    "decodable arrays with other values": (_swap_state, "do not match their checksums"),
     "garbage metadata": (lambda d: (d / "meta" / "metadata").write_bytes(b"\x00{garbage"), "Expecting value"),
     "missing manifest": (lambda d: (d / "state" / "manifest.ocdbt").unlink(), "state"),
     "missing array file": (lambda d: _largest_state_file(d).unlink(), "state"),

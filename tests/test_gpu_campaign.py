@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import random
 import subprocess
 import sys
 import tarfile
@@ -84,17 +85,22 @@ def test_probe_pace_and_what_fits(tmp_path):
     assert plan.choose(queue, pace, 50, [], 3, "always") is long and plan.choose([], None, 50, [], 0) is None
 
 
+def _noise(n: int) -> bytes:
+    """Incompressible bytes, the same on every run."""
+    return random.Random(n).randbytes(n)
+
+
 def _run_dir(root: pathlib.Path, key: str, *, finished: bool, weights: int, steps: tuple[int, ...] = ()) -> None:
     d = root / key
     (d / "best" / "weights").mkdir(parents=True)
-    (d / "best" / "weights" / "w").write_bytes(os.urandom(weights))  # weights hardly compress
+    (d / "best" / "weights" / "w").write_bytes(_noise(weights))  # weights hardly compress
     (d / "best" / "caco_jax_weights.json").write_text("{}")
     (d / "metrics.jsonl").write_text("")
     (d / "synthetic").mkdir()
     (d / "synthetic" / "x.jpg").write_bytes(b"x" * 5000)
     for step in steps:
         (d / "checkpoints" / str(step)).mkdir(parents=True)
-        (d / "checkpoints" / str(step) / "state").write_bytes(os.urandom(3000))
+        (d / "checkpoints" / str(step) / "state").write_bytes(_noise(3000))
     if finished:
         (d / "report.json").write_text("{}")
 
@@ -325,9 +331,9 @@ def test_pack_fills_the_carried_folders_and_checks_the_device_limit(tmp_path, mo
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     wheels = tmp_path / "wheels"
     wheels.mkdir()
-    (wheels / "a-1.0-py3-none-any.whl").write_bytes(os.urandom(1000))
+    (wheels / "a-1.0-py3-none-any.whl").write_bytes(_noise(1000))
     pth = tmp_path / carry.PRETRAINED
-    pth.write_bytes(os.urandom(500))
+    pth.write_bytes(_noise(500))
     runs = tmp_path / "runs"
     _run_dir(runs, "paper/done_s0", finished=True, weights=100)
     _run_dir(runs, "paper/part_s0", finished=False, weights=100, steps=(3,))
