@@ -38,6 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.synthetic_images = 0  # >0: generate this many synthetic images instead (demo/tests)
     c.data.split_by = "lesion"  # lesion (no lesion in two splits) | image (the paper's likely split)
     c.data.split_seed = 0
+    # Leave one acquisition source out: all its images are the test split, the other sources are
+    # split into train / validation (e.g. rosendahl, vidir_modern); "" = the ordinary split.
+    c.data.holdout_source = ""
     # Offline copies made before the split (caco_jax.data.offline): none | balance (top every
     # class up to `target` images) | multiple (`multiple` copies of every image). With
     # split_by=image, copies of one photograph land in train and test: a leaky protocol.

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from caco_jax.data import ham10000, synthetic
-from caco_jax.data.classes import CLASS_NAMES
+from caco_jax.data import ham10000, layouts, metadata, records, synthetic
+from caco_jax.data.classes import CLASS_NAMES, META_FIELDS
 from caco_jax.data.errors import CorruptImageError, DataNotBuiltError, ManualDirError, MetadataError
+from caco_jax.errors import ConfigError
 
 
 def _rows(manual_dir):
@@ -42,7 +43,18 @@ def test_build_needs_no_tensorflow(built):
 
 def test_features_and_label_order(built):
     features = built.info.features
-    assert set(features) == {"image", "label", "image_id", "lesion_id", "dx_type", "age", "sex", "localization"}
+    assert set(features) == {
+        "image",
+        "label",
+        "image_id",
+        "lesion_id",
+        "dx_type",
+        "age",
+        "sex",
+        "localization",
+        "source",
+    }
+    assert str(built.version) == "1.1.0"
     assert tuple(features["label"].names) == CLASS_NAMES
     assert built.builder_config.name == "ham10000_32px"
     assert list(built.info.splits) == ["train"]
@@ -61,6 +73,7 @@ def test_every_row_built_once_with_its_metadata(built, manual_dir):
         assert example["lesion_id"].decode() == row["lesion_id"]
         assert example["sex"].decode() == row["sex"]
         assert example["localization"].decode() == row["localization"]
+        assert example["source"].decode() == row["dataset"] != ""
         assert math.isnan(example["age"]) if row["age"] == "" else example["age"] == float(row["age"])
         image = example["image"]
         assert image.dtype == np.uint8 and image.shape == (32, 43, 3)  # 64x48 shrunk, aspect kept
@@ -186,6 +199,58 @@ def test_real_data_slice_builds(real_data_dir, tmp_path):
             assert image.size == (200, 150)
 
 
+def test_a_build_older_than_sources_is_read_with_empty_sources(built, tmp_path):
+    """A 1.0.0 build (before `source`) is found and read as it is; its records have no source."""
+    old = tmp_path / "tfds" / "ham10000" / built.builder_config.name / "1.0.0"
+    shutil.copytree(built.data_path, old)
+    info = old / "dataset_info.json"
+    info.write_text(info.read_text().replace('"version": "1.1.0"', '"version": "1.0.0"'))
+    reader = ham10000.builder(tmp_path / "tfds", image_size=32)
+    assert str(reader.version) == "1.0.0"
+    # records written without the feature parse to '' (what an old build holds)
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    example = tf_example_pb2.Example()
+    example.features.feature["label"].int64_list.value.append(3)
+    example.features.feature["image_id"].bytes_list.value.append(b"ISIC_1")
+    parsed = records.parse_record(example.SerializeToString(), ("label", "image_id", "source"))
+    assert parsed == {"label": 3, "image_id": "ISIC_1", "source": ""}
+
+
+@pytest.mark.real_data
+def test_real_sources_table_beside_an_old_metadata_table(real_data_dir, tmp_path):
+    """Kaggle-style metadata (no `dataset` column) plus HAM10000_sources.csv: every image gets its source."""
+    with open(real_data_dir / "HAM10000_metadata.csv", newline="") as f:
+        rows = list(csv.reader(f))[:41]
+    manual = tmp_path / "manual"
+    (manual / "images").mkdir(parents=True)
+    with open(manual / "HAM10000_metadata.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    shutil.copy(real_data_dir / "HAM10000_sources.csv", manual)
+    for row in rows[1:]:
+        shutil.copy(real_data_dir / "images_200x150" / f"{row[1]}.jpg", manual / "images")
+    manifest = layouts.collect(manual)
+    with open(real_data_dir / "HAM10000_sources.csv", newline="") as f:
+        truth = {r["image_id"]: r["dataset"] for r in csv.DictReader(f)}
+    assert {row.image_id: row.source for row, _ in manifest.items} == {r[1]: truth[r[1]] for r in rows[1:]}
+    assert any(t.endswith("HAM10000_sources.csv") for t in manifest.tables)
+
+
+def test_sources_table_that_contradicts_the_metadata_is_an_error(manual_dir, tmp_path):
+    manual = tmp_path / "manual"
+    shutil.copytree(manual_dir, manual)
+    first = sorted(_rows(manual_dir).values(), key=lambda r: r["image_id"])[0]
+    other = "rosendahl" if first["dataset"] != "rosendahl" else "vidir_modern"
+    (manual / "HAM10000_sources.csv").write_text(f"image_id,dataset\n{first['image_id']},{other}\n")
+    with pytest.raises(MetadataError, match=rf"{first['image_id']} has dataset .*HAM10000_sources.csv says '{other}'"):
+        layouts.collect(manual)
+
+
+def test_sources_table_with_the_wrong_columns_names_them(tmp_path):
+    with pytest.raises(MetadataError, match=r"s.csv: expected columns image_id, dataset.*\['image', 'site'\]"):
+        metadata.sources_table("image,site\nISIC_1,x\n", "s.csv")
+
+
 @pytest.mark.slow
 def test_command_line_scripts(tmp_path):
     import subprocess  # pylint: disable=import-outside-toplevel
@@ -220,3 +285,32 @@ def test_command_line_scripts(tmp_path):
     assert "ham10000_24px: 70 images" in built.stdout and "stored sizes (h x w): {'24x32': 70}" in built.stdout
     failed = run("prepare_data.py", "--manual_dir", "nowhere", "--data_dir", "tfds2")
     assert failed.returncode == 1 and "does not exist" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_source_metadata_travels_with_every_split(built, manual_dir):
+    rows = _rows(manual_dir)
+    parts = records.split_source(ham10000.open_source(built.data_dir_root, image_size=32), seed=0)
+    for part in parts.values():
+        for field in META_FIELDS:
+            assert len(part.meta[field]) == len(part)
+        for i in range(0, len(part), 7):
+            row = rows[str(part.image_ids[i])]
+            assert part.meta["source"][i] == row["dataset"] and part.meta["sex"][i] == row["sex"]
+            assert part.meta["localization"][i] == row["localization"] and part.meta["dx_type"][i] == row["dx_type"]
+
+
+def test_leave_one_source_out_split(built, manual_dir):
+    rows = _rows(manual_dir)
+    full = ham10000.open_source(built.data_dir_root, image_size=32)
+    parts = records.split_source(full, seed=3, holdout_source="rosendahl")
+    held = {i for i, r in rows.items() if r["dataset"] == "rosendahl"}
+    assert set(parts["test"].image_ids) == held and held
+    lesions = {rows[i]["lesion_id"] for i in held}
+    for name in ("train", "validation"):
+        assert not {rows[str(i)]["lesion_id"] for i in parts[name].image_ids} & lesions
+        assert set(parts[name].meta["source"]) <= {"vidir_molemax", "vidir_modern", "vienna_dias"}
+    assert len(parts["train"]) + len(parts["validation"]) == len(rows) - len(held)
+    # 8:1 (the first two fractions), within what whole lesions of 1-4 images allow on 120 images
+    assert 5 <= len(parts["train"]) / len(parts["validation"]) <= 15
+    with pytest.raises(ConfigError, match=r"holdout_source=nowhere: .*its sources: rosendahl, vidir_modern"):
+        records.split_source(full, holdout_source="nowhere")

@@ -44,7 +44,9 @@ def data_dir(tmp_path_factory):
         writer.writerow(synthetic.METADATA_COLUMNS)
         for i, label in enumerate(labels):
             image_id = f"ISIC_{i:07d}"
-            writer.writerow([f"HAM_{i // 2:07d}", image_id, CLASS_NAMES[label], "histo", "50.0", "male", "back"])
+            writer.writerow(
+                [f"HAM_{i // 2:07d}", image_id, CLASS_NAMES[label], "histo", "50.0", "male", "back", "rosendahl"]
+            )
             Image.fromarray(np.broadcast_to(_code(i, label), (SIZE, SIZE + 4, 3)).copy()).save(
                 manual / "images" / f"{image_id}.jpg", quality=95
             )

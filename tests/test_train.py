@@ -117,6 +117,9 @@ def test_demo_config_runs_end_to_end_and_writes_the_report(trained, synthetic_tf
     assert list(test.image_id) == list(splits["test"].image_ids) and test.logits.shape == (n_test, 7)
     assert np.mean(test.logits.argmax(1) == test.labels) == pytest.approx(payload["metrics"]["accuracy"])
     assert not test.same_lesion.any() and payload["metrics"]["leakage"]["same_lesion"] == 0  # lesion split
+    for field in ("source", "dx_type", "sex", "localization"):  # what the build knows of each image, kept
+        assert list(test.meta[field]) == list(splits["test"].meta[field]) and any(test.meta[field])
+    np.testing.assert_array_equal(test.meta["age"], splits["test"].meta["age"])
     assert len(predictions.load(workdir / "predictions_validation.npz")) == len(splits["validation"])
 
 

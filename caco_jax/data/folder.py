@@ -132,6 +132,7 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder):
                     "age": np.float32(np.nan),
                     "sex": "",
                     "localization": "",
+                    "source": "",
                 },
             )
         if len(corrupt) == len(items):

@@ -65,6 +65,7 @@ def features(class_names: Sequence[str]) -> tfds.features.FeaturesDict:
             "age": tfds.features.Scalar(dtype=np.float32, doc="years; NaN when unknown"),
             "sex": text,
             "localization": text,
+            "source": text,  # acquisition source ('' when unknown); builds before 1.1.0 lack it
         }
     )
 
@@ -102,8 +103,12 @@ def make_config(dataset: str = "ham10000", image_size: int | None = DEFAULT_IMAG
 class Ham10000(tfds.core.GeneratorBasedBuilder):
     """HAM10000 dermoscopic images, 7 classes (akiec, bcc, bkl, df, mel, nv, vasc)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release: one split, images shrunk at build time."}
+    VERSION = tfds.core.Version("1.1.0")
+    SUPPORTED_VERSIONS = [tfds.core.Version("1.0.0")]
+    RELEASE_NOTES = {
+        "1.0.0": "First release: one split, images shrunk at build time.",
+        "1.1.0": "Each image's acquisition source (`source`), from the metadata's `dataset` column or a sources table.",
+    }
     BUILDER_CONFIGS = [make_config(dataset) for dataset in DATASETS]
     MANUAL_DOWNLOAD_INSTRUCTIONS = layouts.INSTRUCTIONS
 
@@ -228,6 +233,7 @@ def _example(row, jpeg: bytes) -> dict:
         "age": np.float32(row.age),
         "sex": row.sex,
         "localization": row.localization,
+        "source": row.source,
     }
 
 
@@ -245,7 +251,20 @@ def builder(
     data_dir = pathlib.Path(data_dir).expanduser()
     made = make_config(config, image_size)
     predefined = made.name in {c.name for c in Ham10000.BUILDER_CONFIGS}
-    return Ham10000(config=made.name if predefined else made, data_dir=os.fspath(data_dir), **options)
+    kwargs = {"config": made.name if predefined else made, "data_dir": os.fspath(data_dir), **options}
+    current = Ham10000(**kwargs)
+    if not current.is_prepared():
+        for version in Ham10000.SUPPORTED_VERSIONS:  # an older complete build is read as it is
+            older = Ham10000(version=str(version), **kwargs)
+            if older.is_prepared():
+                log.info(
+                    "using the %s build at %s (no acquisition sources; prepare-data builds %s beside it)",
+                    version,
+                    older.data_path,
+                    Ham10000.VERSION,
+                )
+                return older
+    return current
 
 
 def prepare(

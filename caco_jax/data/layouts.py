@@ -45,6 +45,8 @@ ISIC2018_Task3_Test_GroundTruth.csv (or _Validation_GroundTruth.csv).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 TABLE_SUFFIXES = (".csv", ".tab", ".txt")
 
+# A table of acquisition sources (image_id, dataset) beside a metadata table that lacks them.
+SOURCES_TABLE = "ham10000_sources"
 # dataset -> (candidate label tables in order of preference, optional lesion table)
 _TABLES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "ham10000": (
@@ -236,6 +238,12 @@ def collect(
                 table,
                 lesion_stem,
             )
+    if dataset == "ham10000":  # a sources table fills what the metadata lacks; a disagreement is an error
+        sources_ref = _table(inventory, (SOURCES_TABLE,))
+        if sources_ref is not None:
+            sources = metadata_lib.sources_table(reader.read(sources_ref).decode("utf-8-sig"), sources_ref.name)
+            rows = metadata_lib.with_sources(rows, sources, sources_ref.name)
+            tables.append(str(sources_ref))
     reader.close()
 
     missing = sorted(row.image_id for row in rows if row.image_id not in inventory.images)

@@ -4,7 +4,10 @@ Two table formats exist and both are recognised by their header:
 
 * HAM10000 style (Kaggle / Harvard Dataverse `HAM10000_metadata.csv` or `.tab`):
   `lesion_id, image_id, dx, dx_type, age, sex, localization` (extra columns are
-  ignored; only `image_id` and `dx` are required).
+  ignored; only `image_id` and `dx` are required). The later Dataverse release adds
+  `dataset`, each image's acquisition source (`vidir_molemax`, `vidir_modern`,
+  `rosendahl`, `vienna_dias`), kept as `Row.source`; older copies (Kaggle's) lack it,
+  and a sources table beside them (`image_id, dataset`: `sources_table`) can add it.
 * ISIC 2018 Task 3 ground truth: `image, MEL, NV, BCC, AKIEC, BKL, DF, VASC`, one-hot.
   Its training set ships lesion ids separately, in
   `ISIC2018_Task3_Training_LesionGroupings.csv` (`image, lesion_id,
@@ -55,6 +58,7 @@ class Row:
     age: float = math.nan
     sex: str = ""
     localization: str = ""
+    source: str = ""  # acquisition source (the metadata's `dataset` column)
     where: str = ""  # "file:line", for messages
 
 
@@ -130,6 +134,7 @@ def _ham_row(record: dict[str, str], where: str) -> Row:
         age=_age(record.get("age", ""), where),
         sex=_text(record.get("sex", "")),
         localization=_text(record.get("localization", "")),
+        source=_text(record.get("dataset", "")),
         where=where,
     )
 
@@ -175,6 +180,38 @@ def with_groupings(rows: Iterable[Row], groupings: dict[str, tuple[str, str]]) -
     for row in rows:
         lesion_id, dx_type = groupings.get(row.image_id, (row.lesion_id, row.dx_type))
         out.append(dataclasses.replace(row, lesion_id=lesion_id or row.lesion_id, dx_type=dx_type or row.dx_type))
+    return out
+
+
+def sources_table(text: str, name: str) -> dict[str, str]:
+    """A sources table (`image_id, dataset`): image id -> acquisition source."""
+    columns, records = _records(text, name)
+    if "image_id" not in columns or "dataset" not in columns:
+        raise MetadataError(
+            f"{name}: expected columns image_id, dataset (the acquisition source of each image); "
+            f"found {list(columns.values())}"
+        )
+    out: dict[str, str] = {}
+    for line, record in records:
+        image_id = record["image_id"]
+        if image_id in out:
+            raise MetadataError(f"{name}:{line}: image {image_id} is listed twice")
+        out[image_id] = _text(record["dataset"])
+    return out
+
+
+def with_sources(rows: Iterable[Row], sources: dict[str, str], name: str) -> list[Row]:
+    """Fill the acquisition source of rows from a sources table; a row whose own `dataset`
+    column disagrees with the table is an error (two tables, two answers)."""
+    out = []
+    for row in rows:
+        source = sources.get(row.image_id, "")
+        if row.source and source and row.source != source:
+            raise MetadataError(
+                f"{row.where}: image {row.image_id} has dataset {row.source!r} but {name} says {source!r}; "
+                "remove one of the two tables"
+            )
+        out.append(dataclasses.replace(row, source=row.source or source))
     return out
 
 

@@ -12,12 +12,14 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.proto import tf_example_pb2
 
 from caco_jax.data import images, offline, splits
+from caco_jax.data.classes import META_FIELDS
 from caco_jax.data.errors import DataNotBuiltError
+from caco_jax.errors import ConfigError
 
 Size = int | tuple[int, int]
 
 
-_TEXT_FEATURES = ("image_id", "lesion_id", "dx_type", "sex", "localization")
+_TEXT_FEATURES = ("image_id", "lesion_id", "dx_type", "sex", "localization", "source")
 
 
 FIELDS = ("image", "label", "age", *_TEXT_FEATURES)
@@ -49,8 +51,9 @@ class Source:
 
     A record is {'image': JPEG bytes, 'label': int, 'image_id': str, 'lesion_id':
     str, 'dx_type': str, 'age': float (NaN if unknown), 'sex': str,
-    'localization': str}. `labels`, `image_ids` and `lesion_ids` hold this
-    split's columns, in order, without reading records.
+    'localization': str, 'source': str (acquisition source; '' if unknown)}.
+    `labels`, `image_ids`, `lesion_ids` and `meta` hold this split's columns, in
+    order, without reading records.
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class Source:
         copies: np.ndarray | None = None,
         source_ids: np.ndarray | None = None,
         copy_seed: int = 0,
+        meta: dict[str, np.ndarray] | None = None,
     ):
         self._base = base  # TFDS array_record source returning raw serialized examples
         self.class_names = tuple(class_names)  # the dataset's label vocabulary, in label order
@@ -81,6 +85,9 @@ class Source:
         self.copies = np.zeros(len(self.indices), np.int64) if copies is None else np.asarray(copies, np.int64)
         self.source_ids = self.image_ids if source_ids is None else np.asarray(source_ids)
         self.copy_seed = copy_seed
+        # What is known of each image beyond its label (META_FIELDS: dx_type, age, sex, localization,
+        # acquisition source), in row order; '' / NaN where unknown.
+        self.meta = {k: np.asarray(v) for k, v in (meta or {}).items()}
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -122,6 +129,7 @@ class Source:
             copies=self.copies[positions],
             source_ids=self.source_ids[positions],
             copy_seed=self.copy_seed,
+            meta={k: v[positions] for k, v in self.meta.items()},
         )
 
     def with_copies(self, copies: offline.OfflineCopies) -> Source:
@@ -143,6 +151,7 @@ class Source:
             copies=numbers,
             source_ids=self.source_ids[positions],
             copy_seed=copies.seed,
+            meta={k: v[positions] for k, v in self.meta.items()},
         )
 
     def __repr__(self) -> str:
@@ -169,7 +178,7 @@ def open_source(builder, *, not_built: Exception | None = None) -> Source:
         name=f"{builder.builder_config.name}/{split}",
         class_names=class_names,
     )
-    columns = ("label", "image_id", "lesion_id")
+    columns = ("label", "image_id", "lesion_id", *META_FIELDS)
     records = [
         r for start in range(0, len(full), 1024) for r in full.read(range(start, min(start + 1024, len(full))), columns)
     ]
@@ -190,6 +199,10 @@ def open_source(builder, *, not_built: Exception | None = None) -> Source:
         name=full.name,
         class_names=class_names,
         image_shapes=dict(builder.info.metadata.get("image_shapes", {})),
+        meta={
+            k: np.asarray([r[k] for r in records], np.float32 if k == "age" else str) if records else np.zeros(0)
+            for k in META_FIELDS
+        },
     )
 
 
@@ -200,6 +213,7 @@ def split_source(
     seed: int = 0,
     fractions: Sequence[float] = (0.8, 0.1, 0.1),
     copies: offline.OfflineCopies | None = None,
+    holdout_source: str = "",
 ) -> dict[str, Source]:
     """{'train', 'validation', 'test'} Sources of a whole build, split at load time.
 
@@ -207,13 +221,47 @@ def split_source(
     which leaks lesions photographed more than once); both stratified by class and
     determined by `seed` (see caco_jax.data.splits). copies: offline copies added
     before the split (`caco_jax.data.offline`; with split_by='image' they leak too).
+    holdout_source: an acquisition source whose images are all the test split (leave one source
+    out); the other sources are split into train and validation by the same rule, in the ratio of
+    the first two fractions, leaving out any lesion that also has an image in the held-out source.
     """
     if copies is not None and copies.enabled:
+        if holdout_source:
+            raise ConfigError("offline copies and a held-out source cannot be combined")
         source = source.with_copies(copies)
+    if holdout_source:
+        return _leave_source_out(source, holdout_source, split_by=split_by, seed=seed, fractions=fractions)
     parts = splits.split(
         source.labels, source.lesion_ids, source.image_ids, by=split_by, fractions=fractions, seed=seed
     )
     return {name: source.subset(idx, f"{source.name}:{name}") for name, idx in parts.items()}
+
+
+def _leave_source_out(
+    source: Source, holdout: str, *, split_by: str, seed: int, fractions: Sequence[float]
+) -> dict[str, Source]:
+    sources = source.meta.get("source", np.full(len(source), "", dtype=str))
+    held = sources == holdout
+    if not held.any():
+        known = sorted({str(s) for s in sources if s})
+        raise ConfigError(
+            f"--config.data.holdout_source={holdout}: no image of {source.name} has that acquisition source; "
+            + (f"its sources: {', '.join(known)}" if known else "its build records none (rebuild it: prepare-data)")
+        )
+    held_lesions = {str(lesion) for lesion in source.lesion_ids[held] if lesion}
+    rest = np.flatnonzero(~held & ~np.isin(source.lesion_ids.astype(str), list(held_lesions)))
+    train, val = float(fractions[0]), float(fractions[1])
+    parts = splits.split(
+        source.labels[rest],
+        source.lesion_ids[rest],
+        source.image_ids[rest],
+        by=split_by,
+        fractions=(train / (train + val), val / (train + val), 0.0),
+        seed=seed,
+    )
+    out = {name: source.subset(rest[parts[name]], f"{source.name}:{name}") for name in ("train", "validation")}
+    out["test"] = source.subset(np.flatnonzero(held), f"{source.name}:test[{holdout}]")
+    return out
 
 
 def class_counts(source: Source) -> np.ndarray:

@@ -57,6 +57,7 @@ def split_options(config: Any) -> dict[str, Any]:
         "split_by": config.data.split_by,
         "seed": config.data.split_seed,
         "copies": offline.OfflineCopies.from_config(copies) if copies else None,
+        "holdout_source": config.data.get("holdout_source", ""),  # configs before it had none
     }
 
 

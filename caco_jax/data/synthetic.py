@@ -27,7 +27,10 @@ from PIL import Image
 
 from caco_jax.data.classes import CLASS_NAMES, HAM10000_COUNTS
 
-METADATA_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization")
+METADATA_COLUMNS = ("lesion_id", "image_id", "dx", "dx_type", "age", "sex", "localization", "dataset")
+# Acquisition sources of the later HAM10000 release, drawn per lesion with their share of images.
+_SOURCES = ("vidir_molemax", "vidir_modern", "rosendahl", "vienna_dias")
+_SOURCE_SHARES = (0.39, 0.34, 0.23, 0.04)
 _SKIN = np.array([[232, 190, 165], [214, 170, 140], [198, 150, 120], [240, 205, 185], [180, 130, 100]], np.float32)
 _LOCALIZATIONS = (
     "back",
@@ -179,6 +182,7 @@ def write_manual_dir(
     out = pathlib.Path(out_dir)
     width, height = image_size
     rng = np.random.default_rng(seed)
+    source_rng = np.random.default_rng([seed, 1])  # its own stream: the images stay those of older versions
     counts = class_counts(num_images)
     rows: list[dict[str, Any]] = []
     lesion_no = 0
@@ -192,6 +196,7 @@ def write_manual_dir(
             age = "" if rng.random() < 0.02 else f"{5 * rng.integers(1, 18):.1f}"
             sex = str(rng.choice(["male", "female", "unknown"], p=[0.54, 0.45, 0.01]))
             localization = str(rng.choice(_LOCALIZATIONS))
+            source = str(source_rng.choice(_SOURCES, p=_SOURCE_SHARES))
             for _ in range(n):
                 rows.append(
                     {
@@ -201,6 +206,7 @@ def write_manual_dir(
                         "age": age,
                         "sex": sex,
                         "localization": localization,
+                        "dataset": source,
                         "_lesion": lesion,
                     }
                 )

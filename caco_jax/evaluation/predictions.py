@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from caco_jax.data import leakage
+from caco_jax.data.classes import META_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,15 +30,18 @@ class Predictions:
     same_lesion: np.ndarray
     same_source: np.ndarray
     class_names: tuple[str, ...]
+    meta: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, rows: np.ndarray) -> Predictions:
         """The images where ``rows`` (bool mask or indices) holds."""
-        return dataclasses.replace(
-            self, **{f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self) if f.name != "class_names"}
-        )
+        arrays = {f.name: getattr(self, f.name)[rows] for f in dataclasses.fields(self) if f.name not in _NOT_ROWS}
+        return dataclasses.replace(self, **arrays, meta={k: v[rows] for k, v in self.meta.items()})
+
+
+_NOT_ROWS = ("class_names", "meta")
 
 
 def path(workdir: str | pathlib.Path, split: str, tta: bool = False) -> pathlib.Path:
@@ -66,6 +70,7 @@ def save(
         source_id=np.asarray(source.source_ids, str),
         class_names=np.asarray(source.class_names, str),
         **leaks,
+        **{k: v for k, v in getattr(source, "meta", {}).items() if k in META_FIELDS},
     )
     tmp.replace(file)
     return file
@@ -81,10 +86,12 @@ def load(file: str | pathlib.Path) -> Predictions:
             "--save_predictions on them)"
         )
     with np.load(file, allow_pickle=False) as data:
-        missing = [f.name for f in dataclasses.fields(Predictions) if f.name not in data]
+        fields = [f.name for f in dataclasses.fields(Predictions) if f.name != "meta"]
+        missing = [name for name in fields if name not in data]
         if missing:
             raise ValueError(f"{file} lacks {missing}: not a caco-jax predictions file")
         return Predictions(
-            **{f.name: data[f.name] for f in dataclasses.fields(Predictions) if f.name != "class_names"},
+            **{name: data[name] for name in fields if name != "class_names"},
             class_names=tuple(str(c) for c in data["class_names"]),
+            meta={k: data[k] for k in META_FIELDS if k in data.files},
         )

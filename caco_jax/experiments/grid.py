@@ -30,6 +30,7 @@ _IDENTITY = (
     "num_epochs",
     "batch_size",
     "data.split_by",
+    "data.holdout_source",
     "data.offline.mode",
     "data.offline.target",
     "data.sampling",

@@ -117,6 +117,12 @@ def _cross_checks(config: Any) -> list[str]:
             build(_get(config, key))
         except (ValueError, TypeError) as err:
             problems.append(f"--config.{key}.*: {err}")
+    holdout = config.data.get("holdout_source", "")
+    if holdout and OfflineCopies.from_config(config.data.offline).enabled:
+        problems.append(
+            f"--config.data.holdout_source={holdout}: a held-out source and offline copies "
+            f"(data.offline.mode={config.data.offline.mode}) cannot be combined; set one of them off"
+        )
     if config.data.cache and config.data.num_workers > 0:
         problems.append(
             "--config.data.cache=True serves batches from memory in this process: set --config.data.num_workers=0"
