@@ -123,6 +123,22 @@ def test_demo_config_runs_end_to_end_and_writes_the_report(trained, synthetic_tf
     assert len(predictions.load(workdir / "predictions_validation.npz")) == len(splits["validation"])
 
 
+def test_the_report_has_subgroups_and_selective_prediction(trained):
+    workdir, result = trained
+    payload = json.loads((workdir / "report.json").read_text())["metrics"]
+    dims = payload["subgroups"]["dimensions"]
+    assert {"acquisition source", "diagnosis confirmation", "age", "sex", "body site"} <= set(dims)
+    assert sum(r["images"] for r in dims["acquisition source"]) == payload["num_examples"]
+    fitted = json.loads((workdir / "best" / "selective.json").read_text())
+    assert fitted["fitted_on"] == "validation" and fitted["target_accuracy"] == 0.9
+    sel = payload["selective"]
+    assert sel["coverage"][-1] == 1.0 and sel["accuracy"][-1] == pytest.approx(payload["accuracy"])
+    text = (workdir / "report.md").read_text()
+    assert "## Where the model does worse: figures by subgroup" in text and "## When the model is sure" in text
+    for name in ("report_subgroups_test.png", "report_risk_coverage_test.png"):
+        assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_the_report_has_calibration_and_a_grad_cam_gallery(trained):
     workdir, result = trained
     saved = json.loads((workdir / "best" / "calibration.json").read_text())

@@ -51,7 +51,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         p,
         "save_predictions",
         False,
-        "also write predictions_<split>[_tta].npz (per-image logits, ids, leak flags) to --out",
+        "also write predictions_<split>[_tta].npz (per-image logits, ids, metadata; leak flags against the "
+        "run's training split, all False on an external set) to --out",
     )
     common.add_common(p)
 
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from caco_jax.data import pipeline, registry
-    from caco_jax.evaluation import calibration, predictions
+    from caco_jax.evaluation import calibration, predictions, selective
     from caco_jax.evaluation.reports import evaluation_report, write_report
     from caco_jax.models import count_params
     from caco_jax.runs.weights import load_trained
@@ -96,8 +97,6 @@ def run(args: argparse.Namespace) -> int:
     config, model, meta, weights_dir = load_trained(args.workdir, args.weights)
     data_dir = args.data_dir or registry.data_location(config, args.workdir.resolve())[0]
     source, train, dataset, split = _source(args, config, data_dir)
-    if args.save_predictions and train is None:
-        raise UsageError("--save_predictions is for the run's own splits (leak flags need its training split)")
 
     mesh = parallel.make_mesh(config.num_devices or None)
     batch_size = args.batch_size or config.eval_batch_size
@@ -123,7 +122,18 @@ def run(args: argparse.Namespace) -> int:
     if args.save_predictions:
         out.mkdir(parents=True, exist_ok=True)
         predictions.save(predictions.path(out, split, args.tta), *acc.logits(), source, train)
-    report = evaluation_report(acc, loss_value, temperature, groups=source.lesion_ids, rule=_decision(weights_dir))
+    fitted = selective.load(weights_dir) if args.calibration else None
+    report = evaluation_report(
+        acc,
+        loss_value,
+        temperature,
+        groups=source.lesion_ids,
+        rule=_decision(weights_dir),
+        meta=source.meta,
+        answer_rule=config.evaluation.get("decision", "argmax"),
+        threshold=fitted["threshold"] if fitted else None,
+        split=split,
+    )
     temperature_source = f"from {weights_dir / calibration.CALIBRATION_FILE}" if temperature is not None else ""
     paths = write_report(
         out,

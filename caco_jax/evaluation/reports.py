@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from caco_jax.evaluation import calibration, decision, intervals, paper, plots
+from caco_jax.evaluation import calibration, decision, intervals, paper, plots, selective, subgroups, trust_plots
 from caco_jax.evaluation.metrics import EvalAccumulator, report_from_probabilities
 
 
@@ -23,6 +23,10 @@ def evaluation_report(
     groups: Sequence[str] | np.ndarray | None = None,
     rule: decision.DecisionRule | None = None,
     resamples: int = intervals.DEFAULT_RESAMPLES,
+    meta: Mapping[str, np.ndarray] | None = None,
+    answer_rule: str = "argmax",
+    threshold: float | None = None,
+    split: str = "test",
 ) -> dict[str, Any]:
     """The classification report of the accumulated logits, divided by ``temperature`` when given,
     averaged over the views when they are test-time-augmentation views ([N, V, C]), with:
@@ -32,7 +36,11 @@ def evaluation_report(
     ``intervals`` (with ``groups``, the lesion id of each image): 95 % lesion-bootstrap intervals of
     accuracy, BACC, macro AUC and per-class recall;
     ``balanced`` (with a decision ``rule``): accuracy, BACC and per-class recall of the rule's
-    predictions, with their intervals.
+    predictions, with their intervals;
+    ``subgroups`` (with ``groups`` and the images' ``meta``) and ``selective`` (with ``groups``): the
+    figures by subgroup and the risk-coverage curve of the answers under ``answer_rule`` (the rule
+    predict and the page answer with: 'argmax', or 'balanced' when a ``rule`` is given), with the
+    validation-fitted confidence ``threshold`` where there is one.
     """
     logits, labels = acc.logits()
     report = acc.report(temperature or 1.0)
@@ -68,6 +76,15 @@ def evaluation_report(
             if groups is not None
             else None,
         }
+    if groups is not None and len(labels):
+        answers = rule.predict(logits, temperature or 1.0) if (rule is not None and answer_rule == "balanced") else None
+        used = "balanced" if answers is not None else "argmax"
+        answers = probs.argmax(axis=-1) if answers is None else answers
+        report["subgroups"] = subgroups.breakdown(
+            probs, labels, answers, groups, meta or {}, acc.class_names, rule=used, resamples=min(resamples, 1000)
+        )
+        report["selective"] = selective.curve(probs, labels, answers, groups, split=split, threshold=threshold)
+        report["selective"]["rule"] = used
     return report
 
 
@@ -177,6 +194,14 @@ def _plots(
     if report.get("calibration"):
         paths["reliability"] = plots.plot_reliability(
             report["calibration"], workdir / f"{prefix}_reliability_{split}.png", title=f"{split} split"
+        )
+    if report.get("subgroups"):
+        paths["subgroups"] = trust_plots.plot_subgroups(
+            report["subgroups"], workdir / f"{prefix}_subgroups_{split}.png"
+        )
+    if report.get("selective"):
+        paths["risk_coverage"] = trust_plots.plot_risk_coverage(
+            report["selective"], workdir / f"{prefix}_risk_coverage_{split}.png"
         )
     if gallery is not None:
         paths["gallery"] = pathlib.Path(gallery)
@@ -323,6 +348,10 @@ def write_report(
     lines += _balanced_lines(report, class_names)
     lines += _tta_lines(report)
     lines += _calibration_lines(report, temperature_source, paths.get("reliability"))
+    if report.get("selective"):
+        lines += selective.markdown(report["selective"], paths["risk_coverage"].name)
+    if report.get("subgroups"):
+        lines += subgroups.markdown(report["subgroups"], paths["subgroups"].name)
     if "gallery" in paths:
         lines += [
             "",

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from caco_jax.data import leakage, pipeline, records
-from caco_jax.evaluation import calibration, decision, plots, predictions, saliency
+from caco_jax.evaluation import calibration, decision, plots, predictions, saliency, selective
 from caco_jax.evaluation.reports import evaluation_report, write_report
 from caco_jax.runs.weights import WeightsWriter, read_weights
 from caco_jax.training import parallel
@@ -55,6 +55,32 @@ def fit_decision(
         f"{100 * val['balanced']:.2f} %"
     )
     return rule
+
+
+def fit_selective(
+    run: Run,
+    logits: np.ndarray,
+    labels: np.ndarray,
+    temperature: float,
+    rule: decision.DecisionRule,
+    weights_dir: pathlib.Path | None,
+) -> float | None:
+    """The confidence below which the run's answers are unreliable, fitted on the validation split
+    (``selective.fit_threshold``) under the rule the run answers with; saved beside the weights."""
+    probs = calibration.probabilities(logits, temperature)
+    answers = rule.predict(logits, temperature) if run.config.evaluation.decision == "balanced" else probs.argmax(-1)
+    fitted = selective.fit_threshold(probs, labels, answers)
+    fitted["rule"] = run.config.evaluation.decision
+    if weights_dir is not None and jax.process_index() == 0:
+        selective.save(weights_dir, fitted)
+    if fitted["threshold"] is None:
+        run.runlog.info(f"no confidence makes the validation answers {selective.TARGET:.0%} accurate")
+    else:
+        run.runlog.info(
+            f"answers below confidence {fitted['threshold']:.3f} are marked unreliable (validation: "
+            f"{selective.TARGET:.0%} accurate above it, {fitted['coverage']:.1%} of images)"
+        )
+    return fitted["threshold"]
 
 
 def cam_gallery(
@@ -122,9 +148,19 @@ def final_test(
     val_acc, _ = collect(evaluate, params, stats, run.local_batches(validation), weights, run.mesh, run.class_names)
     temperature = fit_calibration(run, *val_acc.logits(), weights_dir)
     rule = fit_decision(run, *val_acc.logits(), temperature, weights_dir)
+    threshold = fit_selective(run, *val_acc.logits(), temperature, rule, weights_dir)
     test = run.splits["test"]
     acc, loss = collect(evaluate, params, stats, run.local_batches(test), weights, run.mesh, run.class_names)
-    report = evaluation_report(acc, loss, temperature, groups=test.lesion_ids, rule=rule)
+    report = evaluation_report(
+        acc,
+        loss,
+        temperature,
+        groups=test.lesion_ids,
+        rule=rule,
+        meta=test.meta,
+        answer_rule=run.config.evaluation.decision,
+        threshold=threshold,
+    )
     report["leakage"] = leakage.summary(run.splits["train"], test)
     views = {}  # every process takes part in the collectives; the first writes
     if run.config.evaluation.tta:
