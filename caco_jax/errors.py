@@ -40,7 +40,9 @@ class ConfigError(UsageError):
 
 
 class RunDirError(CacoError, FileNotFoundError):
-    """A --workdir or weights directory is not what the command needs."""
+    """A --workdir or weights directory is not what the command needs (a bad flag: nothing was started)."""
+
+    exit_code = EXIT_USAGE
 
 
 class WeightsError(CacoError, ValueError):

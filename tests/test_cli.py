@@ -4,6 +4,7 @@ wrong and what to do, no traceback, and the documented exit code (2 usage/config
 from __future__ import annotations
 
 import pathlib
+import sys
 
 import pytest
 
@@ -33,12 +34,19 @@ def _user_error(err: str) -> None:
         (["train", "--config", "demo", "--config.model.attentoin=se"], 2, "did you mean 'model.attention'"),
         (["train", "--config", "demo", "--config.optimizer.learning_rate=fast"], 2, "learning_rate"),
         (["train", "--config", "caco", "--config.model.pretrained=/no/such.pth"], 2, "'imagenet' (fetched once"),
+        (
+            ["train", "--config", "caco", "--config.model.pretrained=", "--config.data.data_dir=/no/tfds", "--check"],
+            2,
+            "--config.data.data_dir=/no/tfds: no such folder",
+        ),
         (["train", "--config", "demo", "--config.data.name=kaggle"], 2, "must be one of folder, ham10000"),
-        (["evaluate", "--workdir", "/no/run"], 1, "is /no/run the --workdir of a training run"),
-        (["predict", "--workdir", "/no/run", "x.jpg"], 1, "is /no/run the --workdir of a training run"),
+        (["evaluate", "--workdir", "/no/run"], 2, "is /no/run the --workdir of a training run"),
+        (["predict", "--workdir", "/no/run", "x.jpg"], 2, "is /no/run the --workdir of a training run"),
+        (["serve", "--workdir", "/no/run"], 2, "is /no/run the --workdir of a training run"),
+        (["export", "--workdir", "/no/run", "--pytorch", "x.pth"], 2, "is /no/run the --workdir of a training run"),
         (["predict", "--workdir", "/no/run", "x.jpg", "--top_k", "0"], 2, "--top_k must be at least 1"),
         (["export", "--weights", "/no/weights"], 2, "nothing to do: give --pytorch FILE and/or --onnx FILE"),
-        (["export", "--weights", "/no/weights", "--onnx", "x.onnx"], 1, "no caco-jax weights at"),
+        (["export", "--weights", "/no/weights", "--onnx", "x.onnx"], 2, "no caco-jax weights at"),
         (["convert", "--out", "x"], 2, "--pth FILE is required"),
         (["prepare-data", "--manual_dir", "/no/ham", "--data_dir", "/tmp/caco_cli_tfds"], 1, "/no/ham"),
         (["reproduce", "--seeds", "zero", "--dry_run"], 2, "expected comma-separated integers"),
@@ -95,3 +103,62 @@ def test_every_flag_has_help(capsys):
         for action in p._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"caco-jax {name} {action.option_strings} has no help"
+
+
+def test_a_pretrained_file_that_is_not_a_pth_is_refused_before_any_data_is_read(capsys, tmp_path):
+    notes = tmp_path / "weights.pth"
+    notes.write_text("not a checkpoint")
+    code, _, err = _run(
+        capsys, "train", "--config", "caco", f"--config.model.pretrained={notes}", "--config.data.data_dir=/no/tfds"
+    )
+    assert code == 2, err
+    _user_error(err)
+    assert f"--config.model.pretrained={notes}: not a zip-format PyTorch checkpoint" in err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_convert_of_a_file_that_is_not_a_pth_is_one_error_line(capsys, tmp_path):
+    notes = tmp_path / "notes.pth"
+    notes.write_text("not a checkpoint")
+    code, _, err = _run(capsys, "convert", "--pth", str(notes), "--out", str(tmp_path / "out"))
+    assert code == 1, err
+    _user_error(err)
+    assert str(notes) in err and "not a zip-format PyTorch checkpoint" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "missing", "extra"),
+    [("--onnx", "torch", "onnx"), ("--onnx", "onnxscript", "onnx"), ("--pytorch", "torch", "torch")],
+)
+def test_export_without_its_extra_says_which_to_install(capsys, monkeypatch, tmp_path, flag, missing, extra):
+    monkeypatch.setitem(sys.modules, missing, None)  # what an environment without the package gives import
+    code, _, err = _run(capsys, "export", "--weights", "/no/weights", flag, str(tmp_path / "model"))
+    assert code == 2, err
+    _user_error(err)
+    assert f"{flag} needs {missing}, which is not installed: pip install 'caco-jax[{extra}]'" in err
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_failed_start_leaves_no_config_that_blocks_the_corrected_rerun(tmp_path):
+    """The data was not found: nothing was started, so a rerun with other settings is a fresh start."""
+    from caco_jax.configs import demo
+    from caco_jax.data.errors import DataNotBuiltError
+    from caco_jax.errors import EXIT_USAGE
+    from caco_jax.training.loop import train_and_evaluate
+    from caco_jax.training.resume import check_resume_config
+
+    config = demo.get_config()
+    config.data.synthetic_images, config.data.data_dir = 0, str(tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataNotBuiltError) as err:
+        train_and_evaluate(config, tmp_path / "run")
+    assert err.value.exit_code == EXIT_USAGE
+    assert not (tmp_path / "run" / "config.json").exists()
+    # a config.json without any checkpoint (as runs before this change left) does not block either
+    (tmp_path / "run" / "config.json").write_text(config.to_json())
+    config.data.image_size = 48
+    check_resume_config(tmp_path / "run", config)
+    (tmp_path / "run" / "checkpoints" / "12").mkdir(parents=True)
+    with pytest.raises(ValueError, match="data.image_size"):
+        check_resume_config(tmp_path / "run", config)

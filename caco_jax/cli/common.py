@@ -26,7 +26,17 @@ import ml_collections
 from caco_jax.errors import EXIT_INTERRUPTED, CacoError, ConfigError, UsageError
 from caco_jax.flags import add_switch, parser
 
-__all__ = ["add_common", "add_switch", "apply_overrides", "execute", "load_config", "main", "parse", "parser"]
+__all__ = [
+    "add_common",
+    "add_switch",
+    "apply_overrides",
+    "execute",
+    "load_config",
+    "main",
+    "parse",
+    "parser",
+    "require",
+]
 
 DEBUG_ENV = "CACO_JAX_DEBUG"
 CONFIG_PREFIX = "--config."
@@ -43,6 +53,20 @@ def add_common(p: argparse.ArgumentParser, *, compile_cache: bool = True) -> Non
             metavar="DIR",
             help=f"persistent XLA compilation cache directory, or 'off' (default: ${cc.ENV} or {cc.default_dir()})",
         )
+
+
+def require(modules: Sequence[str], needed_for: str, extra: str) -> None:
+    """A UsageError naming the first of ``modules`` that is not installed (found without importing any)."""
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise UsageError(
+                f"{needed_for} needs {name}, which is not installed: pip install 'caco-jax[{extra}]' "
+                "(on a machine without an NVIDIA GPU, install the CPU-only torch first: README, Install)"
+            )
 
 
 def execute(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:

@@ -70,6 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.export:
+        common.require(["torch"], "--export", "torch")
         model, _ = model_from_weights(args.export)
         save_state_dict(export_state_dict(model), args.out)
         where = "torchvision's mobilenet_v3" if model.attention_name == "se" else "caco_jax.interop.torch_reference's"

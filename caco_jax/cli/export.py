@@ -12,7 +12,7 @@ weights; ``--ca_activation`` from the run's config or the weights' metadata.
   attention, num_classes=..., attention_init=..., ca_activation=...)`` (printed), which
   loads it with ``strict=True``; for ``se`` models that is torchvision's
   ``mobilenet_v3_small`` itself (needs the torch extra to write the file).
-* ``--onnx``: one ONNX file (needs the torch and onnx extras), input ``images`` float32
+* ``--onnx``: one ONNX file (needs the onnx extra, which includes torch), input ``images`` float32
   (N, 3, H, W) ImageNet-normalised RGB with N dynamic, output ``logits`` (N, classes).
 """
 
@@ -57,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if not (args.pytorch or args.onnx):
         raise UsageError("nothing to do: give --pytorch FILE and/or --onnx FILE")
+    if args.pytorch:
+        common.require(["torch"], "--pytorch", "torch")
+    if args.onnx:
+        common.require(["torch", "onnx", "onnxscript"], "--onnx", "onnx")
     size, ca_activation, bn_momentum = None, args.ca_activation, None
     weights = args.weights
     if args.workdir:

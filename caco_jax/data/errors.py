@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from caco_jax.errors import CacoError
+from caco_jax.errors import EXIT_USAGE, CacoError
 
 
 class DataError(CacoError):
@@ -22,4 +22,6 @@ class CorruptImageError(DataError, ValueError):
 
 
 class DataNotBuiltError(DataError, FileNotFoundError):
-    """No complete TFDS build where the pipeline was told to look."""
+    """No complete TFDS build where the pipeline was told to look (a config to fix: nothing was started)."""
+
+    exit_code = EXIT_USAGE

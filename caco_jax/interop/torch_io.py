@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from caco_jax.errors import WeightsError
+
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32,
     "DoubleStorage": np.float64,
@@ -46,6 +48,14 @@ def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks
     ).copy()
 
 
+class PthNotFound(WeightsError, FileNotFoundError):
+    """No file at the path given as a .pth."""
+
+
+class UnsupportedPth(WeightsError, pickle.UnpicklingError):
+    """A .pth holding something other than a plain state_dict of dense tensors."""
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(self, fh, archive: zipfile.ZipFile, prefix: str, path: str):
         super().__init__(fh)
@@ -59,7 +69,7 @@ class _Unpickler(pickle.Unpickler):
             return _rebuild_tensor_v2
         if module == "torch" and name in _STORAGE_DTYPES:
             return _StorageType(name)
-        raise pickle.UnpicklingError(
+        raise UnsupportedPth(
             f"{self._path}: unsupported object {module}.{name} in the checkpoint; expected a plain "
             "state_dict of tensors (save one with torch.save(model.state_dict(), path))"
         )
@@ -67,7 +77,7 @@ class _Unpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> np.ndarray:
         kind, storage_type, key, _location, numel = pid
         if kind != "storage":
-            raise pickle.UnpicklingError(f"{self._path}: unsupported persistent id {kind!r}")
+            raise UnsupportedPth(f"{self._path}: unsupported persistent id {kind!r}")
         if key not in self._storages:
             raw = self._archive.read(f"{self._prefix}/data/{key}")
             self._storages[key] = np.frombuffer(raw, dtype=storage_type.dtype.newbyteorder("<"), count=numel)
@@ -77,32 +87,60 @@ class _Unpickler(pickle.Unpickler):
 def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads a ``torch.save``d state_dict into ``{key: numpy array}`` (no torch needed).
 
-    Raises FileNotFoundError for a missing file and ValueError for a file that is not
-    a zip-format PyTorch checkpoint or that holds something other than a state_dict.
+    Every failure is a :class:`~caco_jax.errors.WeightsError` naming the file: ``PthNotFound`` (also a
+    FileNotFoundError) for a missing file, ``UnsupportedPth`` (also an UnpicklingError) for objects
+    other than tensors, and a plain ``WeightsError`` (a ValueError) for a file that is not a zip-format
+    PyTorch checkpoint, is damaged, or holds something other than a state_dict.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise PthNotFound(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):
-        raise ValueError(
+        raise WeightsError(
             f"{path} is not a zip-format PyTorch checkpoint (legacy torch<1.6 format or not a .pth at "
             "all); re-save it with torch>=1.6: torch.save(torch.load(p), p)"
         )
-    with zipfile.ZipFile(path) as archive:
-        pkl = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
-        if len(pkl) != 1:
-            raise ValueError(f"{path}: expected one data.pkl in the archive, found {len(pkl)}")
-        prefix = pkl[0][: -len("/data.pkl")] if "/" in pkl[0] else ""
-        byteorder = f"{prefix}/byteorder"
-        if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
-            raise ValueError(f"{path}: big-endian checkpoints are not supported")
-        with archive.open(pkl[0]) as fh:
-            obj = _Unpickler(fh, archive, prefix, path).load()
+    try:
+        obj = _read(path)
+    except WeightsError:
+        raise
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError, TypeError) as err:
+        raise WeightsError(
+            f"{path} is a damaged or unsupported PyTorch checkpoint ({type(err).__name__}: {err})"
+        ) from err
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
-        raise ValueError(f"{path}: expected a dict of tensors (a state_dict), got {type(obj).__name__}")
+        raise WeightsError(f"{path}: expected a dict of tensors (a state_dict), got {type(obj).__name__}")
     return dict(obj)
+
+
+def pth_problem(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a zip-format PyTorch checkpoint, from its directory alone (None: it looks like one)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return "not a zip-format PyTorch checkpoint (a .pth saved by torch>=1.6)"
+        with zipfile.ZipFile(path) as archive:
+            if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in archive.namelist()):
+                return "a zip archive without data.pkl, not a PyTorch checkpoint"
+    except (OSError, zipfile.BadZipFile) as err:
+        return f"cannot be read ({err})"
+    return None
+
+
+def _read(path: str) -> Any:
+    with zipfile.ZipFile(path) as archive:
+        pkl = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+        if len(pkl) != 1:
+            raise WeightsError(
+                f"{path}: expected one data.pkl in the archive, found {len(pkl)}: not a PyTorch checkpoint"
+            )
+        prefix = pkl[0][: -len("/data.pkl")] if "/" in pkl[0] else ""
+        byteorder = f"{prefix}/byteorder"
+        if byteorder in archive.namelist() and archive.read(byteorder).strip() != b"little":
+            raise WeightsError(f"{path}: big-endian checkpoints are not supported")
+        with archive.open(pkl[0]) as fh:
+            return _Unpickler(fh, archive, prefix, path).load()
 
 
 def save_state_dict(state_dict: dict[str, np.ndarray], path: str | os.PathLike) -> None:

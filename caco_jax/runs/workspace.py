@@ -8,7 +8,7 @@ import pathlib
 
 import ml_collections
 
-from caco_jax.errors import RunDirError
+from caco_jax.errors import CacoError, RunDirError
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathlib.Path:
@@ -28,4 +28,4 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     try:
         return ml_collections.ConfigDict(json.loads(path.read_text()))
     except json.JSONDecodeError as err:
-        raise RunDirError(f"{path} is not valid JSON ({err}): the run's config is damaged") from err
+        raise CacoError(f"{path} is not valid JSON ({err}): the run's config is damaged") from err

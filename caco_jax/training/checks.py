@@ -143,19 +143,39 @@ def _cross_checks(config: Any) -> list[str]:
             f"--config.model.pretrained=imagenet: torchvision has ImageNet weights for the small and "
             f"large MobileNetV3 only, not arch {config.model.arch!r}"
         )
-    if pretrained and pretrained != "imagenet" and not pathlib.Path(pretrained).expanduser().exists():
-        problems.append(
-            f"--config.model.pretrained={pretrained}: no such file or directory; give a torchvision "
-            "mobilenet_v3 .pth, a directory from caco-jax convert, 'imagenet' (fetched once and "
-            "checked) or '' (from scratch)"
-        )
+    if pretrained and pretrained != "imagenet":
+        why = _pretrained_problem(pathlib.Path(pretrained).expanduser())
+        if why:
+            problems.append(
+                f"--config.model.pretrained={pretrained}: {why}; give a torchvision mobilenet_v3 .pth, a "
+                "directory from caco-jax convert, 'imagenet' (fetched once and checked) or '' (from scratch)"
+            )
     manual = config.data.manual_dir
     if manual and config.data.synthetic_images == 0 and not pathlib.Path(manual).expanduser().exists():
         problems.append(
             f"--config.data.manual_dir={manual}: no such folder (the downloaded HAM10000 files, or "
             "your class folders for data.name=folder)"
         )
+    data_dir = pathlib.Path(config.data.data_dir).expanduser()
+    if config.data.name == "ham10000" and not manual and config.data.synthetic_images == 0 and not data_dir.is_dir():
+        problems.append(
+            f"--config.data.data_dir={config.data.data_dir}: no such folder, and no data.manual_dir to build "
+            f"the data from: build it once (caco-jax prepare-data --manual_dir /path/to/HAM10000 --data_dir "
+            f"{data_dir}), give --config.data.manual_dir=/path/to/HAM10000 (training builds it first), or "
+            "try --config demo (synthetic data, no download)"
+        )
     return problems
+
+
+def _pretrained_problem(path: pathlib.Path) -> str | None:
+    """Why ``path`` cannot initialise a model, from its directory entries and zip index alone."""
+    from caco_jax.interop.torch_io import pth_problem
+
+    if path.is_dir():
+        return None if (path / "weights").is_dir() else "a folder without weights/ inside, not caco-jax weights"
+    if not path.exists():
+        return "no such file or directory"
+    return pth_problem(path)
 
 
 def check_config(config: Any) -> None:

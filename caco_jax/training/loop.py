@@ -258,9 +258,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     workdir.mkdir(parents=True, exist_ok=True)
     parallel.initialize_distributed(config.distributed, **config.cluster)
     check_resume_config(workdir, config)
-    if jax.process_index() == 0:
-        save_config(config, workdir)
     run = setup(config, workdir)
+    if jax.process_index() == 0:  # once the data is found: a start that failed leaves no config to resume
+        save_config(config, workdir)
     where = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     train_iter = pipeline.train_iterator(
         run.splits["train"],

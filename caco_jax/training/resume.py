@@ -50,8 +50,11 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 
 def check_resume_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+    """A ConfigError when ``workdir`` holds checkpoints written with another setup (a workdir without
+    checkpoints has nothing to resume: any config may start there)."""
     saved = workdir / "config.json"
-    if not saved.is_file():
+    checkpoints = workdir / "checkpoints"
+    if not saved.is_file() or not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
         return
     old = ml_collections.ConfigDict(json.loads(saved.read_text()))
     diffs = []
