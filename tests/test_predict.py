@@ -127,6 +127,22 @@ def test_one_bad_file_never_stops_the_batch_and_every_skipped_file_is_listed(run
     assert all(f"skipped {mixed_folder / name}: " in err for name in SKIPPED) and "BytesIO" not in err
 
 
+def test_a_file_reached_twice_is_listed_once_and_the_written_files_are_named(run_dir, mixed_folder, tmp_path, capsys):
+    """a.jpg given directly and inside its folder, sub/ inside the folder and given again: every file once."""
+    csv_path, json_path = tmp_path / "p.csv", tmp_path / "p.json"
+    inputs = [mixed_folder / "a.jpg", mixed_folder, mixed_folder / "sub", mixed_folder / "sub" / ".." / "a.jpg"]
+    argv = ["--workdir", str(run_dir), "--csv", str(csv_path), "--json", str(json_path), *map(str, inputs)]
+    assert predict_main(argv) == 0
+    payload = json.loads(json_path.read_text())
+    files = [pathlib.Path(r["file"]).resolve().relative_to(mixed_folder).as_posix() for r in payload["predictions"]]
+    assert sorted(files) == GOOD  # each once
+    assert sorted(pathlib.Path(s["file"]).name for s in payload["skipped"]) == sorted(SKIPPED)
+    assert len(csv_path.read_text().splitlines()) == 1 + len(GOOD)
+    out = capsys.readouterr().out
+    assert f"CSV ({len(GOOD)} rows): {csv_path}" in out
+    assert f"JSON ({len(GOOD)} predictions, {len(SKIPPED)} skipped): {json_path}" in out
+
+
 def test_an_exif_rotated_photo_is_classified_as_it_is_seen(run_dir, tmp_path):
     upright = lesion(5, (64, 48))
     (tmp_path / "upright.png").write_bytes(encode(upright))

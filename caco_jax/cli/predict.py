@@ -45,23 +45,32 @@ IMAGE_SUFFIXES = set(SUFFIXES)
 
 def find_images(paths: list[pathlib.Path]) -> tuple[list[pathlib.Path], list[tuple[str, str]]]:
     """(image files, [(path, reason skipped)]) for files and folders given on the command line: a
-    folder's files without an image suffix are listed as skipped, never dropped silently."""
+    folder's files without an image suffix are listed as skipped, never dropped silently. A file
+    reached twice (given directly and inside a folder, or two overlapping folders) is listed once."""
     files, problems = [], []
     suffixes = "/".join(sorted(IMAGE_SUFFIXES))
+    seen: set[pathlib.Path] = set()
+
+    def first(p: pathlib.Path) -> bool:
+        key = p.resolve()
+        if key in seen:
+            return False
+        seen.add(key)
+        return True
+
     for path in paths:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.is_file())
-            images = [p for p in found if p.suffix.lower() in IMAGE_SUFFIXES]
-            problems += [
-                (str(p), f"not an image file (suffix {p.suffix or 'none'}; images are {suffixes})")
-                for p in found
-                if p.suffix.lower() not in IMAGE_SUFFIXES
-            ]
             if not found:
                 problems.append((str(path), "the folder holds no files"))
-            files += images
+            for p in filter(first, found):
+                if p.suffix.lower() in IMAGE_SUFFIXES:
+                    files.append(p)
+                else:
+                    problems.append((str(p), f"not an image file (suffix {p.suffix or 'none'}; images are {suffixes})"))
         elif path.is_file():
-            files.append(path)
+            if first(path):
+                files.append(path)
         else:
             problems.append((str(path), "no such file or folder"))
     return files, problems
@@ -251,10 +260,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {path}: {why}", file=sys.stderr)
     if args.csv:
         write_csv(args.csv, rows)
+        print(f"CSV ({len(rows)} rows): {args.csv}")
     if args.json:
         args.json.write_text(
             json.dumps({"predictions": rows, "skipped": [{"file": f, "reason": w} for f, w in problems]}, indent=2)
         )
+        print(f"JSON ({len(rows)} predictions, {len(problems)} skipped): {args.json}")
     if not rows:
         print("error: no image could be read", file=sys.stderr)
     return 0 if rows else 1
