@@ -223,12 +223,15 @@ class MobileNetV3(nnx.Module):
         """Globally average-pooled backbone features, (B, last_conv) in float32."""
         return jnp.mean(self.feature_map(x), axis=(1, 2))
 
-    def classify(self, features: Array, *, rngs: nnx.Rngs | None = None) -> Array:
-        """Logits (B, num_classes) in float32 from pooled ``features`` (the classifier head)."""
+    def hidden(self, features: Array) -> Array:
+        """The classifier's hidden activation (B, last_channel) from pooled ``features`` (before dropout)."""
         if self.dtype is not None:
             features = features.astype(self.dtype)
-        h = self.dropout(hard_swish(self.head(features)), rngs=rngs)
-        return self.classifier(h).astype(jnp.float32)
+        return hard_swish(self.head(features))
+
+    def classify(self, features: Array, *, rngs: nnx.Rngs | None = None) -> Array:
+        """Logits (B, num_classes) in float32 from pooled ``features`` (the classifier head)."""
+        return self.classifier(self.dropout(self.hidden(features), rngs=rngs)).astype(jnp.float32)
 
     def __call__(self, x: Array, *, rngs: nnx.Rngs | None = None) -> Array:
         """Logits (B, num_classes) in float32 for images (B, H, W, 3).

@@ -11,10 +11,10 @@ import jax
 import numpy as np
 
 from caco_jax.data import leakage, pipeline, records
-from caco_jax.evaluation import calibration, decision, plots, predictions, saliency, selective
+from caco_jax.evaluation import calibration, decision, ood_score, plots, predictions, saliency, selective
 from caco_jax.evaluation.reports import evaluation_report, write_report
 from caco_jax.runs.weights import WeightsWriter, read_weights
-from caco_jax.training import parallel
+from caco_jax.training import guard, parallel
 from caco_jax.training.evaluate import collect, host_array
 from caco_jax.training.run import Run
 from caco_jax.training.steps import TrainState
@@ -81,6 +81,30 @@ def fit_selective(
             f"{selective.TARGET:.0%} accurate above it, {fitted['coverage']:.1%} of images)"
         )
     return fitted["threshold"]
+
+
+def fit_guard(
+    run: Run, params: Any, stats: Any, validation: pipeline.EvalSet, weights_dir: pathlib.Path | None
+) -> tuple[ood_score.Guard, dict[str, Any]]:
+    """The out-of-distribution guard (``training.guard``): arrays from the training split, threshold
+    from validation, saved beside the weights; and the share of test images it flags (false alarms)."""
+    assert run.steps.embed is not None
+    embedded = {
+        name: guard.embed(run.steps.embed, params, stats, run.local_batches(source), run.mesh)
+        for name, source in (("train", run.splits["train"]), ("validation", validation), ("test", run.splits["test"]))
+    }
+    fitted = guard.fit(embedded["train"], embedded["validation"], len(run.class_names))
+    test = embedded["test"]
+    _, flagged = fitted.unlike(test["logits"], test[fitted.layer])
+    fitted.info["test_flagged"] = float(flagged.mean()) if len(flagged) else None
+    if weights_dir is not None and jax.process_index() == 0:
+        ood_score.save(weights_dir, fitted)
+    run.runlog.info(
+        f"out-of-distribution guard ({fitted.method} on the {fitted.layer} features) fitted: it lets "
+        f"{ood_score.KEEP:.0%} of validation images through and flags {fitted.info['test_flagged']:.1%} of test images"
+    )
+    summary = {"method": fitted.method, "layer": fitted.layer, "threshold": fitted.threshold}
+    return fitted, summary | {"test_flagged": fitted.info["test_flagged"], "keep": ood_score.KEEP}
 
 
 def cam_gallery(
@@ -162,6 +186,7 @@ def final_test(
         threshold=threshold,
     )
     report["leakage"] = leakage.summary(run.splits["train"], test)
+    _, report["ood"] = fit_guard(run, params, stats, validation, weights_dir)
     views = {}  # every process takes part in the collectives; the first writes
     if run.config.evaluation.tta:
         for name, source in (("validation", validation), ("test", test)):

@@ -257,6 +257,28 @@ def make_cam_step(model_def: ModelDef) -> Callable[..., dict[str, jax.Array]]:
     return cam_step
 
 
+def make_embed_step(model_def: ModelDef) -> Callable[..., dict[str, jax.Array]]:
+    """(params, batch_stats, batch {'image' uint8, 'label', 'mask'}) -> {'logits' [B, C], 'pooled' [B, F]
+    (the pooled backbone features the head reads), 'hidden' [B, H] (the head's hidden activation),
+    'label', 'mask'}, evaluation mode, float32: what the out-of-distribution guard scores
+    (``caco_jax.evaluation.ood_score``)."""
+
+    def embed_step(params, batch_stats, batch):
+        model = nnx.merge(model_def.eval_graph, params, batch_stats)
+        pooled = model.features(normalize(batch["image"]))
+        hidden = model.hidden(pooled)
+        logits = model.classifier(hidden).astype(jnp.float32)
+        return {
+            "logits": logits,
+            "pooled": pooled,
+            "hidden": hidden.astype(jnp.float32),
+            "label": batch["label"],
+            "mask": batch["mask"],
+        }
+
+    return embed_step
+
+
 @dataclasses.dataclass(frozen=True)
 class Steps:
     """The jitted steps of one model on one mesh: batches sharded along 'data', state replicated.
@@ -266,7 +288,8 @@ class Steps:
     ``eval_tta`` the same with the logits of the 8 dihedral views (B, 8, C);
     ``predict(params, batch_stats, images, temperature) -> probabilities``, ``predict_tta`` averaged
     over the views; ``cam(params, batch_stats, images, target, temperature) -> {probs, class, cam}``
-    (Grad-CAM). ``train``/``eval``/``eval_tta`` are None when built without an optimiser / loss.
+    (Grad-CAM); ``embed(params, batch_stats, batch) -> {logits, pooled, hidden, label, mask}`` (the OOD
+    guard's inputs). ``train``/``eval``/``eval_tta`` are None when built without an optimiser / loss.
     jax.jit compiles on first use, so a step never called costs nothing. Pass the temperature
     as a float32 scalar (``np.float32``) so every call shares one compilation.
     """
@@ -277,6 +300,7 @@ class Steps:
     predict_tta: Callable[..., Any]
     cam: Callable[..., Any]
     eval_tta: Callable[..., Any] | None = None
+    embed: Callable[..., Any] | None = None
 
 
 def build_steps(
@@ -315,4 +339,13 @@ def build_steps(
         for tta in (False, True)
     )
     cam = jax.jit(make_cam_step(model_def), in_shardings=(repl, repl, data, data, repl), out_shardings=repl)
-    return Steps(train=train, eval=evaluate, predict=predict, eval_tta=evaluate_tta, predict_tta=predict_tta, cam=cam)
+    embed = jax.jit(make_embed_step(model_def), in_shardings=(repl, repl, data), out_shardings=repl)
+    return Steps(
+        train=train,
+        eval=evaluate,
+        predict=predict,
+        eval_tta=evaluate_tta,
+        predict_tta=predict_tta,
+        cam=cam,
+        embed=embed,
+    )
