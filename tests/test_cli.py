@@ -48,7 +48,7 @@ def _user_error(err: str) -> None:
         (["export", "--weights", "/no/weights"], 2, "nothing to do: give --pytorch FILE and/or --onnx FILE"),
         (["export", "--weights", "/no/weights", "--onnx", "x.onnx"], 2, "no caco-jax weights at"),
         (["convert", "--out", "x"], 2, "--pth FILE is required"),
-        (["prepare-data", "--manual_dir", "/no/ham", "--data_dir", "/tmp/caco_cli_tfds"], 1, "/no/ham"),
+        (["prepare-data", "--manual_dir", "/no/ham", "--data_dir", "/tmp/caco_cli_tfds"], 2, "/no/ham: no such folder"),
         (["reproduce", "--seeds", "zero", "--dry_run"], 2, "expected comma-separated integers"),
         (["reproduce", "--preset", "cpu", "--dry_run"], 2, "--pretrained is required"),
         (["benchmark", "--steps", "0"], 2, "--steps must be >= 1"),

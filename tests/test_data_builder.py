@@ -284,7 +284,31 @@ def test_command_line_scripts(tmp_path):
     assert built.returncode == 0, built.stderr
     assert "ham10000_24px: 70 images" in built.stdout and "stored sizes (h x w): {'24x32': 70}" in built.stdout
     failed = run("prepare_data.py", "--manual_dir", "nowhere", "--data_dir", "tfds2")
-    assert failed.returncode == 1 and "does not exist" in failed.stderr and "Traceback" not in failed.stderr
+    assert failed.returncode == 2 and "--manual_dir nowhere: no such folder" in failed.stderr
+    assert "Traceback" not in failed.stderr and not (tmp_path / "tfds2").exists()
+
+
+def test_prepare_data_refuses_a_folder_without_the_release_before_tfds_starts_and_leaves_nothing(tmp_path, capfd):
+    """An empty download folder: our one error, not TFDS's 'Downloading and preparing dataset' (nor its
+    notes on folders it looked in) before it, and no empty folders left in data_dir."""
+    from caco_jax.cli.prepare_data import main as prepare_main
+
+    (tmp_path / "empty").mkdir()
+    other = tmp_path / "tfds_kept" / "ham10000" / "ham10000_96px" / "1.1.0"
+    other.mkdir(parents=True)  # another release's build: kept as it is
+    for data_dir in (tmp_path / "tfds", tmp_path / "tfds_kept"):
+        code = prepare_main(
+            ["--manual_dir", str(tmp_path / "empty"), "--data_dir", str(data_dir), "--image_size", "24"]
+        )
+        out, err = capfd.readouterr()
+        assert code == 1 and err.startswith(f"error: no metadata table for ham10000 under {tmp_path / 'empty'}"), err
+        assert "Downloading and preparing" not in out + err and "Variant folder" not in err and "Traceback" not in err
+    assert not (tmp_path / "tfds").exists()
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "tfds_kept").rglob("*")) == [
+        "tfds_kept/ham10000",
+        "tfds_kept/ham10000/ham10000_96px",
+        "tfds_kept/ham10000/ham10000_96px/1.1.0",
+    ]
 
 
 def test_source_metadata_travels_with_every_split(built, manual_dir):

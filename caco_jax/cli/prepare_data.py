@@ -61,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.image_size < 0:
         raise UsageError(f"--image_size must be >= 0 (0: as found), got {args.image_size}")
+    if not args.manual_dir.expanduser().is_dir():
+        raise UsageError(
+            f"--manual_dir {args.manual_dir}: no such folder; give the folder holding the downloaded "
+            "HAM10000 files (extracted or zipped): caco-jax prepare-data --help says which"
+        )
     size = args.image_size or None
     builder = ham10000.prepare(
         args.manual_dir,

@@ -16,10 +16,12 @@ run-time choices that need no rebuild.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import os
 import pathlib
+import shutil
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +36,18 @@ from caco_jax.data.classes import CLASS_NAMES
 from caco_jax.data.errors import CorruptImageError, DataNotBuiltError, ManualDirError
 
 log = logging.getLogger(__name__)
+
+
+class _LookupNotes(logging.Filter):
+    """Drops TFDS's warnings about its own look-ups ('Variant folder ... has no dataset_info.json' for a
+    build not made yet, 'Using custom data configuration' for every image size): noise before the
+    error or the progress that matters."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(("Variant folder ", "Using custom data configuration"))
+
+
+logging.getLogger("absl").addFilter(_LookupNotes())
 
 # Shorter side of the stored images: the 600x450 originals are stored at 300x225,
 # enough for 224-pixel crops. Smaller inputs (the shared 200x150 copy) are kept.
@@ -135,6 +149,7 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
         self._on_corrupt = on_corrupt
         self._progress = progress
         self._num_threads = num_threads or min(8, os.cpu_count() or 1)
+        self.manifest: layouts.Manifest | None = None  # set by prepare(): the manual_dir, already read
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -153,17 +168,19 @@ class Ham10000(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager):
-        try:
-            manual_dir = dl_manager.manual_dir
-        except AssertionError as err:
-            raise ManualDirError(f"{err}") from None
         config = self.builder_config
-        manifest = layouts.collect(
-            manual_dir,
-            config.dataset,
-            skip_missing=self._skip_missing,
-            skip_unlisted=self._skip_unlisted,
-        )
+        manifest = self.manifest  # prepare() reads the manual_dir before TFDS starts
+        if manifest is None:
+            try:
+                manual_dir = dl_manager.manual_dir
+            except AssertionError as err:
+                raise ManualDirError(f"{err}") from None
+            manifest = layouts.collect(
+                manual_dir,
+                config.dataset,
+                skip_missing=self._skip_missing,
+                skip_unlisted=self._skip_unlisted,
+            )
         return {TFDS_SPLIT[config.dataset]: self._generate_examples(manifest)}
 
     def _generate_examples(self, manifest: layouts.Manifest):
@@ -285,9 +302,51 @@ def prepare(
     'isic2018_validation' (external evaluation). image_size: shorter side of the
     stored images (never enlarged; None keeps them as found). Returns the
     prepared builder (`.as_data_source(...)`, `.info`, `.data_path`).
-    A failed build leaves nothing that looks complete: TFDS writes into an
-    `incomplete.*` folder and renames it only on success.
+    The manual_dir is read first, so a folder without the release's images or table fails
+    before TFDS starts. A failed build leaves nothing behind: TFDS writes into an
+    `incomplete.*` folder and renames it only on success, and folders this call created
+    are removed.
     """
+    data_dir = pathlib.Path(data_dir).expanduser()
+    release = data_dir / "ham10000" / make_config(config, image_size).name
+    created = [p for p in (data_dir, release.parent, release) if not p.exists()]
+    try:
+        return _prepare(
+            manual_dir,
+            data_dir,
+            config=config,
+            image_size=image_size,
+            skip_missing=skip_missing,
+            skip_unlisted=skip_unlisted,
+            on_corrupt=on_corrupt,
+            progress=progress,
+            overwrite=overwrite,
+        )
+    except BaseException:
+        for path in reversed(created):  # this release's folder (a skeleton: nothing was built), then its parents
+            if path == release:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    (path / ".config" / "metadata.json").unlink(missing_ok=True)  # TFDS's note of the config
+                    (path / ".config").rmdir()
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only if empty: another release's build stays
+        raise
+
+
+def _prepare(
+    manual_dir: os.PathLike | str,
+    data_dir: pathlib.Path,
+    *,
+    config: str,
+    image_size: int | None,
+    skip_missing: bool,
+    skip_unlisted: bool,
+    on_corrupt: str,
+    progress: bool,
+    overwrite: bool,
+) -> Ham10000:
     ham = builder(
         data_dir,
         config=config,
@@ -301,6 +360,7 @@ def prepare(
         log.info("reusing the complete build at %s", ham.data_path)
         return ham
     manual_dir = layouts.check_manual_dir(manual_dir)
+    ham.manifest = layouts.collect(manual_dir, config, skip_missing=skip_missing, skip_unlisted=skip_unlisted)
     mode = tfds.download.GenerateMode
     # REUSE_CACHE_IF_EXISTS replaces whatever is at the data path (an old build, or
     # a folder left by something else); REUSE_DATASET_IF_EXISTS would keep it.
