@@ -23,17 +23,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import variants
 from caco_jax.interop.convert import export_block
 from caco_jax.interop.key_maps import attention_keys
 from caco_jax.models.attention import (
-    ATTENTIONS,
-    CBAM,
+    ATTENTION_BLOCKS,
     ECA,
     AttentionOptions,
-    CaCo,
     CoordinateAttention,
-    SeCo,
-    SqueezeExcitation,
+    layout,
     make_attention,
 )
 from caco_jax.models.layers import make_divisible
@@ -50,25 +48,9 @@ reference = pytest.importorskip("caco_jax.interop.torch_reference")
 ATOL = 1e-5
 STATS_ATOL = 1e-6
 
-# (id, attention, ca_activation, C, init). C = 24 gives mip 8 (the floor), SE squeeze 8,
-# ECA k = 3; C = 288 gives mip 9 (C // 32), squeeze 72, k = 5. Both CA activations, both
-# widths and every init (which gains exist) are covered for the blocks that have gains.
-CASES = [
-    ("se-24", "se", "swish", 24, "preserve"),
-    ("se-288", "se", "swish", 288, "preserve"),
-    ("caco-swish-288-plain", "caco", "swish", 288, "plain"),
-    ("caco-hardswish-24-plain", "caco", "hardswish", 24, "plain"),
-    ("caco-swish-288-preserve", "caco", "swish", 288, "preserve"),
-    ("caco-swish-24-preserve_channel", "caco", "swish", 24, "preserve_channel"),
-    ("caco-hardswish-24-preserve_coord", "caco", "hardswish", 24, "preserve_coord"),
-    ("cbam-24-plain", "cbam", "swish", 24, "plain"),
-    ("cbam-288-preserve", "cbam", "swish", 288, "preserve"),
-    ("cbam-24-preserve_coord", "cbam", "swish", 24, "preserve_coord"),
-    ("seco-swish-24-plain", "seco", "swish", 24, "plain"),
-    ("seco-hardswish-288-preserve", "seco", "hardswish", 288, "preserve"),
-    ("eca-24", "eca", "swish", 24, "preserve"),
-    ("eca-288", "eca", "swish", 288, "preserve"),
-]
+# (id, attention, ca_activation, C, init): every registered block, each of its parameter layouts
+# (which gains exist), both widths and both CA activations (tests/variants.py).
+CASES = variants.block_cases()
 CASE_IDS = [case[0] for case in CASES]
 
 
@@ -188,7 +170,7 @@ def test_train_mode_matches_torch_outputs_stats_and_grads(case, attention, act, 
     after = nnx.to_pure_dict(nnx.state(block, nnx.BatchStat))
     buffers = dict(ref.named_buffers())
     stat_keys = [k for k in keys if k.endswith(("running_mean", "running_var"))]
-    assert len(stat_keys) == 2 * {"se": 0, "eca": 0}.get(attention, 1)
+    assert len(stat_keys) == 2 * sum(isinstance(m, torch.nn.BatchNorm2d) for m in ref.modules())
     for key in stat_keys:
         path, _ = keys[key]
         assert not np.allclose(_get(after, path), _get(before, path)), f"{key} did not move"
@@ -202,9 +184,10 @@ def test_train_mode_matches_torch_outputs_stats_and_grads(case, attention, act, 
     np.testing.assert_allclose(np.asarray(g_x), _nhwc(xt.grad), rtol=0, atol=ATOL * np.abs(g_x).max())
     named = dict(ref.named_parameters())
     assert len(named) == len(jax.tree.leaves(nnx.state(block, nnx.Param)))  # every NNX parameter is compared
-    gains = {"preserve": 2, "preserve_channel": 1, "preserve_coord": 1}.get(init, 0)
-    expected_gains = {"caco": gains, "cbam": gains, "seco": {"preserve": 1, "preserve_coord": 1}.get(init, 0)}
-    assert sum("gain" in k for k in named) == expected_gains.get(attention, 0)
+    # The twin has exactly the gains this init gives the block, and the plain init none.
+    gains = {p for p in layout(attention, init) if p.endswith("gain")}
+    assert {"/".join(map(str, keys[k][0])) for k in named if k.endswith("gain")} == gains
+    assert not (init == "plain" and gains)
     # One scale for the block: in training mode the bias of the conv before coordinate
     # attention's BN has an exactly-zero gradient (BN removes it), so both sides are
     # rounding noise there and only an absolute, block-wide bound makes sense.
@@ -215,22 +198,29 @@ def test_train_mode_matches_torch_outputs_stats_and_grads(case, attention, act, 
         np.testing.assert_allclose(fn(param.grad.numpy()), _get(g_block, path), rtol=0, atol=ATOL * scale, err_msg=name)
 
 
-@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("attention", variants.blocks())
 def test_blocks_keep_the_input_shape(attention):
     c = 40
     block = make_attention(attention, c, make_divisible(c // 4, 8), rngs=nnx.Rngs(0))
-    if attention == "none":
+    if ATTENTION_BLOCKS[attention] is None:
         assert block is None
         return
     out = nnx.eval_shape(lambda b, x: b(x), block, jax.ShapeDtypeStruct((2, 5, 9, c), jnp.float32))
     assert out.shape == (2, 5, 9, c)
-    expected = {"se": SqueezeExcitation, "caco": CaCo, "cbam": CBAM, "seco": SeCo, "eca": ECA}[attention]
-    assert type(block) is expected
+    assert type(block) is ATTENTION_BLOCKS[attention] and block.name == attention
 
 
-def test_unknown_attention_raises_naming_it():
-    with pytest.raises(ValueError, match="squeezy"):
+def test_every_block_has_a_pytorch_twin():
+    assert set(reference.TORCH_BLOCKS) == set(ATTENTION_BLOCKS)
+
+
+def test_unknown_attention_raises_naming_it_and_the_choices():
+    from caco_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown model.attention 'squeezy'; choices: none, se, .*caco"):
         make_attention("squeezy", 16, 8, rngs=nnx.Rngs(0))
+    with pytest.raises(ConfigError, match=r"unknown PyTorch twin 'squeezy'; choices: .*caco"):
+        reference.make_block("squeezy", 16, 8)
 
 
 def test_coordinate_attention_widths_and_eca_kernel():
@@ -276,26 +266,39 @@ def _copy_se_weights(dst_mlp, src_mlp) -> None:
             getattr(getattr(dst_mlp, fc), name)[...] = getattr(getattr(src_mlp, fc), name)[...]
 
 
-@pytest.mark.parametrize("attention", ["caco", "seco"])
+def _gains(block) -> list[str]:
+    """Paths of the block's gain parameters ('channel/max_gain', 'coord/gain', ...)."""
+    graph = nnx.iter_graph(block)
+    return ["/".join(map(str, p)) for p, v in graph if isinstance(v, nnx.Param) and "gain" in str(p[-1])]
+
+
+def _node(block, path):
+    for part in path:
+        block = getattr(block, part)
+    return block
+
+
+@pytest.mark.parametrize("attention", variants.starts_as_se())
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_preserve_init_starts_as_the_se_block_it_replaces(attention, mode):
-    """Gains at their initial 0: CaCo / SeCo compute exactly SE with the same MLP weights."""
+    """Gains at their initial 0 (every block declaring ``starts_as_se``: CaCo, SeCo): the block computes
+    exactly SE with the same MLP weights (at its ``se_mlp_path``)."""
     c, s = 24, 8
     se = make_attention("se", c, s, rngs=nnx.Rngs(0))
     randomise(se, 5)
     block = make_attention(attention, c, s, AttentionOptions(init="preserve"), rngs=nnx.Rngs(1))
-    randomise(block, 6)  # coordinate attention and BN statistics random, so they would matter
-    for path in ("channel/max_gain", "coord/gain"):
-        if attention == "caco" or path.startswith("coord"):
-            _set(block, path, 0.0)
-    _copy_se_weights(block.channel.mlp if attention == "caco" else block.se.mlp, se.mlp)
+    randomise(block, 6)  # the new parts and BN statistics random, so they would matter
+    assert _gains(block)
+    for path in _gains(block):
+        _set(block, path, 0.0)
+    _copy_se_weights(_node(block, ATTENTION_BLOCKS[attention].se_mlp_path), se.mlp)
     getattr(block, mode)()
     se.eval()
     x = _input(c, 2)
     np.testing.assert_array_equal(np.asarray(_apply(block, x)), np.asarray(_apply(se, x)))
 
 
-@pytest.mark.parametrize("attention", ["caco", "cbam", "seco"])
+@pytest.mark.parametrize("attention", variants.gained())
 def test_preserve_init_with_unit_gains_is_the_plain_block(attention):
     """The gains only rescale the new parts: at g = 1 the formulas are the paper's."""
     c, s = 24, 8
@@ -303,10 +306,10 @@ def test_preserve_init_with_unit_gains_is_the_plain_block(attention):
     randomise(plain, 7)
     gained = make_attention(attention, c, s, AttentionOptions(init="preserve"), rngs=nnx.Rngs(0))
     nnx.update(gained, nnx.state(plain))  # same weights; the gains are extra state
-    gains = [p for p, v in nnx.iter_graph(gained) if isinstance(v, nnx.Param) and "gain" in str(p[-1])]
-    assert len(gains) == {"caco": 2, "cbam": 2, "seco": 1}[attention]
+    gains = _gains(gained)
+    assert set(gains) == layout(attention, "preserve") - layout(attention, "plain")  # the only extra state
     for path in gains:
-        _set(gained, "/".join(map(str, path)), 1.0)
+        _set(gained, path, 1.0)
     plain.eval()
     gained.eval()
     x = _input(c, 3)
@@ -324,9 +327,7 @@ def test_preserve_init_with_unit_gains_is_the_plain_block(attention):
 )
 def test_init_modes_choose_which_gains_exist(init, expected):
     block = make_attention("caco", 16, 8, AttentionOptions(init=init), rngs=nnx.Rngs(0))
-    found = {
-        "/".join(map(str, p)) for p, v in nnx.iter_graph(block) if isinstance(v, nnx.Param) and "gain" in str(p[-1])
-    }
+    found = set(_gains(block))
     assert found == expected
     for path in found:
         node = block

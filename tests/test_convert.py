@@ -16,10 +16,11 @@ import pytest
 from flax import nnx
 
 import jitted
+import variants
 from caco_jax.interop.convert import ConversionError, export_torchvision, load_torchvision
 from caco_jax.interop.key_maps import key_map
 from caco_jax.interop.torch_io import load_state_dict
-from caco_jax.models import ATTENTIONS, MobileNetV3, create_model
+from caco_jax.models import ATTENTION_BLOCKS, MobileNetV3, create_model
 from caco_jax.runs.weights import model_weights
 
 torch = pytest.importorskip("torch")
@@ -78,7 +79,17 @@ def backbone_sd(imagenet_backbone_pth) -> dict[str, np.ndarray]:
 # --------------------------------------------------------------------------- key accounting
 
 
-@pytest.mark.parametrize("attention", ATTENTIONS)
+def _has_se_mlp(attention: str) -> bool:
+    block = ATTENTION_BLOCKS[attention]
+    return block is not None and block.se_mlp_path is not None
+
+
+def _new_parts(attention: str) -> dict[str, str]:
+    block = ATTENTION_BLOCKS[attention]
+    return {} if block is None else block.new_parts
+
+
+@pytest.mark.parametrize("attention", variants.blocks())
 @pytest.mark.parametrize("arch", ["small", "large"])
 def test_every_torch_key_is_mapped_or_skipped(arch, attention):
     sd = random_state_dict(7, seed=1, arch=arch)
@@ -89,7 +100,7 @@ def test_every_torch_key_is_mapped_or_skipped(arch, attention):
     assert not set(mapping) & set(skipped)
     se_keys = {k for k in sd if re.search(r"\.fc[12]\.(weight|bias)$", k)}
     assert se_keys  # both archs have SE blocks
-    assert set(skipped) == (se_keys if attention in ("eca", "none") else set())
+    assert set(skipped) == (set() if _has_se_mlp(attention) else se_keys)
     # Targets are distinct arrays of the right shape.
     weights = flat(model)
     targets = [_path(p) for p, _ in mapping.values()]
@@ -105,21 +116,14 @@ def test_every_torch_key_is_mapped_or_skipped(arch, attention):
     for key in report.loaded:
         path, fn = mapping[key]
         np.testing.assert_array_equal(after[_path(path)], fn(sd[key]), err_msg=key)
-    # What stayed at initialisation is exactly the attention-specific, ImageNet-less part.
+    # What stayed at initialisation is exactly the block's declared new parts (with the default
+    # preserving init the gains are among them), each in every attention slot.
     left = {k for k, v in after.items() if np.all(v == SENTINEL)}
     assert left == set(report.initialised)
-    # (with the default preserving init, the max-pooled branch's gain is new too)
-    new_parts = {
-        "se": (),
-        "caco": ("coord/", "channel/max_gain"),
-        "cbam": ("spatial/", "channel/max_gain"),
-        "seco": ("coord/",),
-        "eca": ("attention/",),
-        "none": (),
-    }[attention]
-    assert all(any(f"/{part}" in k for part in new_parts) for k in left), sorted(left)[:5]
-    if attention in ("se", "none"):
-        assert left == set()
+    declared = {
+        k for k in after for part in _new_parts(attention) if re.search(rf"/attention/{re.escape(part)}(/|$)", k)
+    }
+    assert left == declared, sorted(left ^ declared)[:5]
     assert (
         report.loaded_params + sum(after[k].size for k in left if not k.endswith(("mean", "var")))
         == report.total_params
@@ -192,14 +196,14 @@ def test_missing_backbone_tensor_raises_naming_it(full_sd, key):
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("attention", variants.blocks())
 def test_real_backbone_converts_for_every_variant(imagenet_backbone_pth, backbone_sd, attention):
     model = sentinel_model(attention)
     report = load_torchvision(model, imagenet_backbone_pth)  # from the path: no torch involved
     w = flat(model)
     se_keys = [k for k in backbone_sd if ".fc1." in k or ".fc2." in k]
     se_params = sum(backbone_sd[k].size for k in se_keys)
-    expected = 927_008 - (se_params if attention in ("eca", "none") else 0)  # README: 927,008
+    expected = 927_008 - (0 if _has_se_mlp(attention) else se_params)  # README: 927,008
     assert report.loaded_params == expected
     # head and classifier left at initialisation, and the report says why
     for p in HEAD_PATHS:
@@ -210,13 +214,13 @@ def test_real_backbone_converts_for_every_variant(imagenet_backbone_pth, backbon
     assert f"{expected:,}" in summary
     # every tensor in the file is accounted for
     assert set(report.loaded) | set(report.skipped) == set(backbone_sd)
-    if attention in ("eca", "none"):
+    if not _has_se_mlp(attention):
         assert set(se_keys) <= set(report.skipped)
         assert "no SE-shaped MLP" in summary
-    if attention in ("caco", "seco"):
-        assert any("coordinate attention is new" in why for why in report.initialised.values())
-    if attention == "cbam":
-        assert any("CBAM spatial attention is new" in why for why in report.initialised.values())
+    # the new parts are left at initialisation with the reasons the block declares
+    assert set(_new_parts(attention).values()) == set(report.initialised.values()) - {
+        report.initialised[p] for p in HEAD_PATHS
+    }
     # everything else carries the file's values
     mapping, _ = key_map(model)
     for key in report.loaded:
@@ -227,8 +231,9 @@ def test_real_backbone_converts_for_every_variant(imagenet_backbone_pth, backbon
 
 
 @pytest.mark.real_data
-@pytest.mark.parametrize(("attention", "where"), [("caco", "channel"), ("cbam", "channel"), ("seco", "se")])
-def test_se_weights_land_in_the_channel_half(backbone_sd, attention, where):
+@pytest.mark.parametrize("attention", variants.with_se_mlp())
+def test_se_weights_land_where_the_block_says(backbone_sd, attention):
+    where = "/".join(ATTENTION_BLOCKS[attention].se_mlp_path)
     model = sentinel_model(attention)
     load_torchvision(model, backbone_sd)
     w = flat(model)
@@ -238,7 +243,7 @@ def test_se_weights_land_in_the_channel_half(backbone_sd, attention, where):
         if not m:
             continue
         block, fc, kind = int(m.group(1)) - 1, m.group(2), m.group(3)
-        target = w[f"blocks/{block}/attention/{where}/mlp/{fc}/{'kernel' if kind == 'weight' else 'bias'}"]
+        target = w[f"blocks/{block}/attention/{where}/{fc}/{'kernel' if kind == 'weight' else 'bias'}"]
         np.testing.assert_array_equal(target, value[:, :, 0, 0].T if kind == "weight" else value, err_msg=key)
         n += 1
     assert n == 9 * 4  # nine SE blocks in mobilenet_v3_small, fc1/fc2 weight/bias each

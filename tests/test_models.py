@@ -16,7 +16,9 @@ import pytest
 from flax import nnx
 
 import jitted
-from caco_jax.models import ARCHS, ATTENTIONS, MobileNetV3, count_params, create_model
+import variants
+from caco_jax.models import ARCHS, MobileNetV3, count_params, create_model
+from caco_jax.models.attention import AttentionOptions
 from caco_jax.models.layers import (
     BatchNorm,
     activation,
@@ -42,13 +44,13 @@ def images() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def tiny_models() -> dict[str, MobileNetV3]:
-    return {att: create_model(arch="tiny", attention=att, num_classes=5, dropout=0.0) for att in ATTENTIONS}
+    return {att: create_model(arch="tiny", attention=att, num_classes=5, dropout=0.0) for att in variants.blocks()}
 
 
 # --------------------------------------------------------------------------- shapes
 
 
-@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("attention", variants.blocks())
 def test_tiny_forward_shapes_and_dtypes(tiny_models, images, attention):
     model = tiny_models[attention]
     model.eval()
@@ -59,7 +61,7 @@ def test_tiny_forward_shapes_and_dtypes(tiny_models, images, attention):
     assert model.num_features == ARCHS["tiny"].last_conv
 
 
-@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("attention", variants.blocks())
 @pytest.mark.parametrize(("arch", "num_classes", "width"), [("small", 7, 576), ("large", 1000, 960)])
 def test_full_size_shapes(attention, arch, num_classes, width):
     model = _abstract(arch, attention=attention, num_classes=num_classes)
@@ -228,21 +230,15 @@ def _eca(c: int) -> int:
     return k if k % 2 else k + 1
 
 
-def _hand_count(attention: str, c: int, init: str = "plain") -> int:
-    s = make_divisible(c // 4, 8)
-    # With a preserving init, every new part enters through a per-channel gain (C each).
-    gains = {"caco": 2, "cbam": 2, "seco": 1}.get(attention, 0) if init == "preserve" else 0
-    return (
-        gains * c
-        + {
-            "se": _se(c, s),
-            "caco": _se(c, s) + _coord(c),
-            "cbam": _se(c, s) + 7 * 7 * 2 + 2,  # + spatial 7x7 conv (2 -> 1, no bias) and its BN
-            "seco": _se(c, s) + _coord(c),
-            "eca": _eca(c),
-            "none": 0,
-        }[attention]
-    )
+# The built-in blocks' counts from the papers' formulas (per block of C channels, squeeze S):
+# with a preserving init every new part enters through a per-channel gain (C each).
+HAND_COUNTS = {
+    "se": lambda c, s, gains: _se(c, s),
+    "caco": lambda c, s, gains: _se(c, s) + _coord(c) + 2 * gains * c,
+    "cbam": lambda c, s, gains: _se(c, s) + 7 * 7 * 2 + 2 + 2 * gains * c,  # + spatial 7x7 conv (2 -> 1) and BN
+    "seco": lambda c, s, gains: _se(c, s) + _coord(c) + gains * c,
+    "eca": lambda c, s, gains: _eca(c),
+}
 
 
 def test_hand_counts_spot_values():
@@ -252,19 +248,40 @@ def test_hand_counts_spot_values():
     assert [_eca(c) for c in (16, 96, 240, 120, 144, 288, 576)] == [3, 3, 5, 3, 5, 5, 5]
 
 
+def test_builtin_blocks_count_as_the_papers_formulas():
+    for name, formula in HAND_COUNTS.items():
+        for init in ("plain", "preserve"):
+            for c in (16, 96, 576):
+                block = nnx.eval_shape(
+                    lambda name=name, c=c, init=init: variants.ATTENTION_BLOCKS[name](
+                        c, make_divisible(c // 4, 8), AttentionOptions(init=init), rngs=nnx.Rngs(0)
+                    )
+                )
+                assert count_params(block) == formula(c, make_divisible(c // 4, 8), init == "preserve"), (name, c)
+
+
 @pytest.mark.parametrize("init", ["plain", "preserve"])
-@pytest.mark.parametrize("attention", ATTENTIONS)
+@pytest.mark.parametrize("attention", variants.blocks())
 @pytest.mark.parametrize("arch", ["tiny", "small", "large"])
-def test_count_params_matches_hand_count(attention, arch, init):
+def test_count_params_matches_the_pytorch_twin(attention, arch, init):
+    """Every block in every attention slot has its PyTorch twin's parameter count, and the model is the
+    backbone plus its blocks."""
+    reference = pytest.importorskip("caco_jax.interop.torch_reference")
     model = _abstract(arch, attention=attention, num_classes=7, attention_init=init)
     base = count_params(_abstract(arch, attention="none", num_classes=7))
+    options = AttentionOptions(init=init)
+
+    def twin_count(c: int) -> int:
+        twin = reference.make_block(attention, c, make_divisible(c // 4, 8), options)
+        return sum(p.numel() for p in twin.parameters())
+
     widths = [spec.expanded for spec in ARCHS[arch].blocks if spec.attention]
     for block, spec in zip(model.blocks, ARCHS[arch].blocks, strict=True):
-        if spec.attention and attention != "none":
-            assert count_params(block.attention) == _hand_count(attention, spec.expanded, init)
+        if spec.attention and variants.ATTENTION_BLOCKS[attention] is not None:
+            assert count_params(block.attention) == twin_count(spec.expanded)
         else:
             assert block.attention is None
-    assert count_params(model) == base + sum(_hand_count(attention, c, init) for c in widths)
+    assert count_params(model) == base + sum(twin_count(c) for c in widths)
 
 
 def test_small_se_count_is_torchvision_count():
@@ -306,7 +323,7 @@ def se_checkpoint():
     return se, export_torchvision(se)
 
 
-@pytest.mark.parametrize("attention", ["caco", "seco"])
+@pytest.mark.parametrize("attention", variants.starts_as_se())
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_preserve_init_from_an_se_checkpoint_is_the_se_model_at_step_0(se_checkpoint, images, attention, mode):
     """What the paper's model lacked (issue: fine-tuning from ImageNet collapsed): converted from

@@ -29,9 +29,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import variants
 from caco_jax.interop.convert import ConversionError, export_state_dict, load_torchvision
 from caco_jax.interop.key_maps import reference_key_map
-from caco_jax.models import ATTENTION_INITS, ATTENTIONS, MobileNetV3, count_params
+from caco_jax.models import MobileNetV3, count_params
+from caco_jax.models.attention import layout
 
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
@@ -48,8 +50,8 @@ STATS_TOL = 1e-6  # as test_parity.py: 1e-4 would miss a biased variance stored 
 # gain) is 1e-2 or more.
 GRAD_TOL = 5e-5
 
-GAINED = ("caco", "cbam", "seco")
-VARIANT_INITS = [(a, i) for a in ATTENTIONS for i in (ATTENTION_INITS if a in GAINED else ("preserve",))]
+# Every registered variant; every init for those with gains (each init lays their gains out differently).
+VARIANT_INITS = [(a, i) for a in variants.blocks() for i in variants.inits(a)]
 
 
 def _abstract(arch: str, attention: str, init: str = "preserve", num_classes: int = 7) -> MobileNetV3:
@@ -73,7 +75,7 @@ def _get(tree, path):
 # --------------------------------------------------------------------------- structure (no compile)
 
 
-ARCH_VARIANT_INITS = [("small", a, i) for a, i in VARIANT_INITS] + [("large", a, "preserve") for a in ATTENTIONS]
+ARCH_VARIANT_INITS = [("small", a, i) for a, i in VARIANT_INITS] + [("large", a, "preserve") for a in variants.blocks()]
 
 
 @pytest.mark.parametrize(
@@ -90,12 +92,9 @@ def test_reference_has_caco_jax_parameters_one_for_one(arch, attention, init):
         assert fn(sd[key].numpy()).shape == _node(pure, path).shape, key
     assert len({p for p, _ in mapping.values()}) == len(mapping) == len(jax.tree.leaves(pure))
     assert count_params(model) == sum(p.numel() for p in ref.parameters())
-    gains = [k for k in mapping if k.endswith("gain")]
-    has_gains = init != "plain" and (attention in ("caco", "cbam") or (attention, init) != ("seco", "preserve_channel"))
-    if attention in GAINED and has_gains:
-        assert gains and all(".block." in k for k in gains)
-    else:
-        assert not gains
+    gains = {"/".join(map(str, mapping[k][0][3:])) for k in mapping if k.endswith("gain")}  # inside the block
+    assert gains == {p for p in layout(attention, init) if p.endswith("gain")}
+    assert all(".block." in k for k in mapping if k.endswith("gain"))
 
 
 @pytest.mark.parametrize("arch", ["small", "large"])
@@ -150,7 +149,9 @@ def test_conversion_both_ways_is_exact(attention, init):
     report = load_torchvision(model, sd)
     assert report.initialised == {}
     assert report.loaded_params == report.total_params == sum(p.numel() for p in ref.parameters())
-    assert report.layout == ("torchvision" if attention in ("se", "none") else "reference")
+    # torchvision's layout exactly when every key is one of torchvision's own model
+    tv_keys = set(torchvision.models.mobilenet_v3_small(num_classes=wm.NUM_CLASSES).state_dict())
+    assert report.layout == ("torchvision" if set(sd) <= tv_keys else "reference")
     assert all(np.all(np.isfinite(v)) for v in jax.tree.leaves(nnx.state(model)))
     back = export_state_dict(model)
     assert set(back) == set(sd)

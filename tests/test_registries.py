@@ -24,6 +24,7 @@ class ToyGain(nnx.Module):
 
     se_mlp_path: ClassVar[tuple[str, ...] | None] = None
     new_parts: ClassVar[dict[str, str]] = {"gain": "the toy block's gain has no ImageNet counterpart"}
+    starts_as_se: ClassVar[bool] = False
 
     def __init__(self, channels: int, squeeze: int, options: Any, *, rngs: nnx.Rngs):
         self.gain = nnx.Param(jnp.zeros((channels,), jnp.float32))
@@ -73,9 +74,9 @@ def toys(tmp_path):
         return records.split_source(records.open_source(built), **registry.split_options(config))
 
     yield
-    attention_lib.ATTENTION_BLOCKS.pop("toy")
+    attention_lib.ATTENTION_BLOCKS.unregister("toy")
     attention_lib.layout.cache_clear()
-    losses.LOSSES.pop("toy_squared")
+    losses.LOSSES.unregister("toy_squared")
     registry.DATASETS.pop("toy_folders")
 
 
@@ -130,7 +131,7 @@ def test_a_toy_block_needs_only_its_twin_to_export(toys):
         state = {k: torch.from_numpy(np.array(v)) for k, v in export_state_dict(model).items()}
         ref.load_state_dict(state, strict=True)  # every key of the toy block maps, named from its module tree
     finally:
-        torch_reference.TORCH_BLOCKS.pop("toy")
+        torch_reference.TORCH_BLOCKS.unregister("toy")
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ Used by test_train_parity.py (and runnable on its own to print the figures:
 pieces: ``steps.ModelDef.apply``, the ``Loss`` of ``losses.make_loss`` and the optax
 AdamW of ``steps.make_optimizer``, with augmentation and dropout off; the PyTorch side
 is ``caco_jax.interop.torch_reference`` with ``torch.optim.AdamW`` and the losses written from
-the official formulas (``make_torch_loss``).
+the official formulas (``torch_loss.make_torch_loss``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import torch
 
 from caco_jax.data.classes import CLASS_NAMES, HAM10000_COUNTS, IMAGENET_MEAN, IMAGENET_STD
 from caco_jax.interop.convert import export_state_dict, load_torchvision
-from caco_jax.interop.torch_reference import make_torch_loss, reference_model
+from caco_jax.interop.torch_reference import reference_model
 from caco_jax.training.losses import make_loss
 from caco_jax.training.steps import ModelDef, make_optimizer
+from torch_loss import make_torch_loss
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from caco_jax.configs import default

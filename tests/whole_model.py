@@ -18,28 +18,23 @@ import numpy as np
 import torch
 from flax import nnx
 
+import variants
 from caco_jax.interop.convert import load_torchvision
 from caco_jax.interop.torch_reference import reference_model
 from caco_jax.models import MobileNetV3
 from caco_jax.training.steps import ModelDef
 
-# id -> (attention, attention_init, depthwise). Every variant; caco both with the gains
-# (preserve, the default) and without (plain, the paper's formulas). The default CPU
-# convolutions ('auto': tap sums, patch-matmul kernel gradients) for caco-plain and cbam
-# (whose spatial attention is the only other dense k x k conv); XLA's convolutions (about
-# half the compile time) elsewhere: test_parity.py checks every implementation against
-# torchvision. Not 'conv' for caco-plain: at XLA's CPU optimisation level 0 (conftest.py)
-# that program's convolution kernel gradients came out wrong by up to 5 % of the largest
-# gradient (deterministically; right at level 2 and with 'auto'), an XLA CPU miscompilation.
+# id -> (attention, attention_init, depthwise): every registered variant at the default init, and
+# caco-plain, the paper's block with the paper's formulas (no gains). XLA's convolutions ('conv',
+# about half the compile time) unless the block has a dense k x k convolution of its own (CBAM's
+# spatial attention), and for caco-plain: the default CPU convolutions ('auto': tap sums,
+# patch-matmul kernel gradients) there; test_parity.py checks every implementation against
+# torchvision. Not 'conv' for caco-plain: at XLA's CPU optimisation level 0 (conftest.py) that
+# program's convolution kernel gradients came out wrong by up to 5 % of the largest gradient
+# (deterministically; right at level 2 and with 'auto'), an XLA CPU miscompilation.
 CASES: dict[str, tuple[str, str, str]] = {
-    "se": ("se", "preserve", "conv"),
-    "caco": ("caco", "preserve", "conv"),
-    "caco-plain": ("caco", "plain", "auto"),
-    "cbam": ("cbam", "preserve", "auto"),
-    "seco": ("seco", "preserve", "conv"),
-    "eca": ("eca", "preserve", "conv"),
-    "none": ("none", "preserve", "conv"),
-}
+    name: (name, "preserve", "auto" if variants.has_dense_conv(name) else "conv") for name in variants.blocks()
+} | {"caco-plain": ("caco", "plain", "auto")}
 NUM_CLASSES = 7
 BATCH, HEIGHT, WIDTH = 4, 64, 96  # non-square all the way down (2 x 3 after the last stride)
 LABELS = np.array([0, 3, 6, 2], np.int32)

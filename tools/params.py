@@ -12,7 +12,7 @@ import argparse
 
 from flax import nnx
 
-from caco_jax.models import ARCHS, ATTENTIONS, MobileNetV3, count_params
+from caco_jax.models import ARCHS, ATTENTION_BLOCKS, MobileNetV3, count_params
 
 # The paper's Table 2/4/5 figures (millions); it does not say how it counted.
 PAPER_PARAMS_M = {"se": 2.18, "caco": 2.29, "cbam": 2.20, "seco": 2.64, "eca": 2.08, "none": None}
@@ -21,11 +21,11 @@ PAPER_PARAMS_M = {"se": 2.18, "caco": 2.29, "cbam": 2.20, "seco": 2.64, "eca": 2
 def param_table(arch: str = "small", num_classes: int = 7) -> list[tuple[str, int, float | None]]:
     """(attention, our parameter count, the paper's figure in M) for every variant."""
     rows = []
-    for att in ATTENTIONS:
+    for att in ATTENTION_BLOCKS:
         model = nnx.eval_shape(
             lambda att=att: MobileNetV3(arch=arch, attention=att, num_classes=num_classes, rngs=nnx.Rngs(0))
         )
-        rows.append((att, count_params(model), PAPER_PARAMS_M[att] if arch == "small" else None))
+        rows.append((att, count_params(model), PAPER_PARAMS_M.get(att) if arch == "small" else None))
     return rows
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from caco_jax.errors import UsageError
 from caco_jax.flags import add_switch, parser
-from caco_jax.models.attention import ATTENTIONS
+from caco_jax.models.attention import ATTENTION_BLOCKS
 from caco_jax.models.depthwise import DEPTHWISE_IMPLS
 
 TORCH_MODES: tuple[str, ...] = ("eager", "channels_last_bf16", "compile", "compile_reduce_overhead")
@@ -49,7 +49,7 @@ class Options:
         "--image_size, only normalised (the work torch's rows time)",
     )
     arch: str = opt("small", "MobileNetV3 size", choices=("small", "large", "tiny"))
-    variants: tuple[str, ...] = opt(("se", "caco"), "attention variants", choices=tuple(ATTENTIONS))
+    variants: tuple[str, ...] = opt(("se", "caco"), "attention variants", choices=tuple(ATTENTION_BLOCKS))
     dtypes: tuple[str, ...] = opt(DTYPES, "compute dtypes", choices=DTYPES)
     depthwise: tuple[str, ...] = opt(
         ("auto",),
@@ -79,7 +79,9 @@ class Options:
     manual_dir: str = opt("", "raw HAM10000 to build from (into --data_dir, or a temporary dir deleted afterwards)")
     build_size: int = opt(225, "stored shorter side of the HAM10000 build", min=1)
     num_workers: int = opt(-1, "grain worker processes (-1: CPUs - 2, at most 16)", min=-1)
-    pipeline_variant: str = opt("caco", "variant whose train step the grain pipeline feeds", choices=tuple(ATTENTIONS))
+    pipeline_variant: str = opt(
+        "caco", "variant whose train step the grain pipeline feeds", choices=tuple(ATTENTION_BLOCKS)
+    )
     overhead: bool = opt(True, "measure the per-call cost of nnx.jit against the split-once jax.jit step")
     overhead_batch: int = opt(2, "batch size of the per-call overhead measurement", min=1)
     overhead_image_size: int = opt(32, "image size of the per-call overhead measurement", min=1)

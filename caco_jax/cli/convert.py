@@ -24,7 +24,7 @@ from caco_jax.cli import common
 from caco_jax.errors import UsageError
 from caco_jax.interop.convert import export_state_dict, load_torchvision
 from caco_jax.interop.torch_io import save_state_dict
-from caco_jax.models import ARCHS, ATTENTION_INITS, ATTENTIONS, create_model
+from caco_jax.models import ARCHS, ATTENTION_BLOCKS, ATTENTION_INITS, create_model
 from caco_jax.runs.weights import model_from_weights, save_weights
 
 NAME = "convert"
@@ -44,7 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=sorted(a for a in ARCHS if a != "tiny"),
         help="MobileNetV3 size (default: small)",
     )
-    p.add_argument("--attention", default="caco", choices=ATTENTIONS, help="attention variant (default: caco)")
+    p.add_argument(
+        "--attention", default="caco", choices=tuple(ATTENTION_BLOCKS), help="attention variant (default: caco)"
+    )
     p.add_argument(
         "--ca_activation",
         default="swish",

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from caco_jax.models.attention import ATTENTION_BLOCKS, ATTENTION_INITS, attention_block, layout
+from caco_jax.models.attention import ATTENTION_BLOCKS, ATTENTION_INITS, layout
 from caco_jax.models.layers import BatchNorm, Conv2d
 from caco_jax.models.mobilenetv3 import ARCHS, MobileNetV3
 
@@ -79,7 +79,7 @@ def key_map(model: MobileNetV3) -> tuple[dict[str, tuple[Path, Any]], dict[str, 
     spec = ARCHS[model.arch]
     mapping = _conv_bn("features.0", ("stem",))
     skipped: dict[str, str] = {}
-    attention = attention_block(model.attention_name)
+    attention = ATTENTION_BLOCKS[model.attention_name]
     se_path = None if attention is None or attention.se_mlp_path is None else ("attention", *attention.se_mlp_path)
     width = spec.stem
     for i, block in enumerate(spec.blocks, start=1):
@@ -167,7 +167,7 @@ def _attention_slots(model: MobileNetV3) -> dict[str, int]:
 
 def _torch_parts(name: str) -> set[str]:
     """The first PyTorch key component of every array of attention ``name`` (any init)."""
-    block = attention_block(name)
+    block = ATTENTION_BLOCKS[name]
     if block is None:
         return set()
     renames = getattr(block, "torch_names", {})

@@ -19,9 +19,9 @@ Sub-modules and parameters are named as the JAX blocks' (``channel.mlp.fc1``,
 (:func:`to_torch`; ``caco_jax.interop.convert.load_torchvision`` reads the state_dict back).
 
 Also here: the losses written from the official formulas (the focal loss of Lin et al.;
-``LDAMLoss`` and the deferred re-weighting of the LDAM-DRW code, Cao et al. 2019), which
-the tests compare with ``caco_jax.training.losses``, and :func:`make_torch_loss`, the PyTorch
-counterpart of ``caco_jax.training.losses.make_loss``.
+``LDAMLoss`` and the deferred re-weighting of the LDAM-DRW code, Cao et al. 2019), which the
+registered losses of ``caco_jax.training.losses`` name as their PyTorch formulas
+(``torch_formula``). This module imports nothing from ``caco_jax.training``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from torchvision.ops import SqueezeExcitation as TorchvisionSE
 
 from caco_jax.models.attention import AttentionOptions
 from caco_jax.models.layers import BN_EPS, BN_MOMENTUM
+from caco_jax.registry import Registry
 
 Tensor = torch.Tensor
 
@@ -77,17 +78,12 @@ def _gated(x: Tensor, a: Tensor, gain: Tensor | None) -> Tensor:
 
 # name -> constructor (channels, squeeze, options): the twin of each caco_jax.models.attention block,
 # filled by @twin (tests check that every registered block has one).
-TORCH_BLOCKS: dict[str, Callable[..., nn.Module]] = {}
+TORCH_BLOCKS: Registry[Callable[..., nn.Module]] = Registry("PyTorch twin")
 
 
 def twin(name: str) -> Callable[[Any], Any]:
     """Decorator: registers the PyTorch twin of attention block ``name``."""
-
-    def deco(constructor: Any) -> Any:
-        TORCH_BLOCKS[name] = constructor
-        return constructor
-
-    return deco
+    return TORCH_BLOCKS.register(name)
 
 
 @twin("se")
@@ -232,8 +228,6 @@ def _no_attention(channels: int, squeeze: int, options: AttentionOptions | None 
 
 def make_block(name: str, channels: int, squeeze: int, options: AttentionOptions | None = None) -> nn.Module:
     """The PyTorch block registered as ``name``."""
-    if name not in TORCH_BLOCKS:
-        raise ValueError(f"attention {name!r} has no PyTorch twin; registered twins: {', '.join(TORCH_BLOCKS)}")
     return TORCH_BLOCKS[name](channels, squeeze, options or AttentionOptions())
 
 
@@ -260,12 +254,11 @@ def reference_model(
     if arch not in ("small", "large"):
         raise ValueError(f"torchvision has no mobilenet_v3_{arch}; expected 'small' or 'large'")
     options = AttentionOptions(ca_activation=ca_activation, init=attention_init)  # validates both
-    if attention not in TORCH_BLOCKS:
-        raise ValueError(f"attention {attention!r} has no PyTorch twin; registered twins: {', '.join(TORCH_BLOCKS)}")
+    constructor = TORCH_BLOCKS[attention]
     setting, last_channel = tv_mobilenetv3._mobilenet_v3_conf(f"mobilenet_v3_{arch}")
     block = None  # torchvision's InvertedResidual with its SqueezeExcitation
     if attention != "se":
-        se_layer = partial(TORCH_BLOCKS[attention], options=options)
+        se_layer = partial(constructor, options=options)
         block = partial(tv_mobilenetv3.InvertedResidual, se_layer=se_layer)
     model = tv_mobilenetv3.MobileNetV3(setting, last_channel, num_classes=num_classes, block=block, dropout=dropout)
     for m in model.modules():
@@ -340,20 +333,6 @@ def drw_weights(cls_num_list: Any, beta: float = 0.9999) -> np.ndarray:
     return per_cls_weights / np.sum(per_cls_weights) * len(cls_num_list)
 
 
-def make_torch_loss(cfg: Any, class_counts: Any) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
-    """``loss(logits, target, class_weights)`` for a config's ``loss`` section: the PyTorch formula
-    each registered loss declares (``torch_formula``), configured as ``make_loss`` configures it."""
-    from caco_jax.training.losses import make_loss
-
-    formula = make_loss(cfg, class_counts).fn.torch_formula()
-
-    def loss(logits: Tensor, target: Tensor, class_weights: Tensor | None = None) -> Tensor:
-        w = None if class_weights is None else torch.as_tensor(class_weights, dtype=logits.dtype)
-        return formula(logits, target, w)
-
-    return loss
-
-
 __all__ = [
     "CBAM",
     "ECA",
@@ -369,7 +348,6 @@ __all__ = [
     "drw_weights",
     "focal_loss",
     "make_block",
-    "make_torch_loss",
     "reference_model",
     "to_torch",
 ]

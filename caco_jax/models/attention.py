@@ -2,11 +2,13 @@
 
 All blocks map an NHWC tensor ``x`` of shape (B, H, W, C) to the same shape, share one
 constructor signature ``Block(channels, squeeze, options, *, rngs)`` and are registered
-by name in :data:`ATTENTION_BLOCKS`. Each declares what checkpoint conversion needs:
-``se_mlp_path`` (where torchvision's SE ``fc1``/``fc2`` weights go, or None) and
-``new_parts`` (its sub-modules with no ImageNet counterpart, and why). Adding a block is
-one class and one line in the table, in this file (plus its PyTorch twin in
-``caco_jax/torch_reference.py``, which the tests compare it with).
+by name in :data:`ATTENTION_BLOCKS` (``@register("name")``). Each declares what checkpoint
+conversion and the tests need: ``se_mlp_path`` (where torchvision's SE ``fc1``/``fc2`` weights
+go, or None), ``new_parts`` (its sub-modules with no ImageNet counterpart, and why) and
+``starts_as_se`` (whether a preserving init starts it as the SE block it replaces). Adding a
+block is one decorated class, anywhere in this file (plus its PyTorch twin in
+``caco_jax/interop/torch_reference.py``, which the tests compare it with); the tests take
+their cases from the registry.
 
 PyTorch key names follow the module tree mechanically (``caco_jax.interop.convert``): a
 sub-module keeps its attribute name (``channel.mlp.fc1``, ``coord.bn1``, ``spatial.conv``),
@@ -72,6 +74,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from caco_jax.models.layers import Array, BatchNorm, Conv2d, Dtype, PointwiseMLP, activation, hard_sigmoid
+from caco_jax.registry import Registry, require
 
 ATTENTION_INITS: tuple[str, ...] = ("preserve", "plain", "preserve_channel", "preserve_coord")
 
@@ -100,31 +103,34 @@ class AttentionOptions:
 
 
 class AttentionBlockClass(Protocol):
-    """What :func:`register` asks of a block class: its constructor and the two class attributes."""
+    """What :func:`register` asks of a block class: its constructor and the class attributes below."""
 
     se_mlp_path: tuple[str, ...] | None
     new_parts: dict[str, str]
+    starts_as_se: bool
 
     def __call__(self, channels: int, squeeze: int, options: AttentionOptions, *, rngs: nnx.Rngs) -> nnx.Module: ...
 
 
 # The attention slot's choices: name -> block class (None: no attention), filled by @register.
-ATTENTION_BLOCKS: dict[str, AttentionBlockClass | None] = {}
+ATTENTION_BLOCKS: Registry[AttentionBlockClass | None] = Registry(
+    "model.attention", require("attention block", "se_mlp_path", "new_parts", "starts_as_se")
+)
+ATTENTION_BLOCKS.register("none", None)  # no attention block at all
 
 
-def register(name: str):
+def register(name: str) -> Any:
     """Class decorator: makes a block selectable as ``model.attention = name``. The class needs the
     constructor ``Block(channels, squeeze, options, *, rngs)`` and the class attributes
-    ``se_mlp_path`` (where torchvision's SE ``fc1``/``fc2`` go, or None) and ``new_parts`` (its parts
-    without an ImageNet counterpart, and why); its PyTorch twin is registered in
-    ``caco_jax.interop.torch_reference`` under the same name."""
+    ``se_mlp_path`` (where torchvision's SE ``fc1``/``fc2`` go, or None), ``new_parts`` (its parts
+    without an ImageNet counterpart, and why) and ``starts_as_se`` (True when, at a preserving init
+    with its gains at zero and SE's MLP weights at ``se_mlp_path``, it computes exactly the SE block
+    it replaces); its PyTorch twin is registered in ``caco_jax.interop.torch_reference`` under the
+    same name."""
 
-    def deco(cls: Any) -> Any:  # any class with the attributes below (checked here, when it is registered)
-        for attr in ("se_mlp_path", "new_parts"):
-            if not hasattr(cls, attr):
-                raise TypeError(f"attention block {cls.__name__} must declare {attr}")
+    def deco(cls: Any) -> Any:  # any class with the attributes above (checked when it is registered)
+        ATTENTION_BLOCKS.register(name, cls)
         cls.name = name
-        ATTENTION_BLOCKS[name] = cls
         return cls
 
     return deco
@@ -177,6 +183,7 @@ class SqueezeExcitation(nnx.Module):
 
     se_mlp_path: ClassVar[tuple[str, ...] | None] = ("mlp",)
     new_parts: ClassVar[dict[str, str]] = {}
+    starts_as_se: ClassVar[bool] = False  # it is SE: nothing replaced
     torch_names: ClassVar[dict[str, str]] = {"mlp": ""}  # torchvision: features.i.block.j.fc1.weight
 
     def __init__(self, channels: int, squeeze: int, options: AttentionOptions, *, rngs: nnx.Rngs):
@@ -256,6 +263,7 @@ class ECA(nnx.Module):
 
     se_mlp_path: ClassVar[tuple[str, ...] | None] = None
     new_parts: ClassVar[dict[str, str]] = {"kernel": "ECA's 1-D conv has no ImageNet counterpart"}
+    starts_as_se: ClassVar[bool] = False
 
     def __init__(
         self, channels: int, squeeze: int, options: AttentionOptions, *, gamma: int = 2, b: int = 1, rngs: nnx.Rngs
@@ -285,6 +293,7 @@ class CaCo(nnx.Module):
 
     se_mlp_path: ClassVar[tuple[str, ...] | None] = ("channel", "mlp")
     new_parts: ClassVar[dict[str, str]] = {"channel/max_gain": _MAX_GAIN, "coord": _COORD}
+    starts_as_se: ClassVar[bool] = True
 
     def __init__(self, channels: int, squeeze: int, options: AttentionOptions, *, rngs: nnx.Rngs):
         self.channel = ChannelAttention(channels, squeeze, options, gate="hardsigmoid", rngs=rngs)
@@ -303,6 +312,7 @@ class CBAM(nnx.Module):
         "channel/max_gain": _MAX_GAIN,
         "spatial": "CBAM spatial attention is new in this variant (no ImageNet counterpart)",
     }
+    starts_as_se: ClassVar[bool] = False  # SE's MLP with a sigmoid gate: not SE
 
     def __init__(self, channels: int, squeeze: int, options: AttentionOptions, *, rngs: nnx.Rngs):
         self.channel = ChannelAttention(channels, squeeze, options, gate="sigmoid", rngs=rngs)
@@ -318,6 +328,7 @@ class SeCo(nnx.Module):
 
     se_mlp_path: ClassVar[tuple[str, ...] | None] = ("se", "mlp")
     new_parts: ClassVar[dict[str, str]] = {"coord": _COORD}
+    starts_as_se: ClassVar[bool] = True
 
     def __init__(self, channels: int, squeeze: int, options: AttentionOptions, *, rngs: nnx.Rngs):
         self.se = SqueezeExcitation(channels, squeeze, options, rngs=rngs)
@@ -327,29 +338,17 @@ class SeCo(nnx.Module):
         return self.coord(self.se(x))
 
 
-ATTENTION_BLOCKS["none"] = None  # no attention block at all
-ATTENTIONS: tuple[str, ...] = tuple(ATTENTION_BLOCKS)  # the built-in names (the registry may grow)
-
-
-def attention_block(name: str) -> AttentionBlockClass | None:
-    """The block class registered as ``name`` (None for 'none'); the error lists the names."""
-    try:
-        return ATTENTION_BLOCKS[name]
-    except KeyError:
-        raise ValueError(f"unknown attention {name!r}; expected one of {tuple(ATTENTION_BLOCKS)}") from None
-
-
 def make_attention(
     name: str, channels: int, squeeze: int, options: AttentionOptions | None = None, *, rngs: nnx.Rngs
 ) -> nnx.Module | None:
     """Builds the attention block named ``name`` for ``channels`` (None for 'none')."""
-    block = attention_block(name)
+    block = ATTENTION_BLOCKS[name]
     return None if block is None else block(channels, squeeze, options or AttentionOptions(), rngs=rngs)
 
 
 def why_new(name: str, path: tuple[str, ...]) -> str | None:
     """Why the parameter at ``path`` (inside block ``name``) has no ImageNet counterpart, or None."""
-    block = attention_block(name)
+    block = ATTENTION_BLOCKS[name]
     if block is None:
         return None
     joined = "/".join(path)
@@ -363,7 +362,7 @@ def why_new(name: str, path: tuple[str, ...]) -> str | None:
 def layout(name: str, init: str) -> frozenset[str]:
     """Paths ('channel/mlp/fc1/kernel', ...) of every parameter and BatchNorm statistic of block
     ``name`` built with attention init ``init`` (from abstract shapes: nothing is computed)."""
-    block = attention_block(name)
+    block = ATTENTION_BLOCKS[name]
     if block is None:
         return frozenset()
     options = AttentionOptions(init=init)

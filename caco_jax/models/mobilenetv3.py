@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from caco_jax.models.attention import AttentionOptions, attention_block, make_attention
+from caco_jax.models.attention import ATTENTION_BLOCKS, AttentionOptions, make_attention
 from caco_jax.models.layers import BN_MOMENTUM, Array, BatchNorm, ConvBNAct, Dtype, hard_swish, make_divisible
 
 
@@ -40,46 +40,43 @@ class ArchSpec:
     last_channel: int  # hidden width of the classifier
 
 
-def _b(k: int, e: int, o: int, att: bool, act: str, s: int) -> BlockSpec:
-    return BlockSpec(k, e, o, att, "relu" if act == "RE" else "hardswish", s)
-
-
-#                 kernel exp  out  attention act  stride
+# The paper's Table 2 (small) and Table 1 (large), row by row: kernel = the depthwise kernel, expanded =
+# "exp size", out = "#out", attention = "SE", activation = "NL" (RE / HS), stride = "s".
 _SMALL = (
-    _b(3, 16, 16, True, "RE", 2),
-    _b(3, 72, 24, False, "RE", 2),
-    _b(3, 88, 24, False, "RE", 1),
-    _b(5, 96, 40, True, "HS", 2),
-    _b(5, 240, 40, True, "HS", 1),
-    _b(5, 240, 40, True, "HS", 1),
-    _b(5, 120, 48, True, "HS", 1),
-    _b(5, 144, 48, True, "HS", 1),
-    _b(5, 288, 96, True, "HS", 2),
-    _b(5, 576, 96, True, "HS", 1),
-    _b(5, 576, 96, True, "HS", 1),
+    BlockSpec(kernel=3, expanded=16, out=16, attention=True, activation="relu", stride=2),
+    BlockSpec(kernel=3, expanded=72, out=24, attention=False, activation="relu", stride=2),
+    BlockSpec(kernel=3, expanded=88, out=24, attention=False, activation="relu", stride=1),
+    BlockSpec(kernel=5, expanded=96, out=40, attention=True, activation="hardswish", stride=2),
+    BlockSpec(kernel=5, expanded=240, out=40, attention=True, activation="hardswish", stride=1),
+    BlockSpec(kernel=5, expanded=240, out=40, attention=True, activation="hardswish", stride=1),
+    BlockSpec(kernel=5, expanded=120, out=48, attention=True, activation="hardswish", stride=1),
+    BlockSpec(kernel=5, expanded=144, out=48, attention=True, activation="hardswish", stride=1),
+    BlockSpec(kernel=5, expanded=288, out=96, attention=True, activation="hardswish", stride=2),
+    BlockSpec(kernel=5, expanded=576, out=96, attention=True, activation="hardswish", stride=1),
+    BlockSpec(kernel=5, expanded=576, out=96, attention=True, activation="hardswish", stride=1),
 )
 _LARGE = (
-    _b(3, 16, 16, False, "RE", 1),
-    _b(3, 64, 24, False, "RE", 2),
-    _b(3, 72, 24, False, "RE", 1),
-    _b(5, 72, 40, True, "RE", 2),
-    _b(5, 120, 40, True, "RE", 1),
-    _b(5, 120, 40, True, "RE", 1),
-    _b(3, 240, 80, False, "HS", 2),
-    _b(3, 200, 80, False, "HS", 1),
-    _b(3, 184, 80, False, "HS", 1),
-    _b(3, 184, 80, False, "HS", 1),
-    _b(3, 480, 112, True, "HS", 1),
-    _b(3, 672, 112, True, "HS", 1),
-    _b(5, 672, 160, True, "HS", 2),
-    _b(5, 960, 160, True, "HS", 1),
-    _b(5, 960, 160, True, "HS", 1),
+    BlockSpec(kernel=3, expanded=16, out=16, attention=False, activation="relu", stride=1),
+    BlockSpec(kernel=3, expanded=64, out=24, attention=False, activation="relu", stride=2),
+    BlockSpec(kernel=3, expanded=72, out=24, attention=False, activation="relu", stride=1),
+    BlockSpec(kernel=5, expanded=72, out=40, attention=True, activation="relu", stride=2),
+    BlockSpec(kernel=5, expanded=120, out=40, attention=True, activation="relu", stride=1),
+    BlockSpec(kernel=5, expanded=120, out=40, attention=True, activation="relu", stride=1),
+    BlockSpec(kernel=3, expanded=240, out=80, attention=False, activation="hardswish", stride=2),
+    BlockSpec(kernel=3, expanded=200, out=80, attention=False, activation="hardswish", stride=1),
+    BlockSpec(kernel=3, expanded=184, out=80, attention=False, activation="hardswish", stride=1),
+    BlockSpec(kernel=3, expanded=184, out=80, attention=False, activation="hardswish", stride=1),
+    BlockSpec(kernel=3, expanded=480, out=112, attention=True, activation="hardswish", stride=1),
+    BlockSpec(kernel=3, expanded=672, out=112, attention=True, activation="hardswish", stride=1),
+    BlockSpec(kernel=5, expanded=672, out=160, attention=True, activation="hardswish", stride=2),
+    BlockSpec(kernel=5, expanded=960, out=160, attention=True, activation="hardswish", stride=1),
+    BlockSpec(kernel=5, expanded=960, out=160, attention=True, activation="hardswish", stride=1),
 )
 # A few-block model with every kind of block, for fast tests only.
 _TINY = (
-    _b(3, 8, 8, True, "RE", 2),
-    _b(3, 24, 16, False, "RE", 2),
-    _b(5, 48, 16, True, "HS", 1),
+    BlockSpec(kernel=3, expanded=8, out=8, attention=True, activation="relu", stride=2),
+    BlockSpec(kernel=3, expanded=24, out=16, attention=False, activation="relu", stride=2),
+    BlockSpec(kernel=5, expanded=48, out=16, attention=True, activation="hardswish", stride=1),
 )
 
 ARCHS: dict[str, ArchSpec] = {
@@ -139,7 +136,7 @@ class MobileNetV3(nnx.Module):
     Args:
       arch: 'small' (the paper's backbone), 'large', or 'tiny' (tests only).
       num_classes: width of the last layer (7 for HAM10000).
-      attention: one of ``ATTENTIONS``; replaces torchvision's SE where it has one.
+      attention: a name in ``ATTENTION_BLOCKS``; replaces torchvision's SE where it has one.
       ca_activation: activation inside coordinate attention ('swish' as the paper,
         'hardswish' as the official CA code).
       attention_init: how the attention parts SE lacks start ('preserve': as the SE
@@ -170,7 +167,7 @@ class MobileNetV3(nnx.Module):
     ):
         if arch not in ARCHS:
             raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(ARCHS)}")
-        attention_block(attention)  # validates the names early
+        ATTENTION_BLOCKS[attention]  # validates the name early
         options = AttentionOptions(ca_activation=ca_activation, init=attention_init, conv_impl=depthwise, dtype=dtype)
         spec = ARCHS[arch]
         self.arch, self.attention_name, self.num_classes = arch, attention, num_classes

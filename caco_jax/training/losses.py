@@ -2,9 +2,10 @@
 
 Each loss is one class registered with ``@register("name")``: ``from_config(cfg, class_counts,
 num_classes)``, ``__call__(logits, labels, class_weights=None, mask=None)`` (pure, jit-able; the
-formulas are in ``caco_jax.training.loss_functions``) and ``torch_formula()``, the PyTorch formula the
-tests hold it to. Its config fields go in ``configs/default.py``. The LDAM scale ``s`` defaults to 1,
-not the official 30 (measured: docs/model.md, Losses).
+formulas are in ``caco_jax.training.loss_functions``; it applies the class weights it is given, which
+are DRW's once ``loss.drw_epoch`` is reached) and ``torch_formula()``, the PyTorch formula the tests hold
+it to. Its config fields go in ``configs/default.py``. The LDAM scale ``s`` defaults to 1, not the
+official 30 (measured: docs/model.md, Losses).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from caco_jax.registry import Registry, require
 from caco_jax.training.loss_functions import (
     DEFAULT_LDAM_S,
     cross_entropy,
@@ -38,20 +40,17 @@ class LossClass(Protocol):
     def from_config(self, cfg: Any, class_counts: np.ndarray | None, num_classes: int) -> Any: ...
 
 
-LOSSES: dict[str, LossClass] = {}
+LOSSES: Registry[LossClass] = Registry("loss.name", require("loss", "from_config", "torch_formula"))
 
 
-def register(name: str):
+def register(name: str) -> Any:
     """Class decorator: makes a loss selectable as ``loss.name = name``. The class has
     ``from_config(cfg, class_counts, num_classes)``, ``__call__(logits, labels, class_weights=None,
     mask=None)`` and ``torch_formula()`` (the PyTorch formula the tests compare it with)."""
 
-    def deco(cls: Any) -> Any:  # any class with the methods below (checked here, when it is registered)
-        for attr in ("from_config", "torch_formula"):
-            if not hasattr(cls, attr):
-                raise TypeError(f"loss {cls.__name__} must define {attr}")
+    def deco(cls: Any) -> Any:  # any class with the methods above (checked when it is registered)
+        LOSSES.register(name, cls)
         cls.name = name
-        LOSSES[name] = cls
         return cls
 
     return deco
@@ -113,9 +112,15 @@ class Focal:
     def from_config(cls, cfg: Any, class_counts: np.ndarray | None, num_classes: int) -> Focal:
         return cls(gamma=float(cfg.focal_gamma), alpha=_alpha(cfg.focal_alpha, num_classes))
 
+    @property
+    def alpha_array(self) -> Any:
+        """``alpha`` as the formulas take it: None, a float, or a float32 [C] array."""
+        return jnp.asarray(self.alpha, jnp.float32) if isinstance(self.alpha, tuple) else self.alpha
+
     def __call__(self, logits, labels, class_weights=None, mask=None) -> Array:
-        alpha = jnp.asarray(self.alpha, jnp.float32) if isinstance(self.alpha, tuple) else self.alpha
-        return focal_loss(logits, labels, gamma=self.gamma, alpha=alpha, class_weights=class_weights, mask=mask)
+        return focal_loss(
+            logits, labels, gamma=self.gamma, alpha=self.alpha_array, class_weights=class_weights, mask=mask
+        )
 
     def torch_formula(self) -> TorchLoss:
         """Lin et al.'s softmax focal loss in PyTorch (``torch_reference.focal_loss``)."""
@@ -182,8 +187,16 @@ class Joint:
         )
 
     def __call__(self, logits, labels, class_weights=None, mask=None) -> Array:
-        return self.a * self.focal(logits, labels, class_weights, mask) + (1.0 - self.a) * self.ldam(
-            logits, labels, class_weights, mask
+        return joint_loss(
+            logits,
+            labels,
+            jnp.asarray(self.ldam.margins, jnp.float32),
+            a=self.a,
+            gamma=self.focal.gamma,
+            alpha=self.focal.alpha_array,
+            s=self.ldam.s,
+            class_weights=class_weights,
+            mask=mask,
         )
 
     def torch_formula(self) -> TorchLoss:
@@ -239,9 +252,7 @@ def make_loss(cfg: Any, class_counts: ArrayLike | None, num_classes: int | None 
 
     ``class_counts`` are the training-split counts; required (all > 0) for 'ldam',
     'joint' and DRW. Without them, ``num_classes`` gives the class count."""
-    name = str(cfg.name).lower()
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss name {cfg.name!r}; allowed: {', '.join(LOSSES)}")
+    loss_class = LOSSES[str(cfg.name).lower()]
     counts = None if class_counts is None else np.asarray(class_counts).reshape(-1)
     if counts is not None:
         n = len(counts)
@@ -249,7 +260,7 @@ def make_loss(cfg: Any, class_counts: ArrayLike | None, num_classes: int | None 
         n = int(num_classes)
     else:
         raise ValueError("make_loss needs the training class counts or num_classes")
-    fn = LOSSES[name].from_config(cfg, counts, n)
+    fn = loss_class.from_config(cfg, counts, n)
     drw_epoch = int(cfg.drw_epoch)
     drw = tuple(float(x) for x in drw_weights(counts, float(cfg.drw_beta))) if drw_epoch >= 0 else None
     return Loss(fn=fn, num_classes=n, drw_epoch=drw_epoch, drw_class_weights=drw)
