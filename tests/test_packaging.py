@@ -51,7 +51,7 @@ def test_a_non_editable_install_finds_its_configs_from_any_directory(tmp_path):
             "-c",
             "import caco_jax, sys; from caco_jax.cli.main import main; "
             "print(caco_jax.__file__); sys.exit(main(['train', '--config', 'caco', '--check', "
-            "'--config.model.pretrained=']))",
+            "'--config.model.pretrained=', '--config.data.data_dir=.']))",
         ],
         cwd=tmp_path,
         env=env,

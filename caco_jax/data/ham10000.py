@@ -16,12 +16,10 @@ run-time choices that need no rebuild.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import logging
 import os
 import pathlib
-import shutil
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -31,23 +29,13 @@ import tensorflow_datasets as tfds
 import tqdm
 from tensorflow_datasets.core.utils import tqdm_utils
 
-from caco_jax.data import images, layouts, records
+from caco_jax.data import building, images, layouts, records
 from caco_jax.data.classes import CLASS_NAMES
 from caco_jax.data.errors import CorruptImageError, DataNotBuiltError, ManualDirError
 
 log = logging.getLogger(__name__)
 
-
-class _LookupNotes(logging.Filter):
-    """Drops TFDS's warnings about its own look-ups ('Variant folder ... has no dataset_info.json' for a
-    build not made yet, 'Using custom data configuration' for every image size): noise before the
-    error or the progress that matters."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(("Variant folder ", "Using custom data configuration"))
-
-
-logging.getLogger("absl").addFilter(_LookupNotes())
+building.quiet_lookups()
 
 # Shorter side of the stored images: the 600x450 originals are stored at 300x225,
 # enough for 224-pixel crops. Smaller inputs (the shared 200x150 copy) are kept.
@@ -308,37 +296,15 @@ def prepare(
     are removed.
     """
     data_dir = pathlib.Path(data_dir).expanduser()
-    release = data_dir / "ham10000" / make_config(config, image_size).name
-    created = [p for p in (data_dir, release.parent, release) if not p.exists()]
-    try:
+    with building.nothing_left_on_failure(data_dir / "ham10000" / make_config(config, image_size).name):
         return _prepare(
-            manual_dir,
-            data_dir,
-            config=config,
-            image_size=image_size,
-            skip_missing=skip_missing,
-            skip_unlisted=skip_unlisted,
-            on_corrupt=on_corrupt,
-            progress=progress,
-            overwrite=overwrite,
+            manual_dir, data_dir, config, image_size, skip_missing, skip_unlisted, on_corrupt, progress, overwrite
         )
-    except BaseException:
-        for path in reversed(created):  # this release's folder (a skeleton: nothing was built), then its parents
-            if path == release:
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    (path / ".config" / "metadata.json").unlink(missing_ok=True)  # TFDS's note of the config
-                    (path / ".config").rmdir()
-                with contextlib.suppress(OSError):
-                    path.rmdir()  # only if empty: another release's build stays
-        raise
 
 
 def _prepare(
     manual_dir: os.PathLike | str,
     data_dir: pathlib.Path,
-    *,
     config: str,
     image_size: int | None,
     skip_missing: bool,
