@@ -77,7 +77,7 @@ def toys(tmp_path):
     attention_lib.ATTENTION_BLOCKS.unregister("toy")
     attention_lib.layout.cache_clear()
     losses.LOSSES.unregister("toy_squared")
-    registry.DATASETS.pop("toy_folders")
+    registry.DATASETS.unregister("toy_folders")
 
 
 def _config(**changes: Any):

@@ -1,4 +1,6 @@
-"""The paper's reported figures (Shi, Fang, Luo & Liu 2023, HAM10000 test split), in one place.
+"""The paper's reported figures (Shi, Fang, Luo & Liu 2023, HAM10000 test split), in one place: the
+``ham10000`` dataset entry carries them (``caco_jax.data.registry``), so a report compares a run with
+them only on that dataset.
 
 Tables 2 (SE, with and without ImageNet pretraining), 4 (CaCo with each loss) and 5
 (the attention ablation, trained with cross-entropy as its text says). BACC is the

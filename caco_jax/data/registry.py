@@ -1,10 +1,14 @@
-"""The datasets ``config.data.name`` selects: each knows how to build itself and open its splits.
+"""The datasets ``config.data.name`` selects: each knows how to build itself, open its splits, and the
+facts about it that the rest of the package asks for.
 
 A dataset is one function registered with :func:`register`: ``(config, workdir) -> {'train',
 'validation', 'test'}`` Sources, building its TFDS data first when the config says where the raw
-files are. Its class names come from its build (``Source.class_names``) and flow into the model
-head, the losses, the metrics and the reports. ``ham10000`` (any official layout, or synthetic
-data for the demo) and ``folder`` (one sub-folder of images per class) are the two here.
+files are, plus its entry's facts (:class:`Dataset`): what its images are, its fixed class names
+(else they come from the build, ``Source.class_names``, and flow into the model head, the losses,
+the metrics and the reports), the per-image metadata its builds carry, the subgroups the reports
+break its figures down by, and the paper's figures measured on it. ``ham10000`` (any official
+layout, or synthetic data for the demo) and ``folder`` (one sub-folder of images per class) are the
+two here. No module outside ``caco_jax/data`` tests a dataset's name: they read its entry.
 """
 
 from __future__ import annotations
@@ -12,41 +16,74 @@ from __future__ import annotations
 import dataclasses
 import logging
 import pathlib
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
-from caco_jax.data import offline, records
+from caco_jax.data import offline, paper
+from caco_jax.data.classes import CLASS_NAMES, META_FIELDS
 from caco_jax.errors import ConfigError
+from caco_jax.registry import Registry
+
+if TYPE_CHECKING:  # records imports TFDS: only the openers need it, when they run
+    from caco_jax.data import records
 
 log = logging.getLogger("caco_jax")
 
-Opener = Callable[[Any, pathlib.Path], dict[str, records.Source]]
+Opener = Callable[[Any, pathlib.Path], "dict[str, records.Source]"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
+    """A registered dataset: how to open it, and its facts."""
+
     name: str
-    description: str
+    description: str  # one line for listings: what it is and where it is read from
     open: Opener
+    images: str = ""  # what its images are, for the web page; {field}s are config.data's (images_of)
+    class_names: tuple[str, ...] | None = None  # a fixed vocabulary, or None: the build's
+    # Per-image metadata its builds store beside the label (Source.meta, saved with the predictions).
+    metadata_fields: tuple[str, ...] = ()
+    # The subgroup dimensions the reports break its figures down by (caco_jax.evaluation.subgroups).
+    subgroups: tuple[str, ...] = ()
+    # (attention, loss, ImageNet-pretrained) -> the paper's figures measured on this dataset.
+    paper_results: Mapping[tuple[str, str, bool], paper.PaperRow] = dataclasses.field(default_factory=dict)
+    # Whether an earlier build in data.data_dir (caco-jax prepare-data) opens it without data.manual_dir.
+    prebuilt: bool = False
+
+    def images_of(self, config: Any) -> str:
+        """What a run's images were, in words: ``images`` with its ``{field}``s filled from ``config.data``."""
+        return self.images.format_map(dict(config.data.items()))
+
+    def paper_row(self, attention: str, loss: str, pretrained: bool = True) -> paper.PaperRow | None:
+        """The paper's figures for this configuration on this dataset, if it reports one."""
+        return self.paper_results.get((attention, loss, pretrained))
 
 
-DATASETS: dict[str, Dataset] = {}
+def _check(name: str, entry: Dataset) -> None:
+    if set(entry.metadata_fields) & {"image", "label", "image_id", "lesion_id"}:
+        raise TypeError(f"dataset {name!r}: metadata_fields name per-image metadata, not the build's own fields")
+    if entry.class_names is not None and len(set(entry.class_names)) != len(entry.class_names):
+        raise TypeError(f"dataset {name!r}: class_names must be distinct")
 
 
-def register(name: str, description: str) -> Callable[[Opener], Opener]:
-    """Registers ``open(config, workdir) -> splits`` as dataset ``name``."""
+DATASETS: Registry[Dataset] = Registry("data.name", _check)
+
+
+def register(name: str, description: str, **facts: Any) -> Callable[[Opener], Opener]:
+    """Registers ``open(config, workdir) -> splits`` as dataset ``name``, with its facts (the fields of
+    :class:`Dataset` after ``open``)."""
 
     def wrap(fn: Opener) -> Opener:
-        DATASETS[name] = Dataset(name, description, fn)
+        DATASETS.register(name, Dataset(name, description, fn, **facts))
         return fn
 
     return wrap
 
 
-def get(name: str) -> Dataset:
-    if name not in DATASETS:
-        raise ConfigError(f"unknown data.name {name!r}; datasets: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name]
+def known(name: str) -> Dataset | None:
+    """The entry of a saved run's dataset, or None where this installation registers no such name
+    (a run trained with a dataset registered elsewhere is still readable)."""
+    return DATASETS[name] if name in DATASETS else None
 
 
 def split_options(config: Any) -> dict[str, Any]:
@@ -76,13 +113,19 @@ def data_location(config: Any, workdir: pathlib.Path) -> tuple[pathlib.Path, pat
 
 def open_data(config: Any, workdir: pathlib.Path) -> dict[str, records.Source]:
     """The three splits of the dataset ``config.data.name`` names (built first if needed)."""
-    return get(config.data.name).open(config, pathlib.Path(workdir))
+    return DATASETS[config.data.name].open(config, pathlib.Path(workdir))
 
 
 @register(
     "ham10000",
     "HAM10000 from any official layout (Kaggle, Dataverse, ISIC 2018), or synthetic "
     "HAM10000-like images (data.synthetic_images > 0)",
+    images="HAM10000 dermoscopy images",
+    class_names=CLASS_NAMES,
+    metadata_fields=META_FIELDS,
+    subgroups=("acquisition source", "diagnosis confirmation", "age", "sex", "body site"),
+    paper_results=paper.RESULTS,
+    prebuilt=True,
 )
 def _open_ham10000(config: Any, workdir: pathlib.Path) -> dict[str, records.Source]:
     from caco_jax.data import ham10000, synthetic
@@ -101,9 +144,13 @@ def _open_ham10000(config: Any, workdir: pathlib.Path) -> dict[str, records.Sour
     return ham10000.open_splits(data_dir, image_size=config.data.build_size, **split_options(config))
 
 
-@register("folder", "your own images, one sub-folder per class (data.manual_dir)")
+@register(
+    "folder",
+    "your own images, one sub-folder per class (data.manual_dir)",
+    images="the image folders of {manual_dir}",
+)
 def _open_folder(config: Any, workdir: pathlib.Path) -> dict[str, records.Source]:
-    from caco_jax.data import folder
+    from caco_jax.data import folder, records
 
     data_dir, manual_dir = data_location(config, workdir)
     if manual_dir is None or config.data.synthetic_images > 0:

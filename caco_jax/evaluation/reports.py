@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from caco_jax.evaluation import calibration, decision, intervals, paper, plots, selective, subgroups, trust_plots
+from caco_jax.data import paper, registry
+from caco_jax.evaluation import calibration, decision, intervals, plots, selective, subgroups, trust_plots
 from caco_jax.evaluation.metrics import EvalAccumulator, report_from_probabilities
 
 
@@ -223,8 +224,8 @@ def _summary_lines(
     ]
     if config.data.synthetic_images > 0:
         lines.append("| paper | not comparable: this run used synthetic data | | | | |")
-    elif config.data.name != "ham10000":
-        lines.append(f"| paper | not comparable: dataset {config.data.name!r}, not HAM10000 | | | | |")
+    elif not (dataset := registry.known(config.data.name)) or not dataset.paper_results:
+        lines.append(f"| paper | not comparable: the paper reports nothing on dataset {config.data.name!r} | | | | |")
     elif figures is not None:
         lines.append(
             f"| paper ({figures.table}) | {figures.accuracy:.2f} | {figures.bacc:.2f} (definition "
@@ -325,7 +326,8 @@ def write_report(
     paths = _plots(workdir, report, history, split, class_names, prefix, gallery)
     attention, loss = config.model.attention, config.loss.name
     pretrained = bool(config.model.pretrained)
-    figures = paper.row(attention, loss, pretrained) if config.data.name == "ham10000" else None
+    dataset = registry.known(config.data.name)
+    figures = dataset.paper_row(attention, loss, pretrained) if dataset else None
     payload = {
         "split": split,
         "checkpoint": checkpoint,

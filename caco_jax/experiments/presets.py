@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from caco_jax.evaluation import paper
+from caco_jax.data import paper
 
 
 @dataclasses.dataclass(frozen=True)

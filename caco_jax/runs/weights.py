@@ -19,7 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from caco_jax.data.classes import CLASS_NAMES
+from caco_jax.data import registry
 from caco_jax.errors import CacoError, RunDirError, WeightsError
 from caco_jax.interop.convert import load_torchvision
 from caco_jax.models import MobileNetV3, attention, model_from_config
@@ -332,7 +332,9 @@ def load_trained(
     config = load_config(workdir)
     weights_dir = pathlib.Path(weights) if weights else workdir / "best"
     flat, meta = read_weights(weights_dir)
-    meta.setdefault("class_names", list(CLASS_NAMES) if config.data.name == "ham10000" else None)
+    if "class_names" not in meta:  # weights saved before they recorded them: the dataset's fixed names
+        dataset = registry.known(config.data.name)
+        meta["class_names"] = list(dataset.class_names) if dataset and dataset.class_names else None
     if not meta["class_names"]:
         raise WeightsError(f"{weights_dir} does not record its class names (caco_jax_weights.json: class_names)")
     model = model_from_config(config.model, num_classes=len(meta["class_names"]), seed=config.seed)

@@ -258,15 +258,17 @@ def _size(path: pathlib.Path) -> int:
 
 def describe(workdir: str | os.PathLike, predictor: Predictor) -> str:
     """One line on the model behind the page: architecture, data, classes."""
+    from caco_jax.data import registry
     from caco_jax.runs.workspace import load_config
 
     config = load_config(workdir)
+    dataset = registry.known(config.data.name)
     if config.data.synthetic_images > 0:
         data = "**synthetic** HAM10000-like images (a demo: it knows nothing about real lesions)"
-    elif config.data.name == "ham10000":
-        data = "HAM10000 dermoscopy images"
+    elif dataset is not None and dataset.images:
+        data = dataset.images_of(config)
     else:
-        data = f"the image folders of {config.data.manual_dir}"
+        data = f"the {config.data.name!r} images"
     return (
         f"Model: MobileNetV3-{config.model.attention} ({config.model.arch}, {predictor.image_size} px input) "
         f"trained on {data}; classes: {', '.join(predictor.class_names)}."

@@ -108,6 +108,7 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
 
 def _cross_checks(config: Any) -> list[str]:
     """Problems that involve several fields, or the file system."""
+    from caco_jax.data import registry
     from caco_jax.data.augment import AugmentConfig
     from caco_jax.data.offline import OfflineCopies
 
@@ -157,7 +158,8 @@ def _cross_checks(config: Any) -> list[str]:
             "your class folders for data.name=folder)"
         )
     data_dir = pathlib.Path(config.data.data_dir).expanduser()
-    if config.data.name == "ham10000" and not manual and config.data.synthetic_images == 0 and not data_dir.is_dir():
+    dataset = registry.known(config.data.name)
+    if dataset and dataset.prebuilt and not manual and config.data.synthetic_images == 0 and not data_dir.is_dir():
         problems.append(
             f"--config.data.data_dir={config.data.data_dir}: no such folder, and no data.manual_dir to build "
             f"the data from: build it once (caco-jax prepare-data --manual_dir /path/to/HAM10000 --data_dir "
