@@ -81,7 +81,7 @@ def require(kind: str, *attrs: str) -> Callable[[str, Any], None]:
             return
         missing = [a for a in attrs if not hasattr(entry, a)]
         if missing:
-            what = getattr(entry, "__name__", repr(entry))
+            what = getattr(entry, "__name__", type(entry).__name__)
             raise TypeError(f"{kind} {name!r} ({what}) must declare {', '.join(missing)}")
 
     return check

@@ -26,6 +26,12 @@ jax.config.update("jax_compilation_cache_dir", str(ROOT / ".cache" / "jax"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
+if os.environ.get("CACO_JAX_TEST_TOYS") == "1":  # register the toy extensions (tests/toys/, test_architecture.py)
+    import importlib
+
+    for _toy in sorted((ROOT / "tests" / "toys").glob("[!_]*.py")):
+        importlib.import_module(f"toys.{_toy.stem}")
+
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """In CI the torch and app extras and the shared real data are always there: a skip would hide a gap."""

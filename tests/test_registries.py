@@ -150,3 +150,27 @@ def test_toy_block_loss_and_dataset_train_end_to_end(toys, tmp_path):
     assert result["status"] == "finished"
     report = result["report"]
     assert report["class_names"] == ["bar", "disc", "plain"] and report["num_examples"] > 0
+
+
+def test_the_registry_helper_checks_entries_and_names_unknown_ones():
+    from caco_jax.errors import ConfigError
+    from caco_jax.registry import Registry, require
+
+    things = Registry("thing.name", require("thing", "size"))
+
+    @things.register("a")
+    class A:
+        size = 1
+
+    with pytest.raises(TypeError, match=r"thing 'b' \(object\) must declare size"):
+        things.register("b", object())
+    with pytest.raises(ValueError, match="thing.name 'a' is registered twice"):
+        things.register("a", A)
+    with pytest.raises(ConfigError, match=r"^unknown thing.name 'c'; choices: a$"):
+        things["c"]
+    assert list(things) == ["a"] and "a" in things and things["a"] is A
+    assert things.unregister("a") is A and len(things) == 0
+    # each registry states its contract: a block without starts_as_se is refused when it is registered
+    with pytest.raises(TypeError, match="must declare starts_as_se"):
+        attention_lib.register("half_declared")(type("HalfDeclared", (), {"se_mlp_path": None, "new_parts": {}}))
+    assert "half_declared" not in attention_lib.ATTENTION_BLOCKS
