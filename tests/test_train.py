@@ -642,3 +642,22 @@ def test_two_processes_train_like_one(synthetic_tfds, tmp_path):
     assert r1["num_examples"] == r2["num_examples"]
     assert r2["loss"] == pytest.approx(r1["loss"], abs=1e-3)
     assert r2["confusion"] == r1["confusion"]
+
+
+def test_the_guard_command_refits_what_training_fitted(trained, capsys):
+    """caco-jax guard on a finished run (as for runs trained before guards) gives training's own guard."""
+    from caco_jax.cli.guard import main as guard_main
+    from caco_jax.evaluation import ood_score
+
+    workdir, _ = trained
+    before = ood_score.load(workdir / "best")
+    selective_before = json.loads((workdir / "best" / "selective.json").read_text())
+    assert before is not None and guard_main(["--workdir", str(workdir)]) == 0
+    after = ood_score.load(workdir / "best")
+    assert after is not None and (after.method, after.layer) == (before.method, before.layer)
+    assert after.threshold == pytest.approx(before.threshold, rel=1e-4)
+    assert after.info["test_flagged"] == pytest.approx(before.info["test_flagged"])
+    selective_after = json.loads((workdir / "best" / "selective.json").read_text())
+    was, now = selective_before["threshold"], selective_after["threshold"]
+    assert (was is None and now is None) or now == pytest.approx(was, rel=1e-4)
+    assert "of test images flagged" in capsys.readouterr().out

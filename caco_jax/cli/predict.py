@@ -19,6 +19,13 @@ probabilities are re-weighted to the prior it assumes); the default is the run's
 ``decision`` column and the JSON's ``decision`` field say which rule answered. --cam writes
 a Grad-CAM overlay per image (for the answered class, or --cam_class) at the image's own
 resolution.
+
+Each image is also checked against the run's out-of-distribution guard (best/ood.json, fitted at
+the end of training): ``unlike_training`` says whether it looks unlike the dermoscopy images the
+model was trained on (its ``ood_score`` above the guard's threshold; the answer is still given,
+marked), and ``reliable`` whether the answer's calibrated confidence reaches the level at which the
+run's validation answers were 90 % accurate (best/selective.json). Runs trained before these
+existed are said to have none, once; ``caco-jax guard`` fits them.
 """
 
 from __future__ import annotations
@@ -130,9 +137,12 @@ def predict(
         return [], problems
     images = np.stack([im for _, im in loaded])
     answer = predictor.decide(images, tta=tta)
+    guarded = predictor.unlike(images)
+    threshold = predictor.confidence_threshold
     rows = []
     for i, (f, _) in enumerate(loaded):
         p = answer.probabilities[i]
+        confidence = float(answer.model_probabilities[i, int(answer.classes[i])])
         order = np.argsort(-p)[: min(top_k, len(class_names))]
         row = {
             "file": str(f),
@@ -142,7 +152,11 @@ def predict(
             "probabilities": {c: float(v) for c, v in zip(class_names, p, strict=True)},
             "temperature": predictor.temperature,
             "tta": tta,
+            "confidence": confidence,
         }
+        row["reliable"] = None if threshold is None else bool(confidence >= threshold)
+        row["unlike_training"] = None if guarded is None else bool(guarded[1][i])
+        row["ood_score"] = None if guarded is None else float(guarded[0][i])
         if answer.rule != "argmax":
             row["model_probabilities"] = {
                 c: float(v) for c, v in zip(class_names, answer.model_probabilities[i], strict=True)
@@ -207,8 +221,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_common(p)
 
 
+def _note(row: dict) -> str:
+    if row["unlike_training"]:
+        return "UNLIKE THE TRAINING IMAGES"
+    return "low confidence" if row["reliable"] is False else ""
+
+
 def print_table(rows: list[dict], top_k: int) -> None:
-    """The header line (decision rule, temperature, TTA) and one line per image."""
+    """The header line (decision rule, temperature, TTA), one line per image (with a note when the
+    image is unlike the training images or the answer unreliable), and what the notes mean."""
     first = rows[0]
     t = first["temperature"]
     print(
@@ -219,17 +240,33 @@ def print_table(rows: list[dict], top_k: int) -> None:
     width = max([len(r["file"]) for r in rows] + [4])
     print(f"{'file':<{width}}  " + "  ".join(f"top{i + 1:<13}" for i in range(top_k)))
     for r in rows:
-        print(f"{r['file']:<{width}}  " + "  ".join(f"{t['class']:>5} {t['probability']:6.1%}     " for t in r["top"]))
+        top = "  ".join(f"{t['class']:>5} {t['probability']:6.1%}     " for t in r["top"])
+        print(f"{r['file']:<{width}}  {top}{_note(r)}")
+    if any(r["unlike_training"] for r in rows):
+        print(
+            "UNLIKE THE TRAINING IMAGES: the image does not look like the dermoscopy images the model was trained "
+            "on; its answer is shown but means little."
+        )
+    if any(r["reliable"] is False and not r["unlike_training"] for r in rows):
+        print("low confidence: below the confidence at which this run's validation answers were 90 % accurate.")
+    if rows[0]["unlike_training"] is None:
+        print("(this run has no out-of-distribution guard: caco-jax guard --workdir RUN fits one)", file=sys.stderr)
 
 
 def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
-    """One row per image: file, prediction, decision rule, then the probabilities the rule read."""
+    """One row per image: file, prediction, decision rule, the guard's verdict and score, the answer's
+    confidence and whether it reaches the run's reliable level, then the probabilities the rule read."""
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         names = list(rows[0]["probabilities"]) if rows else []
-        w.writerow(["file", "prediction", "decision", *names])
+        w.writerow(["file", "prediction", "decision", "unlike_training", "ood_score", "confidence", "reliable", *names])
         for r in rows:
-            w.writerow([r["file"], r["prediction"], r["decision"], *(f"{r['probabilities'][c]:.6f}" for c in names)])
+            guard = ["" if r[k] is None else r[k] for k in ("unlike_training", "ood_score")]
+            w.writerow(
+                [r["file"], r["prediction"], r["decision"], *guard, f"{r['confidence']:.6f}"]
+                + ["" if r["reliable"] is None else r["reliable"]]
+                + [f"{r['probabilities'][c]:.6f}" for c in names]
+            )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -101,7 +101,7 @@ def fit_arrays(method: str, features: np.ndarray, labels: np.ndarray, num_classe
     if method == "knn":
         rng = np.random.default_rng(seed)
         rows = np.sort(rng.permutation(len(f))[:KNN_BANK])
-        return {"bank": _normalise(f[rows]).astype(np.float16), "k": np.asarray(KNN_K)}
+        return {"bank": _normalise(f[rows]).astype(np.float32), "k": np.asarray(KNN_K)}
     raise ValueError(f"unknown OOD method {method!r}; methods: {', '.join(METHODS)}")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from caco_jax.data.images import MAX_PIXELS, decode
 from caco_jax.errors import UsageError, WeightsError
-from caco_jax.evaluation import calibration, decision
+from caco_jax.evaluation import calibration, decision, ood_score, selective
 from caco_jax.runs.weights import load_trained
 from caco_jax.training import parallel
 from caco_jax.training.steps import ModelDef, build_steps
@@ -75,6 +75,10 @@ class Predictor:
         self._params, self._stats = jax.device_put(
             (model_def.init_params, model_def.init_batch_stats), parallel.replicated(self.mesh)
         )
+        # Runs trained before these existed have neither: no guard, no reliability threshold.
+        self.guard: ood_score.Guard | None = ood_score.load(self.weights_dir)
+        fitted = selective.load(self.weights_dir)
+        self.confidence_threshold: float | None = fitted.get("threshold") if fitted else None
 
     @property
     def rules(self) -> tuple[str, ...]:
@@ -115,6 +119,24 @@ class Predictor:
         t = self._t if temperature is None else np.float32(temperature)
         out = [np.asarray(step(self._params, self._stats, padded, t))[:n] for _, n, padded in self._chunks(images)]
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)))
+
+    def embed(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """{'logits' [N, C], 'pooled' [N, F], 'hidden' [N, H]} of the plain images (what the guard scores)."""
+        assert self.steps.embed is not None
+        parts: dict[str, list[np.ndarray]] = {"logits": [], "pooled": [], "hidden": []}
+        for _, n, padded in self._chunks(images):
+            batch = {"image": padded, "label": np.zeros(len(padded), np.int32), "mask": np.ones(len(padded), bool)}
+            out = self.steps.embed(self._params, self._stats, batch)
+            for key in parts:
+                parts[key].append(np.asarray(out[key])[:n])
+        return {k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in parts.items()}
+
+    def unlike(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(guard scores [N], bool [N]: unlike the training images), or None when the run has no guard."""
+        if self.guard is None:
+            return None
+        out = self.embed(images)
+        return self.guard.unlike(out["logits"], out[self.guard.layer])
 
     def decide(self, images: np.ndarray, *, tta: bool = False, rule: str | None = None) -> Decision:
         """The classes ``rule`` (default: :attr:`decision`) assigns to ``images``.

@@ -1,0 +1,71 @@
+"""The out-of-distribution guard and the reliability threshold in the product: ``caco-jax guard`` on a
+run, and ``predict`` marking images unlike the training images and answers below the reliable level."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+import skimage.data
+
+from caco_jax.cli.predict import main as predict_main
+from caco_jax.evaluation import ood_score, selective
+from caco_jax.serving.predictor import Predictor
+from caco_jax.training import guard
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from test_images import encode
+from test_predict import lesion, make_run
+
+ASTRONAUT = pathlib.Path(skimage.data.__file__).parent / "astronaut.png"
+
+
+@pytest.fixture(scope="module")
+def guarded_run(tmp_path_factory):
+    """A made run (tiny model at 32 px) whose guard is fitted as training fits it, on lesion-like images:
+    Mahalanobis on the pooled features of 80, threshold keeping 95 % of 40 others; a reliability
+    threshold of 0.5."""
+    workdir = make_run(tmp_path_factory.mktemp("run"))
+    predictor = Predictor(workdir)
+
+    def embedded(seeds: range) -> dict[str, np.ndarray]:
+        images = np.stack([predictor.prepare(encode(lesion(s))) for s in seeds])
+        return predictor.embed(images) | {"labels": np.arange(len(seeds)) % 7}
+
+    fitted = guard.fit(embedded(range(100, 180)), embedded(range(200, 240)), 7)
+    ood_score.save(workdir / "best", fitted)
+    selective.save(workdir / "best", {"threshold": 0.5, "target_accuracy": 0.9, "fitted_on": "validation"})
+    return workdir
+
+
+def test_predict_marks_a_natural_photograph_and_passes_lesions(guarded_run, tmp_path, capsys):
+    files = []
+    for seed in range(300, 310):
+        files.append(tmp_path / f"lesion{seed}.png")
+        files[-1].write_bytes(encode(lesion(seed)))
+    out = tmp_path / "p.json"
+    assert predict_main(["--workdir", str(guarded_run), "--json", str(out), str(ASTRONAUT), *map(str, files)]) == 0
+    rows = {pathlib.Path(r["file"]).name: r for r in json.loads(out.read_text())["predictions"]}
+    assert rows["astronaut.png"]["unlike_training"] is True
+    assert sum(rows[f.name]["unlike_training"] for f in files) <= 1  # the threshold keeps 95 % of lesions
+    fitted = ood_score.load(guarded_run / "best")
+    assert fitted is not None and rows["astronaut.png"]["ood_score"] > fitted.threshold
+    for row in rows.values():
+        assert row["reliable"] == (row["confidence"] >= 0.5)
+    text = capsys.readouterr().out
+    astronaut_line = next(line for line in text.splitlines() if "astronaut.png" in line)
+    assert astronaut_line.endswith("UNLIKE THE TRAINING IMAGES") and "does not look like the dermoscopy" in text
+
+
+def test_a_run_without_a_guard_says_so_once(tmp_path, capsys):
+    workdir = make_run(tmp_path / "old")
+    image = tmp_path / "a.png"
+    image.write_bytes(encode(lesion(0)))
+    out = tmp_path / "p.json"
+    assert predict_main(["--workdir", str(workdir), "--json", str(out), str(image), str(ASTRONAUT)]) == 0
+    rows = json.loads(out.read_text())["predictions"]
+    assert all(r["unlike_training"] is None and r["reliable"] is None for r in rows)
+    assert capsys.readouterr().err.count("has no out-of-distribution guard: caco-jax guard --workdir RUN") == 1
