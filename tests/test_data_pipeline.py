@@ -244,6 +244,26 @@ def test_offline_copies_balance_classes_and_leak_only_across_an_image_split(data
     assert lines[2].startswith("| image |") and " / 0.0 |" in lines[2]
 
 
+def test_offline_copies_and_the_split_depend_on_ids_not_on_row_order(data_dir):
+    """The same images in another row order get the same copies and land in the same splits."""
+    from caco_jax.data import offline
+
+    copies = offline.OfflineCopies("balance", target=30, seed=4)
+    whole = ham10000.open_source(data_dir, image_size=SIZE)
+    shuffled = whole.subset(np.random.default_rng(0).permutation(len(whole)), "shuffled")
+    for split_by in ("image", "lesion"):
+        a = records.split_source(whole, split_by=split_by, copies=copies)
+        b = records.split_source(shuffled, split_by=split_by, copies=copies)
+        for name in a:
+            assert sorted(a[name].image_ids) == sorted(b[name].image_ids), (split_by, name)
+    labels, ids = whole.labels, whole.image_ids
+    order = np.random.default_rng(1).permutation(len(labels))
+    plan_a = offline.plan(labels, copies, ids)
+    plan_b = offline.plan(labels[order], copies, ids[order])
+    made = {(str(ids[p]), int(k)) for p, k in zip(*plan_a, strict=True)}
+    assert made == {(str(ids[order][p]), int(k)) for p, k in zip(*plan_b, strict=True)}
+
+
 def test_offline_copies_decode_transformed_and_deterministic(data_dir):
     from caco_jax.data import offline
 

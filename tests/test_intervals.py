@@ -96,3 +96,11 @@ def test_images_without_a_lesion_id_are_lesions_of_their_own():
     weights = intervals.lesion_weights(["", "", "L1", "L1"], num_resamples=200, seed=0)
     assert np.array_equal(weights[:, 2], weights[:, 3])  # one lesion: drawn together
     assert not np.array_equal(weights[:, 0], weights[:, 1])  # no lesion id: drawn on their own
+
+
+def test_images_without_a_lesion_id_are_units_of_their_own():
+    probs, labels, lesions = _data(n=60)
+    groups = np.asarray(lesions, dtype=object)
+    groups[:20] = ""  # e.g. an external test set: no lesion ids
+    out = intervals.bootstrap(probs, labels, groups.astype(str), CLASSES, num_resamples=50)
+    assert out["method"]["num_units"] == 20 + len(set(groups[20:]))

@@ -18,7 +18,9 @@ discussion in ``docs/results_<preset>_discussion.md`` is included when present.
 Presets: ``cpu`` (112 px, 10 epochs: the paper's recipe scaled to a 2-core CPU) and
 ``paper`` (224 px, 100 epochs, 3 seeds: the paper's Tables 2, 4 and 5, for a GPU).
 ``--cells a,b`` runs a subset, ``--report_only`` only rebuilds the tables from what
-has finished, ``--dry_run`` prints the commands.
+has finished, ``--dry_run`` prints the commands. Runs that are not in ``--out`` (trained in
+another session or on another machine) keep the figures ``docs/results_<preset>.json``
+recorded for them, so a cell can gain seeds without retraining the others.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import sys
 
 from caco_jax.cli import common
 from caco_jax.errors import UsageError
-from caco_jax.experiments import presets
+from caco_jax.experiments import presets, run_records
 from caco_jax.experiments.grid import run_grid
 from caco_jax.experiments.summary import aggregate, compare
 from caco_jax.experiments.tables import write_results
@@ -120,8 +122,10 @@ def run(args: argparse.Namespace) -> int:
         if args.dry_run:
             return 0
     command = getattr(args, "command_line", "caco-jax reproduce")
-    rows = aggregate(preset, out)
-    comparisons = [compare(preset, out, c) for c in preset.comparisons]
+    # Runs trained elsewhere keep the figures the last results JSON recorded for them (run_records).
+    previous = run_records.previous(pathlib.Path(args.docs), preset.name)
+    rows = aggregate(preset, out, previous=previous)
+    comparisons = [compare(preset, out, c, rows=rows, previous=previous) for c in preset.comparisons]
     paths = write_results(preset, rows, pathlib.Path(args.docs), command, args.trained_on, comparisons)
     print(f"results: {paths['md']}")
     return 0

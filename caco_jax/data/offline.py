@@ -58,10 +58,17 @@ class OfflineCopies:
         return self.mode != "none"
 
 
-def plan(labels: Sequence[int] | np.ndarray, copies: OfflineCopies) -> tuple[np.ndarray, np.ndarray]:
+def plan(
+    labels: Sequence[int] | np.ndarray, copies: OfflineCopies, image_ids: Sequence[str] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(source positions, copy numbers) of the expanded dataset: every original (copy 0) in
-    order, then the copies (copy >= 1), class by class."""
+    order, then the copies (copy >= 1), class by class. Which images of a class are copied (when a
+    class is topped up by fewer copies than it has images) depends on the image ids and the seed, not
+    on the order of the rows."""
     labels = np.asarray(labels, np.int64)
+    ids = [str(i) for i in image_ids]
+    if len(ids) != len(labels):
+        raise ValueError(f"{len(labels)} labels but {len(ids)} image ids")
     positions = [np.arange(len(labels))]
     numbers = [np.zeros(len(labels), np.int64)]
     if copies.mode == "multiple":
@@ -71,6 +78,7 @@ def plan(labels: Sequence[int] | np.ndarray, copies: OfflineCopies) -> tuple[np.
     elif copies.mode == "balance":
         for label in np.unique(labels):
             members = np.flatnonzero(labels == label)
+            members = members[np.argsort([_order_key(copies.seed, ids[m]) for m in members], kind="stable")]
             extra = copies.target - len(members)
             if extra <= 0:
                 continue
@@ -78,6 +86,10 @@ def plan(labels: Sequence[int] | np.ndarray, copies: OfflineCopies) -> tuple[np.
             positions.append(members[order % len(members)])
             numbers.append(1 + order // len(members))
     return np.concatenate(positions), np.concatenate(numbers)
+
+
+def _order_key(seed: int, image_id: str) -> bytes:
+    return hashlib.blake2b(f"order\x00{seed}\x00{image_id}".encode(), digest_size=8).digest()
 
 
 def copy_id(image_id: str, copy: int) -> str:

@@ -135,7 +135,7 @@ class Source:
     def with_copies(self, copies: offline.OfflineCopies) -> Source:
         """This source plus its offline copies (`offline.plan`); the copies keep their source's
         label and lesion_id and get image_ids `<image_id>#copy<k>`."""
-        positions, numbers = offline.plan(self.labels, copies)
+        positions, numbers = offline.plan(self.labels, copies, self.image_ids)
         ids = np.asarray(
             [offline.copy_id(str(self.image_ids[p]), int(k)) for p, k in zip(positions, numbers, strict=True)]
         )

@@ -25,14 +25,18 @@ DEFAULT_RESAMPLES = 2000
 LEVEL = 0.95
 
 
+def units(groups: Sequence[str] | np.ndarray) -> np.ndarray:
+    """The resampling unit of each image: its lesion id, or the image itself when it has none."""
+    ids = np.asarray(groups, str)
+    return np.where(ids == "", np.char.add("\x00image:", np.arange(len(ids)).astype(str)), ids)
+
+
 def lesion_weights(
     groups: Sequence[str] | np.ndarray, num_resamples: int = DEFAULT_RESAMPLES, seed: int = 0
 ) -> np.ndarray:
     """[R, N] image weights: image i weighs as often as its lesion was drawn in resample r. An image
     without a lesion id (an empty string, e.g. an external test set) is a lesion of its own."""
-    ids = np.asarray(groups, str)
-    ids = np.where(ids == "", np.char.add("\x00image:", np.arange(len(ids)).astype(str)), ids)
-    _, cluster = np.unique(ids, return_inverse=True)
+    _, cluster = np.unique(units(groups), return_inverse=True)
     k = cluster.max() + 1 if len(cluster) else 0
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, k, size=(num_resamples, k))
@@ -133,7 +137,7 @@ def bootstrap(
         "resamples": num_resamples,
         "level": level,
         "unit": "lesion",
-        "num_units": int(len(np.unique(np.asarray(groups, str)))),
+        "num_units": int(len(np.unique(units(groups)))),
     }
     return out
 

@@ -57,7 +57,7 @@ def _versions() -> str:
     return ", ".join(parts)
 
 
-def _header(preset: Preset, command: str, trained_on: str) -> list[str]:
+def _header(preset: Preset, command: str, trained_on: str, resamples: int) -> list[str]:
     return [
         f"# caco-jax on HAM10000: preset `{preset.name}`",
         "",
@@ -70,8 +70,10 @@ def _header(preset: Preset, command: str, trained_on: str) -> list[str]:
         f"- versions{' (of the tables)' if trained_on else ''}: {_versions()}",
         "",
         "Test split, best-validation-BACC weights of each run: mean ± standard deviation over seeds (with 2+ seeds), "
-        "then in brackets the 95 % interval of that mean over the test split's sampling (2,000 bootstrap resamples "
-        "of its lesions, every photograph of a drawn lesion together; only for runs that saved their predictions). "
+        f"then in brackets the 95 % interval of that mean over the test split's sampling only ({resamples:,} "
+        "bootstrap resamples of its lesions, every photograph of a drawn lesion together; only for runs that saved "
+        "their predictions). The interval that also covers the seed is in the table *Seeds and test sampling* "
+        "below. "
         "BACC is mean per-class recall; *paper BACC* is the paper's formula, mean of (sensitivity + specificity) / 2. "
         "The paper's columns are its reported HAM10000 test figures for the same model and loss (its split and "
         "input size are not published: see the discussion).",
@@ -115,6 +117,55 @@ def _main_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _iv(interval: Any, scale: float = 100.0, signed: bool = False) -> str:
+    if not interval:
+        return "-"
+    fmt = "+.1f" if signed else ".1f"
+    return f"[{scale * interval[0]:{fmt}}, {scale * interval[1]:{fmt}}]"
+
+
+def _seed_cell(figure: dict[str, Any] | None, signed: bool = False) -> str:
+    """'[lo, hi] (t: [lo, hi])' of a seeds-and-test interval, or why there is none."""
+    if not figure:
+        return "-"
+    if figure.get("interval") is None:
+        return figure.get("why", "-")
+    return f"{_iv(figure['interval'], signed=signed)} (t: {_iv(figure['t_interval'], signed=signed)})"
+
+
+_SEED_VIEWS = (("argmax", "argmax"), ("balanced_tta", "balanced rule + TTA"))
+
+
+def _seed_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Per cell (and view): the mean with its interval over seeds and test sampling together."""
+    lines = [
+        "",
+        "## Seeds and test sampling",
+        "",
+        "The mean over seeds with a 95 % interval that covers both the seed and the test split's sampling: a "
+        "two-level bootstrap (the seeds drawn with replacement, and in the same draw a test-sampling deviation from "
+        "each run's own lesion bootstrap; caco_jax/experiments/seeds.py). With two or three seeds a bootstrap "
+        "cannot show how uncertain the seed spread itself is: *t* is the more cautious Student-t interval over "
+        "the seeds (test sampling added in quadrature). A cell with one seed has no such interval: its seed part "
+        "is unknown. Percent (AUC x 100).",
+        "",
+        "| cell | view | seeds | accuracy | BACC | macro AUC |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for key, name in _SEED_VIEWS:
+            figure = (r.get("seed_intervals") or {}).get(key)
+            if not figure:
+                continue
+            recorded = f" ({len(r['recorded_seeds'])} from the record)" if r.get("recorded_seeds") else ""
+            lines.append(
+                f"| {r['cell']} | {name} | {len(r['seeds'])}{recorded} | "
+                + " | ".join(_seed_cell(figure.get(m)) for m in ("accuracy", "bacc", "macro_auc"))
+                + " |"
+            )
+    return lines
+
+
 def _rule(rule: str, tta: bool) -> str:
     return rule + (" + TTA" if tta else "")
 
@@ -132,12 +183,15 @@ def _comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
         "## Paired comparisons",
         "",
         "Each row: the mean over seeds of cell *a* minus that of cell *b*, on the same test images, in points "
-        "(percent for accuracy and BACC, AUC x 100), with the 95 % interval of the difference when both are "
-        "resampled together by lesion; *P(a > b)* is the share of resamples in which a wins. An interval that "
-        "contains 0 means this test split cannot tell the two apart.",
+        "(percent for accuracy and BACC, AUC x 100), with the 95 % interval of the difference over the test "
+        "split's sampling only (both resampled together by lesion); *P(a > b)* is the share of those resamples in "
+        "which a wins. *Seeds + test* is the interval that also covers the seeds (two-level bootstrap, each cell's "
+        "seeds drawn on their own; *t*: the Welch interval), the one a claim about the recipes should quote. An "
+        "interval that contains 0 cannot tell the two apart.",
         "",
-        "| question | a (rule) | b (rule) | seeds | BACC a - b | accuracy a - b | macro AUC a - b | P(a > b), BACC |",
-        "|---|---|---|---|---:|---:|---:|---:|",
+        "| question | a (rule) | b (rule) | seeds | BACC a - b (test) | BACC a - b (seeds + test) | "
+        "accuracy a - b (test) | macro AUC a - b (test) | P(a > b), BACC |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for c in comparisons:
         head = (
@@ -148,11 +202,20 @@ def _comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
             lines.append(head + f" - | not available: {c['reason']} | | | |")
             continue
         share = c["bacc"]["share_above_zero"]
+        approx = " (≈)" if c["bacc"].get("approx") else ""
         lines.append(
-            head + f" {c['seeds'][0]} vs {c['seeds'][1]} | {_difference(c, 'bacc')} | "
+            head + f" {c['seeds'][0]} vs {c['seeds'][1]} | {_difference(c, 'bacc')}{approx} | "
+            f"{_seed_cell((c.get('with_seeds') or {}).get('bacc'), signed=True)} | "
             f"{_difference(c, 'accuracy')} | {_difference(c, 'macro_auc')} | "
             f"{'-' if share is None else f'{share:.2f}'} |"
         )
+    if any(c.get("available") and c["bacc"].get("approx") for c in comparisons):
+        lines += [
+            "",
+            "(≈): a cell gained seeds since its other runs were trained (their predictions are not on this "
+            "machine): the difference is recomputed from the run records and the test-sampling interval keeps the "
+            "half-widths of the last exact comparison.",
+        ]
     return lines
 
 
@@ -280,7 +343,9 @@ def write_results(
     docs.mkdir(parents=True, exist_ok=True)
     stem = docs / f"results_{preset.name}"
     comparisons = comparisons or []
-    lines = _header(preset, command, trained_on) + _main_table(rows) + _comparison_lines(comparisons)
+    resamples = next((r["resamples"] for r in rows if r.get("resamples")), 1000)
+    lines = _header(preset, command, trained_on, resamples) + _main_table(rows) + _seed_lines(rows)
+    lines += _comparison_lines(comparisons)
     if "leakage" in preset.sections:
         lines += _leakage_lines(rows)
     if "recipe" in preset.sections:
