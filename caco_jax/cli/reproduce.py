@@ -28,10 +28,11 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+from typing import Any
 
 from caco_jax.cli import common
 from caco_jax.errors import UsageError
-from caco_jax.experiments import presets, run_records
+from caco_jax.experiments import presets, run_records, sources
 from caco_jax.experiments.grid import run_grid
 from caco_jax.experiments.summary import aggregate, compare
 from caco_jax.experiments.tables import write_results
@@ -126,7 +127,11 @@ def run(args: argparse.Namespace) -> int:
     previous = run_records.previous(pathlib.Path(args.docs), preset.name)
     rows = aggregate(preset, out, previous=previous)
     comparisons = [compare(preset, out, c, rows=rows, previous=previous) for c in preset.comparisons]
-    paths = write_results(preset, rows, pathlib.Path(args.docs), command, args.trained_on, comparisons)
+    sections: dict[str, tuple[list[str], Any]] = {}
+    if "sources" in preset.sections:
+        found, sub = sources.source_rows(preset, out), sources.reference_subgroups(preset, out)
+        sections["sources"] = (sources.markdown(found, sub), {"comparisons": found, "subgroups": sub})
+    paths = write_results(preset, rows, pathlib.Path(args.docs), command, args.trained_on, comparisons, sections)
     print(f"results: {paths['md']}")
     return 0
 

@@ -335,9 +335,11 @@ def write_results(
     command: str,
     trained_on: str = "",
     comparisons: list[dict[str, Any]] | None = None,
+    extra: dict[str, tuple[list[str], Any]] | None = None,
 ) -> dict[str, Any]:
     """docs/results_<preset>.md, .json and .png; returns the paths. ``trained_on`` names the machine that
-    trained the runs when it is not the one writing the tables (``--report_only`` elsewhere)."""
+    trained the runs when it is not the one writing the tables (``--report_only`` elsewhere); ``extra``:
+    the preset's own sections, {name: (markdown lines, what the JSON keeps)}."""
     from caco_jax.evaluation import plots
 
     docs.mkdir(parents=True, exist_ok=True)
@@ -350,6 +352,8 @@ def write_results(
         lines += _leakage_lines(rows)
     if "recipe" in preset.sections:
         lines += _recipe_lines(rows)
+    for section_lines, _ in (extra or {}).values():
+        lines += section_lines
     lines += ["", f"![BACC per cell]({stem.name}.png)", ""]
     discussion = docs / f"results_{preset.name}_discussion.md"
     if discussion.is_file():
@@ -363,6 +367,7 @@ def write_results(
                 "trained_on": trained_on or _machine(),
                 "rows": rows,
                 "comparisons": comparisons,
+                **{name: data for name, (_, data) in (extra or {}).items()},
             },
             indent=2,
             default=str,
