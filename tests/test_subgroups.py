@@ -166,3 +166,9 @@ def test_the_breakdown_on_real_metadata_counts_every_group(real_data_dir):
     mask = meta["source"] == "vidir_molemax"
     assert molemax["bacc"] == pytest.approx(balanced_accuracy_score(labels[mask], predicted[mask]))
     assert len(molemax["classes"]) == 6  # no akiec at all in that source
+
+
+def test_only_the_datasets_declared_dimensions_are_reported():
+    probs, labels, predicted, groups, meta = _case()
+    sub = subgroups.breakdown(probs, labels, predicted, groups, meta, CLASSES, resamples=20, dimensions=("sex", "age"))
+    assert set(sub["dimensions"]) == {"sex", "age"}

@@ -133,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         answer_rule=config.evaluation.get("decision", "argmax"),
         threshold=fitted["threshold"] if fitted else None,
         split=split,
+        dimensions=entry.subgroups if (entry := registry.known(config.data.name)) is not None else None,
     )
     temperature_source = f"from {weights_dir / calibration.CALIBRATION_FILE}" if temperature is not None else ""
     paths = write_report(

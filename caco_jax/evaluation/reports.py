@@ -28,6 +28,7 @@ def evaluation_report(
     answer_rule: str = "argmax",
     threshold: float | None = None,
     split: str = "test",
+    dimensions: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The classification report of the accumulated logits, divided by ``temperature`` when given,
     averaged over the views when they are test-time-augmentation views ([N, V, C]), with:
@@ -39,9 +40,9 @@ def evaluation_report(
     ``balanced`` (with a decision ``rule``): accuracy, BACC and per-class recall of the rule's
     predictions, with their intervals;
     ``subgroups`` (with ``groups`` and the images' ``meta``) and ``selective`` (with ``groups``): the
-    figures by subgroup and the risk-coverage curve of the answers under ``answer_rule`` (the rule
-    predict and the page answer with: 'argmax', or 'balanced' when a ``rule`` is given), with the
-    validation-fitted confidence ``threshold`` where there is one.
+    figures by subgroup (along the dataset's ``dimensions``) and the risk-coverage curve of the answers
+    under ``answer_rule`` (the rule predict and the page answer with: 'argmax', or 'balanced' when a
+    ``rule`` is given), with the validation-fitted confidence ``threshold`` where there is one.
     """
     logits, labels = acc.logits()
     report = acc.report(temperature or 1.0)
@@ -82,7 +83,15 @@ def evaluation_report(
         used = "balanced" if answers is not None else "argmax"
         answers = probs.argmax(axis=-1) if answers is None else answers
         report["subgroups"] = subgroups.breakdown(
-            probs, labels, answers, groups, meta or {}, acc.class_names, rule=used, resamples=min(resamples, 1000)
+            probs,
+            labels,
+            answers,
+            groups,
+            meta or {},
+            acc.class_names,
+            rule=used,
+            resamples=min(resamples, 1000),
+            dimensions=dimensions,
         )
         report["selective"] = selective.curve(probs, labels, answers, groups, split=split, threshold=threshold)
         report["selective"]["rule"] = used

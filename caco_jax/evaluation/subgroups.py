@@ -108,9 +108,11 @@ def breakdown(
     *,
     rule: str = "argmax",
     resamples: int = 1000,
+    dimensions: Sequence[str] | None = None,
 ) -> dict[str, Any] | None:
-    """Every dimension's subgroups (and the biopsy-confirmed images) of one evaluation; None when the
-    images carry no metadata. ``predicted``: the classes the decision ``rule`` gave."""
+    """Every dimension's subgroups (``dimensions``: the dataset's declared ones, default all of
+    ``DIMENSIONS``) and the biopsy-confirmed images of one evaluation; None when the images carry no
+    metadata. ``predicted``: the classes the decision ``rule`` gave."""
     probs, labels, predicted = np.asarray(probs), np.asarray(labels, np.int64), np.asarray(predicted, np.int64)
     groups = np.asarray(groups, str)
     usable = {k: v for k, v in meta.items() if len(v) == len(labels)}
@@ -119,7 +121,7 @@ def breakdown(
     overall = _figures(probs, labels, predicted, groups, class_names, resamples)
     dims: dict[str, list[dict[str, Any]]] = {}
     for dim, (field, grouping, order) in DIMENSIONS.items():
-        if field not in usable:
+        if field not in usable or (dimensions is not None and dim not in dimensions):
             continue
         names = grouping(usable[field])
         if field != "age" and np.all(names == UNKNOWN):

@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from caco_jax.data import leakage, pipeline, records
+from caco_jax.data import leakage, pipeline, records, registry
 from caco_jax.evaluation import calibration, decision, ood_score, plots, predictions, saliency, selective
 from caco_jax.evaluation.reports import evaluation_report, write_report
 from caco_jax.runs.weights import WeightsWriter, read_weights
@@ -184,6 +184,7 @@ def final_test(
         meta=test.meta,
         answer_rule=run.config.evaluation.decision,
         threshold=threshold,
+        dimensions=entry.subgroups if (entry := registry.known(run.config.data.name)) is not None else None,
     )
     report["leakage"] = leakage.summary(run.splits["train"], test)
     _, report["ood"] = fit_guard(run, params, stats, validation, weights_dir)
