@@ -60,15 +60,19 @@ def _free_port() -> int:
 
 
 CACHE_BYTES = 600_000  # the page's folder budget in these tests: a few uploads' worth
+GRACE = 10  # seconds a file is never deleted (in service: 60); well above the load test's queueing
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory):
     workdir = tiny_run(tmp_path_factory.mktemp("run"))
     predictor = Predictor(workdir, batch_size=1)
-    cache = app.UploadCache(tmp_path_factory.mktemp("page"), keep_seconds=600, max_bytes=CACHE_BYTES, every=1)
+    cache = app.UploadCache(
+        tmp_path_factory.mktemp("page"), keep_seconds=600, max_bytes=CACHE_BYTES, every=0.5, grace_seconds=GRACE
+    )
     analyser = app.Analyser(predictor, LIMITS, cache)
     analyser.warm_up()
+    cache.start()
     before = os.environ.get("GRADIO_TEMP_DIR")
     page = app.build(analyser, description=app.describe(workdir, predictor))
     _, url, _ = app.launch(page, port=_free_port(), limits=LIMITS, block=False)
@@ -101,8 +105,8 @@ def _analyse(client, file: dict | None, explain: str = app.PREDICTED, tta: bool 
     return json.loads(last["data"])
 
 
-def _jpeg(size: tuple[int, int] = (120, 90)) -> bytes:
-    rng = np.random.default_rng(0)
+def _jpeg(size: tuple[int, int] = (120, 90), seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
     image = np.full((size[1], size[0], 3), (215, 170, 140), np.uint8)
     yy, xx = np.mgrid[0 : size[1], 0 : size[0]]
     image[np.hypot(yy - size[1] / 2, xx - size[0] / 2) < min(size) / 4] = (90, 55, 40)
@@ -206,49 +210,66 @@ def test_the_page_keeps_its_upload_folder_within_its_budget(server):
     client, _, cache = server
     for i in range(12):
         _analyse(client, _upload(client, f"lesion{i}.jpg", _jpeg((300 + i, 200))))
+    cache.sweep(now=time.time() + GRACE + 1)  # once no file is in use any more
     files, used = cache.usage()
-    # the budget, plus what was sent back after the last sweep (two PNGs of at most 768 px)
-    assert used <= CACHE_BYTES + 2 * 768 * 768 * 3, (files, used)
+    assert used <= CACHE_BYTES, (files, used)
     assert pathlib.Path(os.environ["GRADIO_TEMP_DIR"]) == cache.directory
 
 
-def test_the_sweep_removes_expired_files_and_empty_folders(tmp_path):
-    cache = app.UploadCache(tmp_path / "page", keep_seconds=60, max_bytes=10**9)
-    old, new = cache.directory / "a" / "old.jpg", cache.directory / "b" / "new.jpg"
-    for path in (old, new):
-        path.parent.mkdir()
-        path.write_bytes(b"x" * 1000)
-    os.utime(old, (time.time() - 120, time.time() - 120))
-    assert cache.sweep() == 1 and not old.parent.exists() and new.exists()
-    cache.max_bytes = 500
-    assert cache.sweep() == 1 and cache.usage() == (0, 0)
+def test_the_sweep_never_touches_what_gradio_may_still_use(tmp_path):
+    """Issue 33: the sweep deleted empty folders Gradio had just made (to write an output image or an
+    upload into) and files it was copying (a copy keeps its source's old mtime). Young files and
+    folders stay, whatever the budget; once older than the grace, files go by age and budget; empty
+    folders only once they are older than keep_seconds."""
+    cache = app.UploadCache(tmp_path / "page", keep_seconds=60, max_bytes=0, grace_seconds=5)
+    made = cache.directory / "a" / "image.png"
+    made.parent.mkdir()
+    made.write_bytes(b"x" * 1000)
+    (cache.directory / "b").mkdir()  # made for an image not written yet
+    copying = cache.directory / "c" / ".upload.jpg.tmp"
+    copying.parent.mkdir()
+    copying.write_bytes(b"x" * 1000)
+    os.utime(copying, (time.time() - 3600, time.time() - 3600))  # shutil.copy2 keeps the source's mtime
+    now = time.time()
+    assert cache.sweep(now) == 0 and made.exists() and copying.exists() and (cache.directory / "b").is_dir()
+    assert cache.sweep(now + 6) == 2 and cache.usage() == (0, 0)  # past the grace: over budget, deleted
+    assert all((cache.directory / d).is_dir() for d in "abc")  # emptied, but Gradio may reuse them
+    assert cache.sweep(now + 61) == 0 and not any(cache.directory.iterdir())
+    cache.max_bytes = 10**9
+    made.parent.mkdir()
+    made.write_bytes(b"x")
+    assert cache.sweep(now + 6) == 0 and cache.sweep(now + 61) == 1  # within budget: kept until expired
+    assert cache.removed == 3
     cache.close()
     assert not cache.directory.exists()
 
 
-# Known race, open: under this load the upload sweeper can delete an output image while Gradio is
-# still post-processing it (FileNotFoundError, 1 of 3 clean CI runs on 2026-11-30); kept out of the
-# default run until the sweeper leaves in-flight files alone. `pytest -m heavy` runs it.
-@pytest.mark.slow
-@pytest.mark.heavy
 def test_load_many_clients_at_once_stay_answered_and_bounded(server):
-    """Bounded, localhost: 4 clients x 25 requests (upload + analyse), half with test-time augmentation.
-    Measured figures go to docs/reliability.md."""
+    """16 clients x 25 requests (upload + analyse, every fifth with test-time augmentation), all at once,
+    one request at a time on the server, the sweeper deleting beyond a 0.6 MB budget meanwhile: every
+    request answered (issue 33: 2.5-3.5 % were dropped when the sweep ran on the request path), the
+    folder within its budget once nothing is in use. Figures go to docs/reliability.md."""
     _, url, cache = server
     latencies: list[float] = []
     failures: list[str] = []
+    removed_before = cache.removed
 
     def client_loop(seed: int) -> None:
         with httpx.Client(base_url=url.rstrip("/"), timeout=300) as client:
             for i in range(25):
                 t0 = time.perf_counter()
-                result = _analyse(client, _upload(client, f"c{seed}_{i}.jpg", _jpeg((600, 450))), tta=bool(i % 2))
+                try:
+                    image = _jpeg((160, 120), seed=100 * seed + i)
+                    result = _analyse(client, _upload(client, f"c{seed}_{i}.jpg", image), tta=i % 5 == 0)
+                except (AssertionError, httpx.HTTPError) as err:  # an error event, an HTTP 500, a reset
+                    failures.append(f"{type(err).__name__}: {err}")
+                    continue
                 latencies.append(time.perf_counter() - t0)
                 if not result[0] or "Answer:" not in result[3]:
                     failures.append(result[3])
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(4)]
+    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(16)]
     for t in threads:
         t.start()
     for t in threads:
@@ -258,7 +279,9 @@ def test_load_many_clients_at_once_stay_answered_and_bounded(server):
     p50, p95 = np.percentile(latencies, [50, 95])
     print(
         f"\nload: {len(latencies)} requests in {wall:.1f} s ({len(latencies) / wall:.1f}/s), latency p50 "
-        f"{p50:.2f} s, p95 {p95:.2f} s, max {max(latencies):.2f} s; page folder {files} files, {used / 1e6:.2f} MB"
+        f"{p50:.2f} s, p95 {p95:.2f} s, max {max(latencies):.2f} s; {cache.removed - removed_before} files "
+        f"swept meanwhile; page folder {files} files, {used / 1e6:.2f} MB"
     )
-    assert not failures and len(latencies) == 100
-    assert used <= CACHE_BYTES + 2 * 768 * 768 * 3
+    assert not failures and len(latencies) == 400, failures[:5]
+    cache.sweep(now=time.time() + GRACE + 1)
+    assert cache.usage()[1] <= CACHE_BYTES

@@ -8,7 +8,8 @@ plainly that it is a research tool, not a diagnosis. It offers the decision rule
 weights support (argmax, and balanced when they carry decision.json), preselecting
 --decision (default: the run's evaluation.decision, or argmax), and says which rule gave
 each answer. Uploads live in a folder of their own, deleted after --keep_minutes and kept
-under --cache_mb in all; the folder goes when the server stops.
+under --cache_mb in all (besides what arrived in the last minute, which a request may still
+use); the folder goes when the server stops.
 """
 
 from __future__ import annotations

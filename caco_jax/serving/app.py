@@ -8,12 +8,15 @@ message on the page (and in the API's result), never an exception. Images go thr
 one decoding path (``caco_jax.data.images``): shown and analysed upright (EXIF
 orientation), 16-bit and palette images converted. The answer comes from the chosen
 decision rule (argmax or the run's fitted balanced rule), named on the page. Uploads and
-the images sent back live in the page's own folder, swept after every request and every
-minute: nothing older than ``Limits.keep_seconds`` and never more than ``Limits.cache_bytes``.
+the images sent back live in the page's own folder, swept by a thread of its own (never on a
+request's path): nothing older than ``Limits.keep_seconds`` and never more than
+``Limits.cache_bytes``, except what is younger than ``UploadCache.grace_seconds`` (which a
+request may still be using) and folders Gradio may still write into.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -109,6 +112,9 @@ def _display(image: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
 
 
+UNLIKE = "This image does not look like the dermoscopy images the model was trained on."
+
+
 class Analyser:
     """The page's one action: validate, decide (optionally test-time augmented) with a rule, explain."""
 
@@ -123,6 +129,7 @@ class Analyser:
         blank = np.zeros((1, s, s, 3), np.uint8)
         self.predictor.decide(blank)
         self.predictor.explain(blank)
+        self.predictor.unlike(blank)
 
     def __call__(
         self, path: str | None, explain: str = PREDICTED, tta: bool = False, rule: str | None = None
@@ -135,9 +142,6 @@ class Analyser:
         except Exception as err:  # the page must answer, whatever happened; the log keeps the traceback
             log.exception("analysing %s failed", path)
             return None, None, None, f"**Analysis failed** ({type(err).__name__}: {err}).\n\n{REMINDER}"
-        finally:
-            if self.cache is not None:
-                self.cache.sweep()
 
     def _analyse(
         self, path: str | None, explain: str, tta: bool, rule: str
@@ -160,8 +164,11 @@ class Analyser:
         probs = answer.probabilities[0]
         shown = _display(original)
         t = self.predictor.temperature
+        warnings = self._warnings(square, float(answer.model_probabilities[0, answered]))
+        marked = " *(unlike the training images: see the warning)*" if warnings and warnings[0].startswith("**") else ""
         lines = [
-            f"- Answer: **{names[answered]}** ({probs[answered]:.1%}).",
+            *warnings,
+            f"- Answer: **{names[answered]}** ({probs[answered]:.1%}){marked}.",
             f"- Decision rule: {RULE_TEXT[rule]}.",
             (
                 f"- Heat map: where the image supports **{names[int(classes[0])]}** (red: most, relative to the rest "
@@ -181,57 +188,104 @@ class Analyser:
             "\n".join(lines),
         )
 
+    def _warnings(self, square: np.ndarray, confidence: float) -> list[str]:
+        """What to say above the answer: the out-of-distribution guard's verdict and, for an image the guard
+        passes, whether the answer's confidence is below the level this run measured as unreliable."""
+        guarded = self.predictor.unlike(square[None])
+        if guarded is not None and bool(guarded[1][0]):
+            return [
+                f"**{UNLIKE}** Its out-of-distribution score ({guarded[0][0]:.4g}) is above what 95 % of the "
+                "validation images reach. The answer below is shown, but it means little.",
+                "",
+            ]
+        threshold = self.predictor.confidence_threshold
+        if threshold is not None and confidence < threshold:
+            return [
+                f"- **Low confidence**: {confidence:.1%}, below {threshold:.1%}, the confidence above which this "
+                "run's answers on validation images were 90 % accurate. Treat this answer as unreliable.",
+            ]
+        return []
+
 
 class UploadCache:
-    """The page's own folder for uploads and the images it sends back, kept bounded: :meth:`sweep`
-    deletes what is older than ``keep_seconds``, then the oldest files until at most ``max_bytes``
-    remain. Runs after every request and every ``every`` seconds (:meth:`start`)."""
+    """The page's own folder for uploads and the images it sends back, kept bounded by a sweeper thread
+    (:meth:`start`, every ``every`` seconds), never on a request's path.
+
+    :meth:`sweep` deletes files older than ``keep_seconds``, then the oldest until at most ``max_bytes``
+    remain. It never touches a file younger than ``grace_seconds`` (an upload still waiting in the
+    queue, an image the browser has not fetched yet), and removes an empty folder only once it is
+    older than ``keep_seconds`` (Gradio makes a folder, then writes into it, and reuses a folder for
+    identical content). Ages count from a file's last change of content or name (the later of mtime
+    and ctime: a copy that keeps its source's mtime is new)."""
 
     def __init__(
         self,
         directory: str | os.PathLike | None = None,
         *,
-        keep_seconds: int = 600,
+        keep_seconds: float = 600,
         max_bytes: int = 256 * 1024 * 1024,
-        every: float = 60.0,
+        every: float = 10.0,
+        grace_seconds: float = 60.0,
     ):
         self.directory = pathlib.Path(directory or tempfile.mkdtemp(prefix="caco-jax-page-")).resolve()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.keep_seconds, self.max_bytes, self.every = keep_seconds, max_bytes, every
+        self.grace_seconds = min(grace_seconds, keep_seconds)
+        self.removed = 0  # files deleted so far
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def usage(self) -> tuple[int, int]:
         """(files, bytes) in the folder now."""
-        files = [p for p in self.directory.rglob("*") if p.is_file()]
-        return len(files), sum(_size(p) for p in files)
+        files = self._scan(time.time())[0]
+        return len(files), sum(size for _, size, _ in files)
 
-    def sweep(self) -> int:
-        """Deletes expired files, then the oldest beyond the byte budget; returns how many went."""
+    def _scan(self, now: float) -> tuple[list[tuple[float, int, pathlib.Path]], list[tuple[float, pathlib.Path]]]:
+        """([(age, size, path)] of the files, oldest first; [(age, path)] of the folders, deepest first)."""
+        files, folders = [], []
+        for root, dirs, names in os.walk(self.directory):
+            for name in names:
+                path = pathlib.Path(root, name)
+                stat = _stat(path)
+                if stat is not None:
+                    files.append((now - max(stat.st_mtime, stat.st_ctime), stat.st_size, path))
+            for name in dirs:
+                path = pathlib.Path(root, name)
+                stat = _stat(path)
+                if stat is not None:
+                    folders.append((now - max(stat.st_mtime, stat.st_ctime), path))
+        files.sort(key=lambda e: -e[0])
+        folders.sort(key=lambda e: -len(e[1].parts))
+        return files, folders
+
+    def sweep(self, now: float | None = None) -> int:
+        """One pass (``now``: the clock to age files by; default the time); returns how many files went."""
         with self._lock:
-            now, removed = time.time(), 0
-            entries = sorted(
-                ((_mtime(p), _size(p), p) for p in self.directory.rglob("*") if p.is_file()), key=lambda e: e[0]
-            )
-            total = sum(size for _, size, _ in entries)
-            for mtime, size, path in entries:
-                if now - mtime <= self.keep_seconds and total <= self.max_bytes:
-                    break
+            files, folders = self._scan(time.time() if now is None else now)
+            total, removed = sum(size for _, size, _ in files), 0
+            for age, size, path in files:
+                if age < self.grace_seconds or (age <= self.keep_seconds and total <= self.max_bytes):
+                    break  # the rest are younger still
                 path.unlink(missing_ok=True)
                 total -= size
                 removed += 1
-            for folder in sorted((p for p in self.directory.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                if not any(folder.iterdir()):
-                    folder.rmdir()
+            self.removed += removed
+            for age, folder in folders:
+                if age > self.keep_seconds:
+                    with contextlib.suppress(OSError):  # not empty (or gone): kept
+                        folder.rmdir()
             return removed
 
     def start(self) -> None:
-        """Sweeps every ``every`` seconds in a daemon thread (idle pages stay bounded too)."""
+        """Sweeps every ``every`` seconds in a daemon thread."""
 
         def loop() -> None:
             while not self._stop.wait(self.every):
-                self.sweep()
+                try:
+                    self.sweep()
+                except OSError:  # the next pass tries again
+                    log.exception("sweeping %s failed", self.directory)
 
         self._thread = threading.Thread(target=loop, name="caco-jax-upload-sweeper", daemon=True)
         self._thread.start()
@@ -239,21 +293,16 @@ class UploadCache:
     def close(self) -> None:
         """Stops the sweeper and deletes the folder."""
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def _mtime(path: pathlib.Path) -> float:
+def _stat(path: pathlib.Path) -> os.stat_result | None:
     try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def _size(path: pathlib.Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
+        return path.stat()
+    except OSError:  # deleted meanwhile
+        return None
 
 
 def describe(workdir: str | os.PathLike, predictor: Predictor) -> str:
