@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from caco_jax.runs import faults
+from caco_jax.runs.integrity import WeightsDamaged
 from caco_jax.runs.weights import WeightsSaveError, WeightsWriter, read_weights
 from caco_jax.training.checkpoints import (
     DAMAGED_DIR,
@@ -172,6 +174,61 @@ def test_a_resume_from_before_the_first_epoch_end_drops_later_best_weights(tmp_p
     messages: list[str] = []
     assert resume(tmp_path, messages).best is None
     assert not (tmp_path / "best").exists() and "removed best weights" in messages[0]
+
+
+def _overwrite_best(workdir: pathlib.Path) -> pathlib.Path:
+    """64 bytes (seeded) replaced in the middle of best/'s largest array file; returns that file."""
+    f = max((p for p in (workdir / "best" / "weights").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = np.random.default_rng(1).bytes(64)
+    f.write_bytes(bytes(data))
+    return f
+
+
+def _epoch_1_arrays_in_best(workdir: pathlib.Path) -> pathlib.Path:
+    """best/weights replaced by epoch 1's (every file decodes; its metadata still says epoch 2)."""
+    other = WeightsWriter(workdir / "other")
+    other.save(weights_at(1), record_at(1))
+    other.close()
+    shutil.rmtree(workdir / "best" / "weights")
+    shutil.copytree(workdir / "other" / "weights", workdir / "best" / "weights")
+    return workdir / "best" / "weights"
+
+
+@pytest.mark.parametrize("damage", [_overwrite_best, _epoch_1_arrays_in_best])
+def test_a_damaged_best_is_rewritten_from_the_checkpoint_on_resume(tmp_path, damage):
+    """best/ holds the step its checkpoint records but other bytes: resuming puts the recorded ones back."""
+    run_epochs(tmp_path, [(1, True), (2, True), (3, False)])
+    where = damage(tmp_path)
+    messages: list[str] = []
+    resume(tmp_path, messages)
+    [line] = [m for m in messages if " is damaged (" in m]
+    assert line.startswith(str(where)) and line.endswith(f"rewritten into {tmp_path / 'best'} from checkpoint 30")
+    assert "\n" not in line and len(line) < 600
+    assert_best_is(tmp_path, 2)
+
+
+def test_reading_a_damaged_best_restores_it_from_its_checkpoint_or_names_the_file(tmp_path, caplog):
+    """What evaluate / predict / serve / export read: a run's best/ is checked against the checkpoint
+    that records it (restored from it, the temperature beside it kept); without one, one error naming the file."""
+    run_epochs(tmp_path, [(1, True), (2, True), (3, False)])
+    (tmp_path / "best" / "calibration.json").write_text('{"temperature": 1.5}')
+    damaged_file = _overwrite_best(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="caco_jax"):
+        assert_best_is(tmp_path, 2)
+    [line] = [r.getMessage() for r in caplog.records if " is damaged (" in r.getMessage()]
+    assert line.startswith(f"{damaged_file} is damaged (")
+    assert line.endswith(f"restored {tmp_path / 'best'} from checkpoint 30")
+    assert (tmp_path / "best" / "calibration.json").read_text() == '{"temperature": 1.5}'
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="caco_jax"):
+        assert_best_is(tmp_path, 2)  # restored for good: nothing more to say
+    assert not caplog.records
+    damaged_file = _overwrite_best(tmp_path)
+    shutil.move(tmp_path / "checkpoints", tmp_path / "elsewhere")
+    with pytest.raises(WeightsDamaged) as err:
+        read_weights(tmp_path / "best")
+    assert str(err.value).startswith(f"{damaged_file} is damaged (arrays ")
 
 
 def _largest_state_file(step_dir: pathlib.Path) -> pathlib.Path:
@@ -373,6 +430,49 @@ def test_only_the_echoes_of_abandoned_reads_are_silenced(capsys):
     sys.unraisablehook(hook_args)
     coroutine.close()
     assert capsys.readouterr().err == ""
+
+
+def test_the_writes_of_a_failed_save_leave_no_flood_behind(caplog):
+    """A disk filling mid-save fails every array write still in flight: each future's error was printed
+    at exit ('Future exception was never retrieved', 3 lines each, 31 of them in issue 33), and the
+    write coroutines never reached warned as never awaited. The save's error is reported once by the
+    caller; those echoes go, other unretrieved errors still print."""
+    import asyncio
+    import gc
+    import warnings
+
+    faults.quiet_orbax()
+    loop = asyncio.new_event_loop()
+    for error in (
+        ValueError(
+            'RESOURCE_EXHAUSTED: Error writing "params/w/0" in OCDBT database at local file "/x/": Failed '
+            'writing: "/x/d/1": No space left on device [os_error_code=28]'
+        ),
+        ValueError("a bug of ours"),
+    ):
+        future = loop.create_future()
+        future.set_exception(error)
+        del future
+        gc.collect()
+    loop.close()
+    logged = [r for r in caplog.records if r.name == "asyncio"]
+    assert [str(r.exc_info[1]) for r in logged] == ["a bug of ours"]
+
+    async def async_serialize_from_host():
+        async def write_fragment():
+            pass
+
+        return write_fragment()
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        faults.quiet_orbax()  # its filter goes in front of "always"
+        loop = asyncio.new_event_loop()
+        coroutine = loop.run_until_complete(async_serialize_from_host())
+        loop.close()
+        del coroutine
+        gc.collect()
+    assert [str(w.message) for w in seen if "never awaited" in str(w.message)] == []
 
 
 def test_a_checkpoint_from_before_best_weights_were_checkpointed_adopts_them(tmp_path):

@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import pathlib
+import shutil
 import sys
 
 import numpy as np
@@ -141,6 +143,47 @@ def test_a_file_reached_twice_is_listed_once_and_the_written_files_are_named(run
     out = capsys.readouterr().out
     assert f"CSV ({len(GOOD)} rows): {csv_path}" in out
     assert f"JSON ({len(GOOD)} predictions, {len(SKIPPED)} skipped): {json_path}" in out
+
+
+def _overwrite_largest_weights_file(workdir: pathlib.Path) -> pathlib.Path:
+    f = max((p for p in (workdir / "best" / "weights").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = np.random.default_rng(2).bytes(64)
+    f.write_bytes(bytes(data))
+    return f
+
+
+def test_a_damaged_best_is_restored_from_its_checkpoint_or_named_in_one_error(tmp_path, caplog, capsys):
+    """Issue 33: damaged best weights were used silently. With a checkpoint recording them they are
+    restored (one log line) and the answers are the undamaged ones; without one, one error naming the file."""
+    from caco_jax.runs.weights import read_weights
+    from caco_jax.training.checkpoints import Checkpointer
+
+    workdir = make_run(tmp_path / "run")
+    image = tmp_path / "a.png"
+    image.write_bytes(encode(lesion(0)))
+
+    def answers(name: str) -> tuple[int, dict]:
+        code = predict_main(["--workdir", str(workdir), "--json", str(tmp_path / name), str(image)])
+        return code, json.loads((tmp_path / name).read_text())["predictions"] if code == 0 else {}
+
+    code, undamaged = answers("undamaged.json")
+    flat, meta = read_weights(workdir / "best")
+    ckpt = Checkpointer(workdir / "checkpoints")  # as training leaves one: it records the best weights
+    ckpt.save(7, {"w": np.zeros(3, np.float32)}, {}, {"history": [], "best_bacc": 0.5, "epoch": 1, "best": meta}, flat)
+    ckpt.close()
+    damaged = _overwrite_largest_weights_file(workdir)
+    with caplog.at_level(logging.WARNING, logger="caco_jax"):
+        code, restored = answers("restored.json")
+    assert code == 0 and restored == undamaged
+    [line] = [r.getMessage() for r in caplog.records if " is damaged (" in r.getMessage()]
+    assert line.startswith(f"{damaged} is damaged (") and line.endswith("from checkpoint 7")
+    capsys.readouterr()
+    damaged = _overwrite_largest_weights_file(workdir)
+    shutil.rmtree(workdir / "checkpoints")
+    assert answers("none.json")[0] == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {damaged} is damaged (") and len(err.splitlines()) == 1, err
 
 
 def test_an_exif_rotated_photo_is_classified_as_it_is_seen(run_dir, tmp_path):

@@ -6,9 +6,13 @@
   can be resumed. Without the variable it costs one dictionary lookup.
 * :func:`write_failure` turns an OSError (or orbax's wrapped tensorstore error) into one
   sentence naming the path, the reason and the free space left.
+* :func:`checksums` (a CRC-32 per array) and :func:`file_manifest` (size and CRC-32 per file) are what
+  checkpoints and weights directories record to catch damage that still decodes (orbax's zstd frames
+  carry no checksum): :func:`changed_files` names the files that no longer match.
 * :func:`quiet_orbax` stops orbax from printing a full traceback for every failed write
-  and every read it abandons (a full disk gave 1,893 lines, a damaged checkpoint hundreds of
-  'Event loop is closed'); the error itself still reaches the caller, which reports it once.
+  and every read it abandons (a full disk gave 1,893 lines, then 31 'Future exception was never
+  retrieved', a damaged checkpoint hundreds of 'Event loop is closed'); the error itself still
+  reaches the caller, which reports it once.
 """
 
 from __future__ import annotations
@@ -20,7 +24,12 @@ import re
 import shutil
 import signal
 import sys
+import warnings
+import zlib
+from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 CRASH_ENV = "CACO_JAX_CRASH_AT"
 _reached: dict[str, int] = {}
@@ -37,6 +46,39 @@ def point(name: str) -> None:
     _reached[name] = _reached.get(name, 0) + 1
     if _reached[name] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def checksums(flat: Mapping[str, Any]) -> dict[str, int]:
+    """CRC-32 of each array's bytes (host copies; one replica of a replicated multi-host array)."""
+    out = {}
+    for k, v in flat.items():
+        if hasattr(v, "is_fully_addressable") and not v.is_fully_addressable:
+            v = v.addressable_shards[0].data
+        out[k] = zlib.crc32(np.ascontiguousarray(np.asarray(v)).data.cast("B"))
+    return out
+
+
+def file_manifest(directory: pathlib.Path) -> dict[str, list[int]]:
+    """{path relative to ``directory``: [size, CRC-32]} of every file below it."""
+    out = {}
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        out[path.relative_to(directory).as_posix()] = [len(data), zlib.crc32(data)]
+    return out
+
+
+def changed_files(directory: pathlib.Path, manifest: Mapping[str, Any]) -> list[str]:
+    """The files of ``manifest`` (relative to ``directory``) that are missing or differ from it."""
+    changed = []
+    for name, (size, crc) in sorted(manifest.items()):
+        try:
+            data = (directory / name).read_bytes()
+        except OSError:
+            changed.append(name)
+            continue
+        if len(data) != size or zlib.crc32(data) != crc:
+            changed.append(name)
+    return changed
 
 
 def free_bytes(path: str | os.PathLike) -> int | None:
@@ -83,13 +125,28 @@ def write_failure(what: str, path: str | os.PathLike, err: BaseException, needed
     return f"could not write {what} to {path}: {reason(err)} ({room})"
 
 
+def _tensorstore_error(value: BaseException | None) -> bool:
+    """Whether an exception is one of tensorstore's I/O errors ('RESOURCE_EXHAUSTED: Error writing "..." in
+    OCDBT database ...'): set on a future from C++, so no Python frame says where it came from."""
+    text = str(value)
+    return (
+        isinstance(value, ValueError | OSError)
+        and re.match(r"[A-Z][A-Z_]+: ", text) is not None
+        and any(mark in text for mark in ("OCDBT", "tensorstore", "os_error_code"))
+    )
+
+
 class _DropOrbaxErrors(logging.Filter):
-    """Error records logged by orbax's code (absl logger) or about orbax's futures (asyncio logger)."""
+    """Error records logged by orbax's code (absl logger) or about orbax's futures (asyncio logger: every
+    array write still in flight when a full disk fails the save ends as 'Future exception was never
+    retrieved')."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.ERROR:
             return True
         if f"{os.sep}orbax{os.sep}" in record.pathname:
+            return False
+        if record.exc_info and _tensorstore_error(record.exc_info[1]):
             return False
         tb = record.exc_info[2] if record.exc_info else None
         while tb is not None:
@@ -126,6 +183,8 @@ def quiet_orbax() -> None:
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
+    # the write coroutines of a save that failed before reaching them, collected at exit
+    warnings.filterwarnings("ignore", r"coroutine '[^']*async_serialize[^']*' was never awaited", RuntimeWarning)
     if getattr(sys.excepthook, "_caco_jax", False):
         return
     previous_except, previous_unraisable = sys.excepthook, sys.unraisablehook

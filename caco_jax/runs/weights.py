@@ -25,11 +25,11 @@ from caco_jax.interop.convert import load_torchvision
 from caco_jax.models import MobileNetV3, attention, model_from_config
 from caco_jax.models.mobilenetv3 import ARCHS
 from caco_jax.runs import faults
+from caco_jax.runs.integrity import INTEGRITY as _INTEGRITY, META as _META, WeightsDamaged, check_weights
 from caco_jax.runs.workspace import load_config
 from caco_jax.trees import flatten, unflatten
 
 WEIGHTS_FILTER = (nnx.Param, nnx.BatchStat)
-_META = "caco_jax_weights.json"
 
 
 def model_weights(model: nnx.Module) -> dict[str, np.ndarray]:
@@ -107,8 +107,16 @@ class WeightsWriter:
         self._pending_step: int | None = None
         self._bytes = 0
 
-    def save(self, flat: Mapping[str, np.ndarray], metadata: Mapping[str, Any] | None = None) -> None:
-        """Starts writing ``flat`` (host arrays) and ``metadata``; returns before the files are written."""
+    def save(
+        self,
+        flat: Mapping[str, np.ndarray],
+        metadata: Mapping[str, Any] | None = None,
+        *,
+        extras_from: pathlib.Path | None = None,
+    ) -> None:
+        """Starts writing ``flat`` (host arrays) and ``metadata`` (with a CRC-32 of every array); returns
+        before the files are written. ``extras_from``: a directory whose other top-level files (a
+        temperature, a decision rule) come along."""
         if self._checkpointer is None:  # not the first process: it writes nothing
             return
         self.wait()
@@ -116,7 +124,13 @@ class WeightsWriter:
             if self._partial.exists():
                 shutil.rmtree(self._partial)
             self._partial.mkdir(parents=True)
-            (self._partial / _META).write_text(json.dumps(dict(metadata or {}), indent=2, default=str))
+            meta = {k: v for k, v in (metadata or {}).items() if k not in _INTEGRITY} | {
+                "checksums": faults.checksums(flat)
+            }
+            (self._partial / _META).write_text(json.dumps(meta, indent=2, default=str))
+            for extra in sorted(extras_from.iterdir()) if extras_from is not None else ():
+                if extra.is_file() and extra.name != _META:
+                    shutil.copy2(extra, self._partial / extra.name)
             self._bytes = sum(np.asarray(v).nbytes for v in flat.values())
             self._checkpointer.save(self._partial / "weights", args=ocp.args.StandardSave(dict(flat)))
         except (OSError, ValueError) as err:  # orbax reports tensorstore's I/O errors as ValueError
@@ -140,6 +154,7 @@ class WeightsWriter:
                 faults.write_failure("the best weights", self._partial, err, self._bytes)
                 + f"; {self.directory} still holds the previous best weights"
             ) from err
+        _record_files(self._partial)
         faults.point("best.promote")
         self._promote(self._partial)
 
@@ -191,6 +206,7 @@ class WeightsWriter:
             )
         wanted = record.get("step")
         done = None
+        rewrite = f"best weights of epoch {record.get('epoch')} rewritten into {self.directory} from {checkpoint}"
         if copies[self.directory] != wanted:
             match = next((p for p in (self._partial, self._old) if copies[p] == wanted), None)
             if match is not None:
@@ -199,12 +215,22 @@ class WeightsWriter:
             elif flat is not None:
                 self.save(flat, record)
                 self.wait()
-                done = f"best weights of epoch {record.get('epoch')} rewritten into {self.directory} from {checkpoint}"
+                return self._tidy(rewrite)
             else:
                 return (
                     f"{checkpoint} records best weights of step {wanted} but stores none; "
                     f"{self.directory} holds step {copies[self.directory]}"
                 )
+        if flat is not None:  # the right step; are they the bytes the checkpoint holds?
+            problem = check_weights(self.directory, faults.checksums(flat), f"the checksums {checkpoint} records")[2]
+            if problem is not None:
+                self.save(flat, record)
+                self.wait()
+                done = f"{problem}; {rewrite}"
+        return self._tidy(done)
+
+    def _tidy(self, done: str | None) -> str | None:
+        """Removes the copies beside ``directory`` (written after the checkpoint, or already promoted)."""
         for p in (self._partial, self._old):
             if p.exists():
                 shutil.rmtree(p)
@@ -213,6 +239,17 @@ class WeightsWriter:
 
 class WeightsSaveError(CacoError):
     """Best weights could not be written (a full disk, no permission); the previous ones are intact."""
+
+
+def _record_files(directory: pathlib.Path) -> None:
+    """Adds the size and CRC-32 of every file under ``directory/weights`` to its metadata, so damage can
+    be traced to a file (written once orbax has finished, replaced atomically)."""
+    path = directory / _META
+    meta = json.loads(path.read_text())
+    meta["files"] = faults.file_manifest(directory / "weights")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str))
+    tmp.replace(path)
 
 
 def _written_step(directory: pathlib.Path) -> int | None:
@@ -227,18 +264,24 @@ def _written_step(directory: pathlib.Path) -> int | None:
 
 
 def read_weights(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Reads a :func:`save_weights` directory: (flat weights, metadata)."""
+    """Reads a :func:`save_weights` directory: (flat weights, metadata), verified against the checksums
+    recorded when it was written. A run's ``best/`` is verified against the checkpoint that records it,
+    and restored from it when damaged (:mod:`caco_jax.runs.best`); other damage is a :class:`WeightsDamaged`
+    naming the file."""
     directory = pathlib.Path(directory).resolve()
     if not (directory / "weights").is_dir():
         raise RunDirError(
             f"no caco-jax weights at {directory} (expected {directory / 'weights'}): give a training run's "
             "--workdir (its best/ weights), or weights made by caco-jax convert"
         )
-    with ocp.StandardCheckpointer() as ckpt:
-        flat = ckpt.restore(directory / "weights")
-    meta_file = directory / _META
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    return {k: np.asarray(v) for k, v in flat.items()}, meta
+    flat, meta, problem = check_weights(directory)
+    if directory.name == "best" and (directory.parent / "checkpoints").is_dir():  # a run's: its checkpoint decides
+        from caco_jax.runs.best import verified
+
+        flat, meta = verified(directory, flat, meta, problem)
+    elif problem is not None or flat is None:
+        raise WeightsDamaged(f"{problem}; nothing beside them records them: copy them again, or rerun what wrote them")
+    return flat, {k: v for k, v in meta.items() if k not in _INTEGRITY}
 
 
 def load_pretrained(model: MobileNetV3, path: str | os.PathLike) -> str:

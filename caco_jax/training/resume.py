@@ -12,7 +12,9 @@ import pathlib
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from caco_jax.errors import ConfigError
 from caco_jax.evaluation.metrics import TrainMetrics
@@ -83,7 +85,32 @@ class Progress:
     epoch_start: tuple[float, int] = (0.0, 0)  # (time, step) the epoch began
 
     def meta(self, epoch: int) -> dict[str, Any]:
-        return {"history": self.history, "best_bacc": self.best_bacc, "epoch": epoch, "best": self.best}
+        """What a checkpoint records besides the state: mid-epoch, the sums of the epoch's training
+        metrics so far, so that a resumed epoch reports all of its steps."""
+        sums = None if self.epoch_metrics is None else metric_sums(self.epoch_metrics)
+        return {"history": self.history, "best_bacc": self.best_bacc, "epoch": epoch, "best": self.best} | {
+            "epoch_metrics": sums
+        }
+
+
+def metric_sums(metrics: TrainMetrics) -> dict[str, dict[str, list[Any]]]:
+    """The totals and counts that make up ``metrics`` as JSON ([value, dtype]; float32 values are exact)."""
+    out = {}
+    for field in dataclasses.fields(metrics):
+        part = getattr(metrics, field.name)
+        values = {f.name: np.asarray(getattr(part, f.name)) for f in dataclasses.fields(part)}
+        out[field.name] = {k: [v.item(), str(v.dtype)] for k, v in values.items()}
+    return out
+
+
+def metrics_from_sums(sums: dict[str, dict[str, list[Any]]]) -> TrainMetrics:
+    """The inverse of :func:`metric_sums`: merging on from it gives what merging on from the original gives."""
+    empty = TrainMetrics.empty()
+    parts = {
+        name: getattr(empty, name).replace(**{k: jnp.asarray(v, dtype) for k, (v, dtype) in values.items()})
+        for name, values in sums.items()
+    }
+    return empty.replace(**parts)
 
 
 def restore_or_init(run: Run, ckpt: Checkpointer, train_iter: Any, best: WeightsWriter) -> tuple[TrainState, Progress]:
@@ -101,6 +128,8 @@ def restore_or_init(run: Run, ckpt: Checkpointer, train_iter: Any, best: Weights
     start, meta = restored.step, restored.meta
     run.runlog.forget_after(start)  # rows logged after the checkpoint are about to be logged again
     progress.history, progress.best_bacc, progress.last_saved = meta["history"], meta["best_bacc"], start
+    if meta.get("epoch_metrics"):  # stopped mid-epoch: the epoch's metrics go on from its steps so far
+        progress.epoch_metrics = metrics_from_sums(meta["epoch_metrics"])
     if "best" in meta:
         progress.best, progress.best_weights = meta["best"], restored.best
         done = best.reconcile(progress.best, progress.best_weights, f"checkpoint {start}", start)
