@@ -69,3 +69,37 @@ def test_a_run_without_a_guard_says_so_once(tmp_path, capsys):
     rows = json.loads(out.read_text())["predictions"]
     assert all(r["unlike_training"] is None and r["reliable"] is None for r in rows)
     assert capsys.readouterr().err.count("has no out-of-distribution guard: caco-jax guard --workdir RUN") == 1
+
+
+@pytest.fixture(scope="module")
+def page(guarded_run, tmp_path_factory):
+    """The web page of the guarded run, on localhost, driven through Gradio's HTTP API."""
+    pytest.importorskip("gradio", reason="the web page needs the app extra: pip install -e '.[app]'")
+    import httpx
+
+    from caco_jax.serving import app
+    from test_app import LIMITS, _free_port
+
+    predictor = Predictor(guarded_run, batch_size=1)
+    analyser = app.Analyser(predictor, LIMITS, app.UploadCache(tmp_path_factory.mktemp("page")))
+    analyser.warm_up()
+    built = app.build(analyser, description=app.describe(guarded_run, predictor))
+    _, url, _ = app.launch(built, port=_free_port(), limits=LIMITS, block=False)
+    client = httpx.Client(base_url=url.rstrip("/"), timeout=120)
+    yield client
+    client.close()
+    built.close()
+
+
+def test_the_page_warns_above_the_answer_for_an_image_unlike_the_training_images(page):
+    from caco_jax.serving import app
+    from test_app import _analyse, _upload
+
+    result = _analyse(page, _upload(page, "astronaut.png", ASTRONAUT.read_bytes()))
+    message = result[3]
+    assert message.startswith(f"**{app.UNLIKE}**") and message.index(app.UNLIKE) < message.index("Answer:")
+    assert "*(unlike the training images: see the warning)*" in message and result[0] is not None
+    lesion_message = _analyse(page, _upload(page, "lesion.png", encode(lesion(301))))[3]
+    assert app.UNLIKE not in lesion_message
+    # the made run answers with little confidence: below the 0.5 this run calls reliable
+    assert "**Low confidence**" in lesion_message and "Treat this answer as unreliable" in lesion_message
