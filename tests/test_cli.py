@@ -45,7 +45,11 @@ def _user_error(err: str) -> None:
         (["serve", "--workdir", "/no/run"], 2, "is /no/run the --workdir of a training run"),
         (["export", "--workdir", "/no/run", "--pytorch", "x.pth"], 2, "is /no/run the --workdir of a training run"),
         (["predict", "--workdir", "/no/run", "x.jpg", "--top_k", "0"], 2, "--top_k must be at least 1"),
-        (["export", "--weights", "/no/weights"], 2, "nothing to do: give --pytorch FILE and/or --onnx FILE"),
+        (["export", "--weights", "/no/weights"], 2, "nothing to do: give --pytorch FILE, --onnx FILE and/or --tflite"),
+        (["export", "--weights", "/no/weights", "--onnx", "x.tflite"], 2, "--onnx x.tflite: the file name must end"),
+        (["export", "--weights", "/no/w", "--onnx", "x.onnx", "--int8"], 2, "--int8 calibrates on the run's images"),
+        (["predict", "--model", "/no/m.onnx", "x.jpg"], 2, "/no/m.onnx: no such file"),
+        (["predict", "--model", "/no/m.pth", "x.jpg"], 2, "not an exported model (.onnx or .tflite"),
         (["export", "--weights", "/no/weights", "--onnx", "x.onnx"], 2, "no caco-jax weights at"),
         (["convert", "--out", "x"], 2, "--pth FILE is required"),
         (["prepare-data", "--manual_dir", "/no/ham", "--data_dir", "/tmp/caco_cli_tfds"], 2, "/no/ham: no such folder"),
@@ -129,7 +133,12 @@ def test_convert_of_a_file_that_is_not_a_pth_is_one_error_line(capsys, tmp_path)
 
 @pytest.mark.parametrize(
     ("flag", "missing", "extra"),
-    [("--onnx", "torch", "onnx"), ("--onnx", "onnxscript", "onnx"), ("--pytorch", "torch", "torch")],
+    [
+        ("--onnx", "torch", "onnx"),
+        ("--onnx", "onnxscript", "onnx"),
+        ("--pytorch", "torch", "torch"),
+        ("--tflite", "litert_torch", "litert"),
+    ],
 )
 def test_export_without_its_extra_says_which_to_install(capsys, monkeypatch, tmp_path, flag, missing, extra):
     monkeypatch.setitem(sys.modules, missing, None)  # what an environment without the package gives import

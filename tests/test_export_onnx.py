@@ -9,13 +9,14 @@ at others (the batch dimension is dynamic).
 from __future__ import annotations
 
 import importlib.util
+import json
 import pathlib
 
 import numpy as np
 import pytest
 from flax import nnx
 
-pytest.importorskip("torch")
+torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install -e '.[torch,onnx]'")
 pytest.importorskip(
     "onnxscript", reason="onnxscript (torch.onnx's exporter) is not installed: pip install -e '.[torch,onnx]'"
@@ -67,8 +68,8 @@ _COVERED = ("seco", "eca", "none")
 def test_onnx_runtime_matches_caco_jax(name, exported):
     c = wm.case(name)
     session = onnx_session(exported(name))
-    (inp,), (out,) = session.get_inputs(), session.get_outputs()
-    assert (inp.name, out.name) == (INPUT_NAME, OUTPUT_NAME)
+    (inp,), outs = session.get_inputs(), session.get_outputs()
+    assert (inp.name, [o.name for o in outs]) == (INPUT_NAME, [OUTPUT_NAME, "pooled", "hidden"])
     assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, wm.HEIGHT, wm.WIDTH]  # dynamic batch, NCHW
     expected = c["eval_logits"]
     assert np.abs(expected).max() > 0.1 and expected.std(axis=0).mean() > 0.01  # input-dependent, not vacuous
@@ -77,6 +78,15 @@ def test_onnx_runtime_matches_caco_jax(name, exported):
         got = run_onnx(session, x[:batch])
         assert got.shape == (batch, wm.NUM_CLASSES)
         np.testing.assert_allclose(got, expected[:batch], rtol=0, atol=TOL, err_msg=f"batch {batch}")
+    # the guard's feature layers: the reference's pooled backbone output and the head's hidden activation
+    pooled, hidden = session.run(["pooled", "hidden"], {INPUT_NAME: np.ascontiguousarray(x.transpose(0, 3, 1, 2))})
+    ref = c["ref"]
+    with torch.no_grad():
+        ref_pooled = torch.flatten(ref.avgpool(ref.features(wm.nchw(x))), 1)
+        ref_hidden = ref.classifier[:-1](ref_pooled)
+    np.testing.assert_allclose(pooled, ref_pooled.numpy(), rtol=0, atol=TOL)
+    np.testing.assert_allclose(hidden, ref_hidden.numpy(), rtol=0, atol=TOL)
+    assert pooled.shape == (wm.BATCH, 576) and hidden.shape == (wm.BATCH, 1024)
 
 
 def test_latency_is_measured_or_skipped_with_the_reason(exported):
@@ -104,9 +114,12 @@ def test_export_script_writes_pytorch_and_onnx(tmp_path, monkeypatch):
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     calls = []
-    monkeypatch.setattr(
-        caco_jax.interop.export_onnx, "export_onnx", lambda model, path, **kw: calls.append((model, path, kw))
-    )
+
+    def fake_export(model, path, **kw):
+        calls.append((model, path, kw))
+        pathlib.Path(path).write_bytes(b"onnx")
+
+    monkeypatch.setattr(caco_jax.interop.export_onnx, "export_onnx", fake_export)
     script.main(
         [
             "--weights",
@@ -128,3 +141,9 @@ def test_export_script_writes_pytorch_and_onnx(tmp_path, monkeypatch):
     ((model, path, kw),) = calls
     assert (model.attention_name, model.attention_init, path) == ("caco", "preserve", tmp_path / "m.onnx")
     assert kw == {"image_size": (wm.HEIGHT, wm.WIDTH)}
+    meta = json.loads((tmp_path / "m.onnx.json").read_text())  # the metadata beside it (test_deploy.py: its content)
+    assert (meta["image_size"], meta["input"], meta["precision"]) == (
+        [wm.HEIGHT, wm.WIDTH],
+        {"name": INPUT_NAME, "layout": "NCHW", "dtype": "float32"},
+        "float32",
+    )

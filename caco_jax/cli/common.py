@@ -19,12 +19,13 @@ import shlex
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
-from typing import Any
-
-import ml_collections
+from typing import TYPE_CHECKING, Any
 
 from caco_jax.errors import EXIT_INTERRUPTED, CacoError, ConfigError, UsageError
 from caco_jax.flags import add_switch, parser
+
+if TYPE_CHECKING:  # imported where used: predict --model runs where only numpy, Pillow and a runtime are
+    import ml_collections
 
 __all__ = [
     "add_common",
@@ -182,6 +183,8 @@ def _parse_value(text: str, current: Any) -> Any:
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[tuple[str, str]]) -> None:
     """Sets ``key=value`` pairs (dotted keys) in ``config``; values are Python literals where the field
     is not a string. Unknown keys and wrong types are ConfigErrors naming the key."""
+    import ml_collections
+
     for key, text in overrides:
         node, parts = config, key.split(".")
         for depth, part in enumerate(parts):

@@ -1,6 +1,7 @@
-"""Export a trained caco-jax model for deployment: a PyTorch state_dict and/or an ONNX file.
+"""Export a trained caco-jax model for deployment: a PyTorch state_dict, ONNX and LiteRT files, float32 and int8.
 
     caco-jax export --workdir runs/caco --pytorch caco.pth --onnx caco.onnx
+    caco-jax export --workdir runs/caco --tflite caco.tflite --int8      # + caco_int8.tflite, caco_int8.onnx
     caco-jax export --weights weights/caco_imagenet --onnx caco.onnx --image_size 224
 
 ``--workdir`` takes a training run's best weights (``--weights`` another directory of
@@ -13,7 +14,16 @@ weights; ``--ca_activation`` from the run's config or the weights' metadata.
   loads it with ``strict=True``; for ``se`` models that is torchvision's
   ``mobilenet_v3_small`` itself (needs the torch extra to write the file).
 * ``--onnx``: one ONNX file (needs the onnx extra, which includes torch), input ``images`` float32
-  (N, 3, H, W) ImageNet-normalised RGB with N dynamic, output ``logits`` (N, classes).
+  (N, 3, H, W) ImageNet-normalised RGB with N dynamic, outputs ``logits`` (N, classes), ``pooled``
+  and ``hidden`` (the features the out-of-distribution guard scores).
+* ``--tflite``: one LiteRT file (needs the litert extra), input float32 (1, H, W, 3), the same outputs.
+* ``--int8``: also the full-integer int8 twin of each (``m_int8.tflite``, ``m_int8.onnx``; an int8 ONNX
+  always), calibrated on ``--calibration_images`` images of the run's ``--calibration_split``
+  (validation by default, or train; never test).
+
+Each ONNX / LiteRT file gets its metadata beside it (``m.onnx.json``: class names, preprocessing,
+temperature, decision rules, reliability threshold, the out-of-distribution guard), which
+``caco-jax predict --model m.onnx`` reads (``caco_jax.interop.artifact``).
 """
 
 from __future__ import annotations
@@ -21,8 +31,10 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+from typing import Any
 
 from caco_jax.cli import common
+from caco_jax.data.classes import CLASS_NAMES
 from caco_jax.errors import UsageError
 from caco_jax.interop.convert import export_state_dict
 from caco_jax.interop.torch_io import save_state_dict
@@ -37,6 +49,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--weights", type=pathlib.Path, help="caco-jax weights directory")
     p.add_argument("--pytorch", type=pathlib.Path, metavar="FILE", help="write a PyTorch state_dict (.pth) here")
     p.add_argument("--onnx", type=pathlib.Path, metavar="FILE", help="write an ONNX model here")
+    p.add_argument("--tflite", type=pathlib.Path, metavar="FILE", help="write a LiteRT (.tflite) model here")
+    p.add_argument("--int8", action="store_true", help="also write int8 twins (m_int8.onnx, m_int8.tflite)")
+    p.add_argument(
+        "--calibration_split",
+        choices=("validation", "train"),
+        default="validation",
+        help="the run's images that calibrate --int8 (default: validation; never test)",
+    )
+    p.add_argument(
+        "--calibration_images", type=int, default=256, metavar="N", help="how many (default: 256, a seeded sample)"
+    )
     p.add_argument(
         "--image_size",
         type=int,
@@ -54,14 +77,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_common(p, compile_cache=False)
 
 
-def run(args: argparse.Namespace) -> int:
-    if not (args.pytorch or args.onnx):
-        raise UsageError("nothing to do: give --pytorch FILE and/or --onnx FILE")
+def _check(args: argparse.Namespace) -> None:
+    if not (args.pytorch or args.onnx or args.tflite):
+        raise UsageError("nothing to do: give --pytorch FILE, --onnx FILE and/or --tflite FILE")
     if args.pytorch:
         common.require(["torch"], "--pytorch", "torch")
-    if args.onnx:
-        common.require(["torch", "onnx", "onnxscript"], "--onnx", "onnx")
-    size, ca_activation, bn_momentum = None, args.ca_activation, None
+    if args.onnx or args.int8:
+        common.require(["torch", "onnx", "onnxscript"], "--onnx" if args.onnx else "--int8", "onnx")
+    if args.tflite:
+        common.require(["torch", "litert_torch", "ai_edge_litert"], "--tflite", "litert")
+    for flag, path, suffix in (("--onnx", args.onnx, ".onnx"), ("--tflite", args.tflite, ".tflite")):
+        if path is not None and path.suffix != suffix:
+            raise UsageError(f"{flag} {path}: the file name must end in {suffix}")
+    if args.int8 and not (args.onnx or args.tflite):
+        raise UsageError("--int8 quantises the --onnx / --tflite exports: give one of them")
+    if args.int8 and not args.workdir:
+        raise UsageError("--int8 calibrates on the run's images: give --workdir (not --weights)")
+    if args.calibration_images < 1:
+        raise UsageError("--calibration_images must be at least 1")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    size, ca_activation, bn_momentum, config = None, args.ca_activation, None, None
     weights = args.weights
     if args.workdir:
         from caco_jax.runs.workspace import load_config
@@ -70,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         size, bn_momentum = config.data.image_size, config.model.bn_momentum
         ca_activation = ca_activation or config.model.ca_activation
         weights = args.workdir / "best"
-    model, _ = model_from_weights(weights, ca_activation=ca_activation, bn_momentum=bn_momentum)
+    model, meta = model_from_weights(weights, ca_activation=ca_activation, bn_momentum=bn_momentum)
     print(
         f"{weights}: mobilenet_v3_{model.arch}, attention {model.attention_name!r} "
         f"(attention_init {model.attention_init!r}, ca_activation {model.ca_activation!r}), "
@@ -83,14 +121,40 @@ def run(args: argparse.Namespace) -> int:
             f"{model.attention_name!r}, num_classes={model.num_classes}, attention_init={model.attention_init!r}, "
             f"ca_activation={model.ca_activation!r}).load_state_dict(torch.load(path), strict=True)"
         )
-    if args.onnx:
-        from caco_jax.interop.export_onnx import export_onnx
-
+    if args.onnx or args.tflite:
         hw = tuple(args.image_size) if args.image_size else (size or 224,)
-        hw = (hw[0], hw[-1])
-        export_onnx(model, args.onnx, image_size=hw)
-        print(f"wrote {args.onnx}: input 'images' (N, 3, {hw[0]}, {hw[1]}), output 'logits' (N, {model.num_classes})")
+        _deploy(args, model, meta, config, weights, (hw[0], hw[-1]))
     return 0
+
+
+def _deploy(args: argparse.Namespace, model: Any, meta: dict, config: Any, weights: pathlib.Path, hw: tuple) -> None:
+    """The ONNX / LiteRT files (and their int8 twins) with their metadata."""
+    from caco_jax.interop import artifact, deploy
+
+    names = meta.get("class_names") or (CLASS_NAMES if model.num_classes == len(CLASS_NAMES) else None)
+    evaluation = (config.get("evaluation") or {}) if config is not None else {}
+    run_info = artifact.describe_run(
+        weights,
+        class_names=names or [f"class_{k}" for k in range(model.num_classes)],
+        image_size=hw,
+        default_decision=evaluation.get("decision", "argmax"),
+        tta=bool(evaluation.get("tta", False)),
+        model={"arch": model.arch, "attention": model.attention_name, "num_classes": model.num_classes},
+    )
+    calibration = None
+    if args.int8:
+        calibration = deploy.calibration_images(
+            config, args.workdir, size=hw, split=args.calibration_split, count=args.calibration_images
+        )
+        print(f"calibrating int8 on {len(calibration)} {args.calibration_split} images of {args.workdir}")
+    deploy.export_models(
+        model,
+        run_info,
+        onnx=args.onnx,
+        tflite=args.tflite,
+        calibration=calibration,
+        calibration_source=f"{len(calibration)} {args.calibration_split} images" if calibration is not None else "",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,13 @@
-"""Classify dermoscopy images with a trained run: top-k classes with probabilities.
+"""Classify dermoscopy images with a trained run or an exported model: top-k classes with probabilities.
 
     caco-jax predict --workdir runs/caco IMAGE_OR_FOLDER... [--top_k 3] [--decision argmax|balanced] \\
         [--csv predictions.csv] [--json predictions.json] [--tta] [--cam OUT_DIR [--cam_class mel]]
+    caco-jax predict --model caco_int8.tflite IMAGE_OR_FOLDER...     # an export: no JAX needed
+
+``--model`` takes a file from ``caco-jax export`` (.onnx or .tflite, its metadata JSON beside it) and
+answers with the same preprocessing, temperature, decision rules, test-time augmentation, reliability
+threshold and out-of-distribution guard, through onnxruntime or the LiteRT interpreter alone
+(``caco_jax.serving.portable``; neither JAX nor torch is imported; no Grad-CAM).
 
 Folders are searched recursively for .jpg/.jpeg/.png/.bmp/.gif/.tif/.tiff/.webp files. Every
 file that is not classified is listed with a plain reason (not an image, damaged, too large,
@@ -35,6 +41,7 @@ import csv
 import json
 import pathlib
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -42,10 +49,11 @@ from PIL import Image
 from caco_jax.cli import common
 from caco_jax.data.images import SUFFIXES, UnreadableImage, decode
 from caco_jax.errors import UsageError
-from caco_jax.evaluation.decision import RULES
-from caco_jax.evaluation.saliency import overlay
-from caco_jax.serving.predictor import RULE_TEXT, Predictor
-from caco_jax.training import compile_cache
+from caco_jax.evaluation.decision import RULE_TEXT, RULES
+
+if TYPE_CHECKING:  # imported where used: --model must not import JAX
+    from caco_jax.serving.portable import PortablePredictor
+    from caco_jax.serving.predictor import Predictor
 
 IMAGE_SUFFIXES = set(SUFFIXES)
 
@@ -93,7 +101,7 @@ def _cam_name(path: pathlib.Path, class_name: str, taken: set[str]) -> str:
 
 
 def load_images(
-    predictor: Predictor, files: list[pathlib.Path]
+    predictor: Predictor | PortablePredictor, files: list[pathlib.Path]
 ) -> tuple[list[tuple[pathlib.Path, np.ndarray]], list[tuple[str, str]]]:
     """(decoded images, [(path, reason)]): one file's failure never stops the others."""
     loaded, problems = [], []
@@ -110,7 +118,7 @@ def load_images(
 
 
 def predict(
-    workdir: pathlib.Path,
+    workdir: pathlib.Path | None,
     paths: list[pathlib.Path],
     *,
     top_k: int = 3,
@@ -121,13 +129,26 @@ def predict(
     cam_dir: pathlib.Path | None = None,
     cam_class: str | None = None,
     decision: str | None = None,
+    model: pathlib.Path | None = None,
 ) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Predictions (one dict per readable image) and problems (path, reason).
+    """Predictions (one dict per readable image) and problems (path, reason), from the run in ``workdir``
+    or, with ``model``, from an exported model (no Grad-CAM then).
 
     Each row names its ``decision`` rule and ``prediction``; ``top`` and ``probabilities`` are
     what the rule reads the answer from (``model_probabilities`` beside them under the balanced
     rule). With ``cam_dir``, a Grad-CAM overlay of each image is written there (``cam`` in its row)."""
-    predictor = Predictor(workdir, weights, calibrate=calibrate, batch_size=batch_size, decision=decision)
+    predictor: Predictor | PortablePredictor
+    if model is not None:
+        from caco_jax.serving.portable import PortablePredictor
+
+        if cam_dir is not None:
+            raise UsageError("--cam needs the run's weights (Grad-CAM takes gradients): use --workdir, not --model")
+        predictor = PortablePredictor(model, calibrate=calibrate, decision=decision, batch_size=batch_size)
+    else:
+        from caco_jax.serving.predictor import Predictor
+
+        assert workdir is not None  # one of --workdir / --model is required
+        predictor = Predictor(workdir, weights, calibrate=calibrate, batch_size=batch_size, decision=decision)
     class_names = predictor.class_names
     target = None if cam_class is None else predictor.class_index(cam_class)
     files, problems = find_images(paths)
@@ -163,6 +184,7 @@ def predict(
             }
         rows.append(row)
     if cam_dir is not None:
+        assert isinstance(predictor, Predictor)
         write_cams(predictor, loaded, rows, cam_dir, answer.classes if target is None else target)
     return rows, problems
 
@@ -175,6 +197,8 @@ def write_cams(
     target: np.ndarray | int,
 ) -> None:
     """A Grad-CAM overlay of each image (at its own resolution, upright) for ``target``."""
+    from caco_jax.evaluation.saliency import overlay
+
     cam_dir.mkdir(parents=True, exist_ok=True)
     _, classes, cams = predictor.explain(np.stack([im for _, im in loaded]), target)
     taken: set[str] = set()
@@ -196,7 +220,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="IMAGE_OR_FOLDER",
         help=f"image files, or folders searched recursively for {'/'.join(SUFFIXES)} files",
     )
-    p.add_argument("--workdir", type=pathlib.Path, required=True, help="a training run (caco-jax train --workdir)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workdir", type=pathlib.Path, help="a training run (caco-jax train --workdir)")
+    source.add_argument(
+        "--model", type=pathlib.Path, metavar="FILE", help="an exported model (.onnx or .tflite from caco-jax export)"
+    )
     p.add_argument("--weights", type=pathlib.Path, help="weights directory (default: WORKDIR/best)")
     p.add_argument("--top_k", type=int, default=3, help="classes listed per image (default: 3)")
     p.add_argument(
@@ -276,7 +304,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--batch_size must be at least 1")
     if args.cam_class and not args.cam:
         raise UsageError("--cam_class needs --cam DIR")
-    compile_cache.enable(args.compile_cache)
+    if args.model is not None and args.weights is not None:
+        raise UsageError("--weights belongs to --workdir; an exported --model carries its weights")
+    if args.model is None:
+        from caco_jax.training import compile_cache
+
+        compile_cache.enable(args.compile_cache)
     rows, problems = predict(
         args.workdir,
         args.inputs,
@@ -288,6 +321,7 @@ def run(args: argparse.Namespace) -> int:
         cam_dir=args.cam,
         cam_class=args.cam_class,
         decision=args.decision,
+        model=args.model,
     )
     if rows:
         print_table(rows, args.top_k)

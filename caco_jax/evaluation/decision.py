@@ -32,6 +32,11 @@ from caco_jax.evaluation import calibration
 DECISION_FILE = "decision.json"
 RULES = ("argmax", "balanced")  # what users choose: the plain argmax, or the fitted balanced rule
 FITS = ("logit_adjustment", "offsets")
+RULE_TEXT = {
+    "argmax": "argmax: the most probable class under the training data's class frequencies",
+    "balanced": "balanced: the rule fitted on the validation split for equal recall across classes "
+    "(probabilities re-weighted to the prior it assumes)",
+}
 TAU_GRID = np.round(np.arange(0.0, 2.0001, 0.05), 4)
 OFFSET_GRID = np.round(np.arange(-3.0, 3.0001, 0.1), 4)
 
@@ -77,6 +82,31 @@ class DecisionRule:
             "prior": None if self.prior is None else list(self.prior),
             **self.info,
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """A decision rule's answer for a batch: ``classes`` [N]; ``probabilities`` [N, C], what the answer
+    is read from (its argmax is ``classes``); ``model_probabilities`` [N, C], softmax(logits / T)
+    (with test-time augmentation: the views' mean), the same as ``probabilities`` under argmax."""
+
+    rule: str
+    classes: np.ndarray
+    probabilities: np.ndarray
+    model_probabilities: np.ndarray
+
+
+def answer(rule: str, model: np.ndarray, at_fit: np.ndarray, fitted: DecisionRule | None) -> Decision:
+    """The answer of ``rule`` ('argmax' or 'balanced', whose fitted rule is ``fitted``) for images whose
+    shown probabilities are ``model`` (softmax(logits / T)) and whose probabilities at the temperature
+    the rule was fitted with are ``at_fit`` (with test-time augmentation: the views' means)."""
+    if rule == "argmax":
+        return Decision(rule, model.argmax(-1), model, model)
+    if fitted is None:
+        raise ValueError("the balanced rule needs its fitted offsets (decision.json)")
+    # log p at T_fit equals log_scores(logits, T_fit): the rule's own input, up to float32 rounding
+    scores = np.log(np.maximum(np.asarray(at_fit, np.float64), 1e-300))
+    return Decision(rule, fitted.predict(scores, 1.0), fitted.balanced_probabilities(scores, 1.0), model)
 
 
 def _plateau_centre(values: np.ndarray, grid: np.ndarray) -> float:
@@ -168,21 +198,25 @@ def save(directory: str | pathlib.Path, rule: DecisionRule) -> pathlib.Path:
     return path
 
 
+def from_json(data: dict[str, Any]) -> DecisionRule:
+    """The rule :meth:`DecisionRule.to_json` wrote (KeyError, TypeError or ValueError if it is not one)."""
+    info = {k: v for k, v in data.items() if k not in ("fit", "offsets", "tau", "prior")}
+    return DecisionRule(
+        data["fit"],
+        tuple(float(x) for x in data["offsets"]),
+        tau=data.get("tau"),
+        prior=None if data.get("prior") is None else tuple(data["prior"]),
+        info=info,
+    )
+
+
 def load(directory: str | pathlib.Path) -> DecisionRule | None:
     """The rule saved beside weights in ``directory``, or None when there is none."""
     path = pathlib.Path(directory) / DECISION_FILE
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-        info = {k: v for k, v in data.items() if k not in ("fit", "offsets", "tau", "prior")}
-        return DecisionRule(
-            data["fit"],
-            tuple(float(x) for x in data["offsets"]),
-            tau=data.get("tau"),
-            prior=None if data.get("prior") is None else tuple(data["prior"]),
-            info=info,
-        )
+        return from_json(json.loads(path.read_text()))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise ValueError(
             f"{path} is not a decision rule ({err}); delete it or refit it by rerunning "

@@ -7,8 +7,9 @@ against caco-jax, in PyTorch's NCHW layout, which is what mobile runtimes expect
 
 The file has one input, ``images``: float32 ``(N, 3, H, W)``, ImageNet-normalised RGB
 (caco-jax's input transposed: ``x.transpose(0, 3, 1, 2)``), with H, W fixed at export
-time and N free; and one output, ``logits``: ``(N, num_classes)``. :func:`run_onnx` takes
-caco-jax's NHWC images.
+time and N free; and three outputs (``caco_jax.interop.deployable``): ``logits``
+``(N, num_classes)``, ``pooled`` and ``hidden``, the two feature layers the out-of-distribution
+guard scores. :func:`run_onnx` takes caco-jax's NHWC images and returns the logits.
 
 Why not jax2onnx (tried; docs/deploy.md): it was as exact, but jax2onnx 0.17 pins
 ``orbax-checkpoint<0.11.37`` (this project runs on 0.12), its ``nnx.Dropout`` patch
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 INPUT_NAME = "images"
-OUTPUT_NAME = "logits"
+OUTPUT_NAME = "logits"  # the first of deployable.OUTPUTS
 DEFAULT_OPSET = 18
 
 
@@ -44,20 +45,20 @@ def export_onnx(
     """
     import torch
 
-    from caco_jax.interop.torch_reference import to_torch
+    from caco_jax.interop.deployable import OUTPUTS, Deployable
 
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ref = to_torch(model)  # eval mode, float32
+    module = Deployable(model, "NCHW").eval()  # float32
     example = torch.zeros(2, 3, h, w)
     torch.onnx.export(
-        ref,
+        module,
         (example,),
         str(path),
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+        output_names=list(OUTPUTS),
+        dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
         opset_version=opset,
         dynamo=True,
         external_data=False,

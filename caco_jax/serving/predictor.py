@@ -8,7 +8,6 @@ shifts the log-probabilities per class, trading some accuracy for recall on rare
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 from collections.abc import Sequence
 
@@ -18,27 +17,12 @@ import numpy as np
 from caco_jax.data.images import MAX_PIXELS, decode
 from caco_jax.errors import UsageError, WeightsError
 from caco_jax.evaluation import calibration, decision, ood_score, selective
+from caco_jax.evaluation.decision import RULE_TEXT, Decision
 from caco_jax.runs.weights import load_trained
 from caco_jax.training import parallel
 from caco_jax.training.steps import ModelDef, build_steps
 
-RULE_TEXT = {
-    "argmax": "argmax: the most probable class under the training data's class frequencies",
-    "balanced": "balanced: the rule fitted on the validation split for equal recall across classes "
-    "(probabilities re-weighted to the prior it assumes)",
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Decision:
-    """A decision rule's answer for a batch: ``classes`` [N]; ``probabilities`` [N, C], what the answer
-    is read from (its argmax is ``classes``); ``model_probabilities`` [N, C], softmax(logits / T)
-    (with test-time augmentation: the views' mean), the same as ``probabilities`` under argmax."""
-
-    rule: str
-    classes: np.ndarray
-    probabilities: np.ndarray
-    model_probabilities: np.ndarray
+__all__ = ["RULE_TEXT", "Decision", "Predictor"]  # RULE_TEXT and Decision live in evaluation.decision
 
 
 class Predictor:
@@ -147,14 +131,12 @@ class Predictor:
         rule = self._check_rule(rule or self.decision)
         model = self.probabilities(images, tta=tta)
         if rule == "argmax":
-            return Decision(rule, model.argmax(-1), model, model)
+            return decision.answer(rule, model, model, None)
         fitted = self.balanced_rule
         assert fitted is not None  # _check_rule accepts 'balanced' only when there is one
         t_fit = float(fitted.info.get("temperature") or 1.0)
         at_fit = model if np.isclose(t_fit, float(self._t)) else self.probabilities(images, tta=tta, temperature=t_fit)
-        # log p at T_fit equals log_scores(logits, T_fit): the rule's own input, up to float32 rounding
-        scores = np.log(np.maximum(np.asarray(at_fit, np.float64), 1e-300))
-        return Decision(rule, fitted.predict(scores, 1.0), fitted.balanced_probabilities(scores, 1.0), model)
+        return decision.answer(rule, model, at_fit, fitted)
 
     def explain(
         self, images: np.ndarray, target: Sequence[int] | np.ndarray | int | None = None

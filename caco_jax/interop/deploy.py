@@ -1,0 +1,100 @@
+"""What ``caco-jax export`` writes for deployment: float32 and int8 ONNX and LiteRT files, each with its
+metadata beside it (``caco_jax.interop.artifact``), and the calibration images int8 needs.
+
+``--int8`` adds, beside each float file ``m.onnx`` / ``m.tflite``, its int8 twin ``m_int8.onnx`` /
+``m_int8.tflite``; an int8 ONNX is always among them (beside the LiteRT file when only ``--tflite``
+is given). The calibration images are the run's validation (or training) images, decoded and
+normalised as evaluation does; never its test images.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from caco_jax.data.classes import IMAGENET_MEAN, IMAGENET_STD
+from caco_jax.interop import artifact
+
+CALIBRATION_SPLITS = ("validation", "train")
+DEFAULT_CALIBRATION_IMAGES = 256
+
+
+def int8_path(path: pathlib.Path, suffix: str | None = None) -> pathlib.Path:
+    """``m.tflite`` -> ``m_int8.tflite`` (``suffix`` changes the extension)."""
+    return path.with_name(f"{path.stem}_int8{suffix or path.suffix}")
+
+
+def normalise(images: np.ndarray) -> np.ndarray:
+    """uint8 NHWC -> float32 ImageNet-normalised (the models' input)."""
+    mean, std = np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
+    return ((np.asarray(images, np.float32) / np.float32(255.0) - mean) / std).astype(np.float32)
+
+
+def calibration_images(
+    config: Any,
+    workdir: pathlib.Path,
+    *,
+    size: tuple[int, int],
+    split: str = "validation",
+    count: int = DEFAULT_CALIBRATION_IMAGES,
+    seed: int = 0,
+) -> np.ndarray:
+    """``count`` images of the run's ``split`` (a seeded sample, in file order) at ``size`` (H, W),
+    float32 NHWC normalised."""
+    from caco_jax.data import registry
+
+    if split not in CALIBRATION_SPLITS:
+        raise ValueError(f"calibration images come from {' or '.join(CALIBRATION_SPLITS)}, never test; got {split!r}")
+    source = registry.open_data(config, workdir)[split]
+    rows = np.sort(np.random.default_rng(seed).permutation(len(source))[: min(count, len(source))])
+    return normalise(source.decode(rows.tolist(), size))
+
+
+def export_models(
+    model: Any,
+    run: dict[str, Any],
+    *,
+    onnx: pathlib.Path | None = None,
+    tflite: pathlib.Path | None = None,
+    calibration: np.ndarray | None = None,
+    calibration_source: str = "",
+    log: Callable[[str], None] = print,
+) -> list[pathlib.Path]:
+    """Writes the requested float files and, with ``calibration`` images, their int8 twins, each with
+    its metadata; returns the model files written. ``run``: :func:`artifact.describe_run`."""
+    from caco_jax.interop.export_onnx import INPUT_NAME, export_onnx
+
+    size = tuple(run["image_size"])
+    written: list[pathlib.Path] = []
+
+    def done(path: pathlib.Path, **meta: Any) -> None:
+        artifact.write(path, run, **meta)
+        written.append(path)
+        log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {artifact.metadata_path(path).name}")
+
+    if tflite is not None:
+        from caco_jax.interop.export_litert import export_litert, export_litert_int8
+
+        done(tflite, layout="NHWC", input_name=export_litert(model, tflite, image_size=size), precision="float32")
+        if calibration is not None:
+            name, settings = export_litert_int8(model, int8_path(tflite), calibration, image_size=size)
+            settings["calibration_source"] = calibration_source
+            done(int8_path(tflite), layout="NHWC", input_name=name, precision="int8", quantization=settings)
+    if onnx is not None or calibration is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            float_onnx = onnx or pathlib.Path(tmp) / "float.onnx"
+            export_onnx(model, float_onnx, image_size=size)
+            if onnx is not None:
+                done(onnx, layout="NCHW", input_name=INPUT_NAME, precision="float32")
+            if calibration is not None:
+                from caco_jax.interop.quantize_onnx import quantize_onnx
+
+                target = int8_path(onnx) if onnx is not None else int8_path(tflite or float_onnx, ".onnx")
+                settings = quantize_onnx(float_onnx, target, calibration, input_name=INPUT_NAME)
+                settings["calibration_source"] = calibration_source
+                done(target, layout="NCHW", input_name=INPUT_NAME, precision="int8", quantization=settings)
+    return written

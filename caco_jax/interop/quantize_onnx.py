@@ -1,0 +1,88 @@
+"""Static int8 quantisation of an exported ONNX model with onnxruntime's quantiser (``onnx`` extra).
+
+QDQ format (QuantizeLinear / DequantizeLinear pairs around each quantised operator, which onnxruntime
+runs as integer kernels), int8 weights (per output channel by default), uint8 activations (onnxruntime's
+choice for x86 CPUs; an all-zero ReLU output, which the channel attention's squeeze MLP has in trained
+runs, keeps its meaning with uint8, where int8 ranges of [0, 0] let negative values through), ranges
+calibrated on images the caller gives (the run's training or validation images, never its test
+images). The graph first goes through onnxruntime's pre-processing (constant folding and fusions;
+its symbolic shape inference is skipped: ONNX's own shape inference covers these graphs).
+
+``float_ops`` leaves operator types in float (e.g. the attention gates' ``Sigmoid`` and
+``HardSigmoid`` and the ``Mul`` they feed): one of the remedies ``tools/measure_exports.py`` measures.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+METHODS = ("minmax", "entropy", "percentile")
+
+
+def quantize_onnx(
+    float_path: str | pathlib.Path,
+    out_path: str | pathlib.Path,
+    calibration: np.ndarray,
+    *,
+    per_channel: bool = True,
+    method: str = "minmax",
+    float_ops: Sequence[str] = (),
+    input_name: str = "images",
+    batch_size: int = 16,
+) -> dict[str, Any]:
+    """Writes the int8 QDQ model of ``float_path`` to ``out_path``; returns its quantisation settings.
+
+    ``calibration``: float32 NHWC images, normalised as the model's input (transposed to NCHW here)."""
+    import onnx
+    from onnxruntime import quantization as q
+
+    if method not in METHODS:
+        raise ValueError(f"unknown calibration method {method!r}; expected one of {METHODS}")
+    if len(calibration) == 0:
+        raise ValueError("int8 quantisation needs calibration images")
+    nchw = np.ascontiguousarray(np.asarray(calibration, np.float32).transpose(0, 3, 1, 2))
+
+    class Reader(q.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.starts = iter(range(0, len(nchw), batch_size))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            start = next(self.starts, None)
+            return None if start is None else {input_name: nchw[start : start + batch_size]}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = pathlib.Path(tmp) / "prepared.onnx"
+        q.quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        op_types = None
+        if float_ops:
+            present = {n.op_type for n in onnx.load(str(prepared)).graph.node}
+            op_types = sorted(present - set(float_ops) - {"QuantizeLinear", "DequantizeLinear"})
+        q.quantize_static(
+            str(prepared),
+            str(out_path),
+            Reader(),
+            quant_format=q.QuantFormat.QDQ,
+            per_channel=per_channel,
+            activation_type=q.QuantType.QUInt8,
+            weight_type=q.QuantType.QInt8,
+            op_types_to_quantize=op_types,
+            calibrate_method={
+                "minmax": q.CalibrationMethod.MinMax,
+                "entropy": q.CalibrationMethod.Entropy,
+                "percentile": q.CalibrationMethod.Percentile,
+            }[method],
+        )
+    return {
+        "tool": "onnxruntime.quantization.quantize_static",
+        "format": "QDQ",
+        "weights": "int8 " + ("per channel" if per_channel else "per tensor"),
+        "activations": "uint8 per tensor",
+        "calibration_method": method,
+        "calibration_images": int(len(calibration)),
+        "float_ops": list(float_ops),
+    }

@@ -1,0 +1,189 @@
+"""An exported model (ONNX or LiteRT) ready to classify images as its run does, without JAX or torch.
+
+``caco-jax predict --model m.onnx|m.tflite`` uses it. Needs only NumPy, Pillow and the model's
+runtime: onnxruntime for ``.onnx``, the LiteRT interpreter (``ai-edge-litert``) for ``.tflite``.
+Everything else comes from the metadata beside the model (``caco_jax.interop.artifact``): the same
+decoding (``caco_jax.data.images.decode``) and normalisation, the temperature, the decision rules
+(``caco_jax.evaluation.decision``), the 8-view test-time augmentation, the reliability threshold and
+the out-of-distribution guard (``caco_jax.evaluation.ood_score``) as :class:`~caco_jax.serving.predictor.Predictor`.
+Importing this module imports none of jax, flax, optax or tensorflow_datasets (tests check).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from caco_jax.data.images import MAX_PIXELS, decode
+from caco_jax.errors import UsageError
+from caco_jax.evaluation import calibration, decision
+from caco_jax.evaluation.decision import Decision
+from caco_jax.interop import artifact
+
+Runner = Callable[[np.ndarray], dict[str, np.ndarray]]  # float32 NHWC normalised -> {output: [N, ...]}
+
+
+def onnx_runner(path: pathlib.Path, meta: dict[str, Any], *, threads: int = 0, batch_size: int = 32) -> Runner:
+    """An onnxruntime CPU session as a :data:`Runner` (``threads`` intra-op threads; 0: onnxruntime's default)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise UsageError(f"{path} needs onnxruntime: pip install onnxruntime") from None
+    options = ort.SessionOptions()
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    nchw = meta["input"]["layout"] == "NCHW"
+
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        parts = []
+        for start in range(0, len(x), batch_size):
+            chunk = x[start : start + batch_size]
+            feed = np.ascontiguousarray(chunk.transpose(0, 3, 1, 2) if nchw else chunk)
+            parts.append(session.run(names, {meta["input"]["name"]: feed}))
+        return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
+
+    return run
+
+
+def litert_runner(path: pathlib.Path, meta: dict[str, Any], *, threads: int = 0) -> Runner:
+    """The LiteRT interpreter as a :data:`Runner`: one image per call (the exported batch is 1). An int8
+    input or output is quantised / dequantised with the scale and zero point the file gives."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        raise UsageError(f"{path} needs the LiteRT interpreter: pip install ai-edge-litert") from None
+    interpreter = Interpreter(model_path=str(path), num_threads=threads or None)
+    signature = interpreter.get_signature_runner()
+    key = meta["input"]["name"]
+    fed = signature.get_input_details()[key]
+    outputs = signature.get_output_details()
+
+    def quantise(x: np.ndarray) -> np.ndarray:
+        if fed["dtype"] == np.float32:
+            return np.ascontiguousarray(x, np.float32)
+        scale, zero = fed["quantization"]
+        info = np.iinfo(fed["dtype"])
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(fed["dtype"])
+
+    def dequantise(name: str, y: np.ndarray) -> np.ndarray:
+        if outputs[name]["dtype"] == np.float32:
+            return y
+        scale, zero = outputs[name]["quantization"]
+        return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+
+    def run(x: np.ndarray) -> dict[str, np.ndarray]:
+        outs = [signature(**{key: quantise(x[i : i + 1])}) for i in range(len(x))]
+        return {name: dequantise(name, np.concatenate([o[name] for o in outs])) for name in outputs}
+
+    return run
+
+
+def dihedral_views(images: np.ndarray) -> np.ndarray:
+    """[V=8, N, S, S, C]: rot90 by k = 0..3, each as is and flipped left-right (as the JAX step's views)."""
+    if images.shape[1] != images.shape[2]:
+        raise UsageError(f"test-time augmentation needs square images, got {images.shape[1]}x{images.shape[2]}")
+    views = []
+    for k in range(4):
+        rotated = np.rot90(images, k, axes=(1, 2))
+        views += [rotated, rotated[:, :, ::-1]]
+    return np.stack(views)
+
+
+class PortablePredictor:
+    """Probabilities, decisions and the guard's verdict of an exported model; the interface of
+    :class:`~caco_jax.serving.predictor.Predictor` that ``predict`` uses (no Grad-CAM: no gradients)."""
+
+    def __init__(
+        self,
+        model_path: str | pathlib.Path,
+        *,
+        calibrate: bool = True,
+        decision: str | None = None,
+        threads: int = 0,
+        batch_size: int = 32,
+    ):
+        self.path = pathlib.Path(model_path)
+        self.meta = artifact.read(self.path)
+        self.class_names: tuple[str, ...] = tuple(self.meta["class_names"])
+        height, width = self.meta["image_size"]
+        self.image_size: tuple[int, int] = (int(height), int(width))
+        pre = self.meta["preprocessing"]
+        self._scale = np.float32(pre["scale"])
+        self._mean, self._std = np.asarray(pre["mean"], np.float32), np.asarray(pre["std"], np.float32)
+        self.temperature: float | None = self.meta["temperature"] if calibrate else None
+        balanced = self.meta["decision"]["balanced"]
+        self.balanced_rule = None if balanced is None else decision_rule(balanced)
+        self.decision = self._check_rule(decision or self.meta["decision"]["default"])
+        self.guard = artifact.guard_from(self.path, self.meta)
+        selective = self.meta.get("selective") or {}
+        self.confidence_threshold: float | None = selective.get("threshold")
+        if self.meta["format"] == "onnx":
+            self.run = onnx_runner(self.path, self.meta, threads=threads, batch_size=batch_size)
+        else:
+            self.run = litert_runner(self.path, self.meta, threads=threads)
+
+    def _check_rule(self, rule: str) -> str:
+        if rule not in decision.RULES:
+            raise UsageError(f"unknown decision rule {rule!r}; choose one of: {', '.join(decision.RULES)}")
+        if rule == "balanced" and self.balanced_rule is None:
+            raise UsageError(
+                f"{artifact.metadata_path(self.path)} has no balanced decision rule (its run had no "
+                f"{decision.DECISION_FILE}): use --decision argmax"
+            )
+        return rule
+
+    def prepare(self, data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+        """Encoded image bytes -> uint8 [H, W, 3], upright (raises ``UnreadableImage`` with the reason)."""
+        return decode(data, self.image_size, max_pixels=max_pixels)
+
+    def normalise(self, images: np.ndarray) -> np.ndarray:
+        """uint8 [N, H, W, 3] -> the model's float32 input (NHWC; the runner transposes for NCHW)."""
+        return ((np.asarray(images, np.float32) * self._scale - self._mean) / self._std).astype(np.float32)
+
+    def outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """{'logits' [N, C], 'pooled' [N, F], 'hidden' [N, H]} of uint8 images."""
+        return self.run(self.normalise(images))
+
+    def logits(self, images: np.ndarray, *, tta: bool = False) -> np.ndarray:
+        """[N, C] logits, or [N, 8, C] with ``tta`` (the dihedral views)."""
+        if not tta:
+            return self.outputs(images)["logits"]
+        views = dihedral_views(np.asarray(images))
+        per_view = self.outputs(views.reshape(-1, *views.shape[2:]))["logits"]
+        return per_view.reshape(len(views), len(images), -1).transpose(1, 0, 2)
+
+    def decide(self, images: np.ndarray, *, tta: bool = False, rule: str | None = None) -> Decision:
+        """The classes ``rule`` (default: :attr:`decision`) assigns, as ``Predictor.decide`` does."""
+        rule = self._check_rule(rule or self.decision)
+        logits = self.logits(images, tta=tta)
+        model = calibration.probabilities(logits, self.temperature or 1.0)
+        fitted = self.balanced_rule if rule == "balanced" else None
+        t_fit = float(fitted.info.get("temperature") or 1.0) if fitted is not None else 1.0
+        at_fit = model if fitted is None else calibration.probabilities(logits, t_fit)
+        return decision.answer(rule, model, at_fit, fitted)
+
+    def class_index(self, name: str) -> int:
+        """The index of a class name (UsageError listing the names if unknown)."""
+        if name not in self.class_names:
+            raise UsageError(f"unknown class {name!r}; this model's classes: {', '.join(self.class_names)}")
+        return self.class_names.index(name)
+
+    def unlike(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(guard scores [N], bool [N]: unlike the training images), or None when the run had no guard."""
+        if self.guard is None:
+            return None
+        out = self.outputs(images)
+        return self.guard.unlike(out["logits"], out[self.guard.layer])
+
+
+def decision_rule(data: dict[str, Any]) -> decision.DecisionRule:
+    """The balanced rule stored in the metadata."""
+    try:
+        return decision.from_json(data)
+    except (KeyError, TypeError, ValueError) as err:
+        raise UsageError(f"the metadata's balanced decision rule is damaged ({err}); export the model again") from None
