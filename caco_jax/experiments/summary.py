@@ -110,7 +110,7 @@ def _views(
 
 def _parts(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
     """Mean over seeds of accuracy and BACC on the test split's clean and leaked parts."""
-    if not runs or not all(r["figures"] for r in runs):
+    if not runs or not all(r.get("figures") for r in runs):
         return None
     out = {}
     for part in run_figures.PARTS:
