@@ -46,6 +46,10 @@ NOTICE = (
 REMINDER = "*A research model's output, not a diagnosis.*"
 PREDICTED = "predicted class"
 DISPLAY_SIDE = 768  # longest side of the images sent back to the page
+# What a client reads: the element ids a browser (and tools/screenshot_app.py) finds, and the words that
+# start the answer in the message; the HTTP-API tests and the real-browser check read the same.
+UPLOAD_ID, MESSAGE_ID, GRADCAM_ID = "upload", "message", "gradcam"
+ANSWER = "Answer:"
 
 
 class UploadError(ValueError):
@@ -168,7 +172,7 @@ class Analyser:
         marked = " *(unlike the training images: see the warning)*" if warnings and warnings[0].startswith("**") else ""
         lines = [
             *warnings,
-            f"- Answer: **{names[answered]}** ({probs[answered]:.1%}){marked}.",
+            f"- {ANSWER} **{names[answered]}** ({probs[answered]:.1%}){marked}.",
             f"- Decision rule: {RULE_TEXT[rule]}.",
             (
                 f"- Heat map: where the image supports **{names[int(classes[0])]}** (red: most, relative to the rest "
@@ -339,7 +343,7 @@ def build(
             gr.Markdown(description)
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label="Dermoscopy image (JPEG, PNG, ...)", type="filepath", elem_id="upload")
+                upload = gr.File(label="Dermoscopy image (JPEG, PNG, ...)", type="filepath", elem_id=UPLOAD_ID)
                 explain = gr.Dropdown([PREDICTED, *names], value=PREDICTED, label="Heat map for")
                 tta = gr.Checkbox(False, label="Test-time augmentation (average over 8 flips / rotations)")
                 rule = gr.Radio(
@@ -352,13 +356,13 @@ def build(
                 )
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")
             with gr.Column(scale=2):
-                message = gr.Markdown("Drop an image to start.", elem_id="message")
+                message = gr.Markdown("Drop an image to start.", elem_id=MESSAGE_ID)
                 probabilities = gr.Label(
                     num_top_classes=len(names), label="Class probabilities", elem_id="probabilities"
                 )
         with gr.Row():
             image = gr.Image(label="Your image", type="numpy", interactive=False, format="png")
-            heat = gr.Image(label="Grad-CAM overlay", type="numpy", interactive=False, format="png", elem_id="gradcam")
+            heat = gr.Image(label="Grad-CAM overlay", type="numpy", interactive=False, format="png", elem_id=GRADCAM_ID)
         outputs = [probabilities, image, heat, message]
         button.click(analyser, [upload, explain, tta, rule], outputs, api_name="analyse")
         upload.upload(analyser, [upload, explain, tta, rule], outputs, api_visibility="private")
