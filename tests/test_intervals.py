@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from caco_jax.evaluation import intervals
+from caco_jax.evaluation import intervals, reported
 
 CLASSES = ("a", "b", "c")
 
@@ -41,7 +41,7 @@ def test_metric_samples_match_sklearn_with_resample_weights():
 def test_auc_counts_ties_as_half():
     scores = np.asarray([0.1, 0.5, 0.5, 0.9])
     positive = np.asarray([False, True, False, True])
-    auc = intervals._weighted_auc(scores, positive, np.ones((1, 4)))[0]
+    auc = reported.weighted_auc(scores, positive, np.ones((1, 4)))[0]
     assert auc == pytest.approx(roc_auc_score(positive, scores))
 
 
@@ -104,3 +104,19 @@ def test_images_without_a_lesion_id_are_units_of_their_own():
     groups[:20] = ""  # e.g. an external test set: no lesion ids
     out = intervals.bootstrap(probs, labels, groups.astype(str), CLASSES, num_resamples=50)
     assert out["method"]["num_units"] == 20 + len(set(groups[20:]))
+
+
+def test_a_declared_metric_reaches_the_intervals_and_the_paired_comparison(monkeypatch):
+    """One Metric added to reported.REPORTED is computed, bootstrapped and compared with no other edit."""
+    share_nv = reported.Metric(
+        "share_nv", "share called nv", lambda x: (x.weights * (x.predicted == 1)).sum(1) / x.weights.sum(1)
+    )
+    monkeypatch.setattr(reported, "REPORTED", (*reported.REPORTED, share_nv))
+    monkeypatch.setattr(reported, "NAMES", (*reported.NAMES, "share_nv"))
+    probs, labels, lesions = _data(n=120)
+    out = intervals.bootstrap(probs, labels, lesions, CLASSES, num_resamples=50)
+    lo, hi = out["share_nv"]
+    assert lo <= np.mean(probs.argmax(1) == 1) <= hi
+    a = {"probs": probs, "labels": labels}
+    diff = intervals.paired(a, a, lesions, num_resamples=20)
+    assert diff["share_nv"]["difference"] == 0.0

@@ -33,7 +33,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from caco_jax.evaluation import intervals, ood_score  # noqa: E402
+from caco_jax.evaluation import intervals, ood_score, reported  # noqa: E402
 
 NEAR_PER_KIND = 200  # real lesions each near-OOD transform is applied to (a seeded sample)
 RESAMPLES = 1000
@@ -158,7 +158,7 @@ def _auroc_samples(id_scores, id_groups, ood_scores, ood_groups, resamples: int,
     scores = np.concatenate([id_scores, ood_scores])
     positive = np.concatenate([np.zeros(len(id_scores), bool), np.ones(len(ood_scores), bool)])
     weights = np.concatenate([np.ones((1, len(scores))), np.concatenate([w_id, w_ood], axis=1)])
-    return intervals._weighted_auc(scores, positive, weights)  # the one weighted AUC of the project
+    return reported.weighted_auc(scores, positive, weights)
 
 
 def _share_samples(flags: np.ndarray, groups: np.ndarray, resamples: int, seed: int) -> np.ndarray:

@@ -15,11 +15,12 @@ image_id) under the same resamples: the difference of each metric with its inter
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from caco_jax.evaluation import reported
 
 DEFAULT_RESAMPLES = 2000
 LEVEL = 0.95
@@ -58,48 +59,18 @@ def _recalls(predicted: np.ndarray, labels: np.ndarray, weights: np.ndarray, num
     return out
 
 
-def _weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """[R] one-vs-rest ROC AUC under each row of weights (a tied positive-negative pair counts 1/2)."""
-    order = np.argsort(scores, kind="stable")
-    s, pos, w = scores[order], positive[order], weights[:, order]
-    w_neg = np.where(~pos, w, 0.0)
-    w_pos = np.where(pos, w, 0.0)
-    _, start, counts = np.unique(s, return_index=True, return_counts=True)
-    neg_cum = np.concatenate([np.zeros((w.shape[0], 1)), np.cumsum(w_neg, axis=1)], axis=1)
-    neg_before = neg_cum[:, np.repeat(start, counts)]  # negative weight at lower scores
-    neg_tied = neg_cum[:, np.repeat(start + counts, counts)] - neg_before  # ... at the same score
-    num = (w_pos * (neg_before + 0.5 * neg_tied)).sum(axis=1)
-    den = w_pos.sum(axis=1) * w_neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
-
-
 def metric_samples(
     probs: np.ndarray, labels: np.ndarray, weights: np.ndarray, predicted: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
-    """Every metric under every resample: accuracy, bacc, macro_auc [R]; recall [R, C].
-    ``predicted`` defaults to argmax(probs); AUC always ranks by ``probs``."""
+    """Every reported metric (``reported.REPORTED``) under every resample [R], and per-class recall
+    [R, C]. ``predicted`` defaults to argmax(probs); AUC always ranks by ``probs``."""
     probs = np.asarray(probs, np.float64)
     labels = np.asarray(labels, np.int64)
-    num_classes = probs.shape[1]
     predicted = probs.argmax(axis=1) if predicted is None else np.asarray(predicted)
-    total = weights.sum(axis=1)
-    accuracy = (weights * (predicted == labels)).sum(axis=1) / np.where(total > 0, total, 1)
-    recall = _recalls(predicted, labels, weights, num_classes)
-    present = [k for k in range(num_classes) if np.any(labels == k)]
-    aucs = (
-        np.stack([_weighted_auc(probs[:, k], labels == k, weights) for k in present], axis=1)
-        if present
-        else np.full((len(weights), 1), np.nan)
-    )
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a resample without some class: NaN, not a warning
-        return {
-            "accuracy": accuracy,
-            "bacc": np.nanmean(recall[:, present], axis=1) if present else accuracy * np.nan,
-            "macro_auc": np.nanmean(aucs, axis=1),
-            "recall": recall,
-        }
+    recall = _recalls(predicted, labels, weights, probs.shape[1])
+    present = [k for k in range(probs.shape[1]) if np.any(labels == k)]
+    inputs = reported.Inputs(probs, labels, predicted, weights, recall, present)
+    return {m.name: m.compute(inputs) for m in reported.REPORTED} | {"recall": recall}
 
 
 def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float] | None:
@@ -113,7 +84,7 @@ def interval(samples: np.ndarray, level: float = LEVEL) -> tuple[float, float] |
 
 def summarise(samples: dict[str, np.ndarray], class_names: Sequence[str], level: float = LEVEL) -> dict[str, Any]:
     """{metric: (lo, hi)} and {'recall': {class: (lo, hi)}} from :func:`metric_samples`."""
-    out: dict[str, Any] = {k: interval(samples[k], level) for k in ("accuracy", "bacc", "macro_auc")}
+    out: dict[str, Any] = {k: interval(samples[k], level) for k in reported.NAMES}
     out["recall"] = {name: interval(samples["recall"][:, k], level) for k, name in enumerate(class_names)}
     return out
 
@@ -176,7 +147,7 @@ def paired(
     sa, sb = _run_means(a_runs, weights), _run_means(b_runs, weights)
     pa, pb = _run_means(a_runs, ones), _run_means(b_runs, ones)
     out: dict[str, Any] = {}
-    for key in _SCALARS:
+    for key in reported.NAMES:
         diff = sa[key] - sb[key]
         finite = diff[np.isfinite(diff)]
         out[key] = {
@@ -186,9 +157,6 @@ def paired(
         }
     out["method"] = {"resamples": num_resamples, "level": level, "unit": "lesion", "runs": [len(a_runs), len(b_runs)]}
     return out
-
-
-_SCALARS = ("accuracy", "bacc", "macro_auc")
 
 
 def mean_over_runs(
@@ -204,10 +172,10 @@ def mean_over_runs(
     split's sampling noise; the seeds' own spread is reported separately)."""
     weights = lesion_weights(groups, num_resamples, seed)
     samples, point = _run_means(runs, weights), _run_means(runs, np.ones((1, len(groups))))
-    return {k: {"value": float(point[k][0]), "interval": interval(samples[k], level)} for k in _SCALARS}
+    return {k: {"value": float(point[k][0]), "interval": interval(samples[k], level)} for k in reported.NAMES}
 
 
 def _run_means(runs: list[dict[str, np.ndarray]], weights: np.ndarray) -> dict[str, np.ndarray]:
     """Mean over runs of each scalar metric, per row of weights."""
     samples = [metric_samples(r["probs"], r["labels"], weights, r.get("predicted")) for r in runs]
-    return {k: np.mean([s[k] for s in samples], axis=0) for k in _SCALARS}
+    return {k: np.mean([s[k] for s in samples], axis=0) for k in reported.NAMES}

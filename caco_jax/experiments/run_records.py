@@ -16,9 +16,8 @@ import pathlib
 import statistics
 from typing import Any
 
+from caco_jax.evaluation.reported import NAMES as METRICS
 from caco_jax.experiments import seeds
-
-METRICS = ("accuracy", "bacc", "macro_auc")
 
 
 def previous(docs: pathlib.Path, preset_name: str) -> dict[str, Any] | None:

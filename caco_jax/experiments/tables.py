@@ -12,6 +12,7 @@ import platform
 from typing import Any
 
 from caco_jax.data import leakage
+from caco_jax.evaluation.reported import REPORTED
 from caco_jax.experiments.presets import Preset
 
 
@@ -149,8 +150,8 @@ def _seed_lines(rows: list[dict[str, Any]]) -> list[str]:
         "the seeds (test sampling added in quadrature). A cell with one seed has no such interval: its seed part "
         "is unknown. Percent (AUC x 100).",
         "",
-        "| cell | view | seeds | accuracy | BACC | macro AUC |",
-        "|---|---|---|---|---|---|",
+        "| cell | view | seeds | " + " | ".join(m.label for m in REPORTED) + " |",
+        "|---|---|---|" + "---|" * len(REPORTED),
     ]
     for r in rows:
         for key, name in _SEED_VIEWS:
@@ -160,7 +161,7 @@ def _seed_lines(rows: list[dict[str, Any]]) -> list[str]:
             recorded = f" ({len(r['recorded_seeds'])} from the record)" if r.get("recorded_seeds") else ""
             lines.append(
                 f"| {r['cell']} | {name} | {len(r['seeds'])}{recorded} | "
-                + " | ".join(_seed_cell(figure.get(m)) for m in ("accuracy", "bacc", "macro_auc"))
+                + " | ".join(_seed_cell(figure.get(m.name)) for m in REPORTED)
                 + " |"
             )
     return lines
