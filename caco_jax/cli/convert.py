@@ -23,7 +23,7 @@ import sys
 from caco_jax.cli import common
 from caco_jax.errors import UsageError
 from caco_jax.interop.convert import export_state_dict, load_torchvision
-from caco_jax.interop.torch_io import save_state_dict
+from caco_jax.interop.torch_io import load_state_dict, save_state_dict
 from caco_jax.models import ARCHS, ATTENTION_BLOCKS, ATTENTION_INITS, create_model
 from caco_jax.runs.weights import model_from_weights, save_weights
 
@@ -88,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         from caco_jax.interop import imagenet
 
         pth = imagenet.fetch(args.arch)
+    state_dict = load_state_dict(pth)  # first: a file that is not a .pth fails before a model is built
     model = create_model(
         arch=args.arch,
         attention=args.attention,
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         num_classes=args.num_classes,
         seed=args.seed,
     )
-    report = load_torchvision(model, pth)
+    report = load_torchvision(model, state_dict)
     print(report.summary())
     meta = {
         "source": str(pth),
