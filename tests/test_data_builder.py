@@ -199,14 +199,19 @@ def test_real_data_slice_builds(real_data_dir, tmp_path):
             assert image.size == (200, 150)
 
 
-def test_a_build_older_than_sources_is_read_with_empty_sources(built, tmp_path):
-    """A 1.0.0 build (before `source`) is found and read as it is; its records have no source."""
+def test_a_build_older_than_sources_is_read_and_preparing_builds_the_current_one_beside_it(built, manual_dir, tmp_path):
+    """A 1.0.0 build (before `source`) is found and read as it is; its records have no source. Preparing
+    (what training does with a manual_dir) builds 1.1.0 beside it, which is read from then on."""
     old = tmp_path / "tfds" / "ham10000" / built.builder_config.name / "1.0.0"
     shutil.copytree(built.data_path, old)
     info = old / "dataset_info.json"
     info.write_text(info.read_text().replace('"version": "1.1.0"', '"version": "1.0.0"'))
     reader = ham10000.builder(tmp_path / "tfds", image_size=32)
     assert str(reader.version) == "1.0.0"
+    prepared = ham10000.prepare(manual_dir, tmp_path / "tfds", image_size=32, progress=False)
+    assert str(prepared.version) == "1.1.0" and old.is_dir()
+    source = ham10000.open_source(tmp_path / "tfds", image_size=32)
+    assert set(source.meta["source"]) == set(_rows(manual_dir)[i]["dataset"] for i in source.image_ids)
     # records written without the feature parse to '' (what an old build holds)
     from tensorflow_datasets.proto import tf_example_pb2
 

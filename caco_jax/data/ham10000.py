@@ -247,9 +247,11 @@ def builder(
     *,
     config: str = "ham10000",
     image_size: int | None = DEFAULT_IMAGE_SIZE,
+    older: bool = True,
     **options,
 ) -> Ham10000:
-    """The builder of release `config` at `image_size` under data_dir (nothing is built).
+    """The builder of release `config` at `image_size` under data_dir (nothing is built): the current
+    version's, or, with ``older`` and only an older complete build there, that build's (to read it).
 
     config: 'ham10000', 'isic2018_test' or 'isic2018_validation'.
     """
@@ -258,7 +260,7 @@ def builder(
     predefined = made.name in {c.name for c in Ham10000.BUILDER_CONFIGS}
     kwargs = {"config": made.name if predefined else made, "data_dir": os.fspath(data_dir), **options}
     current = Ham10000(**kwargs)
-    if not current.is_prepared():
+    if older and not current.is_prepared():
         for version in Ham10000.SUPPORTED_VERSIONS:  # an older complete build is read as it is
             older = Ham10000(version=str(version), **kwargs)
             if older.is_prepared():
@@ -317,6 +319,7 @@ def _prepare(
         data_dir,
         config=config,
         image_size=image_size,
+        older=False,  # building makes the current version (an older build stays beside it)
         skip_missing=skip_missing,
         skip_unlisted=skip_unlisted,
         on_corrupt=on_corrupt,
