@@ -1,0 +1,209 @@
+"""Deployment exports (caco_jax.interop.deploy, artifact, quantize_onnx) and predict --model
+(caco_jax.serving.portable): the metadata carries the run's rules and guard, the exported model answers
+as caco-jax does, the int8 ONNX agrees with float on real images, and predict --model runs where JAX
+cannot be imported.
+
+The model is tests/whole_model.py's random caco case (every part mattering) with a run's files beside
+its weights: a temperature, a balanced decision rule, a reliability threshold and a Mahalanobis guard.
+LiteRT: tests/test_export_litert.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import subprocess
+import sys
+from collections.abc import Callable
+
+import jax
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install -e '.[torch,onnx]'")
+pytest.importorskip("onnxscript", reason="onnxscript is not installed: pip install -e '.[torch,onnx]'")
+
+from PIL import Image
+
+import whole_model as wm
+from caco_jax.data.classes import CLASS_NAMES
+from caco_jax.evaluation import calibration, decision, ood_score, selective
+from caco_jax.interop import artifact, deploy
+from caco_jax.runs.weights import save_weights
+from caco_jax.serving.portable import PortablePredictor
+from caco_jax.training.steps import ModelDef
+
+pytestmark = pytest.mark.torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TOL = 1e-4  # the float exports' bound (test_export_onnx.py)
+SIZE = (64, 64)  # square: test-time augmentation rotates the images
+BLOCKED = ("jax", "jaxlib", "flax", "optax", "orbax", "tensorflow_datasets", "tensorflow", "grain", "torch")
+
+
+def uint8_images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, *SIZE, 3), dtype=np.uint8)
+
+
+@functools.cache
+def _eval_logits(model) -> Callable[[np.ndarray], np.ndarray]:
+    md = ModelDef(model)
+    step = jax.jit(lambda x: md.apply(md.init_params, md.init_batch_stats, x, train=False)[0])
+    return lambda x: np.asarray(step(x))
+
+
+def jax_outputs(model, images: np.ndarray) -> np.ndarray:
+    """caco-jax's evaluation logits of uint8 images, normalised as the exports' metadata says."""
+    return _eval_logits(model)(deploy.normalise(images))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> pathlib.Path:
+    """Weights of the random caco case with a run's files beside them (guard fitted on random features)."""
+    folder = tmp_path_factory.mktemp("run") / "best"
+    model = wm.case("caco")["model"]
+    save_weights(model, folder, metadata={"class_names": list(CLASS_NAMES)})
+    calibration.save(folder, 1.7)
+    logits = jax_outputs(model, uint8_images(32, seed=1))
+    labels = np.arange(32) % len(CLASS_NAMES)
+    decision.save(folder, decision.fit(logits, labels, np.full(7, 1 / 7), temperature=1.3))
+    selective.save(folder, {"threshold": 0.6, "target_accuracy": 0.9})
+    rng = np.random.default_rng(2)
+    train = {"logits": logits, "pooled": rng.normal(size=(32, 576)), "labels": labels}
+    val = {"logits": logits[:8], "pooled": rng.normal(size=(8, 576))}
+    ood_score.save(folder, ood_score.fit("mahalanobis", "pooled", train, val, len(CLASS_NAMES)))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(run_dir, tmp_path_factory) -> dict[str, pathlib.Path]:
+    """m.onnx and m_int8.onnx of the run (one export, about 20 s)."""
+    out = tmp_path_factory.mktemp("exports")
+    run = artifact.describe_run(run_dir, class_names=CLASS_NAMES, image_size=SIZE, default_decision="balanced")
+    calibration_images = deploy.normalise(uint8_images(16, seed=3))
+    written = deploy.export_models(wm.case("caco")["model"], run, onnx=out / "m.onnx", calibration=calibration_images)
+    return {p.name: p for p in written}
+
+
+def test_metadata_carries_the_runs_rules_and_guard(run_dir, exported):
+    assert sorted(exported) == ["m.onnx", "m_int8.onnx"]
+    meta = artifact.read(exported["m_int8.onnx"])
+    assert meta["class_names"] == list(CLASS_NAMES) and meta["image_size"] == list(SIZE)
+    assert (meta["temperature"], meta["selective"]["threshold"]) == (1.7, 0.6)
+    assert decision.from_json(meta["decision"]["balanced"]) == decision.load(run_dir)
+    assert meta["decision"]["default"] == "balanced" and meta["precision"] == "int8"
+    assert meta["quantization"]["calibration_images"] == 16 and meta["outputs"] == ["logits", "pooled", "hidden"]
+    guard, saved = artifact.guard_from(exported["m_int8.onnx"], meta), ood_score.load(run_dir)
+    features = np.random.default_rng(4).normal(size=(5, 576))
+    logits = np.zeros((5, 7))
+    np.testing.assert_array_equal(guard.score(logits, features), saved.score(logits, features))
+    assert guard.threshold == saved.threshold
+
+
+def test_exported_model_answers_as_caco_jax(run_dir, exported):
+    """Logits to the float tolerance (test_export_onnx.py's inputs); the temperature, the balanced rule at
+    its own temperature and the 8-view test-time augmentation as caco-jax applies them."""
+    model = wm.case("caco")["model"]
+    portable = PortablePredictor(exported["m.onnx"])
+    x = np.random.default_rng(5).normal(size=(4, *SIZE, 3)).astype(np.float32)
+    np.testing.assert_allclose(portable.run(x)["logits"], _eval_logits(model)(x), rtol=0, atol=TOL)
+    images = uint8_images(4, seed=5)
+    logits = portable.logits(images)
+    np.testing.assert_allclose(logits, jax_outputs(model, images), rtol=0, atol=1e-2)  # float32 rounding, amplified
+    answer = portable.decide(images)
+    rule = decision.load(run_dir)
+    at = {t: calibration.probabilities(logits, t) for t in (1.7, rule.info["temperature"])}
+    want = decision.answer("balanced", at[1.7], at[rule.info["temperature"]], rule)
+    np.testing.assert_array_equal(answer.classes, want.classes)
+    np.testing.assert_allclose(answer.probabilities, want.probabilities, atol=1e-6)
+    views = np.stack([jax_outputs(model, v) for v in dihedral(images)], axis=1)  # [N, 8, C]
+    tta = portable.decide(images, tta=True, rule="argmax")
+    np.testing.assert_allclose(tta.model_probabilities, calibration.probabilities(views, 1.7), atol=1e-3)
+
+
+def dihedral(images: np.ndarray) -> list[np.ndarray]:
+    """The 8 views of the JAX step (caco_jax.training.steps.dihedral_views), in NumPy."""
+    out = []
+    for k in range(4):
+        r = np.rot90(images, k, axes=(1, 2))
+        out += [r, r[:, :, ::-1]]
+    return out
+
+
+def test_int8_onnx_is_quantised_and_close_to_float(exported):
+    import onnx
+
+    graph = onnx.load(str(exported["m_int8.onnx"])).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert exported["m_int8.onnx"].stat().st_size < 0.45 * exported["m.onnx"].stat().st_size
+    images = uint8_images(8, seed=6)
+    f = PortablePredictor(exported["m.onnx"]).outputs(images)
+    q = PortablePredictor(exported["m_int8.onnx"]).outputs(images)
+    assert set(q) == {"logits", "pooled", "hidden"}
+    corr = np.corrcoef(f["logits"].ravel(), q["logits"].ravel())[0, 1]
+    assert corr > 0.5, corr  # random weights and noise images (0.72 measured): a sanity bound; real images below
+
+
+def _write_jpegs(folder: pathlib.Path, images: np.ndarray) -> list[pathlib.Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(folder / f"lesion_{i}.png")  # lossless: the same pixels in both processes
+        Image.fromarray(im).save(paths[-1])
+    return paths
+
+
+BLOCKER = """
+import sys
+BLOCKED = {blocked!r}
+tried = []
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            tried.append(name)
+            raise ImportError(f"blocked: {{name}}")
+sys.meta_path.insert(0, Blocker())
+sys.argv = ["caco-jax", *sys.argv[1:]]
+from caco_jax.cli.main import main
+code = main()
+print("BLOCKED-IMPORTS:", sorted(set(tried)), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_predict_model_runs_without_jax(exported, tmp_path):
+    """caco-jax predict --model in a process where jax, flax, optax, tensorflow_datasets (and torch) cannot
+    be imported: nothing tries to, and the answers are PortablePredictor's."""
+    images = uint8_images(3, seed=7)
+    files = _write_jpegs(tmp_path / "imgs", images)
+    script = tmp_path / "blocked.py"
+    script.write_text(BLOCKER.format(blocked=BLOCKED))
+    out = tmp_path / "p.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    args = [sys.executable, str(script), "predict", "--model", str(exported["m_int8.onnx"]), str(tmp_path / "imgs")]
+    done = subprocess.run([*args, "--json", str(out), "--tta"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "BLOCKED-IMPORTS: []" in done.stderr, done.stderr
+    rows = json.loads(out.read_text())["predictions"]
+    assert [r["file"] for r in rows] == [str(f) for f in files]
+    answer = PortablePredictor(exported["m_int8.onnx"]).decide(images, tta=True)
+    assert [r["prediction"] for r in rows] == [CLASS_NAMES[k] for k in answer.classes]
+    assert rows[0]["decision"] == "balanced" and rows[0]["tta"] is True
+    assert all(isinstance(r["unlike_training"], bool) and isinstance(r["ood_score"], float) for r in rows)
+    assert all(isinstance(r["reliable"], bool) for r in rows)
+
+
+def test_predict_model_refuses_what_an_export_cannot_do(exported, tmp_path, capsys):
+    from caco_jax.cli.main import main
+
+    image = _write_jpegs(tmp_path / "imgs", uint8_images(1))[0]
+    assert main(["predict", "--model", str(exported["m.onnx"]), str(image), "--cam", str(tmp_path / "c")]) == 2
+    assert "--cam needs the run's weights" in capsys.readouterr().err
+    lonely = tmp_path / "alone.onnx"
+    lonely.write_bytes(exported["m.onnx"].read_bytes())
+    assert main(["predict", "--model", str(lonely), str(image)]) == 2
+    assert f"{lonely}.json is missing" in capsys.readouterr().err
