@@ -198,6 +198,40 @@ def _named(ids: list[str], limit: int = 10) -> str:
     return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
 
 
+def _with_groupings(
+    inventory: Inventory, reader: Reader, rows: list[metadata_lib.Row], tables: list[str], stem: str
+) -> list[metadata_lib.Row]:
+    """Rows with the lesion ids of a LesionGroupings table, when there is one (else a warning: every
+    image counts as its own lesion); the table is added to ``tables``."""
+    ref = _table(inventory, (stem,))
+    if ref is None:
+        log.warning(
+            "%s has no lesion ids and no %s was found: every image counts as its own "
+            "lesion, so lesion-grouped splits cannot keep a lesion's images together",
+            tables[0],
+            stem,
+        )
+        return rows
+    tables.append(str(ref))
+    return metadata_lib.with_groupings(
+        rows, metadata_lib.lesion_groupings(reader.read(ref).decode("utf-8-sig"), ref.name)
+    )
+
+
+def _with_sources(
+    inventory: Inventory, reader: Reader, rows: list[metadata_lib.Row], tables: list[str]
+) -> list[metadata_lib.Row]:
+    """Rows with the acquisition sources of a sources table beside the metadata, when there is one (it
+    fills what the metadata lacks; a disagreement is an error); the table is added to ``tables``."""
+    ref = _table(inventory, (SOURCES_TABLE,))
+    if ref is None:
+        return rows
+    tables.append(str(ref))
+    return metadata_lib.with_sources(
+        rows, metadata_lib.sources_table(reader.read(ref).decode("utf-8-sig"), ref.name), ref.name
+    )
+
+
 def collect(
     manual_dir: os.PathLike | str,
     dataset: str = "ham10000",
@@ -226,24 +260,9 @@ def collect(
     rows = metadata_lib.parse_table(reader.read(table).decode("utf-8-sig"), table.name)
     tables = [str(table)]
     if lesion_stem and not any(row.lesion_id for row in rows):
-        lesion_table = _table(inventory, (lesion_stem,))
-        if lesion_table is not None:
-            groupings = metadata_lib.lesion_groupings(reader.read(lesion_table).decode("utf-8-sig"), lesion_table.name)
-            rows = metadata_lib.with_groupings(rows, groupings)
-            tables.append(str(lesion_table))
-        else:
-            log.warning(
-                "%s has no lesion ids and no %s was found: every image counts as its own "
-                "lesion, so lesion-grouped splits cannot keep a lesion's images together",
-                table,
-                lesion_stem,
-            )
-    if dataset == "ham10000":  # a sources table fills what the metadata lacks; a disagreement is an error
-        sources_ref = _table(inventory, (SOURCES_TABLE,))
-        if sources_ref is not None:
-            sources = metadata_lib.sources_table(reader.read(sources_ref).decode("utf-8-sig"), sources_ref.name)
-            rows = metadata_lib.with_sources(rows, sources, sources_ref.name)
-            tables.append(str(sources_ref))
+        rows = _with_groupings(inventory, reader, rows, tables, lesion_stem)
+    if dataset == "ham10000":
+        rows = _with_sources(inventory, reader, rows, tables)
     reader.close()
 
     missing = sorted(row.image_id for row in rows if row.image_id not in inventory.images)
