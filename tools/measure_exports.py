@@ -167,6 +167,32 @@ def remedies(model: Any, run: dict, out: pathlib.Path, data: dict, reference: An
     return rows
 
 
+def _diff(row: dict, key: str, scale: float = 100.0, digits: int = 1) -> str:
+    if "vs_jax" not in row:
+        return "-"
+    d = row["vs_jax"][key]
+    lo, hi = d["interval"]
+    return f"{scale * d['difference']:+.{digits}f} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]"
+
+
+def markdown(rows: list[dict], label: str = "format") -> str:
+    """The measured table: size, latency, test figures and the paired differences to JAX float32."""
+    lines = [
+        f"| {label} | size MB | batch-1 ms, 1 thread | all threads | accuracy | BACC | macro AUC "
+        "| accuracy vs JAX, points | BACC vs JAX, points | AUC vs JAX, x100 | class changed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        changed = f"{100 * r['class_changed']:.1f} %" if "class_changed" in r else "-"
+        lines.append(
+            f"| {r.get(label, r.get('format', r.get('remedy')))} | {r['size_mb']:.1f} | {r['latency_ms_1_thread']:.2f} "
+            f"| {r['latency_ms_all_threads']:.2f} | {100 * r['accuracy']:.1f} % | {100 * r['bacc']:.1f} % "
+            f"| {r['macro_auc']:.3f} | {_diff(r, 'accuracy')} | {_diff(r, 'bacc')} | {_diff(r, 'macro_auc', 100, 1)} "
+            f"| {changed} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", type=pathlib.Path, required=True)
@@ -242,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         "remedies": tried,
     }
     args.out.write_text(json.dumps(result, indent=2, default=float))
+    print(markdown(rows))
+    if tried:
+        print(markdown(tried, "remedy"))
     print(f"wrote {args.out}")
     return 0
 
