@@ -95,7 +95,7 @@ def test_exported_model_answers_as_caco_jax(run_dir, exported):
     np.testing.assert_allclose(portable.run(x)["logits"], _eval_logits(model)(x), rtol=0, atol=TOL)
     images = uint8_images(4, seed=5)
     logits = portable.logits(images)
-    np.testing.assert_allclose(logits, jax_outputs(model, images), rtol=0, atol=1e-2)  # float32 rounding, amplified
+    np.testing.assert_allclose(logits, jax_outputs(model, images), rtol=2e-3, atol=1e-2)  # float32 rounding, amplified
     answer = portable.decide(images)
     rule = decision.load(run_dir)
     at = {t: calibration.probabilities(logits, t) for t in (1.7, rule.info["temperature"])}

@@ -88,5 +88,5 @@ def test_litert_int8_and_predict_model(tmp_path):
         answer = PortablePredictor(path).decide(images, tta=True)
         assert [r["prediction"] for r in rows] == [CLASS_NAMES[k] for k in answer.classes]
     float_logits = PortablePredictor(files[0]).logits(images)
-    np.testing.assert_allclose(float_logits, _logits(model, images), rtol=0, atol=1e-2)  # rounding, amplified
+    np.testing.assert_allclose(float_logits, _logits(model, images), rtol=2e-3, atol=1e-2)  # rounding, amplified
     assert pathlib.Path(f"{files[1]}.ood.npz").is_file()
