@@ -172,3 +172,17 @@ def test_only_the_datasets_declared_dimensions_are_reported():
     probs, labels, predicted, groups, meta = _case()
     sub = subgroups.breakdown(probs, labels, predicted, groups, meta, CLASSES, resamples=20, dimensions=("sex", "age"))
     assert set(sub["dimensions"]) == {"sex", "age"}
+
+
+def test_melanoma_sensitivity_needs_enough_melanomas():
+    probs, labels, predicted, groups, meta = _case()
+    few = np.flatnonzero(labels == 4)[: subgroups.MIN_MELANOMAS - 1]
+    others = np.flatnonzero(labels != 4)[:30]
+    sex = np.full(len(labels), "y", dtype=object)
+    sex[np.concatenate([few, others])] = "x"  # group x: 34 images, fewer melanomas than the minimum
+    meta = dict(meta, sex=sex.astype(str))
+    sub = subgroups.breakdown(probs, labels, predicted, groups, meta, CLASSES, resamples=20, dimensions=("sex",))
+    rows = {r["group"]: r for r in sub["dimensions"]["sex"]}
+    assert rows["x"]["melanomas"] == subgroups.MIN_MELANOMAS - 1 and rows["x"]["mel_sensitivity"] is None
+    assert rows["y"]["mel_sensitivity"] is not None
+    assert f"| - ({subgroups.MIN_MELANOMAS - 1}) |" in "\n".join(subgroups.markdown(sub))

@@ -2,7 +2,7 @@
 
 Each dimension splits the evaluated images by one metadata field (``Source.meta``, saved with the
 predictions). Per subgroup: images, lesions, the classes present, accuracy, BACC over the classes
-present and melanoma sensitivity (where it has melanomas), each with its lesion-bootstrap interval,
+present and melanoma sensitivity (where it has ``MIN_MELANOMAS``), each with its lesion-bootstrap interval,
 and whether the interval lies wholly below the overall figure. Groups too small to say anything
 (fewer than ``MIN_IMAGES`` images, or fewer than ``MIN_CLASSES`` classes for BACC) are listed, not
 scored. The bands and thresholds are fixed here, before any result is looked at.
@@ -19,6 +19,9 @@ from caco_jax.evaluation import intervals
 
 MIN_IMAGES = 20  # below this a subgroup is listed, not scored
 MIN_CLASSES = 2  # BACC needs at least this many classes present
+# Melanoma sensitivity needs this many melanomas (added after a first real-data report marked a group
+# whose 3 melanomas were all missed: a bootstrap of 0 of 3 collapses to [0, 0] and says nothing).
+MIN_MELANOMAS = 5
 TOP_SITES = 6  # body sites shown on their own (the most frequent in the split); the rest pooled
 CONFIRMED = "histo"  # dx_type of a biopsy-confirmed diagnosis (histopathology)
 AGE_BANDS = ("< 40", "40-59", "60+", "unknown")
@@ -81,10 +84,11 @@ def _figures(
         "accuracy_ci": intervals.interval(samples["accuracy"]),
         "bacc": float(np.mean(list(recall.values()))) if len(present) >= MIN_CLASSES else None,
         "bacc_ci": intervals.interval(samples["bacc"]) if len(present) >= MIN_CLASSES else None,
-        "mel_sensitivity": recall.get(mel) if mel is not None else None,
-        "mel_sensitivity_ci": intervals.interval(samples["recall"][:, mel]) if mel in recall else None,
         "melanomas": int(np.sum(labels == mel)) if mel is not None else 0,
     }
+    scored = mel in recall and out["melanomas"] >= MIN_MELANOMAS
+    out["mel_sensitivity"] = recall[mel] if scored else None
+    out["mel_sensitivity_ci"] = intervals.interval(samples["recall"][:, mel]) if scored else None
     return out
 
 
@@ -175,7 +179,8 @@ def markdown(sub: Mapping[str, Any], figure_name: str | None = None) -> list[str
         f"Decision rule: {sub['rule']}. Each figure with its 95 % lesion-bootstrap interval "
         f"({method['resamples']} resamples of the subgroup's lesions). BACC is the mean recall over the classes "
         "the subgroup has (their number in the `classes` column). **Bold** with a v: the interval lies wholly "
-        f"below the overall figure. Groups under {method['min_images']} images are listed, not scored.",
+        f"below the overall figure. Groups under {method['min_images']} images are listed, not scored; melanoma "
+        f"sensitivity needs {MIN_MELANOMAS} melanomas.",
         "",
     ]
     overall = sub["overall"]
@@ -209,7 +214,8 @@ def markdown(sub: Mapping[str, Any], figure_name: str | None = None) -> list[str
                 text = _pct(r[key], r[f"{key}_ci"])
                 return f"**v {text}**" if key in below else text
 
-            mel = f"{cell('mel_sensitivity')} ({r['melanomas']})" if r["melanomas"] else "- (0)"
+            shown = r["mel_sensitivity"] is not None
+            mel = f"{cell('mel_sensitivity') if shown else '-'} ({r['melanomas']})"
             lines.append(
                 f"| {r['group']} | {r['images']} | {r['lesions']} | {len(r['classes'])} | {cell('accuracy')} | "
                 f"{cell('bacc')} | {mel} |"
