@@ -190,12 +190,16 @@ def evaluate(guard, id_emb, id_groups, sets_emb, sets_groups, resamples: int) ->
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", required=True, type=pathlib.Path)
+    p.add_argument("--workdir", type=pathlib.Path, help="the run (required unless --from_json)")
     p.add_argument("--out", default="docs/results_ood_cpu", help="writes OUT.md and OUT.json")
     p.add_argument("--data_dir", default="", help="the TFDS data_dir of the run's build (default: the run's)")
     p.add_argument("--resamples", type=int, default=RESAMPLES)
     p.add_argument("--save", action="store_true", help="save the chosen guard beside the run's best weights")
+    p.add_argument("--from_json", type=pathlib.Path, help="only rewrite OUT.md from an earlier OUT.json")
     args = p.parse_args(argv)
+    if args.from_json:
+        pathlib.Path(args.out).with_suffix(".md").write_text(markdown(json.loads(args.from_json.read_text())))
+        return 0
     from caco_jax.data import records, registry
     from caco_jax.runs.weights import load_trained
     from caco_jax.serving.predictor import Predictor
@@ -270,8 +274,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _pct(fig: dict) -> str:
+def _pct(fig: dict, pictures: int | None = None) -> str:
+    """'value [lo, hi]' in percent; at 0 (none let through) the bootstrap collapses, so the exact 95 %
+    upper bound of a share seen 0 times in ``pictures`` independent pictures is given instead (†)."""
     iv = fig["interval"]
+    if pictures and fig["value"] == 0:
+        return f"0.0 [0.0, {100 * (1 - 0.025 ** (1 / pictures)):.1f}]†"
     return f"{100 * fig['value']:.1f}" + (f" [{100 * iv[0]:.1f}, {100 * iv[1]:.1f}]" if iv else "")
 
 
@@ -317,7 +325,8 @@ def markdown(payload: dict) -> str:
         "|---|" + "---:|" * len(names),
     ]
     for kind in kinds:
-        cells = [_pct(variants[n]["report"]["kinds"][kind]["let_through"]) for n in names]
+        found = [variants[n]["report"]["kinds"][kind] for n in names]
+        cells = [_pct(k["let_through"], k["pictures"]) for k in found]
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     lines.append(
         "| *in-distribution: test images flagged (false alarms)* | "
@@ -325,6 +334,10 @@ def markdown(payload: dict) -> str:
         + " |"
     )
     lines += [
+        "",
+        "Intervals: 95 % bootstrap, in-distribution images resampled by lesion and OOD images by the picture "
+        "they were made from. †: none let through, where the bootstrap collapses to [0, 0]: the bound given is "
+        "the exact (Clopper-Pearson) 95 % upper bound of a share seen 0 times in that many independent pictures.",
         "",
         f"Measured in {payload['seconds'] / 60:.0f} min.",
     ]

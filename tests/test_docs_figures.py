@@ -1,0 +1,100 @@
+"""Every figure the docs state is its JSON's: each results page is exactly what its JSON rebuilds, and
+the headline sentences of the README, the results overview and the model card quote the figures the
+JSON holds (a number that drifted from its JSON fails here)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import pytest
+
+from caco_jax.experiments import sources
+from caco_jax.experiments.presets import PRESETS
+from caco_jax.experiments.tables import write_results
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+HEADER = ("- written:", "- machine:", "- tables written on:", "- versions", "- runs trained on:", "- command:")
+
+
+def _body(text: str) -> list[str]:
+    return [line for line in text.splitlines() if not line.startswith(HEADER)]
+
+
+PAGES = sorted(p for p in DOCS.glob("results_*.json") if "preset" in json.loads(p.read_text()))
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.stem)
+def test_each_results_page_is_what_its_json_rebuilds(page, tmp_path):
+    """A reproduction page (caco-jax reproduce) is exactly its JSON's tables and its discussion."""
+    payload = json.loads(page.read_text())
+    preset = PRESETS[payload["preset"]]
+    discussion = DOCS / f"{page.stem}_discussion.md"
+    if discussion.is_file():
+        shutil.copy(discussion, tmp_path)
+    extra = {}
+    if "sources" in payload:
+        found = payload["sources"]
+        extra["sources"] = (sources.markdown(found["comparisons"], found["subgroups"]), found)
+    paths = write_results(
+        preset, payload["rows"], tmp_path, payload["command"], "", payload["comparisons"], extra or None
+    )
+    assert _body(paths["md"].read_text()) == _body(page.with_suffix(".md").read_text())
+
+
+def _load(name: str) -> dict:
+    return json.loads((DOCS / f"results_{name}.json").read_text())
+
+
+def _comparison(payload: dict, a: str, b: str, a_rule: str, a_tta: bool) -> dict:
+    return next(
+        c
+        for c in payload["comparisons"]
+        if (c["a"], c["b"], c["a_rule"], c["a_tta"]) == (a, b, a_rule, a_tta) and c["available"]
+    )
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def _iv(iv: list[float]) -> str:
+    return f"[{_pts(iv[0])}, {_pts(iv[1])}]"
+
+
+def recipe_claims() -> list[str]:
+    c = _comparison(_load("recipe_cpu"), "recipe", "paper", "balanced", True)
+    seeds = c["with_seeds"]["bacc"]
+    return [
+        f"{_pts(c['bacc']['difference'])} points",
+        _iv(c["bacc"]["interval"]),
+        _iv(seeds["interval"]),
+        _iv(seeds["t_interval"]),
+    ]
+
+
+CLAIMS = {"README.md": recipe_claims, "docs/results.md": recipe_claims, "docs/model_card.md": recipe_claims}
+
+
+@pytest.mark.parametrize("doc", sorted(CLAIMS))
+def test_headline_sentences_quote_the_json(doc):
+    text = " ".join((ROOT / doc).read_text().split())  # line breaks inside a sentence do not matter
+    for claim in CLAIMS[doc]():
+        assert claim in text, f"{doc} does not say {claim!r}, which its JSON holds"
+
+
+def test_the_ood_page_is_what_its_json_rebuilds(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from measure_ood import markdown
+
+    payload = json.loads((DOCS / "results_ood_cpu.json").read_text())
+    assert markdown(payload) == (DOCS / "results_ood_cpu.md").read_text()
+    chosen = payload["variants"][payload["chosen"]]
+    assert payload["chosen"] == max(payload["variants"], key=lambda k: payload["variants"][k]["choice"]["mean_auroc"])
+    from caco_jax.training import guard
+
+    assert (chosen["method"], chosen["layer"]) == (guard.DEFAULT_METHOD, guard.DEFAULT_LAYER)  # what training fits
