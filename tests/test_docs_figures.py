@@ -75,7 +75,43 @@ def recipe_claims() -> list[str]:
     ]
 
 
-CLAIMS = {"README.md": recipe_claims, "docs/results.md": recipe_claims, "docs/model_card.md": recipe_claims}
+def range_claims() -> list[str]:
+    """The default-initialisation range of the cpu and paper presets, and the paper recipe's seed span."""
+    cells = [
+        r
+        for name in ("cpu", "paper")
+        for r in _load(name)["rows"]
+        if r["seeds"] and "model.attention_init" not in r["overrides"]
+    ]
+    acc = [r["accuracy"][0] for r in cells]
+    bacc = [r["bacc"][0] for r in cells]
+    paper = next(r for r in _load("recipe_cpu")["rows"] if r["cell"] == "paper")
+    per_seed = [run["bacc"] for run in paper["runs"].values()]
+    return [
+        f"{100 * min(acc):.1f}-{100 * max(acc):.1f} %",
+        f"{100 * min(bacc):.1f}-{100 * max(bacc):.1f} %",
+        f"{100 * min(per_seed):.1f}-{100 * max(per_seed):.1f} %",
+    ]
+
+
+def paper_recipe_claims(digits: int) -> list[str]:
+    paper = next(r for r in _load("recipe_cpu")["rows"] if r["cell"] == "paper")
+    mean, std = paper["bacc"]
+    return [f"{100 * mean:.{digits}f} ± {100 * std:.{digits}f}"]
+
+
+def ood_claims() -> list[str]:
+    payload = json.loads((DOCS / "results_ood_cpu.json").read_text())
+    alarms = payload["variants"][payload["chosen"]]["report"]["false_alarms"]
+    lo, hi = alarms["interval"]
+    return [f"{100 * alarms['value']:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"]
+
+
+CLAIMS = {
+    "README.md": lambda: recipe_claims() + range_claims(),
+    "docs/results.md": lambda: recipe_claims() + range_claims() + paper_recipe_claims(2),
+    "docs/model_card.md": lambda: recipe_claims() + range_claims()[:2] + paper_recipe_claims(1) + ood_claims(),
+}
 
 
 @pytest.mark.parametrize("doc", sorted(CLAIMS))
