@@ -145,6 +145,7 @@ def remedies(model: Any, run: dict, out: pathlib.Path, data: dict, reference: An
         ("onnx int8, 1024 calibration images", "onnx", {}, more),
         ("onnx int8, attention gates in float", "onnx", {"float_ops": ("Sigmoid", "HardSigmoid", "Mul")}, few),
         ("onnx int8, entropy calibration", "onnx", {"method": "entropy"}, few),
+        ("onnx int8 weights, int16 activations", "onnx", {"activations": "int16"}, few),
     ]
     if litert:
         trials += [

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 METHODS = ("minmax", "entropy", "percentile")
+ACTIVATIONS = ("uint8", "int16")
 
 
 def quantize_onnx(
@@ -32,15 +33,21 @@ def quantize_onnx(
     per_channel: bool = True,
     method: str = "minmax",
     float_ops: Sequence[str] = (),
+    activations: str = "uint8",
     input_name: str = "images",
     batch_size: int = 16,
 ) -> dict[str, Any]:
     """Writes the int8 QDQ model of ``float_path`` to ``out_path``; returns its quantisation settings.
 
-    ``calibration``: float32 NHWC images, normalised as the model's input (transposed to NCHW here)."""
+    ``calibration``: float32 NHWC images, normalised as the model's input (transposed to NCHW here).
+    ``activations='int16'`` (int8 weights, 16-bit activations: not full-integer int8, a remedy measured in
+    docs/deploy.md) keeps each ReLU as its own operator, since a ReLU folded into its convolution's
+    output range is lost where that range is [0, 0] and the activations are signed."""
     import onnx
     from onnxruntime import quantization as q
 
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"unknown activation type {activations!r}; expected one of {ACTIVATIONS}")
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; expected one of {METHODS}")
     if len(calibration) == 0:
@@ -68,7 +75,7 @@ def quantize_onnx(
             Reader(),
             quant_format=q.QuantFormat.QDQ,
             per_channel=per_channel,
-            activation_type=q.QuantType.QUInt8,
+            activation_type=q.QuantType.QUInt8 if activations == "uint8" else q.QuantType.QInt16,
             weight_type=q.QuantType.QInt8,
             op_types_to_quantize=op_types,
             calibrate_method={
@@ -76,12 +83,13 @@ def quantize_onnx(
                 "entropy": q.CalibrationMethod.Entropy,
                 "percentile": q.CalibrationMethod.Percentile,
             }[method],
+            extra_options={"QDQKeepRemovableActivations": activations == "int16"},
         )
     return {
         "tool": "onnxruntime.quantization.quantize_static",
         "format": "QDQ",
         "weights": "int8 " + ("per channel" if per_channel else "per tensor"),
-        "activations": "uint8 per tensor",
+        "activations": f"{activations} per tensor",
         "calibration_method": method,
         "calibration_images": int(len(calibration)),
         "float_ops": list(float_ops),
