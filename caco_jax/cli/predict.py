@@ -278,7 +278,11 @@ def print_table(rows: list[dict], top_k: int) -> None:
     if any(r["reliable"] is False and not r["unlike_training"] for r in rows):
         print("low confidence: below the confidence at which this run's validation answers were 90 % accurate.")
     if rows[0]["unlike_training"] is None:
-        print("(this run has no out-of-distribution guard: caco-jax guard --workdir RUN fits one)", file=sys.stderr)
+        print(
+            "(this run has no out-of-distribution guard: caco-jax guard --workdir RUN fits one; "
+            "an exported model carries it once exported again)",
+            file=sys.stderr,
+        )
 
 
 def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
