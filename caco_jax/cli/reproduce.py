@@ -131,6 +131,10 @@ def run(args: argparse.Namespace) -> int:
     if "sources" in preset.sections:
         found, sub = sources.source_rows(preset, out), sources.reference_subgroups(preset, out)
         sections["sources"] = (sources.markdown(found, sub), {"comparisons": found, "subgroups": sub})
+        if sub is not None:
+            from caco_jax.evaluation.trust_plots import plot_subgroups
+
+            plot_subgroups(sub, pathlib.Path(args.docs) / sources.FIGURE)
     paths = write_results(preset, rows, pathlib.Path(args.docs), command, args.trained_on, comparisons, sections)
     print(f"results: {paths['md']}")
     return 0

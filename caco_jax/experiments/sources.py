@@ -5,8 +5,9 @@ For each held-out source S, the same recipe trained on every source (the ordinar
 trained without S are compared on the *same images*: S's images in the ordinary split's test set. Same
 images, same classes: what differs is whether S's images (its cameras, its population, its class mix)
 were in training. Per class recall shows where the difference comes from; the held-out model on all of
-S adds the whole source's figures. Every run answers as shipped (balanced rule + TTA where the run
-saved TTA predictions). Intervals resample lesions (paired on the same images).
+S adds the whole source's figures. Every run answers under the balanced rule with TTA where the run
+saved TTA predictions (the rule fitted on its TTA validation predictions, as the recipe tables do).
+Intervals resample lesions (paired on the same images).
 """
 
 from __future__ import annotations
@@ -127,6 +128,9 @@ def _diff(d: dict[str, Any]) -> str:
     return f"{100 * d['difference']:+.1f}" + (f" [{100 * iv[0]:+.1f}, {100 * iv[1]:+.1f}]" if iv else "")
 
 
+FIGURE = "results_sources_cpu_subgroups.png"  # the reference run's BACC by subgroup, beside the page
+
+
 def markdown(rows: list[dict[str, Any]], sub: dict[str, Any] | None) -> list[str]:
     """The page's section: the paired same-image comparison, per-class recall, the whole source."""
     lines = [
@@ -177,7 +181,8 @@ def markdown(rows: list[dict[str, Any]], sub: dict[str, Any] | None) -> list[str
     if sub is not None:
         lines += [
             "",
-            f"## Figures by subgroup: {sub['cell']}, seed {sub['seed']} (balanced rule, TTA)",
+            f"## Figures by subgroup: {sub['cell']}, seed {sub['seed']} (TTA, balanced rule fitted on the TTA "
+            "validation predictions, as in the recipe tables; the run's own report applies its saved rule)",
         ]
-        lines += subgroups.markdown(sub)[3:]  # without the section's own heading
+        lines += subgroups.markdown(sub, FIGURE)[3:]  # without the section's own heading
     return lines
