@@ -86,9 +86,9 @@ def _figures(
         "bacc_ci": intervals.interval(samples["bacc"]) if len(present) >= MIN_CLASSES else None,
         "melanomas": int(np.sum(labels == mel)) if mel is not None else 0,
     }
-    scored = mel in recall and out["melanomas"] >= MIN_MELANOMAS
-    out["mel_sensitivity"] = recall[mel] if scored else None
-    out["mel_sensitivity_ci"] = intervals.interval(samples["recall"][:, mel]) if scored else None
+    scored = mel is not None and mel in recall and out["melanomas"] >= MIN_MELANOMAS
+    out["mel_sensitivity"] = recall[mel] if (scored and mel is not None) else None
+    out["mel_sensitivity_ci"] = intervals.interval(samples["recall"][:, mel]) if (scored and mel is not None) else None
     return out
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from caco_jax.data import leakage
 from caco_jax.evaluation.reported import REPORTED
+from caco_jax.experiments import leak_parts
 from caco_jax.experiments.presets import Preset
 
 
@@ -350,7 +351,7 @@ def write_results(
     lines = _header(preset, command, trained_on, resamples) + _main_table(rows) + _seed_lines(rows)
     lines += _comparison_lines(comparisons)
     if "leakage" in preset.sections:
-        lines += _leakage_lines(rows)
+        lines += _leakage_lines(rows) + leak_parts.markdown(rows)
     if "recipe" in preset.sections:
         lines += _recipe_lines(rows)
     for section_lines, _ in (extra or {}).values():
