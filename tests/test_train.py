@@ -697,12 +697,17 @@ def test_evaluate_on_an_isic2018_test_build_agrees_with_predict(trained, synthet
                 str(tmp_path / "tfds"),
                 "--out",
                 str(tmp_path / "out"),
+                "--save_predictions",
             ]
         )
         == 0
     )
     metrics = json.loads((tmp_path / "out" / "report_isic2018_test_test.json").read_text())["metrics"]
     assert metrics["num_examples"] == 20
+    from caco_jax.evaluation import predictions as saved
+
+    external = saved.load(tmp_path / "out" / "predictions_test.npz")  # image by image, no leak flags
+    assert sorted(external.image_id) == sorted(truth) and not external.same_lesion.any()
     predictions, problems = predict(workdir, [manual / "ISIC2018_Task3_Test_Input"], top_k=1)
     assert not problems
     hits = [truth[pathlib.Path(p["file"]).stem] == p["top"][0]["class"] for p in predictions]
