@@ -197,7 +197,7 @@ def test_int8_onnx_keeps_the_features_of_real_images(real_data_dir, imagenet_bac
     """The int8 ONNX of a caco model with torchvision's ImageNet backbone, calibrated on 32 real lesion
     images, against its float export on 64 others: the pooled features (what the head and the guard read)
     point the same way. The bound is low because post-training int8 costs this model that much: the
-    median cosine measured 0.44 here, and on trained runs int8 changed 40-45 % of the answers
+    median cosine measured 0.44 here, and on the recipe run int8 changed 42-46 % of the answers
     (docs/deploy.md); the test guards the pipeline against getting worse, not the model's quality."""
     import csv
 
