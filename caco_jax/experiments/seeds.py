@@ -7,8 +7,8 @@ draw, one test-sampling deviation shared by the drawn seeds, with each run's own
 standard error (the test level: the seeds of a cell share one test split, so their test-sampling
 errors move together). A cell with one seed has no seed level: its seed part is unknown and no such
 interval is given. With two or three seeds a bootstrap cannot show how uncertain the seed spread
-itself is; ``t_interval`` (Student t over seeds, test sampling added in quadrature) is reported
-beside it as the more cautious figure.
+itself is; ``t_interval`` (Student t over seeds, test sampling added in quadrature, clipped to the
+metric's range) is reported beside it as the more cautious figure.
 """
 
 from __future__ import annotations
@@ -41,6 +41,11 @@ def _seed_draws(values: np.ndarray, rng: np.random.Generator, resamples: int) ->
     return mean + scale * (draws.mean(axis=1) - mean)
 
 
+def _clip(lo: float, hi: float, low: float, high: float) -> tuple[float, float]:
+    """A t interval kept inside the metric's range (a share cannot pass 100 %)."""
+    return max(lo, low), min(hi, high)
+
+
 def _quantiles(samples: np.ndarray, level: float) -> tuple[float, float]:
     lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
@@ -70,7 +75,7 @@ def cell(
     half = stats.t.ppf((1 + level) / 2, len(v) - 1) * math.hypot(v.std(ddof=1) / math.sqrt(len(v)), se.mean())
     return out | {
         "interval": _quantiles(seed_level + test_level, level),
-        "t_interval": (float(v.mean() - half), float(v.mean() + half)),
+        "t_interval": _clip(float(v.mean() - half), float(v.mean() + half), 0.0, 1.0),
         "covers": "seeds and test sampling",
     }
 
@@ -105,7 +110,7 @@ def difference(
     d = out["difference"]
     return out | {
         "interval": _quantiles(draws, level),
-        "t_interval": (d - half, d + half),
+        "t_interval": _clip(d - half, d + half, -1.0, 1.0),
         "share_above_zero": float(np.mean(draws > 0)),
         "covers": "seeds and test sampling",
     }
