@@ -41,6 +41,7 @@ def _figures(run: dict[str, np.ndarray], rows: np.ndarray, class_names: list[str
     return {
         "images": int(len(labels)),
         "classes": [class_names[k] for k in present],
+        "support": {class_names[k]: int(np.sum(labels == k)) for k in present},
         "accuracy": float(np.mean(predicted == labels)),
         "bacc": float(np.mean(list(recall.values()))),
         "recall": recall,
@@ -163,7 +164,7 @@ def markdown(rows: list[dict[str, Any]], sub: dict[str, Any] | None) -> list[str
         lines += [
             "",
             "Recall per class on the same images (%, trained on every source -> trained without the source; "
-            "n = images of the class):",
+            "in brackets the images of the class):",
             "",
             "| held out | seed | " + " | ".join(classes) + " |",
             "|---|---|" + "---|" * len(classes),
@@ -176,7 +177,7 @@ def markdown(rows: list[dict[str, Any]], sub: dict[str, Any] | None) -> list[str
                 if c not in ref["recall"]:
                     cells.append("-")
                     continue
-                cells.append(f"{_pct(ref['recall'][c])} -> {_pct(loso['recall'][c])}")
+                cells.append(f"{_pct(ref['recall'][c])} -> {_pct(loso['recall'][c])} ({ref['support'][c]})")
             lines.append(f"| {r['source']} | {r['seed']} | " + " | ".join(cells) + " |")
     if sub is not None:
         lines += [
