@@ -77,7 +77,7 @@ def test_recipe_table_gives_the_validation_bacc_of_each_view(run):
     from caco_jax.experiments import summary, tables
 
     workdir, _, figs = run
-    views = summary._views([workdir], [{"figures": figs}], resamples=20)
+    views = summary._views([workdir], [{"figures": figs}], resamples=20, recorded=None)
     assert set(views) == {"argmax", "balanced", "offsets"}  # the TTA views need TTA predictions
     assert views["balanced"]["val_bacc"][0] == pytest.approx(figs["plain"]["balanced"]["val_bacc"])
     text = "\n".join(tables._recipe_lines([{"cell": "x", "seeds": [0], "views": views}]))
