@@ -107,10 +107,21 @@ def ood_claims() -> list[str]:
     return [f"{100 * alarms['value']:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"]
 
 
+def source_claims(metrics: tuple[str, ...]) -> list[str]:
+    """Each held-out source's paired difference (trained without it - with it, same images) and interval."""
+    out = []
+    for comparison in _load("sources_cpu")["sources"]["comparisons"]:
+        diff = comparison["same_images"]["difference"]
+        out += [f"{_pts(diff[m]['difference'])} {_iv(diff[m]['interval'])}" for m in metrics]
+    return out
+
+
 CLAIMS = {
-    "README.md": lambda: recipe_claims() + range_claims(),
+    "README.md": lambda: recipe_claims() + range_claims() + source_claims(("accuracy",)),
     "docs/results.md": lambda: recipe_claims() + range_claims() + paper_recipe_claims(2),
-    "docs/model_card.md": lambda: recipe_claims() + range_claims()[:2] + paper_recipe_claims(1) + ood_claims(),
+    "docs/model_card.md": lambda: (
+        recipe_claims() + range_claims()[:2] + paper_recipe_claims(1) + ood_claims() + source_claims(("accuracy", "bacc"))
+    ),
 }
 
 
