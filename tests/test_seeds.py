@@ -33,6 +33,17 @@ def test_the_test_level_alone_is_the_runs_lesion_bootstrap_spread():
     assert got["covers"] == "seeds and test sampling"
 
 
+def test_a_mean_of_differences_keeps_its_negative_t_bound():
+    """Per-seed differences (leaked - clean, one view - another) range over [-1, 1]: clipping them to a
+    metric's [0, 1] would cut the t interval at zero (a page once printed "t: [+0.0, +42.4]")."""
+    diffs = [0.102, 0.162, 0.032]
+    got = seeds.cell(diffs, [[d - 0.13, d + 0.13] for d in diffs], bounds=(-1.0, 1.0))
+    half = stats.t.ppf(0.975, 2) * math.hypot(np.std(diffs, ddof=1) / math.sqrt(3), 0.13 / seeds.Z)
+    assert got["t_interval"] == pytest.approx((np.mean(diffs) - half, np.mean(diffs) + half))
+    assert got["t_interval"][0] < 0
+    assert seeds.cell(diffs, [[d - 0.13, d + 0.13] for d in diffs])["t_interval"][0] == 0.0  # a metric's range
+
+
 def test_one_seed_leaves_the_seed_part_unknown():
     got = seeds.cell([0.6], [[0.5, 0.7]])
     assert got["interval"] is None and got["why"] == "one seed: the seed part is unknown"

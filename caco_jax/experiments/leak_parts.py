@@ -73,7 +73,7 @@ def cell(row: dict[str, Any]) -> dict[str, Any] | None:
     diffs = [d["bacc"]["difference"] for d in found.values()]
     return {
         "runs": found,
-        "mean": seeds.cell(diffs, [d["difference_interval"] for d in found.values()]),
+        "mean": seeds.cell(diffs, [d["difference_interval"] for d in found.values()], bounds=(-1.0, 1.0)),
         "classes": sorted(set.intersection(*(set(d["classes"]) for d in found.values()))),
     }
 

@@ -58,9 +58,13 @@ def cell(
     resamples: int = RESAMPLES,
     seed: int = 0,
     level: float = LEVEL,
+    bounds: tuple[float, float] = (0.0, 1.0),
 ) -> dict[str, Any]:
     """The mean over seeds with its seeds-and-test interval (two-level bootstrap) and its t interval;
-    ``interval`` None with ``why`` when a level is unknown (one seed, or runs without a test interval)."""
+    ``interval`` None with ``why`` when a level is unknown (one seed, or runs without a test interval).
+
+    ``bounds``: the range the t interval is clipped to: a metric's (0, 1), or (-1, 1) when the
+    values are per-seed differences of metrics."""
     v = np.asarray(values, np.float64)
     ses = [standard_error(iv) for iv in test_intervals]
     out: dict[str, Any] = {"mean": float(v.mean()) if len(v) else None, "seeds": int(len(v))}
@@ -75,7 +79,7 @@ def cell(
     half = stats.t.ppf((1 + level) / 2, len(v) - 1) * math.hypot(v.std(ddof=1) / math.sqrt(len(v)), se.mean())
     return out | {
         "interval": _quantiles(seed_level + test_level, level),
-        "t_interval": _clip(float(v.mean() - half), float(v.mean() + half), 0.0, 1.0),
+        "t_interval": _clip(float(v.mean() - half), float(v.mean() + half), *bounds),
         "covers": "seeds and test sampling",
     }
 

@@ -199,7 +199,7 @@ def _with_seeds(figures: dict[str, Any], runs_a: list[dict], runs_b: list[dict],
         paired = figures[metric]["interval"]
         if c.a == c.b:  # one cell under two views: the seeds pair up
             diffs = [x - y for x, y in zip(va, vb, strict=True)]
-            cell = seeds.cell(diffs, [paired] * len(diffs))
+            cell = seeds.cell(diffs, [paired] * len(diffs), bounds=(-1.0, 1.0))
             out[metric] = {"difference": cell["mean"], **{k: v for k, v in cell.items() if k != "mean"}}
         else:
             out[metric] = seeds.difference(va, vb, paired)
