@@ -275,6 +275,28 @@ def test_training_learns_the_synthetic_classes(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_memory_allocator_changes_no_weight(synthetic_tfds, tmp_path):
+    """A run started as a command (under the preferred allocator where one is installed) and the same run
+    under glibc's malloc end with the same bytes in every array and the same best weights."""
+    from caco_jax import allocator
+
+    runs = {}
+    for name, choice in (("preferred", "auto"), ("glibc", "glibc")):
+        runs[name] = tmp_path / name
+        env = _env() | {allocator.ENV: choice}
+        done = subprocess.run(cli_args(runs[name], synthetic_tfds), env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        expected = allocator.wanted(env)[0]
+        said = "memory allocator: " + ("glibc's malloc" if expected == allocator.SYSTEM else expected)
+        assert said in (runs[name] / "train.log").read_text()
+    a, b = final_state(runs["preferred"]), final_state(runs["glibc"])
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert_same_best_weights(runs["preferred"], runs["glibc"])
+
+
+@pytest.mark.slow
 def test_killed_run_resumes_bit_exactly(synthetic_tfds, tmp_path):
     overrides = {"num_epochs": 3, "checkpoint.every_steps": 4}
     straight = tmp_path / "straight"

@@ -86,8 +86,14 @@ def execute(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
         return EXIT_INTERRUPTED
 
 
-def main(module: ModuleType, argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Parses ``argv`` with the command module's ``add_arguments`` and runs its ``run``."""
+def main(
+    module: ModuleType, argv: Sequence[str] | None = None, prog: str | None = None, *, entry: bool | None = None
+) -> int:
+    """Parses ``argv`` with the command module's ``add_arguments`` and runs its ``run``.
+
+    ``entry`` (default: ``argv`` is None): the process was started as this command, so once the flags
+    parse it is started again under the preferred memory allocator where one is installed
+    (:func:`caco_jax.allocator.relaunch`) and says which one runs."""
     prog = prog or f"caco-jax {module.NAME}"
     p = parser(prog, module.__doc__)
     module.add_arguments(p)
@@ -96,6 +102,11 @@ def main(module: ModuleType, argv: Sequence[str] | None = None, prog: str | None
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
+    if argv is None if entry is None else entry:
+        from caco_jax import allocator
+
+        allocator.relaunch()
+        print(allocator.describe(), file=sys.stderr)
     args.command_line = shlex.join([*prog.split(), *(sys.argv[1:] if argv is None else argv)])
     logging.getLogger("caco_jax").setLevel(logging.INFO)
     return execute(module.run, args)

@@ -40,6 +40,9 @@ def _usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs ``caco-jax <command> ...``; ``argv`` None: this process was started as the command (it may start
+    itself again under the preferred memory allocator: :func:`caco_jax.allocator.relaunch`)."""
+    entry = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return EXIT_USAGE
     module = importlib.import_module(f"caco_jax.cli.{COMMANDS[name][0]}")
-    return common.main(module, argv[1:], prog=f"caco-jax {name}")
+    return common.main(module, argv[1:], prog=f"caco-jax {name}", entry=entry)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import ml_collections
 import numpy as np
 from clu import parameter_overview
 
+from caco_jax import allocator
 from caco_jax.data import pipeline, records
 from caco_jax.data.augment import AugmentConfig
 from caco_jax.data.registry import open_data
@@ -94,6 +95,7 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
         f"model: MobileNetV3-{config.model.attention} ({config.model.arch}), {num_params:,} parameters, "
         f"{len(class_names)} classes"
     )
+    runlog.info(allocator.describe())
     model_def = ModelDef(model)
     if runlog.files:
         (workdir / "parameters.txt").write_text(
