@@ -1,9 +1,8 @@
-"""Seeds-and-test intervals (two-level bootstrap, Student / Welch t) against exact enumeration and SciPy,
-and tables rebuilt from run records when the runs are not on this machine."""
+"""Seeds-and-test intervals (Satterthwaite t): against Student t, Welch and the normal interval, their coverage
+in simulation, and tables rebuilt from run records when the runs are not on this machine."""
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 
@@ -15,33 +14,80 @@ from caco_jax.experiments import run_records, seeds, summary, tables
 from caco_jax.experiments.presets import Cell, Comparison, Preset
 
 
-def test_the_seed_level_is_the_exact_bootstrap_of_the_mean_rescaled():
+def test_without_test_error_the_interval_is_students_t():
     values = [0.50, 0.58, 0.71]
-    got = seeds.cell(values, [[0.6, 0.6]] * 3, resamples=20000)  # no test-sampling spread
-    mean, scale = np.mean(values), math.sqrt(3 / 2)
-    exact = sorted(mean + scale * (np.mean(draw) - mean) for draw in itertools.product(values, repeat=3))
-    lo, hi = np.quantile(exact, [0.025, 0.975], method="inverted_cdf")  # 27 equally likely draws
-    assert got["interval"] == pytest.approx((lo, hi), abs=1e-12)
-    half = stats.t.ppf(0.975, 2) * np.std(values, ddof=1) / math.sqrt(3)
-    assert got["t_interval"] == pytest.approx((mean - half, mean + half))
-
-
-def test_the_test_level_alone_is_the_runs_lesion_bootstrap_spread():
-    se = 0.03
-    got = seeds.cell([0.6, 0.6, 0.6], [[0.6 - 1.96 * se, 0.6 + 1.96 * se]] * 3, resamples=40000)
-    assert got["interval"] == pytest.approx((0.6 - seeds.Z * se, 0.6 + seeds.Z * se), abs=0.002)
+    got = seeds.cell(values, [[0.6, 0.6]] * 3)  # no test-sampling spread
+    mean, half = np.mean(values), stats.t.ppf(0.975, 2) * np.std(values, ddof=1) / math.sqrt(3)
+    assert got["interval"] == pytest.approx((mean - half, mean + half))
     assert got["covers"] == "seeds and test sampling"
 
 
-def test_a_mean_of_differences_keeps_its_negative_t_bound():
+def test_without_seed_spread_the_interval_is_the_test_errors_normal_interval():
+    se = 0.03
+    got = seeds.cell([0.6, 0.6, 0.6], [[0.6 - seeds.Z * se, 0.6 + seeds.Z * se]] * 3)
+    assert got["interval"] == pytest.approx((0.6 - seeds.Z * se, 0.6 + seeds.Z * se))
+
+
+def test_a_difference_without_test_spread_is_welchs_interval():
+    a, b = [0.69, 0.72, 0.66], [0.50, 0.58, 0.56]
+    got = seeds.difference(a, b, [0.0, 0.0])
+    welch = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert got["interval"] == pytest.approx((welch.low, welch.high))
+    assert got["difference"] == pytest.approx(np.mean(a) - np.mean(b))
+
+
+def test_the_degrees_of_freedom_are_satterthwaites():
+    a, b, se = [0.69, 0.72, 0.66], [0.50, 0.58, 0.56], 0.02
+    va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 3
+    dof = (va + vb + se**2) ** 2 / (va**2 / 2 + vb**2 / 2)
+    got = seeds.difference(a, b, [-seeds.Z * se, seeds.Z * se])
+    half = stats.t.ppf(0.975, dof) * math.sqrt(va + vb + se**2)
+    assert got["dof"] == pytest.approx(dof)
+    assert got["interval"] == pytest.approx((got["difference"] - half, got["difference"] + half))
+
+
+def _coverage(kind: str, n: int, ratio: float, experiments: int = 3000) -> float:
+    """Share of simulated experiments whose interval holds the true value 0: a cell of n seeds (seed SD =
+    ratio x test SE, one test error shared by its runs), or the difference of two such cells (one paired
+    test error)."""
+    rng = np.random.default_rng([7, n, int(10 * ratio), kind == "cell"])
+    a = ratio * rng.standard_normal((experiments, n)) + rng.standard_normal((experiments, 1))
+    b = ratio * rng.standard_normal((experiments, n))
+    unbounded, test = (-math.inf, math.inf), [-seeds.Z, seeds.Z]
+    hits = 0
+    for i in range(experiments):
+        if kind == "cell":
+            lo, hi = seeds.cell(list(a[i]), [test] * n, bounds=unbounded)["interval"]
+        else:
+            lo, hi = seeds.difference(list(a[i]), list(b[i]), test, bounds=unbounded)["interval"]
+        hits += lo <= 0 <= hi
+    return hits / experiments
+
+
+# Stated tolerances (3,000 experiments: Monte Carlo error 0.4 points). A difference of two cells, what every
+# headline quotes: 92.5-97.5 % at 2, 3 and 5 seeds. A cell's mean: 91-97.5 % at 3 and 5 seeds; with two
+# seeds it can fall to 87 % when the seed spread dominates (docs/interval_coverage.json), which the pages say.
+TOLERANCE = {("difference", 2): (0.925, 0.975), ("difference", 3): (0.925, 0.975), ("difference", 5): (0.925, 0.975),
+             ("cell", 2): (0.85, 0.97), ("cell", 3): (0.91, 0.975), ("cell", 5): (0.925, 0.975)}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind,n", sorted(TOLERANCE))
+def test_the_interval_has_the_coverage_it_claims(kind, n):
+    """The property the retired intervals lacked: the two-level bootstrap covered 66-88 % with two seeds
+    when the seed spread dominated, and Student's t with the test error times t(n - 1) covered 97-100 %."""
+    lo, hi = TOLERANCE[(kind, n)]
+    for ratio in (0.0, 0.5, 1.0, 3.0, 10.0):
+        coverage = _coverage(kind, n, ratio)
+        assert lo <= coverage <= hi, (kind, n, ratio, coverage)
+
+
+def test_a_mean_of_differences_keeps_its_negative_bound():
     """Per-seed differences (leaked - clean, one view - another) range over [-1, 1]: clipping them to a
-    metric's [0, 1] would cut the t interval at zero (a page once printed "t: [+0.0, +42.4]")."""
+    metric's [0, 1] would cut the interval at zero (a page once printed "t: [+0.0, +42.4]")."""
     diffs = [0.102, 0.162, 0.032]
     got = seeds.cell(diffs, [[d - 0.13, d + 0.13] for d in diffs], bounds=(-1.0, 1.0))
-    half = stats.t.ppf(0.975, 2) * math.hypot(np.std(diffs, ddof=1) / math.sqrt(3), 0.13 / seeds.Z)
-    assert got["t_interval"] == pytest.approx((np.mean(diffs) - half, np.mean(diffs) + half))
-    assert got["t_interval"][0] < 0
-    assert seeds.cell(diffs, [[d - 0.13, d + 0.13] for d in diffs])["t_interval"][0] == 0.0  # a metric's range
+    assert got["interval"][0] < 0 < got["interval"][1]
+    assert seeds.cell(diffs, [[d - 0.13, d + 0.13] for d in diffs])["interval"][0] == 0.0  # a metric's range
 
 
 def test_one_seed_leaves_the_seed_part_unknown():
@@ -51,14 +97,11 @@ def test_one_seed_leaves_the_seed_part_unknown():
     assert seeds.cell([0.6, 0.7], [[0.5, 0.7], None])["why"] == "runs without a test-sampling interval"
 
 
-def test_a_difference_without_test_spread_gives_welchs_interval():
+def test_a_difference_of_two_cells_widens_with_both_seed_spreads():
     a, b = [0.69, 0.72, 0.66], [0.50, 0.58, 0.56]
-    got = seeds.difference(a, b, [0.0, 0.0])
-    welch = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
-    assert got["t_interval"] == pytest.approx((welch.low, welch.high))
-    assert got["difference"] == pytest.approx(np.mean(a) - np.mean(b))
-    lo, hi = got["interval"]
-    assert lo < got["difference"] < hi and hi - lo < welch.high - welch.low  # the bootstrap is the narrower
+    one = seeds.difference(a, [0.55, 0.55, 0.55], [-0.02, 0.02])["interval"]
+    two = seeds.difference(a, b, [-0.02, 0.02])["interval"]
+    assert two[1] - two[0] > one[1] - one[0]
 
 
 def _record(bacc: float, half: float = 0.04) -> dict:

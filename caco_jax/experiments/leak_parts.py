@@ -87,8 +87,8 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
         "Each part scored on the classes both parts have: BACC over those classes, and accuracy reweighted to "
         "the clean part's class mix. Per run, the difference leaked - clean in points with a 95 % interval from "
         "the runs' per-class lesion-bootstrap intervals; the mean over seeds with its interval over seeds and "
-        "test sampling (two-level bootstrap; *t*: Student t). The case mix inside a class (follow-up against "
-        "biopsy-confirmed nevi) still differs between the parts.",
+        "test sampling (Satterthwaite t, caco_jax/experiments/seeds.py). The case mix inside a class (follow-up "
+        "against biopsy-confirmed nevi) still differs between the parts.",
         "",
         "| cell | classes | per seed: BACC clean -> leaked (difference [95 %]) | accuracy at the clean mix: clean -> "
         "leaked | mean difference, BACC [seeds + test] |",
@@ -109,10 +109,7 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
         m = found["mean"]
         if m.get("interval"):
             lo, hi = m["interval"]
-            tlo, thi = m["t_interval"]
-            mean = (
-                f"{100 * m['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] (t: [{100 * tlo:+.1f}, {100 * thi:+.1f}])"
-            )
+            mean = f"{100 * m['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
         else:
             mean = f"{100 * m['mean']:+.1f} ({m.get('why', '-')})"
         classes = ", ".join(found["classes"])
