@@ -308,3 +308,19 @@ def test_readme_two_commands_are_what_ci_runs():
         f".ci/run should install with the tested versions ({' '.join(CONSTRAINTS)}): {installs}"
     )
     assert (ROOT / "constraints.txt").is_file()
+
+
+GLUED_HEADING = re.compile(r"[^\s#][ \t]*#{2,6} [A-Z]")  # "...fig## What the numbers say": a heading lost mid-line
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.name)
+def test_no_heading_is_glued_to_a_sentence_and_no_paragraph_is_a_fragment(doc: pathlib.Path):
+    """Catches text damaged by an edit: a heading joined to the end of a sentence, or a stray piece of a
+    sentence left as a paragraph of its own ("n is.")."""
+    _, prose = _split_fences(doc.read_text())
+    prose = INLINE_CODE.sub("", prose)
+    glued = [line for line in prose.splitlines() if GLUED_HEADING.search(line) and not line.startswith("|")]
+    assert not glued, f"{doc.name}: a heading inside a line: {glued}"
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", prose) if p.strip()]
+    fragments = [p for p in paragraphs if re.fullmatch(r"[a-z][^\n]{0,20}[.:]?", p)]
+    assert not fragments, f"{doc.name}: a paragraph that is a fragment of a sentence: {fragments}"
