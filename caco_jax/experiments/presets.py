@@ -148,6 +148,16 @@ def _recipe_comparisons() -> tuple[Comparison, ...]:
     return (
         Comparison("recipe", "paper", "The recipe as shipped (balanced rule, TTA) against the paper's recipe", **full),
         Comparison("recipe", "paper", "The recipe's training alone (argmax, no TTA) against the paper's recipe"),
+        Comparison(
+            "recipe",
+            "paper",
+            "The recipe's training alone, both with the balanced rule and TTA (like with like)",
+            **full,
+            b_rule="balanced",
+            b_tta=True,
+        ),
+        Comparison("paper", "paper", "The balanced rule and TTA alone, on the paper's recipe", **full),
+        Comparison("recipe", "recipe", "The balanced rule and TTA alone, on the recipe", **full),
         Comparison("paper", "paper", "The balanced rule alone, on the paper's recipe", a_rule="balanced"),
         *(
             Comparison("recipe", name, f"What {what} adds to the recipe", **full, b_rule="balanced", b_tta=True)
@@ -232,6 +242,7 @@ PRESETS: dict[str, Preset] = {
                 **{"loss.ldam_s": 30.0},
             ),
         ),
+        (Comparison("caco_joint", "se_ce", "Is the paper's model (CaCo + joint loss) better than SE + CE?"),),
     ),
     "paper": Preset(
         "paper",

@@ -200,8 +200,8 @@ def _comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
         "recipes should quote: " + SEED_INTERVAL_NOTE + ". An interval that contains 0 cannot tell the two apart.",
         "",
         "| question | a (rule) | b (rule) | seeds | BACC a - b (test) | BACC a - b (seeds + test) | "
-        "accuracy a - b (test) | macro AUC a - b (test) | P(a > b), BACC |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        "accuracy a - b (test) | accuracy a - b (seeds + test) | macro AUC a - b (test) | P(a > b), BACC |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in comparisons:
         head = (
@@ -209,14 +209,15 @@ def _comparison_lines(comparisons: list[dict[str, Any]]) -> list[str]:
             f"| {c['b']} ({_rule(c['b_rule'], c['b_tta'])}) |"
         )
         if not c["available"]:
-            lines.append(head + f" - | not available: {c['reason']} | | | |")
+            lines.append(head + f" - | not available: {c['reason']} | | | | |")
             continue
         share = c["bacc"]["share_above_zero"]
         approx = " (≈)" if c["bacc"].get("approx") else ""
         lines.append(
             head + f" {c['seeds'][0]} vs {c['seeds'][1]} | {_difference(c, 'bacc')}{approx} | "
             f"{_seed_cell((c.get('with_seeds') or {}).get('bacc'), signed=True)} | "
-            f"{_difference(c, 'accuracy')} | {_difference(c, 'macro_auc')} | "
+            f"{_difference(c, 'accuracy')} | {_seed_cell((c.get('with_seeds') or {}).get('accuracy'), signed=True)} | "
+            f"{_difference(c, 'macro_auc')} | "
             f"{'-' if share is None else f'{share:.2f}'} |"
         )
     if any(c.get("available") and c["bacc"].get("approx") for c in comparisons):

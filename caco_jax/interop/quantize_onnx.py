@@ -36,13 +36,15 @@ def quantize_onnx(
     activations: str = "uint8",
     input_name: str = "images",
     batch_size: int = 16,
+    prepared_path: str | pathlib.Path | None = None,
 ) -> dict[str, Any]:
     """Writes the int8 QDQ model of ``float_path`` to ``out_path``; returns its quantisation settings.
 
     ``calibration``: float32 NHWC images, normalised as the model's input (transposed to NCHW here).
     ``activations='int16'`` (int8 weights, 16-bit activations: not full-integer int8, a remedy measured in
     docs/deploy.md) keeps each ReLU as its own operator, since a ReLU folded into its convolution's
-    output range is lost where that range is [0, 0] and the activations are signed."""
+    output range is lost where that range is [0, 0] and the activations are signed. ``prepared_path``: also
+    keep the pre-processed float graph there (its tensors have the names the int8 graph quantises)."""
     import onnx
     from onnxruntime import quantization as q
 
@@ -65,6 +67,10 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory() as tmp:
         prepared = pathlib.Path(tmp) / "prepared.onnx"
         q.quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        if prepared_path is not None:
+            import shutil
+
+            shutil.copy(prepared, prepared_path)
         op_types = None
         if float_ops:
             present = {n.op_type for n in onnx.load(str(prepared)).graph.node}
