@@ -186,3 +186,26 @@ def test_tables_rebuilt_from_the_record_of_runs_not_on_this_machine(tmp_path):
     text = paths["md"].read_text()
     assert "## Seeds and test sampling" in text and "| a | argmax | 3 (3 from the record) |" in text
     assert "(≈)" in text and "1,000 bootstrap resamples" in text
+
+
+def test_the_coverage_the_pages_quote_is_the_simulations():
+    """The coverage figures in seeds.py's reasons and on every results page come from docs/interval_coverage.json."""
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    rows = json.loads((root / "docs" / "interval_coverage.json").read_text())["rows"]
+
+    def span(kind: str, n: int, method: str = "satterthwaite") -> str:
+        values = [r["coverage"][method] for r in rows if (r["kind"], r["seeds"]) == (kind, n)]
+        return f"{round(100 * min(values))}-{round(100 * max(values))} %"
+
+    differences = {span("difference", n) for n in (2, 3, 5)}
+    lowest = min(r["coverage"]["satterthwaite"] for r in rows if r["kind"] == "difference")
+    highest = max(r["coverage"]["satterthwaite"] for r in rows if r["kind"] == "difference")
+    quoted = f"{round(100 * lowest)}-{round(100 * highest)} %"
+    note = " ".join(tables.SEED_INTERVAL_NOTE.split())
+    doc = " ".join(seeds.__doc__.split())
+    for text in (note, doc):
+        assert quoted in text and "difference of two cells" in text, (quoted, differences)
+        assert f"{span('cell', 3)} at 3" in text and f"{span('cell', 5)} at 5" in text and span("cell", 2) in text
+    assert tables.TWO_SEED_COVERAGE == span("cell", 2)

@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = quantize_onnx(float_path, int8, calibration, prepared_path=prepared)
         float_model, int8_model = onnx.load(str(prepared)), onnx.load(str(int8))
     tensors = quant_analysis.quantised_activations(int8_model)
+    relus = quant_analysis.folded_relus(float_model, int8_model)
     if args.limit:
         tensors = tensors[: args.limit]
     reference = score(float_model, nchw, labels, None)
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     whole = {
         "float": reference,
         "int8": score(int8_model, nchw, labels, ref_logits),
-        "int8_weights_only": score(quant_analysis.weights_only(int8_model), nchw, labels, ref_logits),
+        "int8_weights_only": score(quant_analysis.weights_only(int8_model, relus), nchw, labels, ref_logits),
     }
     print({k: {m: round(v, 4) for m, v in _public(r).items()} for k, r in whole.items()}, flush=True)
     cal_nchw = np.ascontiguousarray(calibration.transpose(0, 3, 1, 2))
@@ -111,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             "zero_point_type": str(zero.dtype),
             "range": ranges[t.name],
             "only": _public(score(quant_analysis.only(float_model, int8_model, t), nchw, labels, ref_logits)),
-            "all_but": _public(score(quant_analysis.all_but(int8_model, t), nchw, labels, ref_logits)),
+            "all_but": _public(score(quant_analysis.all_but(int8_model, t, relus), nchw, labels, ref_logits)),
+            "relu_folded": t.name in relus,
         }
         rows.append(row)
         print(
@@ -154,7 +156,8 @@ def markdown(result: dict[str, Any], n: int = 10) -> str:
             f"{100 * r['only']['bacc']:.1f} % | {r['only']['logit_error']:.3f} | {100 * r['all_but']['bacc']:.1f} % |"
         )
     head = (
-        f"Validation BACC (argmax): float {100 * whole['float']['bacc']:.1f} %, int8 {100 * whole['int8']['bacc']:.1f} %, "
+        f"Validation BACC (argmax): float {100 * whole['float']['bacc']:.1f} %, "
+        f"int8 {100 * whole['int8']['bacc']:.1f} %, "
         f"int8 weights with float activations {100 * whole['int8_weights_only']['bacc']:.1f} %; "
         f"{len(result['tensors'])} quantised activation tensors."
     )

@@ -16,13 +16,13 @@ seed spread, the normal interval of the test error.
 
 Why this one: ``tools/interval_coverage.py`` simulates this model at 2, 3 and 5 seeds over seed-to-test
 ratios from 0 to 30 (``docs/interval_coverage.json``; tests/test_seeds.py runs a smaller version). A
-difference of two cells, the figure every headline comparison quotes, is covered 94-97 % of the time at
-2, 3 and 5 seeds. A single cell's mean is covered 94-95 % at 5 seeds, 92-95 % at 3, but only 87-95 % at 2
-seeds when the seeds disagree much more than the test sampling explains (the degrees of freedom grow when
-two seeds happen to agree): a two-seed cell's interval says so on the pages. Retired: the two-level
-bootstrap over seeds (66-95 % with two seeds), Student's t with the test error multiplied by t(n - 1)
-(97-100 %), and a generalized pivotal interval (95-99 %, too wide for the comparisons). A cell with one
-seed has no such interval: its seed part is unknown.
+difference of two cells, the figure every headline comparison quotes, is covered 93-97 % of the time at
+2, 3 and 5 seeds. A single cell's mean is covered 94-95 % at 5 seeds and 91-95 % at 3, but only 86-95 % at
+2 seeds, the least when the seeds disagree much more than the test sampling explains (the degrees of
+freedom grow when two seeds happen to agree): a two-seed cell's interval says so on the pages. Retired:
+the two-level bootstrap over seeds (64-95 % for a two-seed cell), Student's t with the test error
+multiplied by t(n - 1) (97-100 % for a two-seed cell), and a generalized pivotal interval (97-100 % for
+differences at 2 and 3 seeds: too wide). A cell with one seed has no such interval: its seed part is unknown.
 """
 
 from __future__ import annotations

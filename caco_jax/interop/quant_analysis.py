@@ -123,24 +123,44 @@ def _insert_after(model: Any, name: str, new_nodes: list[Any]) -> None:
     model.graph.node.extend(nodes[:at] + new_nodes + nodes[at:])
 
 
-def all_but(int8_model: Any, tensor: QuantisedTensor) -> Any:
-    """The int8 model with ``tensor``'s pair bypassed: its consumers read the float tensor."""
+def folded_relus(float_model: Any, int8_model: Any) -> set[str]:
+    """Tensors whose ReLU the quantiser folded into their pair (the pair's range starts at 0, the Relu node
+    is gone and the node before it writes its output): bypassing such a pair must put the ReLU back."""
+    made_by_relu = {o for n in int8_model.graph.node if n.op_type == "Relu" for o in n.output}
+    # the quantiser drops the Relu and lets the node before it write the Relu's output name
+    return {n.output[0] for n in float_model.graph.node if n.op_type == "Relu" and n.output[0] not in made_by_relu}
+
+
+def _bypass(model: Any, tensor: QuantisedTensor, relus: set[str]) -> None:
+    """Consumers of ``tensor``'s pair read the float tensor (through a ReLU where the pair held one)."""
+    from onnx import helper
+
+    source = tensor.name
+    if tensor.name in relus:
+        source = f"{tensor.name}__relu"
+        _insert_after(model, tensor.name, [helper.make_node("Relu", [tensor.name], [source], name=source)])
+    _rename_inputs(model.graph.node, tensor.dequantized, source)
+
+
+def all_but(int8_model: Any, tensor: QuantisedTensor, relus: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
+    """The int8 model with ``tensor``'s pair bypassed: its consumers read the float tensor. ``relus``:
+    :func:`folded_relus`."""
     import onnx
 
     model = onnx.ModelProto()
     model.CopyFrom(int8_model)
-    _rename_inputs(model.graph.node, tensor.dequantized, tensor.name)
+    _bypass(model, tensor, relus)
     return _prune(model)
 
 
-def weights_only(int8_model: Any) -> Any:
+def weights_only(int8_model: Any, relus: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
     """The int8 model with every activation pair bypassed: only the weights are quantised."""
     import onnx
 
     model = onnx.ModelProto()
     model.CopyFrom(int8_model)
     for tensor in quantised_activations(int8_model):
-        _rename_inputs(model.graph.node, tensor.dequantized, tensor.name)
+        _bypass(model, tensor, relus)
     return _prune(model)
 
 
@@ -165,7 +185,8 @@ def ranges(float_model: Any, nchw: np.ndarray, names: list[str], *, batch_size: 
     model = onnx.ModelProto()
     model.CopyFrom(float_model)
     present = {o.name for o in model.graph.output}
-    model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in present)
+    added = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names if n not in present]
+    model.graph.output.extend(added)
     session = session_of(model)
     input_name = session.get_inputs()[0].name
     lo = {n: np.inf for n in names}
