@@ -1,6 +1,7 @@
-"""The package's shape: the subpackages import one another without a circle, dataset facts stay in
-the dataset registry, and an extension is one place, tests included (every per-variant test picks
-up a newly registered attention block, loss or dataset: tests/toys/)."""
+"""The package's shape: neither its subpackages nor its modules import one another in a circle, no
+command module holds what another package imports, dataset facts stay in the dataset registry, and an
+extension is one place, tests included (every per-variant test picks up a newly registered attention
+block, loss or dataset: tests/toys/)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,19 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
+def _module(path: pathlib.Path) -> str:
+    """``caco_jax/runs/best.py`` -> ``caco_jax.runs.best`` (a package's ``__init__.py`` is the package)."""
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Module -> the other modules of the package it imports (a package's ``__init__`` counts as a module)."""
+    modules = {_module(path) for path in PACKAGE.rglob("*.py")}
+    return {
+        _module(path): {m for m in _imports(path) if m in modules} - {_module(path)} for path in PACKAGE.rglob("*.py")
+    }
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One circle of the graph (its nodes in order, the first repeated at the end), or None."""
     state: dict[str, str] = {}
@@ -88,6 +102,37 @@ def test_the_subpackages_import_one_another_without_a_circle():
     assert {"models", "data", "training", "interop", "evaluation", "cli", "errors", "registry"} <= set(graph)
     assert "interop" in graph["training"]  # function-level imports count (the losses' PyTorch formulas)
     assert find_cycle(graph) is None, f"import circle: {' -> '.join(find_cycle(graph) or [])}"
+
+
+def test_the_modules_import_one_another_without_a_circle():
+    """Inside a subpackage too (the package-level graph cannot see a circle there)."""
+    graph = module_graph()
+    assert {"caco_jax.runs.weights", "caco_jax.runs.best", "caco_jax.runs.loading"} <= set(graph)
+    assert "caco_jax.runs.best" in graph["caco_jax.runs.loading"]
+    assert "caco_jax.training.losses" in graph["caco_jax.training.steps"]  # `from caco_jax.training.losses import`
+    assert find_cycle(graph) is None, f"import circle: {' -> '.join(find_cycle(graph) or [])}"
+
+
+def test_no_module_outside_the_commands_imports_a_command():
+    """The commands (caco_jax/cli/) sit on top: what another package or a test needs lives below them.
+    Tests and scripts run a command through its ``main``; nothing else of a command is imported."""
+    inside = {
+        f"{path.relative_to(ROOT)} imports {m}"
+        for path in PACKAGE.rglob("*.py")
+        if path.relative_to(PACKAGE).parts[0] not in ("cli", "__main__.py")
+        for m in _imports(path)
+        if m.startswith("caco_jax.cli")
+    }
+    assert inside == set()
+    tests = {
+        f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}.{alias.name}"
+        for path in [*(ROOT / "tests").rglob("*.py"), *(ROOT / "tools").rglob("*.py")]
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("caco_jax.cli.")
+        for alias in node.names
+        if alias.name not in ("main", "COMMANDS")
+    }
+    assert tests == set()
 
 
 def _name_comparisons(path: pathlib.Path, name: str) -> list[int]:

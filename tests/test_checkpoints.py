@@ -19,7 +19,8 @@ import pytest
 
 from caco_jax.runs import faults
 from caco_jax.runs.integrity import WeightsDamaged
-from caco_jax.runs.weights import WeightsSaveError, WeightsWriter, read_weights
+from caco_jax.runs.loading import read_weights
+from caco_jax.runs.weights import WeightsSaveError, WeightsWriter
 from caco_jax.training.checkpoints import (
     DAMAGED_DIR,
     CheckpointDamaged,

@@ -156,7 +156,7 @@ def _overwrite_largest_weights_file(workdir: pathlib.Path) -> pathlib.Path:
 def test_a_damaged_best_is_restored_from_its_checkpoint_or_named_in_one_error(tmp_path, caplog, capsys):
     """Issue 33: damaged best weights were used silently. With a checkpoint recording them they are
     restored (one log line) and the answers are the undamaged ones; without one, one error naming the file."""
-    from caco_jax.runs.weights import read_weights
+    from caco_jax.runs.loading import read_weights
     from caco_jax.training.checkpoints import Checkpointer
 
     workdir = make_run(tmp_path / "run")

@@ -315,7 +315,7 @@ def test_killed_run_resumes_bit_exactly(synthetic_tfds, tmp_path):
 def assert_same_best_weights(workdir: pathlib.Path, reference: pathlib.Path) -> None:
     """best/ holds, bit for bit, the weights and metadata of the reference run's best/, and nothing is
     left beside it."""
-    from caco_jax.runs.weights import read_weights
+    from caco_jax.runs.loading import read_weights
 
     (a, meta_a), (b, meta_b) = read_weights(workdir / "best"), read_weights(reference / "best")
     assert meta_a["epoch"] == meta_b["epoch"] and meta_a["val_bacc"] == meta_b["val_bacc"]

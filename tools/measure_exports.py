@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no_remedies", dest="remedies", action="store_false")
     args = p.parse_args(argv)
     from caco_jax.interop import artifact, deploy
-    from caco_jax.runs.weights import load_trained
+    from caco_jax.runs.loading import load_trained
     from caco_jax.serving.predictor import Predictor
 
     config, model, meta, weights = load_trained(args.workdir)

@@ -25,7 +25,8 @@ from caco_jax.errors import UsageError
 from caco_jax.interop.convert import export_state_dict, load_torchvision
 from caco_jax.interop.torch_io import load_state_dict, save_state_dict
 from caco_jax.models import ARCHS, ATTENTION_BLOCKS, ATTENTION_INITS, create_model
-from caco_jax.runs.weights import model_from_weights, save_weights
+from caco_jax.runs.loading import model_from_weights
+from caco_jax.runs.weights import save_weights
 
 NAME = "convert"
 

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from caco_jax.evaluation import calibration, predictions, selective
     from caco_jax.evaluation.reports import evaluation_report, write_report
     from caco_jax.models import count_params
-    from caco_jax.runs.weights import load_trained
+    from caco_jax.runs.loading import load_trained
     from caco_jax.training import compile_cache, parallel
     from caco_jax.training.evaluate import collect
     from caco_jax.training.losses import make_loss

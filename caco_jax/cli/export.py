@@ -38,7 +38,7 @@ from caco_jax.data.classes import CLASS_NAMES
 from caco_jax.errors import UsageError
 from caco_jax.interop.convert import export_state_dict
 from caco_jax.interop.torch_io import save_state_dict
-from caco_jax.runs.weights import model_from_weights
+from caco_jax.runs.loading import model_from_weights
 
 NAME = "export"
 

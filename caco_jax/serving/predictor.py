@@ -18,7 +18,7 @@ from caco_jax.data.images import MAX_PIXELS, decode
 from caco_jax.errors import UsageError, WeightsError
 from caco_jax.evaluation import calibration, decision, ood_score, selective
 from caco_jax.evaluation.decision import RULE_TEXT, Decision
-from caco_jax.runs.weights import load_trained
+from caco_jax.runs.loading import load_trained
 from caco_jax.training import parallel
 from caco_jax.training.steps import ModelDef, build_steps
 

@@ -13,7 +13,8 @@ import numpy as np
 from caco_jax.data import leakage, pipeline, records, registry
 from caco_jax.evaluation import calibration, decision, ood_score, plots, predictions, saliency, selective
 from caco_jax.evaluation.reports import evaluation_report, write_report
-from caco_jax.runs.weights import WeightsWriter, read_weights
+from caco_jax.runs.loading import read_weights
+from caco_jax.runs.weights import WeightsWriter
 from caco_jax.training import guard, parallel
 from caco_jax.training.evaluate import collect, host_array
 from caco_jax.training.run import Run

@@ -18,7 +18,8 @@ import numpy as np
 
 from caco_jax.errors import ConfigError
 from caco_jax.evaluation.metrics import TrainMetrics
-from caco_jax.runs.weights import WeightsWriter, read_weights, state_weights
+from caco_jax.runs.loading import read_weights
+from caco_jax.runs.weights import WeightsWriter, state_weights
 from caco_jax.training import parallel
 from caco_jax.training.checkpoints import Checkpointer
 from caco_jax.training.run import Run

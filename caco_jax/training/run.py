@@ -16,7 +16,7 @@ from caco_jax.data import pipeline, records
 from caco_jax.data.augment import AugmentConfig
 from caco_jax.data.registry import open_data
 from caco_jax.models import count_params, model_from_config
-from caco_jax.runs.weights import load_pretrained
+from caco_jax.runs.loading import load_pretrained
 from caco_jax.training import parallel
 from caco_jax.training.evaluate import run_eval
 from caco_jax.training.losses import Loss, make_loss
