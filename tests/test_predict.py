@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from caco_jax.cli.predict import main as predict_main, predict
+from caco_jax.cli.predict import main as predict_main
 from caco_jax.data.classes import CLASS_NAMES
 from caco_jax.evaluation import calibration, decision
 from caco_jax.models import model_from_config
 from caco_jax.runs.weights import assign_weights, model_weights, save_weights
 from caco_jax.runs.workspace import save_config
+from caco_jax.serving.classify import predict
 from caco_jax.serving.predictor import Predictor
 from caco_jax.training.steps import dihedral_views
 

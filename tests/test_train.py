@@ -666,8 +666,8 @@ def test_eight_devices_train_like_one():
 def test_evaluate_on_an_isic2018_test_build_agrees_with_predict(trained, synthetic_tfds, tmp_path):
     """External evaluation: synthetic lesions laid out as ISIC 2018 Task 3 test files."""
     from caco_jax.cli.evaluate import main as evaluate_main
-    from caco_jax.cli.predict import predict
     from caco_jax.data.classes import CLASS_NAMES
+    from caco_jax.serving.classify import predict
 
     workdir, _ = trained
     manual = tmp_path / "isic"
