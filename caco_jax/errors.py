@@ -17,7 +17,6 @@ Exit codes (the same for every ``caco-jax`` command):
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 75

@@ -312,14 +312,14 @@ def test_convert_pth_imagenet_offline_says_what_to_do(monkeypatch, tmp_path, cap
 def test_load_pretrained_imagenet_end_to_end(monkeypatch, tmp_path):
     """A torchvision-layout file of a small model, served and fetched, loads into another small model."""
     pytest.importorskip("torch")
-    from caco_jax.interop.convert import export_torchvision
+    from caco_jax.interop.convert import export_state_dict
     from caco_jax.interop.torch_io import save_state_dict
     from caco_jax.models import create_model
     from caco_jax.runs.loading import load_pretrained
     from caco_jax.runs.weights import model_weights
 
     source = create_model(arch="small", attention="se", num_classes=1000, seed=0)
-    save_state_dict(export_torchvision(source), tmp_path / "made_up.pth")
+    save_state_dict(export_state_dict(source), tmp_path / "made_up.pth")
     body = (tmp_path / "made_up.pth").read_bytes()
     name = f"mobilenet_v3_small-{hashlib.sha256(body).hexdigest()[:10]}.pth"
     monkeypatch.setitem(imagenet.FILES, "small", name)
