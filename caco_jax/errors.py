@@ -44,6 +44,19 @@ class RunDirError(CacoError, FileNotFoundError):
     exit_code = EXIT_USAGE
 
 
+class RunTooOld(CacoError):
+    """A run (or weights) written by an older caco-jax, before checkpoints held the best weights and
+    recorded checksums: this version no longer reads it. Nothing was started."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, workdir: object, what: str):
+        super().__init__(
+            f"{workdir} was written by an older caco-jax ({what}), in a format this version no longer reads: "
+            "train it again in a new --workdir (weights from caco-jax convert: convert them again)"
+        )
+
+
 class WeightsError(CacoError, ValueError):
     """Weights (a checkpoint, a .pth, a converted directory) do not fit or cannot be read."""
 

@@ -211,15 +211,14 @@ def main(argv: list[str] | None = None) -> int:
 
     config, model, meta, weights = load_trained(args.workdir)
     args.config = config
-    evaluation = config.get("evaluation") or {}
-    args.tta = args.tta and bool(evaluation.get("tta", False))
+    args.tta = args.tta and bool(config.evaluation.tta)
     size = (int(config.data.image_size),) * 2
     data = test_split(config, args.workdir, args.data_dir)
     run = artifact.describe_run(
         weights,
         class_names=meta["class_names"],
         image_size=size,
-        default_decision=evaluation.get("decision", "argmax"),
+        default_decision=config.evaluation.decision,
         tta=args.tta,
         model={"arch": model.arch, "attention": model.attention_name, "num_classes": model.num_classes},
     )

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         source=source,
         dataset=config.data.name,
         rule=decision.load(weights_dir),
-        answer_rule=config.evaluation.get("decision", "argmax"),
+        answer_rule=config.evaluation.decision,
         threshold=fitted["threshold"] if fitted else None,
         split=split,
     )

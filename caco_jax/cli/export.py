@@ -132,13 +132,12 @@ def _deploy(args: argparse.Namespace, model: Any, meta: dict, config: Any, weigh
     from caco_jax.interop import artifact, deploy
 
     names = meta.get("class_names") or (CLASS_NAMES if model.num_classes == len(CLASS_NAMES) else None)
-    evaluation = (config.get("evaluation") or {}) if config is not None else {}
     run_info = artifact.describe_run(
         weights,
         class_names=names or [f"class_{k}" for k in range(model.num_classes)],
         image_size=hw,
-        default_decision=evaluation.get("decision", "argmax"),
-        tta=bool(evaluation.get("tta", False)),
+        default_decision=config.evaluation.decision if config is not None else "argmax",
+        tta=bool(config.evaluation.tta) if config is not None else False,
         model={"arch": model.arch, "attention": model.attention_name, "num_classes": model.num_classes},
     )
     calibration = None

@@ -111,14 +111,13 @@ def open_external(
 
 
 def split_options(config: Any) -> dict[str, Any]:
-    """The ``records.split_source`` keywords a run's config fixes: split rule, seed, offline copies
-    (configs saved before ``data.offline`` existed had none)."""
-    copies = config.data.get("offline")
+    """The ``records.split_source`` keywords a run's config fixes: split rule, seed, offline copies,
+    held-out source."""
     return {
         "split_by": config.data.split_by,
         "seed": config.data.split_seed,
-        "copies": offline.OfflineCopies.from_config(copies) if copies else None,
-        "holdout_source": config.data.get("holdout_source", ""),  # configs before it had none
+        "copies": offline.OfflineCopies.from_config(config.data.offline),
+        "holdout_source": config.data.holdout_source,
     }
 
 

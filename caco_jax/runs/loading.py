@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 from flax import nnx
 
-from caco_jax.data import registry
-from caco_jax.errors import RunDirError, WeightsError
+from caco_jax.errors import RunDirError, RunTooOld, WeightsError
 from caco_jax.interop.convert import load_torchvision
 from caco_jax.models import MobileNetV3, attention, model_from_config
 from caco_jax.models.mobilenetv3 import ARCHS
@@ -31,7 +30,8 @@ def read_weights(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], d
     """Reads a :func:`~caco_jax.runs.weights.save_weights` directory: (flat weights, metadata), verified
     against the checksums recorded when it was written. A run's ``best/`` is verified against the
     checkpoint that records it, and restored from it when damaged (:mod:`caco_jax.runs.best`); other
-    damage is a :class:`WeightsDamaged` naming the file."""
+    damage is a :class:`WeightsDamaged` naming the file, weights an older caco-jax wrote (no checksums)
+    a :class:`~caco_jax.errors.RunTooOld`."""
     directory = pathlib.Path(directory).resolve()
     if not (directory / "weights").is_dir():
         raise RunDirError(
@@ -39,6 +39,10 @@ def read_weights(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], d
             "--workdir (its best/ weights), or weights made by caco-jax convert"
         )
     flat, meta, problem = check_weights(directory)
+    if meta and "checksums" not in meta:  # metadata from before weights recorded their checksums
+        raise RunTooOld(
+            directory.parent if directory.name == "best" else directory, f"{directory} records no checksums"
+        )
     if directory.name == "best" and (directory.parent / "checkpoints").is_dir():  # a run's: its checkpoint decides
         flat, meta = verified(directory, flat, meta, problem)
     elif problem is not None or flat is None:
@@ -130,17 +134,14 @@ def load_trained(
     """(config, model in eval mode, weights metadata, weights dir) of a training run.
 
     ``weights`` defaults to ``workdir/best`` (the best validation BACC), written by
-    scripts/train.py; any directory in that format works (e.g. a conversion output of
-    the same architecture and class count). ``metadata['class_names']`` names the classes.
+    caco-jax train; any directory in that format that records its class names works (the same
+    architecture and class count). ``metadata['class_names']`` names the classes.
     """
     workdir = pathlib.Path(workdir)
     config = load_config(workdir)
     weights_dir = pathlib.Path(weights) if weights else workdir / "best"
     flat, meta = read_weights(weights_dir)
-    if "class_names" not in meta:  # weights saved before they recorded them: the dataset's fixed names
-        dataset = registry.known(config.data.name)
-        meta["class_names"] = list(dataset.class_names) if dataset and dataset.class_names else None
-    if not meta["class_names"]:
+    if not meta.get("class_names"):
         raise WeightsError(f"{weights_dir} does not record its class names (caco_jax_weights.json: class_names)")
     model = model_from_config(config.model, num_classes=len(meta["class_names"]), seed=config.seed)
     assign_weights(model, flat, source=str(weights_dir))

@@ -118,7 +118,7 @@ def _cross_checks(config: Any) -> list[str]:
             build(_get(config, key))
         except (ValueError, TypeError) as err:
             problems.append(f"--config.{key}.*: {err}")
-    holdout = config.data.get("holdout_source", "")
+    holdout = config.data.holdout_source
     if holdout and OfflineCopies.from_config(config.data.offline).enabled:
         problems.append(
             f"--config.data.holdout_source={holdout}: a held-out source and offline copies "
