@@ -38,6 +38,7 @@ from caco_jax.data.classes import CLASS_NAMES
 from caco_jax.errors import UsageError
 from caco_jax.interop.convert import export_state_dict
 from caco_jax.interop.torch_io import save_state_dict
+from caco_jax.models import CA_ACTIVATIONS
 from caco_jax.runs.loading import model_from_weights
 
 NAME = "export"
@@ -70,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--ca_activation",
-        choices=("swish", "hardswish"),
+        choices=CA_ACTIVATIONS,
         default=None,
         help="coordinate attention's activation, if neither config nor metadata says",
     )
