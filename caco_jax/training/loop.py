@@ -18,7 +18,7 @@ import pathlib
 import signal
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import ml_collections
@@ -297,8 +297,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         run.runlog.close()
 
 
+_Resource = TypeVar("_Resource", Checkpointer, WeightsWriter)
+
+
 @contextlib.contextmanager
-def _closing(resource: Checkpointer | WeightsWriter) -> Iterator[Any]:
+def _closing(resource: _Resource) -> Iterator[_Resource]:
     """Closes ``resource`` (its last save committed, or its error raised) at the end of the block; on
     the way out of an error, quietly: that error is the one to report."""
     try:
