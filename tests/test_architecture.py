@@ -179,8 +179,8 @@ code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "tests"])
 from caco_jax.data.registry import DATASETS
 from caco_jax.models.attention import ATTENTION_BLOCKS
 from caco_jax.training.losses import LOSSES
-def defined_in(entry):  # a dataset entry is defined where its opener is
-    return getattr(entry, "open", entry).__module__
+def defined_in(entry):  # a dataset entry is defined where its opener is; attention "none" is the package's None
+    return "caco_jax" if entry is None else getattr(entry, "open", entry).__module__
 registries = {"attention": ATTENTION_BLOCKS, "loss": LOSSES, "data": DATASETS}
 names = {kind: {name: defined_in(entry) for name, entry in r.items()} for kind, r in registries.items()}
 print("REGISTERED " + json.dumps(names))
