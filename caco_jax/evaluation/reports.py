@@ -41,11 +41,9 @@ def evaluation_report(
     lesion-bootstrap intervals of accuracy, BACC, macro AUC and per-class recall;
     ``balanced`` (with a decision ``rule``): accuracy, BACC and per-class recall of the rule's
     predictions, with their intervals;
-    ``subgroups`` and ``selective`` (with ``source``): the figures by subgroup (of the images'
-    metadata, along the subgroups the registry entry of ``dataset`` names) and the risk-coverage
-    curve of the answers under ``answer_rule`` (the rule predict and the page answer with: 'argmax',
-    or 'balanced' when a ``rule`` is given), with the validation-fitted confidence ``threshold``
-    where there is one.
+    ``subgroups`` and ``selective`` (with ``source``): the figures by subgroup of the images' metadata
+    (those ``dataset``'s registry entry names) and the risk-coverage curve of the answers under
+    ``answer_rule`` ('argmax', or 'balanced' given a ``rule``), at the validation-fitted ``threshold``.
     """
     groups = None if source is None else source.lesion_ids
     entry = registry.known(dataset) if dataset is not None else None
