@@ -17,7 +17,6 @@ Exit codes (the same for every ``caco-jax`` command):
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 75
@@ -43,6 +42,19 @@ class RunDirError(CacoError, FileNotFoundError):
     """A --workdir or weights directory is not what the command needs (a bad flag: nothing was started)."""
 
     exit_code = EXIT_USAGE
+
+
+class RunTooOld(CacoError):
+    """A run (or weights) written by an older caco-jax, before checkpoints held the best weights and
+    recorded checksums: this version no longer reads it. Nothing was started."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, workdir: object, what: str):
+        super().__init__(
+            f"{workdir} was written by an older caco-jax ({what}), in a format this version no longer reads: "
+            "train it again in a new --workdir (weights from caco-jax convert: convert them again)"
+        )
 
 
 class WeightsError(CacoError, ValueError):

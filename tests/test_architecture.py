@@ -1,6 +1,7 @@
-"""The package's shape: the subpackages import one another without a circle, dataset facts stay in
-the dataset registry, and an extension is one place, tests included (every per-variant test picks
-up a newly registered attention block, loss or dataset: tests/toys/)."""
+"""The package's shape: neither its subpackages nor its modules import one another in a circle, no
+command module holds what another package imports, dataset facts stay in the dataset registry, and an
+extension is one place, tests included (every per-variant test picks up a newly registered attention
+block, loss or dataset: tests/toys/)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,19 @@ def import_graph() -> dict[str, set[str]]:
     return graph
 
 
+def _module(path: pathlib.Path) -> str:
+    """``caco_jax/runs/best.py`` -> ``caco_jax.runs.best`` (a package's ``__init__.py`` is the package)."""
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Module -> the other modules of the package it imports (a package's ``__init__`` counts as a module)."""
+    modules = {_module(path) for path in PACKAGE.rglob("*.py")}
+    return {
+        _module(path): {m for m in _imports(path) if m in modules} - {_module(path)} for path in PACKAGE.rglob("*.py")
+    }
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     """One circle of the graph (its nodes in order, the first repeated at the end), or None."""
     state: dict[str, str] = {}
@@ -88,6 +102,37 @@ def test_the_subpackages_import_one_another_without_a_circle():
     assert {"models", "data", "training", "interop", "evaluation", "cli", "errors", "registry"} <= set(graph)
     assert "interop" in graph["training"]  # function-level imports count (the losses' PyTorch formulas)
     assert find_cycle(graph) is None, f"import circle: {' -> '.join(find_cycle(graph) or [])}"
+
+
+def test_the_modules_import_one_another_without_a_circle():
+    """Inside a subpackage too (the package-level graph cannot see a circle there)."""
+    graph = module_graph()
+    assert {"caco_jax.runs.weights", "caco_jax.runs.best", "caco_jax.runs.loading"} <= set(graph)
+    assert "caco_jax.runs.best" in graph["caco_jax.runs.loading"]
+    assert "caco_jax.training.losses" in graph["caco_jax.training.steps"]  # `from caco_jax.training.losses import`
+    assert find_cycle(graph) is None, f"import circle: {' -> '.join(find_cycle(graph) or [])}"
+
+
+def test_no_module_outside_the_commands_imports_a_command():
+    """The commands (caco_jax/cli/) sit on top: what another package or a test needs lives below them.
+    Tests and scripts run a command through its ``main``; nothing else of a command is imported."""
+    inside = {
+        f"{path.relative_to(ROOT)} imports {m}"
+        for path in PACKAGE.rglob("*.py")
+        if path.relative_to(PACKAGE).parts[0] not in ("cli", "__main__.py")
+        for m in _imports(path)
+        if m.startswith("caco_jax.cli")
+    }
+    assert inside == set()
+    tests = {
+        f"{path.relative_to(ROOT)}:{node.lineno} imports {node.module}.{alias.name}"
+        for path in [*(ROOT / "tests").rglob("*.py"), *(ROOT / "tools").rglob("*.py")]
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("caco_jax.cli.")
+        for alias in node.names
+        if alias.name not in ("main", "COMMANDS")
+    }
+    assert tests == set()
 
 
 def _name_comparisons(path: pathlib.Path, name: str) -> list[int]:
@@ -134,10 +179,18 @@ code = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "tests"])
 from caco_jax.data.registry import DATASETS
 from caco_jax.models.attention import ATTENTION_BLOCKS
 from caco_jax.training.losses import LOSSES
-names = {"attention": list(ATTENTION_BLOCKS), "loss": list(LOSSES), "data": list(DATASETS)}
+def defined_in(entry):  # a dataset entry is defined where its opener is; attention "none" is the package's None
+    return "caco_jax" if entry is None else getattr(entry, "open", entry).__module__
+registries = {"attention": ATTENTION_BLOCKS, "loss": LOSSES, "data": DATASETS}
+names = {kind: {name: defined_in(entry) for name, entry in r.items()} for kind, r in registries.items()}
 print("REGISTERED " + json.dumps(names))
 sys.exit(int(code))
 """
+
+
+def built_in(module: str) -> bool:
+    """Whether a registry entry defined in ``module`` is one of the package's own (else a test's toy)."""
+    return module == "caco_jax" or module.startswith("caco_jax.")
 
 
 def per_variant_gaps(collected: list[str], builtin: dict[str, set[str]], toys: dict[str, set[str]]) -> list[str]:
@@ -156,6 +209,14 @@ def per_variant_gaps(collected: list[str], builtin: dict[str, set[str]], toys: d
     return gaps
 
 
+def test_an_entry_is_built_in_where_the_package_defines_it():
+    from caco_jax.data.registry import DATASETS
+    from caco_jax.models.attention import ATTENTION_BLOCKS
+
+    assert built_in(ATTENTION_BLOCKS["caco"].__module__) and built_in(DATASETS["folder"].open.__module__)
+    assert not built_in("toys.attention_block") and not built_in("caco_jax_user_config")
+
+
 def test_the_gap_finder_sees_a_per_variant_test_without_the_toy():
     builtin, toys = {"loss": {"ce", "focal", "ldam"}}, {"loss": {"toy_brier"}}
     collected = ["tests/t.py::test_a[ce]", "tests/t.py::test_a[focal]", "tests/t.py::test_b[ldam-x]"]
@@ -168,20 +229,18 @@ def test_every_per_variant_test_collects_a_newly_registered_toy():
     """tests/toys/ registers a toy attention block (with its PyTorch twin), a toy loss and a toy dataset,
     one file each; with them registered, every test of the default suite that is parametrised over a
     registry collects the toy too, without a test file knowing it. (Running the whole suite over them
-    is left out of CI for time; the toys were run through the cheap per-variant tests by hand.)"""
-    from caco_jax.data.registry import DATASETS
-    from caco_jax.models.attention import ATTENTION_BLOCKS
-    from caco_jax.training.losses import LOSSES
-
+    is left out of CI for time; the toys were run through the cheap per-variant tests by hand.) An
+    entry is built in when the package defines it, so the check holds whether or not this process has
+    registered the toys already (CACO_JAX_TEST_TOYS=1)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     run = subprocess.run(
         [sys.executable, "-c", _COLLECT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     *collected, registered = run.stdout.strip().splitlines()
-    names = {kind: set(v) for kind, v in json.loads(registered.removeprefix("REGISTERED ")).items()}
-    builtin = {"attention": set(ATTENTION_BLOCKS), "loss": set(LOSSES), "data": set(DATASETS)}
-    toys = {kind: names[kind] - builtin[kind] for kind in builtin}
+    where = json.loads(registered.removeprefix("REGISTERED "))
+    builtin = {kind: {name for name, module in entries.items() if built_in(module)} for kind, entries in where.items()}
+    toys = {kind: set(entries) - builtin[kind] for kind, entries in where.items()}
     assert all(toys.values()), toys  # one toy of each kind was registered
     assert not per_variant_gaps(collected, builtin, toys)
     # and the check has something to check: each kind has per-variant tests that collected its toy

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 
 import jax.numpy as jnp
@@ -19,7 +20,8 @@ import pytest
 
 from caco_jax.runs import faults
 from caco_jax.runs.integrity import WeightsDamaged
-from caco_jax.runs.weights import WeightsSaveError, WeightsWriter, read_weights
+from caco_jax.runs.loading import read_weights
+from caco_jax.runs.weights import WeightsSaveError, WeightsWriter
 from caco_jax.training.checkpoints import (
     DAMAGED_DIR,
     CheckpointDamaged,
@@ -475,17 +477,42 @@ def test_the_writes_of_a_failed_save_leave_no_flood_behind(caplog):
     assert [str(w.message) for w in seen if "never awaited" in str(w.message)] == []
 
 
-def test_a_checkpoint_from_before_best_weights_were_checkpointed_adopts_them(tmp_path):
-    """Old runs (no 'best' item): the never-moved best.partial with the checkpoint's score goes into
-    place and becomes the run's best, so the next checkpoints hold it."""
-    from caco_jax.training.resume import _legacy_best
+def _as_older_versions_wrote(workdir: pathlib.Path) -> None:
+    """The run's checkpoints and best/ as caco-jax wrote them before checkpoints held the best weights:
+    no checksums anywhere, no best-weights record in the checkpoints."""
+    for path in (workdir / "checkpoints").rglob("*"):
+        try:
+            meta = json.loads(path.read_text()) if path.is_file() else None
+        except (UnicodeDecodeError, ValueError):
+            continue
+        if isinstance(meta, dict) and "checksums" in meta:
+            path.write_text(json.dumps({k: v for k, v in meta.items() if k not in ("checksums", "best")}))
+    path = workdir / "best" / "caco_jax_weights.json"
+    meta = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in meta.items() if k not in ("checksums", "files")}))
 
-    best = WeightsWriter(tmp_path / "best")
-    best.save(weights_at(1), record_at(1))
-    best.save(weights_at(2), record_at(2))  # promotes epoch 1; epoch 2 stays in best.partial, as the old loop left it
-    best._checkpointer.wait_until_finished()
-    best._pending = False  # the old process died here
-    meta, flat = _legacy_best(WeightsWriter(tmp_path / "best"), record_at(2)["val_bacc"], 20)
-    assert meta["epoch"] == 2 and flat.keys() == weights_at(2).keys()
-    assert_best_is(tmp_path, 2)
-    assert _legacy_best(WeightsWriter(tmp_path / "best"), 0.99, 20) == (None, None)  # another score: not adopted
+
+def test_a_run_too_old_to_read_is_one_error_naming_it(tmp_path):
+    """A run from before checkpoints held the best weights (and recorded checksums): resuming it, or
+    reading its best/ weights, is one RunTooOld naming the workdir and what to do; nothing is moved
+    aside as damaged or rewritten."""
+    from caco_jax.errors import EXIT_USAGE, RunTooOld
+
+    run_epochs(tmp_path, [(1, True)])
+    _as_older_versions_wrote(tmp_path)
+    says = (
+        "^"
+        + re.escape(str(tmp_path))
+        + r" was written by an older caco-jax \(%s\), .*: train it again in a new --workdir"
+    )
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    try:
+        with pytest.raises(RunTooOld, match=says % "checkpoint 10 records no checksums nor best weights") as err:
+            ckpt.restore_newest(state_at(0), weights_at(0))
+        assert ckpt.all_steps() == [10] and not (tmp_path / DAMAGED_DIR).exists()
+    finally:
+        ckpt.close()
+    assert err.value.exit_code == EXIT_USAGE
+    with pytest.raises(RunTooOld, match=says % re.escape(f"{tmp_path / 'best'} records no checksums")):
+        read_weights(tmp_path / "best")
+    assert "checksums" not in json.loads((tmp_path / "best" / "caco_jax_weights.json").read_text())

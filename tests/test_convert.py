@@ -17,7 +17,7 @@ from flax import nnx
 
 import jitted
 import variants
-from caco_jax.interop.convert import ConversionError, export_torchvision, load_torchvision
+from caco_jax.interop.convert import ConversionError, export_state_dict, load_torchvision
 from caco_jax.interop.key_maps import key_map
 from caco_jax.interop.torch_io import load_state_dict
 from caco_jax.models import ATTENTION_BLOCKS, MobileNetV3, create_model
@@ -280,7 +280,7 @@ def test_export_round_trip_through_torchvision():
     model.eval()
     ours, feats = map(np.asarray, jitted.logits_and_features(model, x))
 
-    sd = export_torchvision(model)
+    sd = export_state_dict(model)
     tm = torchvision.models.mobilenet_v3_small(num_classes=7)
     result = tm.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in sd.items()}, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
@@ -311,4 +311,4 @@ def test_export_round_trip_through_torchvision():
 
 def test_export_refuses_the_tiny_arch():
     with pytest.raises(ValueError, match="tiny"):
-        export_torchvision(sentinel_model("se", arch="tiny"))
+        export_state_dict(sentinel_model("se", arch="tiny"))

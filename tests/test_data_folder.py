@@ -81,7 +81,7 @@ def test_bad_folders_are_named(tmp_path):
 
 @pytest.mark.slow
 def test_training_on_a_folder_dataset_learns_its_classes(folders, tmp_path):
-    from caco_jax.cli.predict import predict
+    from caco_jax.serving.classify import predict
     from caco_jax.training.loop import train_and_evaluate
 
     c = demo.get_config()

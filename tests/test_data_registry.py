@@ -48,6 +48,18 @@ def test_the_ham10000_entry_carries_its_facts():
     assert (row.accuracy, row.bacc, row.table) == (93.39, 86.35, "Tables 4 and 5")  # the paper's Table 4
     assert entry.prebuilt and not registry.DATASETS["folder"].prebuilt
     assert not registry.DATASETS["folder"].paper_results and registry.DATASETS["folder"].class_names is None
+    assert tuple(entry.external) == ("isic2018_test", "isic2018_validation") == registry.external_names()[:2]
+
+
+def test_an_external_set_is_opened_through_the_run_datasets_entry(tmp_path):
+    """caco-jax evaluate --dataset NAME asks the run's dataset for the set: one it lacks is a ConfigError."""
+    config = default.get_config()
+    config.data.name = "folder"
+    with pytest.raises(ConfigError, match=r"--dataset isic2018_test: the run's dataset 'folder' has no such"):
+        registry.open_external(config, "isic2018_test", tmp_path)
+    config.data.name = "ham10000"
+    with pytest.raises(ConfigError, match=r"no such external set \(its sets: isic2018_test, isic2018_validation\)"):
+        registry.open_external(config, "isic2019", tmp_path)
 
 
 def test_unknown_names_fail_with_the_key_and_the_choices():

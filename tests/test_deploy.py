@@ -203,7 +203,7 @@ def test_int8_onnx_keeps_the_features_of_real_images(real_data_dir, imagenet_bac
 
     from caco_jax.data.images import decode
     from caco_jax.models import create_model
-    from caco_jax.runs.weights import load_pretrained
+    from caco_jax.runs.loading import load_pretrained
 
     with open(real_data_dir / "HAM10000_metadata.csv", newline="") as fh:
         ids = sorted(row["image_id"] for row in csv.DictReader(fh))[:96]

@@ -12,6 +12,7 @@ Nothing runs and nothing compiles: the parsers are built from ``caco_jax/cli/<mo
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import dataclasses
 import importlib
@@ -228,6 +229,35 @@ def _links() -> list[tuple[pathlib.Path, str]]:
         prose = INLINE_CODE.sub("", prose)
         found += [(doc, target) for target in LINK.findall(prose)]
     return found
+
+
+# --------------------------------------------------------------------------- the one-step reading path
+STEP_ROW = re.compile(r"^\| (\d+) \| (caco_jax/\S+\.py) \| `([\w.]+)` \| .+ \|$", re.MULTILINE)
+
+
+def _defines(path: pathlib.Path, dotted: str) -> bool:
+    """Whether ``path`` defines ``dotted`` (a function or class, ``Class.method`` for a method), at any depth."""
+    *outer, name = dotted.split(".")
+    scopes: list[ast.AST] = [ast.parse(path.read_text())]
+    for part in outer:
+        scopes = [n for s in scopes for n in ast.walk(s) if isinstance(n, ast.ClassDef) and n.name == part]
+    kinds = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    return any(isinstance(n, kinds) and n.name == name for s in scopes for n in ast.walk(s))
+
+
+def test_the_read_this_first_path_names_functions_that_exist():
+    """docs/layout.md's 'Read this first' table: one training step, hop by hop, each hop's file and the
+    function (or method) it starts at."""
+    text = (ROOT / "docs" / "layout.md").read_text()
+    section = re.search(r"^## Read this first: one training step\n(.*?)(?=^## )", text, re.DOTALL | re.MULTILINE)
+    assert section, "docs/layout.md has no '## Read this first: one training step' section"
+    rows = STEP_ROW.findall(section.group(1))
+    assert [int(hop) for hop, _, _ in rows] == list(range(1, len(rows) + 1)) and len(rows) >= 8
+    missing = [f"{file}: {name}" for _, file, name in rows if not _defines(ROOT / file, name)]
+    assert not missing, f"docs/layout.md's reading path names what does not exist: {missing}"
+    assert not _defines(ROOT / "caco_jax/training/loop.py", "no_such_function")
+    assert _defines(ROOT / "caco_jax/training/losses.py", "Loss.__call__")
+    assert not _defines(ROOT / "caco_jax/training/losses.py", "Loss.no_such_method")
 
 
 @pytest.mark.parametrize(

@@ -65,7 +65,7 @@ def test_litert_int8_and_predict_model(tmp_path):
     through caco-jax predict --model with the run's rules (the float one as caco-jax does)."""
     from ai_edge_litert.interpreter import Interpreter
 
-    from caco_jax.cli.predict import predict
+    from caco_jax.serving.classify import predict
 
     model = wm.case("caco")["model"]
     run_dir = make_run(tmp_path / "best", model, _logits)

@@ -14,7 +14,6 @@ import pathlib
 
 import numpy as np
 import pytest
-from flax import nnx
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed: pip install -e '.[torch,onnx]'")
@@ -28,11 +27,8 @@ from caco_jax.interop.export_onnx import (  # noqa: E402
     OUTPUT_NAME,
     export_onnx,
     onnx_session,
-    ort_latency,
     run_onnx,
-    session_latency,
 )
-from caco_jax.models import MobileNetV3  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -87,15 +83,6 @@ def test_onnx_runtime_matches_caco_jax(name, exported):
     np.testing.assert_allclose(pooled, ref_pooled.numpy(), rtol=0, atol=TOL)
     np.testing.assert_allclose(hidden, ref_hidden.numpy(), rtol=0, atol=TOL)
     assert pooled.shape == (wm.BATCH, 576) and hidden.shape == (wm.BATCH, 1024)
-
-
-def test_latency_is_measured_or_skipped_with_the_reason(exported):
-    result = session_latency(
-        onnx_session(exported("none"), threads=1), image_size=(wm.HEIGHT, wm.WIDTH), calls=3, warmup=1
-    )
-    assert result["latency_ms"]["median"] > 0 and result["threads"] == 1
-    tiny = nnx.eval_shape(lambda: MobileNetV3(arch="tiny", attention="caco", rngs=nnx.Rngs(0)))
-    assert "tiny" in ort_latency(tiny)["skipped"]
 
 
 def test_export_script_writes_pytorch_and_onnx(tmp_path, monkeypatch):

@@ -274,7 +274,7 @@ def test_an_http_error_names_the_status_and_the_url(serve, tmp_path):
 
 # --------------------------------------------------------------------------- wiring
 def test_load_pretrained_imagenet_fetches_the_models_arch(monkeypatch, tmp_path):
-    from caco_jax.runs.weights import load_pretrained
+    from caco_jax.runs.loading import load_pretrained
 
     not_a_pth = tmp_path / "fetched.pth"
     not_a_pth.write_text("not a checkpoint")
@@ -287,7 +287,7 @@ def test_load_pretrained_imagenet_fetches_the_models_arch(monkeypatch, tmp_path)
 
 def test_a_local_path_is_not_fetched(monkeypatch, tmp_path):
     from caco_jax.errors import WeightsError
-    from caco_jax.runs.weights import load_pretrained
+    from caco_jax.runs.loading import load_pretrained
 
     monkeypatch.setattr(imagenet, "fetch", lambda arch: pytest.fail("a path must not be fetched"))
     with pytest.raises(WeightsError, match="not found"):
@@ -312,13 +312,14 @@ def test_convert_pth_imagenet_offline_says_what_to_do(monkeypatch, tmp_path, cap
 def test_load_pretrained_imagenet_end_to_end(monkeypatch, tmp_path):
     """A torchvision-layout file of a small model, served and fetched, loads into another small model."""
     pytest.importorskip("torch")
-    from caco_jax.interop.convert import export_torchvision
+    from caco_jax.interop.convert import export_state_dict
     from caco_jax.interop.torch_io import save_state_dict
     from caco_jax.models import create_model
-    from caco_jax.runs.weights import load_pretrained, model_weights
+    from caco_jax.runs.loading import load_pretrained
+    from caco_jax.runs.weights import model_weights
 
     source = create_model(arch="small", attention="se", num_classes=1000, seed=0)
-    save_state_dict(export_torchvision(source), tmp_path / "made_up.pth")
+    save_state_dict(export_state_dict(source), tmp_path / "made_up.pth")
     body = (tmp_path / "made_up.pth").read_bytes()
     name = f"mobilenet_v3_small-{hashlib.sha256(body).hexdigest()[:10]}.pth"
     monkeypatch.setitem(imagenet.FILES, "small", name)

@@ -312,7 +312,7 @@ def test_bn_momentum_reaches_every_batchnorm_and_is_validated():
 @pytest.fixture(scope="module")
 def se_checkpoint():
     """A randomly initialised SE model (BatchNorm statistics randomised) exported as a torchvision state_dict."""
-    from caco_jax.interop.convert import export_torchvision
+    from caco_jax.interop.convert import export_state_dict
 
     se = create_model(arch="small", attention="se", num_classes=7, dropout=0.0, seed=3)
     stats = nnx.state(se, nnx.BatchStat)
@@ -320,7 +320,7 @@ def se_checkpoint():
     pure = jax.tree.map(lambda v: jnp.asarray(rng.uniform(0.5, 1.5, v.shape), jnp.float32), nnx.to_pure_dict(stats))
     nnx.replace_by_pure_dict(stats, pure)
     nnx.update(se, stats)
-    return se, export_torchvision(se)
+    return se, export_state_dict(se)
 
 
 @pytest.mark.parametrize("attention", variants.starts_as_se())

@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from caco_jax.cli.predict import main as predict_main, predict
+from caco_jax.cli.predict import main as predict_main
 from caco_jax.data.classes import CLASS_NAMES
 from caco_jax.evaluation import calibration, decision
 from caco_jax.models import model_from_config
 from caco_jax.runs.weights import assign_weights, model_weights, save_weights
 from caco_jax.runs.workspace import save_config
+from caco_jax.serving.classify import predict
 from caco_jax.serving.predictor import Predictor
 from caco_jax.training.steps import dihedral_views
 
@@ -156,7 +157,7 @@ def _overwrite_largest_weights_file(workdir: pathlib.Path) -> pathlib.Path:
 def test_a_damaged_best_is_restored_from_its_checkpoint_or_named_in_one_error(tmp_path, caplog, capsys):
     """Issue 33: damaged best weights were used silently. With a checkpoint recording them they are
     restored (one log line) and the answers are the undamaged ones; without one, one error naming the file."""
-    from caco_jax.runs.weights import read_weights
+    from caco_jax.runs.loading import read_weights
     from caco_jax.training.checkpoints import Checkpointer
 
     workdir = make_run(tmp_path / "run")

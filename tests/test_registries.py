@@ -94,7 +94,8 @@ def _config(**changes: Any):
 
 
 def test_registered_toys_are_accepted_built_and_recognised(toys, tmp_path):
-    from caco_jax.runs.weights import infer_model_config, model_weights
+    from caco_jax.runs.loading import infer_model_config
+    from caco_jax.runs.weights import model_weights
 
     checks.check_config(_config(**{"model.attention": "toy", "loss.name": "toy_squared", "data.name": "toy_folders"}))
     with pytest.raises(Exception, match="must be one of"):

@@ -18,7 +18,8 @@ from flax import nnx
 from caco_jax.interop.convert import load_torchvision
 from caco_jax.interop.torch_io import load_state_dict, save_state_dict
 from caco_jax.models import MobileNetV3, create_model
-from caco_jax.runs.weights import load_pretrained, model_weights, read_weights
+from caco_jax.runs.loading import load_pretrained, read_weights
+from caco_jax.runs.weights import model_weights
 
 torch = pytest.importorskip("torch")
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -337,7 +338,7 @@ def test_killed_run_resumes_bit_exactly(synthetic_tfds, tmp_path):
 def assert_same_best_weights(workdir: pathlib.Path, reference: pathlib.Path) -> None:
     """best/ holds, bit for bit, the weights and metadata of the reference run's best/, and nothing is
     left beside it."""
-    from caco_jax.runs.weights import read_weights
+    from caco_jax.runs.loading import read_weights
 
     (a, meta_a), (b, meta_b) = read_weights(workdir / "best"), read_weights(reference / "best")
     assert meta_a["epoch"] == meta_b["epoch"] and meta_a["val_bacc"] == meta_b["val_bacc"]
@@ -430,13 +431,13 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(synthetic_tfds, tmp_path):
     assert steps and 1 <= max(steps) < 50 * 12  # saved where it stopped, long before the end
 
 
-def test_a_stop_on_an_epochs_last_step_still_validates_that_epoch(synthetic_tfds, tmp_path, monkeypatch):
-    """The stop signal arrives exactly at the end of epoch 1: its validation runs before the
-    checkpoint, so the resumed run neither skips nor repeats it."""
+@pytest.fixture
+def stop_after(monkeypatch: pytest.MonkeyPatch) -> Callable[[int | None], None]:
+    """``stop_after(n)``: training sees a stop signal (as SIGTERM gives it) once its train step has run
+    ``n`` times in this test; ``stop_after(None)``: the real signal handling again (for the resumed run)."""
     import caco_jax.training.loop as train_module
     import caco_jax.training.run as run_module
 
-    steps_per_epoch = len(ham10000.open_splits(synthetic_tfds, image_size=BUILD_SIZE)["train"]) // 16
     calls = {"n": 0}
     real_build = run_module.build_steps
 
@@ -449,23 +450,33 @@ def test_a_stop_on_an_epochs_last_step_still_validates_that_epoch(synthetic_tfds
 
         return dataclasses.replace(steps, train=train)
 
-    class StopAtEpochEnd(train_module._Stop):
-        @property
-        def signal(self):
-            return signal.SIGTERM if calls["n"] >= steps_per_epoch else None
+    def stop(n: int | None) -> None:
+        class StopAfter(real_stop):
+            @property
+            def signal(self):
+                return signal.SIGTERM if n is not None and calls["n"] >= n else None
 
-        @signal.setter
-        def signal(self, value):
-            pass
+            @signal.setter
+            def signal(self, value):
+                pass
+
+        monkeypatch.setattr(train_module, "_Stop", real_stop if n is None else StopAfter)
 
     monkeypatch.setattr(run_module, "build_steps", counting_build)
-    monkeypatch.setattr(train_module, "_Stop", StopAtEpochEnd)
+    return stop
+
+
+def test_a_stop_on_an_epochs_last_step_still_validates_that_epoch(synthetic_tfds, tmp_path, stop_after):
+    """The stop signal arrives exactly at the end of epoch 1: its validation runs before the
+    checkpoint, so the resumed run neither skips nor repeats it."""
+    steps_per_epoch = len(ham10000.open_splits(synthetic_tfds, image_size=BUILD_SIZE)["train"]) // 16
+    stop_after(steps_per_epoch)
     workdir = tmp_path / "run"
     first = train_and_evaluate(tiny_config(synthetic_tfds), workdir)
     assert first["status"] == "interrupted" and first["step"] == steps_per_epoch
     assert [row["epoch"] for row in first["history"]] == [1]
 
-    monkeypatch.setattr(train_module, "_Stop", real_stop)
+    stop_after(None)
     second = train_and_evaluate(tiny_config(synthetic_tfds), workdir)
     assert second["status"] == "finished"
     assert [row["epoch"] for row in second["history"]] == [1, 2]
@@ -491,50 +502,25 @@ def tensorboard_points(workdir: pathlib.Path) -> list[tuple[str, int]]:
 
 
 def test_an_epoch_resumed_mid_way_reports_all_its_steps_and_tensorboard_each_step_once(
-    trained, synthetic_tfds, tmp_path, monkeypatch
+    trained, synthetic_tfds, tmp_path, stop_after
 ):
     """Issue 33: the resumed epoch's training loss and accuracy covered only the steps after the resume,
     and TensorBoard kept the points logged after the checkpoint twice. Stopped inside epoch 2 with a
     checkpoint every 4 steps, and resumed from the one before the stop (as after a kill -9 that came
     after more rows were logged): every history row, metrics.jsonl row and TensorBoard point is the
     uninterrupted run's, each step once."""
-    import caco_jax.training.loop as train_module
-    import caco_jax.training.run as run_module
-
     reference, result = trained
     steps_per_epoch = len(ham10000.open_splits(synthetic_tfds, image_size=BUILD_SIZE)["train"]) // 16
     # a stop 3 steps after a checkpoint (every 4), that checkpoint inside epoch 2, a log row (every 2) between
     stop_at = next(s for s in range(steps_per_epoch + 4, 2 * steps_per_epoch) if s % 4 == 3)
-    calls = {"n": 0}
-    real_build = run_module.build_steps
-
-    def counting_build(*args, **kwargs):
-        steps = real_build(*args, **kwargs)
-
-        def train(*a):
-            calls["n"] += 1
-            return steps.train(*a)
-
-        return dataclasses.replace(steps, train=train)
-
-    class StopMidEpoch(train_module._Stop):
-        @property
-        def signal(self):
-            return signal.SIGTERM if calls["n"] >= stop_at else None
-
-        @signal.setter
-        def signal(self, value):
-            pass
-
-    monkeypatch.setattr(run_module, "build_steps", counting_build)
-    monkeypatch.setattr(train_module, "_Stop", StopMidEpoch)
+    stop_after(stop_at)
     workdir = tmp_path / "run"
     config = tiny_config(synthetic_tfds, **{"checkpoint.every_steps": 4})
     assert train_and_evaluate(config, workdir)["status"] == "interrupted"
     last = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert last == stop_at and (workdir / "checkpoints" / str(stop_at - 3)).is_dir()
     shutil.rmtree(workdir / "checkpoints" / str(last))  # resume from the one before: steps after it were logged
-    monkeypatch.setattr(train_module, "_Stop", real_stop)
+    stop_after(None)
     resumed = train_and_evaluate(config, workdir)
     assert resumed["status"] == "finished"
 
@@ -688,8 +674,8 @@ def test_eight_devices_train_like_one():
 def test_evaluate_on_an_isic2018_test_build_agrees_with_predict(trained, synthetic_tfds, tmp_path):
     """External evaluation: synthetic lesions laid out as ISIC 2018 Task 3 test files."""
     from caco_jax.cli.evaluate import main as evaluate_main
-    from caco_jax.cli.predict import predict
     from caco_jax.data.classes import CLASS_NAMES
+    from caco_jax.serving.classify import predict
 
     workdir, _ = trained
     manual = tmp_path / "isic"

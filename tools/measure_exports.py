@@ -206,20 +206,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no_remedies", dest="remedies", action="store_false")
     args = p.parse_args(argv)
     from caco_jax.interop import artifact, deploy
-    from caco_jax.runs.weights import load_trained
+    from caco_jax.runs.loading import load_trained
     from caco_jax.serving.predictor import Predictor
 
     config, model, meta, weights = load_trained(args.workdir)
     args.config = config
-    evaluation = config.get("evaluation") or {}
-    args.tta = args.tta and bool(evaluation.get("tta", False))
+    args.tta = args.tta and bool(config.evaluation.tta)
     size = (int(config.data.image_size),) * 2
     data = test_split(config, args.workdir, args.data_dir)
     run = artifact.describe_run(
         weights,
         class_names=meta["class_names"],
         image_size=size,
-        default_decision=evaluation.get("decision", "argmax"),
+        default_decision=config.evaluation.decision,
         tta=args.tta,
         model={"arch": model.arch, "attention": model.attention_name, "num_classes": model.num_classes},
     )

@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         pathlib.Path(args.out).with_suffix(".md").write_text(markdown(json.loads(args.from_json.read_text())))
         return 0
     from caco_jax.data import records, registry
-    from caco_jax.runs.weights import load_trained
+    from caco_jax.runs.loading import load_trained
     from caco_jax.serving.predictor import Predictor
     from caco_jax.training import guard as guard_lib
 

@@ -24,8 +24,9 @@ from caco_jax.cli import common
 from caco_jax.errors import UsageError
 from caco_jax.interop.convert import export_state_dict, load_torchvision
 from caco_jax.interop.torch_io import load_state_dict, save_state_dict
-from caco_jax.models import ARCHS, ATTENTION_BLOCKS, ATTENTION_INITS, create_model
-from caco_jax.runs.weights import model_from_weights, save_weights
+from caco_jax.models import ARCHS, ATTENTION_BLOCKS, ATTENTION_INITS, CA_ACTIVATIONS, create_model
+from caco_jax.runs.loading import model_from_weights
+from caco_jax.runs.weights import save_weights
 
 NAME = "convert"
 
@@ -50,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ca_activation",
         default="swish",
-        choices=("swish", "hardswish"),
+        choices=CA_ACTIVATIONS,
         help="coordinate attention's activation (default: swish, the paper's)",
     )
     p.add_argument(

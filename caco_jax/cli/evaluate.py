@@ -18,21 +18,23 @@ from __future__ import annotations
 import argparse
 import pathlib
 import sys
+from typing import Any
 
 from caco_jax.cli import common
 from caco_jax.errors import UsageError
 
 NAME = "evaluate"
-EXTERNAL = ("isic2018_test", "isic2018_validation")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from caco_jax.data import registry
+
     p.add_argument("--workdir", type=pathlib.Path, required=True, help="a training run (caco-jax train --workdir)")
     p.add_argument("--weights", type=pathlib.Path, help="weights directory (default: WORKDIR/best)")
     p.add_argument(
         "--dataset",
         default="own",
-        choices=("own", *EXTERNAL),
+        choices=("own", *registry.external_names()),
         help="own: the run's dataset with its own split rule (default); or an ISIC 2018 Task 3 set",
     )
     p.add_argument(
@@ -57,19 +59,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_common(p)
 
 
-def _source(args: argparse.Namespace, config, data_dir: pathlib.Path):
-    """(the split to evaluate, the run's training split or None, the dataset's name in file names)."""
-    from caco_jax.data import ham10000, registry
+def _source(args: argparse.Namespace, config: Any, data_dir: pathlib.Path) -> tuple[Any, Any, str, str]:
+    """(the split to evaluate, the run's training split or None, the dataset's name in file names, the split's)."""
+    from caco_jax.data import registry
 
-    if args.dataset in EXTERNAL:
-        if args.manual_dir:
-            ham10000.prepare(args.manual_dir, data_dir, config=args.dataset, image_size=config.data.build_size)
-        return (
-            ham10000.open_source(data_dir, config=args.dataset, image_size=config.data.build_size),
-            None,
-            args.dataset,
-            ham10000.TFDS_SPLIT[args.dataset],
-        )
+    if args.dataset != "own":
+        source, split = registry.open_external(config, args.dataset, data_dir, args.manual_dir)
+        return source, None, args.dataset, split
     if args.manual_dir:
         config.data.manual_dir = str(args.manual_dir)
     config.data.data_dir = str(data_dir)
@@ -78,18 +74,13 @@ def _source(args: argparse.Namespace, config, data_dir: pathlib.Path):
 
 
 def run(args: argparse.Namespace) -> int:
-    import jax
-    import numpy as np
-
-    from caco_jax.data import pipeline, registry
-    from caco_jax.evaluation import calibration, predictions, selective
+    from caco_jax.data import registry
+    from caco_jax.evaluation import calibration, decision, predictions, selective
     from caco_jax.evaluation.reports import evaluation_report, write_report
     from caco_jax.models import count_params
-    from caco_jax.runs.weights import load_trained
-    from caco_jax.training import compile_cache, parallel
-    from caco_jax.training.evaluate import collect
-    from caco_jax.training.losses import make_loss
-    from caco_jax.training.steps import ModelDef, build_steps
+    from caco_jax.runs.loading import load_trained
+    from caco_jax.training import compile_cache
+    from caco_jax.training.evaluate import evaluate_trained
 
     if args.batch_size < 0:
         raise UsageError(f"--batch_size must be >= 1 (0: the run's), got {args.batch_size}")
@@ -97,27 +88,9 @@ def run(args: argparse.Namespace) -> int:
     config, model, meta, weights_dir = load_trained(args.workdir, args.weights)
     data_dir = args.data_dir or registry.data_location(config, args.workdir.resolve())[0]
     source, train, dataset, split = _source(args, config, data_dir)
-
-    mesh = parallel.make_mesh(config.num_devices or None)
     batch_size = args.batch_size or config.eval_batch_size
-    parallel.check_batch_size(batch_size, mesh, "batch_size")
-    class_names = meta["class_names"]
-    # The reported loss only: LDAM margins need the training counts; without them, cross-entropy.
-    counts = meta.get("train_class_counts")
-    loss_cfg = config.loss if counts else config.loss.copy_and_resolve_references()
-    if not counts:
-        loss_cfg.name, loss_cfg.drw_epoch = "ce", -1
-    loss = make_loss(loss_cfg, counts, num_classes=len(class_names))
-    model_def = ModelDef(model)
-    steps = build_steps(model_def, mesh, loss=loss)
-    repl = parallel.replicated(mesh)
-    params, stats = jax.device_put((model_def.init_params, model_def.init_batch_stats), repl)
-    batches = pipeline.eval_iterator(source, batch_size=batch_size, image_size=config.data.image_size)
-    weights = jax.device_put(np.ones(len(class_names), np.float32), repl)
+    acc, loss_value = evaluate_trained(config, model, meta, source, batch_size=batch_size, tta=args.tta)
     temperature = calibration.load(weights_dir) if args.calibration else None
-    evaluate = steps.eval_tta if args.tta else steps.eval
-    assert evaluate is not None  # built with a loss
-    acc, loss_value = collect(evaluate, params, stats, batches, weights, mesh, class_names)
     out = args.out or args.workdir
     if args.save_predictions:
         out.mkdir(parents=True, exist_ok=True)
@@ -127,13 +100,12 @@ def run(args: argparse.Namespace) -> int:
         acc,
         loss_value,
         temperature,
-        groups=source.lesion_ids,
-        rule=_decision(weights_dir),
-        meta=source.meta,
-        answer_rule=config.evaluation.get("decision", "argmax"),
+        source=source,
+        dataset=config.data.name,
+        rule=decision.load(weights_dir),
+        answer_rule=config.evaluation.decision,
         threshold=fitted["threshold"] if fitted else None,
         split=split,
-        dimensions=entry.subgroups if (entry := registry.known(config.data.name)) is not None else None,
     )
     temperature_source = f"from {weights_dir / calibration.CALIBRATION_FILE}" if temperature is not None else ""
     paths = write_report(
@@ -144,19 +116,13 @@ def run(args: argparse.Namespace) -> int:
         num_params=count_params(model),
         split=split,
         checkpoint=str(weights_dir),
-        class_names=class_names,
+        class_names=meta["class_names"],
         prefix=f"report_{dataset}_{split}",
         temperature_source=temperature_source,
     )
     _print_summary(f"{dataset}/{split}", report, temperature)
     print(f"report: {paths['md']}")
     return 0
-
-
-def _decision(weights_dir: pathlib.Path):
-    from caco_jax.evaluation import decision
-
-    return decision.load(weights_dir)
 
 
 def _print_summary(name: str, report: dict, temperature: float | None) -> None:

@@ -38,7 +38,8 @@ from caco_jax.data.classes import CLASS_NAMES
 from caco_jax.errors import UsageError
 from caco_jax.interop.convert import export_state_dict
 from caco_jax.interop.torch_io import save_state_dict
-from caco_jax.runs.weights import model_from_weights
+from caco_jax.models import CA_ACTIVATIONS
+from caco_jax.runs.loading import model_from_weights
 
 NAME = "export"
 
@@ -70,7 +71,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--ca_activation",
-        choices=("swish", "hardswish"),
+        choices=CA_ACTIVATIONS,
         default=None,
         help="coordinate attention's activation, if neither config nor metadata says",
     )
@@ -132,13 +133,12 @@ def _deploy(args: argparse.Namespace, model: Any, meta: dict, config: Any, weigh
     from caco_jax.interop import artifact, deploy
 
     names = meta.get("class_names") or (CLASS_NAMES if model.num_classes == len(CLASS_NAMES) else None)
-    evaluation = (config.get("evaluation") or {}) if config is not None else {}
     run_info = artifact.describe_run(
         weights,
         class_names=names or [f"class_{k}" for k in range(model.num_classes)],
         image_size=hw,
-        default_decision=evaluation.get("decision", "argmax"),
-        tta=bool(evaluation.get("tta", False)),
+        default_decision=config.evaluation.decision if config is not None else "argmax",
+        tta=bool(config.evaluation.tta) if config is not None else False,
         model={"arch": model.arch, "attention": model.attention_name, "num_classes": model.num_classes},
     )
     calibration = None

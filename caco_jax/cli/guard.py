@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     from caco_jax.data import records, registry
     from caco_jax.evaluation import selective
-    from caco_jax.runs.weights import load_trained
+    from caco_jax.runs.loading import load_trained
     from caco_jax.serving.predictor import Predictor
     from caco_jax.training import compile_cache, guard
 

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from caco_jax.data.classes import IMAGENET_MEAN, IMAGENET_STD
+from caco_jax.data.config_section import from_section
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,16 +76,9 @@ class AugmentConfig:
             raise ValueError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {self.ratio}")
 
     @classmethod
-    def from_config(cls, cfg) -> AugmentConfig:
+    def from_config(cls, cfg: Any) -> AugmentConfig:
         """From an ml_collections.ConfigDict (or a mapping); unknown keys raise, naming them."""
-        values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-        if not isinstance(values, Mapping):
-            raise TypeError(f"expected a ConfigDict or mapping, got {type(cfg).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown augmentation key(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return from_section(cls, cfg, "augmentation")
 
     @classmethod
     def none(cls) -> AugmentConfig:

@@ -17,9 +17,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from caco_jax.data.config_section import from_section
 
 MODES = ("none", "balance", "multiple")
 COPY_SEPARATOR = "#copy"
@@ -45,13 +48,9 @@ class OfflineCopies:
             raise ValueError(f"data.offline.mode=multiple needs data.offline.multiple >= 1, got {self.multiple}")
 
     @classmethod
-    def from_config(cls, cfg) -> OfflineCopies:
-        values = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown data.offline key(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
+    def from_config(cls, cfg: Any) -> OfflineCopies:
+        """From the ``data.offline`` section (a ConfigDict or a mapping); unknown keys raise, naming them."""
+        return from_section(cls, cfg, "data.offline")
 
     @property
     def enabled(self) -> bool:

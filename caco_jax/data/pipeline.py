@@ -100,35 +100,6 @@ class _TrainBatch:
         return {"image": image, "label": label}
 
 
-def train_dataset(
-    source: Source,
-    *,
-    batch_size: int,
-    load_size: Size | None,
-    seed: int,
-    num_workers: int = 0,
-    num_threads: int = 2,
-    prefetch: int = 4,
-    cache: bool = False,
-    process_index: int = 0,
-    process_count: int = 1,
-    sampling: str = "uniform",
-) -> grain.IterDataset:
-    """The endless training stream as a grain IterDataset (see `train_iterator`)."""
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
-    if cache and num_workers > 0:
-        raise ValueError("cache=True serves batches from memory in this process: use num_workers=0")
-    size = stored_size(source) if load_size is None else _hw(load_size)
-    decoded = decode_all(source, size, num_threads=num_threads) if cache else None
-    batches = _TrainBatch(source, batch_size, size, seed, decoded, process_index, process_count, sampling)
-    ds = grain.MapDataset.range(batches.steps).repeat().map_with_index(batches)
-    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if cache else num_threads, prefetch_buffer_size=prefetch))
-    if num_workers > 0:
-        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch))
-    return ds
-
-
 def train_iterator(
     source: Source,
     *,
@@ -164,21 +135,18 @@ def train_iterator(
     batch_size / process_count rows of each (`process_rows`).
     Scripts that use num_workers > 0 need a `__main__` guard and parsed absl flags.
     """
-    return iter(
-        train_dataset(
-            source,
-            batch_size=batch_size,
-            load_size=load_size,
-            seed=seed,
-            num_workers=num_workers,
-            num_threads=num_threads,
-            prefetch=prefetch,
-            cache=cache,
-            process_index=process_index,
-            process_count=process_count,
-            sampling=sampling,
-        )
-    )
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    if cache and num_workers > 0:
+        raise ValueError("cache=True serves batches from memory in this process: use num_workers=0")
+    size = stored_size(source) if load_size is None else _hw(load_size)
+    decoded = decode_all(source, size, num_threads=num_threads) if cache else None
+    batches = _TrainBatch(source, batch_size, size, seed, decoded, process_index, process_count, sampling)
+    ds = grain.MapDataset.range(batches.steps).repeat().map_with_index(batches)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if cache else num_threads, prefetch_buffer_size=prefetch))
+    if num_workers > 0:
+        ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=prefetch))
+    return iter(ds)
 
 
 def process_rows(batch_size: int, process_index: int = 0, process_count: int = 1) -> slice:

@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # records imports TFDS: only the openers need it, when they r
 log = logging.getLogger("caco_jax")
 
 Opener = Callable[[Any, pathlib.Path], "dict[str, records.Source]"]
+# (run config, TFDS data_dir, manual_dir to build from first or None) -> (the set's images, the split it is)
+ExternalOpener = Callable[[Any, pathlib.Path, "pathlib.Path | None"], "tuple[records.Source, str]"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +51,8 @@ class Dataset:
     paper_results: Mapping[tuple[str, str, bool], paper.PaperRow] = dataclasses.field(default_factory=dict)
     # Whether an earlier build in data.data_dir (caco-jax prepare-data) opens it without data.manual_dir.
     prebuilt: bool = False
+    # Other sets of its classes, evaluated apart from a run's splits (caco-jax evaluate --dataset NAME).
+    external: Mapping[str, ExternalOpener] = dataclasses.field(default_factory=dict)
 
     def images_of(self, config: Any) -> str:
         """What a run's images were, in words: ``images`` with its ``{field}``s filled from ``config.data``."""
@@ -86,15 +90,34 @@ def known(name: str) -> Dataset | None:
     return DATASETS[name] if name in DATASETS else None
 
 
+def external_names() -> tuple[str, ...]:
+    """The external sets of every registered dataset (``caco-jax evaluate --dataset``), in registration order."""
+    return tuple(dict.fromkeys(name for _, entry in DATASETS.items() for name in entry.external))
+
+
+def open_external(
+    config: Any, name: str, data_dir: pathlib.Path, manual_dir: pathlib.Path | None = None
+) -> tuple[records.Source, str]:
+    """(the images, the split it is) of external set ``name`` of the run's dataset, built from ``manual_dir``
+    first when given; a ConfigError when the run's dataset has no such set."""
+    entry = known(config.data.name)
+    sets = entry.external if entry is not None else {}
+    if name not in sets:
+        raise ConfigError(
+            f"--dataset {name}: the run's dataset {config.data.name!r} has no such external set"
+            + (f" (its sets: {', '.join(sets)})" if sets else " (it has none)")
+        )
+    return sets[name](config, pathlib.Path(data_dir), manual_dir)
+
+
 def split_options(config: Any) -> dict[str, Any]:
-    """The ``records.split_source`` keywords a run's config fixes: split rule, seed, offline copies
-    (configs saved before ``data.offline`` existed had none)."""
-    copies = config.data.get("offline")
+    """The ``records.split_source`` keywords a run's config fixes: split rule, seed, offline copies,
+    held-out source."""
     return {
         "split_by": config.data.split_by,
         "seed": config.data.split_seed,
-        "copies": offline.OfflineCopies.from_config(copies) if copies else None,
-        "holdout_source": config.data.get("holdout_source", ""),  # configs before it had none
+        "copies": offline.OfflineCopies.from_config(config.data.offline),
+        "holdout_source": config.data.holdout_source,
     }
 
 
@@ -116,6 +139,19 @@ def open_data(config: Any, workdir: pathlib.Path) -> dict[str, records.Source]:
     return DATASETS[config.data.name].open(config, pathlib.Path(workdir))
 
 
+def _isic2018(name: str) -> ExternalOpener:
+    """An ISIC 2018 Task 3 set (``isic2018_test``, ``isic2018_validation``) at the run's build size."""
+
+    def open_set(config: Any, data_dir: pathlib.Path, manual_dir: pathlib.Path | None) -> tuple[records.Source, str]:
+        from caco_jax.data import ham10000
+
+        if manual_dir is not None:
+            ham10000.prepare(manual_dir, data_dir, config=name, image_size=config.data.build_size)
+        return ham10000.open_source(data_dir, config=name, image_size=config.data.build_size), ham10000.TFDS_SPLIT[name]
+
+    return open_set
+
+
 @register(
     "ham10000",
     "HAM10000 from any official layout (Kaggle, Dataverse, ISIC 2018), or synthetic "
@@ -126,6 +162,7 @@ def open_data(config: Any, workdir: pathlib.Path) -> dict[str, records.Source]:
     subgroups=("acquisition source", "diagnosis confirmation", "age", "sex", "body site"),
     paper_results=paper.RESULTS,
     prebuilt=True,
+    external={name: _isic2018(name) for name in ("isic2018_test", "isic2018_validation")},
 )
 def _open_ham10000(config: Any, workdir: pathlib.Path) -> dict[str, records.Source]:
     from caco_jax.data import ham10000, synthetic

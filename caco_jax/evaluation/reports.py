@@ -7,7 +7,7 @@ import dataclasses
 import json
 import pathlib
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,35 +15,38 @@ from caco_jax.data import paper, registry
 from caco_jax.evaluation import calibration, decision, intervals, plots, selective, subgroups, trust_plots
 from caco_jax.evaluation.metrics import EvalAccumulator, report_from_probabilities
 
+if TYPE_CHECKING:  # records imports TFDS; a report only reads a Source's columns
+    from caco_jax.data.records import Source
+
 
 def evaluation_report(
     acc: EvalAccumulator,
     loss: float | None,
     temperature: float | None = None,
     *,
-    groups: Sequence[str] | np.ndarray | None = None,
+    source: Source | None = None,
+    dataset: str | None = None,
     rule: decision.DecisionRule | None = None,
     resamples: int = intervals.DEFAULT_RESAMPLES,
-    meta: Mapping[str, np.ndarray] | None = None,
     answer_rule: str = "argmax",
     threshold: float | None = None,
     split: str = "test",
-    dimensions: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The classification report of the accumulated logits, divided by ``temperature`` when given,
     averaged over the views when they are test-time-augmentation views ([N, V, C]), with:
 
     ``calibration``: ECE (15 bins), NLL and reliability bins without and with the temperature;
     ``tta`` (views only): accuracy and BACC of the plain image (view 0) against the average;
-    ``intervals`` (with ``groups``, the lesion id of each image): 95 % lesion-bootstrap intervals of
-    accuracy, BACC, macro AUC and per-class recall;
+    ``intervals`` (with ``source``, the images the logits are of: their lesion ids): 95 %
+    lesion-bootstrap intervals of accuracy, BACC, macro AUC and per-class recall;
     ``balanced`` (with a decision ``rule``): accuracy, BACC and per-class recall of the rule's
     predictions, with their intervals;
-    ``subgroups`` (with ``groups`` and the images' ``meta``) and ``selective`` (with ``groups``): the
-    figures by subgroup (along the dataset's ``dimensions``) and the risk-coverage curve of the answers
-    under ``answer_rule`` (the rule predict and the page answer with: 'argmax', or 'balanced' when a
-    ``rule`` is given), with the validation-fitted confidence ``threshold`` where there is one.
+    ``subgroups`` and ``selective`` (with ``source``): the figures by subgroup of the images' metadata
+    (those ``dataset``'s registry entry names) and the risk-coverage curve of the answers under
+    ``answer_rule`` ('argmax', or 'balanced' given a ``rule``), at the validation-fitted ``threshold``.
     """
+    groups = None if source is None else source.lesion_ids
+    entry = registry.known(dataset) if dataset is not None else None
     logits, labels = acc.logits()
     report = acc.report(temperature or 1.0)
     report["loss"] = loss
@@ -87,11 +90,11 @@ def evaluation_report(
             labels,
             answers,
             groups,
-            meta or {},
+            source.meta if source is not None else {},
             acc.class_names,
             rule=used,
             resamples=min(resamples, 1000),
-            dimensions=dimensions,
+            dimensions=entry.subgroups if entry is not None else None,
         )
         report["selective"] = selective.curve(probs, labels, answers, groups, split=split, threshold=threshold)
         report["selective"]["rule"] = used

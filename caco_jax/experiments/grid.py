@@ -43,6 +43,15 @@ def run_dir(out: pathlib.Path, preset: Preset, cell: Cell, seed: int) -> pathlib
     return out / preset.name / f"{cell.name}_s{seed}"
 
 
+def finished_runs(preset: Preset, cell: Cell, out: pathlib.Path) -> dict[int, pathlib.Path]:
+    """Seed -> workdir of each of ``cell``'s runs under ``out`` that has finished (written its report.json)."""
+    return {
+        seed: run_dir(out, preset, cell, seed)
+        for seed in cell.seeds
+        if (run_dir(out, preset, cell, seed) / "report.json").is_file()
+    }
+
+
 def overrides(
     preset: Preset,
     cell: Cell,

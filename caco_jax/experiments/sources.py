@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from caco_jax.evaluation import intervals, predictions, run_figures, subgroups
+from caco_jax.experiments.grid import finished_runs
 from caco_jax.experiments.presets import Cell, Preset
 
 REFERENCE = "lesion_recipe"
@@ -83,18 +84,16 @@ def compare_source(ref_dir: pathlib.Path, loso_dir: pathlib.Path, source: str) -
 
 def source_rows(preset: Preset, out: pathlib.Path) -> list[dict[str, Any]]:
     """Every held-out cell's comparison, seed by seed (the seeds both cells finished)."""
-    from caco_jax.experiments.summary import _finished
-
     cells = {c.name: c for c in preset.cells}
     if REFERENCE not in cells:
         return []
-    reference = _finished(preset, cells[REFERENCE], out)
+    reference = finished_runs(preset, cells[REFERENCE], out)
     rows = []
     for cell in preset.cells:
         source = held_out(cell)
         if not source:
             continue
-        loso = _finished(preset, cell, out)
+        loso = finished_runs(preset, cell, out)
         for seed in sorted(set(reference) & set(loso)):
             rows.append({"cell": cell.name, "seed": seed, **compare_source(reference[seed], loso[seed], source)})
     return rows
@@ -102,10 +101,8 @@ def source_rows(preset: Preset, out: pathlib.Path) -> list[dict[str, Any]]:
 
 def reference_subgroups(preset: Preset, out: pathlib.Path) -> dict[str, Any] | None:
     """Figures by subgroup of the reference cell's first finished seed (as shipped: balanced rule, TTA)."""
-    from caco_jax.experiments.summary import _finished
-
     cells = {c.name: c for c in preset.cells}
-    finished = _finished(preset, cells[REFERENCE], out) if REFERENCE in cells else {}
+    finished = finished_runs(preset, cells[REFERENCE], out) if REFERENCE in cells else {}
     if not finished:
         return None
     seed = min(finished)

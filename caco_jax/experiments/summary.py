@@ -11,8 +11,8 @@ from typing import Any
 
 from caco_jax.evaluation import run_figures
 from caco_jax.experiments import run_records, seeds
-from caco_jax.experiments.grid import run_dir
-from caco_jax.experiments.presets import Cell, Comparison, Preset
+from caco_jax.experiments.grid import finished_runs
+from caco_jax.experiments.presets import Comparison, Preset
 
 SCALARS = (
     "accuracy",
@@ -76,14 +76,6 @@ def stats(values: list[float | None]) -> tuple[float | None, float | None]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
 
 
-def _finished(preset: Preset, cell: Cell, out: pathlib.Path) -> dict[int, pathlib.Path]:
-    return {
-        seed: run_dir(out, preset, cell, seed)
-        for seed in cell.seeds
-        if (run_dir(out, preset, cell, seed) / "report.json").is_file()
-    }
-
-
 def _views(
     dirs: list[pathlib.Path] | None, runs: list[dict[str, Any]], resamples: int, recorded: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -130,7 +122,7 @@ def aggregate(
     the preset's last results JSON), the cell's views and parts, and its seeds-and-test intervals."""
     rows = []
     for cell in preset.cells:
-        dirs = _finished(preset, cell, out)
+        dirs = finished_runs(preset, cell, out)
         runs = {seed: summarise_run(d, resamples) for seed, d in dirs.items()}
         recorded = {s: r for s, r in run_records.recorded_runs(previous, cell.name).items() if s in cell.seeds}
         from_records = sorted(set(recorded) - set(runs))
@@ -220,7 +212,7 @@ def compare(
     records of ``rows``."""
     cells = {c.name: c for c in preset.cells}
     dirs = {
-        name: [d for d in _finished(preset, cells[name], out).values() if (d / "predictions_test.npz").is_file()]
+        name: [d for d in finished_runs(preset, cells[name], out).values() if (d / "predictions_test.npz").is_file()]
         for name in (comparison.a, comparison.b)
     }
     result: dict[str, Any] = {

@@ -265,8 +265,3 @@ def _export(module: nnx.Module, mapping: Mapping[str, tuple[Path, Any]]) -> dict
         if key.endswith("running_var"):
             out[key[: -len("running_var")] + "num_batches_tracked"] = np.zeros((), np.int64)
     return out
-
-
-def export_torchvision(model: MobileNetV3) -> dict[str, np.ndarray]:
-    """:func:`export_state_dict` (the name from when only ``se`` models could be exported)."""
-    return export_state_dict(model)

@@ -7,12 +7,21 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from caco_jax.models.attention import ATTENTION_BLOCKS, ATTENTION_INITS
+from caco_jax.models.attention import ATTENTION_BLOCKS, ATTENTION_INITS, CA_ACTIVATIONS
 from caco_jax.models.mobilenetv3 import ARCHS, MobileNetV3, count_params
 
 DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
-__all__ = ["ARCHS", "ATTENTION_BLOCKS", "ATTENTION_INITS", "DTYPES", "MobileNetV3", "count_params", "create_model"]
+__all__ = [
+    "ARCHS",
+    "ATTENTION_BLOCKS",
+    "ATTENTION_INITS",
+    "CA_ACTIVATIONS",
+    "DTYPES",
+    "MobileNetV3",
+    "count_params",
+    "create_model",
+]
 
 
 # config.model fields that are not MobileNetV3 arguments.

@@ -77,6 +77,7 @@ from caco_jax.models.layers import Array, BatchNorm, Conv2d, Dtype, PointwiseMLP
 from caco_jax.registry import Registry, require
 
 ATTENTION_INITS: tuple[str, ...] = ("preserve", "plain", "preserve_channel", "preserve_coord")
+CA_ACTIVATIONS: tuple[str, ...] = ("swish", "hardswish")  # coordinate attention's: the paper's, the official code's
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ from caco_jax.data.images import MAX_PIXELS, decode
 from caco_jax.errors import UsageError, WeightsError
 from caco_jax.evaluation import calibration, decision, ood_score, selective
 from caco_jax.evaluation.decision import RULE_TEXT, Decision
-from caco_jax.runs.weights import load_trained
+from caco_jax.runs.loading import load_trained
 from caco_jax.training import parallel
 from caco_jax.training.steps import ModelDef, build_steps
 
@@ -32,8 +32,8 @@ class Predictor:
     resizes file bytes through the one decoding path, as evaluation does). Batches are padded
     to ``batch_size`` so each step compiles once. The temperature saved with the weights
     (``calibration.json``) divides the logits unless ``calibrate`` is False. ``decision`` is the
-    default rule of :meth:`decide` (None: the run's ``evaluation.decision``, or argmax for runs
-    whose config predates it); 'balanced' needs the weights' ``decision.json``.
+    default rule of :meth:`decide` (None: the run's ``evaluation.decision``); 'balanced' needs the
+    weights' ``decision.json``.
     """
 
     def __init__(
@@ -50,8 +50,7 @@ class Predictor:
         self.image_size: int = int(config.data.image_size)
         self.temperature: float | None = calibration.load(self.weights_dir) if calibrate else None
         self.balanced_rule = _load_rule(self.weights_dir)
-        evaluation = config.get("evaluation") or {}
-        self.decision = self._check_rule(decision or evaluation.get("decision", "argmax"))
+        self.decision = self._check_rule(decision or config.evaluation.decision)
         self.batch_size = batch_size
         model_def = ModelDef(model)
         self.mesh = parallel.make_mesh(1)

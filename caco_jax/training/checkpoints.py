@@ -31,7 +31,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from caco_jax.errors import CacoError, WeightsError
+from caco_jax.errors import CacoError, RunTooOld, WeightsError
 from caco_jax.runs import faults
 from caco_jax.trees import flatten, unflatten
 
@@ -62,9 +62,7 @@ class Restored:
 checksums = faults.checksums  # a CRC-32 per array: orbax's zstd frames carry none
 
 
-def _verify(flat: Mapping[str, Any], expected: Mapping[str, int] | None, item: str) -> None:
-    if expected is None:  # written before checksums were recorded
-        return
+def _verify(flat: Mapping[str, Any], expected: Mapping[str, int], item: str) -> None:
     got = checksums(flat)
     bad = sorted(k for k in expected if got.get(k) != expected[k])
     if bad or got.keys() != expected.keys():
@@ -179,7 +177,9 @@ class Checkpointer:
 
     def read(self, step: int, like: PyTree, best_like: Mapping[str, np.ndarray] | None = None) -> Restored:
         """Checkpoint ``step`` in the structure (and shardings) of ``like`` (the best weights in that of
-        ``best_like``), verified against its checksums; :class:`CheckpointDamaged` says why it cannot be used."""
+        ``best_like``), verified against its checksums; :class:`CheckpointDamaged` says why it cannot be used,
+        :class:`~caco_jax.errors.RunTooOld` that an older caco-jax wrote it (before checkpoints recorded
+        checksums and held the best weights)."""
         abstract = {
             k: jax.ShapeDtypeStruct(np.shape(v), v.dtype, sharding=getattr(v, "sharding", None))
             for k, v in flatten(like).items()
@@ -187,6 +187,8 @@ class Checkpointer:
         try:
             head = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
             meta = dict(head["meta"])
+            if "checksums" not in meta:
+                raise RunTooOld(self.directory.parent, f"checkpoint {step} records no checksums nor best weights")
             if not isinstance(meta.get("history", []), list):
                 raise CheckpointDamaged("its metadata has no history list")
             items = {"state": ocp.args.StandardRestore(abstract), "data": ocp.args.JsonRestore()}
@@ -195,14 +197,14 @@ class Checkpointer:
                     {k: np.zeros(np.shape(v), v.dtype) for k, v in best_like.items()}
                 )
             out = self._manager.restore(step, args=ocp.args.Composite(**items))
-            sums = meta.pop("checksums", {})
-            _verify(out["state"], sums.get("state"), "state")
+            sums = meta.pop("checksums")
+            _verify(out["state"], sums["state"], "state")
             best = None
             if "best" in items:
                 best = {k: np.asarray(v) for k, v in out["best"].items()}
-                _verify(best, sums.get("best"), "best-weights")
+                _verify(best, sums["best"], "best-weights")
             state = unflatten(dict(out["state"]), like, source=f"checkpoint {step}")
-        except CheckpointDamaged:
+        except (CheckpointDamaged, RunTooOld):
             raise
         except Exception as err:  # damage shows as any of orbax's / tensorstore's / json's errors
             raise CheckpointDamaged(faults.reason(err)) from err

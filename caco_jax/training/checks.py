@@ -51,17 +51,18 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
     from caco_jax.data.pipeline import SAMPLING
     from caco_jax.data.splits import SPLIT_BY
     from caco_jax.evaluation.decision import FITS, RULES
-    from caco_jax.models import ARCHS, ATTENTION_INITS, DTYPES
+    from caco_jax.models import ARCHS, ATTENTION_INITS, CA_ACTIVATIONS, DTYPES
     from caco_jax.models.attention import ATTENTION_BLOCKS
     from caco_jax.models.depthwise import DEPTHWISE_IMPLS
     from caco_jax.training.losses import LOSSES
+    from caco_jax.training.steps import SCHEDULES, WEIGHT_DECAY_MASKS
 
     count, positive = _range(1, integer=True), _range(0, lo_open=True)
     unit = _range(0.0, 1.0, hi_open=True)
     return {
         "model.arch": _choice(ARCHS),
         "model.attention": _choice(ATTENTION_BLOCKS),
-        "model.ca_activation": _choice(("swish", "hardswish")),
+        "model.ca_activation": _choice(CA_ACTIVATIONS),
         "model.attention_init": _choice(ATTENTION_INITS),
         "model.dropout": unit,
         "model.bn_momentum": _range(0, 1, lo_open=True),
@@ -86,11 +87,11 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
         "loss.drw_beta": unit,
         "optimizer.learning_rate": positive,
         "optimizer.weight_decay": _range(0),
-        "optimizer.weight_decay_mask": _choice(("all", "exclude_norm_bias")),
+        "optimizer.weight_decay_mask": _choice(WEIGHT_DECAY_MASKS),
         "optimizer.b1": unit,
         "optimizer.b2": unit,
         "optimizer.eps": positive,
-        "optimizer.schedule": _choice(("constant", "cosine")),
+        "optimizer.schedule": _choice(SCHEDULES),
         "optimizer.warmup_epochs": _range(0),
         "optimizer.ema_decay": unit,
         "batch_size": count,
@@ -118,7 +119,7 @@ def _cross_checks(config: Any) -> list[str]:
             build(_get(config, key))
         except (ValueError, TypeError) as err:
             problems.append(f"--config.{key}.*: {err}")
-    holdout = config.data.get("holdout_source", "")
+    holdout = config.data.holdout_source
     if holdout and OfflineCopies.from_config(config.data.offline).enabled:
         problems.append(
             f"--config.data.holdout_source={holdout}: a held-out source and offline copies "

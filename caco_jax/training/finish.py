@@ -10,10 +10,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from caco_jax.data import leakage, pipeline, records, registry
+from caco_jax.data import leakage, pipeline, records
 from caco_jax.evaluation import calibration, decision, ood_score, plots, predictions, saliency, selective
 from caco_jax.evaluation.reports import evaluation_report, write_report
-from caco_jax.runs.weights import WeightsWriter, read_weights
+from caco_jax.runs.loading import read_weights
+from caco_jax.runs.weights import WeightsWriter
 from caco_jax.training import guard, parallel
 from caco_jax.training.evaluate import collect, host_array
 from caco_jax.training.run import Run
@@ -179,12 +180,11 @@ def final_test(
         acc,
         loss,
         temperature,
-        groups=test.lesion_ids,
+        source=test,
+        dataset=run.config.data.name,
         rule=rule,
-        meta=test.meta,
         answer_rule=run.config.evaluation.decision,
         threshold=threshold,
-        dimensions=entry.subgroups if (entry := registry.known(run.config.data.name)) is not None else None,
     )
     report["leakage"] = leakage.summary(run.splits["train"], test)
     _, report["ood"] = fit_guard(run, params, stats, validation, weights_dir)

@@ -17,7 +17,8 @@ import math
 import pathlib
 import signal
 import time
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TypeVar
 
 import jax
 import ml_collections
@@ -259,44 +260,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     parallel.initialize_distributed(config.distributed, **config.cluster)
     check_resume_config(workdir, config)
     run = setup(config, workdir)
-    if jax.process_index() == 0:  # once the data is found: a start that failed leaves no config to resume
-        save_config(config, workdir)
-    where = {"process_index": jax.process_index(), "process_count": jax.process_count()}
-    train_iter = pipeline.train_iterator(
-        run.splits["train"],
-        batch_size=config.batch_size,
-        load_size=config.data.load_size or None,
-        seed=config.seed,
-        num_workers=config.data.num_workers,
-        cache=config.data.cache,
-        sampling=config.data.sampling,
-        **where,
-    )
-    ckpt = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)
-    best = WeightsWriter(workdir / "best")
     try:
-        state, progress = restore_or_init(run, ckpt, train_iter, best)
-        t_val = time.perf_counter()
-        validation = pipeline.EvalSet(run.splits["validation"], config.data.image_size)  # decoded once per run
-        run.runlog.info(
-            f"validation split decoded once: {len(validation)} images in {time.perf_counter() - t_val:.1f} s"
+        if jax.process_index() == 0:  # once the data is found: a start that failed leaves no config to resume
+            save_config(config, workdir)
+        where = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+        train_iter = pipeline.train_iterator(
+            run.splits["train"],
+            batch_size=config.batch_size,
+            load_size=config.data.load_size or None,
+            seed=config.seed,
+            num_workers=config.data.num_workers,
+            cache=config.data.cache,
+            sampling=config.data.sampling,
+            **where,
         )
-        state, step, status = train_loop(run, ckpt, best, state, progress, train_iter, validation)
-    except BaseException:
-        with contextlib.suppress(Exception):  # the error on its way out is the one to report
-            ckpt.close()
-        raise
-    ckpt.close()
-    if status == "interrupted":
-        best.close()
+        with _closing(WeightsWriter(workdir / "best")) as best:
+            with _closing(Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep)) as ckpt:
+                state, progress = restore_or_init(run, ckpt, train_iter, best)
+                t_val = time.perf_counter()
+                validation = pipeline.EvalSet(run.splits["validation"], config.data.image_size)  # decoded once
+                run.runlog.info(
+                    f"validation split decoded once: {len(validation)} images in {time.perf_counter() - t_val:.1f} s"
+                )
+                state, step, status = train_loop(run, ckpt, best, state, progress, train_iter, validation)
+            result = {"status": status, "step": step, "history": progress.history}
+            if status == "finished":
+                run.runlog.info("training finished; evaluating the best checkpoint on the test split")
+                report, paths = final_test(run, state, best, progress.history, validation)
+                run.runlog.info(
+                    f"test: accuracy {report['accuracy']:.4f}, BACC {report['bacc']:.4f}; report: "
+                    f"{paths.get('md', 'written by process 0')}"
+                )
+                result |= {"report": report, "paths": paths}
+        return result
+    finally:
         run.runlog.close()
-        return {"status": status, "step": step, "history": progress.history}
-    run.runlog.info("training finished; evaluating the best checkpoint on the test split")
-    report, paths = final_test(run, state, best, progress.history, validation)
-    best.close()
-    run.runlog.info(
-        f"test: accuracy {report['accuracy']:.4f}, BACC {report['bacc']:.4f}; report: "
-        f"{paths.get('md', 'written by process 0')}"
-    )
-    run.runlog.close()
-    return {"status": status, "step": step, "history": progress.history, "report": report, "paths": paths}
+
+
+_Resource = TypeVar("_Resource", Checkpointer, WeightsWriter)
+
+
+@contextlib.contextmanager
+def _closing(resource: _Resource) -> Iterator[_Resource]:
+    """Closes ``resource`` (its last save committed, or its error raised) at the end of the block; on
+    the way out of an error, quietly: that error is the one to report."""
+    try:
+        yield resource
+    except BaseException:
+        with contextlib.suppress(Exception):
+            resource.close()
+        raise
+    resource.close()

@@ -4,9 +4,7 @@ besides the train state (:class:`Progress`), and restoring both from the newest 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import math
 import pathlib
 from typing import Any
@@ -18,7 +16,8 @@ import numpy as np
 
 from caco_jax.errors import ConfigError
 from caco_jax.evaluation.metrics import TrainMetrics
-from caco_jax.runs.weights import WeightsWriter, read_weights, state_weights
+from caco_jax.runs.weights import WeightsWriter, state_weights
+from caco_jax.runs.workspace import load_config
 from caco_jax.training import parallel
 from caco_jax.training.checkpoints import Checkpointer
 from caco_jax.training.run import Run
@@ -54,16 +53,17 @@ def _get(cfg: Any, dotted: str) -> Any:
 def check_resume_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
     """A ConfigError when ``workdir`` holds checkpoints written with another setup (a workdir without
     checkpoints has nothing to resume: any config may start there)."""
-    saved = workdir / "config.json"
     checkpoints = workdir / "checkpoints"
-    if not saved.is_file() or not (checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+    if not (workdir / "config.json").is_file() or not (
+        checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir())
+    ):
         return
-    old = ml_collections.ConfigDict(json.loads(saved.read_text()))
-    diffs = []
-    for key in _RESUME_KEYS:
-        with contextlib.suppress(KeyError, AttributeError):
-            if _get(old, key) != _get(config, key):
-                diffs.append(f"{key}: checkpoint {_get(old, key)!r}, now {_get(config, key)!r}")
+    old = load_config(workdir)
+    diffs = [
+        f"{key}: checkpoint {_get(old, key)!r}, now {_get(config, key)!r}"
+        for key in _RESUME_KEYS
+        if _get(old, key) != _get(config, key)
+    ]
     if diffs:
         raise ConfigError(
             f"{workdir} holds a run with a different setup ({'; '.join(diffs)}); resume with the original "
@@ -130,29 +130,9 @@ def restore_or_init(run: Run, ckpt: Checkpointer, train_iter: Any, best: Weights
     progress.history, progress.best_bacc, progress.last_saved = meta["history"], meta["best_bacc"], start
     if meta.get("epoch_metrics"):  # stopped mid-epoch: the epoch's metrics go on from its steps so far
         progress.epoch_metrics = metrics_from_sums(meta["epoch_metrics"])
-    if "best" in meta:
-        progress.best, progress.best_weights = meta["best"], restored.best
-        done = best.reconcile(progress.best, progress.best_weights, f"checkpoint {start}", start)
-        if done:
-            run.runlog.info(done)
-    else:
-        progress.best, progress.best_weights = _legacy_best(best, progress.best_bacc, start)
+    progress.best, progress.best_weights = meta["best"], restored.best
+    done = best.reconcile(progress.best, progress.best_weights, f"checkpoint {start}", start)
+    if done:
+        run.runlog.info(done)
     run.runlog.info(f"resumed from {ckpt.directory}/{start} (epoch {start // run.steps_per_epoch})")
     return restored.state, progress
-
-
-def _legacy_best(best: WeightsWriter, best_bacc: float, start: int) -> tuple[dict | None, dict | None]:
-    """For a checkpoint written before checkpoints held the best weights: a complete ``best.partial``
-    with its best score goes into place (it never had been), then the weights in ``best/`` with that
-    score become the run's best (metadata, weights), so later checkpoints hold them."""
-    partial = best.directory.with_name(best.directory.name + ".partial")
-    with contextlib.suppress(OSError, ValueError):
-        if (partial / "weights" / "_METADATA").is_file():
-            meta = json.loads((partial / "caco_jax_weights.json").read_text())
-            if meta.get("val_bacc") == best_bacc and meta.get("step", start + 1) <= start:
-                best.reconcile(meta, None, f"checkpoint {start}", start)
-    if (best.directory / "weights").is_dir() and jax.process_count() == 1:
-        flat, meta = read_weights(best.directory)
-        if meta.get("val_bacc") == best_bacc:
-            return meta, flat
-    return None, None

@@ -17,7 +17,7 @@ from caco_jax.data import pipeline, records
 from caco_jax.data.augment import AugmentConfig
 from caco_jax.data.registry import open_data
 from caco_jax.models import count_params, model_from_config
-from caco_jax.runs.weights import load_pretrained
+from caco_jax.runs.loading import load_pretrained
 from caco_jax.training import parallel
 from caco_jax.training.evaluate import run_eval
 from caco_jax.training.losses import Loss, make_loss
@@ -25,7 +25,7 @@ from caco_jax.training.run_log import RunLog
 from caco_jax.training.steps import ModelDef, Steps, build_steps, make_optimizer
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class Run:
     """Everything a training run is built from (``setup``), read by the named phases below."""
 
@@ -112,19 +112,19 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
         ema_decay=config.optimizer.ema_decay,
     )
     return Run(
-        config,
-        workdir,
-        mesh,
-        splits,
-        class_names,
-        counts,
-        loss,
-        model,
-        model_def,
-        tx,
-        steps,
-        steps_per_epoch,
-        steps_per_epoch * config.num_epochs,
-        num_params,
-        runlog,
+        config=config,
+        workdir=workdir,
+        mesh=mesh,
+        splits=splits,
+        class_names=class_names,
+        counts=counts,
+        loss=loss,
+        model=model,
+        model_def=model_def,
+        tx=tx,
+        steps=steps,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * config.num_epochs,
+        num_params=num_params,
+        runlog=runlog,
     )

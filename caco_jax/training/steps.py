@@ -74,12 +74,20 @@ class ModelDef:
         return logits, new_stats
 
 
+WEIGHT_DECAY_MASKS = ("all", "exclude_norm_bias")  # optimizer.weight_decay_mask
+SCHEDULES = ("constant", "cosine")  # optimizer.schedule
+
+
+def _expected(names: tuple[str, ...]) -> str:
+    return " or ".join(map(repr, names))
+
+
 def decay_mask(params: PyTree, mode: str) -> PyTree | None:
     """Which parameters get weight decay: 'all' (torch AdamW) or 'exclude_norm_bias'."""
+    if mode not in WEIGHT_DECAY_MASKS:
+        raise ValueError(f"unknown optimizer.weight_decay_mask {mode!r}; expected {_expected(WEIGHT_DECAY_MASKS)}")
     if mode == "all":
         return None
-    if mode != "exclude_norm_bias":
-        raise ValueError(f"unknown optimizer.weight_decay_mask {mode!r}; expected 'all' or 'exclude_norm_bias'")
 
     def keep(path: tuple, _: Any) -> bool:
         names = [getattr(p, "key", getattr(p, "name", None)) for p in path]
@@ -97,7 +105,7 @@ def learning_rate_schedule(cfg: Any, steps_per_epoch: int, num_epochs: int) -> o
         total = max(1, steps_per_epoch * num_epochs)
         warmup = min(total - 1, int(cfg.warmup_epochs * steps_per_epoch))
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, total, end_value=0.0)
-    raise ValueError(f"unknown optimizer.schedule {cfg.schedule!r}; expected 'constant' or 'cosine'")
+    raise ValueError(f"unknown optimizer.schedule {cfg.schedule!r}; expected {_expected(SCHEDULES)}")
 
 
 def make_optimizer(cfg: Any, params: PyTree, steps_per_epoch: int, num_epochs: int) -> optax.GradientTransformation:
