@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     from caco_jax.interop import deploy, quant_analysis
     from caco_jax.interop.export_onnx import export_onnx
     from caco_jax.interop.quantize_onnx import quantize_onnx
-    from caco_jax.runs.weights import load_trained
+    from caco_jax.runs.loading import load_trained
 
     t0 = time.time()
     config, model, meta, _ = load_trained(args.workdir)
