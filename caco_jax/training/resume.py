@@ -39,6 +39,8 @@ _RESUME_KEYS = (
     "data.offline.seed",
     "data.sampling",
     "data.image_size",
+    "data.color_constancy",
+    "data.color_constancy_p",
     "batch_size",
     "optimizer.ema_decay",
     "seed",
