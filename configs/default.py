@@ -82,6 +82,10 @@ def data() -> ml_collections.ConfigDict:
     # image's Minkowski p-norm illuminant is neutral grey; Finlayson & Trezzi 2004). p >= 1 (1: grey world).
     c.color_constancy = "none"
     c.color_constancy_p = 6.0
+    # Crop every image to the square inscribed in its dermatoscope's circular field of view (dark
+    # border) when it is decoded, for every split and at inference (caco_jax.data.fov); an image
+    # without a dark border is kept whole.
+    c.fov_crop = False
     c.augment = augment()  # caco_jax.data.augment.AugmentConfig, every field
     return c
 

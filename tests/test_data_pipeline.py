@@ -347,3 +347,11 @@ def test_jpeg_recompression_is_seeded_per_image_and_resumes_exactly(sources):
     resumed.set_state(state)
     for want_image in following:
         np.testing.assert_array_equal(next(resumed)["image"], want_image)
+
+
+def test_the_field_of_view_crop_travels_with_the_splits(sources):
+    cropped = sources["test"].with_fov_crop(True)
+    assert cropped.fov_crop and not sources["test"].fov_crop and len(cropped) == len(sources["test"])
+    assert cropped.subset(np.arange(3), "few").fov_crop
+    # these images have no dark border: decoded alike
+    np.testing.assert_array_equal(cropped.decode(range(4), (8, 8)), sources["test"].decode(range(4), (8, 8)))

@@ -112,8 +112,12 @@ def data_location(config: Any, workdir: pathlib.Path) -> tuple[pathlib.Path, pat
 
 
 def open_data(config: Any, workdir: pathlib.Path) -> dict[str, records.Source]:
-    """The three splits of the dataset ``config.data.name`` names (built first if needed)."""
-    return DATASETS[config.data.name].open(config, pathlib.Path(workdir))
+    """The three splits of the dataset ``config.data.name`` names (built first if needed), their images
+    cropped to the field of view when decoded where ``data.fov_crop`` says so (runs saved before the
+    option had none)."""
+    splits = DATASETS[config.data.name].open(config, pathlib.Path(workdir))
+    fov_crop = bool(config.data.get("fov_crop", False))
+    return {name: source.with_fov_crop(fov_crop) for name, source in splits.items()} if fov_crop else splits
 
 
 @register(

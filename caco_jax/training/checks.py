@@ -46,6 +46,10 @@ def _range(
     return check
 
 
+def _flag(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be True or False"
+
+
 def _rules() -> dict[str, Callable[[Any], str | None]]:
     from caco_jax.data import registry
     from caco_jax.data.constancy import METHODS as COLOR_CONSTANCY
@@ -79,6 +83,7 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
         "data.sampling": _choice(SAMPLING),
         "data.color_constancy": _choice(COLOR_CONSTANCY),
         "data.color_constancy_p": _range(1),
+        "data.fov_crop": _flag,
         "loss.name": _choice(LOSSES),
         "loss.label_smoothing": unit,
         "loss.focal_gamma": _range(0),

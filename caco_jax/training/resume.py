@@ -41,6 +41,7 @@ _RESUME_KEYS = (
     "data.image_size",
     "data.color_constancy",
     "data.color_constancy_p",
+    "data.fov_crop",
     "batch_size",
     "optimizer.ema_decay",
     "seed",
