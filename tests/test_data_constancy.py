@@ -1,18 +1,27 @@
-"""Colour constancy (data.color_constancy): the NumPy and JAX versions against the formula written
-out here, and the option applied by every step."""
+"""Colour constancy (data.color_constancy): the NumPy, JAX and PyTorch versions against the formula written
+out here, and the option followed from a run's config into every step, the Predictor and an exported
+model's graph (with the field-of-view crop in the portable predictor's decoding)."""
 
 from __future__ import annotations
+
+import io
+import pathlib
+import sys
 
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from caco_jax.data import augment, constancy
-from caco_jax.data.classes import IMAGENET_MEAN, IMAGENET_STD
+from caco_jax.data.classes import CLASS_NAMES, IMAGENET_MEAN, IMAGENET_STD
 from caco_jax.data.constancy import OFF, ColorConstancy
-from caco_jax.models import create_model
+from caco_jax.models import create_model, model_from_config
 from caco_jax.training import parallel
 from caco_jax.training.steps import ModelDef, build_steps
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from test_data_fov import vignetted
 
 SOG = ColorConstancy("shades_of_gray", 6.0)
 
@@ -53,6 +62,15 @@ def test_numpy_and_jax_versions_are_the_formula(p):
     neutral = (want.max(axis=(1, 2, 3)) < 1) & (x.max(axis=(1, 2)) > 0).all(axis=-1)
     assert neutral.sum() >= 2
     np.testing.assert_allclose(constancy.shades_of_gray(want[neutral], p), want[neutral], atol=1e-5)
+
+
+def test_torch_version_is_the_formula():
+    torch = pytest.importorskip("torch")
+    from caco_jax.interop.deployable import shades_of_gray
+
+    x = tinted_images()
+    got = shades_of_gray(torch.from_numpy(x).permute(0, 3, 1, 2), 6.0).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_allclose(got, np.stack([reference(image, 6.0) for image in x]), atol=2e-6)
 
 
 def test_preprocess_is_normalize_when_off_and_the_formula_when_on():
@@ -100,6 +118,77 @@ def test_every_step_applies_the_runs_colour_constancy():
     np.testing.assert_allclose(np.asarray(cam["probs"]), jax.nn.softmax(want), atol=1e-5)
     plain = np.asarray(build_steps(model_def, mesh).predict(params, stats, images, t))
     assert np.abs(plain - jax.nn.softmax(want)).max() > 1e-3  # it does change the answer
+
+
+def _png(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_the_predictor_reads_both_options_from_the_run(tmp_path):
+    from caco_jax.configs import demo
+    from caco_jax.data import fov
+    from caco_jax.runs.weights import save_weights
+    from caco_jax.runs.workspace import save_config
+    from caco_jax.serving.predictor import Predictor
+
+    config = demo.get_config()
+    config.model.arch, config.data.image_size = "tiny", 32
+    config.data.color_constancy, config.data.color_constancy_p, config.data.fov_crop = "shades_of_gray", 6.0, True
+    save_config(config, tmp_path)
+    model = model_from_config(config.model, num_classes=len(CLASS_NAMES), seed=3)
+    save_weights(model, tmp_path / "best", metadata={"class_names": list(CLASS_NAMES)})
+    predictor = Predictor(tmp_path, batch_size=2)
+    assert predictor.color == SOG and predictor.fov_crop
+    image = vignetted(150, 200, 76.0, 99.0, 70.0, edge=1.5)
+    top, bottom, left, right = fov.crop_box(image)
+    want = np.asarray(Image.fromarray(image[top:bottom, left:right]).resize((32, 32), Image.Resampling.BILINEAR))
+    prepared = predictor.prepare(_png(image))
+    np.testing.assert_array_equal(prepared, want)
+    model_def = ModelDef(model)
+    x = ((reference(prepared / 255.0, 6.0) - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)[None]
+    logits = np.asarray(
+        jax.jit(lambda x: model_def.apply(model_def.init_params, model_def.init_batch_stats, x, train=False)[0])(x)
+    )
+    np.testing.assert_allclose(predictor.probabilities(prepared[None]), jax.nn.softmax(logits), atol=1e-5)
+
+
+def test_an_export_computes_colour_constancy_in_its_graph_and_crops_when_decoding(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    import whole_model as wm
+    from caco_jax.interop import artifact, deploy
+    from caco_jax.serving.portable import PortablePredictor
+
+    model = wm.case("caco")["model"]
+    run = artifact.describe_run(tmp_path, class_names=CLASS_NAMES, image_size=(64, 64), color=SOG, fov_crop=True)
+    assert run["color_constancy"] == {"method": "shades_of_gray", "p": 6.0, "where": "in the graph"}
+    assert run["fov_crop"]["enabled"] and "decoding" in run["fov_crop"]["where"]
+    (path,) = deploy.export_models(model, run, onnx=tmp_path / "m.onnx", log=lambda _: None)
+    portable = PortablePredictor(path)
+    assert portable.color == SOG and portable.fov_crop
+    image = vignetted(150, 200, 76.0, 99.0, 70.0, edge=1.5)
+    prepared = portable.prepare(_png(image))
+    from caco_jax.data import fov
+
+    top, bottom, left, right = fov.crop_box(image)
+    want = np.asarray(Image.fromarray(image[top:bottom, left:right]).resize((64, 64), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(prepared, want)
+    images = np.concatenate([prepared[None], (tinted_images(2, 64) * 255).astype(np.uint8)])
+    model_def = ModelDef(model)
+    x = jax.jit(augment.preprocess, static_argnums=1)(images, SOG)
+    logits = np.asarray(
+        jax.jit(lambda x: model_def.apply(model_def.init_params, model_def.init_batch_stats, x, train=False)[0])(x)
+    )
+    np.testing.assert_allclose(portable.logits(images), logits, rtol=2e-3, atol=1e-2)
+    plain = np.asarray(
+        jax.jit(lambda x: model_def.apply(model_def.init_params, model_def.init_batch_stats, x, train=False)[0])(
+            augment.normalize(images)
+        )
+    )
+    assert np.abs(plain - logits).max() > 0.05  # without it the answer would differ
 
 
 def test_the_config_checks_name_the_new_fields():
