@@ -77,6 +77,15 @@ def data() -> ml_collections.ConfigDict:
     # Which training images an epoch draws: uniform (a permutation, the paper) | balanced
     # (every class equally often, with replacement) | sqrt (class frequency ~ sqrt(count)).
     c.sampling = "uniform"
+    # Colour constancy of every image the network sees, in training and at inference alike (evaluate,
+    # predict, the page, the exports' graph): none | shades_of_gray (each channel scaled so that the
+    # image's Minkowski p-norm illuminant is neutral grey; Finlayson & Trezzi 2004). p >= 1 (1: grey world).
+    c.color_constancy = "none"
+    c.color_constancy_p = 6.0
+    # Crop every image to the square inscribed in its dermatoscope's circular field of view (dark
+    # border) when it is decoded, for every split and at inference (caco_jax.data.fov); an image
+    # without a dark border is kept whole.
+    c.fov_crop = False
     c.augment = augment()  # caco_jax.data.augment.AugmentConfig, every field
     return c
 
@@ -105,6 +114,20 @@ def augment() -> ml_collections.ConfigDict:
     c.ratio = (3 / 4, 4 / 3)  # crop aspect / image aspect
     c.mixup_alpha = 0.0  # batch mixing in the train step: Beta(alpha, alpha); 0 = off
     c.cutmix_alpha = 0.0
+    # Acquisition augmentation (docs/data.md), every part off by default. On the accelerator, in this
+    # order after the crop and the flips: blur, gamma, channel gains, field-of-view mask.
+    c.gamma = (1.0, 1.0)  # x ** g, g log-uniform in (lo, hi), 0 < lo <= hi; (1, 1): off
+    c.channel_gain = 0.0  # x >= 0: per-channel gains log-uniform in [1 / (1 + x), 1 + x]; 0: off
+    c.blur_p = 0.0  # Gaussian blur with this probability,
+    c.blur_sigma = (0.5, 1.5)  # sigma uniform in this range, in output pixels (0 < lo <= hi <= 5)
+    c.fov_p = 0.0  # circular field-of-view mask (dark outside a disc) with this probability:
+    c.fov_radius = (1.0, 1.4)  # radius / half the side (1: touches the sides; 1.414: reaches the corners)
+    c.fov_softness = (0.0, 0.1)  # width of the soft edge / radius, in [0, 1]
+    c.fov_shift = 0.0  # centre moved by up to this fraction of half the side, along each axis
+    c.zoom_p = 0.0  # zoom out instead of the crop with this probability: the whole image shrunk
+    c.zoom_out = (1.0, 1.5)  # by a side factor in this range (1 <= lo <= hi <= 2), border mirrored
+    c.jpeg_p = 0.0  # JPEG re-compression on the host (training pipeline) with this probability,
+    c.jpeg_quality = (30, 95)  # quality uniform in this range (whole numbers in [1, 100])
     return c
 
 

@@ -317,3 +317,41 @@ def test_sampling_draws_classes_in_the_configured_proportions(sources):
     labels = np.concatenate([next(it)["label"] for _ in range(60)])
     drawn = np.bincount(labels, minlength=NUM_CLASSES)[counts > 0] / len(labels)
     assert np.all(np.abs(drawn - 1 / np.sum(counts > 0)) < 0.07)
+
+
+def test_jpeg_recompression_is_seeded_per_image_and_resumes_exactly(sources):
+    """The training stream re-compresses the images its seeded draws pick (caco_jax.data.recompress), the
+    same with the split cached in memory, and a resumed stream re-compresses as the uninterrupted one."""
+    from caco_jax.data.recompress import Recompression, round_trip
+
+    jpeg = Recompression(0.5, (10, 40))
+    plain = pipeline.train_iterator(sources["train"], batch_size=8, load_size=SIZE, seed=2)
+    stream = pipeline.train_iterator(sources["train"], batch_size=8, load_size=SIZE, seed=2, recompression=jpeg)
+    cached = pipeline.train_iterator(
+        sources["train"], batch_size=8, load_size=SIZE, seed=2, recompression=jpeg, cache=True
+    )
+    changed = 0
+    for index in range(6):
+        want, got = next(plain), next(stream)
+        np.testing.assert_array_equal(next(cached)["image"], got["image"])
+        np.testing.assert_array_equal(got["label"], want["label"])
+        for row in range(8):
+            quality = jpeg.draw(2, index, row)
+            expected = want["image"][row] if quality is None else round_trip(want["image"][row], quality)
+            np.testing.assert_array_equal(got["image"][row], expected)
+            changed += quality is not None
+    assert 12 <= changed <= 36
+    state = stream.get_state()
+    following = [next(stream)["image"] for _ in range(3)]
+    resumed = pipeline.train_iterator(sources["train"], batch_size=8, load_size=SIZE, seed=2, recompression=jpeg)
+    resumed.set_state(state)
+    for want_image in following:
+        np.testing.assert_array_equal(next(resumed)["image"], want_image)
+
+
+def test_the_field_of_view_crop_travels_with_the_splits(sources):
+    cropped = sources["test"].with_fov_crop(True)
+    assert cropped.fov_crop and not sources["test"].fov_crop and len(cropped) == len(sources["test"])
+    assert cropped.subset(np.arange(3), "few").fov_crop
+    # these images have no dark border: decoded alike
+    np.testing.assert_array_equal(cropped.decode(range(4), (8, 8)), sources["test"].decode(range(4), (8, 8)))

@@ -133,6 +133,8 @@ def _deploy(args: argparse.Namespace, model: Any, meta: dict, config: Any, weigh
     from caco_jax.interop import artifact, deploy
 
     names = meta.get("class_names") or (CLASS_NAMES if model.num_classes == len(CLASS_NAMES) else None)
+    from caco_jax.data.constancy import OFF, ColorConstancy
+
     run_info = artifact.describe_run(
         weights,
         class_names=names or [f"class_{k}" for k in range(model.num_classes)],
@@ -140,6 +142,8 @@ def _deploy(args: argparse.Namespace, model: Any, meta: dict, config: Any, weigh
         default_decision=config.evaluation.decision if config is not None else "argmax",
         tta=bool(config.evaluation.tta) if config is not None else False,
         model={"arch": model.arch, "attention": model.attention_name, "num_classes": model.num_classes},
+        color=ColorConstancy.from_config(config.data) if config is not None else OFF,
+        fov_crop=bool(config.data.get("fov_crop", False)) if config is not None else False,
     )
     calibration = None
     if args.int8:

@@ -10,16 +10,28 @@ The paper names the operations (random horizontal and vertical flips, rotation b
    Relative aspect makes scale = ratio = 1 the whole image, squashed to a square,
    exactly what evaluation sees (for square inputs it is torchvision's rule).
    A crop larger than the image is clipped to it (torchvision retries instead);
+   with probability `zoom_p` a zoom-out box replaces the crop: the whole image
+   shrunk by a side factor in `zoom_out` at a random place of the frame, the frame's
+   border filled by mirroring the image (as the skin would continue);
 2. rotation by k * 90 degrees, k uniform in {0, 1, 2, 3}, then horizontal and
    vertical flips, each with its probability (on the square crop);
-3. colour jitter in torchvision's ColorJitter ranges, fixed order: brightness,
+3. acquisition augmentation (`caco_jax.data.acquisition`, all off by default): Gaussian
+   blur, gamma, per-channel gains, a circular field-of-view mask (dark outside a soft-edged
+   disc), in that order;
+4. colour constancy (`caco_jax.data.constancy`), when the run has it on, as at inference;
+5. colour jitter in torchvision's ColorJitter ranges, fixed order: brightness,
    contrast, saturation (factors uniform in [1 - x, 1 + x]), hue (a rotation of
    the chroma plane in YIQ space by uniform [-hue, hue] turns, a cheap linear
    stand-in for the HSV hue shift), clipped to [0, 1] after each;
-4. ImageNet mean/std normalisation (`normalize`).
+6. ImageNet mean/std normalisation (`normalize`).
+
+JPEG re-compression (`jpeg_p`, `jpeg_quality`) needs an encoder: it runs on the host, in
+the training pipeline (`caco_jax.data.recompress`). Every step that feeds images to the
+network at inference goes through `preprocess` (colour constancy, then normalisation).
 
 Everything is vmapped over the batch with one key per example (no Python loop
-over examples), jit-able, shapes static.
+over examples), jit-able, shapes static. Options that are off add no operation, so
+the default configuration computes exactly what it did before they existed.
 """
 
 from __future__ import annotations
@@ -32,8 +44,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from caco_jax.data import acquisition
 from caco_jax.data.classes import IMAGENET_MEAN, IMAGENET_STD
 from caco_jax.data.config_section import from_section
+from caco_jax.data.constancy import EPS, OFF, ColorConstancy
+from caco_jax.data.recompress import Recompression
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +68,19 @@ class AugmentConfig:
     # Both on: each step picks one of the two with probability 1/2.
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
+    # Acquisition augmentation (docs/data.md), every part off by default.
+    gamma: tuple[float, float] = (1.0, 1.0)  # x ** g, g log-uniform in the range
+    channel_gain: float = 0.0  # per-channel gains log-uniform in [1 / (1 + x), 1 + x]
+    blur_p: float = 0.0  # Gaussian blur with this probability,
+    blur_sigma: tuple[float, float] = (0.5, 1.5)  # sigma uniform in the range, in output pixels
+    fov_p: float = 0.0  # a circular field-of-view mask (dark outside) with this probability,
+    fov_radius: tuple[float, float] = (1.0, 1.4)  # radius / half the side: 1 touches the sides, sqrt(2) the corners
+    fov_softness: tuple[float, float] = (0.0, 0.1)  # width of the soft edge / radius
+    fov_shift: float = 0.0  # centre moved by up to this fraction of half the side, along each axis
+    zoom_p: float = 0.0  # zoom out (instead of the crop) with this probability,
+    zoom_out: tuple[float, float] = (1.0, 1.5)  # frame side / image side, uniform in the range
+    jpeg_p: float = 0.0  # JPEG re-compression on the host (train split) with this probability,
+    jpeg_quality: tuple[int, int] = (30, 95)  # quality uniform in the range (integers)
 
     def __post_init__(self):
         for name in ("hflip", "vflip", "rot90"):
@@ -74,11 +102,23 @@ class AugmentConfig:
         lo, hi = self.ratio
         if len(self.ratio) != 2 or not 0.0 < lo <= hi:
             raise ValueError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {self.ratio}")
+        for name, value in acquisition.checked(self).items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def from_config(cls, cfg: Any) -> AugmentConfig:
         """From an ml_collections.ConfigDict (or a mapping); unknown keys raise, naming them."""
         return from_section(cls, cfg, "augmentation")
+
+    @property
+    def recompression(self) -> Recompression | None:
+        """The host side of the augmentation: JPEG re-compression for the training pipeline, or None (off)."""
+        return Recompression(self.jpeg_p, self.jpeg_quality) if self.jpeg_p > 0 else None
+
+    @property
+    def acquisition_on_device(self) -> bool:
+        """Whether any of blur, gamma, channel gains or the field-of-view mask is on."""
+        return self.blur_p > 0 or self.gamma != (1.0, 1.0) or self.channel_gain > 0 or self.fov_p > 0
 
     @classmethod
     def none(cls) -> AugmentConfig:
@@ -102,11 +142,30 @@ _STD = np.asarray(IMAGENET_STD, np.float32)
 _LUMA = np.asarray([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as torchvision's grayscale
 _RGB_TO_YIQ = np.asarray([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
+# fold_in tags of the acquisition draws: keys of their own, so that the default draws stay as they were.
+_ZOOM, _ACQUISITION = 1, 2
 
 
 def normalize(images: jax.Array) -> jax.Array:
     """uint8 (or [0, 255] float) images -> float32 normalised with ImageNet mean/std."""
     return (jnp.asarray(images, jnp.float32) / 255.0 - _MEAN) / _STD
+
+
+def shades_of_gray(images: jax.Array, p: float) -> jax.Array:
+    """Shades of Gray colour constancy of float images [..., H, W, 3] in [0, 1], each on its own
+    (``caco_jax.data.constancy``): channels scaled by mean(e) / e_c, e_c = mean(x_c ** p) ** (1 / p)."""
+    illuminant = jnp.mean(images**p, axis=(-3, -2), keepdims=True) ** (1.0 / p)
+    gain = jnp.mean(illuminant, axis=-1, keepdims=True) / jnp.maximum(illuminant, EPS)
+    return jnp.clip(images * gain, 0.0, 1.0)
+
+
+def preprocess(images: jax.Array, color: ColorConstancy = OFF) -> jax.Array:
+    """uint8 images -> the network's float32 input: colour constancy (when ``color`` is on), then
+    ``normalize``. Every evaluation, prediction, test-time-augmentation, Grad-CAM and embedding step
+    feeds its images through this; training applies the same colour constancy inside ``augment_image``."""
+    if not color.enabled:
+        return normalize(images)
+    return (shades_of_gray(jnp.asarray(images, jnp.float32) / 255.0, color.p) - _MEAN) / _STD
 
 
 def _crop_box(key: jax.Array, height: int, width: int, cfg: AugmentConfig) -> jax.Array:
@@ -193,13 +252,27 @@ def _jitter(image: jax.Array, key: jax.Array, cfg: AugmentConfig) -> jax.Array:
 
 
 def augment_image(
-    key: jax.Array, image: jax.Array, *, out_size: int, cfg: AugmentConfig, precision=jax.lax.Precision.DEFAULT
+    key: jax.Array,
+    image: jax.Array,
+    *,
+    out_size: int,
+    cfg: AugmentConfig,
+    precision=jax.lax.Precision.DEFAULT,
+    color: ColorConstancy = OFF,
 ) -> jax.Array:
     """One uint8 [H, W, 3] image -> augmented float32 [out, out, 3] in [0, 1] (not normalised)."""
     k_crop, k_rot, k_h, k_v, k_jit = jax.random.split(key, 5)
     height, width = image.shape[0], image.shape[1]
     box = _crop_box(k_crop, height, width, cfg)
-    image = _resized_crop(image.astype(jnp.float32) / 255.0, box, out_size, precision)
+    pixels = image.astype(jnp.float32) / 255.0
+    if cfg.zoom_p > 0:
+        k_zoom, k_frame = jax.random.split(jax.random.fold_in(key, _ZOOM))
+        box = jnp.where(
+            jax.random.bernoulli(k_zoom, cfg.zoom_p), acquisition.zoom_box(k_frame, height, width, cfg), box
+        )
+        pixels, (pad_y, pad_x) = acquisition.mirror_pad(pixels, cfg.zoom_out[1])
+        box = box + jnp.asarray([pad_y, pad_x, 0, 0], jnp.float32)
+    image = _resized_crop(pixels, box, out_size, precision)
     k = jax.random.randint(k_rot, (), 0, 4) if cfg.rot90 else jnp.zeros((), jnp.int32)
     image = _rotate_flip(
         image,
@@ -207,26 +280,38 @@ def augment_image(
         jax.random.bernoulli(k_h, 0.5 if cfg.hflip else 0.0),
         jax.random.bernoulli(k_v, 0.5 if cfg.vflip else 0.0),
     )
-    return _jitter(jnp.clip(image, 0.0, 1.0), k_jit, cfg)
+    image = jnp.clip(image, 0.0, 1.0)
+    if cfg.acquisition_on_device:
+        image = acquisition.apply(jax.random.fold_in(key, _ACQUISITION), image, cfg)
+    if color.enabled:
+        image = shades_of_gray(image, color.p)
+    return _jitter(image, k_jit, cfg)
 
 
 def augment_batch(
-    rng: jax.Array, images: jax.Array, *, out_size: int, cfg: AugmentConfig, precision=jax.lax.Precision.DEFAULT
+    rng: jax.Array,
+    images: jax.Array,
+    *,
+    out_size: int,
+    cfg: AugmentConfig,
+    precision=jax.lax.Precision.DEFAULT,
+    color: ColorConstancy = OFF,
 ) -> jax.Array:
     """uint8 [B, H, W, 3] -> float32 [B, out_size, out_size, 3], augmented and normalised.
 
     One independent draw per example (keys split from rng). Labels are not
-    touched, so they stay aligned with the batch order. Jit with out_size and
-    cfg static, e.g. `jax.jit(augment_batch, static_argnames=("out_size", "cfg"))`.
+    touched, so they stay aligned with the batch order. Jit with out_size, cfg and
+    color static, e.g. `jax.jit(augment_batch, static_argnames=("out_size", "cfg", "color"))`.
     precision: of the resampling matmuls; DEFAULT lets a GPU use TF32 (an error
-    far below one grey level), HIGHEST forces full float32.
+    far below one grey level), HIGHEST forces full float32. color: the run's colour
+    constancy, applied after the acquisition augmentation and before the colour jitter.
     """
     if cfg == AugmentConfig.none() and images.shape[1:3] == (out_size, out_size):
-        return normalize(images)  # nothing random and nothing to resample: the identity, skipped
+        return preprocess(images, color)  # nothing random and nothing to resample: the identity, skipped
     keys = jax.random.split(rng, images.shape[0])
-    augmented = jax.vmap(lambda k, x: augment_image(k, x, out_size=out_size, cfg=cfg, precision=precision))(
-        keys, images
-    )
+    augmented = jax.vmap(
+        lambda k, x: augment_image(k, x, out_size=out_size, cfg=cfg, precision=precision, color=color)
+    )(keys, images)
     return (augmented - _MEAN) / _STD
 
 

@@ -21,6 +21,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from caco_jax.data import fov
 from caco_jax.errors import ImageError
 
 JPEG_QUALITY = 95
@@ -143,13 +144,22 @@ def open_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return _load(data, max_pixels, None)[0]
 
 
-def decode(data: bytes, size: tuple[int, int] | None = None, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+def decode(
+    data: bytes, size: tuple[int, int] | None = None, *, max_pixels: int = MAX_PIXELS, fov_crop: bool = False
+) -> np.ndarray:
     """Decode to uint8 [H, W, 3], upright; with size=(h, w), resize (bilinear) to it.
 
     Uses libjpeg's reduced-size decoding (`draft`) when the target is at most
-    half the stored size, which makes small loads much cheaper.
+    half the stored size, which makes small loads much cheaper. fov_crop: first crop
+    to the dermatoscope's field of view (``caco_jax.data.fov``; an image without a dark
+    circular border is kept whole), found at the full decoded size.
     """
-    image = _load(data, max_pixels, size)[0]
+    image = _load(data, max_pixels, None if fov_crop else size)[0]
+    if fov_crop:
+        box = fov.crop_box(np.asarray(image))
+        if box is not None:
+            top, bottom, left, right = box
+            image = image.crop((left, top, right, bottom))
     if size is not None and image.size != (size[1], size[0]):
         image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)

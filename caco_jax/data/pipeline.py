@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
+from caco_jax.data.recompress import Recompression
 from caco_jax.data.records import Size, Source, _hw, decode_all, stored_size
 
 
@@ -62,6 +63,7 @@ class _TrainBatch:
     Every epoch is a fresh permutation of the split drawn from (seed, epoch); its
     last len % batch_size examples are dropped, so batches never span epochs.
     With `decoded` (from `decode_all`) batches are gathered from memory instead.
+    `recompression`: JPEG re-compression of the batch's images (`caco_jax.data.recompress`).
     """
 
     def __init__(
@@ -74,8 +76,10 @@ class _TrainBatch:
         process_index: int = 0,
         process_count: int = 1,
         sampling: str = "uniform",
+        recompression: Recompression | None = None,
     ):
         self.source, self.batch_size, self.size, self.seed = source, batch_size, size, seed
+        self.recompression = recompression
         self.steps = steps_per_epoch(source, batch_size)
         self.decoded = decoded
         self.rows = process_rows(batch_size, process_index, process_count)
@@ -95,8 +99,13 @@ class _TrainBatch:
         epoch, step = divmod(index, self.steps)
         positions = self.permutation(epoch)[step * self.batch_size : (step + 1) * self.batch_size][self.rows]
         if self.decoded is not None:
-            return {"image": self.decoded[positions], "label": self.source.labels[positions].astype(np.int32)}
-        image, label = _load(self.source, positions, self.size)
+            image, label = self.decoded[positions], self.source.labels[positions].astype(np.int32)
+        else:
+            image, label = _load(self.source, positions, self.size)
+        if self.recompression is not None:
+            image = self.recompression.apply(
+                image, seed=self.seed, batch=index, rows=range(self.rows.start, self.rows.stop)
+            )
         return {"image": image, "label": label}
 
 
@@ -113,6 +122,7 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     sampling: str = "uniform",
+    recompression: Recompression | None = None,
 ) -> grain.DatasetIterator:
     """Endless training batches {'image': uint8 [B, h, w, 3], 'label': int32 [B]}.
 
@@ -134,6 +144,8 @@ def train_iterator(
     stream of batch_size-example batches but reads and decodes only its own
     batch_size / process_count rows of each (`process_rows`).
     Scripts that use num_workers > 0 need a `__main__` guard and parsed absl flags.
+    recompression: JPEG re-compression of the training images (`AugmentConfig.recompression`), seeded
+    by (seed, batch index, row), so that resuming stays exact.
     """
     if seed < 0:
         raise ValueError(f"seed must be non-negative, got {seed}")
@@ -141,7 +153,9 @@ def train_iterator(
         raise ValueError("cache=True serves batches from memory in this process: use num_workers=0")
     size = stored_size(source) if load_size is None else _hw(load_size)
     decoded = decode_all(source, size, num_threads=num_threads) if cache else None
-    batches = _TrainBatch(source, batch_size, size, seed, decoded, process_index, process_count, sampling)
+    batches = _TrainBatch(
+        source, batch_size, size, seed, decoded, process_index, process_count, sampling, recompression
+    )
     ds = grain.MapDataset.range(batches.steps).repeat().map_with_index(batches)
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=1 if cache else num_threads, prefetch_buffer_size=prefetch))
     if num_workers > 0:

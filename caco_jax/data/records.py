@@ -71,6 +71,7 @@ class Source:
         source_ids: np.ndarray | None = None,
         copy_seed: int = 0,
         meta: dict[str, np.ndarray] | None = None,
+        fov_crop: bool = False,
     ):
         self._base = base  # TFDS array_record source returning raw serialized examples
         self.class_names = tuple(class_names)  # the dataset's label vocabulary, in label order
@@ -88,6 +89,7 @@ class Source:
         # What is known of each image beyond its label (META_FIELDS: dx_type, age, sex, localization,
         # acquisition source), in row order; '' / NaN where unknown.
         self.meta = {k: np.asarray(v) for k, v in (meta or {}).items()}
+        self.fov_crop = fov_crop  # crop every image to its field of view when decoding (data.fov_crop)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -104,12 +106,12 @@ class Source:
         return [parse_record(r, fields) for r in raw]
 
     def decode(self, positions: Sequence[int], size: tuple[int, int]) -> np.ndarray:
-        """uint8 [len(positions), h, w, 3]: the images at `positions`, decoded, resized, and
-        transformed where they are offline copies."""
+        """uint8 [len(positions), h, w, 3]: the images at `positions`, decoded (cropped to their field of
+        view with `fov_crop`), resized, and transformed where they are offline copies."""
         records = self.read(positions, ("image",))
         out = np.empty((len(records), *size, 3), np.uint8)
         for i, (position, record) in enumerate(zip(positions, records, strict=True)):
-            image = images.decode(record["image"], size)
+            image = images.decode(record["image"], size, fov_crop=self.fov_crop)
             copy = int(self.copies[position])
             out[i] = offline.transform(image, str(self.source_ids[position]), copy, self.copy_seed) if copy else image
         return out
@@ -130,6 +132,7 @@ class Source:
             source_ids=self.source_ids[positions],
             copy_seed=self.copy_seed,
             meta={k: v[positions] for k, v in self.meta.items()},
+            fov_crop=self.fov_crop,
         )
 
     def with_copies(self, copies: offline.OfflineCopies) -> Source:
@@ -152,7 +155,14 @@ class Source:
             source_ids=self.source_ids[positions],
             copy_seed=copies.seed,
             meta={k: v[positions] for k, v in self.meta.items()},
+            fov_crop=self.fov_crop,
         )
+
+    def with_fov_crop(self, fov_crop: bool) -> Source:
+        """This source, its images cropped to their field of view when decoded (or not)."""
+        out = self.subset(np.arange(len(self)), self.name)
+        out.fov_crop = bool(fov_crop)
+        return out
 
     def __repr__(self) -> str:
         return f"Source({self.name!r}, {len(self)} examples)"

@@ -107,7 +107,8 @@ def open_external(
             f"--dataset {name}: the run's dataset {config.data.name!r} has no such external set"
             + (f" (its sets: {', '.join(sets)})" if sets else " (it has none)")
         )
-    return sets[name](config, pathlib.Path(data_dir), manual_dir)
+    source, split = sets[name](config, pathlib.Path(data_dir), manual_dir)
+    return source.with_fov_crop(bool(config.data.fov_crop)), split
 
 
 def split_options(config: Any) -> dict[str, Any]:
@@ -135,8 +136,12 @@ def data_location(config: Any, workdir: pathlib.Path) -> tuple[pathlib.Path, pat
 
 
 def open_data(config: Any, workdir: pathlib.Path) -> dict[str, records.Source]:
-    """The three splits of the dataset ``config.data.name`` names (built first if needed)."""
-    return DATASETS[config.data.name].open(config, pathlib.Path(workdir))
+    """The three splits of the dataset ``config.data.name`` names (built first if needed), their images
+    cropped to the field of view when decoded where ``data.fov_crop`` says so (runs saved before the
+    option had none)."""
+    splits = DATASETS[config.data.name].open(config, pathlib.Path(workdir))
+    fov_crop = bool(config.data.get("fov_crop", False))
+    return {name: source.with_fov_crop(fov_crop) for name, source in splits.items()} if fov_crop else splits
 
 
 def _isic2018(name: str) -> ExternalOpener:

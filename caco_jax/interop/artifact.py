@@ -3,7 +3,9 @@
 Everything ``caco-jax predict --model`` needs to classify as the run does, without the run: the class
 names; the input (name, layout, size, dtype, and the preprocessing: RGB decoded as the run decodes,
 resized to the input size, x / 255, then (x - mean) / std per channel); the outputs (``logits``,
-``pooled``, ``hidden``); the temperature (``calibration.json``); the balanced decision rule
+``pooled``, ``hidden``); the run's colour constancy (``color_constancy``: computed in the exported
+graph) and field-of-view crop (``fov_crop``: on the host, when decoding, since the crop's size depends
+on the image; ``caco_jax.serving.portable`` does it); the temperature (``calibration.json``); the balanced decision rule
 (``decision.json``) and the run's default rule and test-time augmentation; the reliability threshold
 (``selective.json``); and the out-of-distribution guard (``ood.json``, with its arrays copied to
 ``m.onnx.ood.npz``). Absent parts are ``null``. Plain JSON and NumPy: no JAX, no torch.
@@ -18,11 +20,17 @@ from typing import Any
 import numpy as np
 
 from caco_jax.data.classes import IMAGENET_MEAN, IMAGENET_STD
+from caco_jax.data.constancy import OFF, ColorConstancy
 from caco_jax.errors import UsageError
 from caco_jax.evaluation import calibration, decision, ood_score, selective
 
 SCHEMA = "caco-jax export 1"
 FORMATS = {".onnx": "onnx", ".tflite": "litert"}
+IN_THE_GRAPH = "in the graph"
+FOV_CROP_WHERE = (
+    "before the graph, when decoding, at the full image size (caco_jax.data.fov via caco_jax.data.images.decode; "
+    "caco_jax.serving.portable does it): the crop's size depends on the image"
+)
 
 
 def metadata_path(model_path: str | pathlib.Path) -> pathlib.Path:
@@ -43,8 +51,11 @@ def describe_run(
     default_decision: str = "argmax",
     tta: bool = False,
     model: dict[str, Any] | None = None,
+    color: ColorConstancy = OFF,
+    fov_crop: bool = False,
 ) -> dict[str, Any]:
-    """The run's part of the metadata, read from the files saved beside its best weights."""
+    """The run's part of the metadata, read from the files saved beside its best weights; ``color`` and
+    ``fov_crop``: how the run treats its images (its ``config.data``)."""
     rule = decision.load(weights_dir)
     guard = ood_score.load(weights_dir)
     return {
@@ -57,6 +68,8 @@ def describe_run(
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
         },
+        "color_constancy": color.describe(IN_THE_GRAPH),
+        "fov_crop": {"enabled": True, "where": FOV_CROP_WHERE} if fov_crop else None,
         "temperature": calibration.load(weights_dir),
         "decision": {"default": default_decision, "balanced": None if rule is None else rule.to_json()},
         "tta_default": bool(tta),
@@ -120,6 +133,21 @@ def read(model_path: str | pathlib.Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("schema") != SCHEMA:
         raise UsageError(f"{path} is not caco-jax export metadata ({SCHEMA!r}); export the model again")
     return meta
+
+
+def color_constancy(meta: dict[str, Any]) -> ColorConstancy:
+    """The colour constancy the metadata says the graph computes (metadata written before it: none)."""
+    described = meta.get("color_constancy")
+    if not described:
+        return OFF
+    if described.get("where") != IN_THE_GRAPH:
+        raise UsageError(f"colour constancy computed {described.get('where')!r}: this version computes it in the graph")
+    return ColorConstancy(described["method"], described["p"])
+
+
+def fov_crop(meta: dict[str, Any]) -> bool:
+    """Whether images are cropped to their field of view before the graph (metadata written before it: no)."""
+    return bool((meta.get("fov_crop") or {}).get("enabled", False))
 
 
 def guard_from(model_path: str | pathlib.Path, meta: dict[str, Any]) -> ood_score.Guard | None:

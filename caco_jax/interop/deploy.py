@@ -69,6 +69,7 @@ def export_models(
     from caco_jax.interop.export_onnx import INPUT_NAME, export_onnx
 
     size = tuple(run["image_size"])
+    color = artifact.color_constancy(run)  # computed in every graph, as the metadata says
     written: list[pathlib.Path] = []
 
     def done(path: pathlib.Path, **meta: Any) -> None:
@@ -79,15 +80,20 @@ def export_models(
     if tflite is not None:
         from caco_jax.interop.export_litert import export_litert, export_litert_int8
 
-        done(tflite, layout="NHWC", input_name=export_litert(model, tflite, image_size=size), precision="float32")
+        done(
+            tflite,
+            layout="NHWC",
+            input_name=export_litert(model, tflite, image_size=size, color=color),
+            precision="float32",
+        )
         if calibration is not None:
-            name, settings = export_litert_int8(model, int8_path(tflite), calibration, image_size=size)
+            name, settings = export_litert_int8(model, int8_path(tflite), calibration, image_size=size, color=color)
             settings["calibration_source"] = calibration_source
             done(int8_path(tflite), layout="NHWC", input_name=name, precision="int8", quantization=settings)
     if onnx is not None or calibration is not None:
         with tempfile.TemporaryDirectory() as tmp:
             float_onnx = onnx or pathlib.Path(tmp) / "float.onnx"
-            export_onnx(model, float_onnx, image_size=size)
+            export_onnx(model, float_onnx, image_size=size, color=color)
             if onnx is not None:
                 done(onnx, layout="NCHW", input_name=INPUT_NAME, precision="float32")
             if calibration is not None:

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from caco_jax.data.constancy import OFF, ColorConstancy
+
 
 def _converter() -> Any:
     try:
@@ -41,23 +43,26 @@ def _input_name(path: pathlib.Path) -> str:
     return Interpreter(model_path=str(path)).get_signature_list()["serving_default"]["inputs"][0]
 
 
-def _graph(model: Any, image_size: tuple[int, int]) -> tuple[Any, Any, Any]:
-    """(the NHWC module, its exported graph module, an example input)."""
+def _graph(model: Any, image_size: tuple[int, int], color: ColorConstancy) -> tuple[Any, Any, Any]:
+    """(the NHWC module, its exported graph module, an example input); ``color`` in the graph."""
     import torch
 
     from caco_jax.interop.deployable import Deployable, exported_program
 
-    module = Deployable(model, "NHWC").eval()
+    module = Deployable(model, "NHWC", color).eval()
     example = torch.zeros(1, *image_size, 3)
     return module, exported_program(module, example).module(), example
 
 
-def export_litert(model: Any, path: str | pathlib.Path, *, image_size: tuple[int, int]) -> str:
-    """Writes ``model`` as a float32 LiteRT file; returns its input's name."""
+def export_litert(
+    model: Any, path: str | pathlib.Path, *, image_size: tuple[int, int], color: ColorConstancy = OFF
+) -> str:
+    """Writes ``model`` as a float32 LiteRT file (``color``: the run's colour constancy, in the graph);
+    returns its input's name."""
     litert_torch = _converter()
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _, graph, example = _graph(model, image_size)
+    _, graph, example = _graph(model, image_size, color)
     litert_torch.convert(graph, (example,)).export(str(path))
     return _input_name(path)
 
@@ -69,6 +74,7 @@ def export_litert_int8(
     *,
     image_size: tuple[int, int],
     per_channel: bool = True,
+    color: ColorConstancy = OFF,
 ) -> tuple[str, dict[str, Any]]:
     """Writes the full-integer int8 LiteRT file of ``model`` calibrated on ``calibration`` (float32 NHWC
     normalised images); returns (its input's name, its quantisation settings)."""
@@ -82,7 +88,7 @@ def export_litert_int8(
         raise ValueError("int8 quantisation needs calibration images")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _, graph, example = _graph(model, image_size)
+    _, graph, example = _graph(model, image_size, color)
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel))
     prepared = prepare_pt2e(graph, quantizer)
     with torch.no_grad():

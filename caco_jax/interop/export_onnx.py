@@ -26,18 +26,25 @@ from typing import Any
 
 import numpy as np
 
+from caco_jax.data.constancy import OFF, ColorConstancy
+
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"  # the first of deployable.OUTPUTS
 DEFAULT_OPSET = 18
 
 
 def export_onnx(
-    model: Any, path: str | os.PathLike, *, image_size: int | tuple[int, int] = 224, opset: int = DEFAULT_OPSET
+    model: Any,
+    path: str | os.PathLike,
+    *,
+    image_size: int | tuple[int, int] = 224,
+    opset: int = DEFAULT_OPSET,
+    color: ColorConstancy = OFF,
 ) -> pathlib.Path:
     """Writes caco-jax ``model`` (any attention variant, arch small or large) as one ONNX file.
 
-    The batch dimension is dynamic; ``image_size`` (int or (H, W)) is fixed. Needs torch
-    and onnxscript (``pip install -e '.[torch,onnx]'``).
+    The batch dimension is dynamic; ``image_size`` (int or (H, W)) is fixed; ``color``: the run's
+    colour constancy, computed in the graph. Needs torch and onnxscript (``pip install -e '.[torch,onnx]'``).
     """
     import torch
 
@@ -46,7 +53,7 @@ def export_onnx(
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = Deployable(model, "NCHW").eval()  # float32
+    module = Deployable(model, "NCHW", color).eval()  # float32
     example = torch.zeros(2, 3, h, w)
     torch.onnx.export(
         module,

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from caco_jax.data import fov
 from caco_jax.data.images import UnreadableImage, open_image
 from caco_jax.evaluation.saliency import overlay
 from caco_jax.serving.predictor import RULE_TEXT, Predictor
@@ -151,6 +152,8 @@ class Analyser:
         self, path: str | None, explain: str, tta: bool, rule: str
     ) -> tuple[dict[str, float], np.ndarray, np.ndarray, str]:
         data, original = read_upload(path, self.limits)
+        if self.predictor.fov_crop:  # show what the model sees, so that the heat map lies on it
+            original = fov.crop(original)
         names = self.predictor.class_names
         if explain not in (PREDICTED, *names):
             raise UploadError(f"Unknown class {explain!r}; choose one of: {', '.join(names)}.")

@@ -173,5 +173,5 @@ def write_cams(
     for row, (f, _), cls, cam in zip(rows, loaded, classes, cams, strict=True):
         name = predictor.class_names[int(cls)]
         out = cam_dir / _cam_name(f, name, taken)
-        Image.fromarray(overlay(decode(f.read_bytes()), cam)).save(out)
+        Image.fromarray(overlay(decode(f.read_bytes(), fov_crop=predictor.fov_crop), cam)).save(out)
         row["cam"] = {"file": str(out), "class": name}

@@ -3,7 +3,8 @@
 ``caco-jax predict --model m.onnx|m.tflite`` uses it. Needs only NumPy, Pillow and the model's
 runtime: onnxruntime for ``.onnx``, the LiteRT interpreter (``ai-edge-litert``) for ``.tflite``.
 Everything else comes from the metadata beside the model (``caco_jax.interop.artifact``): the same
-decoding (``caco_jax.data.images.decode``) and normalisation, the temperature, the decision rules
+decoding (``caco_jax.data.images.decode``, with the run's field-of-view crop) and normalisation (the
+run's colour constancy, if any, is in the graph), the temperature, the decision rules
 (``caco_jax.evaluation.decision``), the 8-view test-time augmentation, the reliability threshold and
 the out-of-distribution guard (``caco_jax.evaluation.ood_score``) as :class:`~caco_jax.serving.predictor.Predictor`.
 Importing this module imports none of jax, flax, optax or tensorflow_datasets (tests check).
@@ -115,6 +116,8 @@ class PortablePredictor:
         pre = self.meta["preprocessing"]
         self._scale = np.float32(pre["scale"])
         self._mean, self._std = np.asarray(pre["mean"], np.float32), np.asarray(pre["std"], np.float32)
+        self.color = artifact.color_constancy(self.meta)  # computed by the graph itself
+        self.fov_crop = artifact.fov_crop(self.meta)
         self.temperature: float | None = self.meta["temperature"] if calibrate else None
         balanced = self.meta["decision"]["balanced"]
         self.balanced_rule = None if balanced is None else decision_rule(balanced)
@@ -138,8 +141,9 @@ class PortablePredictor:
         return rule
 
     def prepare(self, data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-        """Encoded image bytes -> uint8 [H, W, 3], upright (raises ``UnreadableImage`` with the reason)."""
-        return decode(data, self.image_size, max_pixels=max_pixels)
+        """Encoded image bytes -> uint8 [H, W, 3], upright, cropped to the field of view if the run does so
+        (raises ``UnreadableImage`` with the reason)."""
+        return decode(data, self.image_size, max_pixels=max_pixels, fov_crop=self.fov_crop)
 
     def normalise(self, images: np.ndarray) -> np.ndarray:
         """uint8 [N, H, W, 3] -> the model's float32 input (NHWC; the runner transposes for NCHW)."""

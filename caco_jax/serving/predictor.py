@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+from caco_jax.data.constancy import ColorConstancy
 from caco_jax.data.images import MAX_PIXELS, decode
 from caco_jax.errors import UsageError, WeightsError
 from caco_jax.evaluation import calibration, decision, ood_score, selective
@@ -29,7 +30,8 @@ class Predictor:
     """Class probabilities (optionally test-time augmented), decisions and Grad-CAM maps of a run's weights.
 
     Images are uint8 [N, S, S, 3] at the run's input size S (:meth:`prepare` decodes and
-    resizes file bytes through the one decoding path, as evaluation does). Batches are padded
+    resizes file bytes through the one decoding path, as evaluation does, cropped to the field of view
+    where the run's ``data.fov_crop`` says so; the steps apply the run's colour constancy). Batches are padded
     to ``batch_size`` so each step compiles once. The temperature saved with the weights
     (``calibration.json``) divides the logits unless ``calibrate`` is False. ``decision`` is the
     default rule of :meth:`decide` (None: the run's ``evaluation.decision``); 'balanced' needs the
@@ -48,13 +50,16 @@ class Predictor:
         config, model, meta, self.weights_dir = load_trained(workdir, weights)
         self.class_names: tuple[str, ...] = tuple(meta["class_names"])
         self.image_size: int = int(config.data.image_size)
+        # How the run treats every image (runs saved before these options had neither).
+        self.color = ColorConstancy.from_config(config.data)
+        self.fov_crop = bool(config.data.get("fov_crop", False))
         self.temperature: float | None = calibration.load(self.weights_dir) if calibrate else None
         self.balanced_rule = _load_rule(self.weights_dir)
         self.decision = self._check_rule(decision or config.evaluation.decision)
         self.batch_size = batch_size
         model_def = ModelDef(model)
         self.mesh = parallel.make_mesh(1)
-        self.steps = build_steps(model_def, self.mesh)
+        self.steps = build_steps(model_def, self.mesh, color=self.color)
         self._params, self._stats = jax.device_put(
             (model_def.init_params, model_def.init_batch_stats), parallel.replicated(self.mesh)
         )
@@ -84,8 +89,9 @@ class Predictor:
         return np.float32(self.temperature or 1.0)
 
     def prepare(self, data: bytes, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-        """Encoded image bytes -> uint8 [S, S, 3], upright (raises ``UnreadableImage`` with the reason)."""
-        return decode(data, (self.image_size, self.image_size), max_pixels=max_pixels)
+        """Encoded image bytes -> uint8 [S, S, 3], upright, cropped to the field of view if the run does so
+        (raises ``UnreadableImage`` with the reason)."""
+        return decode(data, (self.image_size, self.image_size), max_pixels=max_pixels, fov_crop=self.fov_crop)
 
     def _chunks(self, images: np.ndarray):
         images = np.asarray(images, np.uint8)

@@ -46,8 +46,13 @@ def _range(
     return check
 
 
+def _flag(v: Any) -> str | None:
+    return None if isinstance(v, bool) else "must be True or False"
+
+
 def _rules() -> dict[str, Callable[[Any], str | None]]:
     from caco_jax.data import registry
+    from caco_jax.data.constancy import METHODS as COLOR_CONSTANCY
     from caco_jax.data.pipeline import SAMPLING
     from caco_jax.data.splits import SPLIT_BY
     from caco_jax.evaluation.decision import FITS, RULES
@@ -77,6 +82,9 @@ def _rules() -> dict[str, Callable[[Any], str | None]]:
         "data.load_size": _range(0, integer=True),
         "data.num_workers": _range(0, integer=True),
         "data.sampling": _choice(SAMPLING),
+        "data.color_constancy": _choice(COLOR_CONSTANCY),
+        "data.color_constancy_p": _range(1),
+        "data.fov_crop": _flag,
         "loss.name": _choice(LOSSES),
         "loss.label_smoothing": unit,
         "loss.focal_gamma": _range(0),

@@ -11,6 +11,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from caco_jax.data import pipeline, records
+from caco_jax.data.constancy import ColorConstancy
 from caco_jax.evaluation.metrics import EvalAccumulator
 from caco_jax.evaluation.reports import evaluation_report
 from caco_jax.training import parallel
@@ -88,7 +89,7 @@ def evaluate_trained(
         loss_cfg.name, loss_cfg.drw_epoch = "ce", -1
     loss = make_loss(loss_cfg, counts, num_classes=len(class_names))
     model_def = ModelDef(model)
-    steps = build_steps(model_def, mesh, loss=loss)
+    steps = build_steps(model_def, mesh, loss=loss, color=ColorConstancy.from_config(config.data))
     repl = parallel.replicated(mesh)
     params, stats = jax.device_put((model_def.init_params, model_def.init_batch_stats), repl)
     batches = pipeline.eval_iterator(source, batch_size=batch_size, image_size=config.data.image_size)

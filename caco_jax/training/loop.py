@@ -25,6 +25,7 @@ import ml_collections
 from tqdm import tqdm
 
 from caco_jax.data import pipeline
+from caco_jax.data.augment import AugmentConfig
 from caco_jax.runs import faults
 from caco_jax.runs.weights import WeightsWriter, state_weights
 from caco_jax.runs.workspace import save_config
@@ -272,6 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
             num_workers=config.data.num_workers,
             cache=config.data.cache,
             sampling=config.data.sampling,
+            recompression=AugmentConfig.from_config(config.data.augment).recompression,
             **where,
         )
         with _closing(WeightsWriter(workdir / "best")) as best:

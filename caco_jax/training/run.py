@@ -15,6 +15,7 @@ from clu import parameter_overview
 from caco_jax import allocator
 from caco_jax.data import pipeline, records
 from caco_jax.data.augment import AugmentConfig
+from caco_jax.data.constancy import ColorConstancy
 from caco_jax.data.registry import open_data
 from caco_jax.models import count_params, model_from_config
 from caco_jax.runs.loading import load_pretrained
@@ -110,6 +111,7 @@ def setup(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> Run:
         aug=AugmentConfig.from_config(config.data.augment),
         image_size=config.data.image_size,
         ema_decay=config.optimizer.ema_decay,
+        color=ColorConstancy.from_config(config.data),
     )
     return Run(
         config=config,

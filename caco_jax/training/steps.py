@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from caco_jax.data.augment import AugmentConfig, augment_batch, mix_batch, normalize
+from caco_jax.data.augment import AugmentConfig, augment_batch, mix_batch, preprocess
+from caco_jax.data.constancy import OFF, ColorConstancy
 from caco_jax.evaluation.metrics import TrainMetrics
 from caco_jax.evaluation.saliency import grad_cam
 from caco_jax.training.losses import Loss
@@ -148,14 +149,15 @@ def make_train_step(
     aug: AugmentConfig,
     image_size: int,
     ema_decay: float = 0.0,
+    color: ColorConstancy = OFF,
 ) -> Callable[[TrainState, dict[str, jax.Array], jax.Array], tuple[TrainState, TrainMetrics]]:
     """One optimiser step on a uint8 batch: augment (and mix) on device, forward, backward, AdamW,
-    and the weights' moving average when ``ema_decay`` > 0."""
+    and the weights' moving average when ``ema_decay`` > 0; ``color``: the run's colour constancy."""
 
     def train_step(state: TrainState, batch: dict[str, jax.Array], class_weights: jax.Array):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
         aug_key, dropout_key, mix_key = jax.random.split(key, 3)
-        images = augment_batch(aug_key, batch["image"], out_size=image_size, cfg=aug)
+        images = augment_batch(aug_key, batch["image"], out_size=image_size, cfg=aug, color=color)
         images, lam = mix_batch(mix_key, images, aug)
         labels = batch["label"]
         mixing = aug.mixup_alpha > 0 or aug.cutmix_alpha > 0
@@ -205,28 +207,31 @@ def dihedral_views(images: jax.Array) -> jax.Array:
     return jnp.stack(views)
 
 
-def _view_logits(model_def: ModelDef, params: PyTree, batch_stats: PyTree, images: jax.Array) -> jax.Array:
+def _view_logits(
+    model_def: ModelDef, params: PyTree, batch_stats: PyTree, images: jax.Array, color: ColorConstancy
+) -> jax.Array:
     """Logits (B, V, C) of every dihedral view; one view at a time (``lax.map``: one traced forward pass)."""
-    views = dihedral_views(normalize(images))
+    views = dihedral_views(preprocess(images, color))
     logits = jax.lax.map(lambda x: model_def.apply(params, batch_stats, x, train=False)[0], views)
     return jnp.swapaxes(logits, 0, 1)
 
 
 def make_eval_step(
-    model_def: ModelDef, loss: Loss, *, tta: bool = False
+    model_def: ModelDef, loss: Loss, *, tta: bool = False, color: ColorConstancy = OFF
 ) -> Callable[[PyTree, PyTree, dict[str, jax.Array], jax.Array], dict[str, jax.Array]]:
     """(params, batch_stats, batch, class_weights) -> {'logits', 'loss' (masked mean), 'label', 'mask'}.
 
     Labels and mask come back with the logits so that, replicated, every process holds
     the whole batch's rows (multi-host evaluation). With ``tta`` the logits are those of
-    every dihedral view, (B, V, C), view 0 the plain image (the loss is view 0's)."""
+    every dihedral view, (B, V, C), view 0 the plain image (the loss is view 0's). Images go through
+    ``preprocess`` with the run's colour constancy ``color``, as in every step below."""
 
     def eval_step(params, batch_stats, batch, class_weights):
         if tta:
-            logits = _view_logits(model_def, params, batch_stats, batch["image"])
+            logits = _view_logits(model_def, params, batch_stats, batch["image"], color)
             plain = logits[:, 0]
         else:
-            logits, _ = model_def.apply(params, batch_stats, normalize(batch["image"]), train=False)
+            logits, _ = model_def.apply(params, batch_stats, preprocess(batch["image"], color), train=False)
             plain = logits
         return {
             "logits": logits,
@@ -238,34 +243,36 @@ def make_eval_step(
     return eval_step
 
 
-def make_predict_step(model_def: ModelDef, *, tta: bool = False) -> Callable[..., jax.Array]:
+def make_predict_step(
+    model_def: ModelDef, *, tta: bool = False, color: ColorConstancy = OFF
+) -> Callable[..., jax.Array]:
     """(params, batch_stats, uint8 images, temperature) -> class probabilities softmax(logits / T)
     (evaluation mode); with ``tta``, the mean of the dihedral views' probabilities."""
 
     def predict_step(params, batch_stats, images, temperature):
         if tta:
-            logits = _view_logits(model_def, params, batch_stats, images)
+            logits = _view_logits(model_def, params, batch_stats, images, color)
             return jnp.mean(jax.nn.softmax(logits / temperature, axis=-1), axis=1)
-        logits, _ = model_def.apply(params, batch_stats, normalize(images), train=False)
+        logits, _ = model_def.apply(params, batch_stats, preprocess(images, color), train=False)
         return jax.nn.softmax(logits / temperature, axis=-1)
 
     return predict_step
 
 
-def make_cam_step(model_def: ModelDef) -> Callable[..., dict[str, jax.Array]]:
+def make_cam_step(model_def: ModelDef, *, color: ColorConstancy = OFF) -> Callable[..., dict[str, jax.Array]]:
     """(params, batch_stats, uint8 images, target int32 [B] (-1: the predicted class), temperature)
     -> {'probs' softmax(logits / T), 'class' explained, 'cam' [B, H, W] in [0, 1]} (Grad-CAM,
     ``caco_jax.evaluation.saliency``)."""
 
     def cam_step(params, batch_stats, images, target, temperature):
         model = nnx.merge(model_def.eval_graph, params, batch_stats)
-        logits, cls, cam = grad_cam(model, normalize(images), target)
+        logits, cls, cam = grad_cam(model, preprocess(images, color), target)
         return {"probs": jax.nn.softmax(logits / temperature, axis=-1), "class": cls, "cam": cam}
 
     return cam_step
 
 
-def make_embed_step(model_def: ModelDef) -> Callable[..., dict[str, jax.Array]]:
+def make_embed_step(model_def: ModelDef, *, color: ColorConstancy = OFF) -> Callable[..., dict[str, jax.Array]]:
     """(params, batch_stats, batch {'image' uint8, 'label', 'mask'}) -> {'logits' [B, C], 'pooled' [B, F]
     (the pooled backbone features the head reads), 'hidden' [B, H] (the head's hidden activation),
     'label', 'mask'}, evaluation mode, float32: what the out-of-distribution guard scores
@@ -273,7 +280,7 @@ def make_embed_step(model_def: ModelDef) -> Callable[..., dict[str, jax.Array]]:
 
     def embed_step(params, batch_stats, batch):
         model = nnx.merge(model_def.eval_graph, params, batch_stats)
-        pooled = model.features(normalize(batch["image"]))
+        pooled = model.features(preprocess(batch["image"], color))
         hidden = model.hidden(pooled)
         logits = model.classifier(hidden).astype(jnp.float32)
         return {
@@ -320,9 +327,11 @@ def build_steps(
     aug: AugmentConfig | None = None,
     image_size: int | None = None,
     ema_decay: float = 0.0,
+    color: ColorConstancy = OFF,
 ) -> Steps:
     """The one place the steps are jitted, with their shardings and donation (train, evaluate,
-    predict, the web app and the benchmark all use it)."""
+    predict, the web app and the benchmark all use it). ``color``: the run's colour constancy
+    (``ColorConstancy.from_config(config.data)``), applied by every step alike."""
     from caco_jax.training import parallel
 
     repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
@@ -331,7 +340,7 @@ def build_steps(
         if loss is None or aug is None or image_size is None:
             raise ValueError("a train step needs loss, aug and image_size")
         train = jax.jit(
-            make_train_step(model_def, tx, loss, aug, image_size, ema_decay),
+            make_train_step(model_def, tx, loss, aug, image_size, ema_decay, color),
             in_shardings=(repl, data, repl),
             out_shardings=(repl, repl),
             donate_argnums=(0,),
@@ -339,15 +348,25 @@ def build_steps(
     evaluate = evaluate_tta = None
     if loss is not None:
         evaluate, evaluate_tta = (
-            jax.jit(make_eval_step(model_def, loss, tta=tta), in_shardings=(repl, repl, data, repl), out_shardings=repl)
+            jax.jit(
+                make_eval_step(model_def, loss, tta=tta, color=color),
+                in_shardings=(repl, repl, data, repl),
+                out_shardings=repl,
+            )
             for tta in (False, True)
         )
     predict, predict_tta = (
-        jax.jit(make_predict_step(model_def, tta=tta), in_shardings=(repl, repl, data, repl), out_shardings=repl)
+        jax.jit(
+            make_predict_step(model_def, tta=tta, color=color),
+            in_shardings=(repl, repl, data, repl),
+            out_shardings=repl,
+        )
         for tta in (False, True)
     )
-    cam = jax.jit(make_cam_step(model_def), in_shardings=(repl, repl, data, data, repl), out_shardings=repl)
-    embed = jax.jit(make_embed_step(model_def), in_shardings=(repl, repl, data), out_shardings=repl)
+    cam = jax.jit(
+        make_cam_step(model_def, color=color), in_shardings=(repl, repl, data, data, repl), out_shardings=repl
+    )
+    embed = jax.jit(make_embed_step(model_def, color=color), in_shardings=(repl, repl, data), out_shardings=repl)
     return Steps(
         train=train,
         eval=evaluate,
