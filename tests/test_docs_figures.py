@@ -155,3 +155,31 @@ def test_the_ood_page_is_what_its_json_rebuilds(tmp_path):
     from caco_jax.training import guard
 
     assert (chosen["method"], chosen["layer"]) == (guard.DEFAULT_METHOD, guard.DEFAULT_LAYER)  # what training fits
+
+
+def test_the_allocator_tables_and_ratios_are_the_measurements():
+    """docs/performance.md's allocator section: its tables are tools/measure_allocators.py's rendering of
+    docs/allocators_cpu.json, and the ratios its prose quotes are those medians'."""
+    import statistics
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from measure_allocators import table
+
+    data = json.loads((DOCS / "allocators_cpu.json").read_text())
+    text = (DOCS / "performance.md").read_text()
+    assert table(data).strip() in text
+    prose = " ".join(text.split())
+
+    def median(size: str, allocator: str, framework: str, key: str) -> float:
+        return statistics.median(
+            r["result"]["rows"][framework][key]
+            for r in data["runs"]
+            if r["kind"] == "benchmark" and r["size"] == size and r["allocator"] == allocator
+        )
+
+    for size, words in (("128x112", "at batch 128 / 112 px"), ("16x64", "at batch 16 / 64 px")):
+        for key, verb in (("train_img_s", "trains"), ("eval_img_s", "evaluates")):
+            ours, theirs = (median(size, "tcmalloc_minimal", fw, key) for fw in ("caco_jax", "torch_eager"))
+            ratio = ours / theirs
+            assert f"{ratio:.2f}x" in prose, (size, key, ratio, words, verb)

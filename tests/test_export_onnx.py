@@ -22,6 +22,7 @@ pytest.importorskip(
 )
 
 import whole_model as wm  # noqa: E402
+from caco_jax.data.constancy import OFF  # noqa: E402
 from caco_jax.interop.export_onnx import (  # noqa: E402
     INPUT_NAME,
     OUTPUT_NAME,
@@ -127,7 +128,7 @@ def test_export_script_writes_pytorch_and_onnx(tmp_path, monkeypatch):
     np.testing.assert_allclose(theirs, c["eval_logits"], rtol=0, atol=TOL)
     ((model, path, kw),) = calls
     assert (model.attention_name, model.attention_init, path) == ("caco", "preserve", tmp_path / "m.onnx")
-    assert kw == {"image_size": (wm.HEIGHT, wm.WIDTH)}
+    assert kw == {"image_size": (wm.HEIGHT, wm.WIDTH), "color": OFF}  # no run: no colour constancy
     meta = json.loads((tmp_path / "m.onnx.json").read_text())  # the metadata beside it (test_deploy.py: its content)
     assert (meta["image_size"], meta["input"], meta["precision"]) == (
         [wm.HEIGHT, wm.WIDTH],

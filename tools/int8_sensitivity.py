@@ -1,15 +1,21 @@
-"""Where 8 bits break the int8 ONNX export of a run: every quantised activation alone, and alone kept in float.
+"""Where 8 bits break the int8 ONNX export of a run: every quantised activation alone, and kept in float.
 
     python tools/int8_sensitivity.py --workdir RUN --out docs/int8_sensitivity [--data_dir DIR]
 
 The run's float ONNX export and its int8 QDQ twin (onnxruntime's quantiser with the export's settings,
-calibrated on validation images) are built in a temporary folder; then, on the run's validation split
-(never its test split), the float model, the int8 model, the int8 weights alone, and for every quantised
-activation tensor ``only`` (that tensor alone quantised) and ``all_but`` (every other one quantised) are
-scored: BACC under argmax, agreement of the answered class with float, and the relative logit error
-||z - z_float|| / ||z_float|| (median over images). Each tensor's float range (min, max, 0.01 / 99.99
-percentiles) on the calibration images says why. Writes ``<out>.json`` and ``<out>.png`` (the worst
-tensors) and prints the table (caco_jax.interop.quant_analysis builds the variants).
+calibrated on validation images) are built in a temporary folder; everything is scored on the run's
+validation split (never its test split): BACC under argmax, agreement of the answered class with float,
+and the relative logit error ||z - z_float|| / ||z_float|| (median over images). Then:
+
+1. every quantised activation tensor alone int8 (``only``), screened on a seeded sample of validation
+   images by its logit error;
+2. the worst of the screen on the whole validation split, alone int8 and as the only one left in float
+   (``all_but``);
+3. the int8 model with the 1, 2, 4, ... worst tensors kept in float: how many it takes.
+
+The int8 weights alone (activations float) are scored too, and each tensor's float range on the
+calibration images (min, max, 0.01 / 99.99 percentiles) says why. Writes ``<out>.json`` and ``<out>.png``
+(caco_jax.interop.quant_analysis builds the variants).
 """
 
 from __future__ import annotations
@@ -61,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data_dir", type=pathlib.Path, default=None)
     p.add_argument("--calibration_images", type=int, default=256)
     p.add_argument("--limit", type=int, default=0, help="only the first N tensors (a quick look)")
+    p.add_argument("--screen_images", type=int, default=256, help="validation images of the one-by-one screen")
+    p.add_argument("--worst", type=int, default=12, help="tensors scored on the whole validation split")
+    p.add_argument("--worst_float", type=int, default=64, help="up to this many worst tensors kept in float")
     args = p.parse_args(argv)
 
     import onnx
@@ -99,35 +108,57 @@ def main(argv: list[str] | None = None) -> int:
     }
     print({k: {m: round(v, 4) for m, v in _public(r).items()} for k, r in whole.items()}, flush=True)
     cal_nchw = np.ascontiguousarray(calibration.transpose(0, 3, 1, 2))
-    ranges = quant_analysis.ranges(float_model, cal_nchw, [t.name for t in tensors])
+    ranges = quant_analysis.ranges(float_model, cal_nchw, [t.float_name for t in tensors])
+    # 1. every tensor alone, screened on a seeded sample of validation images (logit error, agreement)
+    sample = np.sort(np.random.default_rng(0).permutation(len(labels))[: args.screen_images])
+    screen_ref = ref_logits[sample]
     rows = []
     for i, t in enumerate(tensors):
         scale, zero = quant_analysis.pair_parameters(int8_model, t)
-        row = {
-            "tensor": t.name,
-            "producer": t.producer,
-            "consumers": list(t.consumers),
-            "scale": float(np.ravel(scale)[0]),
-            "zero_point": int(np.ravel(zero)[0]),
-            "zero_point_type": str(zero.dtype),
-            "range": ranges[t.name],
-            "only": _public(score(quant_analysis.only(float_model, int8_model, t), nchw, labels, ref_logits)),
-            "all_but": _public(score(quant_analysis.all_but(int8_model, t, relus), nchw, labels, ref_logits)),
-            "relu_folded": t.name in relus,
-        }
-        rows.append(row)
-        print(
-            f"{i + 1}/{len(tensors)} {t.name} ({t.producer}): only {row['only']['bacc']:.3f} "
-            f"err {row['only']['logit_error']:.3f}; all_but {row['all_but']['bacc']:.3f}",
-            flush=True,
+        only = _public(score(quant_analysis.only(float_model, int8_model, t), nchw[sample], labels[sample], screen_ref))
+        rows.append(
+            {
+                "tensor": t.float_name,
+                "producer": t.producer,
+                "consumers": list(t.consumers),
+                "scale": float(np.ravel(scale)[0]),
+                "zero_point": int(np.ravel(zero)[0]),
+                "zero_point_type": str(zero.dtype),
+                "relu_folded": t.name in relus,
+                "range": ranges[t.float_name],
+                "screen": only,
+            }
         )
+        if (i + 1) % 25 == 0 or i + 1 == len(tensors):
+            print(f"screened {i + 1}/{len(tensors)} in {(time.time() - t0) / 60:.1f} min", flush=True)
+    order = sorted(range(len(rows)), key=lambda k: -rows[k]["screen"]["logit_error"])
+    # 2. the worst on the whole validation split: alone int8, and every other one int8
+    for k in order[: args.worst]:
+        t = tensors[k]
+        rows[k]["only"] = _public(score(quant_analysis.only(float_model, int8_model, t), nchw, labels, ref_logits))
+        rows[k]["all_but"] = _public(score(quant_analysis.all_but(int8_model, t, relus), nchw, labels, ref_logits))
+        print(
+            f"{t.float_name}: only {rows[k]['only']['bacc']:.3f}, all but {rows[k]['all_but']['bacc']:.3f}", flush=True
+        )
+    # 3. the int8 model with the n worst (by the screen) kept in float, n = 1, 2, 4, ...
+    kept = []
+    n = 1
+    while n <= min(args.worst_float, len(order)):
+        model_n = int8_model
+        for k in order[:n]:
+            model_n = quant_analysis.all_but(model_n, tensors[k], relus)
+        kept.append({"float_tensors": n, **_public(score(model_n, nchw, labels, ref_logits))})
+        print(f"{n} worst in float: BACC {kept[-1]['bacc']:.3f}, agreement {kept[-1]['agreement']:.3f}", flush=True)
+        n *= 2
     result = {
         "workdir": str(args.workdir),
         "quantisation": settings,
         "validation_images": int(len(labels)),
         "calibration_images": int(len(calibration)),
         "whole": {k: _public(v) for k, v in whole.items()},
+        "screen_images": int(len(sample)),
         "tensors": rows,
+        "worst_kept_in_float": kept,
         "minutes": (time.time() - t0) / 60,
     }
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
@@ -137,8 +168,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def worst(result: dict[str, Any], n: int = 10) -> list[dict[str, Any]]:
-    """The ``n`` tensors whose quantisation alone costs the most validation BACC (ties: logit error)."""
-    return sorted(result["tensors"], key=lambda r: (r["only"]["bacc"], -r["only"]["logit_error"]))[:n]
+    """The ``n`` tensors whose quantisation alone moves the logits most (the screen), scored on the whole
+    validation split."""
+    scored = [r for r in result["tensors"] if "only" in r]
+    return sorted(scored, key=lambda r: -r["screen"]["logit_error"])[:n]
 
 
 def markdown(result: dict[str, Any], n: int = 10) -> str:
@@ -155,11 +188,12 @@ def markdown(result: dict[str, Any], n: int = 10) -> str:
             f"{g['min']:.2f} / {g['max']:.2f} | {g['p0.01']:.2f} / {g['p99.99']:.2f} | "
             f"{100 * r['only']['bacc']:.1f} % | {r['only']['logit_error']:.3f} | {100 * r['all_but']['bacc']:.1f} % |"
         )
+    kept = " ".join(f"{r['float_tensors']}: {100 * r['bacc']:.1f} %;" for r in result.get("worst_kept_in_float", []))
     head = (
         f"Validation BACC (argmax): float {100 * whole['float']['bacc']:.1f} %, "
         f"int8 {100 * whole['int8']['bacc']:.1f} %, "
         f"int8 weights with float activations {100 * whole['int8_weights_only']['bacc']:.1f} %; "
-        f"{len(result['tensors'])} quantised activation tensors."
+        f"{len(result['tensors'])} quantised activation tensors. With the n worst kept in float, n = {kept}"
     )
     return head + "\n\n" + "\n".join(lines)
 

@@ -14,13 +14,12 @@ JPEG re-compression, the one such option that needs an encoder, runs on the host
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-if TYPE_CHECKING:  # augment imports this module
-    from caco_jax.data.augment import AugmentConfig
+AugmentConfig = Any  # caco_jax.data.augment.AugmentConfig, which imports this module (no import back)
 
 # Upper bounds of the acquisition options (the blur kernel and the mirrored border have static sizes).
 LIMITS: dict[str, float] = {

@@ -194,6 +194,46 @@ def _source_cells(seeds: Sequence[int] = (0, 1, 2)) -> tuple[Cell, ...]:
     )
 
 
+# The acquisition augmentation the adaptation grid trains with, fixed before any of its runs: a wider
+# idea of "a dermoscopy image" (another camera's gamma and illuminant, a little blur, JPEG, and the
+# circular field of view with the lesion smaller in the frame that many dermatoscopes give).
+ACQUISITION: dict[str, Any] = {
+    "data.augment.gamma": (0.8, 1.25),
+    "data.augment.channel_gain": 0.15,
+    "data.augment.blur_p": 0.2,
+    "data.augment.blur_sigma": (0.5, 1.5),
+    "data.augment.fov_p": 0.3,
+    "data.augment.fov_radius": (0.95, 1.4),
+    "data.augment.fov_softness": (0.0, 0.1),
+    "data.augment.fov_shift": 0.05,
+    "data.augment.zoom_p": 0.3,
+    "data.augment.zoom_out": (1.0, 1.5),
+    "data.augment.jpeg_p": 0.3,
+    "data.augment.jpeg_quality": (40, 95),
+}
+COLOR_CONSTANCY: dict[str, Any] = {"data.color_constancy": "shades_of_gray", "data.color_constancy_p": 6.0}
+
+
+def _adaptation_cells(seeds: Sequence[int] = (0, 1)) -> tuple[Cell, ...]:
+    """The sources grid's three cells (every source; rosendahl held out; vidir_modern held out) trained with
+    colour constancy, with the acquisition augmentation, and with both (issue 37); the cells without
+    either are the sources_cpu preset's, on the same seeds."""
+    seeds = tuple(seeds)
+    recipe = {"optimizer.ema_decay": 0.99}
+    remedies = (("cc", COLOR_CONSTANCY), ("aug", ACQUISITION), ("cc_aug", {**COLOR_CONSTANCY, **ACQUISITION}))
+    places: tuple[tuple[str, dict[str, Any], str], ...] = (
+        ("lesion_recipe", {}, "every source, lesion split"),
+    ) + tuple(
+        (f"loso_{source}", {"data.holdout_source": source}, f"{source} held out as the test split")
+        for source in ("rosendahl", "vidir_modern")
+    )
+    return tuple(
+        Cell(f"{place}_{name}", {**recipe, **extra, **remedy}, seeds, f"configs/recipe.py + {name}, {where}", _RECIPE)
+        for name, remedy in remedies
+        for place, extra, where in places
+    )
+
+
 PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         "cpu",
@@ -332,6 +372,15 @@ PRESETS: dict[str, Preset] = {
         _source_cells(),
         (),
         ("sources",),
+    ),
+    "adaptation_cpu": Preset(
+        "adaptation_cpu",
+        "A new clinic's images: configs/recipe.py on the CPU protocol (112 px, 10 epochs) with colour constancy "
+        "(Shades of Gray, p = 6), with acquisition augmentation (gamma, channel gains, blur, JPEG, a circular "
+        "field of view, zoom-out) and with both, on every source and with rosendahl or vidir_modern held out; "
+        "the cells without either are sources_cpu's (docs/results_adaptation_cpu.md compares them).",
+        {"data.image_size": 112, "num_epochs": 10, "batch_size": 128, "data.split_by": "lesion", "checkpoint.keep": 2},
+        _adaptation_cells(),
     ),
     "recipe": Preset(
         "recipe",

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 _QUANTIZE, _DEQUANTIZE = "QuantizeLinear", "DequantizeLinear"
+_RENAMED = "_QuantizeLinear_Input"  # the quantiser's name for a graph output's float tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,12 +32,18 @@ class QuantisedTensor:
     """One activation tensor the int8 model quantises: its name in the float graph, the pair's nodes and
     parameters, and what produces and reads it."""
 
-    name: str
+    name: str  # in the int8 graph
     dequantized: str  # the DequantizeLinear output the consumers read
     scale: str  # initializer names of the pair's parameters
     zero_point: str
     producer: str  # op type of the node that makes the tensor ('input' for the graph input)
     consumers: tuple[str, ...]  # op types that read it
+
+    @property
+    def float_name(self) -> str:
+        """Its name in the float graph: a graph output the quantiser renamed keeps its name on the pair's
+        output instead."""
+        return self.dequantized if self.name.endswith(_RENAMED) else self.name
 
 
 def _initializers(model: Any) -> dict[str, np.ndarray]:
@@ -92,25 +99,24 @@ def _rename_inputs(nodes: Iterable[Any], old: str, new: str) -> None:
 
 
 def only(float_model: Any, int8_model: Any, tensor: QuantisedTensor) -> Any:
-    """The float model with ``tensor`` alone quantised as the int8 model quantises it."""
+    """The float model with ``tensor`` alone quantised as the int8 model quantises it (its readers read the
+    pair's output; a graph output of the same name stays float)."""
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.ModelProto()
     model.CopyFrom(float_model)
     scale, zero = pair_parameters(int8_model, tensor)
-    q_out, dq_out = f"{tensor.name}__q", f"{tensor.name}__dq"
-    s_name, z_name = f"{tensor.name}__scale", f"{tensor.name}__zero"
+    name = tensor.float_name
+    q_out, dq_out = f"{name}__q", f"{name}__dq"
+    s_name, z_name = f"{name}__scale", f"{name}__zero"
     model.graph.initializer.extend([numpy_helper.from_array(scale, s_name), numpy_helper.from_array(zero, z_name)])
-    _rename_inputs(model.graph.node, tensor.name, dq_out)
+    _rename_inputs(model.graph.node, name, dq_out)
     pair = [
-        helper.make_node(_QUANTIZE, [tensor.name, s_name, z_name], [q_out], name=f"{tensor.name}__Q"),
-        helper.make_node(_DEQUANTIZE, [q_out, s_name, z_name], [dq_out], name=f"{tensor.name}__DQ"),
+        helper.make_node(_QUANTIZE, [name, s_name, z_name], [q_out], name=f"{name}__Q"),
+        helper.make_node(_DEQUANTIZE, [q_out, s_name, z_name], [dq_out], name=f"{name}__DQ"),
     ]
-    for o in model.graph.output:  # a graph output read directly keeps its float name
-        if o.name == tensor.name:
-            return model
-    _insert_after(model, tensor.name, pair)
+    _insert_after(model, name, pair)
     return model
 
 

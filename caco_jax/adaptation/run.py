@@ -1,0 +1,123 @@
+"""An adapted run: a new run directory derived from a trained run, whose weights carry BatchNorm statistics
+re-estimated on a clinic's unlabelled images and whose decision rule knows the clinic's class prior
+(``caco-jax adapt``).
+
+The new directory holds what every command reads: ``config.json`` (the source run's), ``best/`` (the
+adapted weights, with the source's temperature, balanced rule, reliability threshold and guard beside
+them; ``decision.json`` also holds the clinic's estimated prior) and ``adaptation.json``, which says where
+it came from: the source run and the checksum record of its weights, the folder, how many images, a hash
+of their bytes, and what was re-estimated. It has no checkpoints: it is not trained further.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import hashlib
+import json
+import pathlib
+import shutil
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from caco_jax.adaptation import batchnorm, prior
+from caco_jax.errors import UsageError
+
+# Chosen by measurement (docs/results_adaptation_cpu.md): which BatchNorm layers and how far towards the
+# clinic's statistics. None = every layer.
+DEPTH: int | None = None
+ALPHA = 1.0
+MIN_IMAGES = 32  # fewer images leave the re-estimated statistics too noisy (docs/results_adaptation_cpu.md)
+FILE = "adaptation.json"
+SIDE_FILES = ("calibration.json", "decision.json", "selective.json", "ood.json", "ood.npz")
+BATCH = 64
+
+
+def images_hash(files: Sequence[bytes]) -> str:
+    """SHA-256 over the SHA-256 of each image's bytes, in sorted order (the folder's identity, not its names)."""
+    digests = sorted(hashlib.sha256(data).hexdigest() for data in files)
+    return hashlib.sha256("\n".join(digests).encode()).hexdigest()
+
+
+def clinic_prior(workdir: pathlib.Path, log_probs: np.ndarray) -> dict[str, Any] | None:
+    """The clinic's class prior by EM from the adapted model's log-probabilities on its images, after the
+    bias-corrected temperature fitted on the source run's saved validation predictions; None when the run
+    saved none."""
+    from caco_jax.evaluation import predictions
+
+    path = predictions.path(workdir, "validation")
+    if not path.is_file():
+        return None
+    validation = predictions.load(path)
+    num_classes = validation.logits.shape[-1]
+    try:
+        calibrated = prior.fit_bias_temperature(validation.logits, validation.labels, num_classes)
+    except ValueError:
+        return None
+    estimate = prior.estimate_prior(calibrated.log_posteriors(log_probs), np.asarray(calibrated.prior))
+    return {"bias_temperature": calibrated.to_json(), **estimate.to_json()}
+
+
+def adapt(
+    workdir: str | pathlib.Path,
+    images: np.ndarray,
+    out: str | pathlib.Path,
+    *,
+    folder: str = "",
+    image_hash: str = "",
+    depth: int | None = DEPTH,
+    alpha: float = ALPHA,
+    estimate_prior: bool = True,
+) -> dict[str, Any]:
+    """Writes the adapted run of ``workdir`` to ``out`` from ``images`` (uint8 [N, S, S, 3], decoded as the
+    run decodes); returns what ``adaptation.json`` records."""
+    from caco_jax.data.augment import preprocess
+    from caco_jax.data.constancy import ColorConstancy
+    from caco_jax.runs.loading import load_trained, read_weights
+    from caco_jax.runs.weights import WeightsWriter
+    from caco_jax.runs.workspace import save_config
+
+    workdir, out = pathlib.Path(workdir).resolve(), pathlib.Path(out).resolve()
+    if len(images) < MIN_IMAGES:
+        raise UsageError(
+            f"{len(images)} readable images in {folder or 'the folder'}: re-estimating the statistics needs at "
+            f"least {MIN_IMAGES} (docs/results_adaptation_cpu.md measured how the answers depend on the count)"
+        )
+    if out == workdir or (out.exists() and any(out.iterdir())):
+        raise UsageError(f"--out {out} exists and is not empty: give a new folder for the adapted run")
+    config, model, _, weights_dir = load_trained(workdir)
+    flat, meta = read_weights(weights_dir)
+    color = ColorConstancy.from_config(config.data)
+    stats_pass = batchnorm.StatsPass(
+        config.model, len(meta["class_names"]), preprocess=functools.partial(preprocess, color=color)
+    )
+    adapted, done = batchnorm.reestimate(
+        stats_pass, flat, batchnorm.iterate_batches(images, BATCH), depth=depth, alpha=alpha
+    )
+    del model
+    out.mkdir(parents=True, exist_ok=True)
+    record: dict[str, Any] = {
+        "source_run": str(workdir),
+        "source_weights": {"step": meta.get("step"), "epoch": meta.get("epoch")},
+        "folder": folder,
+        "images": int(len(images)),
+        "images_sha256": image_hash,
+        "batchnorm": done,
+        "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+    save_config(config, out)
+    writer = WeightsWriter(out / "best")
+    writer.save(adapted, {**meta, "adapted_from": record})
+    writer.close()
+    for name in SIDE_FILES:
+        if (weights_dir / name).is_file():
+            shutil.copy2(weights_dir / name, out / "best" / name)
+    if estimate_prior:
+        from caco_jax.serving.predictor import Predictor
+
+        log_probs = np.log(np.maximum(Predictor(out, calibrate=False).probabilities(images), 1e-300))
+        record["prior"] = clinic_prior(workdir, log_probs)
+    (out / FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return record

@@ -1,0 +1,362 @@
+"""A new clinic's images: each remedy of issue 37 measured on the leave-one-source-out protocol and on
+acquisition-shifted copies of the test split (docs/results_adaptation_cpu.{md,json}).
+
+    python tools/measure_adaptation.py --runs runs/reproduce --data_dir data/tfds --seeds 0,1 \\
+        --out docs/results_adaptation_cpu
+
+Runs: ``sources_cpu/{lesion_recipe,loso_rosendahl,loso_vidir_modern}_s<seed>`` (caco-jax reproduce --preset
+sources_cpu) and, when present, the trained remedies ``adaptation_cpu/<cell>_{cc,aug,cc_aug}_s<seed>``.
+
+For a held-out source S: *E* are S's images in the ordinary lesion split's test set (the images the
+sources page compares on), *A* the rest of S (lesion-disjoint from E: the ordinary split is by lesion).
+The test-time remedies adapt on A only and are scored on E, so no evaluated image was used to adapt.
+Every variant answers as the recipe ships (the balanced rule fitted on its source run's TTA validation
+predictions, with TTA) and under argmax without TTA; each is paired against the held-out model without
+remedies on the same images (lesion-bootstrap intervals), and the drop it recovers is read against the
+model trained on every source. What is chosen (AdaBN's depth and weight) is chosen on acquisition-shifted
+copies of the held-out run's own validation split, before any E image is scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from caco_jax.evaluation import intervals  # noqa: E402
+
+SOURCES = ("rosendahl", "vidir_modern")
+REMEDIES = ("cc", "aug", "cc_aug")
+DEPTHS: tuple[int | None, ...] = (0, 3, 6, 9, None)  # stem + first k blocks; None: every layer
+ALPHAS = (0.25, 0.5, 1.0)
+COUNTS = (8, 16, 32, 64, 128, 256, 512)
+SHIFT_SEED = 20261207  # the acquisition-shifted copies: fixed before any figure was looked at
+RESAMPLES = 1000
+
+# Acquisition shifts of HAM10000 images (its sources are all cropped inside the field of view): the
+# augmentation's own operations at probability 1, nothing else random.
+SHIFTS: dict[str, dict[str, Any]] = {
+    "field_of_view": {"zoom_p": 1.0, "zoom_out": (1.2, 1.5), "fov_p": 1.0, "fov_radius": (0.9, 1.1),
+                      "fov_softness": (0.02, 0.08), "fov_shift": 0.05},
+    "illuminant": {"channel_gain": 0.25, "gamma": (0.8, 1.25)},
+    "both": {"zoom_p": 1.0, "zoom_out": (1.2, 1.5), "fov_p": 1.0, "fov_radius": (0.9, 1.1),
+             "fov_softness": (0.02, 0.08), "fov_shift": 0.05, "channel_gain": 0.25, "gamma": (0.8, 1.25)},
+}  # fmt: skip
+
+
+def shifted(images: np.ndarray, kind: str, out_size: int, seed: int) -> np.ndarray:
+    """uint8 copies of ``images`` under acquisition shift ``kind`` at the network's input size."""
+    import jax
+
+    from caco_jax.data.augment import AugmentConfig, augment_batch
+    from caco_jax.data.classes import IMAGENET_MEAN, IMAGENET_STD
+
+    none = AugmentConfig.none()
+    cfg = AugmentConfig(**{**{f: getattr(none, f) for f in none.__dataclass_fields__}, **SHIFTS[kind]})
+    out = []
+    for start in range(0, len(images), 64):
+        key = jax.random.fold_in(jax.random.key(seed), start)
+        x = np.asarray(augment_batch(key, images[start : start + 64], out_size=out_size, cfg=cfg))
+        x = x * np.asarray(IMAGENET_STD, np.float32) + np.asarray(IMAGENET_MEAN, np.float32)
+        out.append(np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8))
+    return np.concatenate(out)
+
+
+class Model:
+    """A run's weights (or an adapted copy) answering images as the recipe ships and under argmax."""
+
+    def __init__(self, workdir: pathlib.Path, rule_from: pathlib.Path | None = None):
+        from caco_jax.evaluation import calibration, run_figures
+        from caco_jax.serving.predictor import Predictor
+
+        self.workdir = workdir
+        self.predictor = Predictor(workdir, batch_size=64, decision="argmax")
+        source = rule_from or workdir  # an adapted copy keeps its source run's rule
+        temperature = calibration.load(source / "best") or 1.0
+        self.offsets = np.asarray(run_figures.fitted_rules(source, True, temperature)["balanced"].offsets)
+        self.class_names = list(self.predictor.class_names)
+
+    def answers(self, images: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        plain = self.predictor.probabilities(images)
+        tta = self.predictor.probabilities(images, tta=True)
+        shipped = np.argmax(np.log(np.maximum(tta, 1e-300)) + self.offsets, axis=1)
+        return {
+            "shipped": {"probs": tta, "predicted": shipped},
+            "argmax": {"probs": plain, "predicted": plain.argmax(1)},
+        }
+
+
+def figures(answer: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, names: list[str]) -> dict:
+    """Accuracy, BACC over the classes present, per-class recall, melanoma sensitivity, with intervals."""
+    predicted = answer["predicted"]
+    present = sorted({int(k) for k in labels})
+    recall = {names[k]: float(np.mean(predicted[labels == k] == k)) for k in present}
+    ci = intervals.bootstrap(answer["probs"], labels, groups, names, predicted=predicted, num_resamples=RESAMPLES)
+    return {
+        "images": int(len(labels)),
+        "accuracy": float(np.mean(predicted == labels)),
+        "bacc": float(np.mean(list(recall.values()))),
+        "recall": recall,
+        "support": {names[k]: int(np.sum(labels == k)) for k in present},
+        "ci": {k: ci[k] for k in ("accuracy", "bacc")},
+    }
+
+
+def paired(a: dict, b: dict, labels: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    """a - b on the same images (lesion bootstrap), accuracy and BACC."""
+    out = intervals.paired({**a, "labels": labels}, {**b, "labels": labels}, groups, num_resamples=RESAMPLES)
+    return {k: out[k] for k in ("accuracy", "bacc")}
+
+
+def _split(workdir: pathlib.Path, data_dir: pathlib.Path, split: str) -> Any:
+    from caco_jax.data import registry
+    from caco_jax.runs.workspace import load_config
+
+    config = load_config(workdir)
+    config.data.data_dir, config.data.manual_dir = str(data_dir), ""
+    return registry.open_data(config, workdir)[split]
+
+
+def _decode(source: Any, rows: np.ndarray, size: int, fov_crop: bool = False) -> np.ndarray:
+    return source.with_fov_crop(fov_crop).decode([int(r) for r in rows], (size, size))
+
+
+def _adapted(workdir: pathlib.Path, images: np.ndarray, tmp: pathlib.Path, **options: Any) -> Model:
+    from caco_jax.adaptation import run as adaptation
+
+    out = pathlib.Path(tempfile.mkdtemp(dir=tmp))
+    adaptation.adapt(workdir, images, out / "run", estimate_prior=False, **options)
+    return Model(out / "run", rule_from=workdir)
+
+
+def _lesion_halves(groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    lesions = np.unique(groups)
+    first = set(np.random.default_rng(seed).permutation(lesions)[: len(lesions) // 2].tolist())
+    mask = np.asarray([g in first for g in groups])
+    return np.flatnonzero(mask), np.flatnonzero(~mask)
+
+
+def choose_adabn(loso_dirs: list[pathlib.Path], data_dir: pathlib.Path, tmp: pathlib.Path, log: Callable) -> dict:
+    """(depth, alpha) with the best mean BACC (shipped view) on acquisition-shifted copies of each held-out
+    run's validation split, adapting on one half of its lesions and scoring the other."""
+    scores: dict[str, list[float]] = {}
+    for workdir in loso_dirs:
+        validation = _split(workdir, data_dir, "validation")
+        model = Model(workdir)
+        size = model.predictor.image_size
+        images = _as_input(shifted(_stored(validation), "both", 2 * size, SHIFT_SEED), size)
+        labels, groups = np.asarray(validation.labels), np.asarray(validation.lesion_ids)
+        adapt_rows, score_rows = _lesion_halves(groups, SHIFT_SEED)
+        base = figures(model.answers(images[score_rows])["shipped"], labels[score_rows], groups[score_rows],
+                       model.class_names)["bacc"]  # fmt: skip
+        scores.setdefault("none", []).append(base)
+        for depth in DEPTHS:
+            for alpha in ALPHAS:
+                adapted = _adapted(workdir, images[adapt_rows], tmp, depth=depth, alpha=alpha)
+                bacc = figures(adapted.answers(images[score_rows])["shipped"], labels[score_rows],
+                               groups[score_rows], model.class_names)["bacc"]  # fmt: skip
+                scores.setdefault(f"{depth}|{alpha}", []).append(bacc)
+        log(f"AdaBN choice, {workdir.name}: none {base:.3f}, " + ", ".join(
+            f"{k} {v[-1]:.3f}" for k, v in scores.items() if k != "none"))  # fmt: skip
+    means = {k: float(np.mean(v)) for k, v in scores.items()}
+    best = max((k for k in means if k != "none"), key=lambda k: means[k])
+    depth, alpha = best.split("|")
+    return {
+        "depth": None if depth == "None" else int(depth),
+        "alpha": float(alpha),
+        "validation_bacc": means,
+        "runs": [d.name for d in loso_dirs],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--runs", type=pathlib.Path, required=True)
+    p.add_argument("--data_dir", type=pathlib.Path, required=True)
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--out", type=pathlib.Path, required=True)
+    args = p.parse_args(argv)
+    t0 = time.time()
+
+    def log(message: str) -> None:
+        print(f"[{(time.time() - t0) / 60:5.1f} min] {message}", flush=True)
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = args.runs.resolve()
+
+    def run(preset: str, cell: str, seed: int) -> pathlib.Path | None:
+        d = runs / preset / f"{cell}_s{seed}"
+        return d if (d / "report.json").is_file() else None
+
+    result: dict[str, Any] = {"seeds": seeds, "shift_seed": SHIFT_SEED, "shifts": SHIFTS}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = pathlib.Path(tmp_name)
+        loso_dirs = [d for s in seeds for src in SOURCES if (d := run("sources_cpu", f"loso_{src}", s))]
+        result["adabn_choice"] = choice = choose_adabn(loso_dirs, args.data_dir, tmp, log)
+        log(f"AdaBN chosen: depth {choice['depth']}, alpha {choice['alpha']}")
+        result["held_out"] = held_out(runs, run, seeds, args.data_dir, tmp, choice, log)
+        result["in_split"] = in_split(run, seeds, args.data_dir, tmp, choice, log)
+    result["minutes"] = (time.time() - t0) / 60
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+    log(f"wrote {args.out.with_suffix('.json')}")
+    return 0
+
+
+def held_out(runs, run, seeds, data_dir, tmp, choice, log) -> list[dict[str, Any]]:
+    """Per seed and held-out source: every remedy on E, paired against the held-out model."""
+    from caco_jax.adaptation import prior
+    from caco_jax.evaluation import predictions
+
+    rows = []
+    for seed in seeds:
+        ref_dir = run("sources_cpu", "lesion_recipe", seed)
+        for source in SOURCES:
+            loso_dir = run("sources_cpu", f"loso_{source}", seed)
+            if ref_dir is None or loso_dir is None:
+                continue
+            ordinary = _split(ref_dir, data_dir, "test")
+            whole = _split(loso_dir, data_dir, "test")
+            in_test = set(map(str, ordinary.image_ids))
+            e_rows = np.asarray([i for i, x in enumerate(whole.image_ids) if str(x) in in_test])
+            a_rows = np.asarray([i for i, x in enumerate(whole.image_ids) if str(x) not in in_test])
+            ref, loso = Model(ref_dir), Model(loso_dir)
+            size, names = loso.predictor.image_size, loso.class_names
+            e_images, a_images = _decode(whole, e_rows, size), _decode(whole, a_rows, size)
+            labels, groups = np.asarray(whole.labels)[e_rows], np.asarray(whole.lesion_ids)[e_rows]
+            assert not set(groups) & set(np.asarray(whole.lesion_ids)[a_rows]), "E and A share a lesion"
+            variants: dict[str, dict] = {
+                "trained on every source": ref.answers(e_images),
+                "held out": loso.answers(e_images),
+            }
+            variants["field-of-view crop"] = loso.answers(_decode(whole, e_rows, size, fov_crop=True))
+            adapted = _adapted(loso_dir, a_images, tmp, depth=choice["depth"], alpha=choice["alpha"])
+            variants["AdaBN"] = adapted.answers(e_images)
+            # EM prior from A (plain posteriors of the held-out model and of the adapted one), argmax under it
+            val = predictions.load(predictions.path(loso_dir, "validation"))
+            bct = prior.fit_bias_temperature(val.logits, val.labels, len(names))
+            for name, model, base in (("EM prior", loso, "held out"), ("AdaBN + EM prior", adapted, "AdaBN")):
+                logp_a = np.log(np.maximum(model.predictor.probabilities(a_images, temperature=1.0), 1e-300))
+                logp_e = np.log(np.maximum(model.predictor.probabilities(e_images, temperature=1.0), 1e-300))
+                est = prior.estimate_prior(bct.log_posteriors(logp_a), np.asarray(bct.prior))
+                q = prior.adjusted_probabilities(bct.log_posteriors(logp_e), est)
+                variants[name] = {
+                    "shipped": variants[base]["shipped"],
+                    "argmax": {"probs": q, "predicted": q.argmax(1)},
+                }
+                variants[name]["prior"] = est.to_json()  # type: ignore[assignment]
+            for remedy in REMEDIES:
+                d = run("adaptation_cpu", f"loso_{source}_{remedy}", seed)
+                if d is not None:
+                    trained = Model(d)
+                    variants[f"trained: {remedy}"] = trained.answers(e_images)
+                    if remedy == "cc_aug":
+                        variants["trained: cc_aug + AdaBN"] = _adapted(
+                            d, a_images, tmp, depth=choice["depth"], alpha=choice["alpha"]
+                        ).answers(e_images)
+            counts = {}
+            for n in [c for c in COUNTS if c < len(a_images)]:
+                pick = np.sort(np.random.default_rng([seed, n]).permutation(len(a_images))[:n])
+                few = _adapted(loso_dir, a_images[pick], tmp, depth=choice["depth"], alpha=choice["alpha"])
+                counts[n] = figures(few.answers(e_images)["shipped"], labels, groups, names)
+            row = {"seed": seed, "source": source, "e_images": int(len(e_rows)), "a_images": int(len(a_rows)),
+                   "variants": {}, "adabn_by_count": counts}  # fmt: skip
+            for name, ans in variants.items():
+                entry: dict[str, Any] = {}
+                for view in ("shipped", "argmax"):
+                    entry[view] = figures(ans[view], labels, groups, names)
+                    if name != "held out":
+                        entry[view]["vs_held_out"] = paired(ans[view], variants["held out"][view], labels, groups)
+                if "prior" in ans:
+                    entry["prior"] = ans["prior"]
+                row["variants"][name] = entry
+            rows.append(row)
+            v = row["variants"]
+            log(f"seed {seed} {source}: E {len(e_rows)}, A {len(a_rows)}; shipped acc " + ", ".join(
+                f"{k} {100 * x['shipped']['accuracy']:.1f}" for k, x in v.items()))  # fmt: skip
+    return rows
+
+
+def in_split(run, seeds, data_dir, tmp, choice, log) -> list[dict[str, Any]]:
+    """What each remedy costs on the ordinary test split, and what it does on acquisition-shifted copies."""
+    rows = []
+    for seed in seeds:
+        ref_dir = run("sources_cpu", "lesion_recipe", seed)
+        if ref_dir is None:
+            continue
+        test, validation = _split(ref_dir, data_dir, "test"), _split(ref_dir, data_dir, "validation")
+        ref = Model(ref_dir)
+        size, names = ref.predictor.image_size, ref.class_names
+        images = _decode(test, np.arange(len(test)), size)
+        val_images = _decode(validation, np.arange(len(validation)), size)
+        labels, groups = np.asarray(test.labels), np.asarray(test.lesion_ids)
+        trained = {r: Model(d) for r in REMEDIES if (d := run("adaptation_cpu", f"lesion_recipe_{r}", seed))}
+        cropped = _decode(test, np.arange(len(test)), size, fov_crop=True)
+        sets = {"ordinary test": (images, val_images, cropped)}
+        raw_test, raw_val = _stored(test), _stored(validation)
+        for kind in SHIFTS:
+            acquired = shifted(raw_test, kind, 2 * size, SHIFT_SEED)  # as another camera took them
+            sets[f"shifted: {kind}"] = (
+                _as_input(acquired, size),
+                _as_input(shifted(raw_val, kind, 2 * size, SHIFT_SEED + 1), size),
+                _as_input(acquired, size, fov_crop=True),
+            )
+        out: dict[str, Any] = {"seed": seed, "sets": {}}
+        for set_name, (x, x_val, x_cropped) in sets.items():
+            variants: dict[str, dict] = {"recipe": ref.answers(x)}
+            variants["field-of-view crop"] = ref.answers(x_cropped)
+            variants["AdaBN (on validation images)"] = _adapted(
+                ref_dir, x_val, tmp, depth=choice["depth"], alpha=choice["alpha"]
+            ).answers(x)
+            for r, model in trained.items():
+                variants[f"trained: {r}"] = model.answers(x)
+            entry = {}
+            for name, ans in variants.items():
+                e: dict[str, Any] = {}
+                for view in ("shipped", "argmax"):
+                    e[view] = figures(ans[view], labels, groups, names)
+                    if name != "recipe":
+                        e[view]["vs_recipe"] = paired(ans[view], variants["recipe"][view], labels, groups)
+                entry[name] = e
+            out["sets"][set_name] = entry
+            log(f"seed {seed} {set_name}: shipped BACC " + ", ".join(
+                f"{k} {100 * v['shipped']['bacc']:.1f}" for k, v in entry.items()))  # fmt: skip
+        rows.append(out)
+    return rows
+
+
+def _stored(source: Any) -> np.ndarray:
+    """Every image of ``source`` at its stored size (as acquired: 150 x 200 for HAM10000)."""
+    from caco_jax.data.records import stored_size
+
+    return source.decode(list(range(len(source))), stored_size(source))
+
+
+def _as_input(images: np.ndarray, size: int, fov_crop: bool = False) -> np.ndarray:
+    """Images as the product's decoding makes them: cropped to the field of view if asked, then resized
+    (PNG bytes through caco_jax.data.images.decode, the one decoder)."""
+    import io
+
+    from PIL import Image
+
+    from caco_jax.data.images import decode
+
+    out = []
+    for image in images:
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="PNG")
+        out.append(decode(buf.getvalue(), (size, size), fov_crop=fov_crop))
+    return np.stack(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
