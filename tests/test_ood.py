@@ -75,3 +75,39 @@ def test_a_run_without_a_guard_and_a_guard_without_its_arrays(tmp_path):
         ood_score.load(tmp_path)
     with pytest.raises(ValueError, match="needs the features"):
         ood_score.score("knn", {}, np.zeros((1, 3)), None)
+
+
+def test_the_far_part_separates_nonsense_from_dermoscopy_taken_elsewhere(tmp_path):
+    """Features of training images (one cluster per class) and of their shifted copies (moved along a few
+    directions) fit the far Gaussian; shifted images then count as dermoscopy unlike the training images,
+    points far from both as not dermoscopy, never both; the far score is scipy's Mahalanobis distance."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(0, 3, (3, 8))
+    labels = rng.integers(0, 3, 600)
+    train = means[labels] + rng.normal(0, 1, (600, 8))
+    shift = np.zeros(8)
+    shift[:2] = 6.0
+    shifted_train = train + shift + rng.normal(0, 1, (600, 8))
+    val_labels = rng.integers(0, 3, 300)
+    validation = means[val_labels] + rng.normal(0, 1, (300, 8))
+    shifted_val = means[val_labels] + shift + rng.normal(0, 1.4, (300, 8))
+    logits = np.zeros((300, 3))
+    guard = ood_score.fit("mahalanobis", "pooled", {"logits": np.zeros((600, 3)), "pooled": train, "labels": labels},
+                          {"logits": logits, "pooled": validation}, 3)  # fmt: skip
+    guard = ood_score.with_far_part(guard, np.concatenate([train, shifted_train]), shifted_val)
+    both = np.concatenate([train, shifted_train])
+    cov = np.cov(both.T)
+    cov += 1e-6 * np.trace(cov) / 8 * np.eye(8)
+    point = rng.normal(0, 1, 8)
+    expected = mahalanobis(point, both.mean(0), np.linalg.inv(cov)) ** 2
+    assert guard.far_score(point[None])[0] == pytest.approx(expected, rel=1e-4)
+    elsewhere = means[rng.integers(0, 3, 200)] + shift + rng.normal(0, 1, (200, 8))
+    nonsense = rng.normal(0, 1, (200, 8)) + 25.0
+    s_else = guard.screen(np.zeros((200, 3)), elsewhere)
+    s_far = guard.screen(np.zeros((200, 3)), nonsense)
+    assert s_else.unlike_training.mean() > 0.9 and s_else.not_dermoscopy.mean() < 0.05
+    assert s_far.not_dermoscopy.all() and not s_far.unlike_training.any()
+    ood_score.save(tmp_path, guard)
+    again = ood_score.load(tmp_path)
+    assert again.far_threshold == pytest.approx(guard.far_threshold)
+    np.testing.assert_array_equal(again.screen(np.zeros((200, 3)), nonsense).not_dermoscopy, s_far.not_dermoscopy)

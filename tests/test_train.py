@@ -143,6 +143,18 @@ def test_the_report_has_subgroups_and_selective_prediction(trained):
         assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_guard_fitted_at_the_end_has_both_answers(trained):
+    """The far part ("not dermoscopy") is fitted beside the near one, on training images and shifted copies."""
+    from caco_jax.evaluation import ood_score
+
+    workdir, _ = trained
+    guard = ood_score.load(workdir / "best")
+    assert guard is not None and guard.far_threshold is not None and guard.far_threshold > 0
+    far = guard.info["far"]
+    assert far["num_train"] > 0 and far["num_train"] % 2 == 0 and far["num_validation"] > 0  # plain + shifted
+    assert guard.arrays["far_precision"].shape == (guard.arrays["far_mean"].size,) * 2
+
+
 def test_the_report_has_calibration_and_a_grad_cam_gallery(trained):
     workdir, result = trained
     saved = json.loads((workdir / "best" / "calibration.json").read_text())

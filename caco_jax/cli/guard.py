@@ -56,8 +56,14 @@ def run(args: argparse.Namespace) -> int:
         method=args.method or guard.DEFAULT_METHOD,
         layer=args.layer or guard.DEFAULT_LAYER,
     )
+    validation = splits["validation"]
+    fitted = guard.add_far_part(
+        fitted, predictor.embed, guard.far_images(splits["train"], validation, predictor.image_size)
+    )
     test = embedded["test"]
-    fitted.info["test_flagged"] = float(fitted.unlike(test["logits"], test[fitted.layer])[1].mean())
+    screen = fitted.screen(test["logits"], test[fitted.layer])
+    fitted.info["test_flagged"] = float((screen.unlike_training | screen.not_dermoscopy).mean())
+    fitted.info["test_not_dermoscopy"] = float(screen.not_dermoscopy.mean())
     ood_score.save(weights_dir, fitted)
     if predictor.decision == "balanced" and predictor.balanced_rule is None:
         raise UsageError(f"{weights_dir} has no decision.json for the run's balanced rule")

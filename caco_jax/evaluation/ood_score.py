@@ -14,6 +14,14 @@ Features are the pooled backbone features (``pooled``) or the head's hidden acti
 ``Guard.layer`` says which. The threshold is set on the validation split so that ``KEEP`` of its images
 pass. The fitted guard is ``ood.json`` (method, layer, threshold, figures) + ``ood.npz`` (its arrays)
 beside the best weights.
+
+Two answers, not one: an image above that threshold may be a dermoscopy image taken elsewhere (another
+camera, a circular field of view, another illuminant) or no dermoscopy image at all. The guard's *far*
+part tells them apart: one Gaussian of the same features over the training images *and* acquisition-shifted
+copies of them (``caco_jax.data.shifts``), whose squared Mahalanobis distance (``far_score``) above
+``far_threshold`` (what ``FAR_KEEP`` of shifted validation copies stay under) says "not a dermoscopy
+image"; below it, an image above the first threshold is "dermoscopy whose acquisition differs"
+(docs/results_adaptation_cpu.md measures both on held-out sources and on far-OOD pictures).
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import numpy as np
 METHODS = ("max_logit", "energy", "mahalanobis", "knn")
 LAYERS = ("pooled", "hidden")
 KEEP = 0.95  # share of validation images the threshold lets through
+FAR_KEEP = 0.99  # share of acquisition-shifted validation copies the "not dermoscopy" threshold lets through
 KNN_K = 10
 KNN_BANK = 2000  # training images kept for knn (a fixed, seeded sample)
 JSON_FILE, ARRAYS_FILE = "ood.json", "ood.npz"
@@ -42,6 +51,7 @@ class Guard:
     threshold: float
     arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
+    far_threshold: float | None = None  # None: a guard fitted before the far part existed (one answer)
 
     def score(self, logits: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         """[N] scores (higher: more unlike the training data) of logits [N, C] and the guard's
@@ -52,6 +62,59 @@ class Guard:
         """(scores, bool [N]: above the threshold)."""
         s = self.score(logits, features)
         return s, s > self.threshold
+
+    def far_score(self, features: np.ndarray) -> np.ndarray:
+        """[N] squared Mahalanobis distances of the features to the Gaussian of training images and their
+        acquisition-shifted copies (NaN without a far part)."""
+        if self.far_threshold is None:
+            return np.full(len(features), np.nan)
+        d = np.asarray(features, np.float64) - self.arrays["far_mean"]
+        return np.einsum("nf,fg,ng->n", d, self.arrays["far_precision"].astype(np.float64), d)
+
+    def screen(self, logits: np.ndarray, features: np.ndarray | None) -> Screen:
+        """Both answers for a batch: not dermoscopy (far part), and otherwise unlike the training images."""
+        scores, unlike = self.unlike(logits, features)
+        far = self.far_score(features) if features is not None else np.full(len(scores), np.nan)
+        not_dermoscopy = far > self.far_threshold if self.far_threshold is not None else np.zeros(len(scores), bool)
+        return Screen(scores, unlike & ~not_dermoscopy, far, not_dermoscopy)
+
+
+@dataclasses.dataclass(frozen=True)
+class Screen:
+    """The guard's two answers for a batch: ``not_dermoscopy`` [N] (far from every dermoscopy image the
+    guard knows, shifted copies included), and ``unlike_training`` [N] (a dermoscopy image, but unlike the
+    training images: another acquisition); never both."""
+
+    scores: np.ndarray
+    unlike_training: np.ndarray
+    far_scores: np.ndarray
+    not_dermoscopy: np.ndarray
+
+
+def gaussian(features: np.ndarray) -> dict[str, np.ndarray]:
+    """One Gaussian of ``features`` [N, F] (mean, ridge-regularised precision): the far part's arrays."""
+    f = np.asarray(features, np.float64)
+    cov = np.cov(f.T)
+    cov += 1e-6 * np.trace(cov) / len(cov) * np.eye(len(cov))
+    return {"far_mean": f.mean(axis=0).astype(np.float32), "far_precision": np.linalg.inv(cov).astype(np.float32)}
+
+
+def with_far_part(guard: Guard, train_features: np.ndarray, shifted_validation: np.ndarray) -> Guard:
+    """The guard with its far part: the Gaussian of ``train_features`` (training images and shifted copies of
+    them) and the threshold ``FAR_KEEP`` of the shifted validation copies stay under."""
+    arrays = {**guard.arrays, **gaussian(train_features)}
+    fitted = dataclasses.replace(guard, arrays=arrays, far_threshold=0.0)
+    far = fitted.far_score(shifted_validation)
+    info = {
+        **guard.info,
+        "far": {
+            "keep": FAR_KEEP,
+            "fitted_on": "train + shifted copies; threshold: shifted validation",
+            "num_train": int(len(train_features)),
+            "num_validation": int(len(far)),
+        },
+    }
+    return dataclasses.replace(fitted, far_threshold=threshold_for(far, FAR_KEEP), info=info)
 
 
 def _logsumexp(x: np.ndarray) -> np.ndarray:
@@ -138,6 +201,8 @@ def save(weights_dir: str | pathlib.Path, guard: Guard) -> pathlib.Path:
     arrays: dict[str, Any] = dict(guard.arrays)
     np.savez_compressed(weights_dir / ARRAYS_FILE, **arrays)
     info = {"method": guard.method, "layer": guard.layer, "threshold": guard.threshold, **guard.info}
+    if guard.far_threshold is not None:
+        info["far_threshold"] = guard.far_threshold
     path = weights_dir / JSON_FILE
     path.write_text(json.dumps(info, indent=2, default=float))
     return path
@@ -156,6 +221,7 @@ def load(weights_dir: str | pathlib.Path) -> Guard | None:
         with np.load(arrays_file, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     method, layer, threshold = info.pop("method"), info.pop("layer"), float(info.pop("threshold"))
-    if method in ("mahalanobis", "knn") and not arrays:
+    far = info.pop("far_threshold", None)
+    if (method in ("mahalanobis", "knn") or far is not None) and not arrays:
         raise FileNotFoundError(f"{arrays_file} is missing: the {method} guard in {path} needs it")
-    return Guard(method, layer, threshold, arrays, info)
+    return Guard(method, layer, threshold, arrays, info, None if far is None else float(far))

@@ -95,17 +95,40 @@ def fit_guard(
         for name, source in (("train", run.splits["train"]), ("validation", validation), ("test", run.splits["test"]))
     }
     fitted = guard.fit(embedded["train"], embedded["validation"], len(run.class_names))
+    if jax.process_count() == 1:  # the far part embeds host-made copies: one process holds every row
+        source = validation.source if isinstance(validation, pipeline.EvalSet) else validation
+        images = guard.far_images(run.splits["train"], source, run.config.data.image_size)
+        fitted = guard.add_far_part(fitted, lambda x: _embed_images(run, params, stats, x), images)
     test = embedded["test"]
-    _, flagged = fitted.unlike(test["logits"], test[fitted.layer])
+    screen = fitted.screen(test["logits"], test[fitted.layer])
+    flagged = screen.unlike_training | screen.not_dermoscopy
     fitted.info["test_flagged"] = float(flagged.mean()) if len(flagged) else None
+    fitted.info["test_not_dermoscopy"] = float(screen.not_dermoscopy.mean()) if len(flagged) else None
     if weights_dir is not None and jax.process_index() == 0:
         ood_score.save(weights_dir, fitted)
     run.runlog.info(
         f"out-of-distribution guard ({fitted.method} on the {fitted.layer} features) fitted: it lets "
         f"{ood_score.KEEP:.0%} of validation images through and flags {fitted.info['test_flagged']:.1%} of test images"
+        + (f" ({fitted.info['test_not_dermoscopy']:.1%} as not dermoscopy)" if fitted.far_threshold is not None else "")
     )
     summary = {"method": fitted.method, "layer": fitted.layer, "threshold": fitted.threshold}
     return fitted, summary | {"test_flagged": fitted.info["test_flagged"], "keep": ood_score.KEEP}
+
+
+def _embed_images(run: Run, params: Any, stats: Any, images: np.ndarray) -> dict[str, np.ndarray]:
+    """{'logits', 'pooled', 'hidden'} of uint8 images (one process), in eval batches padded to size."""
+    assert run.steps.embed is not None
+    size = run.config.eval_batch_size
+    parts: dict[str, list[np.ndarray]] = {"logits": [], "pooled": [], "hidden": []}
+    for start in range(0, len(images), size):
+        chunk = images[start : start + size]
+        padded = np.zeros((size, *images.shape[1:]), np.uint8)
+        padded[: len(chunk)] = chunk
+        batch = {"image": padded, "label": np.zeros(size, np.int32), "mask": np.arange(size) < len(chunk)}
+        out = run.steps.embed(params, stats, parallel.to_global(batch, run.mesh))
+        for key in parts:
+            parts[key].append(np.asarray(out[key])[: len(chunk)])
+    return {k: np.concatenate(v) for k, v in parts.items()}
 
 
 def cam_gallery(

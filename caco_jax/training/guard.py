@@ -51,3 +51,35 @@ def fit(
     guard = ood_score.fit(method, layer, dict(train), dict(validation), num_classes)
     guard.info["num_train"] = int(len(train["labels"]))
     return guard
+
+
+FAR_TRAIN_IMAGES = 2000  # training images (a seeded sample) whose plain and shifted features fit the far part
+SHIFT_SEED = 1
+
+
+def far_images(train: Any, validation: Any, image_size: int, seed: int = SHIFT_SEED) -> dict[str, np.ndarray]:
+    """uint8 images the far part is fitted on: a sample of the training split, as the network sees it and
+    acquisition-shifted (``caco_jax.data.shifts.mixed``), and the validation split shifted."""
+    from caco_jax.data import shifts
+    from caco_jax.data.records import stored_size
+
+    rows = np.sort(np.random.default_rng(seed).permutation(len(train))[:FAR_TRAIN_IMAGES]).tolist()
+    size = (image_size, image_size)
+    val_rows = list(range(len(validation)))
+    return {
+        "train": train.decode(rows, size),
+        "train_shifted": shifts.mixed(train.decode(rows, stored_size(train)), image_size, seed),
+        "validation_shifted": shifts.mixed(validation.decode(val_rows, stored_size(validation)), image_size, seed + 10),
+    }
+
+
+def add_far_part(
+    fitted: ood_score.Guard,
+    embed_images: Callable[[np.ndarray], Mapping[str, np.ndarray]],
+    images: dict[str, np.ndarray],
+) -> ood_score.Guard:
+    """The guard with its "not dermoscopy" part (``ood_score.with_far_part``) from :func:`far_images`,
+    embedded by ``embed_images`` (uint8 images -> {'logits', 'pooled', 'hidden'})."""
+    layer = fitted.layer
+    train = np.concatenate([embed_images(images["train"])[layer], embed_images(images["train_shifted"])[layer]])
+    return ood_score.with_far_part(fitted, train, embed_images(images["validation_shifted"])[layer])
