@@ -248,8 +248,9 @@ def test_predict_names_the_rule_in_the_table_csv_and_json(run_dir, mixed_folder,
         assert row["top"][0]["probability"] == max(row["probabilities"].values())
         assert sum(row["model_probabilities"].values()) == pytest.approx(1, abs=1e-5)
     table = list(csv.reader(io.StringIO((tmp_path / "p.csv").read_text())))
-    assert table[0][:7] == ["file", "prediction", "decision", "unlike_training", "ood_score", "confidence", "reliable"]
-    assert table[0][7:] == list(CLASS_NAMES)
+    guard = ["not_dermoscopy", "far_score", "unlike_training", "ood_score"]
+    assert table[0][:9] == ["file", "prediction", "decision", *guard, "confidence", "reliable"]
+    assert table[0][9:] == list(CLASS_NAMES)
     assert [r[1:3] for r in table[1:]] == [[r["prediction"], "balanced"] for r in rows]
     assert predict_main(["--workdir", str(run_dir), "--json", str(tmp_path / "d.json"), *files]) == 0
     default = json.loads((tmp_path / "d.json").read_text())["predictions"]

@@ -27,11 +27,14 @@ a Grad-CAM overlay per image (for the answered class, or --cam_class) at the ima
 resolution.
 
 Each image is also checked against the run's out-of-distribution guard (best/ood.json, fitted at
-the end of training): ``unlike_training`` says whether it looks unlike the dermoscopy images the
-model was trained on (its ``ood_score`` above the guard's threshold; the answer is still given,
-marked), and ``reliable`` whether the answer's calibrated confidence reaches the level at which the
-run's validation answers were 90 % accurate (best/selective.json). Runs trained before these
-existed are said to have none, once; ``caco-jax guard`` fits them.
+the end of training), which gives two answers: ``not_dermoscopy`` (its ``far_score`` is beyond every
+dermoscopy image the guard knows, acquisition-shifted copies included: a photograph, a document,
+noise; its answer is void and never ``reliable``) and ``unlike_training`` (a dermoscopy image whose
+acquisition differs from the training images, its ``ood_score`` above the guard's threshold: the
+answer is given, marked, and ``caco-jax adapt`` can adapt the run to such a clinic's images).
+``reliable`` says whether the answer's calibrated confidence reaches the level at which the run's
+validation answers were 90 % accurate (best/selective.json). Runs trained before these existed are
+said to have none, once; ``caco-jax guard`` fits them.
 """
 
 from __future__ import annotations
@@ -89,8 +92,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _note(row: dict) -> str:
+    if row.get("not_dermoscopy"):
+        return "NOT DERMOSCOPY: answer void"
     if row["unlike_training"]:
-        return "UNLIKE THE TRAINING IMAGES"
+        return "ANOTHER ACQUISITION"
     return "low confidence" if row["reliable"] is False else ""
 
 
@@ -109,10 +114,16 @@ def print_table(rows: list[dict], top_k: int) -> None:
     for r in rows:
         top = "  ".join(f"{t['class']:>5} {t['probability']:6.1%}     " for t in r["top"])
         print(f"{r['file']:<{width}}  {top}{_note(r)}")
+    if any(r.get("not_dermoscopy") for r in rows):
+        print(
+            "NOT DERMOSCOPY: the image is far from every dermoscopy image the guard knows (a photograph, a "
+            "document, noise ...); the model only knows skin lesions under a dermatoscope, so its answer is void."
+        )
     if any(r["unlike_training"] for r in rows):
         print(
-            "UNLIKE THE TRAINING IMAGES: the image does not look like the dermoscopy images the model was trained "
-            "on; its answer is shown but means little."
+            "ANOTHER ACQUISITION: a dermoscopy image whose camera, light or field of view differs from the "
+            "training images; the answer is given but is wrong more often there (docs/results_adaptation_cpu.md); "
+            "caco-jax adapt --workdir RUN --images YOUR_IMAGES --out NEW_RUN adapts the run to a clinic's images."
         )
     if any(r["reliable"] is False and not r["unlike_training"] for r in rows):
         print("low confidence: below the confidence at which this run's validation answers were 90 % accurate.")
@@ -130,9 +141,10 @@ def write_csv(path: pathlib.Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         names = list(rows[0]["probabilities"]) if rows else []
-        w.writerow(["file", "prediction", "decision", "unlike_training", "ood_score", "confidence", "reliable", *names])
+        guard_keys = ("not_dermoscopy", "far_score", "unlike_training", "ood_score")
+        w.writerow(["file", "prediction", "decision", *guard_keys, "confidence", "reliable", *names])
         for r in rows:
-            guard = ["" if r[k] is None else r[k] for k in ("unlike_training", "ood_score")]
+            guard = ["" if r.get(k) is None else r[k] for k in guard_keys]
             w.writerow(
                 [r["file"], r["prediction"], r["decision"], *guard, f"{r['confidence']:.6f}"]
                 + ["" if r["reliable"] is None else r["reliable"]]

@@ -76,7 +76,13 @@ def describe_run(
         "selective": selective.load(weights_dir),
         "ood": None
         if guard is None
-        else {"method": guard.method, "layer": guard.layer, "threshold": guard.threshold, "info": guard.info},
+        else {
+            "method": guard.method,
+            "layer": guard.layer,
+            "threshold": guard.threshold,
+            "far_threshold": guard.far_threshold,
+            "info": guard.info,
+        },
         "model": model or {},
         "source": str(weights_dir),
     }
@@ -162,4 +168,8 @@ def guard_from(model_path: str | pathlib.Path, meta: dict[str, Any]) -> ood_scor
             raise UsageError(f"{file} is missing: the {ood['method']} guard needs it; copy it with the model")
         with np.load(file, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    return ood_score.Guard(ood["method"], ood["layer"], float(ood["threshold"]), arrays, ood.get("info") or {})
+    far = ood.get("far_threshold")
+    info = ood.get("info") or {}
+    return ood_score.Guard(
+        ood["method"], ood["layer"], float(ood["threshold"]), arrays, info, None if far is None else float(far)
+    )

@@ -117,7 +117,8 @@ def _display(image: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
 
 
-UNLIKE = "This image does not look like the dermoscopy images the model was trained on."
+UNLIKE = "A dermoscopy image whose acquisition differs from the training images."
+NOT_DERMOSCOPY = "This does not look like a dermoscopy image."
 
 
 class Analyser:
@@ -134,7 +135,7 @@ class Analyser:
         blank = np.zeros((1, s, s, 3), np.uint8)
         self.predictor.decide(blank)
         self.predictor.explain(blank)
-        self.predictor.unlike(blank)
+        self.predictor.screen(blank)
 
     def __call__(
         self, path: str | None, explain: str = PREDICTED, tta: bool = False, rule: str | None = None
@@ -163,6 +164,15 @@ class Analyser:
                 f"{', '.join(self.predictor.rules)}."
             )
         square = self.predictor.prepare(data, max_pixels=self.limits.max_pixels)  # what evaluation feeds the model
+        screen = self.predictor.screen(square[None])
+        if screen is not None and bool(screen.not_dermoscopy[0]):
+            message = (
+                f"**{NOT_DERMOSCOPY}** It is far from every dermoscopy image the guard knows, including copies made "
+                "to look like other cameras and fields of view (a photograph, a document, another kind of "
+                "medical image, a flat colour or noise). **No answer is given**: the model only knows skin "
+                f"lesions under a dermatoscope.\n\n{REMINDER}"
+            )
+            return None, _display(original), None, message  # type: ignore[return-value]
         answer = self.predictor.decide(square[None], tta=tta, rule=rule)
         answered = int(answer.classes[0])
         _, classes, cams = self.predictor.explain(
@@ -171,8 +181,8 @@ class Analyser:
         probs = answer.probabilities[0]
         shown = _display(original)
         t = self.predictor.temperature
-        warnings = self._warnings(square, float(answer.model_probabilities[0, answered]))
-        marked = " *(unlike the training images: see the warning)*" if warnings and warnings[0].startswith("**") else ""
+        warnings = self._warnings(screen, float(answer.model_probabilities[0, answered]))
+        marked = " *(another acquisition: see the warning)*" if warnings and warnings[0].startswith("**") else ""
         lines = [
             *warnings,
             f"- {ANSWER} **{names[answered]}** ({probs[answered]:.1%}){marked}.",
@@ -195,14 +205,17 @@ class Analyser:
             "\n".join(lines),
         )
 
-    def _warnings(self, square: np.ndarray, confidence: float) -> list[str]:
-        """What to say above the answer: the out-of-distribution guard's verdict and, for an image the guard
-        passes, whether the answer's confidence is below the level this run measured as unreliable."""
-        guarded = self.predictor.unlike(square[None])
-        if guarded is not None and bool(guarded[1][0]):
+    def _warnings(self, screen: Any, confidence: float) -> list[str]:
+        """What to say above the answer: the guard's verdict for a dermoscopy image unlike the training images
+        and, for an image the guard passes, whether the answer's confidence is below the level this run
+        measured as unreliable."""
+        if screen is not None and bool(screen.unlike_training[0]):
             return [
-                f"**{UNLIKE}** Its out-of-distribution score ({guarded[0][0]:.4g}) is above what 95 % of the "
-                "validation images reach. The answer below is shown, but it means little.",
+                f"**{UNLIKE}** (another camera, light or field of view: its out-of-distribution score, "
+                f"{screen.scores[0]:.4g}, is above what 95 % of the validation images reach). The answer is "
+                f"given, but expect it to be wrong more often than on the training clinics' images "
+                "(docs/results_adaptation_cpu.md). A clinic can adapt the model to its own images with "
+                "`caco-jax adapt`.",
                 "",
             ]
         threshold = self.predictor.confidence_threshold

@@ -126,7 +126,7 @@ def predict(
         return [], problems
     images = np.stack([im for _, im in loaded])
     answer = predictor.decide(images, tta=tta)
-    guarded = predictor.unlike(images)
+    guarded = predictor.screen(images)
     threshold = predictor.confidence_threshold
     rows = []
     for i, (f, _) in enumerate(loaded):
@@ -143,9 +143,14 @@ def predict(
             "tta": tta,
             "confidence": confidence,
         }
-        row["reliable"] = None if threshold is None else bool(confidence >= threshold)
-        row["unlike_training"] = None if guarded is None else bool(guarded[1][i])
-        row["ood_score"] = None if guarded is None else float(guarded[0][i])
+        far = None if guarded is None or np.isnan(guarded.far_scores[i]) else float(guarded.far_scores[i])
+        not_dermoscopy = guarded is not None and bool(guarded.not_dermoscopy[i])
+        # an image that is not dermoscopy has no reliable answer, however confident the model is
+        row["reliable"] = None if threshold is None else bool(confidence >= threshold) and not not_dermoscopy
+        row["not_dermoscopy"] = None if far is None else not_dermoscopy
+        row["unlike_training"] = None if guarded is None else bool(guarded.unlike_training[i])
+        row["ood_score"] = None if guarded is None else float(guarded.scores[i])
+        row["far_score"] = far
         if answer.rule != "argmax":
             row["model_probabilities"] = {
                 c: float(v) for c, v in zip(class_names, answer.model_probabilities[i], strict=True)

@@ -20,7 +20,7 @@ import numpy as np
 
 from caco_jax.data.images import MAX_PIXELS, decode
 from caco_jax.errors import UsageError
-from caco_jax.evaluation import calibration, decision
+from caco_jax.evaluation import calibration, decision, ood_score
 from caco_jax.evaluation.decision import Decision
 from caco_jax.interop import artifact
 
@@ -177,12 +177,12 @@ class PortablePredictor:
             raise UsageError(f"unknown class {name!r}; this model's classes: {', '.join(self.class_names)}")
         return self.class_names.index(name)
 
-    def unlike(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """(guard scores [N], bool [N]: unlike the training images), or None when the run had no guard."""
+    def screen(self, images: np.ndarray) -> ood_score.Screen | None:
+        """The guard's two answers, as :meth:`caco_jax.serving.predictor.Predictor.screen`."""
         if self.guard is None:
             return None
         out = self.outputs(images)
-        return self.guard.unlike(out["logits"], out[self.guard.layer])
+        return self.guard.screen(out["logits"], out[self.guard.layer])
 
 
 def decision_rule(data: dict[str, Any]) -> decision.DecisionRule:

@@ -120,12 +120,13 @@ class Predictor:
                 parts[key].append(np.asarray(out[key])[:n])
         return {k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in parts.items()}
 
-    def unlike(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """(guard scores [N], bool [N]: unlike the training images), or None when the run has no guard."""
+    def screen(self, images: np.ndarray) -> ood_score.Screen | None:
+        """The guard's two answers (not dermoscopy; dermoscopy unlike the training images), or None when
+        the run has no guard."""
         if self.guard is None:
             return None
         out = self.embed(images)
-        return self.guard.unlike(out["logits"], out[self.guard.layer])
+        return self.guard.screen(out["logits"], out[self.guard.layer])
 
     def decide(self, images: np.ndarray, *, tta: bool = False, rule: str | None = None) -> Decision:
         """The classes ``rule`` (default: :attr:`decision`) assigns to ``images``.
