@@ -171,6 +171,63 @@ def test_the_report_has_calibration_and_a_grad_cam_gallery(trained):
         assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
+@pytest.mark.slow
+def test_an_adapted_run_predicts_evaluates_serves_and_exports(trained, synthetic_tfds, tmp_path, capsys):
+    """caco-jax adapt on a folder of images: a new run with re-estimated BatchNorm statistics, the source's
+    side files, its provenance and the clinic's prior; every command reads it; bad input is one line."""
+    import shutil
+
+    from caco_jax.cli.adapt import main as adapt_main
+    from caco_jax.cli.evaluate import main as evaluate_main
+    from caco_jax.cli.predict import main as predict_main
+    from caco_jax.interop import artifact
+    from caco_jax.runs.loading import read_weights
+    from caco_jax.serving import app
+    from caco_jax.serving.predictor import Predictor
+
+    workdir, _ = trained
+    folder = tmp_path / "clinic"
+    folder.mkdir()
+    for image in sorted((synthetic_tfds.parent / "manual").rglob("*.jpg"))[:40]:
+        shutil.copy(image, folder / image.name)
+    out = tmp_path / "adapted"
+    assert adapt_main(["--workdir", str(workdir), "--images", str(folder), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "BatchNorm statistics of" in printed and "estimated for these images" in printed
+    record = json.loads((out / "adaptation.json").read_text())
+    assert (
+        record["images"] == 40 and record["source_run"] == str(workdir.resolve()) and len(record["images_sha256"]) == 64
+    )
+    assert record["prior"]["converged"] and sum(record["prior"]["prior"]) == pytest.approx(1.0)
+    (new, _), (old, _) = read_weights(out / "best"), read_weights(workdir / "best")
+    assert not np.array_equal(new["stem/bn/mean"], old["stem/bn/mean"])
+    assert all(np.array_equal(new[k], old[k]) for k in old if not k.endswith(("/mean", "/var")))
+    predictor = Predictor(out)
+    assert predictor.rules == ("argmax", "balanced", "clinic") and predictor.guard is not None
+    files = [str(p) for p in sorted(folder.iterdir())[:3]]
+    answer = tmp_path / "p.json"
+    assert predict_main(["--workdir", str(out), "--decision", "clinic", "--json", str(answer), *files]) == 0
+    rows = json.loads(answer.read_text())["predictions"]
+    assert [r["decision"] for r in rows] == ["clinic"] * 3 and all(r["unlike_training"] is not None for r in rows)
+    assert evaluate_main(["--workdir", str(out), "--split", "test"]) == 0
+    message = app.Analyser(predictor)(files[0])[3]  # an answer, or the guard's "not dermoscopy" for the tiny net
+    assert (app.ANSWER in message or app.NOT_DERMOSCOPY in message) and "Analysis failed" not in message
+    # what an export of it carries (the tiny test net has no ONNX twin; tests/test_deploy.py exports real ones)
+    described = artifact.describe_run(out / "best", class_names=predictor.class_names, image_size=(32, 32))
+    assert described["decision"]["clinic"]["prior"] == record["prior"]["prior"] and described["ood"] is not None
+    # bad input: one line each, exit 2, nothing written
+    capsys.readouterr()
+    few = tmp_path / "few"
+    few.mkdir()
+    shutil.copy(files[0], few)
+    assert adapt_main(["--workdir", str(workdir), "--images", str(few), "--out", str(tmp_path / "x")]) == 2
+    assert adapt_main(["--workdir", str(workdir), "--images", str(folder), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line.startswith("error: ") for line in err if not line.startswith("memory")] == [True, True]
+    assert "needs at least 32" in err[0] + err[1] and "exists and is not empty" in err[0] + err[1]
+    assert not (tmp_path / "x").exists()
+
+
 def test_evaluate_script_reproduces_the_best_validation_epoch(trained):
     from caco_jax.cli.evaluate import main as evaluate_main
 

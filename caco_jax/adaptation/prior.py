@@ -47,6 +47,10 @@ class BiasTemperature:
     def to_json(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "bias": list(self.bias), "prior": list(self.prior)}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BiasTemperature:
+        return cls(float(data["temperature"]), tuple(map(float, data["bias"])), tuple(map(float, data["prior"])))
+
 
 def fit_bias_temperature(logits: np.ndarray, labels: np.ndarray, num_classes: int, steps: int = 500) -> BiasTemperature:
     """Temperature and per-class biases minimising the NLL of ``labels`` (Newton steps on the convex
@@ -107,6 +111,31 @@ class PriorEstimate:
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PriorEstimate:
+        return cls(
+            tuple(map(float, data["prior"])),
+            tuple(map(float, data["source_prior"])),
+            int(data["iterations"]),
+            bool(data["converged"]),
+            int(data["num_images"]),
+        )
+
+
+def clinic_rule(data: dict[str, Any]) -> tuple[BiasTemperature, PriorEstimate]:
+    """The clinic rule's parts from ``clinic.json``'s content (KeyError, TypeError, ValueError if not one)."""
+    return BiasTemperature.from_json(data["bias_temperature"]), PriorEstimate.from_json(data)  # extra keys: notes
+
+
+def clinic_answer(
+    rule: tuple[BiasTemperature, PriorEstimate], raw_log_probs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(classes, probabilities) under the clinic's prior, from log softmax of the raw logits (with test-time
+    augmentation: the log of the views' mean probability)."""
+    bias, estimate = rule
+    adjusted = adjusted_probabilities(bias.log_posteriors(raw_log_probs), estimate)
+    return adjusted.argmax(-1), adjusted
 
 
 def estimate_prior(

@@ -1,10 +1,10 @@
 """An adapted run: a new run directory derived from a trained run, whose weights carry BatchNorm statistics
-re-estimated on a clinic's unlabelled images and whose decision rule knows the clinic's class prior
-(``caco-jax adapt``).
+re-estimated on a clinic's unlabelled images and whose ``clinic`` decision rule knows the clinic's class
+prior (``caco-jax adapt``).
 
 The new directory holds what every command reads: ``config.json`` (the source run's), ``best/`` (the
 adapted weights, with the source's temperature, balanced rule, reliability threshold and guard beside
-them; ``decision.json`` also holds the clinic's estimated prior) and ``adaptation.json``, which says where
+them, and ``clinic.json``, the clinic's estimated prior) and ``adaptation.json``, which says where
 it came from: the source run and the checksum record of its weights, the folder, how many images, a hash
 of their bytes, and what was re-estimated. It has no checkpoints: it is not trained further.
 """
@@ -52,12 +52,18 @@ def clinic_prior(workdir: pathlib.Path, log_probs: np.ndarray) -> dict[str, Any]
         return None
     validation = predictions.load(path)
     num_classes = validation.logits.shape[-1]
+    how = "bias-corrected temperature scaling on the validation split"
     try:
         calibrated = prior.fit_bias_temperature(validation.logits, validation.labels, num_classes)
-    except ValueError:
-        return None
+    except ValueError:  # a class the validation split lacks: its bias cannot be fitted
+        from caco_jax.evaluation import calibration
+
+        counts = np.bincount(validation.labels, minlength=num_classes) + 0.5
+        t = calibration.fit_temperature(validation.logits, validation.labels)
+        calibrated = prior.BiasTemperature(t, (0.0,) * num_classes, tuple(float(c) for c in counts / counts.sum()))
+        how = "temperature scaling only (a class is missing from the validation split; counts + 0.5)"
     estimate = prior.estimate_prior(calibrated.log_posteriors(log_probs), np.asarray(calibrated.prior))
-    return {"bias_temperature": calibrated.to_json(), **estimate.to_json()}
+    return {"bias_temperature": calibrated.to_json(), "calibration": how, **estimate.to_json()}
 
 
 def adapt(
@@ -115,9 +121,12 @@ def adapt(
         if (weights_dir / name).is_file():
             shutil.copy2(weights_dir / name, out / "best" / name)
     if estimate_prior:
+        from caco_jax.evaluation.decision import CLINIC_FILE
         from caco_jax.serving.predictor import Predictor
 
         log_probs = np.log(np.maximum(Predictor(out, calibrate=False).probabilities(images), 1e-300))
         record["prior"] = clinic_prior(workdir, log_probs)
+        if record["prior"] is not None:
+            (out / "best" / CLINIC_FILE).write_text(json.dumps(record["prior"], indent=2) + "\n")
     (out / FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("serve", "a local web page for a trained run (needs the app extra)"),
     "export": ("export", "write a trained model as a PyTorch state_dict and/or ONNX"),
     "guard": ("guard", "fit a finished run's out-of-distribution guard and reliability threshold"),
+    "adapt": ("adapt", "adapt a trained run to a clinic's unlabelled images (BatchNorm statistics, class prior)"),
     "convert": ("convert", "torchvision .pth <-> caco-jax weights"),
     "prepare-data": ("prepare_data", "build HAM10000 (or an ISIC 2018 set) into TFDS once"),
     "reproduce": ("reproduce", "run a grid of training runs and tabulate it beside the paper"),

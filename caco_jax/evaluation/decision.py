@@ -30,13 +30,16 @@ import numpy as np
 from caco_jax.evaluation import calibration
 
 DECISION_FILE = "decision.json"
-RULES = ("argmax", "balanced")  # what users choose: the plain argmax, or the fitted balanced rule
+RULES = ("argmax", "balanced", "clinic")  # the plain argmax, the fitted balanced rule, an adapted run's clinic prior
 FITS = ("logit_adjustment", "offsets")
 RULE_TEXT = {
     "argmax": "argmax: the most probable class under the training data's class frequencies",
     "balanced": "balanced: the rule fitted on the validation split for equal recall across classes "
     "(probabilities re-weighted to the prior it assumes)",
+    "clinic": "clinic: the most probable class under the class mix estimated on the clinic's images "
+    "(an adapted run: caco-jax adapt)",
 }
+CLINIC_FILE = "clinic.json"  # beside an adapted run's weights: the clinic's prior (caco_jax.adaptation.run)
 TAU_GRID = np.round(np.arange(0.0, 2.0001, 0.05), 4)
 OFFSET_GRID = np.round(np.arange(-3.0, 3.0001, 0.1), 4)
 

@@ -71,7 +71,13 @@ def describe_run(
         "color_constancy": color.describe(IN_THE_GRAPH),
         "fov_crop": {"enabled": True, "where": FOV_CROP_WHERE} if fov_crop else None,
         "temperature": calibration.load(weights_dir),
-        "decision": {"default": default_decision, "balanced": None if rule is None else rule.to_json()},
+        "decision": {
+            "default": default_decision,
+            "balanced": None if rule is None else rule.to_json(),
+            "clinic": json.loads(clinic.read_text())
+            if (clinic := weights_dir / decision.CLINIC_FILE).is_file()
+            else None,
+        },
         "tta_default": bool(tta),
         "selective": selective.load(weights_dir),
         "ood": None

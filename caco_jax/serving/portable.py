@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from caco_jax.adaptation import prior
 from caco_jax.data.images import MAX_PIXELS, decode
 from caco_jax.errors import UsageError
 from caco_jax.evaluation import calibration, decision, ood_score
@@ -121,6 +122,8 @@ class PortablePredictor:
         self.temperature: float | None = self.meta["temperature"] if calibrate else None
         balanced = self.meta["decision"]["balanced"]
         self.balanced_rule = None if balanced is None else decision_rule(balanced)
+        clinic = self.meta["decision"].get("clinic")
+        self.clinic = None if clinic is None else prior.clinic_rule(clinic)
         self.decision = self._check_rule(decision or self.meta["decision"]["default"])
         self.guard = artifact.guard_from(self.path, self.meta)
         selective = self.meta.get("selective") or {}
@@ -133,6 +136,8 @@ class PortablePredictor:
     def _check_rule(self, rule: str) -> str:
         if rule not in decision.RULES:
             raise UsageError(f"unknown decision rule {rule!r}; choose one of: {', '.join(decision.RULES)}")
+        if rule == "clinic" and self.clinic is None:
+            raise UsageError(f"{artifact.metadata_path(self.path)} has no clinic prior (its run was not adapted)")
         if rule == "balanced" and self.balanced_rule is None:
             raise UsageError(
                 f"{artifact.metadata_path(self.path)} has no balanced decision rule (its run had no "
@@ -166,6 +171,11 @@ class PortablePredictor:
         rule = self._check_rule(rule or self.decision)
         logits = self.logits(images, tta=tta)
         model = calibration.probabilities(logits, self.temperature or 1.0)
+        if rule == "clinic":
+            assert self.clinic is not None
+            raw = np.log(np.maximum(calibration.probabilities(logits, 1.0), 1e-300))
+            classes, adjusted = prior.clinic_answer(self.clinic, raw)
+            return Decision(rule, classes, adjusted, model)
         fitted = self.balanced_rule if rule == "balanced" else None
         t_fit = float(fitted.info.get("temperature") or 1.0) if fitted is not None else 1.0
         at_fit = model if fitted is None else calibration.probabilities(logits, t_fit)

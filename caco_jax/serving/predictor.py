@@ -8,12 +8,14 @@ shifts the log-probabilities per class, trading some accuracy for recall on rare
 
 from __future__ import annotations
 
+import json
 import pathlib
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 
+from caco_jax.adaptation import prior
 from caco_jax.data.constancy import ColorConstancy
 from caco_jax.data.images import MAX_PIXELS, decode
 from caco_jax.errors import UsageError, WeightsError
@@ -55,6 +57,7 @@ class Predictor:
         self.fov_crop = bool(config.data.get("fov_crop", False))
         self.temperature: float | None = calibration.load(self.weights_dir) if calibrate else None
         self.balanced_rule = _load_rule(self.weights_dir)
+        self.clinic = _load_clinic(self.weights_dir)  # an adapted run's prior (caco-jax adapt), else None
         self.decision = self._check_rule(decision or config.evaluation.decision)
         self.batch_size = batch_size
         model_def = ModelDef(model)
@@ -71,11 +74,17 @@ class Predictor:
     @property
     def rules(self) -> tuple[str, ...]:
         """The decision rules these weights support."""
-        return decision.RULES if self.balanced_rule is not None else ("argmax",)
+        have = {"argmax": True, "balanced": self.balanced_rule is not None, "clinic": self.clinic is not None}
+        return tuple(rule for rule in decision.RULES if have[rule])
 
     def _check_rule(self, rule: str) -> str:
         if rule not in decision.RULES:
             raise UsageError(f"unknown decision rule {rule!r}; choose one of: {', '.join(decision.RULES)}")
+        if rule == "clinic" and self.clinic is None:
+            raise UsageError(
+                f"the clinic rule needs {self.weights_dir / decision.CLINIC_FILE}: it belongs to a run adapted to a "
+                "clinic's images (caco-jax adapt --workdir RUN --images FOLDER --out NEW_RUN)"
+            )
         if rule == "balanced" and self.balanced_rule is None:
             raise UsageError(
                 f"the balanced decision rule needs {self.weights_dir / decision.DECISION_FILE}, which these weights "
@@ -138,6 +147,11 @@ class Predictor:
         model = self.probabilities(images, tta=tta)
         if rule == "argmax":
             return decision.answer(rule, model, model, None)
+        if rule == "clinic":
+            assert self.clinic is not None
+            raw = np.log(np.maximum(self.probabilities(images, tta=tta, temperature=1.0), 1e-300))
+            classes, adjusted = prior.clinic_answer(self.clinic, raw)
+            return decision.Decision(rule, classes, adjusted, model)
         fitted = self.balanced_rule
         assert fitted is not None  # _check_rule accepts 'balanced' only when there is one
         t_fit = float(fitted.info.get("temperature") or 1.0)
@@ -173,6 +187,16 @@ class Predictor:
             return self.class_names.index(name)
         except ValueError:
             raise UsageError(f"unknown class {name!r}; this run's classes: {', '.join(self.class_names)}") from None
+
+
+def _load_clinic(weights_dir: pathlib.Path) -> tuple[prior.BiasTemperature, prior.PriorEstimate] | None:
+    path = weights_dir / decision.CLINIC_FILE
+    if not path.is_file():
+        return None
+    try:
+        return prior.clinic_rule(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise WeightsError(f"{path} is not a clinic prior ({err}): adapt the run again (caco-jax adapt)") from err
 
 
 def _load_rule(weights_dir: pathlib.Path) -> decision.DecisionRule | None:
