@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from caco_jax.adaptation import prior
+from caco_jax.evaluation import prior_shift
 
 MEANS = np.array([[0.0, 0.0], [2.0, 0.5], [0.5, 2.5]])
 
@@ -28,18 +28,18 @@ def _log_posteriors(x: np.ndarray, pi: np.ndarray) -> np.ndarray:
 def test_em_recovers_a_known_target_prior():
     pi_s, pi_t = np.array([0.6, 0.3, 0.1]), np.array([0.2, 0.3, 0.5])
     x, labels = _mixture(pi_t, 20000, seed=0)
-    found = prior.estimate_prior(_log_posteriors(x, pi_s), pi_s)
+    found = prior_shift.estimate_prior(_log_posteriors(x, pi_s), pi_s)
     assert found.converged
     assert np.asarray(found.prior) == pytest.approx(np.bincount(labels) / len(labels), abs=0.015)
     # the adjusted posteriors are the exact posteriors under the target prior
-    adjusted = prior.adjusted_probabilities(_log_posteriors(x, pi_s), found)
+    adjusted = prior_shift.adjusted_probabilities(_log_posteriors(x, pi_s), found)
     assert adjusted == pytest.approx(np.exp(_log_posteriors(x, np.asarray(found.prior))), abs=1e-9)
 
 
 def test_em_keeps_the_prior_of_images_drawn_like_the_source():
     pi_s = np.array([0.6, 0.3, 0.1])
     x, _ = _mixture(pi_s, 20000, seed=1)
-    found = prior.estimate_prior(_log_posteriors(x, pi_s), pi_s)
+    found = prior_shift.estimate_prior(_log_posteriors(x, pi_s), pi_s)
     assert np.asarray(found.prior) == pytest.approx(pi_s, abs=0.015)
     assert np.abs(found.log_ratio).max() < 0.1
 
@@ -49,7 +49,7 @@ def test_the_bias_corrected_temperature_recovers_calibrated_posteriors():
     x, labels = _mixture(pi_s, 20000, seed=2)
     exact = _log_posteriors(x, pi_s)
     logits = 2.5 * (exact + np.array([0.0, -1.0, 0.7]))  # overconfident and biased, as a trained net might be
-    fitted = prior.fit_bias_temperature(logits, labels, 3)
+    fitted = prior_shift.fit_bias_temperature(logits, labels, 3)
     assert fitted.temperature == pytest.approx(2.5, rel=0.05)
     assert np.asarray(fitted.prior) == pytest.approx(np.bincount(labels) / len(labels))
     assert np.exp(fitted.log_posteriors(logits)) == pytest.approx(np.exp(exact), abs=0.03)
@@ -57,7 +57,7 @@ def test_the_bias_corrected_temperature_recovers_calibrated_posteriors():
 
 def test_biases_need_every_class():
     with pytest.raises(ValueError, match="every class needs images"):
-        prior.fit_bias_temperature(np.zeros((4, 3)), np.array([0, 1, 1, 0]), 3)
+        prior_shift.fit_bias_temperature(np.zeros((4, 3)), np.array([0, 1, 1, 0]), 3)
 
 
 @pytest.fixture(scope="module")

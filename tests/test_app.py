@@ -27,7 +27,7 @@ from caco_jax.evaluation import calibration, decision  # noqa: E402
 from caco_jax.models import model_from_config  # noqa: E402
 from caco_jax.runs.weights import save_weights  # noqa: E402
 from caco_jax.runs.workspace import save_config  # noqa: E402
-from caco_jax.serving import app  # noqa: E402
+from caco_jax.serving import app, uploads  # noqa: E402
 from caco_jax.serving.predictor import Predictor  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -67,7 +67,7 @@ GRACE = 10  # seconds a file is never deleted (in service: 60); well above the l
 def server(tmp_path_factory: pytest.TempPathFactory):
     workdir = tiny_run(tmp_path_factory.mktemp("run"))
     predictor = Predictor(workdir, batch_size=1)
-    cache = app.UploadCache(
+    cache = uploads.UploadCache(
         tmp_path_factory.mktemp("page"), keep_seconds=600, max_bytes=CACHE_BYTES, every=0.5, grace_seconds=GRACE
     )
     analyser = app.Analyser(predictor, LIMITS, cache)
@@ -243,7 +243,7 @@ def test_the_sweep_never_touches_what_gradio_may_still_use(tmp_path):
     upload into) and files it was copying (a copy keeps its source's old mtime). Young files and
     folders stay, whatever the budget; once older than the grace, files go by age and budget; empty
     folders only once they are older than keep_seconds."""
-    cache = app.UploadCache(tmp_path / "page", keep_seconds=60, max_bytes=0, grace_seconds=5)
+    cache = uploads.UploadCache(tmp_path / "page", keep_seconds=60, max_bytes=0, grace_seconds=5)
     made = cache.directory / "a" / "image.png"
     made.parent.mkdir()
     made.write_bytes(b"x" * 1000)

@@ -313,17 +313,43 @@ def _readme_two_commands() -> list[str]:
     return lines
 
 
+def _ci_lines() -> tuple[list[str], list[str]]:
+    """.ci/run's commands outside any if-block, and those inside one (optional system packages)."""
+    lines = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    steps, optional, depth = [], [], 0
+    for line in lines:
+        if re.match(r"if\b", line):
+            depth += 1
+        elif line == "fi":
+            depth -= 1
+        elif depth:
+            optional.append(line)
+        else:
+            steps.append(line)
+    return steps, optional
+
+
+def _section(text: str, heading: str) -> str:
+    found = re.search(rf"^## {heading}\n(.*?)(?=^## )", text, re.DOTALL | re.MULTILINE)
+    assert found, f"README.md has no '## {heading}' section"
+    return found.group(1)
+
+
 def test_readme_two_commands_are_what_ci_runs():
     demo, tests = _readme_two_commands()
     assert demo == (
         "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && "
         "python scripts/train.py --config configs/demo.py --workdir runs/demo"
     )
-    ci = [
-        line.strip()
-        for line in (ROOT / ".ci" / "run").read_text().splitlines()
-        if line.strip() and not line.strip().startswith("#")
-    ]
+    ci, optional = _ci_lines()
+    install = " ".join(_section(README.read_text(), "Install").split())
+    for line in optional:
+        for package in re.findall(r"apt-get install (?:-\S+ )*([\w.+-]+)", line):
+            assert package in install, f".ci/run installs {package}; README's Install section should name it"
     steps = [
         _normalise(shlex.split(line))
         for line in ci

@@ -65,13 +65,15 @@ def _iv(iv: list[float]) -> str:
 
 
 def recipe_claims() -> list[str]:
-    c = _comparison(_load("recipe_cpu"), "recipe", "paper", "balanced", True)
-    seeds = c["with_seeds"]["bacc"]
+    """The recipe's BACC gain as shipped (its rule and TTA) and like with like (both argmax, no TTA)."""
+    payload = _load("recipe_cpu")
+    shipped = _comparison(payload, "recipe", "paper", "balanced", True)
+    alike = _comparison(payload, "recipe", "paper", "argmax", False)
     return [
-        f"{_pts(c['bacc']['difference'])} points",
-        _iv(c["bacc"]["interval"]),
-        _iv(seeds["interval"]),
-        _iv(seeds["t_interval"]),
+        f"{_pts(shipped['bacc']['difference'])} points",
+        _iv(shipped["bacc"]["interval"]),
+        _iv(shipped["with_seeds"]["bacc"]["interval"]),
+        f"{_pts(alike['bacc']['difference'])} points {_iv(alike['with_seeds']['bacc']['interval'])}",
     ]
 
 

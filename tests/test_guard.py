@@ -125,11 +125,11 @@ def page(guarded_run, tmp_path_factory):
     pytest.importorskip("gradio", reason="the web page needs the app extra: pip install -e '.[app]'")
     import httpx
 
-    from caco_jax.serving import app
+    from caco_jax.serving import app, uploads
     from test_app import LIMITS, _free_port
 
     predictor = Predictor(guarded_run, batch_size=1)
-    analyser = app.Analyser(predictor, LIMITS, app.UploadCache(tmp_path_factory.mktemp("page")))
+    analyser = app.Analyser(predictor, LIMITS, uploads.UploadCache(tmp_path_factory.mktemp("page")))
     analyser.warm_up()
     built = app.build(analyser, description=app.describe(guarded_run, predictor))
     _, url, _ = app.launch(built, port=_free_port(), limits=LIMITS, block=False)

@@ -214,8 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def held_out(runs, run, seeds, data_dir, tmp, choice, log) -> list[dict[str, Any]]:
     """Per seed and held-out source: every remedy on E, paired against the held-out model."""
-    from caco_jax.adaptation import prior
-    from caco_jax.evaluation import predictions
+    from caco_jax.evaluation import predictions, prior_shift
 
     rows = []
     for seed in seeds:
@@ -243,12 +242,12 @@ def held_out(runs, run, seeds, data_dir, tmp, choice, log) -> list[dict[str, Any
             variants["AdaBN"] = adapted.answers(e_images)
             # EM prior from A (plain posteriors of the held-out model and of the adapted one), argmax under it
             val = predictions.load(predictions.path(loso_dir, "validation"))
-            bct = prior.fit_bias_temperature(val.logits, val.labels, len(names))
+            bct = prior_shift.fit_bias_temperature(val.logits, val.labels, len(names))
             for name, model, base in (("EM prior", loso, "held out"), ("AdaBN + EM prior", adapted, "AdaBN")):
                 logp_a = np.log(np.maximum(model.predictor.probabilities(a_images, temperature=1.0), 1e-300))
                 logp_e = np.log(np.maximum(model.predictor.probabilities(e_images, temperature=1.0), 1e-300))
-                est = prior.estimate_prior(bct.log_posteriors(logp_a), np.asarray(bct.prior))
-                q = prior.adjusted_probabilities(bct.log_posteriors(logp_e), est)
+                est = prior_shift.estimate_prior(bct.log_posteriors(logp_a), np.asarray(bct.prior))
+                q = prior_shift.adjusted_probabilities(bct.log_posteriors(logp_e), est)
                 variants[name] = {
                     "shipped": variants[base]["shipped"],
                     "argmax": {"probs": q, "predicted": q.argmax(1)},

@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from caco_jax.adaptation import batchnorm, prior
+from caco_jax.adaptation import batchnorm
 from caco_jax.errors import UsageError
+from caco_jax.evaluation import prior_shift
 
 # Chosen by measurement (docs/results_adaptation_cpu.md): which BatchNorm layers and how far towards the
 # clinic's statistics. None = every layer.
@@ -54,15 +55,17 @@ def clinic_prior(workdir: pathlib.Path, log_probs: np.ndarray) -> dict[str, Any]
     num_classes = validation.logits.shape[-1]
     how = "bias-corrected temperature scaling on the validation split"
     try:
-        calibrated = prior.fit_bias_temperature(validation.logits, validation.labels, num_classes)
+        calibrated = prior_shift.fit_bias_temperature(validation.logits, validation.labels, num_classes)
     except ValueError:  # a class the validation split lacks: its bias cannot be fitted
         from caco_jax.evaluation import calibration
 
         counts = np.bincount(validation.labels, minlength=num_classes) + 0.5
         t = calibration.fit_temperature(validation.logits, validation.labels)
-        calibrated = prior.BiasTemperature(t, (0.0,) * num_classes, tuple(float(c) for c in counts / counts.sum()))
+        calibrated = prior_shift.BiasTemperature(
+            t, (0.0,) * num_classes, tuple(float(c) for c in counts / counts.sum())
+        )
         how = "temperature scaling only (a class is missing from the validation split; counts + 0.5)"
-    estimate = prior.estimate_prior(calibrated.log_posteriors(log_probs), np.asarray(calibrated.prior))
+    estimate = prior_shift.estimate_prior(calibrated.log_posteriors(log_probs), np.asarray(calibrated.prior))
     return {"bias_temperature": calibrated.to_json(), "calibration": how, **estimate.to_json()}
 
 

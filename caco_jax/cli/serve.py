@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.keep_minutes <= 0 or args.cache_mb <= 0:
         raise UsageError("--keep_minutes and --cache_mb must be positive")
     compile_cache.enable(args.compile_cache)
+    from caco_jax.serving import uploads
     from caco_jax.serving.predictor import Predictor
 
     predictor = Predictor(args.workdir, args.weights, calibrate=args.calibration, batch_size=1, decision=args.decision)
@@ -78,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         keep_seconds=int(args.keep_minutes * 60),
         cache_bytes=int(args.cache_mb * 2**20),
     )
-    cache = app.UploadCache(keep_seconds=limits.keep_seconds, max_bytes=limits.cache_bytes)
+    cache = uploads.UploadCache(keep_seconds=limits.keep_seconds, max_bytes=limits.cache_bytes)
     try:
         analyser = app.Analyser(predictor, limits, cache)
         print("compiling the model (cached after the first start) ...", flush=True)

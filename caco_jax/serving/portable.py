@@ -18,10 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from caco_jax.adaptation import prior
 from caco_jax.data.images import MAX_PIXELS, decode
 from caco_jax.errors import UsageError
-from caco_jax.evaluation import calibration, decision, ood_score
+from caco_jax.evaluation import calibration, decision, ood_score, prior_shift
 from caco_jax.evaluation.decision import Decision
 from caco_jax.interop import artifact
 
@@ -123,7 +122,7 @@ class PortablePredictor:
         balanced = self.meta["decision"]["balanced"]
         self.balanced_rule = None if balanced is None else decision_rule(balanced)
         clinic = self.meta["decision"].get("clinic")
-        self.clinic = None if clinic is None else prior.clinic_rule(clinic)
+        self.clinic = None if clinic is None else prior_shift.clinic_rule(clinic)
         self.decision = self._check_rule(decision or self.meta["decision"]["default"])
         self.guard = artifact.guard_from(self.path, self.meta)
         selective = self.meta.get("selective") or {}
@@ -174,7 +173,7 @@ class PortablePredictor:
         if rule == "clinic":
             assert self.clinic is not None
             raw = np.log(np.maximum(calibration.probabilities(logits, 1.0), 1e-300))
-            classes, adjusted = prior.clinic_answer(self.clinic, raw)
+            classes, adjusted = prior_shift.clinic_answer(self.clinic, raw)
             return Decision(rule, classes, adjusted, model)
         fitted = self.balanced_rule if rule == "balanced" else None
         t_fit = float(fitted.info.get("temperature") or 1.0) if fitted is not None else 1.0

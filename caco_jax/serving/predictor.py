@@ -15,11 +15,10 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
-from caco_jax.adaptation import prior
 from caco_jax.data.constancy import ColorConstancy
 from caco_jax.data.images import MAX_PIXELS, decode
 from caco_jax.errors import UsageError, WeightsError
-from caco_jax.evaluation import calibration, decision, ood_score, selective
+from caco_jax.evaluation import calibration, decision, ood_score, prior_shift, selective
 from caco_jax.evaluation.decision import RULE_TEXT, Decision
 from caco_jax.runs.loading import load_trained
 from caco_jax.training import parallel
@@ -150,7 +149,7 @@ class Predictor:
         if rule == "clinic":
             assert self.clinic is not None
             raw = np.log(np.maximum(self.probabilities(images, tta=tta, temperature=1.0), 1e-300))
-            classes, adjusted = prior.clinic_answer(self.clinic, raw)
+            classes, adjusted = prior_shift.clinic_answer(self.clinic, raw)
             return decision.Decision(rule, classes, adjusted, model)
         fitted = self.balanced_rule
         assert fitted is not None  # _check_rule accepts 'balanced' only when there is one
@@ -189,12 +188,12 @@ class Predictor:
             raise UsageError(f"unknown class {name!r}; this run's classes: {', '.join(self.class_names)}") from None
 
 
-def _load_clinic(weights_dir: pathlib.Path) -> tuple[prior.BiasTemperature, prior.PriorEstimate] | None:
+def _load_clinic(weights_dir: pathlib.Path) -> tuple[prior_shift.BiasTemperature, prior_shift.PriorEstimate] | None:
     path = weights_dir / decision.CLINIC_FILE
     if not path.is_file():
         return None
     try:
-        return prior.clinic_rule(json.loads(path.read_text()))
+        return prior_shift.clinic_rule(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise WeightsError(f"{path} is not a clinic prior ({err}): adapt the run again (caco-jax adapt)") from err
 
