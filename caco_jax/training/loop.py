@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from caco_jax.data import pipeline
 from caco_jax.data.augment import AugmentConfig
-from caco_jax.runs import faults
+from caco_jax.runs import faults, lock
 from caco_jax.runs.weights import WeightsWriter, state_weights
 from caco_jax.runs.workspace import save_config
 from caco_jax.training import parallel
@@ -259,6 +259,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     workdir = pathlib.Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     parallel.initialize_distributed(config.distributed, **config.cluster)
+    with lock.held(workdir, active=jax.process_index() == 0):  # one writer: a second train is refused
+        return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[str, Any]:
     check_resume_config(workdir, config)
     run = setup(config, workdir)
     try:
