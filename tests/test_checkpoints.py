@@ -233,6 +233,31 @@ def test_reading_a_damaged_best_restores_it_from_its_checkpoint_or_names_the_fil
     assert str(err.value).startswith(f"{damaged_file} is damaged (arrays ")
 
 
+@pytest.mark.parametrize("lost", ["caco_jax_weights.json", "weights"])
+def test_a_lost_part_of_best_is_restored_from_its_checkpoint_with_its_side_files_record(tmp_path, caplog, lost):
+    """Issue 39: a deleted best/caco_jax_weights.json was accepted silently (no class names), a deleted
+    best/weights refused with advice assuming a wrong --workdir. Restored, with one line; the side files'
+    record survives a lost weights folder; without a checkpoint, one error naming what is missing."""
+    from caco_jax.evaluation import calibration, side_files
+
+    run_epochs(tmp_path, [(1, True), (2, True), (3, False)])
+    calibration.save(tmp_path / "best", 1.5)
+    side_files.record(tmp_path / "best")
+    path = tmp_path / "best" / lost
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    with caplog.at_level(logging.WARNING, logger="caco_jax"):
+        assert_best_is(tmp_path, 2)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line == f"{path} is missing; restored {tmp_path / 'best'} from checkpoint 30"
+    assert side_files.temperature(tmp_path / "best") == 1.5
+    assert (side_files.recorded(tmp_path / "best") is not None) == (lost == "weights")
+    shutil.rmtree(tmp_path / "best" / "weights")
+    shutil.move(tmp_path / "checkpoints", tmp_path / "elsewhere")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(WeightsDamaged, match=r"best/weights is missing and no checkpoint in .* records the best"):
+        read_weights(tmp_path / "best")
+
+
 def _largest_state_file(step_dir: pathlib.Path) -> pathlib.Path:
     return max((p for p in (step_dir / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
 

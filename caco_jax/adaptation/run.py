@@ -24,7 +24,7 @@ import numpy as np
 
 from caco_jax.adaptation import batchnorm
 from caco_jax.errors import UsageError
-from caco_jax.evaluation import prior_shift
+from caco_jax.evaluation import prior_shift, side_files
 
 # Chosen by measurement (docs/results_adaptation_cpu.md): which BatchNorm layers and how far towards the
 # clinic's statistics. None = every layer.
@@ -131,5 +131,6 @@ def adapt(
         record["prior"] = clinic_prior(workdir, log_probs)
         if record["prior"] is not None:
             (out / "best" / CLINIC_FILE).write_text(json.dumps(record["prior"], indent=2) + "\n")
+    side_files.record(out / "best")
     (out / FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record

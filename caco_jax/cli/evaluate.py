@@ -75,7 +75,7 @@ def _source(args: argparse.Namespace, config: Any, data_dir: pathlib.Path) -> tu
 
 def run(args: argparse.Namespace) -> int:
     from caco_jax.data import registry
-    from caco_jax.evaluation import calibration, decision, predictions, selective
+    from caco_jax.evaluation import calibration, predictions, side_files
     from caco_jax.evaluation.reports import evaluation_report, write_report
     from caco_jax.models import count_params
     from caco_jax.runs.loading import load_trained
@@ -90,19 +90,19 @@ def run(args: argparse.Namespace) -> int:
     source, train, dataset, split = _source(args, config, data_dir)
     batch_size = args.batch_size or config.eval_batch_size
     acc, loss_value = evaluate_trained(config, model, meta, source, batch_size=batch_size, tta=args.tta)
-    temperature = calibration.load(weights_dir) if args.calibration else None
+    temperature = side_files.temperature(weights_dir) if args.calibration else None
     out = args.out or args.workdir
     if args.save_predictions:
         out.mkdir(parents=True, exist_ok=True)
         predictions.save(predictions.path(out, split, args.tta), *acc.logits(), source, train)
-    fitted = selective.load(weights_dir) if args.calibration else None
+    fitted = side_files.threshold(weights_dir) if args.calibration else None
     report = evaluation_report(
         acc,
         loss_value,
         temperature,
         source=source,
         dataset=config.data.name,
-        rule=decision.load(weights_dir),
+        rule=side_files.rule(weights_dir),
         answer_rule=config.evaluation.decision,
         threshold=fitted["threshold"] if fitted else None,
         split=split,

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from caco_jax.data import records, registry
-    from caco_jax.evaluation import selective
+    from caco_jax.evaluation import selective, side_files
     from caco_jax.runs.loading import load_trained
     from caco_jax.serving.predictor import Predictor
     from caco_jax.training import compile_cache, guard
@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     threshold = selective.fit_threshold(answer.model_probabilities, embedded["validation"]["labels"], answer.classes)
     threshold["rule"] = answer.rule
     selective.save(weights_dir, threshold)
+    side_files.record(weights_dir)
     print(
         f"guard: {fitted.method} on the {fitted.layer} features, threshold {fitted.threshold:.4g} "
         f"({ood_score.KEEP:.0%} of validation kept; {fitted.info['test_flagged']:.1%} of test images flagged) "

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from caco_jax.evaluation import calibration, decision, intervals, predictions
+from caco_jax.evaluation import calibration, decision, intervals, predictions, side_files
 from caco_jax.evaluation.metrics import classification_report
 
 RULES = ("argmax", "balanced", "offsets")  # balanced = the logit-adjustment fit
@@ -84,7 +84,7 @@ def run_figures(workdir: str | pathlib.Path, resamples: int = intervals.DEFAULT_
     workdir = pathlib.Path(workdir)
     if not predictions.path(workdir, "test").is_file():
         return None
-    temperature = calibration.load(workdir / "best") or 1.0
+    temperature = side_files.temperature(workdir / "best") or 1.0
     out: dict[str, Any] = {"temperature": temperature}
     for variant, tta in (("plain", False), ("tta", True)):
         if not predictions.path(workdir, "test", tta).is_file():
@@ -125,7 +125,7 @@ def run_figures(workdir: str | pathlib.Path, resamples: int = intervals.DEFAULT_
 def run_probs(workdir: str | pathlib.Path, *, tta: bool = False, rule: str = "argmax") -> dict[str, np.ndarray]:
     """{'probs', 'labels', 'predicted', 'image_id', 'lesion_id'} of a run's test split, for paired comparisons."""
     workdir = pathlib.Path(workdir)
-    temperature = calibration.load(workdir / "best") or 1.0
+    temperature = side_files.temperature(workdir / "best") or 1.0
     test = predictions.load(predictions.path(workdir, "test", tta))
     probs = calibration.probabilities(test.logits, temperature)
     predicted = probs.argmax(axis=1)

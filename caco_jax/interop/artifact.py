@@ -22,7 +22,7 @@ import numpy as np
 from caco_jax.data.classes import IMAGENET_MEAN, IMAGENET_STD
 from caco_jax.data.constancy import OFF, ColorConstancy
 from caco_jax.errors import UsageError
-from caco_jax.evaluation import calibration, decision, ood_score, selective
+from caco_jax.evaluation import ood_score, side_files
 
 SCHEMA = "caco-jax export 1"
 FORMATS = {".onnx": "onnx", ".tflite": "litert"}
@@ -56,8 +56,8 @@ def describe_run(
 ) -> dict[str, Any]:
     """The run's part of the metadata, read from the files saved beside its best weights; ``color`` and
     ``fov_crop``: how the run treats its images (its ``config.data``)."""
-    rule = decision.load(weights_dir)
-    guard = ood_score.load(weights_dir)
+    rule = side_files.rule(weights_dir)
+    guard = side_files.guard(weights_dir)
     return {
         "schema": SCHEMA,
         "class_names": list(class_names),
@@ -70,16 +70,14 @@ def describe_run(
         },
         "color_constancy": color.describe(IN_THE_GRAPH),
         "fov_crop": {"enabled": True, "where": FOV_CROP_WHERE} if fov_crop else None,
-        "temperature": calibration.load(weights_dir),
+        "temperature": side_files.temperature(weights_dir),
         "decision": {
             "default": default_decision,
             "balanced": None if rule is None else rule.to_json(),
-            "clinic": json.loads(clinic.read_text())
-            if (clinic := weights_dir / decision.CLINIC_FILE).is_file()
-            else None,
+            "clinic": side_files.clinic(weights_dir),
         },
         "tta_default": bool(tta),
-        "selective": selective.load(weights_dir),
+        "selective": side_files.threshold(weights_dir),
         "ood": None
         if guard is None
         else {
@@ -115,7 +113,7 @@ def write(
         outputs=["logits", "pooled", "hidden"],
     )
     if run.get("ood") is not None:
-        guard = ood_score.load(run["source"])
+        guard = side_files.guard(run["source"])
         assert guard is not None
         arrays: dict[str, Any] = dict(guard.arrays)
         np.savez_compressed(guard_arrays_path(model_path), **arrays)

@@ -16,11 +16,14 @@ from typing import Any
 import numpy as np
 import orbax.checkpoint as ocp
 
+from caco_jax import files
 from caco_jax.errors import WeightsError
 from caco_jax.runs import faults
 
-META = "caco_jax_weights.json"
-INTEGRITY = ("checksums", "files")  # what the metadata records to catch damage (not read back as metadata)
+META = files.WEIGHTS_META
+# What the metadata records to catch damage (not read back as metadata): the arrays' and files'
+# checksums, and those of the files saved beside the weights (caco_jax.evaluation.side_files).
+INTEGRITY = ("checksums", "files", files.SIDE_RECORD)
 
 
 class WeightsDamaged(WeightsError):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,7 +22,7 @@ from caco_jax.interop.convert import load_torchvision
 from caco_jax.models import MobileNetV3, attention, model_from_config
 from caco_jax.models.mobilenetv3 import ARCHS
 from caco_jax.runs.best import verified
-from caco_jax.runs.integrity import INTEGRITY, WeightsDamaged, check_weights
+from caco_jax.runs.integrity import INTEGRITY, META, WeightsDamaged, check_weights
 from caco_jax.runs.weights import assign_weights
 from caco_jax.runs.workspace import load_config
 
@@ -33,7 +34,16 @@ def read_weights(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], d
     damage is a :class:`WeightsDamaged` naming the file, weights an older caco-jax wrote (no checksums)
     a :class:`~caco_jax.errors.RunTooOld`."""
     directory = pathlib.Path(directory).resolve()
-    if not (directory / "weights").is_dir():
+    recorded = directory.name == "best" and (directory.parent / "checkpoints").is_dir()  # its checkpoint decides
+    a_run = recorded or (directory.name == "best" and (directory.parent / "config.json").is_file())
+    if not _settled(directory):
+        if recorded:  # lost: the checkpoint recording them restores them
+            return _strip(verified(directory, None, {}, f"{directory / 'weights'} is missing"))
+        if a_run:
+            raise WeightsDamaged(
+                f"{directory / 'weights'} is missing and no checkpoint in {directory.parent / 'checkpoints'} "
+                "records the best weights: rerun the training command (or train again)"
+            )
         raise RunDirError(
             f"no caco-jax weights at {directory} (expected {directory / 'weights'}): give a training run's "
             "--workdir (its best/ weights), or weights made by caco-jax convert"
@@ -43,11 +53,29 @@ def read_weights(directory: str | os.PathLike) -> tuple[dict[str, np.ndarray], d
         raise RunTooOld(
             directory.parent if directory.name == "best" else directory, f"{directory} records no checksums"
         )
-    if directory.name == "best" and (directory.parent / "checkpoints").is_dir():  # a run's: its checkpoint decides
+    if recorded and problem is None and not meta:
+        problem = f"{directory / META} is missing"
+    if recorded:
         flat, meta = verified(directory, flat, meta, problem)
     elif problem is not None or flat is None:
         raise WeightsDamaged(f"{problem}; nothing beside them records them: copy them again, or rerun what wrote them")
-    return flat, {k: v for k, v in meta.items() if k not in INTEGRITY}
+    return _strip((flat, meta))
+
+
+def _settled(directory: pathlib.Path) -> bool:
+    """Whether ``directory/weights`` is there, given a training run a moment to finish moving a new
+    copy into place (``best.old`` present: ``WeightsWriter._promote`` is between its two renames)."""
+    old = directory.with_name(directory.name + ".old")
+    for _ in range(20):
+        if (directory / "weights").is_dir() or directory.name != "best" or not old.exists():
+            break
+        time.sleep(0.1)
+    return (directory / "weights").is_dir()
+
+
+def _strip(read: tuple[dict[str, np.ndarray], dict[str, Any]]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(weights, metadata without the checksums it records)."""
+    return read[0], {k: v for k, v in read[1].items() if k not in INTEGRITY}
 
 
 def load_pretrained(model: MobileNetV3, path: str | os.PathLike) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from caco_jax import files
 from caco_jax.errors import CacoError, WeightsError
 from caco_jax.runs import faults
 from caco_jax.runs.integrity import INTEGRITY as _INTEGRITY, META as _META, check_weights
@@ -122,8 +123,10 @@ class WeightsWriter:
             meta = {k: v for k, v in (metadata or {}).items() if k not in _INTEGRITY} | {
                 "checksums": faults.checksums(flat)
             }
+            extras = extras_from if extras_from is not None and extras_from.is_dir() else None
+            meta |= _side_record(extras)
             (self._partial / _META).write_text(json.dumps(meta, indent=2, default=str))
-            for extra in sorted(extras_from.iterdir()) if extras_from is not None else ():
+            for extra in sorted(extras.iterdir()) if extras is not None else ():
                 if extra.is_file() and extra.name != _META:
                     shutil.copy2(extra, self._partial / extra.name)
             self._bytes = sum(np.asarray(v).nbytes for v in flat.values())
@@ -245,6 +248,17 @@ def _record_files(directory: pathlib.Path) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(meta, indent=2, default=str))
     tmp.replace(path)
+
+
+def _side_record(directory: pathlib.Path | None) -> dict[str, Any]:
+    """{'side_files': record} of the checksums of the files beside ``directory``'s weights (they come
+    along with them), or {} when its metadata records none or cannot be read."""
+    try:
+        meta = json.loads((directory / _META).read_text()) if directory is not None else {}
+    except (OSError, ValueError):
+        return {}
+    record = meta.get(files.SIDE_RECORD) if isinstance(meta, dict) else None
+    return {files.SIDE_RECORD: record} if isinstance(record, dict) else {}
 
 
 def _written_step(directory: pathlib.Path) -> int | None:

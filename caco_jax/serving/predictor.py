@@ -8,7 +8,6 @@ shifts the log-probabilities per class, trading some accuracy for recall on rare
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections.abc import Sequence
 
@@ -17,8 +16,8 @@ import numpy as np
 
 from caco_jax.data.constancy import ColorConstancy
 from caco_jax.data.images import MAX_PIXELS, decode
-from caco_jax.errors import UsageError, WeightsError
-from caco_jax.evaluation import calibration, decision, ood_score, prior_shift, selective
+from caco_jax.errors import UsageError
+from caco_jax.evaluation import decision, ood_score, prior_shift, side_files
 from caco_jax.evaluation.decision import RULE_TEXT, Decision
 from caco_jax.runs.loading import load_trained
 from caco_jax.training import parallel
@@ -54,10 +53,11 @@ class Predictor:
         # How the run treats every image (runs saved before these options had neither).
         self.color = ColorConstancy.from_config(config.data)
         self.fov_crop = bool(config.data.get("fov_crop", False))
-        self.temperature: float | None = calibration.load(self.weights_dir) if calibrate else None
-        self.balanced_rule = _load_rule(self.weights_dir)
-        self.clinic = _load_clinic(self.weights_dir)  # an adapted run's prior (caco-jax adapt), else None
-        self.decision = self._check_rule(decision or config.evaluation.decision)
+        # The files fitted beside the weights, verified (a damaged one: its feature off, one warning line).
+        self.temperature: float | None = side_files.temperature(self.weights_dir) if calibrate else None
+        self.balanced_rule = side_files.rule(self.weights_dir)
+        self.clinic = _clinic_rule(self.weights_dir)  # an adapted run's prior (caco-jax adapt), else None
+        self.decision = self._check_rule(decision or self._default_rule(config.evaluation.decision))
         self.batch_size = batch_size
         model_def = ModelDef(model)
         self.mesh = parallel.make_mesh(1)
@@ -66,8 +66,8 @@ class Predictor:
             (model_def.init_params, model_def.init_batch_stats), parallel.replicated(self.mesh)
         )
         # Runs trained before these existed have neither: no guard, no reliability threshold.
-        self.guard: ood_score.Guard | None = ood_score.load(self.weights_dir)
-        fitted = selective.load(self.weights_dir)
+        self.guard: ood_score.Guard | None = side_files.guard(self.weights_dir)
+        fitted = side_files.threshold(self.weights_dir)
         self.confidence_threshold: float | None = fitted.get("threshold") if fitted else None
 
     @property
@@ -75,6 +75,12 @@ class Predictor:
         """The decision rules these weights support."""
         have = {"argmax": True, "balanced": self.balanced_rule is not None, "clinic": self.clinic is not None}
         return tuple(rule for rule in decision.RULES if have[rule])
+
+    def _default_rule(self, rule: str) -> str:
+        """The run's rule, or argmax where its file is there but damaged (its warning line said so)."""
+        name = {"balanced": decision.DECISION_FILE, "clinic": decision.CLINIC_FILE}.get(rule)
+        have = {"balanced": self.balanced_rule, "clinic": self.clinic}.get(rule)
+        return "argmax" if name is not None and have is None and (self.weights_dir / name).is_file() else rule
 
     def _check_rule(self, rule: str) -> str:
         if rule not in decision.RULES:
@@ -188,18 +194,8 @@ class Predictor:
             raise UsageError(f"unknown class {name!r}; this run's classes: {', '.join(self.class_names)}") from None
 
 
-def _load_clinic(weights_dir: pathlib.Path) -> tuple[prior_shift.BiasTemperature, prior_shift.PriorEstimate] | None:
-    path = weights_dir / decision.CLINIC_FILE
-    if not path.is_file():
-        return None
-    try:
-        return prior_shift.clinic_rule(json.loads(path.read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise WeightsError(f"{path} is not a clinic prior ({err}): adapt the run again (caco-jax adapt)") from err
-
-
-def _load_rule(weights_dir: pathlib.Path) -> decision.DecisionRule | None:
-    try:
-        return decision.load(weights_dir)
-    except ValueError as err:
-        raise WeightsError(str(err)) from err
+def _clinic_rule(
+    weights_dir: pathlib.Path,
+) -> tuple[prior_shift.BiasTemperature, prior_shift.PriorEstimate] | None:
+    prior = side_files.clinic(weights_dir)
+    return None if prior is None else prior_shift.clinic_rule(prior)

@@ -11,7 +11,16 @@ import jax
 import numpy as np
 
 from caco_jax.data import leakage, pipeline, records
-from caco_jax.evaluation import calibration, decision, ood_score, plots, predictions, saliency, selective
+from caco_jax.evaluation import (
+    calibration,
+    decision,
+    ood_score,
+    plots,
+    predictions,
+    saliency,
+    selective,
+    side_files,
+)
 from caco_jax.evaluation.reports import evaluation_report, write_report
 from caco_jax.runs.loading import read_weights
 from caco_jax.runs.weights import WeightsWriter
@@ -211,6 +220,8 @@ def final_test(
     )
     report["leakage"] = leakage.summary(run.splits["train"], test)
     _, report["ood"] = fit_guard(run, params, stats, validation, weights_dir)
+    if weights_dir is not None and jax.process_index() == 0:
+        side_files.record(weights_dir)  # their checksums, verified whenever they are read
     views = {}  # every process takes part in the collectives; the first writes
     if run.config.evaluation.tta:
         for name, source in (("validation", validation), ("test", test)):
