@@ -419,6 +419,32 @@ def test_a_crash_point_named_in_the_environment_kills_the_process(tmp_path):
     assert proc.returncode == -9 and proc.stdout == "after y\n"
 
 
+def test_reading_weights_quiets_orbax_before_its_first_restore(tmp_path, monkeypatch):
+    """Issue 39: evaluate / predict / export printed 'Event loop is closed' tracebacks for a truncated
+    best/ (8 of 12 runs): their first restore (check_weights) ran before the quiet handlers existed."""
+    import sys
+
+    from caco_jax.runs import integrity
+
+    run_epochs(tmp_path, [(1, True)])
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+    for name in ("absl", "asyncio"):
+        monkeypatch.setattr(logging.getLogger(name), "filters", [])
+    seen = []
+
+    class Restorer:
+        def __init__(self) -> None:
+            seen.append(
+                (getattr(sys.excepthook, "_caco_jax", False), faults._FILTER in logging.getLogger("asyncio").filters)
+            )
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(integrity.ocp, "StandardCheckpointer", Restorer)
+    assert integrity.check_weights(tmp_path / "best")[2] is not None  # reported as damage, not raised
+    assert seen == [(True, True)]
+
+
 def test_only_the_echoes_of_abandoned_reads_are_silenced(capsys):
     """A failed checkpoint read makes tensorstore call into orbax's closed event loop ('Event loop is
     closed', raised inside call_soon_threadsafe) and leaves orbax's read coroutines unfinished; those

@@ -42,6 +42,7 @@ def check_weights(
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as err:
         return None, {}, f"{meta_file} is damaged ({faults.reason(err)})"
+    faults.quiet_orbax()  # before the first restore: a damaged file's abandoned reads print no tracebacks
     try:
         with ocp.StandardCheckpointer() as ckpt:
             flat = {k: np.asarray(v) for k, v in ckpt.restore(directory / "weights").items()}
