@@ -32,13 +32,17 @@ def write_atomic(path: str | os.PathLike, data: str | bytes, what: str | None = 
     tmp = path.with_name(path.name + ".tmp")
     payload = data.encode() if isinstance(data, str) else data
     try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
+        _write(tmp, payload)
         os.replace(tmp, path)
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise FileWriteError(failure(what or path.name, path, err)) from err
     return path
+
+
+def _write(path: pathlib.Path, payload: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(payload)
 
 
 def failure(what: str, path: pathlib.Path, err: OSError) -> str:

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from caco_jax import files
+
 CALIBRATION_FILE = "calibration.json"
 NUM_BINS = 15
 T_RANGE = (0.05, 20.0)  # the fitted temperature is clipped to this range
@@ -126,10 +128,8 @@ def summary(logits: np.ndarray, labels: np.ndarray, temperature: float | None) -
 def save(directory: str | pathlib.Path, temperature: float, **info: Any) -> pathlib.Path:
     """Writes ``directory/calibration.json`` ({"temperature": T, ...info})."""
     path = pathlib.Path(directory) / CALIBRATION_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"temperature": float(temperature), **info}, indent=2, default=float))
-    tmp.replace(path)
-    return path
+    text = json.dumps({"temperature": float(temperature), **info}, indent=2, default=float)
+    return files.write_atomic(path, text, "the temperature")
 
 
 def load(directory: str | pathlib.Path) -> float | None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from caco_jax import files
 from caco_jax.evaluation import calibration
 
 DECISION_FILE = "decision.json"
@@ -194,11 +195,9 @@ def fit(
 
 
 def save(directory: str | pathlib.Path, rule: DecisionRule) -> pathlib.Path:
+    """Writes ``directory/decision.json`` (atomically: the previous rule or this one, never half)."""
     path = pathlib.Path(directory) / DECISION_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(rule.to_json(), indent=2))
-    tmp.replace(path)
-    return path
+    return files.write_atomic(path, json.dumps(rule.to_json(), indent=2), "the decision rule")
 
 
 def from_json(data: dict[str, Any]) -> DecisionRule:

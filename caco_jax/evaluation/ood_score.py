@@ -27,11 +27,14 @@ image"; below it, an image above the first threshold is "dermoscopy whose acquis
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import pathlib
 from typing import Any
 
 import numpy as np
+
+from caco_jax import files
 
 METHODS = ("max_logit", "energy", "mahalanobis", "knn")
 LAYERS = ("pooled", "hidden")
@@ -199,13 +202,13 @@ def save(weights_dir: str | pathlib.Path, guard: Guard) -> pathlib.Path:
     """Writes ``ood.json`` and ``ood.npz`` beside the weights; returns the JSON's path."""
     weights_dir = pathlib.Path(weights_dir)
     arrays: dict[str, Any] = dict(guard.arrays)
-    np.savez_compressed(weights_dir / ARRAYS_FILE, **arrays)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    files.write_atomic(weights_dir / ARRAYS_FILE, buffer.getvalue(), "the guard's arrays")
     info = {"method": guard.method, "layer": guard.layer, "threshold": guard.threshold, **guard.info}
     if guard.far_threshold is not None:
         info["far_threshold"] = guard.far_threshold
-    path = weights_dir / JSON_FILE
-    path.write_text(json.dumps(info, indent=2, default=float))
-    return path
+    return files.write_atomic(weights_dir / JSON_FILE, json.dumps(info, indent=2, default=float), "the guard")
 
 
 def load(weights_dir: str | pathlib.Path) -> Guard | None:

@@ -11,11 +11,13 @@ from; the image itself otherwise), the leak flags ``same_lesion`` / ``same_sourc
 from __future__ import annotations
 
 import dataclasses
+import io
 import pathlib
 from typing import Any
 
 import numpy as np
 
+from caco_jax import files
 from caco_jax.data import leakage
 from caco_jax.data.classes import META_FIELDS
 
@@ -60,9 +62,9 @@ def save(
     leaks = (
         leakage.flags(train, source) if train is not None else {k: np.zeros(len(source), bool) for k in leakage.KINDS}
     )
-    tmp = file.with_name(file.name + ".tmp.npz")
+    buffer = io.BytesIO()
     np.savez_compressed(
-        tmp,
+        buffer,
         logits=np.asarray(logits, np.float32),
         labels=np.asarray(labels, np.int64),
         image_id=np.asarray(source.image_ids, str),
@@ -72,8 +74,7 @@ def save(
         **leaks,
         **{k: v for k, v in getattr(source, "meta", {}).items() if k in META_FIELDS},
     )
-    tmp.replace(file)
-    return file
+    return files.write_atomic(file, buffer.getvalue(), "the predictions")
 
 
 def load(file: str | pathlib.Path) -> Predictions:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from caco_jax import files
 from caco_jax.data import paper, registry
 from caco_jax.evaluation import calibration, decision, intervals, plots, selective, subgroups, trust_plots
 from caco_jax.evaluation.metrics import EvalAccumulator, report_from_probabilities
@@ -349,7 +350,7 @@ def write_report(
         "paper": None if figures is None else dataclasses.asdict(figures),
         "temperature_source": temperature_source or None,
     }
-    paths["json"].write_text(json.dumps(payload, indent=2, default=float))
+    files.write_atomic(paths["json"], json.dumps(payload, indent=2, default=float), "the report")
     lines = [
         f"# caco-jax report: MobileNetV3-{attention} ({config.model.arch}), loss {loss}",
         "",
@@ -379,5 +380,5 @@ def write_report(
         ]
     if "curves" in paths:
         lines += ["", f"![training curves]({paths['curves'].name})"]
-    paths["md"].write_text("\n".join(lines) + "\n")
+    files.write_atomic(paths["md"], "\n".join(lines) + "\n", "the report")
     return paths

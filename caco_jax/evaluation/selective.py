@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from caco_jax import files
 from caco_jax.evaluation import intervals
 
 TARGETS = (0.90, 0.95)  # accuracies whose coverage the report gives
@@ -124,9 +125,9 @@ def fit_threshold(probs: np.ndarray, labels: np.ndarray, predicted: np.ndarray) 
 
 
 def save(weights_dir: str | pathlib.Path, fitted: dict[str, Any]) -> pathlib.Path:
+    """Writes ``selective.json`` beside the weights (atomically)."""
     path = pathlib.Path(weights_dir) / FILE
-    path.write_text(json.dumps(fitted, indent=2))
-    return path
+    return files.write_atomic(path, json.dumps(fitted, indent=2), "the reliability threshold")
 
 
 def load(weights_dir: str | pathlib.Path) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ the end a temperature fitted on the validation split and a report on the test sp
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import pathlib
@@ -24,6 +25,7 @@ import jax
 import ml_collections
 from tqdm import tqdm
 
+from caco_jax import files
 from caco_jax.data import pipeline
 from caco_jax.data.augment import AugmentConfig
 from caco_jax.runs import faults, lock
@@ -293,7 +295,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
             result = {"status": status, "step": step, "history": progress.history}
             if status == "finished":
                 run.runlog.info("training finished; evaluating the best checkpoint on the test split")
-                report, paths = final_test(run, state, best, progress.history, validation)
+                report, paths = _finished(run, state, best, progress.history, validation)
                 run.runlog.info(
                     f"test: accuracy {report['accuracy']:.4f}, BACC {report['bacc']:.4f}; report: "
                     f"{paths.get('md', 'written by process 0')}"
@@ -304,6 +306,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: pathlib.Path
         run.runlog.close()
 
 
+def _finished(
+    run: Run, state: TrainState, best: WeightsWriter, history: list[dict[str, Any]], validation: pipeline.EvalSet
+) -> tuple[dict, dict]:
+    """``final_test``; a write it cannot make (a full disk, no permission) is one error line. Its files
+    go through ``caco_jax.files.write_atomic``: each is whole or absent, no ``.tmp`` is left."""
+    try:
+        return final_test(run, state, best, history, validation)
+    except OSError as err:
+        if err.errno not in _WRITE_ERRORS:
+            raise
+        where = pathlib.Path(err.filename) if err.filename else run.workdir
+        raise files.FileWriteError(files.failure("the end-of-training results", where, err)) from err
+
+
+_WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)
 _Resource = TypeVar("_Resource", Checkpointer, WeightsWriter)
 
 
