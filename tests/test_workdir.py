@@ -67,3 +67,23 @@ def test_the_lock_file_of_a_killed_run_blocks_nothing(tmp_path):
     assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == holder.pid  # left behind
     with lock.held(tmp_path):
         assert json.loads((tmp_path / lock.LOCK_FILE).read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "lock_unwritable"])
+def test_a_workdir_that_cannot_be_made_or_written_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch, where):
+    """Issue 39: a workdir under a regular file was a 21-line traceback and exit 1."""
+    (tmp_path / "file").write_text("x")
+    workdir = tmp_path / "file" / "run"
+    if where == "lock_unwritable":  # as on a read-only disk (root ignores file modes, so the open fails here)
+        workdir = tmp_path / "run"
+
+        def refuse(*_args: object, **_kwargs: object) -> None:
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(lock, "open", refuse, raising=False)
+    code = train_main(["--config", "demo", "--workdir", str(workdir)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    [line] = err.splitlines()
+    expected = "cannot create --workdir" if where == "under_a_file" else "cannot write in --workdir"
+    assert line.startswith(f"error: {expected} {workdir}") and ("Not a directory" in line or "denied" in line)

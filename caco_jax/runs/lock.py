@@ -18,7 +18,7 @@ import socket
 from collections.abc import Iterator
 from typing import IO
 
-from caco_jax.errors import EXIT_USAGE, CacoError
+from caco_jax.errors import EXIT_USAGE, CacoError, RunDirError
 
 LOCK_FILE = "train.lock"
 
@@ -43,7 +43,11 @@ def acquire(workdir: str | os.PathLike) -> IO[str]:
     the open file, which holds the lock until closed. :class:`WorkdirBusy` names the holder."""
     workdir = pathlib.Path(workdir)
     path = workdir / LOCK_FILE
-    handle = open(path, "a+")  # noqa: SIM115 - held open for the run: closing it releases the lock
+    try:
+        handle = open(path, "a+")  # noqa: SIM115 - held open for the run: closing it releases the lock
+    except OSError as err:
+        why = f"{err.strerror} [errno {err.errno}]" if err.strerror else str(err)
+        raise RunDirError(f"cannot write in --workdir {workdir} ({why}): give a folder this user can write") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from caco_jax import files
 from caco_jax.data import pipeline
 from caco_jax.data.augment import AugmentConfig
+from caco_jax.errors import RunDirError
 from caco_jax.runs import faults, lock
 from caco_jax.runs.weights import WeightsWriter, state_weights
 from caco_jax.runs.workspace import save_config
@@ -259,7 +260,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     ``history`` and, when finished, the test ``report`` and the written ``paths``.
     """
     workdir = pathlib.Path(workdir).resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # under a regular file, on a read-only disk, without permission
+        raise RunDirError(
+            f"cannot create --workdir {workdir}: {faults.reason(err)}; give a folder that can be created"
+        ) from err
     parallel.initialize_distributed(config.distributed, **config.cluster)
     with lock.held(workdir, active=jax.process_index() == 0):  # one writer: a second train is refused
         return _train_and_evaluate(config, workdir)
