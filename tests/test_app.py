@@ -307,3 +307,18 @@ def test_load_many_clients_at_once_stay_answered_and_bounded(server):
     assert not failures and len(latencies) == 400, failures[:5]
     cache.sweep(now=time.time() + GRACE + 1)
     assert cache.usage()[1] <= CACHE_BYTES
+
+
+@pytest.mark.parametrize(
+    ("keep_seconds", "says"), [(600, "at most 10 minutes"), (3, "at most 3 seconds"), (90, "at most 90 seconds")]
+)
+def test_a_file_gone_from_the_server_says_how_long_uploads_are_kept(tmp_path, keep_seconds, says):
+    """Issue 39: 'kept 10 minutes' for a file the budget evicted after 80 s, 'kept 0 minutes' for
+    --keep_minutes 0.05."""
+    limits = app.Limits(keep_seconds=keep_seconds, cache_bytes=int(0.5 * 2**20))
+    with pytest.raises(app.UploadError) as err:
+        app.read_upload(tmp_path / "gone.png", limits)
+    assert str(err.value) == (
+        f"gone.png is no longer on the server (uploads are kept {says}, and less when the page's 0.5 MB of "
+        "upload space fills up); please upload it again."
+    )

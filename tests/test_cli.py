@@ -171,3 +171,28 @@ def test_a_failed_start_leaves_no_config_that_blocks_the_corrected_rerun(tmp_pat
     (tmp_path / "run" / "checkpoints" / "12").mkdir(parents=True)
     with pytest.raises(ValueError, match="data.image_size"):
         check_resume_config(tmp_path / "run", config)
+
+
+def test_the_command_list_names_every_export_format(capsys):
+    """Issue 39: `caco-jax --help` left --tflite out of export's line."""
+    from caco_jax.cli.main import main
+
+    assert main(["--help"]) == 0
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.strip().startswith("export")]
+    assert all(word in line for word in ("PyTorch", "ONNX", "LiteRT (--tflite)")), line
+
+
+def test_export_names_every_file_it_writes_beside_the_model(tmp_path, monkeypatch):
+    """Issue 39: the message named the model and its metadata but not the guard's arrays (.ood.npz)."""
+    import numpy as np
+
+    from caco_jax.evaluation import ood_score
+    from caco_jax.interop import artifact, deploy, export_onnx
+
+    ood_score.save(tmp_path, ood_score.Guard("mahalanobis", "pooled", 4.5, {"m": np.ones(3)}, {}))
+    run = artifact.describe_run(tmp_path, class_names=["a", "b"], image_size=(32, 32))
+    monkeypatch.setattr(export_onnx, "export_onnx", lambda _model, path, **_kw: pathlib.Path(path).write_bytes(b"x"))
+    lines: list[str] = []
+    (path,) = deploy.export_models(None, run, onnx=tmp_path / "m.onnx", log=lines.append)
+    assert lines == [f"wrote {path} (0.0 MB) and m.onnx.json and m.onnx.ood.npz"]
+    assert artifact.guard_arrays_path(path).is_file() and artifact.metadata_path(path).is_file()

@@ -139,6 +139,15 @@ def test_risk_coverage_curve_ends_at_the_overall_figures_and_applies_a_threshold
     assert np.mean(predicted[conf >= fitted["threshold"]] == labels[conf >= fitted["threshold"]]) >= 0.9
 
 
+def test_the_report_sentence_when_no_image_is_below_the_threshold(case):
+    """Issue 39: 'the images below it are right - of the time' when every image is above it."""
+    probs, labels, predicted, groups, _, _ = case
+    curve = selective.curve(probs, labels, predicted, groups, split="test", threshold=0.0, resamples=20)
+    assert curve["at_threshold"]["accuracy_below"] is None
+    text = "\n".join(selective.markdown(curve))
+    assert "no image of this split falls below it." in text and "right - of" not in text
+
+
 @pytest.mark.real_data
 def test_the_breakdown_on_real_metadata_counts_every_group(real_data_dir):
     """Every image of HAM10000 with a fixed pseudo-prediction: the group sizes are the metadata's."""

@@ -868,3 +868,11 @@ def test_the_guard_command_refits_what_training_fitted(trained, capsys):
     was, now = selective_before["threshold"], selective_after["threshold"]
     assert (was is None and now is None) or now == pytest.approx(was, rel=1e-4)
     assert "of test images flagged" in capsys.readouterr().out
+
+
+def test_the_resume_line_counts_epochs_as_the_epoch_lines_do():
+    """Issue 39: 'resumed from checkpoints/50 (epoch 2)' beside 'epoch 3/8' for the same epoch."""
+    from caco_jax.training.resume import where
+
+    assert where(50, 20, 8) == "step 10/20 of epoch 3/8"
+    assert where(40, 20, 8) == "after epoch 2/8"

@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "evaluate a run on a split of its data or an ISIC 2018 set"),
     "predict": ("predict", "classify image files with a trained run (table, CSV, JSON, Grad-CAM)"),
     "serve": ("serve", "a local web page for a trained run (needs the app extra)"),
-    "export": ("export", "write a trained model as a PyTorch state_dict and/or ONNX"),
+    "export": ("export", "write a trained model as a PyTorch state_dict, ONNX and/or LiteRT (--tflite)"),
     "guard": ("guard", "fit a finished run's out-of-distribution guard and reliability threshold"),
     "adapt": ("adapt", "adapt a trained run to a clinic's unlabelled images (BatchNorm statistics, class prior)"),
     "convert": ("convert", "torchvision .pth <-> caco-jax weights"),

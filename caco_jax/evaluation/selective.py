@@ -136,6 +136,23 @@ def load(weights_dir: str | pathlib.Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _at_threshold(at: dict[str, Any]) -> str:
+    """The sentence on the validation threshold applied to this split (either side of it may be empty)."""
+    ci = at["accuracy_ci"]
+    ci_text = f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
+    answered = "" if at["accuracy"] is None else f", {100 * at['accuracy']:.1f} %{ci_text} of them correctly"
+    below = (
+        "no image of this split falls below it"
+        if at["accuracy_below"] is None
+        else f"the images below it are right {100 * at['accuracy_below']:.1f} % of the time"
+    )
+    return (
+        f"The threshold fitted on the validation split (confidence {at['threshold']:.3f}, where its answered "
+        f"images were {100 * TARGET:.0f} % accurate) answers {100 * at['coverage']:.1f} % of this split's "
+        f"images{answered}; {below}. The page and `predict` flag answers below this confidence as unreliable."
+    )
+
+
 def markdown(sel: dict[str, Any], figure_name: str | None = None) -> list[str]:
     """The report section: coverage at each target accuracy, the validation threshold on this split."""
     lines = [
@@ -154,17 +171,7 @@ def markdown(sel: dict[str, Any], figure_name: str | None = None) -> list[str]:
         lines.append(f"| {100 * t['accuracy']:.0f} % | {cov} | {thr} |")
     at = sel.get("at_threshold")
     if at:
-        ci = at["accuracy_ci"]
-        acc = "-" if at["accuracy"] is None else f"{100 * at['accuracy']:.1f}"
-        ci_text = f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
-        below = "-" if at["accuracy_below"] is None else f"{100 * at['accuracy_below']:.1f} %"
-        lines += [
-            "",
-            f"The threshold fitted on the validation split (confidence {at['threshold']:.3f}, where its answered "
-            f"images were {100 * TARGET:.0f} % accurate) answers {100 * at['coverage']:.1f} % of this split's "
-            f"images, {acc} %{ci_text} of them correctly; the images below it are right {below} of the time. "
-            "The page and `predict` flag answers below this confidence as unreliable.",
-        ]
+        lines += ["", _at_threshold(at)]
     if figure_name:
         lines += ["", f"![risk-coverage curve]({figure_name})"]
     return lines

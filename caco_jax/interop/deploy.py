@@ -75,7 +75,9 @@ def export_models(
     def done(path: pathlib.Path, **meta: Any) -> None:
         artifact.write(path, run, **meta)
         written.append(path)
-        log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {artifact.metadata_path(path).name}")
+        beside = [artifact.metadata_path(path)] + ([artifact.guard_arrays_path(path)] if run.get("ood") else [])
+        names = " and ".join(p.name for p in beside if p.is_file())
+        log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {names}")
 
     if tflite is not None:
         from caco_jax.interop.export_litert import export_litert, export_litert_int8

@@ -64,6 +64,17 @@ class Limits:
     cache_bytes: int = 256 * 1024 * 1024
 
 
+def kept(limits: Limits) -> str:
+    """How long the page keeps an upload, in words: at most ``keep_seconds``, less once its
+    ``cache_bytes`` fill up (the sweeper then removes the oldest files first)."""
+    seconds = float(limits.keep_seconds)
+    span = f"{seconds / 60:g} minutes" if seconds >= 120 else f"{seconds:g} seconds"
+    return (
+        f"uploads are kept at most {span}, and less when the page's {limits.cache_bytes / 2**20:g} MB "
+        "of upload space fills up"
+    )
+
+
 def read_upload(path: str | os.PathLike | None, limits: Limits) -> tuple[bytes, np.ndarray]:
     """(the file's bytes, its image as uint8 RGB [H, W, 3], upright), or ``UploadError`` saying what is
     wrong with it."""
@@ -79,10 +90,7 @@ def read_upload(path: str | os.PathLike | None, limits: Limits) -> tuple[bytes, 
             )
         data = path.read_bytes()
     except OSError:
-        raise UploadError(
-            f"{path.name} is no longer on the server (uploads are kept "
-            f"{limits.keep_seconds // 60} minutes); please upload it again."
-        ) from None
+        raise UploadError(f"{path.name} is no longer on the server ({kept(limits)}); please upload it again.") from None
     if not data:
         raise UploadError(f"{path.name} is empty (0 bytes).")
     try:

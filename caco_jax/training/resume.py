@@ -137,5 +137,16 @@ def restore_or_init(run: Run, ckpt: Checkpointer, train_iter: Any, best: Weights
     done = best.reconcile(progress.best, progress.best_weights, f"checkpoint {start}", start)
     if done:
         run.runlog.info(done)
-    run.runlog.info(f"resumed from {ckpt.directory}/{start} (epoch {start // run.steps_per_epoch})")
+    run.runlog.info(
+        f"resumed from {ckpt.directory}/{start} ({where(start, run.steps_per_epoch, run.config.num_epochs)})"
+    )
     return restored.state, progress
+
+
+def where(step: int, steps_per_epoch: int, num_epochs: int) -> str:
+    """A step counted as the epoch log lines count (epoch k/N is the k-th, from 1): 'after epoch 2/8'
+    or 'step 10/20 of epoch 3/8'."""
+    done, into = divmod(step, steps_per_epoch)
+    if into == 0:
+        return f"after epoch {done}/{num_epochs}"
+    return f"step {into}/{steps_per_epoch} of epoch {done + 1}/{num_epochs}"
