@@ -36,9 +36,10 @@ def main(argv: list[str]) -> int:
         from caco_jax.training import checkpoints
 
         checkpoints.faults = types.SimpleNamespace(**vars(faults) | {"free_bytes": lambda path: None})
-    from caco_jax.cli.train import main as train_main
+    from caco_jax.cli import common, train as train_command
 
-    return train_main(argv)
+    # started as the command is: under the preferred memory allocator where one is installed
+    return common.main(train_command, argv, entry=True)
 
 
 if __name__ == "__main__":

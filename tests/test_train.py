@@ -345,28 +345,27 @@ def test_training_learns_the_synthetic_classes(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_memory_allocator_changes_no_weight(synthetic_tfds, tmp_path):
-    """A run started as a command (under the preferred allocator where one is installed) and the same run
-    under glibc's malloc end with the same bytes in every array and the same best weights."""
+def test_the_memory_allocator_changes_no_weight(scripted_reference, synthetic_tfds, tmp_path):
+    """The scripted reference run, started as a command (under the preferred allocator where one is
+    installed), and the same run under glibc's malloc end with the same bytes in every array and the same
+    best weights."""
     from caco_jax import allocator
 
-    runs = {}
-    for name, choice in (("preferred", "auto"), ("glibc", "glibc")):
-        runs[name] = tmp_path / name
-        env = _env() | {allocator.ENV: choice}
-        done = subprocess.run(cli_args(runs[name], synthetic_tfds), env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stderr[-3000:]
-        expected = allocator.wanted(env)[0]
-        said = "memory allocator: " + ("glibc's malloc" if expected == allocator.SYSTEM else expected)
-        assert said in (runs[name] / "train.log").read_text()
-    a, b = final_state(runs["preferred"]), final_state(runs["glibc"])
+    env = _env() | {"CACO_TEST_VAL_BACC": SCRIPT, allocator.ENV: "glibc"}
+    done = subprocess.run(scripted_args(tmp_path, synthetic_tfds), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "memory allocator: glibc's malloc" in (tmp_path / "train.log").read_text()
+    preferred = allocator.wanted(_env())[0]
+    said = "memory allocator: " + ("glibc's malloc" if preferred == allocator.SYSTEM else preferred)
+    assert said in (scripted_reference / "train.log").read_text()
+    a, b = final_state(scripted_reference), final_state(tmp_path)
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    assert_same_best_weights(runs["preferred"], runs["glibc"])
+    assert_same_best_weights(tmp_path, scripted_reference)
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # the kill -9 test below kills a run and compares it, state and rows, with its reference
 def test_killed_run_resumes_bit_exactly(synthetic_tfds, tmp_path):
     overrides = {"num_epochs": 3, "checkpoint.every_steps": 4}
     straight = tmp_path / "straight"
@@ -474,6 +473,11 @@ def test_a_kill_9_at_each_point_of_the_save_sequence_keeps_the_best_weights(
     a, b = final_state(tmp_path), final_state(scripted_reference)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert _metric_rows(tmp_path) == _metric_rows(scripted_reference)  # a resumed run repeats no row
+
+
+def _metric_rows(workdir: pathlib.Path) -> list[tuple[str, int]]:
+    return [(r["kind"], r["step"]) for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
 
 
 @pytest.mark.slow
@@ -574,20 +578,21 @@ def test_an_epoch_resumed_mid_way_reports_all_its_steps_and_tensorboard_each_ste
     trained, synthetic_tfds, tmp_path, stop_after
 ):
     """Issue 33: the resumed epoch's training loss and accuracy covered only the steps after the resume,
-    and TensorBoard kept the points logged after the checkpoint twice. Stopped inside epoch 2 with a
-    checkpoint every 4 steps, and resumed from the one before the stop (as after a kill -9 that came
-    after more rows were logged): every history row, metrics.jsonl row and TensorBoard point is the
-    uninterrupted run's, each step once."""
+    and TensorBoard kept the points logged after the checkpoint twice; issue 39: a checkpoint between two
+    log rows dropped the steps since the last row. Stopped inside epoch 2 with a checkpoint every 3 steps
+    (odd steps: between the log rows, every 2), and resumed from the one before the stop (as after a
+    kill -9 that came after more rows were logged): every history row, metrics.jsonl row (its values
+    too) and TensorBoard point is the uninterrupted run's, each step once."""
     reference, result = trained
     steps_per_epoch = len(ham10000.open_splits(synthetic_tfds, image_size=BUILD_SIZE)["train"]) // 16
-    # a stop 3 steps after a checkpoint (every 4), that checkpoint inside epoch 2, a log row (every 2) between
-    stop_at = next(s for s in range(steps_per_epoch + 4, 2 * steps_per_epoch) if s % 4 == 3)
+    # a stop 2 steps after an odd-step checkpoint (every 3) inside epoch 2, a log row (every 2) between
+    stop_at = next(s for s in range(steps_per_epoch + 5, 2 * steps_per_epoch) if s % 6 == 5)
     stop_after(stop_at)
     workdir = tmp_path / "run"
-    config = tiny_config(synthetic_tfds, **{"checkpoint.every_steps": 4})
+    config = tiny_config(synthetic_tfds, **{"checkpoint.every_steps": 3})
     assert train_and_evaluate(config, workdir)["status"] == "interrupted"
     last = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-    assert last == stop_at and (workdir / "checkpoints" / str(stop_at - 3)).is_dir()
+    assert last == stop_at and (workdir / "checkpoints" / str(stop_at - 2)).is_dir()
     shutil.rmtree(workdir / "checkpoints" / str(last))  # resume from the one before: steps after it were logged
     stop_after(None)
     resumed = train_and_evaluate(config, workdir)
@@ -600,9 +605,18 @@ def test_an_epoch_resumed_mid_way_reports_all_its_steps_and_tensorboard_each_ste
     logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     epochs = [(r["step"], r["train_loss"], r["train_accuracy"]) for r in logged if r["kind"] == "epoch"]
     assert epochs == [(r["step"], r["train_loss"], r["train_accuracy"]) for r in result["history"]]
+    assert _logged_rows(workdir, "train") == _logged_rows(reference, "train")
     points = tensorboard_points(workdir)
     assert len(points) == len(set(points))  # each (tag, step) once
     assert set(points) == set(tensorboard_points(reference))
+
+
+def _logged_rows(workdir: pathlib.Path, kind: str) -> list[dict]:
+    """metrics.jsonl's rows of one kind, less the wall time and throughput (which depend on the clock)."""
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in r.items() if "images_per_sec" not in k and k != "time"} for r in rows if r["kind"] == kind
+    ]
 
 
 def test_a_damaged_last_checkpoint_is_skipped_with_one_line_and_the_run_resumes(trained, synthetic_tfds, tmp_path):

@@ -36,7 +36,8 @@ pytestmark = [pytest.mark.torch, pytest.mark.real_data, pytest.mark.slow]
 RATIO = 1.5
 
 
-@pytest.mark.parametrize("attention", ["se", "caco"])
+# SE is the same network less CaCo's attention; its trajectory repeats the check (run it with -m heavy)
+@pytest.mark.parametrize("attention", [pytest.param("se", marks=pytest.mark.heavy), "caco"])
 def test_adamw_trajectory_is_as_close_to_float64_as_pytorch_float32(attention, real_data_dir, imagenet_backbone_pth):
     d = trajectory.distances(attention, real_data_dir, imagenet_backbone_pth)
     ours, theirs = d["caco-jax"], d["torch32"]

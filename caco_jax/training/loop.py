@@ -69,14 +69,15 @@ class _Stop:
             signal.signal(sig, old)
 
 
-def _flush(run: Run, progress: Progress, step: int) -> dict[str, float]:
-    """Host sync: averages the pending step metrics; stops on a non-finite loss."""
+def _flush(run: Run, progress: Progress, step: int, *, keep: bool = False) -> dict[str, float]:
+    """Host sync: averages the pending step metrics; stops on a non-finite loss. With ``keep`` (before a
+    checkpoint, which carries them) the pending steps stay pending, merged into one, for the next log row."""
     if not progress.pending:
         return {}
     merged = progress.pending[0]
     for m in progress.pending[1:]:
         merged = merged.merge(m)
-    progress.pending.clear()
+    progress.pending[:] = [merged] if keep else []
     values = {k: float(v) for k, v in merged.compute().items()}
     if not math.isfinite(values["loss"]):
         where = (
@@ -236,7 +237,7 @@ def train_loop(
                     or stop.signal is not None
                 )
                 if due:
-                    _flush(run, progress, step)
+                    _flush(run, progress, step, keep=True)  # a resumed run logs these steps' row alike
                     save_checkpoint(run, ckpt, best, state, train_iter, progress, step)
                 if stop.signal is not None:
                     committed(ckpt, best, block=True)

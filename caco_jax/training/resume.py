@@ -89,10 +89,14 @@ class Progress:
 
     def meta(self, epoch: int) -> dict[str, Any]:
         """What a checkpoint records besides the state: mid-epoch, the sums of the epoch's training
-        metrics so far, so that a resumed epoch reports all of its steps."""
+        metrics so far, so that a resumed epoch reports all of its steps; between two log rows, the sums
+        of the steps since the last row, so that the next row is the uninterrupted run's."""
         sums = None if self.epoch_metrics is None else metric_sums(self.epoch_metrics)
+        assert len(self.pending) <= 1, "merge the pending steps before a checkpoint"
+        pending = metric_sums(self.pending[0]) if self.pending else None
         return {"history": self.history, "best_bacc": self.best_bacc, "epoch": epoch, "best": self.best} | {
-            "epoch_metrics": sums
+            "epoch_metrics": sums,
+            "pending_metrics": pending,
         }
 
 
@@ -133,6 +137,8 @@ def restore_or_init(run: Run, ckpt: Checkpointer, train_iter: Any, best: Weights
     progress.history, progress.best_bacc, progress.last_saved = meta["history"], meta["best_bacc"], start
     if meta.get("epoch_metrics"):  # stopped mid-epoch: the epoch's metrics go on from its steps so far
         progress.epoch_metrics = metrics_from_sums(meta["epoch_metrics"])
+    if meta.get("pending_metrics"):  # stopped between two log rows: the next row covers those steps too
+        progress.pending = [metrics_from_sums(meta["pending_metrics"])]
     progress.best, progress.best_weights = meta["best"], restored.best
     done = best.reconcile(progress.best, progress.best_weights, f"checkpoint {start}", start)
     if done:

@@ -6,12 +6,30 @@ import json
 import logging
 import pathlib
 import struct
+import sys
 import time
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from tensorboardX import SummaryWriter
+if TYPE_CHECKING:
+    from tensorboardX import SummaryWriter
 
 log = logging.getLogger("caco_jax")
+
+
+def _summary_writer(logdir: str) -> Any:
+    """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch when it can, only to
+    accept torch tensors (which this project never passes), and that import costs every training start about
+    3 s on a 2-core CPU. A process that has already imported torch keeps it."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+    else:
+        sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError meanwhile
+        try:
+            from tensorboardX import SummaryWriter
+        finally:
+            del sys.modules["torch"]
+    return SummaryWriter(logdir)
 
 
 class RunLog:
@@ -72,7 +90,7 @@ class RunLog:
         self._jsonl.write(json.dumps({"kind": kind, "step": step, "time": time.time(), **clean}) + "\n")
         self._jsonl.flush()
         if self._tb is None:
-            self._tb = SummaryWriter(str(self.workdir / "tb"))
+            self._tb = _summary_writer(str(self.workdir / "tb"))
         for k, v in clean.items():
             self._tb.add_scalar(k if "/" in k else f"{kind}/{k}", v, step)
         self._tb.flush()
