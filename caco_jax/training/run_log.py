@@ -17,19 +17,32 @@ if TYPE_CHECKING:
 log = logging.getLogger("caco_jax")
 
 
-def _summary_writer(logdir: str) -> Any:
-    """tensorboardX's SummaryWriter, imported without PyTorch: tensorboardX imports torch when it can, only to
-    accept torch tensors (which this project never passes), and that import costs every training start about
-    3 s on a 2-core CPU. A process that has already imported torch keeps it."""
+def _tensorboardx() -> Any:
+    """tensorboardX, imported without PyTorch: tensorboardX imports torch when it can, only to accept torch
+    tensors (which this project never passes), and that import costs every training start about 3 s on a
+    2-core CPU. A process that has already imported torch keeps it."""
     if "torch" in sys.modules:
-        from tensorboardX import SummaryWriter
+        import tensorboardX
     else:
         sys.modules["torch"] = None  # type: ignore[assignment]  # `import torch` raises ImportError meanwhile
         try:
-            from tensorboardX import SummaryWriter
+            import tensorboardX
         finally:
             del sys.modules["torch"]
-    return SummaryWriter(logdir)
+    return tensorboardX
+
+
+def _event_pb2() -> Any:
+    _tensorboardx()
+    from tensorboardX.proto import event_pb2
+
+    return event_pb2
+
+
+def _summary_writer(logdir: str) -> Any:
+    # tensorboardX names the file by the second it opens in: a writer opened again within that second (a
+    # quick rerun) would overwrite the file before it, so a finer clock tells the two apart
+    return _tensorboardx().SummaryWriter(logdir, filename_suffix=f".{time.time_ns()}")
 
 
 class RunLog:
@@ -77,7 +90,29 @@ class RunLog:
             tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
             tmp.replace(path)
         self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self._replay(kept)
         return dropped
+
+    def _replay(self, lines: list[str]) -> None:
+        """Writes again the TensorBoard points of ``metrics.jsonl`` rows the event files lack: tensorboardX
+        queues points for a thread of its own, so a kill -9 can lose the last ones, while each row of
+        ``metrics.jsonl`` is flushed as it is written."""
+        have = tb_points(self.workdir / "tb")
+        missing = []
+        for line in lines:
+            row = json.loads(line)
+            kind, step = row.get("kind", "train"), row.get("step", 0)
+            for k, v in row.items():
+                tag = k if "/" in k else f"{kind}/{k}"
+                if k not in ("kind", "step", "time") and isinstance(v, (int, float)) and (tag, step) not in have:
+                    missing.append((tag, v, step))
+        if not missing:
+            return
+        self._tb = _summary_writer(str(self.workdir / "tb"))
+        for tag, v, step in missing:
+            self._tb.add_scalar(tag, v, step)
+        self._tb.flush()
+        log.info(f"TensorBoard: {len(missing)} point(s) a stop had lost written again from metrics.jsonl")
 
     def info(self, message: str) -> None:
         log.info(message)
@@ -112,8 +147,7 @@ def trim_events(tb_dir: pathlib.Path, step: int) -> int:
 
     Records are copied byte for byte (TFRecord framing: 8-byte length, 4-byte CRC, data, 4-byte CRC);
     only their step is read."""
-    from tensorboardX.proto import event_pb2
-
+    event_pb2 = _event_pb2()
     dropped = 0
     for path in sorted(tb_dir.glob("events.out.tfevents.*")):
         data = path.read_bytes()
@@ -137,3 +171,19 @@ def trim_events(tb_dir: pathlib.Path, step: int) -> int:
             tmp.write_bytes(b"".join(kept))
             tmp.replace(path)
     return dropped
+
+
+def tb_points(tb_dir: pathlib.Path) -> set[tuple[str, int]]:
+    """The (tag, step) of every scalar in ``tb_dir``'s event files (a record cut short is ignored)."""
+    event_pb2 = _event_pb2()
+    points = set()
+    for path in sorted(tb_dir.glob("events.out.tfevents.*")):
+        data, pos = path.read_bytes(), 0
+        while pos + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            if pos + 16 + length > len(data):
+                break
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+            points |= {(value.tag, event.step) for value in event.summary.value}
+            pos += 16 + length
+    return points
