@@ -66,4 +66,7 @@ class DownloadError(CacoError, OSError):
 
 
 class ImageError(CacoError, ValueError):
-    """An image file cannot be used (unreadable, damaged, too large, an unsupported kind)."""
+    """An image file cannot be used (unreadable, damaged, too large, an unsupported kind): bad input, like a
+    bad flag (exit 2)."""
+
+    exit_code = EXIT_USAGE

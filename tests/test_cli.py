@@ -125,10 +125,18 @@ def test_convert_of_a_file_that_is_not_a_pth_is_one_error_line(capsys, tmp_path)
     notes = tmp_path / "notes.pth"
     notes.write_text("not a checkpoint")
     code, _, err = _run(capsys, "convert", "--pth", str(notes), "--out", str(tmp_path / "out"))
-    assert code == 1, err
+    assert code == 2, err  # bad input, as a bad flag (issue 39)
     _user_error(err)
-    assert str(notes) in err and "not a zip-format PyTorch checkpoint" in err and len(err.splitlines()) == 1
+    assert f"{notes} is not a PyTorch checkpoint: give the .pth file torch.save wrote" in err
+    assert "re-save" not in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_convert_of_a_legacy_pth_says_how_to_save_it_again(capsys, tmp_path):
+    legacy = tmp_path / "old.pth"
+    legacy.write_bytes(b"\x80\x02}q\x00.")  # a pickle, as torch.save wrote before torch 1.6
+    code, _, err = _run(capsys, "convert", "--pth", str(legacy), "--out", str(tmp_path / "out"))
+    assert code == 1 and "legacy (torch<1.6) format; re-save it with torch>=1.6" in err, err
 
 
 @pytest.mark.parametrize(

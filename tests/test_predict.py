@@ -130,6 +130,12 @@ def test_one_bad_file_never_stops_the_batch_and_every_skipped_file_is_listed(run
     assert all(f"skipped {mixed_folder / name}: " in err for name in SKIPPED) and "BytesIO" not in err
 
 
+def test_when_no_image_can_be_read_the_exit_is_bad_input(run_dir, mixed_folder, capsys):
+    """Every other bad input exits 2; an image that cannot be used is bad input too (issue 39)."""
+    assert predict_main(["--workdir", str(run_dir), str(mixed_folder / "cut.jpg")]) == 2
+    assert "error: no image could be read" in capsys.readouterr().err
+
+
 def test_a_file_reached_twice_is_listed_once_and_the_written_files_are_named(run_dir, mixed_folder, tmp_path, capsys):
     """a.jpg given directly and inside its folder, sub/ inside the folder and given again: every file once."""
     csv_path, json_path = tmp_path / "p.csv", tmp_path / "p.json"

@@ -12,7 +12,7 @@ threshold and out-of-distribution guard, through onnxruntime or the LiteRT inter
 Folders are searched recursively for .jpg/.jpeg/.png/.bmp/.gif/.tif/.tiff/.webp files. Every
 file that is not classified is listed with a plain reason (not an image, damaged, too large,
 an animation, another kind of file in a folder) and the others are classified all the same;
-the exit status is 1 only if no image could be read. Images are decoded as an image viewer
+the exit status is 2 (bad input) only if no image could be read. Images are decoded as an image viewer
 shows them (EXIF orientation applied, 16-bit and palette images converted).
 
 Probabilities use the temperature saved with the weights (calibration.json, fitted on
@@ -47,7 +47,7 @@ import sys
 
 from caco_jax.cli import common
 from caco_jax.data.images import SUFFIXES
-from caco_jax.errors import UsageError
+from caco_jax.errors import EXIT_USAGE, UsageError
 from caco_jax.evaluation.decision import RULE_TEXT, RULES
 from caco_jax.serving.classify import predict
 
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"JSON ({len(rows)} predictions, {len(problems)} skipped): {args.json}")
     if not rows:
         print("error: no image could be read", file=sys.stderr)
-    return 0 if rows else 1
+    return 0 if rows else EXIT_USAGE
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from caco_jax.errors import WeightsError
+from caco_jax.errors import EXIT_USAGE, WeightsError
 
 _STORAGE_DTYPES = {
     "FloatStorage": np.float32,
@@ -50,6 +50,12 @@ def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, hooks
 
 class PthNotFound(WeightsError, FileNotFoundError):
     """No file at the path given as a .pth."""
+
+
+class NotAPth(WeightsError):
+    """A file given as a .pth that is no PyTorch checkpoint at all: bad input (exit 2)."""
+
+    exit_code = EXIT_USAGE
 
 
 class UnsupportedPth(WeightsError, pickle.UnpicklingError):
@@ -90,15 +96,20 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     Every failure is a :class:`~caco_jax.errors.WeightsError` naming the file: ``PthNotFound`` (also a
     FileNotFoundError) for a missing file, ``UnsupportedPth`` (also an UnpicklingError) for objects
     other than tensors, and a plain ``WeightsError`` (a ValueError) for a file that is not a zip-format
-    PyTorch checkpoint, is damaged, or holds something other than a state_dict.
+    PyTorch checkpoint, is damaged, or holds something other than a state_dict; ``NotAPth`` (exit 2) for a
+    file that is no PyTorch checkpoint at all.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise PthNotFound(f"checkpoint not found: {path}")
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            legacy = fh.read(1) == b"\x80"  # a pickle: torch.save's format before torch 1.6
+        if not legacy:
+            raise NotAPth(f"{path} is not a PyTorch checkpoint: give the .pth file torch.save wrote")
         raise WeightsError(
-            f"{path} is not a zip-format PyTorch checkpoint (legacy torch<1.6 format or not a .pth at "
-            "all); re-save it with torch>=1.6: torch.save(torch.load(p), p)"
+            f"{path} is a PyTorch checkpoint in the legacy (torch<1.6) format; re-save it with torch>=1.6: "
+            "torch.save(torch.load(p), p)"
         )
     try:
         obj = _read(path)
