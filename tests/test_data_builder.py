@@ -343,3 +343,12 @@ def test_leave_one_source_out_split(built, manual_dir):
     assert 5 <= len(parts["train"]) / len(parts["validation"]) <= 15
     with pytest.raises(ConfigError, match=r"holdout_source=nowhere: .*its sources: rosendahl, vidir_modern"):
         records.split_source(full, holdout_source="nowhere")
+
+
+def test_a_build_says_it_downloads_nothing(tmp_path, capfd):
+    """The no-download demo's build: this project's line, not TFDS's 'Downloading and preparing dataset'."""
+    manual = synthetic.write_manual_dir(tmp_path / "m", num_images=40, image_size=(64, 48), seed=3)
+    ham10000.prepare(manual, tmp_path / "tfds", image_size=32, progress=False)
+    out = capfd.readouterr().out
+    assert "from local files into" in out and "(nothing is downloaded)" in out
+    assert "Downloading" not in out and "downloaded and prepared" not in out

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from caco_jax.data import ham10000, images
+from caco_jax.data import building, ham10000, images
 from caco_jax.data.errors import CorruptImageError, ManualDirError
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def make_config(root: os.PathLike | str, image_size: int | None) -> FolderConfig
     )
 
 
-class ImageFolder(tfds.core.GeneratorBasedBuilder):
+class ImageFolder(building.LocalBuild, tfds.core.GeneratorBasedBuilder):
     """Images in one sub-folder per class."""
 
     VERSION = tfds.core.Version("1.0.0")

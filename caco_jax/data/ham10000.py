@@ -102,7 +102,7 @@ def make_config(dataset: str = "ham10000", image_size: int | None = DEFAULT_IMAG
     )
 
 
-class Ham10000(tfds.core.GeneratorBasedBuilder):
+class Ham10000(building.LocalBuild, tfds.core.GeneratorBasedBuilder):
     """HAM10000 dermoscopic images, 7 classes (akiec, bcc, bkl, df, mel, nv, vasc)."""
 
     VERSION = tfds.core.Version("1.1.0")
