@@ -284,7 +284,8 @@ def _swap_state(step_dir):
 
 
 DAMAGE = {
-    "truncated array file": (_truncate, "not valid for value of size 100"),
+    # Which array the truncated file holds (orbax names its data files at random) decides which read fails.
+    "truncated array file": (_truncate, ("not valid for value of size 100", "OUT_OF_RANGE: Error reading")),
     # Either the decoder or the checksums notice, whichever comes first: the promise is the same.
     "overwritten array bytes": (_overwrite, ""),
     "decodable arrays with other values": (_swap_state, "do not match their checksums"),
@@ -305,7 +306,8 @@ def test_resume_walks_back_over_a_damaged_checkpoint_and_keeps_it(tmp_path, kind
     assert restored.step == 20
     np.testing.assert_array_equal(restored.state["params"]["w"], state_at(2)["params"]["w"])
     line = next(m for m in messages if " is damaged (" in m)
-    assert line.startswith("checkpoint 30 is damaged (") and line.endswith("; resuming from 20") and why in line
+    assert line.startswith("checkpoint 30 is damaged (") and line.endswith("; resuming from 20")
+    assert any(w in line for w in ((why,) if isinstance(why, str) else why)), line
     assert "\n" not in line and len(line) < 600
     assert (tmp_path / DAMAGED_DIR / "30").is_dir()  # moved aside, never deleted
     assert Checkpointer(tmp_path / "checkpoints").all_steps() == [10, 20]
