@@ -118,6 +118,59 @@ def source_claims(metrics: tuple[str, ...]) -> list[str]:
     return out
 
 
+def _subgroups() -> dict:
+    return _load("sources_cpu")["sources"]["subgroups"]
+
+
+def _group(dimension: str, group: str) -> dict:
+    return next(r for r in _subgroups()["dimensions"][dimension] if r["group"] == group)
+
+
+def _figure(row: dict, metric: str) -> str:
+    """'**v** 58.9 [53.4, 64.1]' (the mark when the interval lies wholly below the overall figure), or '-'."""
+    if row.get(metric) is None:
+        return "-"
+    mark = "**v** " if metric in (row.get("below_overall") or []) else ""
+    lo, hi = row[f"{metric}_ci"]
+    return f"{mark}{100 * row[metric]:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
+SUBGROUP_ROWS = (
+    ("acquisition source", "vidir_molemax"),
+    ("acquisition source", "vidir_modern"),
+    ("acquisition source", "rosendahl"),
+    ("diagnosis confirmation", "follow_up"),
+    ("diagnosis confirmation", "histo"),
+    ("age", "60+"),
+    ("age", "40-59"),
+)
+
+
+def subgroup_table_claims() -> list[str]:
+    """The model card's subgroup table: each row's cells, and the overall figures above it."""
+    out = []
+    for dimension, group in SUBGROUP_ROWS:
+        r = _group(dimension, group)
+        out.append(f"| {r['images']} | {len(r['classes'])} | {_figure(r, 'accuracy')} | {_figure(r, 'bacc')} |")
+    m, f = _group("sex", "male"), _group("sex", "female")
+    out.append(
+        f"| {m['images']} / {f['images']} | {len(m['classes'])} / {len(f['classes'])} "
+        f"| {100 * m['accuracy']:.1f} / {100 * f['accuracy']:.1f} | {100 * m['bacc']:.1f} / {100 * f['bacc']:.1f} |"
+    )
+    overall = _subgroups()["overall"]
+    return out + [f"accuracy {_figure(overall, 'accuracy')} %, BACC {_figure(overall, 'bacc')} %"]
+
+
+def subgroup_sentence_claims() -> list[str]:
+    """The README's sentence on who the model serves worst."""
+    overall = _subgroups()["overall"]
+    rows = [_group(d, g) for d, g in (("diagnosis confirmation", "follow_up"), ("diagnosis confirmation", "histo"))]
+    rows += [_group("age", "60+"), _group("acquisition source", "rosendahl")]
+    out = [f"accuracy {100 * overall['accuracy']:.1f} %, BACC {100 * overall['bacc']:.1f} %"]
+    out += [f"{100 * r['accuracy']:.1f} %" for r in rows]
+    return out + [f"BACC {100 * _group('acquisition source', 'rosendahl')['bacc']:.1f} %"]
+
+
 def leakage_claims() -> list[str]:
     """The augment-then-split cell's BACC in the paper's formula and its accuracy, mean ± std over seeds."""
     row = next(r for r in _load("leakage_cpu")["rows"] if r["cell"] == "augment_caco_joint")
@@ -125,7 +178,7 @@ def leakage_claims() -> list[str]:
 
 
 CLAIMS = {
-    "README.md": lambda: recipe_claims() + range_claims() + source_claims(("accuracy",)),
+    "README.md": lambda: recipe_claims() + range_claims() + source_claims(("accuracy",)) + subgroup_sentence_claims(),
     "docs/results.md": lambda: recipe_claims() + range_claims() + paper_recipe_claims(2) + leakage_claims(),
     "docs/model_card.md": lambda: (
         recipe_claims()
@@ -133,6 +186,7 @@ CLAIMS = {
         + paper_recipe_claims(1)
         + ood_claims()
         + source_claims(("accuracy", "bacc"))
+        + subgroup_table_claims()
     ),
 }
 
