@@ -33,6 +33,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from caco_jax.data.shifts import SHIFTS, shifted  # noqa: E402
 from caco_jax.evaluation import intervals  # noqa: E402
 
 SOURCES = ("rosendahl", "vidir_modern")
@@ -42,34 +43,6 @@ ALPHAS = (0.25, 0.5, 1.0)
 COUNTS = (8, 16, 32, 64, 128, 256, 512)
 SHIFT_SEED = 20261207  # the acquisition-shifted copies: fixed before any figure was looked at
 RESAMPLES = 1000
-
-# Acquisition shifts of HAM10000 images (its sources are all cropped inside the field of view): the
-# augmentation's own operations at probability 1, nothing else random.
-SHIFTS: dict[str, dict[str, Any]] = {
-    "field_of_view": {"zoom_p": 1.0, "zoom_out": (1.2, 1.5), "fov_p": 1.0, "fov_radius": (0.9, 1.1),
-                      "fov_softness": (0.02, 0.08), "fov_shift": 0.05},
-    "illuminant": {"channel_gain": 0.25, "gamma": (0.8, 1.25)},
-    "both": {"zoom_p": 1.0, "zoom_out": (1.2, 1.5), "fov_p": 1.0, "fov_radius": (0.9, 1.1),
-             "fov_softness": (0.02, 0.08), "fov_shift": 0.05, "channel_gain": 0.25, "gamma": (0.8, 1.25)},
-}  # fmt: skip
-
-
-def shifted(images: np.ndarray, kind: str, out_size: int, seed: int) -> np.ndarray:
-    """uint8 copies of ``images`` under acquisition shift ``kind`` at the network's input size."""
-    import jax
-
-    from caco_jax.data.augment import AugmentConfig, augment_batch
-    from caco_jax.data.classes import IMAGENET_MEAN, IMAGENET_STD
-
-    none = AugmentConfig.none()
-    cfg = AugmentConfig(**{**{f: getattr(none, f) for f in none.__dataclass_fields__}, **SHIFTS[kind]})
-    out = []
-    for start in range(0, len(images), 64):
-        key = jax.random.fold_in(jax.random.key(seed), start)
-        x = np.asarray(augment_batch(key, images[start : start + 64], out_size=out_size, cfg=cfg))
-        x = x * np.asarray(IMAGENET_STD, np.float32) + np.asarray(IMAGENET_MEAN, np.float32)
-        out.append(np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8))
-    return np.concatenate(out)
 
 
 class Model:
