@@ -332,7 +332,7 @@ def test_training_learns_the_synthetic_classes(tmp_path):
             "data.build_size": 64,
             "data.image_size": 48,
             "batch_size": 32,
-            "num_epochs": 12,
+            "num_epochs": 7,
             "optimizer.learning_rate": 5e-3,
         },
     )
@@ -340,7 +340,8 @@ def test_training_learns_the_synthetic_classes(tmp_path):
     labels = ham10000.open_splits(tmp_path / "run" / "tfds", image_size=64)["validation"].labels
     majority = np.bincount(labels).max() / len(labels)  # nv's share, about 0.66
     best = max(r["val_accuracy"] for r in result["history"])
-    # Measured (2-core CPU): best 0.92, final 0.86, test 0.875 against a majority rate of 0.66.
+    # Measured (2-core CPU): validation accuracy 0.66, 0.76, 0.78, 0.78, 0.80, 0.89, 0.90 by epoch against a
+    # majority rate of 0.66 (12 epochs went on to 0.90 and stayed there).
     assert best >= majority + 0.15, result["history"]
 
 
