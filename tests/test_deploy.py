@@ -196,9 +196,9 @@ def test_predict_model_refuses_what_an_export_cannot_do(exported, tmp_path, caps
 def test_int8_onnx_keeps_the_features_of_real_images(real_data_dir, imagenet_backbone_pth, tmp_path):
     """The int8 ONNX of a caco model with torchvision's ImageNet backbone, calibrated on 32 real lesion
     images, against its float export on 64 others: the pooled features (what the head and the guard read)
-    point the same way. The bound is low because post-training int8 costs this model that much: the
-    median cosine measured 0.44 here, and on the recipe run int8 changed 42-46 % of the answers
-    (docs/deploy.md); the test guards the pipeline against getting worse, not the model's quality."""
+    point the same way. With every activation in uint8 the median cosine measured 0.44 here (the stem's
+    outlier channel takes the whole scale; on the recipe run int8 changed 42-46 % of the answers,
+    docs/deploy.md); with the stem's two wide tensors kept in 16 bits, 0.96 (minimum 0.83)."""
     import csv
 
     from caco_jax.data.images import decode
@@ -216,7 +216,9 @@ def test_int8_onnx_keeps_the_features_of_real_images(real_data_dir, imagenet_bac
     f = PortablePredictor(files[0]).outputs(images[32:])["pooled"]
     q = PortablePredictor(files[1]).outputs(images[32:])["pooled"]
     cosine = (f * q).sum(1) / np.linalg.norm(f, axis=1) / np.linalg.norm(q, axis=1)
-    assert np.median(cosine) > 0.3, np.median(cosine)
+    assert np.median(cosine) > 0.85, np.median(cosine)
+    quantization = json.loads(artifact.metadata_path(files[1]).read_text())["quantization"]
+    assert quantization["uint16_activations"] == ["getitem", "hardswish"]  # the stem's conv output and activation
 
 
 @pytest.mark.heavy

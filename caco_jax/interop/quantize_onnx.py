@@ -8,6 +8,12 @@ calibrated on images the caller gives (the run's training or validation images, 
 images). The graph first goes through onnxruntime's pre-processing (constant folding and fusions;
 its symbolic shape inference is skipped: ONNX's own shape inference covers these graphs).
 
+Activations whose calibrated range is far wider than the bulk of their values (``wide_tensors``: full
+range over 0.01-99.99 percentile range above ``WIDE_RATIO``) keep 16 bits (onnxruntime's per-tensor
+overrides): one outlier channel otherwise takes all 256 levels of a per-tensor uint8 scale. In this model
+that is the stem's convolution output and its hard-swish, the two tensors tools/int8_sensitivity.py found
+to carry the whole int8 loss (docs/deploy.md).
+
 ``float_ops`` leaves operator types in float (e.g. the attention gates' ``Sigmoid`` and
 ``HardSigmoid`` and the ``Mul`` they feed): one of the remedies ``tools/measure_exports.py`` measures.
 """
@@ -22,6 +28,10 @@ from typing import Any
 import numpy as np
 
 METHODS = ("minmax", "entropy", "percentile")
+# Full range / 0.01-99.99 % range above which an activation keeps 16 bits. On 32 real lesion images through
+# an ImageNet-backbone caco model the stem's two tensors stood at 2.7-2.8 and every other tensor at 1.6 or
+# below (tests/test_deploy.py's images: training images, never a test split).
+WIDE_RATIO = 2.0
 ACTIVATIONS = ("uint8", "int16")
 
 
@@ -37,6 +47,7 @@ def quantize_onnx(
     input_name: str = "images",
     batch_size: int = 16,
     prepared_path: str | pathlib.Path | None = None,
+    wide_ratio: float | None = WIDE_RATIO,
 ) -> dict[str, Any]:
     """Writes the int8 QDQ model of ``float_path`` to ``out_path``; returns its quantisation settings.
 
@@ -44,7 +55,8 @@ def quantize_onnx(
     ``activations='int16'`` (int8 weights, 16-bit activations: not full-integer int8, a remedy measured in
     docs/deploy.md) keeps each ReLU as its own operator, since a ReLU folded into its convolution's
     output range is lost where that range is [0, 0] and the activations are signed. ``prepared_path``: also
-    keep the pre-processed float graph there (its tensors have the names the int8 graph quantises)."""
+    keep the pre-processed float graph there (its tensors have the names the int8 graph quantises).
+    ``wide_ratio``: see :func:`wide_tensors` (None: every activation in 8 bits)."""
     import onnx
     from onnxruntime import quantization as q
 
@@ -71,6 +83,8 @@ def quantize_onnx(
             import shutil
 
             shutil.copy(prepared, prepared_path)
+        wide = [] if wide_ratio is None or activations != "uint8" else wide_tensors(prepared, nchw, wide_ratio)
+        overrides = {name: [{"quant_type": q.QuantType.QUInt16}] for name in wide}
         op_types = None
         if float_ops:
             present = {n.op_type for n in onnx.load(str(prepared)).graph.node}
@@ -89,7 +103,7 @@ def quantize_onnx(
                 "entropy": q.CalibrationMethod.Entropy,
                 "percentile": q.CalibrationMethod.Percentile,
             }[method],
-            extra_options={"QDQKeepRemovableActivations": activations == "int16"},
+            extra_options={"QDQKeepRemovableActivations": activations == "int16", "TensorQuantOverrides": overrides},
         )
     return {
         "tool": "onnxruntime.quantization.quantize_static",
@@ -99,4 +113,22 @@ def quantize_onnx(
         "calibration_method": method,
         "calibration_images": int(len(calibration)),
         "float_ops": list(float_ops),
+        "uint16_activations": wide,
     }
+
+
+def wide_tensors(prepared: str | pathlib.Path, nchw: np.ndarray, ratio: float = WIDE_RATIO) -> list[str]:
+    """The activations of the pre-processed float graph whose range over ``nchw`` (the calibration images)
+    is more than ``ratio`` times the range of their 0.01-99.99 % percentiles, in graph order."""
+    import onnx
+
+    from caco_jax.interop.quant_analysis import ranges
+
+    model = onnx.load(str(prepared))
+    names = [o for node in model.graph.node for o in node.output if o]
+    found = ranges(model, nchw, names)
+    return [
+        n
+        for n in names
+        if found[n]["max"] - found[n]["min"] > ratio * max(found[n]["p99.99"] - found[n]["p0.01"], 1e-12)
+    ]
