@@ -239,3 +239,20 @@ def test_the_allocator_tables_and_ratios_are_the_measurements():
             ours, theirs = (median(size, "tcmalloc_minimal", fw, key) for fw in ("caco_jax", "torch_eager"))
             ratio = ours / theirs
             assert f"{ratio:.2f}x" in prose, (size, key, ratio, words, verb)
+
+
+def test_the_int8_tables_are_the_measurement():
+    """docs/deploy.md's tables of the int8 ONNX with its wide tensors in 16 bits are tools/measure_exports.py's
+    rendering of docs/deploy_int8_wide.json, and the figures its prose quotes are that JSON's."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from measure_exports import markdown
+
+    data = json.loads((DOCS / "deploy_int8_wide.json").read_text())
+    text = (DOCS / "deploy.md").read_text()
+    assert markdown(data["rows"]) in text and markdown(data["remedies"], "remedy") in text
+    int8 = next(r for r in data["rows"] if r["format"] == "ONNX int8")
+    bacc = int8["vs_jax"]["bacc"]
+    quoted = f"BACC {_pts(bacc['difference'])} {_iv(bacc['interval'])}"
+    assert quoted in " ".join(text.split()), quoted
