@@ -26,11 +26,11 @@ from caco_jax.adaptation import batchnorm
 from caco_jax.errors import UsageError
 from caco_jax.evaluation import prior_shift, side_files
 
-# Chosen by measurement (docs/results_adaptation_cpu.md): which BatchNorm layers and how far towards the
-# clinic's statistics. None = every layer.
+# Which BatchNorm layers and how far towards the clinic's statistics (None = every layer): AdaBN's own
+# choice, not yet measured here; tools/measure_adaptation.py is to choose them on shifted validation images.
 DEPTH: int | None = None
 ALPHA = 1.0
-MIN_IMAGES = 32  # fewer images leave the re-estimated statistics too noisy (docs/results_adaptation_cpu.md)
+MIN_IMAGES = 32  # a floor against statistics of a handful of images; how many are enough is not yet measured
 FILE = "adaptation.json"
 SIDE_FILES = ("calibration.json", "decision.json", "selective.json", "ood.json", "ood.npz")
 BATCH = 64
@@ -92,7 +92,7 @@ def adapt(
     if len(images) < MIN_IMAGES:
         raise UsageError(
             f"{len(images)} readable images in {folder or 'the folder'}: re-estimating the statistics needs at "
-            f"least {MIN_IMAGES} (docs/results_adaptation_cpu.md measured how the answers depend on the count)"
+            f"least {MIN_IMAGES}: give more of the clinic's images"
         )
     if out == workdir or (out.exists() and any(out.iterdir())):
         raise UsageError(f"--out {out} exists and is not empty: give a new folder for the adapted run")

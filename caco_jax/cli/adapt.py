@@ -8,8 +8,8 @@ The images are read as ``predict`` reads them (the same decoding, field-of-view 
 as the run); none is written anywhere. What is re-estimated and with how many images is in
 ``OUT/adaptation.json`` (with the source run, the folder, a hash of the images' bytes and the estimated
 class prior). Use images of the clinic's own patients, never the ones you will evaluate on: an image
-used to adapt says nothing about how well the adapted run answers it. docs/results_adaptation_cpu.md
-measured what adaptation gives on held-out HAM10000 sources, and how many images it needs.
+used to adapt says nothing about how well the adapted run answers it. What adaptation gives on held-out
+HAM10000 sources, and how many images it needs, is not yet measured (tools/measure_adaptation.py).
 """
 
 from __future__ import annotations

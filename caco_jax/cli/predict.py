@@ -122,7 +122,7 @@ def print_table(rows: list[dict], top_k: int) -> None:
     if any(r["unlike_training"] for r in rows):
         print(
             "ANOTHER ACQUISITION: a dermoscopy image whose camera, light or field of view differs from the "
-            "training images; the answer is given but is wrong more often there (docs/results_adaptation_cpu.md); "
+            "training images; the answer is given but is wrong more often there (docs/results_sources_cpu.md); "
             "caco-jax adapt --workdir RUN --images YOUR_IMAGES --out NEW_RUN adapts the run to a clinic's images."
         )
     if any(r["reliable"] is False and not r["unlike_training"] for r in rows):

@@ -3,7 +3,7 @@ of view with the lesion smaller in the frame, another illuminant and gamma), mad
 augmentation's own operations (``caco_jax.data.acquisition``) at probability 1, seeded.
 
 The out-of-distribution guard learns from them what a dermoscopy image taken elsewhere can look like (so
-that it is not called "not dermoscopy"), and docs/results_adaptation_cpu.md measures each remedy on
+that it is not called "not dermoscopy"), and tools/measure_adaptation.py measures each remedy on
 shifted copies of the test split (HAM10000's own sources are all cropped inside the field of view).
 """
 

@@ -378,7 +378,7 @@ PRESETS: dict[str, Preset] = {
         "A new clinic's images: configs/recipe.py on the CPU protocol (112 px, 10 epochs) with colour constancy "
         "(Shades of Gray, p = 6), with acquisition augmentation (gamma, channel gains, blur, JPEG, a circular "
         "field of view, zoom-out) and with both, on every source and with rosendahl or vidir_modern held out; "
-        "the cells without either are sources_cpu's (docs/results_adaptation_cpu.md compares them).",
+        "the cells without either are sources_cpu's (tools/measure_adaptation.py compares them).",
         {"data.image_size": 112, "num_epochs": 10, "batch_size": 128, "data.split_by": "lesion", "checkpoint.keep": 2},
         _adaptation_cells(),
     ),

@@ -218,7 +218,7 @@ class Analyser:
                 f"**{UNLIKE}** (another camera, light or field of view: its out-of-distribution score, "
                 f"{screen.scores[0]:.4g}, is above what 95 % of the validation images reach). The answer is "
                 f"given, but expect it to be wrong more often than on the training clinics' images "
-                "(docs/results_adaptation_cpu.md). A clinic can adapt the model to its own images with "
+                "(docs/results_sources_cpu.md). A clinic can adapt the model to its own images with "
                 "`caco-jax adapt`.",
                 "",
             ]
