@@ -81,3 +81,18 @@ def test_the_same_images_are_compared_and_the_whole_source_reported(tmp_path):
     assert "| rosendahl | 0 | 100 (" in text and "Recall per class on the same images" in text
     with pytest.raises(ValueError, match="of vidir_modern's test images are not in"):
         sources.compare_source(ref, loso, "vidir_modern")
+
+
+def test_runs_trained_elsewhere_keep_their_recorded_rows_and_subgroups(tmp_path):
+    """A report rebuilt where only some seeds' runs are (``--report_only`` elsewhere): the comparisons and the
+    subgroup figures the last results JSON recorded for the others are kept, not dropped."""
+    from caco_jax.experiments.presets import PRESETS
+
+    preset = PRESETS["sources_cpu"]
+    cells = [c.name for c in preset.cells if sources.held_out(c)]
+    recorded = [{"cell": cell, "seed": seed, "marker": f"{cell}-{seed}"} for cell in cells for seed in (0, 1)]
+    previous = {"sources": {"comparisons": recorded, "subgroups": {"cell": sources.REFERENCE, "seed": 0}}}
+    rows = sources.source_rows(preset, tmp_path, previous)
+    assert [r["marker"] for r in rows] == [r["marker"] for r in recorded]
+    assert sources.reference_subgroups(preset, tmp_path, previous) == {"cell": sources.REFERENCE, "seed": 0}
+    assert sources.source_rows(preset, tmp_path) == [] and sources.reference_subgroups(preset, tmp_path) is None

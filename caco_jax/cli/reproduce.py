@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     comparisons = [compare(preset, out, c, rows=rows, previous=previous) for c in preset.comparisons]
     sections: dict[str, tuple[list[str], Any]] = {}
     if "sources" in preset.sections:
-        found, sub = sources.source_rows(preset, out), sources.reference_subgroups(preset, out)
+        found, sub = sources.source_rows(preset, out, previous), sources.reference_subgroups(preset, out, previous)
         sections["sources"] = (sources.markdown(found, sub), {"comparisons": found, "subgroups": sub})
         if sub is not None:
             from caco_jax.evaluation.trust_plots import plot_subgroups

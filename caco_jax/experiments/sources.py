@@ -82,27 +82,43 @@ def compare_source(ref_dir: pathlib.Path, loso_dir: pathlib.Path, source: str) -
     }
 
 
-def source_rows(preset: Preset, out: pathlib.Path) -> list[dict[str, Any]]:
-    """Every held-out cell's comparison, seed by seed (the seeds both cells finished)."""
+def _recorded(previous: dict[str, Any] | None) -> dict[str, Any]:
+    return (previous or {}).get("sources") or {}
+
+
+def source_rows(preset: Preset, out: pathlib.Path, previous: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every held-out cell's comparison, seed by seed (the seeds both cells finished in ``out``; for the
+    others, what ``previous``, the last results JSON, recorded: runs trained elsewhere keep their rows)."""
     cells = {c.name: c for c in preset.cells}
     if REFERENCE not in cells:
         return []
     reference = finished_runs(preset, cells[REFERENCE], out)
+    recorded = {(r["cell"], r["seed"]): r for r in _recorded(previous).get("comparisons", [])}
     rows = []
     for cell in preset.cells:
         source = held_out(cell)
         if not source:
             continue
         loso = finished_runs(preset, cell, out)
-        for seed in sorted(set(reference) & set(loso)):
-            rows.append({"cell": cell.name, "seed": seed, **compare_source(reference[seed], loso[seed], source)})
+        here = set(reference) & set(loso)
+        for seed in sorted(here | {s for c, s in recorded if c == cell.name}):
+            if seed in here:
+                rows.append({"cell": cell.name, "seed": seed, **compare_source(reference[seed], loso[seed], source)})
+            else:
+                rows.append(recorded[cell.name, seed])
     return rows
 
 
-def reference_subgroups(preset: Preset, out: pathlib.Path) -> dict[str, Any] | None:
-    """Figures by subgroup of the reference cell's first finished seed (as shipped: balanced rule, TTA)."""
+def reference_subgroups(
+    preset: Preset, out: pathlib.Path, previous: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Figures by subgroup of the reference cell's first seed (as shipped: balanced rule, TTA): computed
+    when that seed's run is in ``out``, else as ``previous`` recorded it."""
     cells = {c.name: c for c in preset.cells}
     finished = finished_runs(preset, cells[REFERENCE], out) if REFERENCE in cells else {}
+    kept = _recorded(previous).get("subgroups")
+    if kept is not None and (not finished or kept["seed"] < min(finished)):
+        return kept
     if not finished:
         return None
     seed = min(finished)
