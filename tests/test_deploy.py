@@ -219,6 +219,10 @@ def test_int8_onnx_keeps_the_features_of_real_images(real_data_dir, imagenet_bac
     assert np.median(cosine) > 0.85, np.median(cosine)
     quantization = json.loads(artifact.metadata_path(files[1]).read_text())["quantization"]
     assert quantization["uint16_activations"] == ["getitem", "hardswish"]  # the stem's conv output and activation
+    same = PortablePredictor(files[0]).outputs(images[:32])["logits"].argmax(1) == PortablePredictor(files[1]).outputs(
+        images[:32]
+    )["logits"].argmax(1)
+    assert quantization["calibration_agreement"] == pytest.approx(same.mean(), abs=1 / 32)
 
 
 @pytest.mark.heavy

@@ -104,5 +104,9 @@ def export_models(
                 target = int8_path(onnx) if onnx is not None else int8_path(tflite or float_onnx, ".onnx")
                 settings = quantize_onnx(float_onnx, target, calibration, input_name=INPUT_NAME)
                 settings["calibration_source"] = calibration_source
+                log(
+                    f"int8 ONNX: the top class of {100 * settings['calibration_agreement']:.1f} % of the "
+                    f"{len(calibration)} calibration images is the float model's (docs/deploy.md measures test images)"
+                )
                 done(target, layout="NCHW", input_name=INPUT_NAME, precision="int8", quantization=settings)
     return written

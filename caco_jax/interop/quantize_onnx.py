@@ -105,7 +105,9 @@ def quantize_onnx(
             }[method],
             extra_options={"QDQKeepRemovableActivations": activations == "int16", "TensorQuantOverrides": overrides},
         )
+        agreement = _agreement(prepared, out_path, nchw, input_name, batch_size)
     return {
+        "calibration_agreement": agreement,
         "tool": "onnxruntime.quantization.quantize_static",
         "format": "QDQ",
         "weights": "int8 " + ("per channel" if per_channel else "per tensor"),
@@ -132,3 +134,24 @@ def wide_tensors(prepared: str | pathlib.Path, nchw: np.ndarray, ratio: float = 
         for n in names
         if found[n]["max"] - found[n]["min"] > ratio * max(found[n]["p99.99"] - found[n]["p0.01"], 1e-12)
     ]
+
+
+def _agreement(
+    float_path: pathlib.Path, int8_path: str | pathlib.Path, nchw: np.ndarray, input_name: str, batch: int
+) -> float:
+    """The share of the calibration images whose top class the int8 model gives as the float one does (its
+    first output, the logits): a check that the file keeps its answers, not a measure of them (those images
+    set the ranges; docs/deploy.md measures on test images)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    sessions = [
+        ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in (float_path, int8_path)
+    ]
+    same = 0
+    for start in range(0, len(nchw), batch):
+        x = {input_name: nchw[start : start + batch]}
+        f, q = (np.asarray(s.run(None, x)[0]).argmax(-1) for s in sessions)
+        same += int((f == q).sum())
+    return same / len(nchw)
