@@ -106,17 +106,11 @@ def quantize_onnx(
             extra_options={"QDQKeepRemovableActivations": activations == "int16", "TensorQuantOverrides": overrides},
         )
         agreement = _agreement(prepared, out_path, nchw, input_name, batch_size)
-    return {
-        "calibration_agreement": agreement,
-        "tool": "onnxruntime.quantization.quantize_static",
-        "format": "QDQ",
-        "weights": "int8 " + ("per channel" if per_channel else "per tensor"),
-        "activations": f"{activations} per tensor",
-        "calibration_method": method,
-        "calibration_images": int(len(calibration)),
-        "float_ops": list(float_ops),
-        "uint16_activations": wide,
-    }
+    weights = "int8 " + ("per channel" if per_channel else "per tensor")
+    return {"calibration_agreement": agreement, "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ"} | {
+        "weights": weights, "activations": f"{activations} per tensor", "calibration_method": method,
+        "calibration_images": int(len(calibration)), "float_ops": list(float_ops), "uint16_activations": wide,
+    }  # fmt: skip
 
 
 def wide_tensors(prepared: str | pathlib.Path, nchw: np.ndarray, ratio: float = WIDE_RATIO) -> list[str]:
