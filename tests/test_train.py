@@ -252,6 +252,58 @@ def test_evaluate_with_tta_reports_bacc_with_and_without(trained, tmp_path):
     assert "## Test-time augmentation" in (tmp_path / "report_ham10000_validation.md").read_text()
 
 
+def test_answers_with_tta_are_judged_by_the_threshold_fitted_on_tta_confidences(trained, tmp_path):
+    """Averaging 8 views changes every confidence: evaluate --tta (and predict --tta) compare them with the
+    threshold fitted on the validation split's view averages, not with the single-view one."""
+    from caco_jax.cli.evaluate import main as evaluate_main
+    from caco_jax.evaluation import selective, side_files
+
+    workdir, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(workdir, run, ignore=shutil.ignore_patterns("checkpoints", "tb"))
+    fitted = {**json.loads((run / "best" / "selective.json").read_text()), "threshold": 0.31}
+    fitted["tta"] = {**fitted, "threshold": 0.77}
+    selective.save(run / "best", fitted)
+    side_files.record(run / "best")
+    found = {}
+    for tta in (False, True):
+        out = tmp_path / f"out_{tta}"
+        assert evaluate_main(["--workdir", str(run), "--split", "validation", "--out", str(out)] + ["--tta"] * tta) == 0
+        metrics = json.loads((out / "report_ham10000_validation.json").read_text())["metrics"]
+        found[tta] = metrics["selective"]["at_threshold"]
+    assert found[False]["threshold"] == 0.31 and found[True]["threshold"] == 0.77
+    del fitted["tta"]  # a run saved before the TTA threshold existed: no reliability mark for TTA answers
+    assert selective.threshold_for(fitted, True) is None and selective.threshold_for(fitted, False) == 0.31
+
+
+def test_the_tta_threshold_is_fitted_on_the_views_average(monkeypatch):
+    """fit_selective with the validation views: the second threshold is the lowest TTA confidence at which the
+    TTA answers are 90 % accurate, which differs from the single-view threshold on these logits."""
+    from types import SimpleNamespace
+
+    from caco_jax.evaluation import decision
+    from caco_jax.training import finish
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 3, 400)
+    clean = rng.normal(0, 1, (400, 3)) + 2.5 * np.eye(3)[labels]
+    views = clean[:, None, :] + rng.normal(0, 2.0, (400, 8, 3))  # views disagree: their average is less sure
+    run = SimpleNamespace(config=SimpleNamespace(evaluation=SimpleNamespace(decision="argmax")),
+                          runlog=SimpleNamespace(info=lambda _: None))  # fmt: skip
+    saved: dict = {}
+    monkeypatch.setattr(finish.selective, "save", lambda _d, fitted: saved.update(fitted))
+    rule = decision.DecisionRule("none", (0.0, 0.0, 0.0))
+    finish.fit_selective(run, views[:, 0], labels, 1.0, rule, pathlib.Path("."), views)  # type: ignore[arg-type]
+    probs = np.exp(views - views.max(-1, keepdims=True))
+    probs = (probs / probs.sum(-1, keepdims=True)).mean(1)  # the views' mean probability, computed here
+    conf, right = probs.max(1), probs.argmax(1) == labels
+    t = saved["tta"]["threshold"]
+    assert right[conf >= t].mean() >= 0.9  # the promise holds on TTA answers
+    below = np.sort(conf[conf < t])[-5:]
+    assert all(right[conf >= c].mean() < 0.9 for c in below)  # and it is the lowest confidence that keeps it
+    assert t != saved["threshold"]
+
+
 def test_predict_script_writes_grad_cam_overlays_and_uses_the_temperature(trained, synthetic_tfds, tmp_path):
     from PIL import Image
 

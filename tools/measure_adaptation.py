@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=pathlib.Path, required=True)
     args = p.parse_args(argv)
     t0 = time.time()
+    from caco_jax.training import compile_cache
+
+    compile_cache.enable()  # every adapted copy builds its own steps: the same programs, compiled once
 
     def log(message: str) -> None:
         print(f"[{(time.time() - t0) / 60:5.1f} min] {message}", flush=True)

@@ -75,7 +75,7 @@ def _source(args: argparse.Namespace, config: Any, data_dir: pathlib.Path) -> tu
 
 def run(args: argparse.Namespace) -> int:
     from caco_jax.data import registry
-    from caco_jax.evaluation import calibration, predictions, side_files
+    from caco_jax.evaluation import calibration, predictions, selective, side_files
     from caco_jax.evaluation.reports import evaluation_report, write_report
     from caco_jax.models import count_params
     from caco_jax.runs.loading import load_trained
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         dataset=config.data.name,
         rule=side_files.rule(weights_dir),
         answer_rule=config.evaluation.decision,
-        threshold=fitted["threshold"] if fitted else None,
+        threshold=selective.threshold_for(fitted, args.tta),
         split=split,
     )
     temperature_source = f"from {weights_dir / calibration.CALIBRATION_FILE}" if temperature is not None else ""

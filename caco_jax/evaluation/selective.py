@@ -124,6 +124,15 @@ def fit_threshold(probs: np.ndarray, labels: np.ndarray, predicted: np.ndarray) 
     return {"target_accuracy": TARGET, "threshold": thr, "coverage": cov, "fitted_on": "validation"}
 
 
+def threshold_for(fitted: dict[str, Any] | None, tta: bool) -> float | None:
+    """The saved threshold for answers with or without test-time augmentation. Each was fitted on the
+    validation confidences of its own kind; a run saved before the TTA threshold existed has none for TTA
+    answers (a threshold fitted on single-view confidences does not carry to the views' average)."""
+    if not fitted:
+        return None
+    return (fitted.get("tta") or {}).get("threshold") if tta else fitted.get("threshold")
+
+
 def save(weights_dir: str | pathlib.Path, fitted: dict[str, Any]) -> pathlib.Path:
     """Writes ``selective.json`` beside the weights (atomically)."""
     path = pathlib.Path(weights_dir) / FILE

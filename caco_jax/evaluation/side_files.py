@@ -134,9 +134,12 @@ def clinic(weights_dir: str | pathlib.Path) -> dict[str, Any] | None:
 
 def _selective(weights_dir: pathlib.Path) -> dict[str, Any] | None:
     fitted = selective.load(weights_dir)
-    value = fitted.get("threshold") if isinstance(fitted, dict) else "not a JSON object"
-    if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
-        raise ValueError(f"threshold {value!r} is not a number")
+    if not isinstance(fitted, dict):
+        raise ValueError("not a JSON object")
+    for tta in (False, True):
+        value = selective.threshold_for(fitted, tta)
+        if value is not None and not (isinstance(value, int | float) and math.isfinite(value)):
+            raise ValueError(f"threshold {value!r} is not a number")
     return fitted
 
 

@@ -214,10 +214,11 @@ ACQUISITION: dict[str, Any] = {
 COLOR_CONSTANCY: dict[str, Any] = {"data.color_constancy": "shades_of_gray", "data.color_constancy_p": 6.0}
 
 
-def _adaptation_cells(seeds: Sequence[int] = (0, 1)) -> tuple[Cell, ...]:
+def _adaptation_cells(seeds: Sequence[int] = (1, 2)) -> tuple[Cell, ...]:
     """The sources grid's three cells (every source; rosendahl held out; vidir_modern held out) trained with
     colour constancy, with the acquisition augmentation, and with both (issue 37); the cells without
-    either are the sources_cpu preset's, on the same seeds."""
+    either are the sources_cpu preset's, on the same seeds (1 and 2: seed 0's sources runs were trained in
+    an earlier session whose runs this machine no longer holds)."""
     seeds = tuple(seeds)
     recipe = {"optimizer.ema_decay": 0.99}
     remedies = (("cc", COLOR_CONSTANCY), ("aug", ACQUISITION), ("cc_aug", {**COLOR_CONSTANCY, **ACQUISITION}))

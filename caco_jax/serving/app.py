@@ -185,7 +185,7 @@ class Analyser:
         probs = answer.probabilities[0]
         shown = _display(original)
         t = self.predictor.temperature
-        warnings = self._warnings(screen, float(answer.model_probabilities[0, answered]))
+        warnings = self._warnings(screen, float(answer.model_probabilities[0, answered]), tta)
         marked = " *(another acquisition: see the warning)*" if warnings and warnings[0].startswith("**") else ""
         lines = [
             *warnings,
@@ -209,7 +209,7 @@ class Analyser:
             "\n".join(lines),
         )
 
-    def _warnings(self, screen: Any, confidence: float) -> list[str]:
+    def _warnings(self, screen: Any, confidence: float, tta: bool) -> list[str]:
         """What to say above the answer: the guard's verdict for a dermoscopy image unlike the training images
         and, for an image the guard passes, whether the answer's confidence is below the level this run
         measured as unreliable."""
@@ -222,7 +222,7 @@ class Analyser:
                 "`caco-jax adapt`.",
                 "",
             ]
-        threshold = self.predictor.confidence_threshold
+        threshold = self.predictor.confidence_threshold(tta)
         if threshold is not None and confidence < threshold:
             return [
                 f"- **Low confidence**: {confidence:.1%}, below {threshold:.1%}, the confidence above which this "

@@ -127,7 +127,7 @@ def predict(
     images = np.stack([im for _, im in loaded])
     answer = predictor.decide(images, tta=tta)
     guarded = predictor.screen(images)
-    threshold = predictor.confidence_threshold
+    threshold = predictor.confidence_threshold(tta)
     rows = []
     for i, (f, _) in enumerate(loaded):
         p = answer.probabilities[i]

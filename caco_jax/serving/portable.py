@@ -20,7 +20,7 @@ import numpy as np
 
 from caco_jax.data.images import MAX_PIXELS, decode
 from caco_jax.errors import UsageError
-from caco_jax.evaluation import calibration, decision, ood_score, prior_shift
+from caco_jax.evaluation import calibration, decision, ood_score, prior_shift, selective
 from caco_jax.evaluation.decision import Decision
 from caco_jax.interop import artifact
 
@@ -125,12 +125,15 @@ class PortablePredictor:
         self.clinic = None if clinic is None else prior_shift.clinic_rule(clinic)
         self.decision = self._check_rule(decision or self.meta["decision"]["default"])
         self.guard = artifact.guard_from(self.path, self.meta)
-        selective = self.meta.get("selective") or {}
-        self.confidence_threshold: float | None = selective.get("threshold")
+        self.selective: dict | None = self.meta.get("selective")
         if self.meta["format"] == "onnx":
             self.run = onnx_runner(self.path, self.meta, threads=threads, batch_size=batch_size)
         else:
             self.run = litert_runner(self.path, self.meta, threads=threads)
+
+    def confidence_threshold(self, tta: bool = False) -> float | None:
+        """The confidence below which answers (with or without ``tta``) are marked unreliable, or None."""
+        return selective.threshold_for(self.selective, tta)
 
     def _check_rule(self, rule: str) -> str:
         if rule not in decision.RULES:

@@ -17,7 +17,7 @@ import numpy as np
 from caco_jax.data.constancy import ColorConstancy
 from caco_jax.data.images import MAX_PIXELS, decode
 from caco_jax.errors import UsageError
-from caco_jax.evaluation import decision, ood_score, prior_shift, side_files
+from caco_jax.evaluation import decision, ood_score, prior_shift, selective, side_files
 from caco_jax.evaluation.decision import RULE_TEXT, Decision
 from caco_jax.runs.loading import load_trained
 from caco_jax.training import parallel
@@ -67,8 +67,7 @@ class Predictor:
         )
         # Runs trained before these existed have neither: no guard, no reliability threshold.
         self.guard: ood_score.Guard | None = side_files.guard(self.weights_dir)
-        fitted = side_files.threshold(self.weights_dir)
-        self.confidence_threshold: float | None = fitted.get("threshold") if fitted else None
+        self.selective: dict | None = side_files.threshold(self.weights_dir)
 
     @property
     def rules(self) -> tuple[str, ...]:
@@ -122,6 +121,10 @@ class Predictor:
         t = self._t if temperature is None else np.float32(temperature)
         out = [np.asarray(step(self._params, self._stats, padded, t))[:n] for _, n, padded in self._chunks(images)]
         return np.concatenate(out) if out else np.zeros((0, len(self.class_names)))
+
+    def confidence_threshold(self, tta: bool = False) -> float | None:
+        """The confidence below which answers (with or without ``tta``) are marked unreliable, or None."""
+        return selective.threshold_for(self.selective, tta)
 
     def embed(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """{'logits' [N, C], 'pooled' [N, F], 'hidden' [N, H]} of the plain images (what the guard scores)."""

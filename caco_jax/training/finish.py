@@ -74,13 +74,22 @@ def fit_selective(
     temperature: float,
     rule: decision.DecisionRule,
     weights_dir: pathlib.Path | None,
+    tta_logits: np.ndarray | None = None,
 ) -> float | None:
     """The confidence below which the run's answers are unreliable, fitted on the validation split
-    (``selective.fit_threshold``) under the rule the run answers with; saved beside the weights."""
-    probs = calibration.probabilities(logits, temperature)
-    answers = rule.predict(logits, temperature) if run.config.evaluation.decision == "balanced" else probs.argmax(-1)
-    fitted = selective.fit_threshold(probs, labels, answers)
+    (``selective.fit_threshold``) under the rule the run answers with; with ``tta_logits`` (the validation
+    views, [N, V, C]) a second threshold for answers averaged over the views, fitted on those confidences
+    (what ``--tta`` answers are compared with). Saved beside the weights."""
+
+    def fit(z: np.ndarray) -> dict:
+        probs = calibration.probabilities(z, temperature)
+        balanced = run.config.evaluation.decision == "balanced"
+        return selective.fit_threshold(probs, labels, rule.predict(z, temperature) if balanced else probs.argmax(-1))
+
+    fitted = fit(logits)
     fitted["rule"] = run.config.evaluation.decision
+    if tta_logits is not None:
+        fitted["tta"] = fit(tta_logits)
     if weights_dir is not None and jax.process_index() == 0:
         selective.save(weights_dir, fitted)
     if fitted["threshold"] is None:
@@ -205,8 +214,15 @@ def final_test(
     val_acc, _ = collect(evaluate, params, stats, run.local_batches(validation), weights, run.mesh, run.class_names)
     temperature = fit_calibration(run, *val_acc.logits(), weights_dir)
     rule = fit_decision(run, *val_acc.logits(), temperature, weights_dir)
-    threshold = fit_selective(run, *val_acc.logits(), temperature, rule, weights_dir)
     test = run.splits["test"]
+    views = {}  # every process takes part in the collectives; the first writes
+    if run.config.evaluation.tta:
+        for name, source in (("validation", validation), ("test", test)):
+            views[name] = collect(
+                evaluate_tta, params, stats, run.local_batches(source), weights, run.mesh, run.class_names
+            )[0]
+    tta_val = views["validation"].logits()[0] if "validation" in views else None
+    threshold = fit_selective(run, *val_acc.logits(), temperature, rule, weights_dir, tta_val)
     acc, loss = collect(evaluate, params, stats, run.local_batches(test), weights, run.mesh, run.class_names)
     report = evaluation_report(
         acc,
@@ -222,12 +238,6 @@ def final_test(
     _, report["ood"] = fit_guard(run, params, stats, validation, weights_dir)
     if weights_dir is not None and jax.process_index() == 0:
         side_files.record(weights_dir)  # their checksums, verified whenever they are read
-    views = {}  # every process takes part in the collectives; the first writes
-    if run.config.evaluation.tta:
-        for name, source in (("validation", validation), ("test", test)):
-            views[name] = collect(
-                evaluate_tta, params, stats, run.local_batches(source), weights, run.mesh, run.class_names
-            )[0]
     if not run.runlog.files:  # multi-host: the first process writes the report
         return report, {}
     train = run.splits["train"]
