@@ -36,6 +36,29 @@ def test_the_common_classes_their_bacc_and_the_clean_mix():
     se_part = math.sqrt(2 * (0.1 / seeds.Z) ** 2) / 2  # two classes, each recall's SE from its interval
     half = seeds.Z * math.hypot(se_part, se_part)
     assert d["difference_interval"] == pytest.approx([0.05 - half, 0.05 + half])
+    # accuracy at the clean mix: each part's SE is the weighted recall SEs in quadrature
+    se_accuracy = math.sqrt((0.4 * 0.1 / seeds.Z) ** 2 + (0.6 * 0.1 / seeds.Z) ** 2)
+    d_accuracy = (0.4 * 0.8 + 0.6 * 0.7) - (0.4 * 0.5 + 0.6 * 0.9)
+    half_accuracy = seeds.Z * math.hypot(se_accuracy, se_accuracy)
+    assert d["accuracy_interval"] == pytest.approx([d_accuracy - half_accuracy, d_accuracy + half_accuracy])
+
+
+def test_the_cell_means_both_differences_over_seeds():
+    records = {
+        str(s): _record(
+            clean={"a": 0.5, "b": 0.9},
+            leaked={"a": 0.8 - 0.1 * s, "b": 0.7},
+            counts={"a": 40, "b": 60},
+            shares={"a": 0.5, "b": 0.5},
+        )
+        for s in range(3)
+    }
+    found = leak_parts.cell({"cell": "image", "runs": records})
+    accuracy = [found["runs"][str(s)]["accuracy_at_clean_mix"]["difference"] for s in range(3)]
+    assert found["accuracy_mean"]["mean"] == pytest.approx(sum(accuracy) / 3)
+    assert found["accuracy_mean"]["covers"] == "seeds and test sampling"
+    lo, hi = found["accuracy_mean"]["interval"]
+    assert lo < min(accuracy) and hi > max(accuracy)
 
 
 def test_a_cell_without_a_leaked_part_has_no_row():

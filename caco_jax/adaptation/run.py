@@ -79,9 +79,11 @@ def adapt(
     depth: int | None = DEPTH,
     alpha: float = ALPHA,
     estimate_prior: bool = True,
+    min_images: int = MIN_IMAGES,
 ) -> dict[str, Any]:
     """Writes the adapted run of ``workdir`` to ``out`` from ``images`` (uint8 [N, S, S, 3], decoded as the
-    run decodes); returns what ``adaptation.json`` records."""
+    run decodes); returns what ``adaptation.json`` records. ``min_images``: the refusal's floor (lowered only
+    by the measurement of how many images are enough)."""
     from caco_jax.data.augment import preprocess
     from caco_jax.data.constancy import ColorConstancy
     from caco_jax.runs.loading import load_trained, read_weights
@@ -89,10 +91,10 @@ def adapt(
     from caco_jax.runs.workspace import save_config
 
     workdir, out = pathlib.Path(workdir).resolve(), pathlib.Path(out).resolve()
-    if len(images) < MIN_IMAGES:
+    if len(images) < min_images:
         raise UsageError(
             f"{len(images)} readable images in {folder or 'the folder'}: re-estimating the statistics needs at "
-            f"least {MIN_IMAGES}: give more of the clinic's images"
+            f"least {min_images}: give more of the clinic's images"
         )
     if out == workdir or (out.exists() and any(out.iterdir())):
         raise UsageError(f"--out {out} exists and is not empty: give a new folder for the adapted run")

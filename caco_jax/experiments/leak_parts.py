@@ -27,20 +27,21 @@ def _counts(run: dict[str, Any], part: str) -> dict[str, float]:
     return {c: s["num_test"] * share(s) for c, s in per_class.items()}
 
 
-def _part(run: dict[str, Any], part: str, common: list[str], weights: dict[str, float]) -> tuple[float, float, float]:
-    """(BACC over ``common``, accuracy at the clean mix, the standard error of that BACC)."""
+def _part(
+    run: dict[str, Any], part: str, common: list[str], weights: dict[str, float]
+) -> tuple[float, float, float, float]:
+    """(BACC over ``common``, accuracy at the clean mix, the standard errors of both)."""
     figure = run["figures"]["parts"][part]
     recall = figure["recall"]
     ci = (figure.get("ci") or {}).get("recall") or {}
     bacc = sum(recall[c] for c in common) / len(common)
     accuracy = sum(weights[c] * recall[c] for c in common)
     ses = [seeds.standard_error(ci.get(c)) for c in common]
-    se = (
-        math.sqrt(sum(s * s for s in ses if s is not None)) / len(common)
-        if all(s is not None for s in ses)
-        else math.nan
-    )
-    return bacc, accuracy, se
+    if any(s is None for s in ses):
+        return bacc, accuracy, math.nan, math.nan
+    se = math.sqrt(sum(s * s for s in ses)) / len(common)  # type: ignore[operator]
+    se_accuracy = math.sqrt(sum((weights[c] * s) ** 2 for c, s in zip(common, ses, strict=True)))  # type: ignore[operator]
+    return bacc, accuracy, se, se_accuracy
 
 
 def run_difference(run: dict[str, Any]) -> dict[str, Any] | None:
@@ -54,13 +55,18 @@ def run_difference(run: dict[str, Any]) -> dict[str, Any] | None:
     total = sum(clean_counts.get(c, 0.0) for c in common)
     weights = {c: clean_counts.get(c, 0.0) / total for c in common} if total else {c: 1 / len(common) for c in common}
     clean, leaked = _part(run, "clean", common, weights), _part(run, "same_lesion", common, weights)
-    d = leaked[0] - clean[0]
-    se = math.hypot(leaked[2], clean[2])
+    d, d_accuracy = leaked[0] - clean[0], leaked[1] - clean[1]
+    se, se_accuracy = math.hypot(leaked[2], clean[2]), math.hypot(leaked[3], clean[3])
     return {
         "classes": common,
         "bacc": {"clean": clean[0], "leaked": leaked[0], "difference": d},
-        "accuracy_at_clean_mix": {"clean": clean[1], "leaked": leaked[1], "difference": leaked[1] - clean[1]},
+        "accuracy_at_clean_mix": {"clean": clean[1], "leaked": leaked[1], "difference": d_accuracy},
         "difference_interval": None if math.isnan(se) else [d - seeds.Z * se, d + seeds.Z * se],
+        "accuracy_interval": (
+            None
+            if math.isnan(se_accuracy)
+            else [d_accuracy - seeds.Z * se_accuracy, d_accuracy + seeds.Z * se_accuracy]
+        ),
     }
 
 
@@ -71,9 +77,11 @@ def cell(row: dict[str, Any]) -> dict[str, Any] | None:
     if not found:
         return None
     diffs = [d["bacc"]["difference"] for d in found.values()]
+    accuracy = [d["accuracy_at_clean_mix"]["difference"] for d in found.values()]
     return {
         "runs": found,
         "mean": seeds.cell(diffs, [d["difference_interval"] for d in found.values()], bounds=(-1.0, 1.0)),
+        "accuracy_mean": seeds.cell(accuracy, [d.get("accuracy_interval") for d in found.values()], bounds=(-1.0, 1.0)),
         "classes": sorted(set.intersection(*(set(d["classes"]) for d in found.values()))),
     }
 
@@ -91,8 +99,8 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
         "against biopsy-confirmed nevi) still differs between the parts.",
         "",
         "| cell | classes | per seed: BACC clean -> leaked (difference [95 %]) | accuracy at the clean mix: clean -> "
-        "leaked | mean difference, BACC [seeds + test] |",
-        "|---|---|---|---|---|",
+        "leaked | mean difference, BACC [seeds + test] | mean difference, accuracy at the clean mix [seeds + test] |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         found = cell(r)
@@ -106,12 +114,15 @@ def markdown(rows: list[dict[str, Any]]) -> list[str]:
                 f"s{s}: {100 * b['clean']:.1f} -> {100 * b['leaked']:.1f} ({100 * b['difference']:+.1f}{ci})"
             )
             per_seed_acc.append(f"s{s}: {100 * a['clean']:.1f} -> {100 * a['leaked']:.1f}")
-        m = found["mean"]
-        if m.get("interval"):
-            lo, hi = m["interval"]
-            mean = f"{100 * m['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
-        else:
-            mean = f"{100 * m['mean']:+.1f} ({m.get('why', '-')})"
         classes = ", ".join(found["classes"])
-        lines.append(f"| {r['cell']} | {classes} | {'; '.join(per_seed)} | {'; '.join(per_seed_acc)} | {mean} |")
+        means = " | ".join(mean_text(found[k]) for k in ("mean", "accuracy_mean"))
+        lines.append(f"| {r['cell']} | {classes} | {'; '.join(per_seed)} | {'; '.join(per_seed_acc)} | {means} |")
     return lines
+
+
+def mean_text(m: dict[str, Any]) -> str:
+    """'+9.9 [-5.5, +25.3]' in points, or the mean and why it has no interval."""
+    if m.get("interval"):
+        lo, hi = m["interval"]
+        return f"{100 * m['mean']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return f"{100 * m['mean']:+.1f} ({m.get('why', '-')})"
