@@ -36,11 +36,12 @@ def _part(
     ci = (figure.get("ci") or {}).get("recall") or {}
     bacc = sum(recall[c] for c in common) / len(common)
     accuracy = sum(weights[c] * recall[c] for c in common)
-    ses = [seeds.standard_error(ci.get(c)) for c in common]
-    if any(s is None for s in ses):
+    found = [seeds.standard_error(ci.get(c)) for c in common]
+    ses = [s for s in found if s is not None]
+    if len(ses) < len(found):
         return bacc, accuracy, math.nan, math.nan
-    se = math.sqrt(sum(s * s for s in ses)) / len(common)  # type: ignore[operator]
-    se_accuracy = math.sqrt(sum((weights[c] * s) ** 2 for c, s in zip(common, ses, strict=True)))  # type: ignore[operator]
+    se = math.sqrt(sum(s * s for s in ses)) / len(common)
+    se_accuracy = math.sqrt(sum((weights[c] * s) ** 2 for c, s in zip(common, ses, strict=True)))
     return bacc, accuracy, se, se_accuracy
 
 
