@@ -191,12 +191,14 @@ def ood_sentence_claims() -> list[str]:
            "flat colour", "noise", "rendered text")  # fmt: skip
     auroc = [kinds[k]["auroc"]["value"] for k in far]
     through = [kinds[k]["let_through"]["value"] for k in ("heavy blur", "over-exposed", "under-exposed")]
+    few = [v["pictures"] for v in kinds.values() if v["pictures"] < 10]
     return [
         f"AUROC {min(auroc):.3f}-{max(auroc):.3f}",
         f"({_pct(min(through))}-{_pct(max(through))} % let through) but passes "
         f"{_pct(kinds['colour cast']['let_through']['value'], 0)} % of colour-cast lesions and "
         f"{_pct(kinds['grayscale']['let_through']['value'])} % of grayscale copies",
         f"flagging {_pct(report['false_alarms']['value'])} % of real test images",
+        f"rest on {min(few)}-{max(few)} source pictures",
     ]
 
 

@@ -317,6 +317,15 @@ def markdown(payload: dict) -> str:
         first = variants[names[0]]["report"]["kinds"][kind]
         cells = [_auc(variants[n]["report"]["kinds"][kind]["auroc"]) for n in names]
         lines.append(f"| {kind} | {first['images']} ({first['pictures']}) | " + " | ".join(cells) + " |")
+    few = {k: v["pictures"] for k, v in variants[names[0]]["report"]["kinds"].items() if v["pictures"] < 10}
+    if few:
+        lines += [
+            "",
+            f"Read the kinds made from few source pictures ({', '.join(few)}: {min(few.values())}-"
+            f"{max(few.values())} pictures each, every image of a kind a crop or variant of them) with care: the "
+            "same pictures served the choice above and this table, so the chosen method's figures on them are "
+            "not independent of its choice; one run, one seed.",
+        ]
     lines += [
         "",
         "## Share of OOD images let through at the validation threshold (FPR at 95 % of validation kept), %",
