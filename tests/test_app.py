@@ -23,7 +23,7 @@ gr = pytest.importorskip("gradio", reason="the web page needs the app extra: pip
 httpx = pytest.importorskip("httpx", reason="comes with gradio (the app extra)")
 
 from caco_jax.data.classes import CLASS_NAMES  # noqa: E402
-from caco_jax.evaluation import calibration, decision  # noqa: E402
+from caco_jax.evaluation import calibration, decision, ood_score  # noqa: E402
 from caco_jax.models import model_from_config  # noqa: E402
 from caco_jax.runs.weights import save_weights  # noqa: E402
 from caco_jax.runs.workspace import save_config  # noqa: E402
@@ -77,7 +77,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     page = app.build(analyser, description=app.describe(workdir, predictor))
     _, url, _ = app.launch(page, port=_free_port(), limits=LIMITS, block=False)
     client = httpx.Client(base_url=url.rstrip("/"), timeout=120)
-    yield client, url, cache
+    yield client, url, cache, analyser
     client.close()
     page.close()
     cache.close()
@@ -117,7 +117,7 @@ def _jpeg(size: tuple[int, int] = (120, 90), seed: int = 0) -> bytes:
 
 
 def test_binds_to_localhost_and_the_page_says_it_is_not_a_diagnosis(server):
-    client, url, _ = server
+    client, url, _, _ = server
     assert url.startswith("http://127.0.0.1:")
     assert client.get("/").status_code == 200
     config = client.get("/config").text
@@ -125,7 +125,7 @@ def test_binds_to_localhost_and_the_page_says_it_is_not_a_diagnosis(server):
 
 
 def test_an_image_gets_probabilities_and_a_grad_cam_overlay(server):
-    client, _, _ = server
+    client, _, _, _ = server
     probs, image, heat, message = _analyse(client, _upload(client, "lesion.jpg", _jpeg()))
     confidences = {c["label"]: c["confidence"] for c in probs["confidences"]}
     assert set(confidences) == set(CLASS_NAMES) and sum(confidences.values()) == pytest.approx(1.0, abs=1e-4)
@@ -138,7 +138,7 @@ def test_an_image_gets_probabilities_and_a_grad_cam_overlay(server):
 
 
 def test_a_chosen_class_and_test_time_augmentation(server):
-    client, _, _ = server
+    client, _, _, _ = server
     file = _upload(client, "lesion.jpg", _jpeg())
     _, _, _, message = _analyse(client, file, explain="mel", tta=True)
     assert "supports **mel**" in message and "averaged over 8" in message
@@ -154,7 +154,7 @@ def test_a_chosen_class_and_test_time_augmentation(server):
     ],
 )
 def test_bad_files_get_a_clear_message(server, name, data, expected):
-    client, _, _ = server
+    client, _, _, _ = server
     if data is None:  # 4.8 megapixels in a few kB: refused from its header, before decoding
         out = io.BytesIO()
         Image.new("RGB", (2400, 2000)).save(out, format="PNG")
@@ -165,7 +165,7 @@ def test_bad_files_get_a_clear_message(server, name, data, expected):
 
 
 def test_no_file_and_a_file_over_the_size_limit(server, tmp_path):
-    client, _, _ = server
+    client, _, _, _ = server
     assert "Drop a dermoscopy image" in _analyse(client, None)[3]
     r = client.post("/gradio_api/upload", files={"files": ("huge.jpg", b"\0" * (LIMITS.max_bytes + 1))})
     assert r.status_code == 413 and "maximum allowed size" in r.text  # refused before it is stored
@@ -184,7 +184,7 @@ def _exif_png(stored: np.ndarray, orientation: int) -> bytes:
 
 
 def test_a_phone_photo_tagged_rotate_90_is_shown_and_analysed_upright(server):
-    client, _, _ = server
+    client, _, _, _ = server
     upright = np.asarray(Image.open(io.BytesIO(_jpeg((90, 120)))))  # portrait, 90 wide
     stored = np.ascontiguousarray(np.rot90(upright, 1))  # how the camera stored it: landscape
     tagged = _analyse(client, _upload(client, "phone.png", _exif_png(stored, 6)))
@@ -195,7 +195,7 @@ def test_a_phone_photo_tagged_rotate_90_is_shown_and_analysed_upright(server):
 
 
 def test_the_decision_rule_is_a_choice_and_the_page_names_it(server):
-    client, _, _ = server
+    client, _, _, _ = server
     file = _upload(client, "lesion.jpg", _jpeg())
     argmax = _analyse(client, file, rule="argmax")
     balanced = _analyse(client, file, rule="balanced")
@@ -210,7 +210,8 @@ def test_the_page_answers_in_a_real_browser(server, tmp_path):
     """The page in headless Chromium (tools/screenshot_app.py, which finds the upload box, the message and
     the overlay by the ids the page declares): the image dropped on its upload box gets the answer the
     HTTP API gives for it and a Grad-CAM overlay, and the page asks nothing of other hosts. Runs where
-    playwright and Chromium are installed (CI has neither: skipped, with the reason)."""
+    playwright and Chromium are installed (.ci/run installs both where it can; elsewhere skipped, with the reason).
+    With a guard that marks the image as another acquisition, the warning is shown above the answer."""
     pytest.importorskip("playwright.sync_api", reason="the real-browser check needs playwright: pip install playwright")
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tools"))
     import screenshot_app
@@ -218,7 +219,7 @@ def test_the_page_answers_in_a_real_browser(server, tmp_path):
     chromium = screenshot_app.find_chromium()
     if chromium is None:
         pytest.skip(f"no Chromium here: apt-get install chromium, or set {screenshot_app.CHROMIUM_ENV}=/path/to/it")
-    client, url, _ = server
+    client, url, _, analyser = server
     image = tmp_path / "lesion.jpg"
     image.write_bytes(_jpeg())
     probs = _analyse(client, _upload(client, "lesion.jpg", image.read_bytes()))[0]
@@ -226,10 +227,19 @@ def test_the_page_answers_in_a_real_browser(server, tmp_path):
     shown = screenshot_app.check_page(url, image, chromium=chromium, screenshot=tmp_path / "page.png")
     assert f"{app.ANSWER} {probs['label']} ({confidence:.1%})" in shown.message, shown.message
     assert not shown.blocked and (tmp_path / "page.png").stat().st_size > 10_000
+    assert app.UNLIKE not in shown.message  # no guard: no warning
+    # a guard that marks every image as another acquisition (no far part: never "not dermoscopy")
+    analyser.predictor.guard = ood_score.Guard("max_logit", "logits", threshold=-1e9)
+    try:
+        marked = screenshot_app.check_page(url, image, chromium=chromium)
+    finally:
+        analyser.predictor.guard = None
+    assert app.UNLIKE in marked.message and f"{app.ANSWER} {probs['label']}" in marked.message, marked.message
+    assert marked.message.index(app.UNLIKE) < marked.message.index(app.ANSWER)  # the warning comes first
 
 
 def test_the_page_keeps_its_upload_folder_within_its_budget(server):
-    client, _, cache = server
+    client, _, cache, _ = server
     for i in range(12):
         _analyse(client, _upload(client, f"lesion{i}.jpg", _jpeg((300 + i, 200))))
     cache.sweep(now=time.time() + GRACE + 1)  # once no file is in use any more
@@ -271,7 +281,7 @@ def test_load_many_clients_at_once_stay_answered_and_bounded(server):
     one request at a time on the server, the sweeper deleting beyond a 0.6 MB budget meanwhile: every
     request answered (issue 33: 2.5-3.5 % were dropped when the sweep ran on the request path), the
     folder within its budget once nothing is in use. Figures go to docs/reliability.md."""
-    _, url, cache = server
+    _, url, cache, _ = server
     latencies: list[float] = []
     failures: list[str] = []
     removed_before = cache.removed
