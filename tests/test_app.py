@@ -332,3 +332,13 @@ def test_a_file_gone_from_the_server_says_how_long_uploads_are_kept(tmp_path, ke
         f"gone.png is no longer on the server (uploads are kept {says}, and less when the page's 0.5 MB of "
         "upload space fills up); please upload it again."
     )
+
+
+def test_a_path_that_is_not_an_upload_is_refused_with_a_message(server):
+    """The page's API given a server path it did not receive as an upload: refused (the file is never read),
+    as a message, not an HTTP 500 with a server traceback."""
+    client = server[0]
+    outside = {"path": "/etc/hostname", "meta": {"_type": "gradio.FileData"}, "orig_name": "hostname"}
+    r = client.post("/gradio_api/call/analyse", json={"data": [outside, app.PREDICTED, False, "argmax"]})
+    assert r.status_code == 403 and "refused" in r.json()["error"] and "upload" in r.json()["error"], r.text
+    assert "Traceback" not in r.text and "hostname" in r.text  # names the path it refused, nothing of the file

@@ -315,4 +315,20 @@ def launch(
         ssr_mode=False,
         mcp_server=False,
         enable_monitoring=False,
+        app_kwargs={"exception_handlers": _refusals()},
     )
+
+
+def _refusals() -> dict[Any, Any]:
+    """The API's answer to a file path the page did not receive as an upload (Gradio refuses it before the
+    analyser runs): a message with HTTP 403, not a 500 and a server traceback."""
+    from fastapi.responses import JSONResponse
+    from gradio.exceptions import InvalidPathError
+
+    def refuse(_request: Any, error: Exception) -> Any:
+        return JSONResponse(
+            {"error": f"refused: {error}. Send the image itself (upload it first, then pass what the upload returns)."},
+            status_code=403,
+        )
+
+    return {InvalidPathError: refuse}
