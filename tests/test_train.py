@@ -398,15 +398,39 @@ def test_training_learns_the_synthetic_classes(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_memory_allocator_changes_no_weight(scripted_reference, synthetic_tfds, tmp_path):
+def test_the_memory_allocator_changes_no_weight_and_a_second_train_changes_nothing(
+    scripted_reference, synthetic_tfds, tmp_path
+):
     """The scripted reference run, started as a command (under the preferred allocator where one is
     installed), and the same run under glibc's malloc end with the same bytes in every array and the same
-    best weights."""
+    best weights. Meanwhile a second train on the glibc run's workdir (started while the first holds it,
+    stopped with SIGSTOP so the overlap is certain) is refused in one line naming the holder, exit 2, and
+    the first run ends as if it had been alone (issue 39: both used to fail, or one finished with
+    duplicated rows)."""
     from caco_jax import allocator
 
     env = _env() | {"CACO_TEST_VAL_BACC": SCRIPT, allocator.ENV: "glibc"}
-    done = subprocess.run(scripted_args(tmp_path, synthetic_tfds), env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr[-3000:]
+    errors = tmp_path.parent / f"{tmp_path.name}.stderr"
+    with errors.open("w") as sink:
+        first = subprocess.Popen(
+            scripted_args(tmp_path, synthetic_tfds), env=env, stdout=subprocess.DEVNULL, stderr=sink
+        )
+    deadline = time.time() + 300
+    while time.time() < deadline and first.poll() is None:
+        log = tmp_path / "metrics.jsonl"
+        if log.is_file() and '"kind": "train"' in log.read_text():
+            break
+        time.sleep(0.1)
+    assert first.poll() is None, errors.read_text()[-3000:]
+    first.send_signal(signal.SIGSTOP)  # holding the lock, mid-run
+    try:
+        second = subprocess.run(scripted_args(tmp_path, synthetic_tfds), env=env, capture_output=True, text=True)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=300) == 0, errors.read_text()[-3000:]
+    assert second.returncode == 2, second.stderr[-3000:]
+    said = [line for line in second.stderr.splitlines() if line.strip() and not line.startswith("memory allocator")]
+    assert len(said) == 1 and f"in use by another caco-jax train (pid {first.pid} on host" in said[0], said
     assert "memory allocator: glibc's malloc" in (tmp_path / "train.log").read_text()
     preferred = allocator.wanted(_env())[0]
     said = "memory allocator: " + ("glibc's malloc" if preferred == allocator.SYSTEM else preferred)
@@ -416,6 +440,7 @@ def test_the_memory_allocator_changes_no_weight(scripted_reference, synthetic_tf
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert_same_best_weights(tmp_path, scripted_reference)
+    assert _metric_rows(tmp_path) == _metric_rows(scripted_reference)  # no row twice
 
 
 @pytest.mark.heavy  # the kill -9 test below kills a run and compares it, state and rows, with its reference
