@@ -33,6 +33,7 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from caco_jax import files  # noqa: E402
 from caco_jax.data.shifts import SHIFTS, shifted  # noqa: E402
 from caco_jax.evaluation import intervals  # noqa: E402
 
@@ -41,8 +42,10 @@ REMEDIES = ("cc", "aug", "cc_aug")
 DEPTHS: tuple[int | None, ...] = (3, 6, None)  # stem + first k blocks; None: every layer
 ALPHAS = (0.5, 1.0)
 COUNTS = (8, 32, 128, 512)
+IN_SPLIT_SHIFTS = ("both",)  # the field of view with zoom-out and another illuminant together
 SHIFT_SEED = 20261207  # the acquisition-shifted copies: fixed before any figure was looked at
 RESAMPLES = 1000
+GRID: dict[str, Any] = {"depths": [str(d) for d in DEPTHS], "alphas": list(ALPHAS), "counts": list(COUNTS), "resamples": RESAMPLES}
 
 
 class Model:
@@ -156,10 +159,15 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=pathlib.Path, required=True)
     p.add_argument("--data_dir", type=pathlib.Path, required=True)
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--out", type=pathlib.Path, required=True)
+    p.add_argument("--seeds", default="1,2")
+    p.add_argument("--out", type=pathlib.Path, required=True, help="the JSON and page, without suffix")
+    p.add_argument("--page_only", action="store_true", help="only rewrite the page from the JSON")
     args = p.parse_args(argv)
     t0 = time.time()
+    out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
+    if args.page_only:
+        out_md.write_text(markdown(json.loads(out_json.read_text())))
+        return 0
     from caco_jax.training import compile_cache
 
     compile_cache.enable()  # every adapted copy builds its own steps: the same programs, compiled once
@@ -167,24 +175,36 @@ def main(argv: list[str] | None = None) -> int:
     def log(message: str) -> None:
         print(f"[{(time.time() - t0) / 60:5.1f} min] {message}", flush=True)
 
-    seeds = [int(s) for s in args.seeds.split(",")]
     runs = args.runs.resolve()
 
     def run(preset: str, cell: str, seed: int) -> pathlib.Path | None:
         d = runs / preset / f"{cell}_s{seed}"
         return d if (d / "report.json").is_file() else None
 
-    result: dict[str, Any] = {"seeds": seeds, "shift_seed": SHIFT_SEED, "shifts": SHIFTS}
-    with tempfile.TemporaryDirectory() as tmp_name:
-        tmp = pathlib.Path(tmp_name)
-        loso_dirs = [d for s in seeds for src in SOURCES if (d := run("sources_cpu", f"loso_{src}", s))]
-        result["adabn_choice"] = choice = choose_adabn(loso_dirs, args.data_dir, tmp, log)
-        log(f"AdaBN chosen: depth {choice['depth']}, alpha {choice['alpha']}")
-        result["held_out"] = held_out(runs, run, seeds, args.data_dir, tmp, choice, log)
-        result["in_split"] = in_split(run, seeds, args.data_dir, tmp, choice, log)
-    result["minutes"] = (time.time() - t0) / 60
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float) + "\n")
-    log(f"wrote {args.out.with_suffix('.json')}")
+    # seeds measured earlier (another invocation) are kept: each seed is measured on its own
+    result: dict[str, Any] = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    result |= {"shift_seed": SHIFT_SEED, "shifts": {k: SHIFTS[k] for k in IN_SPLIT_SHIFTS}, "grid": GRID}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = pathlib.Path(tmp_name)
+            loso_dirs = [d for src in SOURCES if (d := run("sources_cpu", f"loso_{src}", seed))]
+            if not loso_dirs:
+                log(f"seed {seed}: no sources_cpu runs under {runs}")
+                continue
+            choice = choose_adabn(loso_dirs, args.data_dir, tmp, log)
+            log(f"seed {seed}: AdaBN chosen: depth {choice['depth']}, alpha {choice['alpha']}")
+            entry = {
+                "seed": seed,
+                "adabn_choice": choice,
+                "held_out": held_out(runs, run, [seed], args.data_dir, tmp, choice, log),
+                "in_split": in_split(run, [seed], args.data_dir, tmp, choice, log),
+                "minutes": (time.time() - t0) / 60,
+            }
+        result["seeds"] = sorted({*result.get("seeds", []), seed})
+        result["by_seed"] = {**result.get("by_seed", {}), str(seed): entry}
+        files.write_atomic(out_json, json.dumps(result, indent=1, default=float) + "\n", "the measurement")
+        out_md.write_text(markdown(json.loads(out_json.read_text())))  # as the page is rebuilt: keys are strings
+        log(f"seed {seed}: wrote {out_json} and {out_md}")
     return 0
 
 
@@ -278,7 +298,7 @@ def in_split(run, seeds, data_dir, tmp, choice, log) -> list[dict[str, Any]]:
         cropped = _decode(test, np.arange(len(test)), size, fov_crop=True)
         sets = {"ordinary test": (images, val_images, cropped)}
         raw_test, raw_val = _stored(test), _stored(validation)
-        for kind in SHIFTS:
+        for kind in IN_SPLIT_SHIFTS:
             acquired = shifted(raw_test, kind, 2 * size, SHIFT_SEED)  # as another camera took them
             sets[f"shifted: {kind}"] = (
                 _as_input(acquired, size),
@@ -331,6 +351,115 @@ def _as_input(images: np.ndarray, size: int, fov_crop: bool = False) -> np.ndarr
         Image.fromarray(image).save(buf, format="PNG")
         out.append(decode(buf.getvalue(), (size, size), fov_crop=fov_crop))
     return np.stack(out)
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _diff(d: dict | None) -> str:
+    """'+3.1 [-0.4, +6.9]' in points from a paired difference, or '-'."""
+    if not d:
+        return "-"
+    lo, hi = d["interval"]
+    return f"{100 * d['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def _recovered(variant: dict, held: dict, every: dict) -> str:
+    """The share of the leave-one-source-out accuracy drop a variant wins back (same images)."""
+    drop = every["accuracy"] - held["accuracy"]
+    return "-" if abs(drop) < 1e-9 else f"{100 * (variant['accuracy'] - held['accuracy']) / drop:+.0f} %"
+
+
+def _held_out_lines(entry: dict, view: str) -> list[str]:
+    lines = []
+    for row in entry["held_out"]:
+        v = row["variants"]
+        every, held = v["trained on every source"][view], v["held out"][view]
+        lines += [
+            "",
+            f"**{row['source']} held out, seed {row['seed']}** ({row['e_images']} evaluated images E, "
+            f"{row['a_images']} adaptation images A, lesion-disjoint):",
+            "",
+            "| variant | accuracy % | BACC % | melanoma sensitivity % | accuracy vs held out | BACC vs held out "
+            "| drop recovered |",
+            "|---|---:|---:|---:|---|---|---:|",
+        ]
+        for name, figs in v.items():
+            f = figs[view]
+            mel, vs = f["recall"].get("mel"), f.get("vs_held_out") or {}
+            recovered = "" if name in ("held out", "trained on every source") else _recovered(f, held, every)
+            lines.append(
+                f"| {name} | {_pct(f['accuracy'])} | {_pct(f['bacc'])} | {_pct(mel)} | "
+                f"{_diff(vs.get('accuracy'))} | {_diff(vs.get('bacc'))} | {recovered} |"
+            )
+    return lines
+
+
+def markdown(result: dict) -> str:
+    """docs/results_adaptation_cpu.md from the measurement's JSON."""
+    seeds = [str(s) for s in result.get("seeds", [])]
+    lines = [
+        "# A new clinic's images: remedies measured (CPU protocol)",
+        "",
+        "Generated by `python tools/measure_adaptation.py` from "
+        "[results_adaptation_cpu.json](results_adaptation_cpu.json) (its docstring says how each set is made); "
+        "the discussion is in [results_adaptation_cpu_discussion.md](results_adaptation_cpu_discussion.md).",
+        "",
+        f"Seeds: {', '.join(seeds)}. Runs: `caco-jax reproduce --preset sources_cpu` (configs/recipe.py, 112 px, "
+        "10 epochs, lesion split; trained on every source, or with rosendahl or vidir_modern held out) and, where "
+        "trained, `--preset adaptation_cpu` (the same with colour constancy and acquisition augmentation: `cc_aug`). "
+        "E: the held-out source's images in the ordinary split's test set (what the sources page compares on); "
+        "A: the rest of that source, lesion-disjoint from E. AdaBN and the EM prior are estimated on A only and "
+        "scored on E: no evaluated image was used to adapt. Intervals: 95 % lesion bootstrap of E (test sampling "
+        "only, one seed per table). 'Drop recovered': the share of the accuracy lost by holding the source out "
+        "(trained on every source - held out, same images) that the variant wins back.",
+    ]
+    for seed in seeds:
+        entry = result["by_seed"][seed]
+        c = entry["adabn_choice"]
+        lines += [
+            "",
+            f"## Seed {seed}",
+            "",
+            f"AdaBN's depth and weight, chosen on acquisition-shifted copies of the held-out runs' own validation "
+            f"splits (adapt on half of the lesions, score the other half; shipped-view BACC, mean of the runs): "
+            f"**depth {c['depth'] if c['depth'] is not None else 'every layer'}, alpha {c['alpha']}**.",
+            "",
+            "| BatchNorm layers re-estimated | alpha | validation BACC % (shifted copies) |",
+            "|---|---:|---:|",
+        ]
+        for key, value in c["validation_bacc"].items():
+            depth, _, alpha = key.partition("|")
+            layers = {"none": "none (not adapted)", "None": "every layer"}.get(depth, f"stem + first {depth} blocks")
+            lines.append(f"| {layers} | {alpha or '-'} | {_pct(value)} |")
+        for view, title in (("shipped", "as the recipe ships (balanced rule, TTA)"), ("argmax", "argmax, no TTA")):
+            lines += ["", f"### Held-out sources, {title}"]
+            lines += _held_out_lines(entry, view)
+        lines += ["", "### How many images AdaBN needs (shipped view, E)", "",
+                  "| source | " + " | ".join(f"{n} images" for n in GRID["counts"]) + " |",
+                  "|---|" + "---:|" * len(GRID["counts"])]  # fmt: skip
+        for row in entry["held_out"]:
+            cells = [
+                f"{_pct(row['adabn_by_count'][str(n)]['accuracy'])} / {_pct(row['adabn_by_count'][str(n)]['bacc'])}"
+                if str(n) in row["adabn_by_count"]
+                else "-"
+                for n in GRID["counts"]
+            ]
+            lines.append(f"| {row['source']} (accuracy / BACC %) | " + " | ".join(cells) + " |")
+        for split in entry["in_split"]:
+            lines += ["", "### The ordinary test split and acquisition-shifted copies of it (trained on every source)"]
+            lines += ["", "| set | variant | accuracy % | BACC % | accuracy vs recipe | BACC vs recipe |",
+                      "|---|---|---:|---:|---|---|"]  # fmt: skip
+            for set_name, variants in split["sets"].items():
+                for name, figs in variants.items():
+                    f = figs["shipped"]
+                    vs = f.get("vs_recipe") or {}
+                    lines.append(
+                        f"| {set_name} | {name} | {_pct(f['accuracy'])} | {_pct(f['bacc'])} | "
+                        f"{_diff(vs.get('accuracy'))} | {_diff(vs.get('bacc'))} |"
+                    )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
