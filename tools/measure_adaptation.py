@@ -45,7 +45,12 @@ COUNTS = (8, 32, 128, 512)
 IN_SPLIT_SHIFTS = ("both",)  # the field of view with zoom-out and another illuminant together
 SHIFT_SEED = 20261207  # the acquisition-shifted copies: fixed before any figure was looked at
 RESAMPLES = 1000
-GRID: dict[str, Any] = {"depths": [str(d) for d in DEPTHS], "alphas": list(ALPHAS), "counts": list(COUNTS), "resamples": RESAMPLES}
+GRID: dict[str, Any] = {
+    "depths": [str(d) for d in DEPTHS],
+    "alphas": list(ALPHAS),
+    "counts": list(COUNTS),
+    "resamples": RESAMPLES,
+}
 
 
 class Model:
