@@ -67,8 +67,21 @@ def exported(run_dir, tmp_path_factory) -> dict[str, pathlib.Path]:
     out = tmp_path_factory.mktemp("exports")
     run = artifact.describe_run(run_dir, class_names=CLASS_NAMES, image_size=SIZE, default_decision="balanced")
     calibration_images = deploy.normalise(uint8_images(16, seed=3))
-    written = deploy.export_models(wm.case("caco")["model"], run, onnx=out / "m.onnx", calibration=calibration_images)
+    # random weights on noise images: int8 keeps 81 % of the top classes here, below the floor, so forced
+    written = deploy.export_models(
+        wm.case("caco")["model"], run, onnx=out / "m.onnx", calibration=calibration_images, force_int8=True
+    )
     return {p.name: p for p in written}
+
+
+def test_an_int8_file_that_changes_too_many_answers_is_refused_unless_forced():
+    from caco_jax.interop.quantize_onnx import AGREEMENT_FLOOR
+
+    assert "95.0 % of the 256" in deploy.check_agreement(0.95, 256)
+    with pytest.raises(deploy.Int8Refused, match=r"not written: the top class of 81.2 % of the 16 .* below the 90%"):
+        deploy.check_agreement(0.8125, 16)
+    assert "--force_int8" in deploy.check_agreement(0.8125, 16, force=True)
+    assert deploy.Int8Refused.exit_code == 1 and AGREEMENT_FLOOR == 0.90  # the floor docs/deploy.md states
 
 
 def test_metadata_carries_the_runs_rules_and_guard(run_dir, exported):

@@ -19,7 +19,9 @@ weights; ``--ca_activation`` from the run's config or the weights' metadata.
 * ``--tflite``: one LiteRT file (needs the litert extra), input float32 (1, H, W, 3), the same outputs.
 * ``--int8``: also the full-integer int8 twin of each (``m_int8.tflite``, ``m_int8.onnx``; an int8 ONNX
   always), calibrated on ``--calibration_images`` images of the run's ``--calibration_split``
-  (validation by default, or train; never test).
+  (validation by default, or train; never test). An int8 ONNX whose top class agrees with float on
+  fewer than 90 % of those images is refused in one line (exit 1; the float files are written)
+  unless ``--force_int8``.
 
 Each ONNX / LiteRT file gets its metadata beside it (``m.onnx.json``: class names, preprocessing,
 temperature, decision rules, reliability threshold, the out-of-distribution guard), which
@@ -52,6 +54,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", type=pathlib.Path, metavar="FILE", help="write an ONNX model here")
     p.add_argument("--tflite", type=pathlib.Path, metavar="FILE", help="write a LiteRT (.tflite) model here")
     p.add_argument("--int8", action="store_true", help="also write int8 twins (m_int8.onnx, m_int8.tflite)")
+    p.add_argument(
+        "--force_int8",
+        action="store_true",
+        help="write the int8 ONNX even when it agrees with float on fewer than 90 %% of the calibration images",
+    )
     p.add_argument(
         "--calibration_split",
         choices=("validation", "train"),
@@ -158,6 +165,7 @@ def _deploy(args: argparse.Namespace, model: Any, meta: dict, config: Any, weigh
         tflite=args.tflite,
         calibration=calibration,
         calibration_source=f"{len(calibration)} {args.calibration_split} images" if calibration is not None else "",
+        force_int8=args.force_int8,
     )
 
 

@@ -10,6 +10,7 @@ normalised as evaluation does; never its test images.
 from __future__ import annotations
 
 import pathlib
+import shutil
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,13 @@ from typing import Any
 import numpy as np
 
 from caco_jax.data.classes import IMAGENET_MEAN, IMAGENET_STD
+from caco_jax.errors import CacoError
 from caco_jax.interop import artifact
+
+
+class Int8Refused(CacoError):
+    """The int8 file would change too many answers (its agreement with float is below the floor)."""
+
 
 CALIBRATION_SPLITS = ("validation", "train")
 DEFAULT_CALIBRATION_IMAGES = 256
@@ -63,9 +70,12 @@ def export_models(
     calibration: np.ndarray | None = None,
     calibration_source: str = "",
     log: Callable[[str], None] = print,
+    force_int8: bool = False,
 ) -> list[pathlib.Path]:
     """Writes the requested float files and, with ``calibration`` images, their int8 twins, each with
-    its metadata; returns the model files written. ``run``: :func:`artifact.describe_run`."""
+    its metadata; returns the model files written. ``run``: :func:`artifact.describe_run`. An int8 ONNX
+    whose top class agrees with float on fewer than ``AGREEMENT_FLOOR`` of the calibration images is not
+    written (``Int8Refused``) unless ``force_int8``."""
     from caco_jax.interop.export_onnx import INPUT_NAME, export_onnx
 
     size = tuple(run["image_size"])
@@ -102,11 +112,26 @@ def export_models(
                 from caco_jax.interop.quantize_onnx import quantize_onnx
 
                 target = int8_path(onnx) if onnx is not None else int8_path(tflite or float_onnx, ".onnx")
-                settings = quantize_onnx(float_onnx, target, calibration, input_name=INPUT_NAME)
+                staged = pathlib.Path(tmp) / "int8.onnx"
+                settings = quantize_onnx(float_onnx, staged, calibration, input_name=INPUT_NAME)
                 settings["calibration_source"] = calibration_source
-                log(
-                    f"int8 ONNX: the top class of {100 * settings['calibration_agreement']:.1f} % of the "
-                    f"{len(calibration)} calibration images is the float model's (docs/deploy.md measures test images)"
-                )
+                log(check_agreement(settings["calibration_agreement"], len(calibration), force=force_int8))
+                shutil.move(staged, target)
                 done(target, layout="NCHW", input_name=INPUT_NAME, precision="int8", quantization=settings)
     return written
+
+
+def check_agreement(agreement: float, count: int, *, force: bool = False) -> str:
+    """The line export prints on an int8 ONNX's agreement with float on its ``count`` calibration images;
+    raises ``Int8Refused`` below ``AGREEMENT_FLOOR`` unless ``force``."""
+    from caco_jax.interop.quantize_onnx import AGREEMENT_FLOOR
+
+    said = f"the top class of {100 * agreement:.1f} % of the {count} calibration images is the float model's"
+    if agreement >= AGREEMENT_FLOOR:
+        return f"int8 ONNX: {said} (docs/deploy.md measures test images)"
+    if not force:
+        raise Int8Refused(
+            f"int8 ONNX not written: {said}, below the {AGREEMENT_FLOOR:.0%} floor (docs/deploy.md); the float "
+            "files are written; --force_int8 writes it anyway"
+        )
+    return f"int8 ONNX written although {said}, below the {AGREEMENT_FLOOR:.0%} floor (--force_int8)"

@@ -33,6 +33,10 @@ METHODS = ("minmax", "entropy", "percentile")
 # below (tests/test_deploy.py's images: training images, never a test split).
 WIDE_RATIO = 2.0
 ACTIVATIONS = ("uint8", "int16")
+# The least share of calibration (validation) images whose top class the int8 file must give as float does;
+# below it export refuses the file unless forced. docs/deploy.md's int8 files changed 5.2 % of the test
+# answers with the stem's wide tensors in 16 bits, and 34.7 % with every activation in 8 bits.
+AGREEMENT_FLOOR = 0.90
 
 
 def quantize_onnx(
