@@ -77,6 +77,21 @@ class Model:
         }
 
 
+def guard_rates(model: Model, images: np.ndarray) -> dict[str, Any] | None:
+    """The guard's two answers on ``images``: the share called "not dermoscopy" and the share called "a
+    dermoscopy image unlike the training images" (None when the run has no guard)."""
+    screen = model.predictor.screen(images)
+    if screen is None:
+        return None
+    guard = model.predictor.guard
+    return {
+        "images": int(len(images)),
+        "not_dermoscopy": float(np.mean(screen.not_dermoscopy)),
+        "unlike_training": float(np.mean(screen.unlike_training)),
+        "far_part": guard is not None and guard.far_threshold is not None,
+    }
+
+
 def figures(answer: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, names: list[str]) -> dict:
     """Accuracy, BACC over the classes present, per-class recall, melanoma sensitivity, with intervals."""
     predicted = answer["predicted"]
@@ -270,6 +285,11 @@ def held_out(runs, run, seeds, data_dir, tmp, choice, log) -> list[dict[str, Any
                 counts[n] = figures(few.answers(e_images)["shipped"], labels, groups, names)
             row = {"seed": seed, "source": source, "e_images": int(len(e_rows)), "a_images": int(len(a_rows)),
                    "variants": {}, "adabn_by_count": counts}  # fmt: skip
+            row["guard"] = {
+                "trained on every source": guard_rates(ref, e_images),
+                "held out": guard_rates(loso, e_images),
+                "AdaBN": guard_rates(adapted, e_images),
+            }
             for name, ans in variants.items():
                 entry: dict[str, Any] = {}
                 for view in ("shipped", "argmax"):
@@ -310,8 +330,9 @@ def in_split(run, seeds, data_dir, tmp, choice, log) -> list[dict[str, Any]]:
                 _as_input(shifted(raw_val, kind, 2 * size, SHIFT_SEED + 1), size),
                 _as_input(acquired, size, fov_crop=True),
             )
-        out: dict[str, Any] = {"seed": seed, "sets": {}}
+        out: dict[str, Any] = {"seed": seed, "sets": {}, "guard": {}}
         for set_name, (x, x_val, x_cropped) in sets.items():
+            out["guard"][set_name] = guard_rates(ref, x)
             variants: dict[str, dict] = {"recipe": ref.answers(x)}
             variants["field-of-view crop"] = ref.answers(x_cropped)
             variants["AdaBN (on validation images)"] = _adapted(
@@ -452,6 +473,18 @@ def markdown(result: dict) -> str:
                 for n in GRID["counts"]
             ]
             lines.append(f"| {row['source']} (accuracy / BACC %) | " + " | ".join(cells) + " |")
+        lines += ["", "### The guard's two answers (share of images, %)", "",
+                  "| images | model | not dermoscopy | dermoscopy unlike the training images | far part |",
+                  "|---|---|---:|---:|---|"]  # fmt: skip
+        rates = [(f"{r['source']} held out: E", name, g) for r in entry["held_out"] for name, g in r["guard"].items()]
+        rates += [(set_name, "trained on every source", g) for split in entry["in_split"]
+                  for set_name, g in split["guard"].items()]  # fmt: skip
+        for where, name, g in rates:
+            if g is not None:
+                far = "yes" if g["far_part"] else "no (run fitted before it)"
+                lines.append(
+                    f"| {where} | {name} | {_pct(g['not_dermoscopy'])} | {_pct(g['unlike_training'])} | {far} |"
+                )
         for split in entry["in_split"]:
             lines += ["", "### The ordinary test split and acquisition-shifted copies of it (trained on every source)"]
             lines += ["", "| set | variant | accuracy % | BACC % | accuracy vs recipe | BACC vs recipe |",
