@@ -92,6 +92,31 @@ def guard_rates(model: Model, images: np.ndarray) -> dict[str, Any] | None:
     }
 
 
+def far_kinds(model: Model, test_images: np.ndarray) -> dict[str, Any]:
+    """The guard on the far-OOD kinds of docs/results_ood_cpu.md (tools/measure_ood.py builds them): the share
+    of each called "not dermoscopy", and the AUROC of the far score against the test lesions."""
+    import measure_ood
+
+    guard = model.predictor.guard
+    tested = model.predictor.screen(test_images)
+    if guard is None or guard.far_threshold is None or tested is None:
+        return {}
+    size = model.predictor.image_size
+    out = {}
+    for kind, items in (measure_ood.far_sets() | measure_ood.synthetic_sets()).items():
+        screen = model.predictor.screen(_as_input(np.asarray([], object), size, pictures=[im for _, im in items]))
+        assert screen is not None
+        ood, ind = screen.far_scores[:, None], tested.far_scores[None, :]
+        out[kind] = {
+            "images": len(items),
+            "pictures": len({g for g, _ in items}),
+            "not_dermoscopy": float(np.mean(screen.not_dermoscopy)),
+            "unlike_training": float(np.mean(screen.unlike_training)),
+            "far_auroc": float(np.mean(ood > ind) + 0.5 * np.mean(ood == ind)),
+        }
+    return out
+
+
 def figures(answer: dict[str, np.ndarray], labels: np.ndarray, groups: np.ndarray, names: list[str]) -> dict:
     """Accuracy, BACC over the classes present, per-class recall, melanoma sensitivity, with intervals."""
     predicted = answer["predicted"]
@@ -333,6 +358,8 @@ def in_split(run, seeds, data_dir, tmp, choice, log) -> list[dict[str, Any]]:
         out: dict[str, Any] = {"seed": seed, "sets": {}, "guard": {}}
         for set_name, (x, x_val, x_cropped) in sets.items():
             out["guard"][set_name] = guard_rates(ref, x)
+            if set_name == "ordinary test":
+                out["far_kinds"] = far_kinds(ref, x)
             variants: dict[str, dict] = {"recipe": ref.answers(x)}
             variants["field-of-view crop"] = ref.answers(x_cropped)
             variants["AdaBN (on validation images)"] = _adapted(
@@ -362,9 +389,9 @@ def _stored(source: Any) -> np.ndarray:
     return source.decode(list(range(len(source))), stored_size(source))
 
 
-def _as_input(images: np.ndarray, size: int, fov_crop: bool = False) -> np.ndarray:
-    """Images as the product's decoding makes them: cropped to the field of view if asked, then resized
-    (PNG bytes through caco_jax.data.images.decode, the one decoder)."""
+def _as_input(images: np.ndarray, size: int, fov_crop: bool = False, pictures: list | None = None) -> np.ndarray:
+    """Images (or ``pictures`` of any sizes) as the product's decoding makes them: cropped to the field of view
+    if asked, then resized (PNG bytes through caco_jax.data.images.decode, the one decoder)."""
     import io
 
     from PIL import Image
@@ -372,7 +399,7 @@ def _as_input(images: np.ndarray, size: int, fov_crop: bool = False) -> np.ndarr
     from caco_jax.data.images import decode
 
     out = []
-    for image in images:
+    for image in pictures if pictures is not None else images:
         buf = io.BytesIO()
         Image.fromarray(image).save(buf, format="PNG")
         out.append(decode(buf.getvalue(), (size, size), fov_crop=fov_crop))
@@ -485,6 +512,16 @@ def markdown(result: dict) -> str:
                 lines.append(
                     f"| {where} | {name} | {_pct(g['not_dermoscopy'])} | {_pct(g['unlike_training'])} | {far} |"
                 )
+        for split in entry["in_split"]:
+            if split.get("far_kinds"):
+                lines += ["", "### Far out of distribution: what the guard calls 'not dermoscopy' (every source)",
+                          "", "| kind | images (pictures) | not dermoscopy % | unlike the training images % "
+                          "| far-score AUROC against the test lesions |", "|---|---:|---:|---:|---:|"]  # fmt: skip
+                for kind, k in split["far_kinds"].items():
+                    lines.append(
+                        f"| {kind} | {k['images']} ({k['pictures']}) | {_pct(k['not_dermoscopy'])} | "
+                        f"{_pct(k['unlike_training'])} | {k['far_auroc']:.3f} |"
+                    )
         for split in entry["in_split"]:
             lines += ["", "### The ordinary test split and acquisition-shifted copies of it (trained on every source)"]
             lines += ["", "| set | variant | accuracy % | BACC % | accuracy vs recipe | BACC vs recipe |",
