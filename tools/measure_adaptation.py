@@ -368,7 +368,10 @@ def in_split(run, seeds, data_dir, tmp, choice, log) -> list[dict[str, Any]]:
                 _as_input(shifted(raw_val, kind, 2 * size, SHIFT_SEED + 1), size),
                 _as_input(acquired, size, fov_crop=True),
             )
-        out: dict[str, Any] = {"seed": seed, "sets": {}, "guard": {}}
+        out: dict[str, Any] = {"seed": seed, "sets": {}, "guard": {}, "validation": {}}
+        val_labels, val_groups = np.asarray(validation.labels), np.asarray(validation.lesion_ids)
+        for name, model in (("recipe", ref), *((f"trained: {r}", m) for r, m in trained.items())):
+            out["validation"][name] = figures(model.answers(val_images)["shipped"], val_labels, val_groups, names)
         for set_name, (x, x_val, x_cropped) in sets.items():
             out["guard"][set_name] = guard_rates(ref, x)
             if set_name == "ordinary test":
@@ -531,6 +534,11 @@ def markdown(result: dict) -> str:
                     f"| {where} | {name} | {_pct(g['not_dermoscopy'])} | {_pct(g['unlike_training'])} | {far} |"
                 )
         for split in entry["in_split"]:
+            if split.get("validation"):
+                lines += ["", "### Choosing the trained remedies on the ordinary validation split (shipped view)", "",
+                          "| model | accuracy % | BACC % |", "|---|---:|---:|"]  # fmt: skip
+                for name, f in split["validation"].items():
+                    lines.append(f"| {name} | {_pct(f['accuracy'])} | {_pct(f['bacc'])} |")
             if split.get("far_kinds"):
                 lines += ["", "### Far out of distribution: what the guard calls 'not dermoscopy' (every source)",
                           "", "| kind | images (pictures) | not dermoscopy % | unlike the training images % "
