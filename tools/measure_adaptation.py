@@ -213,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="1,2")
     p.add_argument("--out", type=pathlib.Path, required=True, help="the JSON and page, without suffix")
     p.add_argument("--page_only", action="store_true", help="only rewrite the page from the JSON")
+    p.add_argument("--held_out_only", action="store_true", help="skip the ordinary split and its shifted copies")
+    p.add_argument("--adabn_from", type=int, default=None, help="reuse the AdaBN choice made for this seed")
     args = p.parse_args(argv)
     t0 = time.time()
     out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
@@ -242,13 +244,16 @@ def main(argv: list[str] | None = None) -> int:
             if not loso_dirs:
                 log(f"seed {seed}: no sources_cpu runs under {runs}")
                 continue
-            choice = choose_adabn(loso_dirs, args.data_dir, tmp, log)
+            if args.adabn_from is not None:
+                choice = {**result["by_seed"][str(args.adabn_from)]["adabn_choice"], "from_seed": args.adabn_from}
+            else:
+                choice = choose_adabn(loso_dirs, args.data_dir, tmp, log)
             log(f"seed {seed}: AdaBN chosen: depth {choice['depth']}, alpha {choice['alpha']}")
             entry = {
                 "seed": seed,
                 "adabn_choice": choice,
                 "held_out": held_out(runs, run, [seed], args.data_dir, tmp, choice, log),
-                "in_split": in_split(run, [seed], args.data_dir, tmp, choice, log),
+                "in_split": [] if args.held_out_only else in_split(run, [seed], args.data_dir, tmp, choice, log),
                 "minutes": (time.time() - t0) / 60,
             }
         result["seeds"] = sorted({*result.get("seeds", []), seed})
@@ -491,9 +496,10 @@ def markdown(result: dict) -> str:
             "",
             f"## Seed {seed}",
             "",
-            f"AdaBN's depth and weight, chosen on acquisition-shifted copies of the held-out runs' own validation "
-            f"splits (adapt on half of the lesions, score the other half; shipped-view BACC, mean of the runs): "
-            f"**depth {c['depth'] if c['depth'] is not None else 'every layer'}, alpha {c['alpha']}**.",
+            "AdaBN's depth and weight, chosen on acquisition-shifted copies of the held-out runs' own validation "
+            "splits (adapt on half of the lesions, score the other half; shipped-view BACC, mean of the runs"
+            + (f"; the choice made for seed {c['from_seed']}, reused" if "from_seed" in c else "")
+            + f"): **depth {c['depth'] if c['depth'] is not None else 'every layer'}, alpha {c['alpha']}**.",
             "",
             "| BatchNorm layers re-estimated | alpha | validation BACC % (shifted copies) |",
             "|---|---:|---:|",
