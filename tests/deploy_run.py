@@ -27,7 +27,8 @@ def make_run(folder: pathlib.Path, model, logits_of: Callable[..., np.ndarray]) 
     logits = logits_of(model, uint8_images(32, seed=1))
     labels = np.arange(32) % len(CLASS_NAMES)
     decision.save(folder, decision.fit(logits, labels, np.full(7, 1 / 7), temperature=1.3))
-    selective.save(folder, {"threshold": 0.6, "target_accuracy": 0.9, "tta": {"threshold": 0.55, "target_accuracy": 0.9}})
+    tta = {"threshold": 0.55, "target_accuracy": 0.9}
+    selective.save(folder, {"threshold": 0.6, "target_accuracy": 0.9, "tta": tta})
     rng = np.random.default_rng(2)
     train = {"logits": logits, "pooled": rng.normal(size=(32, 576)), "labels": labels}
     val = {"logits": logits[:8], "pooled": rng.normal(size=(8, 576))}
