@@ -194,3 +194,15 @@ def test_tables_name_the_machine_that_trained(tmp_path):
     text = paths["md"].read_text()
     assert "- runs trained on: 1 x NVIDIA H200" in text and "- tables written on:" in text
     assert json.loads(paths["json"].read_text())["trained_on"] == "1 x NVIDIA H200"
+
+
+def test_each_page_has_one_writer():
+    """No two presets write the same docs page, and none writes a page a measurement tool owns (the adaptation
+    preset's runs once overwrote tools/measure_adaptation.py's results_adaptation_cpu.json, which read it back)."""
+    from caco_jax.experiments.presets import PRESETS
+
+    stems = [p.stem for p in PRESETS.values()]
+    assert len(set(stems)) == len(stems)
+    owned_by_tools = {"results_adaptation_cpu", "results_ood_cpu"}  # measure_adaptation.py, measure_ood.py
+    assert not owned_by_tools & set(stems)
+    assert PRESETS["sources_cpu"].stem == "results_sources_cpu"  # the default: results_<name>

@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         return d if (d / "report.json").is_file() else None
 
     # seeds measured earlier (another invocation) are kept: each seed is measured on its own
-    result: dict[str, Any] = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    earlier = json.loads(out_json.read_text()) if out_json.is_file() else {}
+    result: dict[str, Any] = {k: earlier[k] for k in ("seeds", "by_seed") if k in earlier}
     result |= {"shift_seed": SHIFT_SEED, "shifts": {k: SHIFTS[k] for k in IN_SPLIT_SHIFTS}, "grid": GRID}
     for seed in [int(s) for s in args.seeds.split(",")]:
         with tempfile.TemporaryDirectory() as tmp_name:

@@ -9,7 +9,8 @@ Each cell of the preset's grid (attention x loss x init x seed ...) is one
 last checkpoint (so stopping and rerunning the command loses at most an epoch).
 Every run's best-validation weights are evaluated on the test split (by train.py)
 and, with ``--isic_dir``, on the official ISIC 2018 Task 3 test set. Then
-``docs/results_<preset>.md`` (+ ``.json`` and a summary figure ``.png``) are written:
+``docs/results_<preset>.md`` (+ ``.json`` and a summary figure ``.png``; a preset may name
+another page, ``Preset.page``) are written:
 per cell, mean +- std over seeds of accuracy, BACC (mean recall), the paper's BACC
 formula, macro AUC, melanoma sensitivity, parameters and wall time, beside the
 paper's figures, with the command, versions and machine at the top. A hand-written
@@ -124,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
     command = getattr(args, "command_line", "caco-jax reproduce")
     # Runs trained elsewhere keep the figures the last results JSON recorded for them (run_records).
-    previous = run_records.previous(pathlib.Path(args.docs), preset.name)
+    previous = run_records.previous(pathlib.Path(args.docs), preset.stem)
     rows = aggregate(preset, out, previous=previous)
     comparisons = [compare(preset, out, c, rows=rows, previous=previous) for c in preset.comparisons]
     sections: dict[str, tuple[list[str], Any]] = {}

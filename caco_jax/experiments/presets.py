@@ -1,11 +1,10 @@
 """The reproduction grids: named presets of training runs (cells x seeds), each a set of config overrides.
 
-Presets: ``cpu`` (112 px, 10 epochs: the paper's recipe scaled to a 2-core CPU), ``paper`` (our
-reading of the paper's protocol: 224 px, 100 epochs, 3 seeds; for a GPU), ``leakage_cpu`` /
-``leakage`` (three data protocols, issue 19), ``recipe_cpu`` / ``recipe`` (configs/recipe.py against
-the paper's recipe, with each training-time part taken out), ``sources_cpu`` (leave one acquisition
-source out).
-"""
+Presets: ``cpu`` (112 px, 10 epochs: the paper's recipe scaled to a 2-core CPU), ``paper`` (our reading of the
+paper's protocol: 224 px, 100 epochs, 3 seeds; for a GPU), ``leakage_cpu`` / ``leakage`` (three data protocols,
+issue 19), ``recipe_cpu`` / ``recipe`` (configs/recipe.py against the paper's recipe, with each training-time
+part taken out), ``sources_cpu`` (leave one acquisition source out) and ``adaptation_cpu`` (its cells trained
+with colour constancy and acquisition augmentation)."""
 
 from __future__ import annotations
 
@@ -62,6 +61,12 @@ class Preset:
     cells: tuple[Cell, ...]
     comparisons: tuple[Comparison, ...] = ()
     sections: tuple[str, ...] = ()  # extra tables: "leakage" (protocols, leaked / clean parts), "recipe"
+    page: str = ""  # the tables' file stem under docs/ when not results_<name>
+
+    @property
+    def stem(self) -> str:
+        """docs/<stem>.{md,json,png} hold the preset's tables (+ <stem>_discussion.md)."""
+        return self.page or f"results_{self.name}"
 
 
 def _init(kind: str) -> dict[str, Any]:
@@ -382,6 +387,7 @@ PRESETS: dict[str, Preset] = {
         "the cells without either are sources_cpu's (tools/measure_adaptation.py compares them).",
         {"data.image_size": 112, "num_epochs": 10, "batch_size": 128, "data.split_by": "lesion", "checkpoint.keep": 2},
         _adaptation_cells(),
+        page="results_adaptation_runs_cpu",  # results_adaptation_cpu is tools/measure_adaptation.py's page
     ),
     "recipe": Preset(
         "recipe",

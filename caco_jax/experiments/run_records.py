@@ -20,9 +20,9 @@ from caco_jax.evaluation.reported import NAMES as METRICS
 from caco_jax.experiments import seeds
 
 
-def previous(docs: pathlib.Path, preset_name: str) -> dict[str, Any] | None:
-    """The preset's results JSON in ``docs`` (None when there is none)."""
-    path = docs / f"results_{preset_name}.json"
+def previous(docs: pathlib.Path, stem: str) -> dict[str, Any] | None:
+    """The preset's results JSON ``docs/<stem>.json`` (None when there is none)."""
+    path = docs / f"{stem}.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 

@@ -348,13 +348,13 @@ def write_results(
     comparisons: list[dict[str, Any]] | None = None,
     extra: dict[str, tuple[list[str], Any]] | None = None,
 ) -> dict[str, Any]:
-    """docs/results_<preset>.md, .json and .png; returns the paths. ``trained_on`` names the machine that
+    """docs/<preset.stem>.md, .json and .png; returns the paths. ``trained_on`` names the machine that
     trained the runs when it is not the one writing the tables (``--report_only`` elsewhere); ``extra``:
     the preset's own sections, {name: (markdown lines, what the JSON keeps)}."""
     from caco_jax.evaluation import plots
 
     docs.mkdir(parents=True, exist_ok=True)
-    stem = docs / f"results_{preset.name}"
+    stem = docs / preset.stem
     comparisons = comparisons or []
     resamples = next((r["resamples"] for r in rows if r.get("resamples")), 1000)
     lines = _header(preset, command, trained_on, resamples) + _main_table(rows) + _seed_lines(rows)
@@ -366,7 +366,7 @@ def write_results(
     for section_lines, _ in (extra or {}).values():
         lines += section_lines
     lines += ["", f"![BACC per cell]({stem.name}.png)", ""]
-    discussion = docs / f"results_{preset.name}_discussion.md"
+    discussion = docs / f"{preset.stem}_discussion.md"
     if discussion.is_file():
         lines += [discussion.read_text().strip(), ""]
     stem.with_suffix(".md").write_text("\n".join(lines))

@@ -49,10 +49,10 @@ def rebuild_docs(
     runs the current docs report (their folders are elsewhere) unless ``force``."""
     from caco_jax.cli import reproduce
 
-    lost = dropped_runs(docs / f"results_{preset.name}.json", finished_runs(preset, runs_root))
+    lost = dropped_runs(docs / f"{preset.stem}.json", finished_runs(preset, runs_root))
     if lost and not force:
         log(
-            f"docs/results_{preset.name}: not rebuilt: {docs} reports runs that {runs_root} lacks ({', '.join(lost)}); "
+            f"docs/{preset.stem}: not rebuilt: {docs} reports runs that {runs_root} lacks ({', '.join(lost)}); "
             "merge their folders too, or pass --force to rebuild without them"
         )
         return None
@@ -75,9 +75,9 @@ def rebuild_docs(
     finally:
         sys.argv = saved
     if rc != 0:
-        log(f"docs/results_{preset.name}: caco-jax reproduce --report_only failed (exit {rc})")
+        log(f"docs/{preset.stem}: caco-jax reproduce --report_only failed (exit {rc})")
         return None
-    return docs / f"results_{preset.name}.md"
+    return docs / f"{preset.stem}.md"
 
 
 def copy_benchmarks(
