@@ -256,3 +256,21 @@ def test_the_int8_tables_are_the_measurement():
     bacc = int8["vs_jax"]["bacc"]
     quoted = f"BACC {_pts(bacc['difference'])} {_iv(bacc['interval'])}"
     assert quoted in " ".join(text.split()), quoted
+
+
+def test_the_adaptation_page_is_what_its_json_rebuilds():
+    """docs/results_adaptation_cpu.md is tools/measure_adaptation.py's rendering of its JSON, and what
+    `caco-jax adapt` ships (which BatchNorm layers, how far) is what that measurement chose on validation."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from caco_jax.adaptation import run as adaptation
+    from measure_adaptation import markdown
+
+    payload = json.loads((DOCS / "results_adaptation_cpu.json").read_text())
+    assert markdown(payload) == (DOCS / "results_adaptation_cpu.md").read_text()
+    chosen = [e["adabn_choice"] for e in payload["by_seed"].values() if "from_seed" not in e["adabn_choice"]]
+    assert chosen and all((c["depth"], c["alpha"]) == (adaptation.DEPTH, adaptation.ALPHA) for c in chosen)
+    for c in chosen:  # the choice is the validation grid's best, not the held-out images'
+        best = max((k for k in c["validation_bacc"] if k != "none"), key=c["validation_bacc"].get)
+        assert best == f"{c['depth']}|{c['alpha']}"

@@ -225,6 +225,46 @@ def source_recall_claims() -> list[str]:
     return out
 
 
+def _signed(d: dict) -> str:
+    lo, hi = d["interval"]
+    return f"{100 * d['difference']:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def adaptation_claims() -> list[str]:
+    """A new clinic's images (docs/results_adaptation_cpu.json): each remedy's figure the README quotes, from
+    the one seed measured on both the held-out sources and the ordinary split."""
+    from caco_jax.adaptation import run as adaptation
+
+    entry = next(e for e in _load("results_adaptation_cpu.json")["by_seed"].values() if e["in_split"])
+    held = {r["source"]: r["variants"] for r in entry["held_out"]}
+
+    def vs(source: str, name: str, view: str = "shipped") -> dict:
+        return held[source][name][view]["vs_held_out"]["accuracy"]
+
+    def drop(source: str) -> str:
+        return f"{100 * vs(source, 'trained on every source')['difference']:.1f}"
+
+    split = entry["in_split"][0]
+    cost = split["sets"]["ordinary test"]["trained: cc_aug"]["shipped"]["vs_recipe"]["accuracy"]
+    crop = split["sets"]["shifted: both"]["field-of-view crop"]["shipped"]["vs_recipe"]["accuracy"]
+    mel = [held["rosendahl"][k]["shipped"]["recall"]["mel"] for k in ("held out", "AdaBN")]
+    em = [vs(source, "EM prior", "argmax")["difference"] for source in ("rosendahl", "vidir_modern")]
+    far = split["far_kinds"]
+    rates = [r["guard"]["held out"]["not_dermoscopy"] for r in entry["held_out"]]
+    return [
+        f"wins back {_signed(vs('vidir_modern', 'trained: cc_aug'))} of vidir_modern's {drop('vidir_modern')} points",
+        f"split by {_signed(cost)}",
+        f"wins back {_signed(vs('rosendahl', 'AdaBN'))} of rosendahl's {drop('rosendahl')}",
+        f"falls from {_pct(mel[0])} % to {_pct(mel[1])} %",
+        f"({100 * em[0]:+.1f} and {100 * em[1]:+.1f} accuracy",
+        f"({100 * crop['difference']:+.1f} accuracy",
+        f"(at least {adaptation.MIN_IMAGES} unlabelled images)",
+        f"it takes {_pct(far['faces (LFW)']['not_dermoscopy'])} % of faces and "
+        f"{_pct(far['flat colour']['not_dermoscopy'])} % of flat-colour images",
+        f"and {_pct(rates[0])} % and {_pct(rates[1])} % of a held-out source's",
+    ]
+
+
 TRACED = {
     "README.md": lambda: (
         figures.CLAIMS["README.md"]()
@@ -234,6 +274,7 @@ TRACED = {
         + leakage_sentence_claims()
         + recipe_sentence_claims()
         + ood_sentence_claims()
+        + adaptation_claims()
         + [
             f"at 224 px, gives {_pct(_row('paper', 'caco_joint_plain')['accuracy'][0])} % and "
             f"{_pct(_row('paper', 'caco_joint_plain')['bacc'][0])} %"
@@ -249,6 +290,7 @@ TRACED = {
         + ood_sentence_claims()
         + subgroup_prose_claims()
         + source_recall_claims()
+        + adaptation_claims()
     ),
 }
 

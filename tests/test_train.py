@@ -191,7 +191,7 @@ def test_an_adapted_run_predicts_evaluates_serves_and_exports(trained, synthetic
     for image in sorted((synthetic_tfds.parent / "manual").rglob("*.jpg"))[:40]:
         shutil.copy(image, folder / image.name)
     out = tmp_path / "adapted"
-    assert adapt_main(["--workdir", str(workdir), "--images", str(folder), "--out", str(out)]) == 0
+    assert adapt_main(["--workdir", str(workdir), "--images", str(folder), "--out", str(out), "--prior"]) == 0
     printed = capsys.readouterr().out
     assert "BatchNorm statistics of" in printed and "estimated for these images" in printed
     record = json.loads((out / "adaptation.json").read_text())

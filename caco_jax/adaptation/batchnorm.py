@@ -6,7 +6,7 @@ statistics of all batches are pooled exactly (weighted by their sizes: mean of t
 of the variances plus the spread of the means). ``depth`` limits the re-estimation to the stem and the
 first ``depth`` inverted-residual blocks (the early, class-agnostic layers; the later ones keep the
 training statistics), and ``alpha`` mixes: ``(1 - alpha) * training + alpha * target``. Which depth and
-alpha to use is caco_jax.adaptation.run's choice (not yet measured: tools/measure_adaptation.py).
+alpha to use is caco_jax.adaptation.run's choice (measured: docs/results_adaptation_cpu.md).
 """
 
 from __future__ import annotations

@@ -1,15 +1,22 @@
 """Adapt a trained run to a clinic's unlabelled dermoscopy images: a new run directory whose BatchNorm
-statistics are re-estimated on them and whose decision rule knows their estimated class mix.
+statistics are re-estimated on them (and, with ``--prior``, a decision rule for their estimated class mix).
 
     caco-jax adapt --workdir runs/recipe --images clinic_images/ --out runs/recipe_clinic
     caco-jax predict --workdir runs/recipe_clinic lesion.jpg        # evaluate, serve, export, guard too
 
 The images are read as ``predict`` reads them (the same decoding, field-of-view crop and colour constancy
 as the run); none is written anywhere. What is re-estimated and with how many images is in
-``OUT/adaptation.json`` (with the source run, the folder, a hash of the images' bytes and the estimated
-class prior). Use images of the clinic's own patients, never the ones you will evaluate on: an image
-used to adapt says nothing about how well the adapted run answers it. What adaptation gives on held-out
-HAM10000 sources, and how many images it needs, is not yet measured (tools/measure_adaptation.py).
+``OUT/adaptation.json`` (with the source run, the folder, a hash of the images' bytes and, with ``--prior``,
+the estimated class prior). Use images of the clinic's own patients, never the ones you will evaluate on: an image
+used to adapt says nothing about how well the adapted run answers it.
+
+What it gave on two held-out HAM10000 sources is in docs/results_adaptation_cpu.md: re-estimating the
+BatchNorm statistics recovered part of the accuracy lost on one source and almost none on the other, and
+on the first it lowered melanoma sensitivity. Measure on labelled images of your own before relying on it.
+``--prior`` also estimates the clinic's class mix by EM (the ``clinic`` decision rule, ``predict --decision
+clinic``). It is off by default: EM assumes that only the class mix changed, and on both held-out sources,
+where the acquisition changed too, it estimated a class mix far from the true one and the clinic rule lost
+accuracy (same page).
 """
 
 from __future__ import annotations
@@ -30,7 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--images", required=True, type=pathlib.Path, help="a folder of the clinic's images (searched recursively)"
     )
     p.add_argument("--out", required=True, type=pathlib.Path, help="the new run directory (must not exist or be empty)")
-    common.add_switch(p, "prior", True, "estimate the clinic's class prior by EM (the 'clinic' decision rule)")
+    common.add_switch(
+        p,
+        "prior",
+        False,
+        "estimate the clinic's class prior by EM (the 'clinic' rule; measured to mislead under acquisition shift)",
+    )
     common.add_common(p)
 
 

@@ -21,7 +21,7 @@ part tells them apart: one Gaussian of the same features over the training image
 copies of them (``caco_jax.data.shifts``), whose squared Mahalanobis distance (``far_score``) above
 ``far_threshold`` (what ``FAR_KEEP`` of shifted validation copies stay under) says "not a dermoscopy
 image"; below it, an image above the first threshold is "dermoscopy whose acquisition differs"
-(tools/measure_adaptation.py is to measure both on held-out sources and on far-OOD pictures).
+(docs/results_adaptation_cpu.md measures both on held-out sources and on far-OOD pictures).
 """
 
 from __future__ import annotations
