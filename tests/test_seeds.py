@@ -163,7 +163,7 @@ def test_tables_rebuilt_from_the_record_of_runs_not_on_this_machine(tmp_path):
     }
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "results_toy.json").write_text(json.dumps(before))
-    previous = run_records.previous(tmp_path / "docs", "toy")
+    previous = run_records.previous(tmp_path / "docs", preset.stem)
     rows = summary.aggregate(preset, tmp_path / "runs", previous=previous)
     a = rows[0]
     assert a["seeds"] == [0, 1] and a["recorded_seeds"] == [0, 1]
@@ -174,7 +174,7 @@ def test_tables_rebuilt_from_the_record_of_runs_not_on_this_machine(tmp_path):
     # seed 2 of cell a arrives as a record (as if trained elsewhere)
     before["rows"][0]["runs"]["2"] = _record(0.71)
     (tmp_path / "docs" / "results_toy.json").write_text(json.dumps(before))
-    previous = run_records.previous(tmp_path / "docs", "toy")
+    previous = run_records.previous(tmp_path / "docs", preset.stem)
     rows = summary.aggregate(preset, tmp_path / "runs", previous=previous)
     c = summary.compare(preset, tmp_path / "runs", preset.comparisons[0], rows=rows, previous=previous)
     d = np.mean([0.60, 0.64, 0.71]) - np.mean([0.50, 0.56])
