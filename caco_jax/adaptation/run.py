@@ -33,7 +33,7 @@ from caco_jax.evaluation import prior_shift, side_files
 DEPTH: int | None = None
 ALPHA = 0.5
 # From 32 images on, the adapted run's figures on a held-out source were within 2.2 accuracy points of the
-# 512-image ones (one draw per count); from 8 images, one draw was 9.5 points away (same page).
+# 512-image ones (one draw per count, two seeds); from 8 images, one draw was 9.5 points away (same page).
 MIN_IMAGES = 32
 FILE = "adaptation.json"
 SIDE_FILES = ("calibration.json", "decision.json", "selective.json", "ood.json", "ood.npz")
