@@ -751,8 +751,9 @@ def _small_disk_command() -> list[str] | None:
 
 
 def test_a_disk_filling_mid_write_gives_one_error_line_and_the_named_checkpoint_is_intact(synthetic_tfds, tmp_path):
-    """A real ENOSPC in the middle of a checkpoint write (a 600 kB tmpfs as the workdir; the free-space
-    check before each save told nothing, as when another program fills the disk meanwhile): one
+    """A real ENOSPC in the middle of a checkpoint write (a private tmpfs holds the workdir; another
+    program fills it, all but 64 kB, once checkpoint 2 has committed; the free-space check before each
+    save told nothing): one
     ``error:`` line naming the checkpoint that is intact and nothing after it (issue 33: 31 'Future
     exception was never retrieved' blocks followed it). That checkpoint restores (a resume from a
     checkpoint is what the kill tests check)."""
@@ -764,10 +765,10 @@ def test_a_disk_filling_mid_write_gives_one_error_line_and_the_named_checkpoint_
     args = cli_args(disk / "run", synthetic_tfds, **{"checkpoint.every_steps": 2})
     args = [args[0], str(ROOT / "tests" / "scripted_train.py"), *args[2:]]
     script = (
-        f"mount -t tmpfs -o size=600k tmpfs {disk} && {shlex.join(args)}; rc=$?; "
+        f"mount -t tmpfs -o size=16m tmpfs {disk} && {shlex.join(args)}; rc=$?; "
         f"cp -a {disk / 'run'} {tmp_path / 'copy'}; exit $rc"
     )
-    env = _env() | {"CACO_TEST_UNKNOWN_FREE_SPACE": "1"}
+    env = _env() | {"CACO_TEST_UNKNOWN_FREE_SPACE": "1", "CACO_TEST_FILL_DISK_AT": "4"}
     failed = subprocess.run([*wrap, script], env=env, capture_output=True, text=True, timeout=600)
     err = failed.stderr.splitlines()
     errors = [i for i, line in enumerate(err) if line.startswith("error:")]
@@ -775,7 +776,7 @@ def test_a_disk_filling_mid_write_gives_one_error_line_and_the_named_checkpoint_
     assert errors[0] == len(err) - 1, err[errors[0] :]  # nothing after it
     assert "No space left on device [errno 28]" in err[-1] and "Traceback" not in failed.stderr
     intact = re.search(r"Checkpoint (\d+) \(with the best weights it records\) is intact", err[-1])
-    assert intact, err[-1]
+    assert intact and intact.group(1) == "2" and "could not write checkpoint 4" in err[-1], err[-1]
     with ocp.StandardCheckpointer() as ckpt:
         state = ckpt.restore(tmp_path / "copy" / "checkpoints" / intact.group(1) / "state")
     assert state and all(np.isfinite(v).all() for v in state.values())
