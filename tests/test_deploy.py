@@ -255,3 +255,49 @@ def test_predict_model_in_a_venv_with_only_onnxruntime_numpy_pillow(exported, tm
     answer = PortablePredictor(exported["m_int8.onnx"]).decide(uint8_images(2, seed=8))
     for f, k in zip(files, answer.classes, strict=True):
         assert any(line.startswith(str(f)) and CLASS_NAMES[k] in line.split()[1] for line in done.stdout.splitlines())
+
+
+def test_unshared_squeeze_mlps_give_the_same_outputs():
+    """``deployable.unshare`` (LiteRT int8 only: PT2E leaves a weight read by two convolutions in float)
+    gives each channel attention's max branch its own copy of the squeeze MLP: the same outputs, to the
+    bit, from weights that no longer share storage."""
+    import torch
+
+    from caco_jax.interop.deployable import Deployable, unshare
+    from caco_jax.interop.torch_reference import ChannelAttention
+
+    model = wm.case("caco")["model"]
+    x = torch.from_numpy(deploy.normalise(uint8_images(2, seed=5)))
+    plain, copied = Deployable(model, "NHWC").eval(), unshare(Deployable(model, "NHWC").eval())
+    with torch.no_grad():
+        a, b = plain(x), copied(x)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    attentions = [m for m in copied.modules() if isinstance(m, ChannelAttention)]
+    assert attentions and all(m.mlp_max is not None for m in attentions)
+    assert all(m.mlp.fc1.weight.data_ptr() != m.mlp_max.fc1.weight.data_ptr() for m in attentions)
+
+
+@pytest.mark.real_data
+def test_litert_keeps_the_stem_and_its_reader_in_16_bits(real_data_dir, imagenet_backbone_pth):
+    """The LiteRT int8 export's choice of 16-bit units (``export_litert.wide_units``), on 32 real lesion
+    images through a caco model with torchvision's ImageNet backbone: the stem, whose outlier channel the
+    ONNX export keeps in 16 bits too (test above), and the unit that reads its output; nothing else."""
+    import csv
+
+    from caco_jax.data.images import decode
+    from caco_jax.interop.deployable import Deployable
+    from caco_jax.interop.export_litert import wide_units
+    from caco_jax.interop.quantize_onnx import WIDE_RATIO
+    from caco_jax.models import create_model
+    from caco_jax.runs.loading import load_pretrained
+
+    with open(real_data_dir / "HAM10000_metadata.csv", newline="") as fh:
+        ids = sorted(row["image_id"] for row in csv.DictReader(fh))[:32]
+    images = np.stack([decode((real_data_dir / "images_200x150" / f"{i}.jpg").read_bytes(), SIZE) for i in ids])
+    model = create_model(arch="small", attention="caco", num_classes=7, seed=0)
+    load_pretrained(model, imagenet_backbone_pth)
+    model.eval()
+    module = Deployable(model, "NHWC").eval()
+    assert wide_units(module, deploy.normalise(images), WIDE_RATIO) == ["ref.features.0", "ref.features.1.block.0"]
+    assert wide_units(module, deploy.normalise(images), None) == []

@@ -242,20 +242,29 @@ def test_the_allocator_tables_and_ratios_are_the_measurements():
 
 
 def test_the_int8_tables_are_the_measurement():
-    """docs/deploy.md's tables of the int8 ONNX with its wide tensors in 16 bits are tools/measure_exports.py's
-    rendering of docs/deploy_int8_wide.json, and the figures its prose quotes are that JSON's."""
+    """docs/deploy.md's tables of the int8 files since issue 40 are tools/measure_exports.py's rendering of
+    docs/deploy_int8.json, and the figures its prose quotes are that JSON's."""
     import sys
 
     sys.path.insert(0, str(ROOT / "tools"))
-    from measure_exports import markdown
+    from measure_exports import _diff, markdown, marks_table
 
-    data = json.loads((DOCS / "deploy_int8_wide.json").read_text())
+    data = json.loads((DOCS / "deploy_int8.json").read_text())
     text = (DOCS / "deploy.md").read_text()
     assert markdown(data["rows"]) in text and markdown(data["remedies"], "remedy") in text
-    int8 = next(r for r in data["rows"] if r["format"] == "ONNX int8")
-    bacc = int8["vs_jax"]["bacc"]
-    quoted = f"BACC {_pts(bacc['difference'])} {_iv(bacc['interval'])}"
-    assert quoted in " ".join(text.split()), quoted
+    assert marks_table(data["rows"] + data["remedies"]) in text
+    prose = " ".join(text.split())
+    rows = {r["format"]: r for r in data["rows"]}
+    for name in ("LiteRT int8", "ONNX int8"):
+        r = rows[name]
+        assert f"{name}: BACC {_diff(r, 'bacc')}" in prose, name
+        assert f"{100 * r['quantization']['calibration_agreement']:.1f} %" in prose, name
+    litert = rows["LiteRT int8"]
+    assert f"{len(litert['quantization']['float32_units'])} units (" in prose
+    float_ms = rows["LiteRT float32"]["latency_ms_1_thread"]
+    ms = f"at {litert['latency_ms_1_thread']:.2f} ms per image against {float_ms:.2f} ms"
+    assert ms in prose, ms
+    assert f"{len(rows['ONNX int8']['quantization']['uint16_activations'])} of its activations" in prose
 
 
 def test_the_adaptation_page_is_what_its_json_rebuilds():

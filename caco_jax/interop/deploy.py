@@ -73,7 +73,7 @@ def export_models(
     force_int8: bool = False,
 ) -> list[pathlib.Path]:
     """Writes the requested float files and, with ``calibration`` images, their int8 twins, each with
-    its metadata; returns the model files written. ``run``: :func:`artifact.describe_run`. An int8 ONNX
+    its metadata; returns the model files written. ``run``: :func:`artifact.describe_run`. An int8 file
     whose top class agrees with float on fewer than ``AGREEMENT_FLOOR`` of the calibration images is not
     written (``Int8Refused``) unless ``force_int8``."""
     from caco_jax.interop.export_onnx import INPUT_NAME, export_onnx
@@ -99,8 +99,13 @@ def export_models(
             precision="float32",
         )
         if calibration is not None:
-            name, settings = export_litert_int8(model, int8_path(tflite), calibration, image_size=size, color=color)
-            settings["calibration_source"] = calibration_source
+            with tempfile.TemporaryDirectory() as tmp:
+                staged = pathlib.Path(tmp) / "int8.tflite"
+                name, settings = export_litert_int8(model, staged, calibration, image_size=size, color=color)
+                settings["calibration_source"] = calibration_source
+                agreed = settings["calibration_agreement"]
+                log(check_agreement(agreed, len(calibration), force=force_int8, kind="LiteRT"))
+                shutil.move(staged, int8_path(tflite))
             done(int8_path(tflite), layout="NHWC", input_name=name, precision="int8", quantization=settings)
     if onnx is not None or calibration is not None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -121,17 +126,17 @@ def export_models(
     return written
 
 
-def check_agreement(agreement: float, count: int, *, force: bool = False) -> str:
-    """The line export prints on an int8 ONNX's agreement with float on its ``count`` calibration images;
-    raises ``Int8Refused`` below ``AGREEMENT_FLOOR`` unless ``force``."""
+def check_agreement(agreement: float, count: int, *, force: bool = False, kind: str = "ONNX") -> str:
+    """The line export prints on an int8 file's agreement with float on its ``count`` calibration images
+    (``kind``: ONNX or LiteRT); raises ``Int8Refused`` below ``AGREEMENT_FLOOR`` unless ``force``."""
     from caco_jax.interop.quantize_onnx import AGREEMENT_FLOOR
 
     said = f"the top class of {100 * agreement:.1f} % of the {count} calibration images is the float model's"
     if agreement >= AGREEMENT_FLOOR:
-        return f"int8 ONNX: {said} (docs/deploy.md measures test images)"
+        return f"int8 {kind}: {said} (docs/deploy.md measures test images)"
     if not force:
         raise Int8Refused(
-            f"int8 ONNX not written: {said}, below the {AGREEMENT_FLOOR:.0%} floor (docs/deploy.md); the float "
+            f"int8 {kind} not written: {said}, below the {AGREEMENT_FLOOR:.0%} floor (docs/deploy.md); the float "
             "files are written; --force_int8 writes it anyway"
         )
-    return f"int8 ONNX written although {said}, below the {AGREEMENT_FLOOR:.0%} floor (--force_int8)"
+    return f"int8 {kind} written although {said}, below the {AGREEMENT_FLOOR:.0%} floor (--force_int8)"

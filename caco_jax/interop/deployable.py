@@ -63,6 +63,20 @@ class Deployable(nn.Module):
         return {"logits": self.ref.classifier[-1](hidden), "pooled": pooled, "hidden": hidden}
 
 
+def unshare(module: nn.Module) -> nn.Module:
+    """Gives each channel attention of ``module`` a copy of its squeeze MLP for the max-pooled branch (the
+    same values): PT2E quantises a weight read by two convolutions nowhere, so without it those MLPs,
+    half of a LiteRT int8 file, stay float32. For int8 exports only (the float files would grow)."""
+    import copy
+
+    from caco_jax.interop.torch_reference import ChannelAttention
+
+    for m in module.modules():
+        if isinstance(m, ChannelAttention) and m.mlp_max is None:
+            m.mlp_max = copy.deepcopy(m.mlp)
+    return module
+
+
 def shades_of_gray(rgb: torch.Tensor, p: float) -> torch.Tensor:
     """Shades of Gray colour constancy of NCHW images in [0, 1] (``caco_jax.data.constancy``)."""
     illuminant = torch.pow(torch.mean(torch.pow(rgb, p), dim=(2, 3), keepdim=True), 1.0 / p)

@@ -107,16 +107,21 @@ class PointwiseMLP(nn.Module):
 class ChannelAttention(nn.Module):
     """CBAM-style channel attention: x * gate(MLP(avgpool x) + g * MLP(maxpool x)), one MLP.
 
-    ``max_gain`` (g, per channel, zeros) exists only with a preserving init."""
+    ``max_gain`` (g, per channel, zeros) exists only with a preserving init. ``mlp_max``, None unless an
+    int8 export sets it (``caco_jax.interop.deployable.unshare``): a copy of ``mlp`` for the max-pooled
+    branch, so that a quantiser gives each branch its own weights and ranges."""
+
+    mlp_max: nn.Module | None
 
     def __init__(self, channels: int, squeeze: int, options: AttentionOptions, *, gate: str):
         super().__init__()
         self.mlp = PointwiseMLP(channels, squeeze)
+        self.mlp_max = None
         self.gate = gate
         self.max_gain = _gain(channels, options.gain_max_branch)
 
     def forward(self, x: Tensor) -> Tensor:
-        from_max = self.mlp(F.adaptive_max_pool2d(x, 1))
+        from_max = (self.mlp if self.mlp_max is None else self.mlp_max)(F.adaptive_max_pool2d(x, 1))
         if self.max_gain is not None:
             from_max = from_max * _per_channel(self.max_gain)
         return x * _ACTIVATIONS[self.gate](self.mlp(F.adaptive_avg_pool2d(x, 1)) + from_max)
