@@ -271,7 +271,7 @@ def adaptation_claims() -> list[str]:
         "falls from " + " and ".join(f"{_pct(a)} % to {_pct(b)} %" for a, b in mel),
         f"from {min(em):+.1f} to {max(em):+.1f} accuracy points",
         f"({crops} accuracy",
-        f"(at least {adaptation.MIN_IMAGES} unlabelled images)",
+        f"(at least {adaptation.RECOMMENDED_IMAGES} unlabelled images; it refuses fewer than {adaptation.MIN_IMAGES})",
         f"it takes {far('faces (LFW)')} % of faces and {far('flat colour')} % of flat-colour images",
         f"and {_pct(min(rates))}-{_pct(max(rates))} % of a held-out source's",
         "seeds " + " and ".join(seeds),  # the seeds measured, as labels

@@ -192,7 +192,9 @@ def test_an_adapted_run_predicts_evaluates_serves_and_exports(trained, synthetic
         shutil.copy(image, folder / image.name)
     out = tmp_path / "adapted"
     assert adapt_main(["--workdir", str(workdir), "--images", str(folder), "--out", str(out), "--prior"]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "warning: 40 images" in captured.err and "settled from 128 images on" in captured.err
     assert "BatchNorm statistics of" in printed and "estimated for these images" in printed
     record = json.loads((out / "adaptation.json").read_text())
     assert (

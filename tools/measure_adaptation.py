@@ -173,6 +173,42 @@ def _lesion_halves(groups: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarra
     return np.flatnonzero(mask), np.flatnonzero(~mask)
 
 
+def _a_set(whole: Any, a_rows: np.ndarray, a_images: np.ndarray, names: Any) -> tuple:
+    """(images, labels, lesion ids, class names) of A, the held-out source's images outside E."""
+    return a_images, np.asarray(whole.labels)[a_rows], np.asarray(whole.lesion_ids)[a_rows], names
+
+
+def count_curve(loso_dir: pathlib.Path, a_set: tuple, seed: int, tmp: pathlib.Path, choice: dict) -> dict:
+    """How many images AdaBN needs, measured on A (never on E, the test images): adapted on n images drawn
+    from one half of A's lesions (one seeded draw per n), scored on the other half (shipped view)."""
+    images, labels, groups, names = a_set
+    pool, scored = _lesion_halves(groups, SHIFT_SEED)
+    curve: dict[Any, Any] = {"adapt_pool": int(len(pool)), "scored": int(len(scored))}
+    for n in [c for c in COUNTS if c < len(pool)]:
+        pick = pool[np.sort(np.random.default_rng([seed, n]).permutation(len(pool))[:n])]
+        few = _adapted(loso_dir, images[pick], tmp, depth=choice["depth"], alpha=choice["alpha"])
+        curve[n] = figures(few.answers(images[scored])["shipped"], labels[scored], groups[scored], names)
+    return curve
+
+
+def counts_only(runs: Callable, result: dict, seed: int, data_dir: pathlib.Path, tmp: pathlib.Path, log) -> None:
+    """Recomputes each held-out row's count curve (:func:`count_curve`) in ``result``, with the seed's
+    recorded AdaBN choice; the rest of the entry is kept."""
+    entry = result["by_seed"][str(seed)]
+    ref_dir = runs("sources_cpu", "lesion_recipe", seed)
+    in_test = set(map(str, _split(ref_dir, data_dir, "test").image_ids))
+    for row in entry["held_out"]:
+        loso_dir = runs("sources_cpu", f"loso_{row['source']}", seed)
+        whole = _split(loso_dir, data_dir, "test")
+        a_rows = np.asarray([i for i, x in enumerate(whole.image_ids) if str(x) not in in_test])
+        model = Model(loso_dir)
+        a_set = _a_set(whole, a_rows, _decode(whole, a_rows, model.predictor.image_size), model.class_names)
+        curve = count_curve(loso_dir, a_set, seed, tmp, entry["adabn_choice"])
+        row["adabn_by_count"] = curve
+        said = ", ".join(f"{k}: {100 * v['accuracy']:.1f}" for k, v in curve.items() if isinstance(v, dict))
+        log(f"seed {seed} {row['source']}: count curve on A, accuracy {said}")
+
+
 def choose_adabn(loso_dirs: list[pathlib.Path], data_dir: pathlib.Path, tmp: pathlib.Path, log: Callable) -> dict:
     """(depth, alpha) with the best mean BACC (shipped view) on acquisition-shifted copies of each held-out
     run's validation split, adapting on one half of its lesions and scoring the other."""
@@ -215,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--page_only", action="store_true", help="only rewrite the page from the JSON")
     p.add_argument("--held_out_only", action="store_true", help="skip the ordinary split and its shifted copies")
     p.add_argument("--adabn_from", type=int, default=None, help="reuse the AdaBN choice made for this seed")
+    p.add_argument("--counts_only", action="store_true", help="recompute only the count curves of measured seeds")
     args = p.parse_args(argv)
     t0 = time.time()
     out_json, out_md = args.out.with_suffix(".json"), args.out.with_suffix(".md")
@@ -241,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     for seed in [int(s) for s in args.seeds.split(",")]:
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = pathlib.Path(tmp_name)
+            if args.counts_only:
+                counts_only(run, result, seed, args.data_dir, tmp, log)
+                files.write_atomic(out_json, json.dumps(result, indent=1, default=float) + "\n", "the measurement")
+                out_md.write_text(markdown(json.loads(out_json.read_text())))
+                continue
             loso_dirs = [d for src in SOURCES if (d := run("sources_cpu", f"loso_{src}", seed))]
             if not loso_dirs:
                 log(f"seed {seed}: no sources_cpu runs under {runs}")
@@ -307,9 +349,7 @@ def held_out(runs, run, seeds, data_dir, tmp, choice, log) -> list[dict[str, Any
                 }
                 variants[name]["prior"] = est.to_json()  # type: ignore[assignment]
             # the trained remedies chosen on A (lesion-disjoint from E): a validation the reported E does not use
-            labels_a, groups_a = np.asarray(whole.labels)[a_rows], np.asarray(whole.lesion_ids)[a_rows]
-
-            a_set = (a_images, labels_a, groups_a, names)
+            a_set = _a_set(whole, a_rows, a_images, names)
             validation_a = {"held out": _plain_figures(loso, *a_set)}
             for remedy in REMEDIES:
                 d = run("adaptation_cpu", f"loso_{source}_{remedy}", seed)
@@ -321,11 +361,7 @@ def held_out(runs, run, seeds, data_dir, tmp, choice, log) -> list[dict[str, Any
                         variants["trained: cc_aug + AdaBN"] = _adapted(
                             d, a_images, tmp, depth=choice["depth"], alpha=choice["alpha"]
                         ).answers(e_images)
-            counts = {}
-            for n in [c for c in COUNTS if c < len(a_images)]:
-                pick = np.sort(np.random.default_rng([seed, n]).permutation(len(a_images))[:n])
-                few = _adapted(loso_dir, a_images[pick], tmp, depth=choice["depth"], alpha=choice["alpha"])
-                counts[n] = figures(few.answers(e_images)["shipped"], labels, groups, names)
+            counts = count_curve(loso_dir, a_set, seed, tmp, choice)
             row = {"seed": seed, "source": source, "e_images": int(len(e_rows)), "a_images": int(len(a_rows)),
                    "variants": {}, "adabn_by_count": counts}  # fmt: skip
             row["validation_a"] = validation_a
@@ -521,7 +557,8 @@ def markdown(result: dict) -> str:
         for row in entry["held_out"]:
             for name, f in row.get("validation_a", {}).items():
                 lines.append(f"| {row['source']} | {name} | {_pct(f['accuracy'])} | {_pct(f['bacc'])} |")
-        lines += ["", "### How many images AdaBN needs (shipped view, E)", "",
+        lines += ["", "### How many images AdaBN needs (shipped view; adapted on n images of one half of A's "
+                  "lesions, scored on the other half: not E)", "",
                   "| source | " + " | ".join(f"{n} images" for n in GRID["counts"]) + " |",
                   "|---|" + "---:|" * len(GRID["counts"])]  # fmt: skip
         for row in entry["held_out"]:
@@ -531,7 +568,9 @@ def markdown(result: dict) -> str:
                 else "-"
                 for n in GRID["counts"]
             ]
-            lines.append(f"| {row['source']} (accuracy / BACC %) | " + " | ".join(cells) + " |")
+            sizes = row["adabn_by_count"]
+            where = f"; adapted from {sizes['adapt_pool']}, scored on {sizes['scored']}" if "scored" in sizes else ""
+            lines.append(f"| {row['source']} (accuracy / BACC %{where}) | " + " | ".join(cells) + " |")
         lines += ["", "### The guard's two answers (share of images, %)", "",
                   "| images | model | not dermoscopy | dermoscopy unlike the training images | far part |",
                   "|---|---|---:|---:|---|"]  # fmt: skip

@@ -32,9 +32,13 @@ from caco_jax.evaluation import prior_shift, side_files
 # (docs/results_adaptation_cpu.md; tests/test_docs_figures.py holds these to that choice).
 DEPTH: int | None = None
 ALPHA = 0.5
-# From 32 images on, the adapted run's figures on a held-out source were within 2.2 accuracy points of the
-# 512-image ones (one draw per count, two seeds); from 8 images, one draw was 9.5 points away (same page).
+# How many images: measured on the held-out sources' images outside the test split (adapted on n images of
+# one half of their lesions, scored on the other; one draw per count, two seeds; docs/results_adaptation_cpu.md).
+# From 128 images on, accuracy and BACC were within 2.5 points of the 512-image figures on both sources and
+# both seeds; from 32, accuracy within 4.3 but BACC up to 7.3 points away. Below MIN_IMAGES adapt refuses;
+# below RECOMMENDED_IMAGES it adapts and says that the statistics may not have settled.
 MIN_IMAGES = 32
+RECOMMENDED_IMAGES = 128
 FILE = "adaptation.json"
 SIDE_FILES = ("calibration.json", "decision.json", "selective.json", "ood.json", "ood.npz")
 BATCH = 64

@@ -72,6 +72,12 @@ def run(args: argparse.Namespace) -> int:
         estimate_prior=args.prior,
     )
     bn = record["batchnorm"]
+    if record["images"] < adaptation.RECOMMENDED_IMAGES:
+        print(
+            f"warning: {record['images']} images; on the held-out sources the adapted figures settled from "
+            f"{adaptation.RECOMMENDED_IMAGES} images on (docs/results_adaptation_cpu.md): give more if you have them",
+            file=sys.stderr,
+        )
     print(
         f"adapted {args.workdir} to {record['images']} images of {args.images}: BatchNorm statistics of "
         f"{bn['layers']} of {bn['of_layers']} layers re-estimated -> {args.out}"
