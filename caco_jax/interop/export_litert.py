@@ -184,7 +184,7 @@ def _agreement(module: Any, path: pathlib.Path, input_name: str, calibration: np
     check that the file keeps its answers; docs/deploy.md measures them on test images)."""
     import torch
 
-    from caco_jax.serving.portable import litert_runner
+    from caco_jax.interop.runtimes import litert_runner
 
     x = np.asarray(calibration, np.float32)
     with torch.no_grad():
