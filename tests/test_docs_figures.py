@@ -267,6 +267,23 @@ def test_the_int8_tables_are_the_measurement():
     assert f"{len(rows['ONNX int8']['quantization']['uint16_activations'])} of its activations" in prose
 
 
+def test_the_int8_sensitivity_table_is_the_analysis():
+    """docs/deploy.md's sensitivity table is tools/int8_sensitivity.py's rendering of docs/int8_sensitivity.json,
+    its plot is beside it, and the BACC its prose quotes with the worst tensors in float is that JSON's."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from int8_sensitivity import markdown
+
+    data = json.loads((DOCS / "int8_sensitivity.json").read_text())
+    text = (DOCS / "deploy.md").read_text()
+    assert markdown(data) in text and (DOCS / "int8_sensitivity.png").is_file()
+    kept = {k["float_tensors"]: k for k in data["worst_kept_in_float"]}
+    prose = " ".join(text.split())
+    assert f"With those two in float BACC is {100 * kept[2]['bacc']:.1f} %" in prose
+    assert f"with the 4 worst in float {100 * kept[4]['bacc']:.1f} % ({100 * kept[4]['agreement']:.1f} %" in prose
+
+
 def test_the_adaptation_page_is_what_its_json_rebuilds():
     """docs/results_adaptation_cpu.md is tools/measure_adaptation.py's rendering of its JSON, and what
     `caco-jax adapt` ships (which BatchNorm layers, how far) is what that measurement chose on validation."""
