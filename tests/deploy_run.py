@@ -34,3 +34,34 @@ def make_run(folder: pathlib.Path, model, logits_of: Callable[..., np.ndarray]) 
     val = {"logits": logits[:8], "pooled": rng.normal(size=(8, 576))}
     ood_score.save(folder, ood_score.fit("mahalanobis", "pooled", train, val, len(CLASS_NAMES)))
     return folder
+
+
+def real_images(real_data_dir: pathlib.Path, count: int, size: tuple[int, int] = SIZE) -> np.ndarray:
+    """The first ``count`` HAM10000 images (by image id), decoded at ``size`` as uint8."""
+    import csv
+
+    from caco_jax.data.images import decode
+
+    with open(real_data_dir / "HAM10000_metadata.csv", newline="") as fh:
+        ids = sorted(row["image_id"] for row in csv.DictReader(fh))[:count]
+    return np.stack([decode((real_data_dir / "images_200x150" / f"{i}.jpg").read_bytes(), size) for i in ids])
+
+
+def imagenet_caco(pth: pathlib.Path):
+    """A caco model with torchvision's ImageNet backbone (random head), in eval mode."""
+    from caco_jax.models import create_model
+    from caco_jax.runs.loading import load_pretrained
+
+    model = create_model(arch="small", attention="caco", num_classes=7, seed=0)
+    load_pretrained(model, pth)
+    model.eval()
+    return model
+
+
+def pooled_cosine(float_file: pathlib.Path, int8_file: pathlib.Path, images: np.ndarray) -> np.ndarray:
+    """Per image, the cosine between the pooled features of an exported float file and of its int8 twin."""
+    from caco_jax.serving.portable import PortablePredictor
+
+    f = PortablePredictor(float_file).outputs(images)["pooled"]
+    q = PortablePredictor(int8_file).outputs(images)["pooled"]
+    return (f * q).sum(1) / np.linalg.norm(f, axis=1) / np.linalg.norm(q, axis=1)

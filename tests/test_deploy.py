@@ -34,7 +34,7 @@ from caco_jax.evaluation import calibration, decision, ood_score
 from caco_jax.interop import artifact, deploy
 from caco_jax.serving.portable import PortablePredictor
 from caco_jax.training.steps import ModelDef
-from deploy_run import make_run, uint8_images
+from deploy_run import imagenet_caco, make_run, pooled_cosine, real_images, uint8_images
 
 pytestmark = pytest.mark.torch
 
@@ -212,23 +212,11 @@ def test_int8_onnx_keeps_the_features_of_real_images(real_data_dir, imagenet_bac
     point the same way. With every activation in uint8 the median cosine measured 0.44 here (the stem's
     outlier channel takes the whole scale; on the recipe run int8 changed 42-46 % of the answers,
     docs/deploy.md); with the stem's two wide tensors kept in 16 bits, 0.96 (minimum 0.83)."""
-    import csv
-
-    from caco_jax.data.images import decode
-    from caco_jax.models import create_model
-    from caco_jax.runs.loading import load_pretrained
-
-    with open(real_data_dir / "HAM10000_metadata.csv", newline="") as fh:
-        ids = sorted(row["image_id"] for row in csv.DictReader(fh))[:96]
-    images = np.stack([decode((real_data_dir / "images_200x150" / f"{i}.jpg").read_bytes(), SIZE) for i in ids])
-    model = create_model(arch="small", attention="caco", num_classes=7, seed=0)
-    load_pretrained(model, imagenet_backbone_pth)
-    model.eval()
+    images = real_images(real_data_dir, 96)
+    model = imagenet_caco(imagenet_backbone_pth)
     run = artifact.describe_run(tmp_path, class_names=CLASS_NAMES, image_size=SIZE)
     files = deploy.export_models(model, run, onnx=tmp_path / "m.onnx", calibration=deploy.normalise(images[:32]))
-    f = PortablePredictor(files[0]).outputs(images[32:])["pooled"]
-    q = PortablePredictor(files[1]).outputs(images[32:])["pooled"]
-    cosine = (f * q).sum(1) / np.linalg.norm(f, axis=1) / np.linalg.norm(q, axis=1)
+    cosine = pooled_cosine(files[0], files[1], images[32:])
     assert np.median(cosine) > 0.85, np.median(cosine)
     quantization = json.loads(artifact.metadata_path(files[1]).read_text())["quantization"]
     assert quantization["uint16_activations"] == ["getitem", "hardswish"]  # the stem's conv output and activation
@@ -279,25 +267,16 @@ def test_unshared_squeeze_mlps_give_the_same_outputs():
 
 
 @pytest.mark.real_data
-def test_litert_keeps_the_stem_and_its_reader_in_16_bits(real_data_dir, imagenet_backbone_pth):
-    """The LiteRT int8 export's choice of 16-bit units (``export_litert.wide_units``), on 32 real lesion
-    images through a caco model with torchvision's ImageNet backbone: the stem, whose outlier channel the
-    ONNX export keeps in 16 bits too (test above), and the unit that reads its output; nothing else."""
-    import csv
-
-    from caco_jax.data.images import decode
+def test_litert_keeps_the_stem_and_its_reader_in_float(real_data_dir, imagenet_backbone_pth):
+    """The LiteRT int8 export's choice of float32 units (``export_litert.wide_units``), on 32 real lesion
+    images through a caco model with torchvision's ImageNet backbone: the stem, whose wide tensors the
+    ONNX export keeps in 16 bits (test above), and the unit that reads its output; nothing else."""
     from caco_jax.interop.deployable import Deployable
     from caco_jax.interop.export_litert import wide_units
     from caco_jax.interop.quantize_onnx import WIDE_RATIO
-    from caco_jax.models import create_model
-    from caco_jax.runs.loading import load_pretrained
 
-    with open(real_data_dir / "HAM10000_metadata.csv", newline="") as fh:
-        ids = sorted(row["image_id"] for row in csv.DictReader(fh))[:32]
-    images = np.stack([decode((real_data_dir / "images_200x150" / f"{i}.jpg").read_bytes(), SIZE) for i in ids])
-    model = create_model(arch="small", attention="caco", num_classes=7, seed=0)
-    load_pretrained(model, imagenet_backbone_pth)
-    model.eval()
+    images = real_images(real_data_dir, 32)
+    model = imagenet_caco(imagenet_backbone_pth)
     module = Deployable(model, "NHWC").eval()
     assert wide_units(module, deploy.normalise(images), WIDE_RATIO) == ["ref.features.0", "ref.features.1.block.0"]
     assert wide_units(module, deploy.normalise(images), None) == []

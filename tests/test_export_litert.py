@@ -27,7 +27,7 @@ from caco_jax.interop import artifact, deploy
 from caco_jax.interop.export_litert import export_litert
 from caco_jax.serving.portable import PortablePredictor
 from caco_jax.training.steps import ModelDef
-from deploy_run import make_run, uint8_images
+from deploy_run import imagenet_caco, make_run, pooled_cosine, real_images, uint8_images
 
 pytestmark = pytest.mark.torch
 TOL = 1e-4
@@ -104,25 +104,14 @@ def test_litert_int8_keeps_the_features_of_real_images(real_data_dir, imagenet_b
     test's bound, tests/test_deploy.py). Measured here: every activation in int8 with shared squeeze MLPs,
     median cosine 0.41 (minimum 0.11); with the stem and its reader in float32 and the MLPs unshared, 0.96
     (minimum 0.80)."""
-    import csv
     import json
 
-    from caco_jax.data.images import decode
-    from caco_jax.models import create_model
-    from caco_jax.runs.loading import load_pretrained
-
     size = (64, 64)
-    with open(real_data_dir / "HAM10000_metadata.csv", newline="") as fh:
-        ids = sorted(row["image_id"] for row in csv.DictReader(fh))[:96]
-    images = np.stack([decode((real_data_dir / "images_200x150" / f"{i}.jpg").read_bytes(), size) for i in ids])
-    model = create_model(arch="small", attention="caco", num_classes=7, seed=0)
-    load_pretrained(model, imagenet_backbone_pth)
-    model.eval()
+    images = real_images(real_data_dir, 96, size)
+    model = imagenet_caco(imagenet_backbone_pth)
     run = artifact.describe_run(tmp_path, class_names=CLASS_NAMES, image_size=size)
     files = deploy.export_models(model, run, tflite=tmp_path / "m.tflite", calibration=deploy.normalise(images[:32]))
-    f = PortablePredictor(files[0]).outputs(images[32:])["pooled"]
-    q = PortablePredictor(files[1]).outputs(images[32:])["pooled"]
-    cosine = (f * q).sum(1) / np.linalg.norm(f, axis=1) / np.linalg.norm(q, axis=1)
+    cosine = pooled_cosine(files[0], files[1], images[32:])
     assert np.median(cosine) > 0.85, np.median(cosine)
     quantization = json.loads(artifact.metadata_path(files[1]).read_text())["quantization"]
     assert quantization["float32_units"] == ["ref.features.0", "ref.features.1.block.0"]

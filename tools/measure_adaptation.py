@@ -279,6 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = pathlib.Path(tmp_name)
             if args.counts_only:
+                if str(seed) not in result.get("by_seed", {}):
+                    raise SystemExit(f"error: --counts_only: seed {seed} is not in {out_json}; measure it first")
                 counts_only(run, result, seed, args.data_dir, tmp, log)
                 files.write_atomic(out_json, json.dumps(result, indent=1, default=float) + "\n", "the measurement")
                 out_md.write_text(markdown(json.loads(out_json.read_text())))
